@@ -1,0 +1,244 @@
+"""Every option of personachat in one dataclass: the single source of truth for defaults.
+
+Names and defaults follow ``simpletransformers.config.model_args.ConvAIArgs`` so that a user's
+existing ``train_args = {...}`` dict keeps working unchanged. Options simpletransformers had
+but that make no sense here (wandb, quantization, multiprocessing pools) are still accepted and
+ignored, so old dicts load; a key neither library knows is an error that names the closest
+valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ARGS_FILE = "model_args.json"
+
+
+class ArgsError(ValueError):
+    """An option name or value the user gave cannot be used."""
+
+
+@dataclass
+class ConvAIArgs:
+    """Options for fine-tuning, evaluating and chatting with a persona model.
+
+    The defaults are simpletransformers' ConvAI defaults unless a comment says otherwise.
+    """
+
+    # --- model / bookkeeping ---
+    model_class: str = "ConvAIModel"
+    model_type: str | None = None
+    model_name: str | None = None
+    tokenizer_name: str | None = None
+    config: dict = field(default_factory=dict)
+    output_dir: str = "outputs/"
+    best_model_dir: str = "outputs/best_model"
+    cache_dir: str = "cache_dir/"
+    tensorboard_dir: str | None = None
+    overwrite_output_dir: bool = False
+    reprocess_input_data: bool = True
+    no_cache: bool = False
+    no_save: bool = False
+    silent: bool = False
+    manual_seed: int | None = None
+
+    # --- optimisation ---
+    num_train_epochs: int = 1
+    train_batch_size: int = 8
+    eval_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 4e-5
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    optimizer: str = "AdamW"
+    scheduler: str = "linear_schedule_with_warmup"
+    fp16: bool = True
+    logging_steps: int = 50
+    dataloader_num_workers: int = 0
+
+    # --- TransferTransfo ---
+    lm_coef: float = 2.0
+    mc_coef: float = 1.0
+    num_candidates: int = 2
+    max_history: int = 2
+    personality_permutations: int = 1
+    do_lower_case: bool = False
+
+    # --- decoding ---
+    max_length: int = 20
+    min_length: int = 1
+    temperature: float = 0.7
+    top_k: float = 0
+    top_p: float = 0.9
+    do_sample: bool = True
+
+    # --- checkpoints, evaluation during training, early stopping ---
+    save_model_every_epoch: bool = True
+    save_steps: int = 2000
+    save_best_model: bool = True
+    save_eval_checkpoints: bool = True
+    save_optimizer_and_scheduler: bool = True
+    evaluate_during_training: bool = False
+    evaluate_during_training_steps: int = 2000
+    evaluate_during_training_silent: bool = True
+    evaluate_during_training_verbose: bool = False
+    evaluate_each_epoch: bool = True
+    use_early_stopping: bool = False
+    early_stopping_metric: str = "eval_loss"
+    early_stopping_metric_minimize: bool = True
+    early_stopping_patience: int = 3
+    early_stopping_delta: float = 0.0
+    early_stopping_consider_epochs: bool = False
+
+    # --- personachat additions (not in simpletransformers) ---
+    # Max examples read from a data file (None = all): quick experiments on big files.
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    # Compute word-overlap F1 of generated replies in eval_model (slow: one generation each).
+    generation_f1: bool = False
+
+    def update_from_dict(self, new_values: dict[str, Any] | None) -> ConvAIArgs:
+        """Set the given options; unknown keys raise ArgsError naming the closest valid key."""
+        if not new_values:
+            return self
+        if not isinstance(new_values, dict):
+            raise ArgsError(
+                f"args must be a dict or ConvAIArgs, got {type(new_values).__name__}"
+            )
+        known = {f.name: f for f in fields(self)}
+        for key, value in new_values.items():
+            if key in IGNORED_SIMPLETRANSFORMERS_ARGS:
+                continue
+            if key not in known:
+                raise ArgsError(unknown_key_message(key, list(known)))
+            setattr(self, key, _coerce(key, value, getattr(self, key)))
+        self.validate()
+        return self
+
+    def validate(self) -> None:
+        """Reject values that would fail later deep inside torch."""
+        positive = ("train_batch_size", "eval_batch_size", "gradient_accumulation_steps",
+                    "num_candidates", "personality_permutations", "max_length")
+        for name in positive:
+            value = getattr(self, name)
+            if value == "auto" and name in ("train_batch_size", "eval_batch_size"):
+                continue
+            if not isinstance(value, int) or value < 1:
+                raise ArgsError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_history < 0:
+            raise ArgsError(f"max_history must be >= 0, got {self.max_history}")
+        if self.num_train_epochs < 0:
+            raise ArgsError(f"num_train_epochs must be >= 0, got {self.num_train_epochs}")
+        if not 0 <= self.top_p <= 1:
+            raise ArgsError(f"top_p must be within [0, 1], got {self.top_p}")
+        if self.temperature <= 0 and self.do_sample:
+            raise ArgsError(
+                f"temperature must be > 0 when do_sample=True, got {self.temperature} "
+                "(use do_sample=False for greedy decoding)"
+            )
+        if self.min_length > self.max_length:
+            raise ArgsError(
+                f"min_length ({self.min_length}) is larger than max_length ({self.max_length})"
+            )
+
+    def get_args_for_saving(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, output_dir: str | os.PathLike) -> Path:
+        """Write ``model_args.json`` into output_dir (atomically: temp file, then rename)."""
+        path = Path(output_dir) / ARGS_FILE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.get_args_for_saving(), indent=2, ensure_ascii=False),
+                       encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    def load(self, input_dir: str | os.PathLike) -> ConvAIArgs:
+        """Update from ``model_args.json`` in input_dir, if there is one.
+
+        Folders saved by simpletransformers carry keys we do not use; those are ignored
+        rather than refused, since the user did not write them.
+        """
+        path = Path(input_dir) / ARGS_FILE
+        if not path.is_file():
+            return self
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ArgsError(f"{path} is not valid JSON ({err}); delete or fix it") from err
+        if not isinstance(saved, dict):
+            raise ArgsError(f"{path} must hold a JSON object of options")
+        known = {f.name for f in fields(self)}
+        return self.update_from_dict({k: v for k, v in saved.items() if k in known})
+
+
+# Options simpletransformers users may still pass; accepted so old dicts run, but unused here.
+IGNORED_SIMPLETRANSFORMERS_ARGS = frozenset({
+    "adafactor_beta1", "adafactor_clip_threshold", "adafactor_decay_rate", "adafactor_eps",
+    "adafactor_relative_step", "adafactor_scale_parameter", "adafactor_warmup_init",
+    "cosine_schedule_num_cycles", "custom_layer_parameters", "custom_parameter_groups",
+    "dynamic_quantize", "encoding", "local_rank", "loss_type", "loss_args",
+    "max_seq_length", "multiprocessing_chunksize", "n_gpu", "not_saved_args",
+    "polynomial_decay_schedule_lr_end", "polynomial_decay_schedule_power", "process_count",
+    "quantized_model", "skip_special_tokens", "thread_count", "tokenizer_type",
+    "train_custom_parameters_only", "use_cached_eval_features", "use_hf_datasets",
+    "use_multiprocessing", "use_multiprocessing_for_evaluation", "wandb_kwargs",
+    "wandb_project", "no_sample",
+})
+
+
+def unknown_key_message(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"Unknown option {key!r}.{hint} See personachat.ConvAIArgs for every option."
+
+
+def _coerce(key: str, value: Any, current: Any) -> Any:
+    """Light type coercion for values that come from YAML or the command line."""
+    if value is None or current is None:
+        return value
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ArgsError(f"{key} must be true or false, got {value!r}")
+    if key in ("train_batch_size", "eval_batch_size") and value == "auto":
+        return value
+    if isinstance(current, int) and not isinstance(current, bool):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if isinstance(value, int):
+            return value
+        if key == "top_k" and isinstance(value, float):
+            return value
+        raise ArgsError(f"{key} must be an integer, got {value!r}")
+    if isinstance(current, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ArgsError(f"{key} must be a number, got {value!r}") from None
+    return value
+
+
+def make_args(args: ConvAIArgs | dict | None = None, **overrides: Any) -> ConvAIArgs:
+    """A fresh ConvAIArgs from a dict, a ConvAIArgs (copied) or None, then overrides."""
+    if isinstance(args, ConvAIArgs):
+        result = dataclasses.replace(args)
+    else:
+        result = ConvAIArgs().update_from_dict(args)
+    return result.update_from_dict({k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,220 @@
+"""``ConvAIModel``: the simpletransformers-compatible facade.
+
+It holds the model, tokenizer, args and device, and delegates every step to the pipeline
+modules (data → encoding → modeling → training / evaluation / generation → repl). Code
+written for ``simpletransformers.conv_ai.ConvAIModel`` runs unchanged but for the import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .args import ConvAIArgs, make_args
+from .data import load_personachat_or_file, personalities
+from .encoding import SpecialIds, TextEncoder, collate, dataset_from_dialogs
+from .evaluation import apply_metric_fns, evaluate_batches, format_results, generation_f1
+from .generation import DecodingOptions, generate_reply
+from .modeling import context_size, load_model_and_tokenizer, resolve_device, save_pretrained_atomic
+from .repl import run_repl
+from .training import autocast_dtype, check_output_dir, train
+
+PERSONAS_FILE = "personas.json"
+MAX_SAVED_PERSONAS = 1000
+
+
+class ConvAIModel:
+    """A persona chatbot: ``train_model``, ``eval_model``, ``interact``, ``interact_single``.
+
+    Args:
+        model_type: ``"gpt2"`` (any GPT-2-architecture model) or ``"gpt"`` (OpenAI GPT).
+        model_name: a hub id (``"gpt2"``, ``"distilgpt2"``…) or a local folder, including one
+            saved by personachat or simpletransformers (its ``model_args.json`` is read).
+        args: a dict of options or a ``ConvAIArgs``; see ``ConvAIArgs`` for every option.
+        use_cuda: run on the GPU; an error if there is none (pass ``use_cuda=False``).
+        cuda_device: which GPU (-1: the current one).
+        **kwargs: passed to the model's ``from_pretrained``.
+    """
+
+    def __init__(self, model_type: str, model_name: str | os.PathLike,
+                 args: dict | ConvAIArgs | None = None, use_cuda: bool = True,
+                 cuda_device: int = -1, **kwargs) -> None:
+        if isinstance(args, ConvAIArgs):
+            self.args = args
+        else:
+            self.args = ConvAIArgs()
+            if model_name and Path(model_name).is_dir():
+                self.args.load(model_name)
+            self.args.update_from_dict(args)
+        self.args.model_type, self.args.model_name = model_type, str(model_name)
+        if self.args.manual_seed is not None:
+            set_seed(self.args.manual_seed)
+        self.device = resolve_device(use_cuda, cuda_device)
+        self.model, self.tokenizer = load_model_and_tokenizer(model_type, model_name, **kwargs)
+        self.model.to(self.device)
+        self.special = SpecialIds.from_tokenizer(self.tokenizer)
+        self._encode = TextEncoder(self.tokenizer, lowercase=self.args.do_lower_case)
+        self._personas = read_personas(model_name)
+
+    # ------------------------------------------------------------------ training
+    def train_model(self, train_file=None, output_dir=None, show_running_loss=True, args=None,
+                    eval_file=None, verbose=True, **kwargs):
+        """Fine-tune on ``train_file`` (Persona-Chat JSON; None: the public Persona-Chat,
+        downloaded once). Returns ``(global_step, training_details)``."""
+        if args:
+            self.args.update_from_dict(args.get_args_for_saving()
+                                       if isinstance(args, ConvAIArgs) else args)
+        output_dir = str(output_dir or self.args.output_dir)
+        check_output_dir(output_dir, self.args.overwrite_output_dir)
+        if self.args.evaluate_during_training and eval_file is None:
+            raise ValueError("evaluate_during_training is enabled but eval_file is not given")
+
+        dialogs = self._load(train_file, "train", self.args.max_train_examples)
+        dataset = self._dataset(dialogs, str(train_file or "Persona-Chat train"))
+        evaluate = (partial(self._evaluate, self._load(eval_file, "valid",
+                                                       self.args.max_eval_examples),
+                            str(eval_file), silent=self.args.evaluate_during_training_silent)
+                    if eval_file is not None else None)
+        self._personas = personalities(dialogs)[:MAX_SAVED_PERSONAS]
+        global_step, details = train(
+            self.model, self.tokenizer, dataset, self.args, self.device, output_dir,
+            evaluate=evaluate, show_running_loss=show_running_loss,
+            save_extra={PERSONAS_FILE: json.dumps(self._personas, ensure_ascii=False)},
+        )
+        if verbose and not self.args.silent:
+            print(f"Training of {self.args.model_type} model complete. Saved to {output_dir}.")
+        return global_step, details
+
+    # ---------------------------------------------------------------- evaluation
+    def eval_model(self, eval_file=None, output_dir=None, verbose=True, silent=False,
+                   **metric_fns):
+        """Evaluate on ``eval_file`` (None: Persona-Chat valid). Returns a dict with
+        ``language_model_loss``, ``perplexity``, ``f1_score`` (macro F1 of the
+        multiple-choice head), ``hits@1``, ``mc_loss``, ``eval_loss``, ``generation_f1`` when
+        ``generation_f1=True`` (here or in args), and one entry per extra
+        ``metric_fn(labels, preds)``. Also writes eval_results.txt / eval_results.json."""
+        want_generation_f1 = bool(metric_fns.pop("generation_f1", self.args.generation_f1))
+        dialogs = self._load(eval_file, "valid", self.args.max_eval_examples)
+        results = self._evaluate(dialogs, str(eval_file or "Persona-Chat valid"),
+                                 silent=silent or self.args.silent,
+                                 generation=want_generation_f1, metric_fns=metric_fns)
+        output_dir = Path(output_dir or self.args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "eval_results.txt").write_text(format_results(results), encoding="utf-8")
+        (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2),
+                                                      encoding="utf-8")
+        if verbose and not silent:
+            print(json.dumps(results, indent=2))
+        return results
+
+    def _evaluate(self, dialogs, source, silent=True, generation=False, metric_fns=None):
+        dataset = self._dataset(dialogs, source)
+        batch_size = self.args.eval_batch_size
+        if batch_size == "auto":
+            raise ValueError("eval_batch_size='auto' needs a CUDA device; pass a number on CPU")
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size,
+            collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id))
+        results = evaluate_batches(self.model, loader, self.args.lm_coef, self.args.mc_coef,
+                                   self.device, autocast_dtype(self.device, self.args.fp16),
+                                   silent=silent)
+        labels, preds = results.pop("_labels"), results.pop("_preds")
+        results.update(apply_metric_fns(labels, preds, metric_fns or {}))
+        if generation:
+            greedy = DecodingOptions.from_args(self.args)
+            greedy = DecodingOptions(**{**greedy.__dict__, "do_sample": False})
+            results["generation_f1"] = generation_f1(
+                lambda p, h: self._reply(p, h, greedy), dialogs, silent=silent)
+        return results
+
+    # ---------------------------------------------------------------- chatting
+    def interact(self, personality: list[str] | None = None) -> None:
+        """Chat in the terminal. Without a personality, a random persona from the data."""
+        if not personality:
+            personality = self.random_personality()
+            print("Selected personality:", " ".join(personality))
+        run_repl(lambda message, history: self.interact_single(message, history, personality))
+
+    def interact_single(self, message: str, history: list, personality: list[str] | None = None,
+                        encode_history: bool = True) -> tuple[str, list]:
+        """One reply to ``message``. Returns ``(reply, history)``; history includes both.
+
+        With ``encode_history=False`` the history holds token-id lists (as simpletransformers
+        did) and is cut to the last ``2*max_history+1`` entries.
+        """
+        personality = personality or self.random_personality()
+        persona_ids = [self._encode(s) for s in personality]
+        if encode_history:
+            history = [*history, message]
+            reply_ids = generate_reply(self.model, persona_ids,
+                                       [self._encode(h) for h in history], self.special,
+                                       DecodingOptions.from_args(self.args), self.device)
+            reply = self.tokenizer.decode(reply_ids, skip_special_tokens=True).strip()
+            return reply, [*history, reply]
+        history = [*history, self._encode(message)]
+        reply_ids = generate_reply(self.model, persona_ids, history, self.special,
+                                   DecodingOptions.from_args(self.args), self.device)
+        history = [*history, reply_ids][-(2 * self.args.max_history + 1):]
+        return self.tokenizer.decode(reply_ids, skip_special_tokens=True).strip(), history
+
+    def _reply(self, personality: list[str], history: list[str],
+               options: DecodingOptions) -> str:
+        ids = generate_reply(self.model, [self._encode(s) for s in personality],
+                             [self._encode(h) for h in history], self.special, options,
+                             self.device)
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def random_personality(self) -> list[str]:
+        """A persona from the model's training data (saved beside the weights), or, for a
+        model without one, from Persona-Chat (downloaded once)."""
+        if not self._personas:
+            dialogs = load_personachat_or_file(None, "valid", self.args.cache_dir)
+            self._personas = personalities(dialogs)[:MAX_SAVED_PERSONAS]
+        return list(random.choice(self._personas))
+
+    # ---------------------------------------------------------------- saving
+    def save_model(self, output_dir: str | os.PathLike | None = None) -> Path:
+        """Save weights (safetensors), tokenizer, model_args.json and the persona list."""
+        extra = {PERSONAS_FILE: json.dumps(self._personas or [], ensure_ascii=False)}
+        return save_pretrained_atomic(output_dir or self.args.output_dir, self.model,
+                                      self.tokenizer, self.args, extra_files=extra)
+
+    # ---------------------------------------------------------------- helpers
+    def _load(self, path, split: str, limit: int | None) -> list[dict]:
+        dialogs = load_personachat_or_file(path, split, self.args.cache_dir)
+        return dialogs[:limit] if limit else dialogs
+
+    def _dataset(self, dialogs, source: str):
+        return dataset_from_dialogs(
+            dialogs, self.tokenizer, self.special,
+            num_candidates=self.args.num_candidates, max_history=self.args.max_history,
+            max_tokens=context_size(self.model),
+            personality_permutations=self.args.personality_permutations,
+            lowercase=self.args.do_lower_case, seed=self.args.manual_seed or 0, source=source)
+
+
+def read_personas(model_name) -> list[list[str]]:
+    """Personas saved beside a model by personachat (empty for hub models)."""
+    path = Path(str(model_name)) / PERSONAS_FILE
+    if not path.is_file():
+        return []
+    try:
+        personas = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return []
+    return [p for p in personas if isinstance(p, list) and p and all(isinstance(s, str) for s in p)]
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+__all__ = ["ConvAIModel", "ConvAIArgs", "make_args"]

@@ -1,0 +1,312 @@
+"""From dialogs to model inputs: the TransferTransfo input layout.
+
+One input is ``<bos>`` + persona sentences, then the last ``2*max_history+1`` history
+utterances, then a candidate reply + ``<eos>``. Every utterance starts with a speaker token;
+speakers alternate counting back from the reply, so the reply is always ``<speaker2>`` (the
+bot) and the message just before it ``<speaker1>`` (the user). Token-type ids repeat each
+segment's speaker token; the persona belongs to the bot, so it carries ``<speaker2>`` too.
+
+Everything here is pure: token-id lists in, token-id lists out. Tokenization happens once per
+distinct string (``TextEncoder``), and a dataset stores only token ids per sentence; padded
+tensors exist for one batch at a time (``collate``), padded to that batch's longest input.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import chain
+
+import torch
+
+SPECIAL_TOKENS = ["<bos>", "<eos>", "<speaker1>", "<speaker2>", "<pad>"]
+ATTR_TO_SPECIAL_TOKEN = {
+    "bos_token": "<bos>",
+    "eos_token": "<eos>",
+    "pad_token": "<pad>",
+    "additional_special_tokens": ["<speaker1>", "<speaker2>"],
+}
+IGNORE_INDEX = -100  # label value cross-entropy skips
+
+
+class EncodingError(ValueError):
+    """The data cannot be turned into model inputs with the chosen options."""
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Token ids of the five special tokens, looked up once from the tokenizer."""
+
+    bos: int
+    eos: int
+    speaker1: int
+    speaker2: int
+    pad: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> SpecialIds:
+        ids = tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS)
+        unk = getattr(tokenizer, "unk_token_id", None)
+        missing = [tok for tok, i in zip(SPECIAL_TOKENS, ids, strict=True) if i is None or
+                   (i == unk and tok != getattr(tokenizer, "unk_token", None))]
+        if missing:
+            raise EncodingError(
+                f"the tokenizer lacks the special tokens {missing}; call "
+                "personachat.modeling.add_special_tokens_(model, tokenizer) first"
+            )
+        return cls(*ids)
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        """Tokens that end a generated reply."""
+        return frozenset({self.eos, self.speaker1, self.speaker2, self.bos, self.pad})
+
+
+def build_input_from_segments(
+    persona: Sequence[Sequence[int]],
+    history: Sequence[Sequence[int]],
+    reply: Sequence[int],
+    special: SpecialIds,
+    lm_labels: bool = False,
+    with_eos: bool = True,
+) -> dict[str, list[int]]:
+    """Lay out one (persona, history, reply) triple as the model sees it.
+
+    Returns ``input_ids``, ``token_type_ids``, ``mc_token_ids`` (index of the last token, where
+    the multiple-choice head reads) and ``lm_labels`` (-100 everywhere except the reply's
+    tokens and ``<eos>`` when ``lm_labels`` is true: only the gold reply is learned).
+    """
+    reply_segment = list(reply) + ([special.eos] if with_eos else [])
+    utterances = [*history, reply_segment]
+    # Alternate speakers counting back from the reply, which is always the bot (<speaker2>).
+    speakers = [special.speaker2 if (len(utterances) - 1 - i) % 2 == 0 else special.speaker1
+                for i in range(len(utterances))]
+    persona_segment = [special.bos, *chain.from_iterable(persona)]
+    segments = [persona_segment] + [[spk, *utt] for spk, utt in zip(speakers, utterances, strict=True)]
+    types = [special.speaker2] + speakers
+
+    input_ids = list(chain.from_iterable(segments))
+    token_type_ids = [t for t, seg in zip(types, segments, strict=True) for _ in seg]
+    labels = [IGNORE_INDEX] * len(input_ids)
+    if lm_labels:
+        # The reply's speaker token is the context; everything after it is predicted.
+        start = len(input_ids) - len(reply_segment)
+        labels[start:] = reply_segment
+    return {
+        "input_ids": input_ids,
+        "token_type_ids": token_type_ids,
+        "mc_token_ids": len(input_ids) - 1,
+        "lm_labels": labels,
+    }
+
+
+def truncate_to_fit(
+    persona: Sequence[Sequence[int]],
+    history: Sequence[Sequence[int]],
+    reply: Sequence[int],
+    max_tokens: int,
+) -> tuple[list[Sequence[int]], list[Sequence[int]], Sequence[int]]:
+    """Drop the oldest history first, then persona sentences from the end, to fit max_tokens.
+
+    Overhead per input: ``<bos>``, one speaker token per utterance, ``<eos>``. Only when the
+    reply alone cannot fit is the reply itself cut (keeping its start). Never raises.
+    """
+    persona, history = list(persona), list(history)
+
+    def length() -> int:
+        return (1 + sum(map(len, persona)) + sum(len(u) + 1 for u in history)
+                + len(reply) + 2)
+
+    while length() > max_tokens and history:
+        history.pop(0)
+    while length() > max_tokens and persona:
+        persona.pop()
+    if length() > max_tokens:
+        reply = reply[: max(0, max_tokens - 3)]
+    return persona, history, reply
+
+
+class TextEncoder:
+    """Tokenizes each distinct string once and hands back the shared token-id list.
+
+    Persona sentences and history utterances repeat across the examples of a dialog (and
+    across dialogs); caching by string makes dataset encoding linear in distinct text.
+    """
+
+    def __init__(self, tokenizer, lowercase: bool = False) -> None:
+        self.tokenizer = tokenizer
+        self.lowercase = lowercase
+        self._cache: dict[str, list[int]] = {}
+
+    def __call__(self, text: str) -> list[int]:
+        ids = self._cache.get(text)
+        if ids is None:
+            self.prime([text])
+            ids = self._cache[text]
+        return ids
+
+    def prime(self, texts: Iterable[str]) -> None:
+        """Tokenize many new strings in one batched call (the fast tokenizer runs in Rust)."""
+        new = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if not new:
+            return
+        prepared = [t.lower() if self.lowercase else t for t in new]
+        encoded = self.tokenizer(prepared, add_special_tokens=False)["input_ids"]
+        self._cache.update(zip(new, encoded, strict=True))
+
+
+def encode_dialogs(dialogs: Sequence[dict], encoder: TextEncoder) -> list[dict]:
+    """Replace every string of every dialog by its token ids (same structure)."""
+    encoder.prime(chain.from_iterable(_dialog_texts(d) for d in dialogs))
+    return [
+        {
+            "personality": [encoder(s) for s in d["personality"]],
+            "utterances": [
+                {"history": [encoder(h) for h in u["history"]],
+                 "candidates": [encoder(c) for c in u["candidates"]]}
+                for u in d["utterances"]
+            ],
+        }
+        for d in dialogs
+    ]
+
+
+def _dialog_texts(dialog: dict) -> Iterable[str]:
+    yield from dialog["personality"]
+    for utt in dialog["utterances"]:
+        yield from utt["history"]
+        yield from utt["candidates"]
+
+
+def check_num_candidates(dialogs: Sequence[dict], num_candidates: int, source: str) -> None:
+    """Raise an EncodingError listing utterances with fewer candidates than asked for."""
+    short = [
+        (i, j, len(u["candidates"]))
+        for i, d in enumerate(dialogs)
+        for j, u in enumerate(d["utterances"])
+        if len(u["candidates"]) < num_candidates
+    ]
+    if not short:
+        return
+    fewest = min(n for _, _, n in short)
+    where = ", ".join(f"dialog {i} utterance {j} has {n}" for i, j, n in short[:5])
+    more = f" (and {len(short) - 5} more)" if len(short) > 5 else ""
+    raise EncodingError(
+        f"{source}: num_candidates={num_candidates} but {len(short)} utterance(s) have fewer "
+        f"candidates: {where}{more}. Set num_candidates to at most {fewest} or add "
+        "distractor candidates to the data."
+    )
+
+
+class PersonaChatDataset(torch.utils.data.Dataset):
+    """Training/eval examples built lazily from token ids: one item per (utterance, permutation).
+
+    Only token ids per sentence are held in memory; an item's input layout is assembled when
+    it is read, so memory does not grow with padding or with the number of candidates.
+    """
+
+    def __init__(
+        self,
+        encoded_dialogs: Sequence[dict],
+        special: SpecialIds,
+        num_candidates: int,
+        max_history: int,
+        max_tokens: int,
+        personality_permutations: int = 1,
+        seed: int = 0,
+    ) -> None:
+        self.dialogs = encoded_dialogs
+        self.special = special
+        self.num_candidates = num_candidates
+        self.max_history = max_history
+        self.max_tokens = max_tokens
+        rng = random.Random(seed)
+        self.index: list[tuple[int, int, tuple[int, ...]]] = []
+        for d, dialog in enumerate(encoded_dialogs):
+            orders = persona_orders(len(dialog["personality"]), personality_permutations, rng)
+            for order in orders:
+                self.index.extend((d, u, order) for u in range(len(dialog["utterances"])))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, idx: int) -> dict:
+        d, u, order = self.index[idx]
+        dialog = self.dialogs[d]
+        persona = [dialog["personality"][i] for i in order]
+        utterance = dialog["utterances"][u]
+        return build_example(persona, utterance["history"], utterance["candidates"],
+                             self.special, self.num_candidates, self.max_history,
+                             self.max_tokens)
+
+
+def persona_orders(n_sentences: int, permutations: int, rng: random.Random) -> list[tuple[int, ...]]:
+    """The original order first, then up to ``permutations - 1`` distinct shuffles."""
+    original = tuple(range(n_sentences))
+    orders = [original]
+    seen = {original}
+    attempts = 0
+    while len(orders) < permutations and attempts < 20 * permutations:
+        attempts += 1
+        order = list(original)
+        rng.shuffle(order)
+        if tuple(order) not in seen:
+            seen.add(tuple(order))
+            orders.append(tuple(order))
+    return orders
+
+
+def build_example(
+    persona: Sequence[Sequence[int]],
+    history: Sequence[Sequence[int]],
+    candidates: Sequence[Sequence[int]],
+    special: SpecialIds,
+    num_candidates: int,
+    max_history: int,
+    max_tokens: int,
+) -> dict:
+    """All candidates of one utterance laid out; the gold (last) candidate gets LM labels."""
+    history = list(history)[-(2 * max_history + 1):]
+    chosen = list(candidates)[-num_candidates:]
+    inputs = []
+    for j, candidate in enumerate(chosen):
+        p, h, r = truncate_to_fit(persona, history, candidate, max_tokens)
+        inputs.append(build_input_from_segments(p, h, r, special,
+                                                lm_labels=j == len(chosen) - 1))
+    return {"candidates": inputs, "mc_label": len(chosen) - 1}
+
+
+def collate(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad a batch to its own longest input: tensors of shape [batch, candidates, length]."""
+    longest = max(len(c["input_ids"]) for ex in examples for c in ex["candidates"])
+    n_cand = len(examples[0]["candidates"])
+    if any(len(ex["candidates"]) != n_cand for ex in examples):
+        raise EncodingError("every example in a batch needs the same number of candidates")
+
+    def pad(key: str, value: int) -> torch.Tensor:
+        return torch.tensor(
+            [[c[key] + [value] * (longest - len(c[key])) for c in ex["candidates"]]
+             for ex in examples],
+            dtype=torch.long,
+        )
+
+    return {
+        "input_ids": pad("input_ids", pad_id),
+        "token_type_ids": pad("token_type_ids", pad_id),
+        "lm_labels": pad("lm_labels", IGNORE_INDEX),
+        "mc_token_ids": torch.tensor([[c["mc_token_ids"] for c in ex["candidates"]]
+                                      for ex in examples], dtype=torch.long),
+        "mc_labels": torch.tensor([ex["mc_label"] for ex in examples], dtype=torch.long),
+    }
+
+
+def dataset_from_dialogs(dialogs: Sequence[dict], tokenizer, special: SpecialIds, *,
+                         num_candidates: int, max_history: int, max_tokens: int,
+                         personality_permutations: int = 1, lowercase: bool = False,
+                         seed: int = 0, source: str = "<data>") -> PersonaChatDataset:
+    """Tokenize dialogs (each distinct string once) and index their examples."""
+    check_num_candidates(dialogs, num_candidates, source)
+    encoded = encode_dialogs(dialogs, TextEncoder(tokenizer, lowercase=lowercase))
+    return PersonaChatDataset(encoded, special, num_candidates, max_history, max_tokens,
+                              personality_permutations, seed)

@@ -1,0 +1,120 @@
+"""Evaluation: LM loss and perplexity of the gold replies, multiple-choice metrics, reply F1.
+
+Every metric is computed over the whole evaluation set (token-weighted LM loss, MC
+predictions pooled before F1), never as an average of per-batch values, which is what made
+simpletransformers' ``f1_score`` depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .modeling import double_heads_loss
+
+
+def macro_f1(labels: Sequence[int], preds: Sequence[int]) -> float:
+    """Macro-averaged F1 over every class seen in labels or preds (sklearn's definition,
+    with 0 for a class that has no true or no predicted instance)."""
+    if not labels:
+        return 0.0
+    classes = sorted(set(labels) | set(preds))
+    scores = []
+    for c in classes:
+        tp = sum(1 for y, p in zip(labels, preds, strict=True) if y == c and p == c)
+        fp = sum(1 for y, p in zip(labels, preds, strict=True) if y != c and p == c)
+        fn = sum(1 for y, p in zip(labels, preds, strict=True) if y == c and p != c)
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return sum(scores) / len(scores)
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """ConvAI2 normalisation: lowercase, strip punctuation and articles, squeeze spaces."""
+    text = _ARTICLES.sub(" ", text.lower().translate(_PUNCT))
+    return " ".join(text.split())
+
+
+def word_f1(prediction: str, gold: str) -> float:
+    """Word-overlap F1 between a generated reply and the gold reply (ConvAI2 metric)."""
+    pred_tokens = normalize_answer(prediction).split()
+    gold_tokens = normalize_answer(gold).split()
+    common = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    if common == 0:
+        return 0.0
+    precision = common / len(pred_tokens)
+    recall = common / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+@torch.no_grad()
+def evaluate_batches(model, batches: Iterable[dict[str, torch.Tensor]], lm_coef: float,
+                     mc_coef: float, device: torch.device, autocast_dtype=None,
+                     silent: bool = False) -> dict:
+    """Loss and MC metrics over all batches. Returns metrics plus raw labels/preds."""
+    model.eval()
+    lm_sum, lm_tokens, mc_sum, n_examples = 0.0, 0, 0.0, 0
+    labels: list[int] = []
+    preds: list[int] = []
+    for batch in tqdm(batches, desc="Evaluating", disable=silent, leave=False):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                            enabled=autocast_dtype is not None):
+            out = double_heads_loss(model, batch, lm_coef, mc_coef)
+        lm_sum += float(out.lm_loss_sum)
+        lm_tokens += out.lm_tokens
+        batch_size = batch["mc_labels"].numel()
+        mc_sum += float(out.mc_loss) * batch_size
+        n_examples += batch_size
+        labels += batch["mc_labels"].tolist()
+        preds += out.mc_logits.argmax(dim=-1).tolist()
+    if n_examples == 0:
+        raise ValueError("the evaluation data holds no utterances")
+    lm_loss = lm_sum / max(lm_tokens, 1)
+    mc_loss = mc_sum / n_examples
+    return {
+        "language_model_loss": lm_loss,
+        "perplexity": math.exp(min(lm_loss, 50.0)),
+        "mc_loss": mc_loss,
+        "eval_loss": lm_coef * lm_loss + mc_coef * mc_loss,
+        "f1_score": macro_f1(labels, preds),
+        "hits@1": sum(y == p for y, p in zip(labels, preds, strict=True)) / n_examples,
+        "num_examples": n_examples,
+        "_labels": labels,
+        "_preds": preds,
+    }
+
+
+def apply_metric_fns(labels: list[int], preds: list[int],
+                     metric_fns: dict[str, Callable]) -> dict:
+    """simpletransformers' extra metrics: each ``fn(labels, preds)`` on the MC predictions."""
+    return {name: fn(labels, preds) for name, fn in metric_fns.items()}
+
+
+def generation_f1(reply_fn: Callable[[list[str], list[str]], str],
+                  dialogs: Sequence[dict], limit: int | None = None,
+                  silent: bool = False) -> float:
+    """Mean word F1 of generated replies against the gold reply over the dialogs' utterances.
+
+    ``reply_fn(persona, history) -> reply``; ``limit`` caps the number of utterances.
+    """
+    pairs = [(d["personality"], u["history"], u["candidates"][-1])
+             for d in dialogs for u in d["utterances"]]
+    pairs = pairs[:limit] if limit else pairs
+    scores = [word_f1(reply_fn(p, h), gold)
+              for p, h, gold in tqdm(pairs, desc="Generating", disable=silent, leave=False)]
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def format_results(results: dict) -> str:
+    """simpletransformers' eval_results.txt format: ``key = value`` per line, sorted."""
+    return "".join(f"{key} = {results[key]}\n" for key in sorted(results))

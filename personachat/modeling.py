@@ -1,0 +1,176 @@
+"""The double-heads model: loading, special tokens, the TransferTransfo loss, saving.
+
+GPT-2 (``GPT2DoubleHeadsModel``) and OpenAI GPT (``OpenAIGPTDoubleHeadsModel``) carry a
+language-model head and a multiple-choice head that scores each candidate from the hidden
+state of its last token. Both come from ``from_pretrained``: a hub id (downloaded by
+transformers for a user who is online) or a local folder, including folders written by
+personachat or simpletransformers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .encoding import ATTR_TO_SPECIAL_TOKEN, IGNORE_INDEX
+
+MODEL_TYPES = {
+    "gpt2": "GPT2DoubleHeadsModel",
+    "gpt": "OpenAIGPTDoubleHeadsModel",
+    "openai-gpt": "OpenAIGPTDoubleHeadsModel",
+}
+# Hub ids simpletransformers users pass for model_type "gpt".
+HUB_ALIASES = {"openai-gpt": "openai-community/openai-gpt"}
+
+
+class ModelLoadError(RuntimeError):
+    """The model or tokenizer could not be loaded; the message says how to fix it."""
+
+
+def resolve_device(use_cuda: bool | str, cuda_device: int = -1) -> torch.device:
+    """``use_cuda=True`` without CUDA is an error (never a silent CPU run); "auto" picks."""
+    if use_cuda == "auto":
+        use_cuda = torch.cuda.is_available()
+    if not use_cuda:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ModelLoadError(
+            "use_cuda=True but CUDA is not available on this machine. Pass use_cuda=False "
+            "to run on the CPU (the personachat CLI picks the device itself)."
+        )
+    return torch.device("cuda" if cuda_device == -1 else f"cuda:{cuda_device}")
+
+
+def model_class(model_type: str):
+    import transformers
+
+    if model_type not in MODEL_TYPES:
+        raise ModelLoadError(
+            f"Unknown model_type {model_type!r}; use 'gpt2' (GPT-2 and GPT-2-architecture "
+            "models such as distilgpt2 or ruGPT-3-small) or 'gpt' (OpenAI GPT)."
+        )
+    return getattr(transformers, MODEL_TYPES[model_type])
+
+
+def load_model_and_tokenizer(model_type: str, model_name: str | os.PathLike, **kwargs):
+    """Load the double-heads model and its tokenizer; add the special tokens if missing.
+
+    Extra ``kwargs`` go to the model's ``from_pretrained`` (e.g. ``revision``).
+    """
+    from transformers import AutoTokenizer
+
+    cls = model_class(model_type)
+    name = str(model_name)
+    name = HUB_ALIASES.get(name, name)
+    local = Path(name).expanduser()
+    if local.exists() and not local.is_dir():
+        raise ModelLoadError(f"model_name {name!r} is a file; pass the folder that holds it")
+    if not local.exists() and name.startswith((".", "/", "~")):
+        raise ModelLoadError(f"model folder {name!r} does not exist")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = cls.from_pretrained(name, **kwargs)
+    except OSError as err:
+        raise ModelLoadError(
+            f"Could not load {name!r}: {err}\nPass a local folder with config.json, weights "
+            "and a tokenizer, or a hub id such as 'gpt2' when you are online."
+        ) from err
+    add_special_tokens_(model, tokenizer)
+    return model, tokenizer
+
+
+def add_special_tokens_(model, tokenizer) -> int:
+    """Add ``<bos> <eos> <speaker1> <speaker2> <pad>`` once; resize embeddings if needed."""
+    before = len(tokenizer)
+    added = tokenizer.add_special_tokens(ATTR_TO_SPECIAL_TOKEN)
+    if added > 0 or model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(max(before + added, len(tokenizer)))
+    return added
+
+
+@dataclass
+class LossOutput:
+    """Losses of one batch. Sums and counts are kept so a whole set can be averaged exactly."""
+
+    loss: torch.Tensor
+    lm_loss: torch.Tensor
+    mc_loss: torch.Tensor
+    lm_loss_sum: torch.Tensor
+    lm_tokens: int
+    mc_logits: torch.Tensor
+
+
+def double_heads_loss(model, batch: dict[str, torch.Tensor], lm_coef: float,
+                      mc_coef: float) -> LossOutput:
+    """``lm_coef * lm_loss + mc_coef * mc_loss`` with the LM head only where labels exist.
+
+    The transformer body runs on every candidate; the 50k-wide LM head runs only on positions
+    whose next token is labelled (the gold reply), which gives the same loss as the full
+    computation at a fraction of the FLOPs and memory.
+    """
+    hidden = model.transformer(
+        input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"]
+    ).last_hidden_state  # [batch, candidates, length, hidden]
+    mc_logits = model.multiple_choice_head(hidden, batch["mc_token_ids"]).squeeze(-1)
+    mc_loss = F.cross_entropy(mc_logits.float(), batch["mc_labels"])
+
+    # Hidden state at t predicts token t+1.
+    targets = batch["lm_labels"][..., 1:]
+    mask = targets != IGNORE_INDEX
+    lm_tokens = int(mask.sum())
+    if lm_tokens:
+        logits = model.lm_head(hidden[..., :-1, :][mask]).float()
+        lm_loss_sum = F.cross_entropy(logits, targets[mask], reduction="sum")
+    else:
+        lm_loss_sum = hidden.sum() * 0.0  # keeps the graph; no labelled token in this batch
+    lm_loss = lm_loss_sum / max(lm_tokens, 1)
+    loss = lm_coef * lm_loss + mc_coef * mc_loss
+    return LossOutput(loss, lm_loss, mc_loss, lm_loss_sum.detach(), lm_tokens, mc_logits)
+
+
+def context_size(model) -> int:
+    config = model.config
+    return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings"))
+
+
+def save_pretrained_atomic(output_dir: str | os.PathLike, model, tokenizer, args=None,
+                           extra_files: dict[str, str] | None = None) -> Path:
+    """Write weights (safetensors), config, tokenizer and ``model_args.json`` to output_dir.
+
+    Everything is written into a temporary folder beside the target first. A fresh target is
+    then created by one rename; an existing folder (which may hold checkpoints, eval results
+    or TensorBoard runs) gets each file moved in by rename, weights last, so a crash never
+    leaves truncated files or weights that do not match their config.
+    """
+    target = Path(output_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        unwrap(model).save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if args is not None:
+            args.save(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        if not target.exists():
+            os.replace(tmp, target)
+            return target
+        files = sorted(tmp.iterdir(), key=lambda p: p.suffix == ".safetensors")
+        for item in files:
+            os.replace(item, target / item.name)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def unwrap(model):
+    """The plain model inside DDP or torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)

@@ -1,0 +1,74 @@
+"""A small GPT-2-architecture checkpoint built from nothing: the offline default.
+
+No hub is needed: a byte-level BPE tokenizer is trained on the given texts (so Cyrillic and
+emoji work like Latin text), a GPT-2 config of the requested size is initialised with random
+weights, and both are saved as an ordinary folder. Everything downstream then loads it with
+``from_pretrained`` exactly as it would load ``gpt2``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .modeling import add_special_tokens_, save_pretrained_atomic
+
+
+@dataclass(frozen=True)
+class ScratchConfig:
+    """Size of the tokenizer and of the GPT-2 body."""
+
+    vocab_size: int = 2000
+    n_layer: int = 2
+    n_embd: int = 128
+    n_head: int = 4
+    n_positions: int = 256
+    seed: int = 0
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A byte-level BPE ``GPT2TokenizerFast`` trained on texts (built from the tokenizer
+    object: ``vocab_file=``/``merges_file=`` silently yields an empty one in transformers 5)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2TokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    core.train_from_iterator(texts, trainer=trainer)
+    return GPT2TokenizerFast(tokenizer_object=core, bos_token="<|endoftext|>",
+                             eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+
+
+def dialog_texts(dialogs: Iterable[dict]) -> Iterable[str]:
+    """Every persona sentence, history utterance and candidate of Persona-Chat dialogs."""
+    for dialog in dialogs:
+        yield from dialog["personality"]
+        for utt in dialog["utterances"]:
+            yield from utt["history"][-1:]
+            yield from utt["candidates"]
+
+
+def build_scratch_checkpoint(output_dir: str | os.PathLike, texts: Iterable[str],
+                             config: ScratchConfig = ScratchConfig()) -> Path:
+    """Write a random-weight GPT2DoubleHeadsModel + trained tokenizer to output_dir."""
+    from transformers import GPT2Config, GPT2DoubleHeadsModel
+
+    tokenizer = train_tokenizer(texts, config.vocab_size)
+    torch.manual_seed(config.seed)
+    gpt2_config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=config.n_positions, n_embd=config.n_embd,
+        n_layer=config.n_layer, n_head=config.n_head,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    model = GPT2DoubleHeadsModel(gpt2_config)
+    add_special_tokens_(model, tokenizer)
+    model.config.scratch = asdict(config)
+    return save_pretrained_atomic(output_dir, model, tokenizer)
