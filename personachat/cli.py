@@ -1,0 +1,209 @@
+"""``personachat train | eval | interact``: the command line over ConvAIModel.
+
+A YAML config (``--config configs/NAME.yaml``) names the model and data files and overrides
+``ConvAIArgs`` defaults under ``args:``; flags override the config. With ``model_name: null``
+(the offline quick config) ``train`` first builds a small GPT-2-architecture model from the
+``scratch:`` section and a tokenizer trained on the training file, then fine-tunes it; ``eval``
+and ``interact`` then default to the trained model in ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import yaml
+
+from .args import ArgsError, ConvAIArgs, make_args, unknown_key_message
+from .data import DataError, load_dialogs
+from .encoding import EncodingError
+from .modeling import ModelLoadError, resolve_device
+from .scratch import ScratchConfig, build_scratch_checkpoint, dialog_texts
+from .training import TrainingError
+
+CONFIG_KEYS = {"model_type", "model_name", "train_file", "eval_file", "args", "scratch"}
+USER_ERRORS = (DataError, ArgsError, ModelLoadError, TrainingError, EncodingError,
+               FileNotFoundError, ValueError)
+
+
+def load_config(path: str | None) -> dict:
+    """Read a YAML config; unknown top-level keys are errors naming the closest one."""
+    if path is None:
+        return {}
+    file = Path(path)
+    if not file.is_file():
+        raise ArgsError(f"config file {path!r} does not exist (see the configs/ folder)")
+    try:
+        config = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ArgsError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(config, dict):
+        raise ArgsError(f"{path}: a config must be a mapping of keys to values")
+    for key in config:
+        if key not in CONFIG_KEYS:
+            raise ArgsError(f"{path}: {unknown_key_message(key, sorted(CONFIG_KEYS))}")
+    return config
+
+
+def parse_set(pairs: list[str]) -> dict:
+    """``--set key=value`` pairs; values parsed as YAML scalars (numbers, true/false, null)."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ArgsError(f"--set expects key=value, got {pair!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="personachat", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in [("train", "fine-tune a model (and evaluate it if an eval file is set)"),
+                            ("eval", "evaluate a trained model"),
+                            ("interact", "chat with a model in the terminal")]:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", help="YAML config, e.g. configs/quick.yaml")
+        p.add_argument("--model", help="model folder or hub id (overrides model_name)")
+        p.add_argument("--model-type", choices=["gpt2", "gpt"], help="default: gpt2")
+        p.add_argument("--output-dir", help="where results go (overrides args.output_dir)")
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                       help="auto: CUDA when available")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any ConvAIArgs option, e.g. --set num_train_epochs=2")
+        if name == "train":
+            p.add_argument("--train-file", help="Persona-Chat JSON (default: from config)")
+            p.add_argument("--overwrite-output-dir", action="store_true", default=None)
+        if name in ("train", "eval"):
+            p.add_argument("--eval-file", help="Persona-Chat JSON to evaluate on")
+        if name == "eval":
+            p.add_argument("--generation-f1", action="store_true",
+                           help="also report word F1 of greedy replies (slower)")
+        if name == "interact":
+            p.add_argument("--persona", action="append", default=[], metavar="SENTENCE",
+                           help="a persona sentence (repeat); default: a random persona")
+    return parser
+
+
+def resolve(options: argparse.Namespace) -> tuple[dict, ConvAIArgs]:
+    """Config file + flags → (settings, args)."""
+    config = load_config(options.config)
+    overrides = dict(config.get("args") or {})
+    overrides.update(parse_set(options.set))
+    if options.output_dir:
+        overrides["output_dir"] = options.output_dir
+    if getattr(options, "overwrite_output_dir", None):
+        overrides["overwrite_output_dir"] = True
+    args = make_args(overrides)
+    settings = {
+        "model_type": options.model_type or config.get("model_type") or "gpt2",
+        "model_name": options.model or config.get("model_name"),
+        "train_file": getattr(options, "train_file", None) or config.get("train_file"),
+        "eval_file": getattr(options, "eval_file", None) or config.get("eval_file"),
+        "scratch": config.get("scratch") or {},
+    }
+    return settings, args
+
+
+def scratch_model(settings: dict, args: ConvAIArgs) -> str:
+    """Build (once, cached by config and data) the small model the quick config starts from."""
+    if not settings["train_file"]:
+        raise ArgsError("model_name is null, so a model is built from scratch; that needs a "
+                        "train_file to train its tokenizer on (--train-file)")
+    known = {f.name for f in fields(ScratchConfig)}
+    for key in settings["scratch"]:
+        if key not in known:
+            raise ArgsError(f"scratch: {unknown_key_message(key, sorted(known))}")
+    config = ScratchConfig(**settings["scratch"])
+    data = Path(settings["train_file"]).read_bytes() if Path(settings["train_file"]).is_file() else b""
+    key = hashlib.sha256(json.dumps(asdict(config)).encode() + data).hexdigest()[:16]
+    folder = Path(args.cache_dir) / f"scratch-gpt2-{key}"
+    if not (folder / "config.json").is_file():
+        dialogs = load_dialogs(settings["train_file"])
+        print(f"Building a small GPT-2 ({config.n_layer} layers, {config.n_embd} wide, "
+              f"vocabulary {config.vocab_size}) with a tokenizer trained on "
+              f"{settings['train_file']} → {folder}")
+        build_scratch_checkpoint(folder, dialog_texts(dialogs), config)
+    return str(folder)
+
+
+def demo_conversation(model, eval_file: str, turns: int = 4) -> None:
+    """Print a short chat: the first eval dialog's persona and its partner's messages."""
+    dialog = load_dialogs(eval_file, split="valid")[0]
+    print("\nPersona:", " ".join(dialog["personality"]))
+    history: list[str] = []
+    for utterance in dialog["utterances"][:turns]:
+        message = utterance["history"][-1]
+        reply, history = model.interact_single(message, history, dialog["personality"])
+        print(f"  user: {message}\n  bot:  {reply}")
+
+
+def run(options: argparse.Namespace) -> int:
+    from .conv_ai_model import ConvAIModel
+
+    settings, args = resolve(options)
+    device = resolve_device("auto" if options.device == "auto" else options.device == "cuda")
+    use_cuda = device.type == "cuda"
+    model_name = settings["model_name"]
+
+    if options.command == "train":
+        if model_name is None:
+            model_name = scratch_model(settings, args)
+        model = ConvAIModel(settings["model_type"], model_name, args=args, use_cuda=use_cuda)
+        started = time.perf_counter()
+        global_step, _ = model.train_model(settings["train_file"], eval_file=None)
+        print(f"Trained {global_step} steps in {time.perf_counter() - started:.0f} s on "
+              f"{device}; model saved to {args.output_dir}")
+        if settings["eval_file"]:
+            results = model.eval_model(settings["eval_file"], verbose=False)
+            print_results(results)
+            demo_conversation(model, settings["eval_file"])
+        return 0
+
+    # eval / interact: the trained model in output_dir unless a model is named.
+    if model_name is None:
+        model_name = args.output_dir
+    model = ConvAIModel(settings["model_type"], model_name, args=args, use_cuda=use_cuda)
+    if options.command == "eval":
+        results = model.eval_model(settings["eval_file"], verbose=False,
+                                   generation_f1=options.generation_f1)
+        print_results(results)
+    else:
+        model.interact(personality=options.persona or None)
+    return 0
+
+
+def print_results(results: dict) -> None:
+    print("Evaluation:")
+    for key, value in results.items():
+        print(f"  {key:22s} {value:.4f}" if isinstance(value, float) else f"  {key:22s} {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = build_parser().parse_args(argv)
+    quiet_transformers()
+    try:
+        return run(options)
+    except USER_ERRORS as err:
+        print(f"personachat {options.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nInterrupted.", file=sys.stderr)
+        return 130
+
+
+def quiet_transformers() -> None:
+    """Hide transformers' weight-loading progress bars and info chatter in the CLI."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
