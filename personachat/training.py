@@ -151,8 +151,8 @@ def train(model, tokenizer, train_dataset, args: ConvAIArgs, device: torch.devic
             if writer and step % max(1, args.logging_steps) == 0:
                 elapsed = time.perf_counter() - started
                 writer.add_scalar("loss", running / running_n, step)
-                writer.add_scalar("lm_loss", float(out.lm_loss), step)
-                writer.add_scalar("mc_loss", float(out.mc_loss), step)
+                writer.add_scalar("lm_loss", float(out.lm_loss.detach()), step)
+                writer.add_scalar("mc_loss", float(out.mc_loss.detach()), step)
                 writer.add_scalar("lr", scheduler.get_last_lr()[0], step)
                 writer.add_scalar("grad_norm", float(grad_norm), step)
                 writer.add_scalar("tokens_per_s", tokens_seen / max(elapsed, 1e-9), step)
