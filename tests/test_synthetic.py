@@ -1,0 +1,290 @@
+"""Tests for personachat.synthetic, written as usage examples of the generator."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from personachat import synthetic
+from personachat.synthetic import (
+    SLOTS,
+    SMALL_TALK,
+    SPLITS,
+    dumps_dialogs,
+    fill,
+    generate_dialogs,
+    persona_split,
+    split_values,
+    write_splits,
+)
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def contains_phrase(text: str, phrase: str) -> bool:
+    """True when ``phrase`` occurs in ``text`` as whole words ("tea" is not in "teacher")."""
+    return re.search(rf"(?<![a-z0-9]){re.escape(phrase)}(?![a-z0-9])", text) is not None
+
+
+def all_text(dialogs: list[dict]) -> str:
+    """Every string of a split (persona, history, candidates), one per line."""
+    lines: list[str] = []
+    for dialog in dialogs:
+        lines += dialog["personality"]
+        for utterance in dialog["utterances"]:
+            lines += utterance["history"] + utterance["candidates"]
+    return "\n".join(lines)
+
+
+# Every persona sentence the generator can write, mapped back to its (slot, value) fact.
+SENTENCE_TO_FACT = {
+    fill(template, value): (name, value)
+    for name, slot in SLOTS.items()
+    for value in slot.values
+    for template in slot.persona
+}
+
+
+def persona_facts(dialog: dict) -> frozenset[tuple[str, str]]:
+    return frozenset(SENTENCE_TO_FACT[sentence] for sentence in dialog["personality"])
+
+
+def assert_persona_chat_format(dialogs: object, num_candidates: int | None = None) -> None:
+    """Check the Persona-Chat layout: types, growing history, gold reply last."""
+    assert isinstance(dialogs, list) and dialogs
+    for dialog in dialogs:
+        assert set(dialog) == {"personality", "utterances"}
+        assert all(isinstance(s, str) and s for s in dialog["personality"])
+        previous: dict | None = None
+        for k, utterance in enumerate(dialog["utterances"]):
+            assert set(utterance) <= {"history", "candidates", "probe"}
+            history, candidates = utterance["history"], utterance["candidates"]
+            assert all(isinstance(s, str) and s for s in history + candidates)
+            assert len(history) == 2 * k + 1  # partner speaks first, then turns alternate
+            if previous is not None:
+                # history = previous history + [previous gold reply, partner's next message]
+                assert history[:-1] == previous["history"] + [previous["candidates"][-1]]
+            if num_candidates is not None:
+                assert len(candidates) == num_candidates
+            assert len(set(candidates)) == len(candidates)
+            if "probe" in utterance:
+                assert set(utterance["probe"]) == {"slot", "value"}
+            previous = utterance
+
+
+@pytest.fixture(scope="module")
+def default_splits() -> dict[str, list[dict]]:
+    """The three splits exactly as the committed data files hold them."""
+    counts = {
+        "train": synthetic.DEFAULT_NUM_TRAIN,
+        "valid": synthetic.DEFAULT_NUM_VALID,
+        "unseen": synthetic.DEFAULT_NUM_UNSEEN,
+    }
+    return {split: generate_dialogs(count, split) for split, count in counts.items()}
+
+
+# --- format --------------------------------------------------------------------------------
+
+
+def test_generated_dialogs_follow_persona_chat_format(default_splits):
+    for dialogs in default_splits.values():
+        assert_persona_chat_format(dialogs, num_candidates=4)
+
+
+def test_minimal_example_follows_persona_chat_format():
+    dialogs = json.loads((DATA_DIR / "minimal_train.json").read_text(encoding="utf-8"))
+    assert len(dialogs) == 2
+    assert_persona_chat_format(dialogs, num_candidates=2)
+
+
+@pytest.mark.parametrize("num_candidates", [1, 2, 7, 20])
+def test_num_candidates_sets_candidates_per_utterance(num_candidates):
+    dialogs = generate_dialogs(30, "unseen", num_candidates=num_candidates, seed=3)
+    assert_persona_chat_format(dialogs, num_candidates=num_candidates)
+
+
+def test_dialog_shape(default_splits):
+    for dialog in default_splits["train"]:
+        facts = persona_facts(dialog)
+        assert 4 <= len(facts) <= 5
+        assert len({slot for slot, _ in facts}) == len(facts)  # one fact per slot
+        assert 4 <= len(dialog["utterances"]) <= 7
+
+
+def test_most_turns_probe_the_persona(default_splits):
+    utterances = [u for d in default_splits["train"] for u in d["utterances"]]
+    probes = [u for u in utterances if "probe" in u]
+    assert len(probes) >= 0.7 * len(utterances)
+    assert len(probes) < len(utterances)  # but there is some small talk
+    assert {u["probe"]["slot"] for u in probes} == set(SLOTS)
+
+
+def test_sentences_are_short(default_splits):
+    def words(text: str) -> int:
+        return sum(1 for token in text.split() if token not in {".", ",", "?", "!"})
+
+    for dialog in default_splits["train"]:
+        assert all(words(sentence) <= 10 for sentence in dialog["personality"])
+        for utterance in dialog["utterances"]:
+            assert all(words(reply) <= 12 for reply in utterance["candidates"])
+
+
+# --- probes and candidates -----------------------------------------------------------------
+
+
+def test_probe_value_is_in_persona_and_gold_reply(default_splits):
+    for dialogs in default_splits.values():
+        for dialog in dialogs:
+            facts = persona_facts(dialog)
+            for utterance in dialog["utterances"]:
+                if "probe" not in utterance:
+                    continue
+                slot, value = utterance["probe"]["slot"], utterance["probe"]["value"]
+                assert (slot, value) in facts
+                assert any(contains_phrase(s, value) for s in dialog["personality"])
+                assert contains_phrase(utterance["candidates"][-1], value)
+
+
+def test_distractors_never_equal_gold(default_splits):
+    for dialogs in default_splits.values():
+        for dialog in dialogs:
+            for utterance in dialog["utterances"]:
+                *distractors, gold = utterance["candidates"]
+                assert gold not in distractors
+
+
+def test_probe_distractors_reuse_gold_template_with_other_values():
+    for dialog in generate_dialogs(50, seed=11):
+        for utterance in dialog["utterances"]:
+            if "probe" not in utterance:
+                continue
+            slot, value = utterance["probe"]["slot"], utterance["probe"]["value"]
+            *distractors, gold = utterance["candidates"]
+            template = next(t for t in SLOTS[slot].replies if fill(t, value) == gold)
+            same_shape = {fill(template, other) for other in SLOTS[slot].values} - {gold}
+            # Most distractors look like the gold reply but state another value, so the
+            # model has to pick the value from the persona, not the sentence shape.
+            assert len([d for d in distractors if d in same_shape]) >= len(distractors) - 1
+
+
+def test_small_talk_has_no_probe_and_a_fitting_reply(default_splits):
+    replies = {reply for talk in SMALL_TALK.values() for reply in talk.replies}
+    for dialog in default_splits["train"]:
+        for utterance in dialog["utterances"]:
+            if "probe" not in utterance:
+                assert utterance["candidates"][-1] in replies
+
+
+# --- splits --------------------------------------------------------------------------------
+
+
+def test_train_and_valid_personas_are_disjoint(default_splits):
+    train = {persona_facts(d) for d in default_splits["train"]}
+    valid = {persona_facts(d) for d in default_splits["valid"]}
+    assert train.isdisjoint(valid)
+    # The split of a persona is decided by its fact set alone, whatever the seed.
+    assert all(persona_split(facts) == "train" for facts in train)
+    assert all(persona_split(facts) == "valid" for facts in valid)
+
+
+def test_seen_and_unseen_values_partition_each_slot():
+    seen, unseen = split_values("train"), split_values("unseen")
+    assert split_values("valid") == seen
+    for name, slot in SLOTS.items():
+        assert set(seen[name]).isdisjoint(unseen[name])
+        assert set(seen[name]) | set(unseen[name]) == set(slot.values)
+        assert 0.15 <= len(unseen[name]) / len(slot.values) <= 0.25
+
+
+def test_unseen_probe_values_never_appear_in_train_or_valid(default_splits):
+    unseen_values = {
+        u["probe"]["value"]
+        for d in default_splits["unseen"]
+        for u in d["utterances"]
+        if "probe" in u
+    }
+    assert unseen_values <= {v for values in split_values("unseen").values() for v in values}
+    for split in ("train", "valid"):
+        text = all_text(default_splits[split])
+        leaked = sorted(v for v in unseen_values if contains_phrase(text, v))
+        assert not leaked, f"unseen values found in {split}: {leaked}"
+
+
+def test_values_never_hide_inside_other_text():
+    """No value occurs inside another value or a fixed sentence, so held-out stays held-out."""
+    values = [value for slot in SLOTS.values() for value in slot.values]
+    assert len(values) == len(set(values))
+    fixed = [t.format(v="", av="") for s in SLOTS.values()
+             for t in s.persona + s.questions + s.replies]
+    fixed += [t for talk in SMALL_TALK.values() for t in talk.prompts + talk.replies]
+    fixed += list(synthetic.ACKNOWLEDGEMENTS)
+    for value in values:
+        assert not [t for t in fixed if contains_phrase(t, value)], value
+        assert not [v for v in values if v != value and contains_phrase(v, value)], value
+
+
+def test_slots_are_rich():
+    assert len(SLOTS) >= 8
+    for slot in SLOTS.values():
+        assert len(slot.values) >= 25, slot.name
+        assert len(slot.persona) >= 3 and len(slot.questions) >= 3 and len(slot.replies) >= 3
+        assert all(v == v.lower() and v.isascii() for v in slot.values)
+
+
+def test_unknown_split_or_bad_counts_are_rejected():
+    with pytest.raises(ValueError, match="unknown split"):
+        generate_dialogs(1, split="test")
+    with pytest.raises(ValueError, match="num_candidates"):
+        generate_dialogs(1, num_candidates=0)
+    with pytest.raises(ValueError, match=">= 0"):
+        generate_dialogs(-1)
+
+
+# --- determinism and files -----------------------------------------------------------------
+
+
+def test_same_seed_same_dialogs_and_different_seed_different_dialogs():
+    first = dumps_dialogs(generate_dialogs(20, "valid", seed=5))
+    assert dumps_dialogs(generate_dialogs(20, "valid", seed=5)) == first
+    assert dumps_dialogs(generate_dialogs(20, "valid", seed=6)) != first
+
+
+def test_write_splits_is_deterministic_and_atomic(tmp_path):
+    paths = write_splits(tmp_path / "a", num_train=5, num_valid=3, num_unseen=2, seed=1)
+    again = write_splits(tmp_path / "b", num_train=5, num_valid=3, num_unseen=2, seed=1)
+    assert list(paths) == list(SPLITS)
+    for split in SPLITS:
+        assert paths[split].name == f"persona_{split}.json"
+        assert paths[split].read_bytes() == again[split].read_bytes()
+    assert len(json.loads(paths["train"].read_text())) == 5
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(
+        p.name for p in paths.values()
+    )  # no temp files left behind
+
+
+def test_cli_writes_the_three_splits(tmp_path, capsys):
+    argv = ["--out-dir", str(tmp_path), "--num-train", "4", "--num-valid", "2",
+            "--num-unseen", "2", "--num-candidates", "3", "--seed", "9"]
+    assert synthetic.main(argv) == 0
+    for split in SPLITS:
+        dialogs = json.loads((tmp_path / f"persona_{split}.json").read_text())
+        assert_persona_chat_format(dialogs, num_candidates=3)
+    assert "persona_train.json" in capsys.readouterr().out
+
+
+def test_committed_data_matches_generator_defaults(tmp_path):
+    """data/persona_*.json are exactly ``python -m personachat.synthetic --out-dir data``."""
+    paths = write_splits(tmp_path)
+    for path in paths.values():
+        committed = DATA_DIR / path.name
+        assert committed.is_file(), f"missing {committed}; regenerate with the CLI"
+        assert committed.read_bytes() == path.read_bytes(), (
+            f"{committed} drifted from the generator; rerun "
+            "`python -m personachat.synthetic --out-dir data`"
+        )
