@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import tarfile
 import tempfile
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,12 @@ MODEL_TYPES = {
 }
 # Hub ids simpletransformers users pass for model_type "gpt".
 HUB_ALIASES = {"openai-gpt": "openai-community/openai-gpt"}
+# HuggingFace's Persona-Chat fine-tuned OpenAI GPT, which the classic notebook fetched with
+# wget + tar as the folder "gpt_personachat_cache"; we fetch it when that folder is missing.
+FINETUNED_ARCHIVES = {
+    "gpt_personachat_cache": "https://s3.amazonaws.com/models.huggingface.co/"
+                             "transfer-learning-chatbot/gpt_personachat_cache.tar.gz",
+}
 
 
 class ModelLoadError(RuntimeError):
@@ -58,23 +67,73 @@ def model_class(model_type: str):
     return getattr(transformers, MODEL_TYPES[model_type])
 
 
+def fetch_finetuned_archive(name: str, target_root: str | os.PathLike = ".",
+                            url: str | None = None, timeout: float = 120) -> Path:
+    """Download and unpack a known fine-tuned archive into ``target_root/name`` (atomically).
+
+    Only regular files and folders are unpacked (``tarfile``'s "data" filter), so an archive
+    cannot write outside the target or create links.
+    """
+    url = url or FINETUNED_ARCHIVES[name]
+    target = Path(target_root) / name
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
+    try:
+        archive = tmp / "archive.tar.gz"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(archive, "wb") as f:
+                shutil.copyfileobj(response, f)
+        except (OSError, urllib.error.URLError) as err:
+            raise ModelLoadError(
+                f"Could not download {name} from {url}: {err}. Download and unpack it by "
+                f"hand into ./{name}, or pass another model folder."
+            ) from err
+        unpacked = tmp / "unpacked"
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                tar.extractall(unpacked, filter="data")
+        except (tarfile.TarError, OSError) as err:
+            raise ModelLoadError(f"{url} is not a valid .tar.gz archive ({err})") from err
+        # Archives hold the files either at the top level or inside one folder.
+        entries = list(unpacked.iterdir())
+        root = entries[0] if len(entries) == 1 and entries[0].is_dir() else unpacked
+        os.replace(root, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_tokenizer(model_type: str, name: str):
+    """AutoTokenizer, falling back to the model type's own class for old folders whose
+    config.json predates the ``model_type`` key (e.g. gpt_personachat_cache)."""
+    import transformers
+
+    try:
+        return transformers.AutoTokenizer.from_pretrained(name)
+    except (ValueError, KeyError):
+        fallback = "OpenAIGPTTokenizer" if model_type in ("gpt", "openai-gpt") else "GPT2Tokenizer"
+        return getattr(transformers, fallback).from_pretrained(name)
+
+
 def load_model_and_tokenizer(model_type: str, model_name: str | os.PathLike, **kwargs):
     """Load the double-heads model and its tokenizer; add the special tokens if missing.
 
     Extra ``kwargs`` go to the model's ``from_pretrained`` (e.g. ``revision``).
     """
-    from transformers import AutoTokenizer
-
     cls = model_class(model_type)
     name = str(model_name)
     name = HUB_ALIASES.get(name, name)
+    if name in FINETUNED_ARCHIVES and not Path(name).exists():
+        name = str(fetch_finetuned_archive(name))
     local = Path(name).expanduser()
     if local.exists() and not local.is_dir():
         raise ModelLoadError(f"model_name {name!r} is a file; pass the folder that holds it")
     if not local.exists() and name.startswith((".", "/", "~")):
         raise ModelLoadError(f"model folder {name!r} does not exist")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        tokenizer = load_tokenizer(model_type, name)
         model = cls.from_pretrained(name, **kwargs)
     except OSError as err:
         raise ModelLoadError(
@@ -136,7 +195,7 @@ def double_heads_loss(model, batch: dict[str, torch.Tensor], lm_coef: float,
 
 def context_size(model) -> int:
     config = model.config
-    return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings"))
+    return int(getattr(config, "n_positions", None) or config.max_position_embeddings)
 
 
 def save_pretrained_atomic(output_dir: str | os.PathLike, model, tokenizer, args=None,
