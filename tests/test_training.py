@@ -40,8 +40,8 @@ def test_checkpoints_every_epoch_and_every_save_steps(tiny_checkpoint, dialogs_f
     model.train_model(dialogs_file)
     out = tmp_path / "out"
     names = sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint"))
-    assert names == ["checkpoint-12-epoch-2", "checkpoint-4", "checkpoint-6-epoch-1",
-                     "checkpoint-8"]
+    assert names == ["checkpoint-12", "checkpoint-12-epoch-2", "checkpoint-4",
+                     "checkpoint-6-epoch-1", "checkpoint-8"]
     for name in names:
         assert (out / name / "model.safetensors").is_file()
         assert (out / name / "model_args.json").is_file()
