@@ -105,6 +105,11 @@ class ConvAIArgs:
     max_eval_examples: int | None = None
     # Compute word-overlap F1 of generated replies in eval_model (slow: one generation each).
     generation_f1: bool = False
+    # Decoding that stays in character: penalise/ban what the bot already said, or sample
+    # rerank_samples replies and keep the one the MC head + length-normalised LM like best.
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    rerank_samples: int = 0
 
     def update_from_dict(self, new_values: dict[str, Any] | None) -> ConvAIArgs:
         """Set the given options; unknown keys raise ArgsError naming the closest valid key."""

@@ -19,8 +19,18 @@ import torch
 from .args import ConvAIArgs, make_args
 from .data import load_personachat_or_file, personalities
 from .encoding import SpecialIds, TextEncoder, collate, dataset_from_dialogs
-from .evaluation import apply_metric_fns, evaluate_batches, format_results, generation_f1
-from .generation import DecodingOptions, generate_reply
+from .evaluation import (
+    apply_metric_fns,
+    evaluate_batches,
+    format_results,
+    generation_f1,
+    persona_accuracy,
+    persona_hits_at_1,
+    probe_items,
+    repetition_rate,
+    without_persona,
+)
+from .generation import DecodingOptions, respond
 from .modeling import context_size, load_model_and_tokenizer, resolve_device, save_pretrained_atomic
 from .repl import run_repl
 from .training import autocast_dtype, check_output_dir, train
@@ -98,12 +108,24 @@ class ConvAIModel:
         ``language_model_loss``, ``perplexity``, ``f1_score`` (macro F1 of the
         multiple-choice head), ``hits@1``, ``mc_loss``, ``eval_loss``, ``generation_f1`` when
         ``generation_f1=True`` (here or in args), and one entry per extra
-        ``metric_fn(labels, preds)``. Also writes eval_results.txt / eval_results.json."""
-        want_generation_f1 = bool(metric_fns.pop("generation_f1", self.args.generation_f1))
+        ``metric_fn(labels, preds)``. Also writes eval_results.txt / eval_results.json.
+
+        Data with persona probes (``"probe": {"value": …}`` on utterances, as in the bundled
+        persona benchmark) adds ``persona_accuracy`` (share of greedy replies stating the
+        persona's value) and ``persona_hits@1``. ``ablate_persona=True`` evaluates with every
+        persona removed from the input; ``repetition_rate=True`` adds the share of self-play
+        replies that repeat an earlier reply of the bot."""
+        flags = {name: metric_fns.pop(name) for name in
+                 ("generation_f1", "ablate_persona", "repetition_rate")
+                 if isinstance(metric_fns.get(name), bool)}
         dialogs = self._load(eval_file, "valid", self.args.max_eval_examples)
+        if flags.get("ablate_persona"):
+            dialogs = without_persona(dialogs)
         results = self._evaluate(dialogs, str(eval_file or "Persona-Chat valid"),
                                  silent=silent or self.args.silent,
-                                 generation=want_generation_f1, metric_fns=metric_fns)
+                                 generation=flags.get("generation_f1", self.args.generation_f1),
+                                 repetition=flags.get("repetition_rate", False),
+                                 metric_fns=metric_fns)
         output_dir = Path(output_dir or self.args.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "eval_results.txt").write_text(format_results(results), encoding="utf-8")
@@ -113,7 +135,8 @@ class ConvAIModel:
             print(json.dumps(results, indent=2))
         return results
 
-    def _evaluate(self, dialogs, source, silent=True, generation=False, metric_fns=None):
+    def _evaluate(self, dialogs, source, silent=True, generation=False, repetition=False,
+                  metric_fns=None):
         dataset = self._dataset(dialogs, source)
         batch_size = self.args.eval_batch_size
         if batch_size == "auto":
@@ -126,11 +149,15 @@ class ConvAIModel:
                                    silent=silent)
         labels, preds = results.pop("_labels"), results.pop("_preds")
         results.update(apply_metric_fns(labels, preds, metric_fns or {}))
+        greedy = DecodingOptions.from_args(self.args, do_sample=False)
+        reply = partial(self._reply, options=greedy)
+        if probe_items(dialogs):
+            results["persona_hits@1"] = persona_hits_at_1(dialogs, dataset.index, labels, preds)
+            results["persona_accuracy"] = persona_accuracy(reply, dialogs, silent=silent)
         if generation:
-            greedy = DecodingOptions.from_args(self.args)
-            greedy = DecodingOptions(**{**greedy.__dict__, "do_sample": False})
-            results["generation_f1"] = generation_f1(
-                lambda p, h: self._reply(p, h, greedy), dialogs, silent=silent)
+            results["generation_f1"] = generation_f1(reply, dialogs, silent=silent)
+        if repetition:
+            results["repetition_rate"] = repetition_rate(reply, dialogs, silent=silent)
         return results
 
     # ---------------------------------------------------------------- chatting
@@ -152,20 +179,20 @@ class ConvAIModel:
         persona_ids = [self._encode(s) for s in personality]
         if encode_history:
             history = [*history, message]
-            reply_ids = generate_reply(self.model, persona_ids,
+            reply_ids = respond(self.model, persona_ids,
                                        [self._encode(h) for h in history], self.special,
                                        DecodingOptions.from_args(self.args), self.device)
             reply = self.tokenizer.decode(reply_ids, skip_special_tokens=True).strip()
             return reply, [*history, reply]
         history = [*history, self._encode(message)]
-        reply_ids = generate_reply(self.model, persona_ids, history, self.special,
+        reply_ids = respond(self.model, persona_ids, history, self.special,
                                    DecodingOptions.from_args(self.args), self.device)
         history = [*history, reply_ids][-(2 * self.args.max_history + 1):]
         return self.tokenizer.decode(reply_ids, skip_special_tokens=True).strip(), history
 
     def _reply(self, personality: list[str], history: list[str],
                options: DecodingOptions) -> str:
-        ids = generate_reply(self.model, [self._encode(s) for s in personality],
+        ids = respond(self.model, [self._encode(s) for s in personality],
                              [self._encode(h) for h in history], self.special, options,
                              self.device)
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()

@@ -118,3 +118,65 @@ def generation_f1(reply_fn: Callable[[list[str], list[str]], str],
 def format_results(results: dict) -> str:
     """simpletransformers' eval_results.txt format: ``key = value`` per line, sorted."""
     return "".join(f"{key} = {results[key]}\n" for key in sorted(results))
+
+
+def mentions(reply: str, value: str) -> bool:
+    """Whether the reply states the value as whole words ("tea" does not match "teacher")."""
+    return re.search(rf"(?<!\w){re.escape(value.lower())}(?!\w)", reply.lower()) is not None
+
+
+def probe_items(dialogs: Sequence[dict]) -> list[tuple[int, int, str]]:
+    """(dialog index, utterance index, expected value) of every annotated persona probe."""
+    return [(d, u, utt["probe"]["value"])
+            for d, dialog in enumerate(dialogs)
+            for u, utt in enumerate(dialog["utterances"])
+            if isinstance(utt.get("probe"), dict) and isinstance(utt["probe"].get("value"), str)]
+
+
+def persona_accuracy(reply_fn: Callable[[list[str], list[str]], str], dialogs: Sequence[dict],
+                     silent: bool = False) -> float | None:
+    """Share of probes whose reply contains the persona's value (None: no probes in data)."""
+    probes = probe_items(dialogs)
+    if not probes:
+        return None
+    hits = sum(mentions(reply_fn(dialogs[d]["personality"], dialogs[d]["utterances"][u]["history"]),
+                        value)
+               for d, u, value in tqdm(probes, desc="Persona probes", disable=silent,
+                                       leave=False))
+    return hits / len(probes)
+
+
+def persona_hits_at_1(dialogs: Sequence[dict], index: Sequence[tuple], labels: Sequence[int],
+                      preds: Sequence[int]) -> float | None:
+    """MC accuracy restricted to probe utterances; ``index[i]`` = (dialog, utterance, …)."""
+    probes = {(d, u) for d, u, _ in probe_items(dialogs)}
+    picks = [y == p for (d, u, *_), y, p in zip(index, labels, preds, strict=True)
+             if (d, u) in probes]
+    return sum(picks) / len(picks) if picks else None
+
+
+def repetition_rate(reply_fn: Callable[[list[str], list[str]], str], dialogs: Sequence[dict],
+                    silent: bool = False) -> float:
+    """Share of the bot's replies that repeat one of its earlier replies in the same dialog.
+
+    The bot talks to each dialog's partner messages with its *own* replies in the history
+    (self-play against a scripted partner), which is where repetition shows up.
+    """
+    repeats = total = 0
+    for dialog in tqdm(dialogs, desc="Self-play", disable=silent, leave=False):
+        history: list[str] = []
+        said: set[str] = set()
+        for utt in dialog["utterances"]:
+            history.append(utt["history"][-1] if utt["history"] else "")
+            reply = reply_fn(dialog["personality"], history)
+            key = normalize_answer(reply)
+            repeats += key in said
+            total += 1
+            said.add(key)
+            history.append(reply)
+    return repeats / total if total else 0.0
+
+
+def without_persona(dialogs: Sequence[dict]) -> list[dict]:
+    """The ablation: the same dialogs with every persona removed from the model's input."""
+    return [{**dialog, "personality": []} for dialog in dialogs]

@@ -10,11 +10,17 @@ re-sampled, so decoding can never loop.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
-from .encoding import SpecialIds, build_input_from_segments, truncate_to_fit
+from .encoding import (
+    IGNORE_INDEX,
+    SpecialIds,
+    build_input_from_segments,
+    collate,
+    truncate_to_fit,
+)
 from .modeling import context_size
 
 
@@ -29,11 +35,14 @@ class DecodingOptions:
     top_p: float = 0.9
     do_sample: bool = True
     max_history: int = 2
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    rerank_samples: int = 0
 
     @classmethod
-    def from_args(cls, args) -> DecodingOptions:
-        return cls(args.max_length, args.min_length, args.temperature, args.top_k,
-                   args.top_p, args.do_sample, args.max_history)
+    def from_args(cls, args, **overrides) -> DecodingOptions:
+        names = {f.name for f in fields(cls)}
+        return cls(**{**{n: getattr(args, n) for n in names if hasattr(args, n)}, **overrides})
 
 
 def top_filtering(logits: torch.Tensor, top_k: float = 0, top_p: float = 0.0,
@@ -79,6 +88,10 @@ def generate_reply(model, persona: Sequence[Sequence[int]], history: Sequence[Se
             f"whose context is {context_size(model)} tokens; lower max_length"
         )
     prompt = build_prompt(persona, history, special, options.max_history, max_prompt)
+    # The bot's earlier utterances (history alternates, ending with the user's message): what
+    # repetition_penalty and no_repeat_ngram_size keep the bot from saying again. The persona
+    # and the user's words are not penalised: copying the persona is the point.
+    own_turns = [list(u) for u in list(history)[-2::-2]]
     # OpenAI GPT has no KV cache in transformers: it re-encodes the sequence every step.
     use_cache = model.config.model_type != "openai-gpt"
     input_ids = torch.tensor([prompt["input_ids"]], device=device)
@@ -95,6 +108,14 @@ def generate_reply(model, persona: Sequence[Sequence[int]], history: Sequence[Se
             logits[stop] = -float("inf")
         # Start/pad/speaker1 never belong inside a reply; only <eos>/<speaker2> end one.
         logits[stop[(stop != special.eos) & (stop != special.speaker2)]] = -float("inf")
+        if options.repetition_penalty != 1.0:
+            penalize_repeats_(logits, own_turns, reply, options.repetition_penalty)
+        if options.no_repeat_ngram_size > 0:
+            banned = banned_ngram_tokens([*own_turns, reply], reply, options.no_repeat_ngram_size)
+            if banned:
+                logits[list(banned)] = -float("inf")
+        if torch.isneginf(logits).all():  # everything banned: end the reply instead
+            break
         token = pick_token(logits, options)
         if token in special.stop_ids:
             break
@@ -115,3 +136,68 @@ def pick_token(logits: torch.Tensor, options: DecodingOptions) -> int:
         return int(torch.argmax(logits))
     filtered = top_filtering(logits / options.temperature, options.top_k, options.top_p)
     return int(torch.multinomial(torch.softmax(filtered, dim=-1), 1))
+
+
+def penalize_repeats_(logits: torch.Tensor, own_turns: Sequence[Sequence[int]],
+                      reply: Sequence[int], penalty: float) -> None:
+    """CTRL-style penalty, in place, on tokens the bot already used (this reply or earlier)."""
+    used = sorted({t for turn in (*own_turns, reply) for t in turn})
+    if not used:
+        return
+    idx = torch.tensor(used, device=logits.device)
+    values = logits[idx]
+    logits[idx] = torch.where(values > 0, values / penalty, values * penalty)
+
+
+def banned_ngram_tokens(sequences: Sequence[Sequence[int]], reply: Sequence[int],
+                        n: int) -> set[int]:
+    """Tokens that would complete an n-gram already present in any of ``sequences``."""
+    if len(reply) < n - 1:
+        return set()
+    prefix = tuple(reply[len(reply) - (n - 1):]) if n > 1 else ()
+    banned = set()
+    for seq in sequences:
+        for i in range(len(seq) - n + 1):
+            if tuple(seq[i:i + n - 1]) == prefix:
+                banned.add(int(seq[i + n - 1]))
+    return banned
+
+
+@torch.no_grad()
+def score_replies(model, persona: Sequence[Sequence[int]], history: Sequence[Sequence[int]],
+                  replies: Sequence[Sequence[int]], special: SpecialIds, max_history: int,
+                  device: torch.device | str = "cpu") -> list[float]:
+    """Multiple-choice logit + mean log-likelihood per token of each reply (with ``<eos>``).
+
+    Length normalisation keeps short replies from winning just by having fewer tokens to pay
+    for; the MC head adds the model's judgment of fit with persona and history.
+    """
+    history = list(history)[-(2 * max_history + 1):]
+    inputs = [build_input_from_segments(*truncate_to_fit(persona, history, r, context_size(model)),
+                                        special, lm_labels=True) for r in replies]
+    batch = collate([{"candidates": inputs, "mc_label": 0}], special.pad)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    hidden = model.transformer(input_ids=batch["input_ids"],
+                               token_type_ids=batch["token_type_ids"]).last_hidden_state
+    mc_logits = model.multiple_choice_head(hidden, batch["mc_token_ids"]).squeeze(-1)[0].float()
+    log_probs = torch.log_softmax(model.lm_head(hidden[0, :, :-1]).float(), dim=-1)
+    targets = batch["lm_labels"][0, :, 1:]
+    mask = targets != IGNORE_INDEX
+    token_ll = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+    mean_ll = token_ll.sum(-1) / mask.sum(-1).clamp(min=1)
+    return (mc_logits + mean_ll).tolist()
+
+
+def respond(model, persona: Sequence[Sequence[int]], history: Sequence[Sequence[int]],
+            special: SpecialIds, options: DecodingOptions,
+            device: torch.device | str = "cpu") -> list[int]:
+    """The bot's reply: one decoding pass, or with ``rerank_samples=N`` the best of N samples."""
+    if options.rerank_samples <= 1:
+        return generate_reply(model, persona, history, special, options, device)
+    sampling = replace(options, do_sample=True, rerank_samples=0)
+    samples = list(dict.fromkeys(
+        tuple(generate_reply(model, persona, history, special, sampling, device))
+        for _ in range(options.rerank_samples)))
+    scores = score_replies(model, persona, history, samples, special, options.max_history,
+                           device)
+    return list(samples[max(range(len(samples)), key=scores.__getitem__)])
