@@ -1,0 +1,145 @@
+"""Persona use: the probe metrics, the ablation, and decoding that stays in character."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from personachat import ConvAIModel
+from personachat.encoding import SpecialIds
+from personachat.evaluation import (
+    mentions,
+    persona_accuracy,
+    persona_hits_at_1,
+    probe_items,
+    repetition_rate,
+    without_persona,
+)
+from personachat.generation import (
+    DecodingOptions,
+    banned_ngram_tokens,
+    generate_reply,
+    penalize_repeats_,
+    respond,
+    score_replies,
+)
+from personachat.modeling import load_model_and_tokenizer
+from personachat.synthetic import generate_dialogs
+
+PROBED = [{
+    "personality": ["i work as a nurse .", "i drink tea ."],
+    "utterances": [
+        {"history": ["hi"], "candidates": ["hello", "hey"]},
+        {"history": ["hi", "hey", "what is your job ?"],
+         "candidates": ["i am a pilot .", "i am a nurse ."],
+         "probe": {"slot": "job", "value": "nurse"}},
+        {"history": ["hi", "hey", "what is your job ?", "i am a nurse .", "and to drink ?"],
+         "candidates": ["coffee .", "tea ."], "probe": {"slot": "drink", "value": "tea"}},
+    ],
+}]
+
+
+def test_a_value_counts_only_as_whole_words():
+    assert mentions("i am a Nurse .", "nurse")
+    assert mentions("i live in new york !", "new york")
+    assert not mentions("i am a teacher .", "tea")
+
+
+def test_persona_accuracy_counts_probes_whose_reply_states_the_value():
+    def copies_persona(persona, history):
+        return persona[0] if "job" in history[-1] else "i like coffee ."
+
+    assert probe_items(PROBED) == [(0, 1, "nurse"), (0, 2, "tea")]
+    assert persona_accuracy(copies_persona, PROBED, silent=True) == 0.5
+    assert persona_accuracy(copies_persona, [{**PROBED[0], "utterances": PROBED[0]["utterances"][:1]}],
+                            silent=True) is None
+
+
+def test_persona_hits_counts_only_probe_utterances():
+    index = [(0, 0, ()), (0, 1, ()), (0, 2, ())]
+    assert persona_hits_at_1(PROBED, index, labels=[1, 1, 1], preds=[0, 1, 0]) == 0.5
+
+
+def test_the_ablation_removes_every_persona_and_nothing_else():
+    ablated = without_persona(PROBED)
+    assert ablated[0]["personality"] == []
+    assert ablated[0]["utterances"] == PROBED[0]["utterances"]
+    assert PROBED[0]["personality"], "the input is not modified"
+
+
+def test_repetition_rate_is_the_share_of_replies_said_before():
+    assert repetition_rate(lambda p, h: "same thing .", PROBED, silent=True) == pytest.approx(2 / 3)
+    assert repetition_rate(lambda p, h: f"reply {len(h)}", PROBED, silent=True) == 0.0
+
+
+def test_banned_ngrams_are_those_already_said():
+    said = [[1, 2, 3], [7, 2, 5]]
+    assert banned_ngram_tokens(said, reply=[9, 2], n=2) == {3, 5}
+    assert banned_ngram_tokens(said, reply=[1, 2], n=3) == {3}
+    assert banned_ngram_tokens(said, reply=[], n=3) == set()
+
+
+def test_repetition_penalty_lowers_only_tokens_the_bot_used():
+    logits = torch.tensor([2.0, -2.0, 2.0, -2.0])
+    penalize_repeats_(logits, own_turns=[[0]], reply=[1], penalty=2.0)
+    assert logits.tolist() == [1.0, -4.0, 2.0, -2.0]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint):
+    model, tokenizer = load_model_and_tokenizer("gpt2", tiny_checkpoint)
+    return model, tokenizer, SpecialIds.from_tokenizer(tokenizer)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_no_repeat_ngram_size_means_no_ngram_appears_twice(tiny, n):
+    model, tokenizer, special = tiny
+    persona = [tokenizer.encode("i have a cat named tom .")]
+    earlier_bot_turn = tokenizer.encode("i am a nurse , i love pizza .")
+    history = [tokenizer.encode("hi"), earlier_bot_turn, tokenizer.encode("and you ?")]
+    options = DecodingOptions(max_length=25, min_length=25, temperature=2.0, top_p=1.0,
+                              no_repeat_ngram_size=n)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        reply = generate_reply(model, persona, history, special, options)
+        def grams(tokens):
+            return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+        new = grams(reply)
+        assert len(new) == len(set(new)), f"seed {seed}: {n}-gram repeated within {reply}"
+        assert not set(new) & set(grams(earlier_bot_turn)), f"seed {seed}: said before"
+
+
+def test_reranking_returns_the_best_scored_of_the_samples(tiny):
+    model, tokenizer, special = tiny
+    persona = [tokenizer.encode("i work as a nurse .")]
+    history = [tokenizer.encode("what is your job ?")]
+    replies = [tokenizer.encode("i am a nurse ."), tokenizer.encode("i like cats .")]
+    scores = score_replies(model, persona, history, replies, special, max_history=2)
+    assert len(scores) == 2 and all(isinstance(s, float) for s in scores)
+
+    options = DecodingOptions(max_length=8, rerank_samples=4, temperature=1.5)
+    torch.manual_seed(0)
+    best = respond(model, persona, history, special, options)
+    torch.manual_seed(0)
+    samples = [tuple(generate_reply(model, persona, history, special,
+                                    DecodingOptions(max_length=8, temperature=1.5)))
+               for _ in range(4)]
+    unique = list(dict.fromkeys(samples))
+    expected = unique[max(range(len(unique)),
+                          key=score_replies(model, persona, history, unique, special, 2).__getitem__)]
+    assert tuple(best) == expected
+
+
+def test_eval_model_reports_persona_metrics_and_the_ablation(tiny_checkpoint, tmp_path):
+    data = tmp_path / "probes.json"
+    import json
+
+    data.write_text(json.dumps(generate_dialogs(6, split="valid", num_candidates=2, seed=3)))
+    model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
+                        args={"output_dir": str(tmp_path), "max_length": 8})
+    results = model.eval_model(data, verbose=False, repetition_rate=True)
+    ablated = model.eval_model(data, verbose=False, ablate_persona=True)
+    for key in ("persona_accuracy", "persona_hits@1", "repetition_rate"):
+        assert 0.0 <= results[key] <= 1.0
+    assert ablated["language_model_loss"] != results["language_model_loss"]
