@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .args import ConvAIArgs, make_args
+from .candidates import add_distractors
 from .data import load_personachat_or_file, personalities
 from .encoding import SpecialIds, TextEncoder, collate, dataset_from_dialogs
 from .evaluation import (
@@ -30,10 +31,11 @@ from .evaluation import (
     repetition_rate,
     without_persona,
 )
-from .generation import DecodingOptions, respond
+from .generation import DecodingOptions, generate_replies, respond
 from .modeling import context_size, load_model_and_tokenizer, resolve_device, save_pretrained_atomic
+from .readers import read_dialogs
 from .repl import run_repl
-from .training import autocast_dtype, check_output_dir, train
+from .training import autocast_dtype, check_output_dir, resolve_eval_batch_size, train
 
 PERSONAS_FILE = "personas.json"
 MAX_SAVED_PERSONAS = 1000
@@ -138,11 +140,10 @@ class ConvAIModel:
     def _evaluate(self, dialogs, source, silent=True, generation=False, repetition=False,
                   metric_fns=None):
         dataset = self._dataset(dialogs, source)
-        batch_size = self.args.eval_batch_size
-        if batch_size == "auto":
-            raise ValueError("eval_batch_size='auto' needs a CUDA device; pass a number on CPU")
+        batch_size = resolve_eval_batch_size(self.model, dataset, self.args, self.device,
+                                             self.tokenizer.pad_token_id)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size,
+            dataset, batch_size=batch_size, pin_memory=self.device.type == "cuda",
             collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id))
         results = evaluate_batches(self.model, loader, self.args.lm_coef, self.args.mc_coef,
                                    self.device, autocast_dtype(self.device, self.args.fp16),
@@ -150,7 +151,7 @@ class ConvAIModel:
         labels, preds = results.pop("_labels"), results.pop("_preds")
         results.update(apply_metric_fns(labels, preds, metric_fns or {}))
         greedy = DecodingOptions.from_args(self.args, do_sample=False)
-        reply = partial(self._reply, options=greedy)
+        reply = partial(self.generate_replies, options=greedy)
         if probe_items(dialogs):
             results["persona_hits@1"] = persona_hits_at_1(dialogs, dataset.index, labels, preds)
             results["persona_accuracy"] = persona_accuracy(reply, dialogs, silent=silent)
@@ -190,12 +191,24 @@ class ConvAIModel:
         history = [*history, reply_ids][-(2 * self.args.max_history + 1):]
         return self.tokenizer.decode(reply_ids, skip_special_tokens=True).strip(), history
 
-    def _reply(self, personality: list[str], history: list[str],
-               options: DecodingOptions) -> str:
-        ids = respond(self.model, [self._encode(s) for s in personality],
-                             [self._encode(h) for h in history], self.special, options,
-                             self.device)
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    def generate_replies(self, conversations: list, options: DecodingOptions | None = None
+                         ) -> list[str]:
+        """Replies to many conversations in one batched decoding call.
+
+        ``conversations``: ``(personality, history)`` pairs or dicts with those keys, where
+        personality and history are lists of strings and history ends with the user's message.
+        """
+        options = options or DecodingOptions.from_args(self.args)
+        pairs = [(c["personality"], c["history"]) if isinstance(c, dict) else c
+                 for c in conversations]
+        encoded = [([self._encode(s) for s in p], [self._encode(h) for h in h_])
+                   for p, h_ in pairs]
+        if options.rerank_samples > 1:  # sampling + scoring is per conversation
+            ids = [respond(self.model, p, h, self.special, options, self.device)
+                   for p, h in encoded]
+        else:
+            ids = generate_replies(self.model, encoded, self.special, options, self.device)
+        return [self.tokenizer.decode(i, skip_special_tokens=True).strip() for i in ids]
 
     def random_personality(self) -> list[str]:
         """A persona from the model's training data (saved beside the weights), or, for a
@@ -214,7 +227,19 @@ class ConvAIModel:
 
     # ---------------------------------------------------------------- helpers
     def _load(self, path, split: str, limit: int | None) -> list[dict]:
-        dialogs = load_personachat_or_file(path, split, self.args.cache_dir)
+        """Dialogs of any supported format (None: public Persona-Chat), with distractors
+        sampled from other dialogs where an utterance has fewer than num_candidates."""
+        if path is None:
+            dialogs = load_personachat_or_file(None, split, self.args.cache_dir)
+        else:
+            dialogs = read_dialogs(path, format=self.args.data_format, split=split)
+        if any(len(u["candidates"]) < self.args.num_candidates
+               for d in dialogs for u in d["utterances"]):
+            dialogs, added = add_distractors(dialogs, self.args.num_candidates,
+                                             seed=self.args.manual_seed or 0)
+            if not self.args.silent:
+                print(f"{path}: added {added} distractor candidates sampled from other "
+                      f"dialogs (num_candidates={self.args.num_candidates})")
         return dialogs[:limit] if limit else dialogs
 
     def _dataset(self, dialogs, source: str):

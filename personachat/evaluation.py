@@ -100,18 +100,31 @@ def apply_metric_fns(labels: list[int], preds: list[int],
     return {name: fn(labels, preds) for name, fn in metric_fns.items()}
 
 
-def generation_f1(reply_fn: Callable[[list[str], list[str]], str],
-                  dialogs: Sequence[dict], limit: int | None = None,
+RepliesFn = Callable[[list[tuple[list[str], list[str]]]], list[str]]
+"""Answers a batch of (persona, history) conversations with one reply each."""
+
+
+def reply_all(replies_fn: RepliesFn, conversations: Sequence[tuple[list[str], list[str]]],
+              batch_size: int = 32, desc: str = "Generating", silent: bool = False) -> list[str]:
+    """Replies to every conversation, ``batch_size`` at a time (one padded decoding call)."""
+    replies: list[str] = []
+    for start in tqdm(range(0, len(conversations), batch_size), desc=desc, disable=silent,
+                      leave=False):
+        replies += replies_fn(list(conversations[start:start + batch_size]))
+    return replies
+
+
+def generation_f1(replies_fn: RepliesFn, dialogs: Sequence[dict], limit: int | None = None,
                   silent: bool = False) -> float:
     """Mean word F1 of generated replies against the gold reply over the dialogs' utterances.
 
-    ``reply_fn(persona, history) -> reply``; ``limit`` caps the number of utterances.
+    ``limit`` caps the number of utterances.
     """
-    pairs = [(d["personality"], u["history"], u["candidates"][-1])
+    items = [(d["personality"], u["history"], u["candidates"][-1])
              for d in dialogs for u in d["utterances"]]
-    pairs = pairs[:limit] if limit else pairs
-    scores = [word_f1(reply_fn(p, h), gold)
-              for p, h, gold in tqdm(pairs, desc="Generating", disable=silent, leave=False)]
+    items = items[:limit] if limit else items
+    replies = reply_all(replies_fn, [(p, h) for p, h, _ in items], silent=silent)
+    scores = [word_f1(reply, gold) for reply, (_, _, gold) in zip(replies, items, strict=True)]
     return sum(scores) / len(scores) if scores else 0.0
 
 
@@ -133,17 +146,17 @@ def probe_items(dialogs: Sequence[dict]) -> list[tuple[int, int, str]]:
             if isinstance(utt.get("probe"), dict) and isinstance(utt["probe"].get("value"), str)]
 
 
-def persona_accuracy(reply_fn: Callable[[list[str], list[str]], str], dialogs: Sequence[dict],
+def persona_accuracy(replies_fn: RepliesFn, dialogs: Sequence[dict],
                      silent: bool = False) -> float | None:
     """Share of probes whose reply contains the persona's value (None: no probes in data)."""
     probes = probe_items(dialogs)
     if not probes:
         return None
-    hits = sum(mentions(reply_fn(dialogs[d]["personality"], dialogs[d]["utterances"][u]["history"]),
-                        value)
-               for d, u, value in tqdm(probes, desc="Persona probes", disable=silent,
-                                       leave=False))
-    return hits / len(probes)
+    conversations = [(dialogs[d]["personality"], dialogs[d]["utterances"][u]["history"])
+                     for d, u, _ in probes]
+    replies = reply_all(replies_fn, conversations, desc="Persona probes", silent=silent)
+    return sum(mentions(r, value) for r, (_, _, value) in zip(replies, probes, strict=True)
+               ) / len(probes)
 
 
 def persona_hits_at_1(dialogs: Sequence[dict], index: Sequence[tuple], labels: Sequence[int],
@@ -155,25 +168,31 @@ def persona_hits_at_1(dialogs: Sequence[dict], index: Sequence[tuple], labels: S
     return sum(picks) / len(picks) if picks else None
 
 
-def repetition_rate(reply_fn: Callable[[list[str], list[str]], str], dialogs: Sequence[dict],
+def repetition_rate(replies_fn: RepliesFn, dialogs: Sequence[dict],
                     silent: bool = False) -> float:
     """Share of the bot's replies that repeat one of its earlier replies in the same dialog.
 
     The bot talks to each dialog's partner messages with its *own* replies in the history
-    (self-play against a scripted partner), which is where repetition shows up.
+    (self-play against a scripted partner), which is where repetition shows up. All dialogs
+    advance turn by turn together, so each turn is one batched decoding call.
     """
+    histories: list[list[str]] = [[] for _ in dialogs]
+    said: list[set[str]] = [set() for _ in dialogs]
     repeats = total = 0
-    for dialog in tqdm(dialogs, desc="Self-play", disable=silent, leave=False):
-        history: list[str] = []
-        said: set[str] = set()
-        for utt in dialog["utterances"]:
-            history.append(utt["history"][-1] if utt["history"] else "")
-            reply = reply_fn(dialog["personality"], history)
+    for turn in range(max((len(d["utterances"]) for d in dialogs), default=0)):
+        active = [i for i, d in enumerate(dialogs) if turn < len(d["utterances"])]
+        for i in active:
+            history = dialogs[i]["utterances"][turn]["history"]
+            histories[i].append(history[-1] if history else "")
+        replies = reply_all(replies_fn, [(dialogs[i]["personality"], histories[i])
+                                         for i in active], desc=f"Self-play turn {turn + 1}",
+                            silent=silent)
+        for i, reply in zip(active, replies, strict=True):
             key = normalize_answer(reply)
-            repeats += key in said
+            repeats += key in said[i]
             total += 1
-            said.add(key)
-            history.append(reply)
+            said[i].add(key)
+            histories[i].append(reply)
     return repeats / total if total else 0.0
 
 

@@ -80,6 +80,20 @@ def generate_reply(model, persona: Sequence[Sequence[int]], history: Sequence[Se
                    special: SpecialIds, options: DecodingOptions,
                    device: torch.device | str = "cpu") -> list[int]:
     """Token ids of the bot's next reply (special tokens excluded)."""
+    return generate_replies(model, [(persona, history)], special, options, device)[0]
+
+
+@torch.no_grad()
+def generate_replies(model, conversations: Sequence[tuple[Sequence[Sequence[int]],
+                                                          Sequence[Sequence[int]]]],
+                     special: SpecialIds, options: DecodingOptions,
+                     device: torch.device | str = "cpu") -> list[list[int]]:
+    """Replies to many (persona, history) conversations in one padded decoding loop.
+
+    Prompts are left-padded so every row's next token sits in the last column; the attention
+    mask hides the padding and position ids restart at each row's first real token, so a
+    row's reply is the same as when it is decoded alone.
+    """
     model.eval()
     max_prompt = context_size(model) - options.max_length
     if max_prompt < 8:
@@ -87,48 +101,80 @@ def generate_reply(model, persona: Sequence[Sequence[int]], history: Sequence[Se
             f"max_length={options.max_length} leaves no room for the conversation in a model "
             f"whose context is {context_size(model)} tokens; lower max_length"
         )
-    prompt = build_prompt(persona, history, special, options.max_history, max_prompt)
+    prompts = [build_prompt(p, h, special, options.max_history, max_prompt)
+               for p, h in conversations]
     # The bot's earlier utterances (history alternates, ending with the user's message): what
     # repetition_penalty and no_repeat_ngram_size keep the bot from saying again. The persona
     # and the user's words are not penalised: copying the persona is the point.
-    own_turns = [list(u) for u in list(history)[-2::-2]]
+    own_turns = [[list(u) for u in list(h)[-2::-2]] for _, h in conversations]
+    width = max(len(p["input_ids"]) for p in prompts)
+
+    def left_pad(key: str) -> torch.Tensor:
+        return torch.tensor([[special.pad] * (width - len(p[key])) + p[key] for p in prompts],
+                            device=device)
+
+    input_ids, token_types = left_pad("input_ids"), left_pad("token_type_ids")
+    mask = torch.tensor([[0] * (width - len(p["input_ids"])) + [1] * len(p["input_ids"])
+                         for p in prompts], device=device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
     # OpenAI GPT has no KV cache in transformers: it re-encodes the sequence every step.
     use_cache = model.config.model_type != "openai-gpt"
-    input_ids = torch.tensor([prompt["input_ids"]], device=device)
-    token_types = torch.tensor([prompt["token_type_ids"]], device=device)
-    all_ids, all_types = input_ids, token_types
+    all_ids, all_types, all_positions = input_ids, token_types, positions
     stop = torch.tensor(sorted(special.stop_ids), device=device)
+    never = stop[(stop != special.eos) & (stop != special.speaker2)]
+    replies: list[list[int]] = [[] for _ in prompts]
+    finished = [False] * len(prompts)
     past = None
-    reply: list[int] = []
     for step in range(options.max_length):
         out = model.transformer(input_ids=input_ids, token_type_ids=token_types,
+                                attention_mask=mask, position_ids=positions,
                                 past_key_values=past, use_cache=use_cache)
-        logits = model.lm_head(out.last_hidden_state[0, -1]).float()
+        logits = model.lm_head(out.last_hidden_state[:, -1]).float()
         if step < options.min_length:
-            logits[stop] = -float("inf")
+            logits[:, stop] = -float("inf")
         # Start/pad/speaker1 never belong inside a reply; only <eos>/<speaker2> end one.
-        logits[stop[(stop != special.eos) & (stop != special.speaker2)]] = -float("inf")
-        if options.repetition_penalty != 1.0:
-            penalize_repeats_(logits, own_turns, reply, options.repetition_penalty)
-        if options.no_repeat_ngram_size > 0:
-            banned = banned_ngram_tokens([*own_turns, reply], reply, options.no_repeat_ngram_size)
-            if banned:
-                logits[list(banned)] = -float("inf")
-        if torch.isneginf(logits).all():  # everything banned: end the reply instead
+        logits[:, never] = -float("inf")
+        next_tokens = []
+        for row, reply in enumerate(replies):
+            token = None if finished[row] else next_token(logits[row], reply, own_turns[row],
+                                                          options)
+            if token is None or token in special.stop_ids:
+                finished[row] = True
+                next_tokens.append(special.pad)
+            else:
+                reply.append(token)
+                next_tokens.append(token)
+        if all(finished):
             break
-        token = pick_token(logits, options)
-        if token in special.stop_ids:
-            break
-        reply.append(token)
-        next_id = torch.tensor([[token]], device=device)
-        next_type = torch.tensor([[special.speaker2]], device=device)
+        next_ids = torch.tensor(next_tokens, device=device).unsqueeze(1)
+        next_types = torch.full_like(next_ids, special.speaker2)
+        next_positions = positions[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones_like(next_ids)], dim=1)
         if use_cache:
-            past, input_ids, token_types = out.past_key_values, next_id, next_type
+            past, input_ids, token_types, positions = (out.past_key_values, next_ids,
+                                                       next_types, next_positions)
         else:
-            all_ids = torch.cat([all_ids, next_id], dim=1)
-            all_types = torch.cat([all_types, next_type], dim=1)
-            input_ids, token_types = all_ids, all_types
-    return reply
+            all_ids = torch.cat([all_ids, next_ids], dim=1)
+            all_types = torch.cat([all_types, next_types], dim=1)
+            all_positions = torch.cat([all_positions, next_positions], dim=1)
+            input_ids, token_types, positions = all_ids, all_types, all_positions
+    return replies
+
+
+def next_token(logits: torch.Tensor, reply: list[int], own_turns: Sequence[Sequence[int]],
+               options: DecodingOptions) -> int | None:
+    """Apply the repetition controls to one row's logits and pick; None if nothing is left."""
+    if options.repetition_penalty != 1.0:
+        logits = logits.clone()
+        penalize_repeats_(logits, own_turns, reply, options.repetition_penalty)
+    if options.no_repeat_ngram_size > 0:
+        banned = banned_ngram_tokens([*own_turns, reply], reply, options.no_repeat_ngram_size)
+        if banned:
+            logits = logits.clone()
+            logits[list(banned)] = -float("inf")
+    if torch.isneginf(logits).all():  # everything banned: end the reply instead
+        return None
+    return pick_token(logits, options)
 
 
 def pick_token(logits: torch.Tensor, options: DecodingOptions) -> int:

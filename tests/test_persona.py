@@ -46,8 +46,8 @@ def test_a_value_counts_only_as_whole_words():
 
 
 def test_persona_accuracy_counts_probes_whose_reply_states_the_value():
-    def copies_persona(persona, history):
-        return persona[0] if "job" in history[-1] else "i like coffee ."
+    def copies_persona(conversations):
+        return [p[0] if "job" in h[-1] else "i like coffee ." for p, h in conversations]
 
     assert probe_items(PROBED) == [(0, 1, "nurse"), (0, 2, "tea")]
     assert persona_accuracy(copies_persona, PROBED, silent=True) == 0.5
@@ -68,8 +68,14 @@ def test_the_ablation_removes_every_persona_and_nothing_else():
 
 
 def test_repetition_rate_is_the_share_of_replies_said_before():
-    assert repetition_rate(lambda p, h: "same thing .", PROBED, silent=True) == pytest.approx(2 / 3)
-    assert repetition_rate(lambda p, h: f"reply {len(h)}", PROBED, silent=True) == 0.0
+    def same(conversations):
+        return ["same thing ."] * len(conversations)
+
+    def counting(conversations):
+        return [f"reply {len(h)}" for _, h in conversations]
+
+    assert repetition_rate(same, PROBED, silent=True) == pytest.approx(2 / 3)
+    assert repetition_rate(counting, PROBED, silent=True) == 0.0
 
 
 def test_banned_ngrams_are_those_already_said():
@@ -143,3 +149,20 @@ def test_eval_model_reports_persona_metrics_and_the_ablation(tiny_checkpoint, tm
     for key in ("persona_accuracy", "persona_hits@1", "repetition_rate"):
         assert 0.0 <= results[key] <= 1.0
     assert ablated["language_model_loss"] != results["language_model_loss"]
+
+
+def test_batched_replies_equal_replies_decoded_one_at_a_time(tiny):
+    model, tokenizer, special = tiny
+    conversations = [
+        ([tokenizer.encode("i have a cat .")], [tokenizer.encode("hi")]),
+        ([tokenizer.encode("i work as a nurse ."), tokenizer.encode("i love pizza .")],
+         [tokenizer.encode("hi , what do you do ?"), tokenizer.encode("i am a nurse ."),
+          tokenizer.encode("any pets ?")]),
+        ([tokenizer.encode("i drink tea .")], [tokenizer.encode("what do you drink ?")]),
+    ]
+    from personachat.generation import generate_replies
+
+    options = DecodingOptions(max_length=12, do_sample=False, no_repeat_ngram_size=2)
+    batched = generate_replies(model, conversations, special, options)
+    alone = [generate_reply(model, p, h, special, options) for p, h in conversations]
+    assert batched == alone
