@@ -19,10 +19,13 @@ from pathlib import Path
 
 import yaml
 
+from . import distributed
 from .args import ArgsError, ConvAIArgs, make_args, unknown_key_message
-from .data import DataError, load_dialogs
+from .data import DataError
+from .data_commands import DATA_COMMANDS, add_data_commands, run_data_command
 from .encoding import EncodingError
 from .modeling import ModelLoadError, resolve_device
+from .readers import FORMATS, read_dialogs
 from .scratch import ScratchConfig, build_scratch_checkpoint, dialog_texts
 from .training import TrainingError
 
@@ -77,16 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any ConvAIArgs option, e.g. --set num_train_epochs=2")
         if name == "train":
-            p.add_argument("--train-file", help="Persona-Chat JSON (default: from config)")
+            p.add_argument("--train-file", help="dialog file, any --format (default: from config)")
             p.add_argument("--overwrite-output-dir", action="store_true", default=None)
         if name in ("train", "eval"):
-            p.add_argument("--eval-file", help="Persona-Chat JSON to evaluate on")
+            p.add_argument("--eval-file", help="dialog file to evaluate on (any --format)")
+            p.add_argument("--format", dest="data_format", choices=FORMATS,
+                           help="format of the data files (default: detected)")
         if name == "eval":
             p.add_argument("--generation-f1", action="store_true",
                            help="also report word F1 of greedy replies (slower)")
         if name == "interact":
             p.add_argument("--persona", action="append", default=[], metavar="SENTENCE",
                            help="a persona sentence (repeat); default: a random persona")
+    add_data_commands(sub)
     return parser
 
 
@@ -99,6 +105,8 @@ def resolve(options: argparse.Namespace) -> tuple[dict, ConvAIArgs]:
         overrides["output_dir"] = options.output_dir
     if getattr(options, "overwrite_output_dir", None):
         overrides["overwrite_output_dir"] = True
+    if getattr(options, "data_format", None):
+        overrides["data_format"] = options.data_format
     args = make_args(overrides)
     settings = {
         "model_type": options.model_type or config.get("model_type") or "gpt2",
@@ -124,7 +132,7 @@ def scratch_model(settings: dict, args: ConvAIArgs) -> str:
     key = hashlib.sha256(json.dumps(asdict(config)).encode() + data).hexdigest()[:16]
     folder = Path(args.cache_dir) / f"scratch-gpt2-{key}"
     if not (folder / "config.json").is_file():
-        dialogs = load_dialogs(settings["train_file"])
+        dialogs = read_dialogs(settings["train_file"], format=args.data_format)
         print(f"Building a small GPT-2 ({config.n_layer} layers, {config.n_embd} wide, "
               f"vocabulary {config.vocab_size}) with a tokenizer trained on "
               f"{settings['train_file']} → {folder}")
@@ -134,7 +142,7 @@ def scratch_model(settings: dict, args: ConvAIArgs) -> str:
 
 def demo_conversation(model, eval_file: str, turns: int = 4) -> None:
     """Print a short chat: the first eval dialog's persona and its partner's messages."""
-    dialog = load_dialogs(eval_file, split="valid")[0]
+    dialog = read_dialogs(eval_file, format=model.args.data_format, split="valid")[0]
     print("\nPersona:", " ".join(dialog["personality"]))
     history: list[str] = []
     for utterance in dialog["utterances"][:turns]:
@@ -144,6 +152,8 @@ def demo_conversation(model, eval_file: str, turns: int = 4) -> None:
 
 
 def run(options: argparse.Namespace) -> int:
+    if options.command in DATA_COMMANDS:
+        return run_data_command(options)
     from .conv_ai_model import ConvAIModel
 
     settings, args = resolve(options)
@@ -152,11 +162,25 @@ def run(options: argparse.Namespace) -> int:
     model_name = settings["model_name"]
 
     if options.command == "train":
-        if model_name is None:
-            model_name = scratch_model(settings, args)
-        model = ConvAIModel(settings["model_type"], model_name, args=args, use_cuda=use_cuda)
-        started = time.perf_counter()
-        global_step, _ = model.train_model(settings["train_file"], eval_file=None)
+        # Under torchrun: join the process group before the model goes to "cuda" (so each
+        # process lands on its own GPU), build the scratch model on rank 0 only (the others
+        # then find it cached), and evaluate and print on rank 0 only.
+        ctx = distributed.setup(device.type)
+        try:
+            if model_name is None and ctx.is_main:
+                model_name = scratch_model(settings, args)
+            distributed.barrier(ctx)
+            if model_name is None:
+                model_name = scratch_model(settings, args)
+            model = ConvAIModel(settings["model_type"], model_name, args=args,
+                                use_cuda=use_cuda)
+            started = time.perf_counter()
+            global_step, _ = model.train_model(settings["train_file"], eval_file=None,
+                                               verbose=ctx.is_main)
+        finally:
+            distributed.teardown(ctx)
+        if not ctx.is_main:
+            return 0
         print(f"Trained {global_step} steps in {time.perf_counter() - started:.0f} s on "
               f"{device}; model saved to {args.output_dir}")
         if settings["eval_file"]:

@@ -341,7 +341,10 @@ def _read_text(path: Path) -> str:
 
 
 def _json_error_message(path: Path, text: str, exc: json.JSONDecodeError) -> str:
-    line_text = text.splitlines()[exc.lineno - 1] if text.strip() else ""
+    # json counts lines by "\n" only; splitlines() would also split on \r, \x1c... and drop a
+    # final empty line, so a file cut right after a newline would index past the end.
+    lines = text.split("\n")
+    line_text = lines[exc.lineno - 1].rstrip("\r") if exc.lineno <= len(lines) else ""
     start = max(0, exc.colno - 1 - 30)
     snippet = line_text[start : exc.colno - 1 + 30].strip()
     if exc.pos >= len(text.rstrip()):

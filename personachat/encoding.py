@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import chain
 
 import torch
@@ -101,6 +102,13 @@ def build_input_from_segments(
     }
 
 
+def input_length(persona: Sequence[Sequence[int]], history: Sequence[Sequence[int]],
+                 reply: Sequence[int]) -> int:
+    """Tokens of ``build_input_from_segments``' layout (with ``<eos>``), without building it:
+    ``<bos>`` + persona, one speaker token per utterance, the reply's ``<eos>``."""
+    return 1 + sum(map(len, persona)) + sum(len(u) + 1 for u in history) + len(reply) + 2
+
+
 def truncate_to_fit(
     persona: Sequence[Sequence[int]],
     history: Sequence[Sequence[int]],
@@ -115,8 +123,7 @@ def truncate_to_fit(
     persona, history = list(persona), list(history)
 
     def length() -> int:
-        return (1 + sum(map(len, persona)) + sum(len(u) + 1 for u in history)
-                + len(reply) + 2)
+        return input_length(persona, history, reply)
 
     while length() > max_tokens and history:
         history.pop(0)
@@ -239,6 +246,23 @@ class PersonaChatDataset(torch.utils.data.Dataset):
         return build_example(persona, utterance["history"], utterance["candidates"],
                              self.special, self.num_candidates, self.max_history,
                              self.max_tokens)
+
+    def example_length(self, idx: int) -> int:
+        """Tokens of item ``idx``'s longest candidate input (what padding it costs), from
+        token counts alone: the same truncation as ``__getitem__`` but no input is built."""
+        d, u, order = self.index[idx]
+        dialog = self.dialogs[d]
+        persona = [dialog["personality"][i] for i in order]
+        utterance = dialog["utterances"][u]
+        history = list(utterance["history"])[-(2 * self.max_history + 1):]
+        return max(input_length(*truncate_to_fit(persona, history, c, self.max_tokens))
+                   for c in list(utterance["candidates"])[-self.num_candidates:])
+
+    @cached_property
+    def lengths(self) -> list[int]:
+        """``example_length`` of every item, computed once: what length-grouped batching
+        and the automatic batch size sort by."""
+        return [self.example_length(i) for i in range(len(self.index))]
 
 
 def persona_orders(n_sentences: int, permutations: int, rng: random.Random) -> list[tuple[int, ...]]:

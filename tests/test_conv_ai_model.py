@@ -194,10 +194,12 @@ def test_bad_training_data_lists_every_problem(tiny_checkpoint, tmp_path):
 
 def test_too_few_candidates_for_num_candidates_is_explained(tiny_checkpoint, dialogs_file,
                                                             tmp_path):
+    # Missing candidates are sampled from other dialogs (tests/test_candidates.py); 50 is
+    # more than this corpus of 7 distinct replies can give, which is explained.
     model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
-                        args={**QUICK_ARGS, "num_candidates": 5,
+                        args={**QUICK_ARGS, "num_candidates": 50,
                               "output_dir": str(tmp_path / "o")})
-    with pytest.raises(ValueError, match="num_candidates"):
+    with pytest.raises(ValueError, match="lower num_candidates to at most"):
         model.train_model(dialogs_file)
 
 

@@ -1,0 +1,129 @@
+"""Every dialog source a user brings, read into one in-memory type: Persona-Chat dialogs.
+
+``read_dialogs(path)`` returns ``[{"personality": [...], "utterances": [{"history": [...],
+"candidates": [...]}]}]`` (gold reply last), validated, whatever the source:
+
+============== =================================================== ===============================
+format         what                                                module
+============== =================================================== ===============================
+personachat    Persona-Chat JSON (a list, or ``{"train", "valid"}``) :mod:`personachat.data`
+parlai         ParlAI / ConvAI2 text, ``self`` and ``both`` personas  :mod:`.parlai`
+synthetic-csv  Synthetic-Persona-Chat CSV, two dialogs per row       :mod:`.synthetic_csv`
+plain          ``{"personality", "turns"}`` as a JSON list or JSONL  :mod:`.plain`
+hf             ``hf:NAME``, a Hugging Face hub dataset              :mod:`.hf`
+============== =================================================== ===============================
+
+Formats without candidates give one candidate (the gold reply) per utterance; add
+distractors with :func:`personachat.candidates.add_distractors`. Without ``format`` the
+format is detected from the content, the extension breaking ties (see :func:`detect_format`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ..data import DataError, load_dialogs, validate_dialogs
+from .files import head
+from .hf import read_hf
+from .parlai import read_parlai
+from .plain import read_plain
+from .synthetic_csv import read_synthetic_csv
+
+__all__ = ["FORMATS", "DataError", "detect_format", "lowercase_dialogs", "read_dialogs"]
+
+FORMATS = ("personachat", "parlai", "synthetic-csv", "plain", "hf")
+_HF_PREFIX = "hf:"
+_BY_EXTENSION = {".json": "personachat", ".jsonl": "plain", ".ndjson": "plain",
+                 ".csv": "synthetic-csv", ".txt": "parlai"}
+_PARLAI_LINE = re.compile(r"[0-9]{1,9} ")
+
+
+def _unknown_format(path: Path, why: str) -> DataError:
+    return DataError(
+        f"{path}: cannot tell the dialog format ({why}) — pass format= (--format on the command "
+        f"line) as one of {', '.join(FORMATS)}; personachat: Persona-Chat JSON, parlai: "
+        "ParlAI/ConvAI2 text, synthetic-csv: Synthetic-Persona-Chat CSV, plain: JSON/JSONL of "
+        '{"personality": [...], "turns": [...]}, hf: hf:NAME on the Hugging Face hub'
+    )
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """The format of ``path``, from what the file starts with, then its extension.
+
+    JSON whose first dialog has ``"turns"`` (and not ``"utterances"``) is plain; other JSON is
+    Persona-Chat, except that ``.jsonl`` is always plain. A first line ``N text`` is ParlAI;
+    a header naming ``Best Generated Conversation`` is Synthetic-Persona-Chat. Otherwise the
+    extension decides (.json, .jsonl, .csv, .txt), so that the reader for the format the user
+    meant reports what is wrong; with no known extension either, a DataError lists the formats.
+    """
+    text = os.fspath(path)
+    if text.startswith(_HF_PREFIX):
+        return "hf"
+    file = Path(text)
+    extension = file.suffix.lower()
+    start = head(file).lstrip()
+    if start.startswith(("[", "{")):
+        if extension in (".jsonl", ".ndjson"):
+            return "plain"
+        turns, utterances = start.find('"turns"'), start.find('"utterances"')
+        if turns != -1 and (utterances == -1 or turns < utterances):
+            return "plain"
+        return "personachat"
+    first_line = start.split("\n", 1)[0]
+    if _PARLAI_LINE.match(first_line):
+        return "parlai"
+    if "best generated conversation" in first_line.lower():
+        return "synthetic-csv"
+    if extension in _BY_EXTENSION:
+        return _BY_EXTENSION[extension]
+    shown = first_line[:40] + ("..." if len(first_line) > 40 else "")
+    why = f"it starts with {shown!r}" if start else "the file is empty"
+    raise _unknown_format(file, why)
+
+
+def lowercase_dialogs(dialogs: list[dict]) -> list[dict]:
+    """Lowercase every persona sentence, history message and candidate (other keys kept)."""
+    return [
+        {**dialog,
+         "personality": [s.lower() for s in dialog["personality"]],
+         "utterances": [{**u, "history": [h.lower() for h in u["history"]],
+                         "candidates": [c.lower() for c in u["candidates"]]}
+                        for u in dialog["utterances"]]}
+        for dialog in dialogs
+    ]
+
+
+def read_dialogs(path: str | os.PathLike, format: str | None = None, split: str = "train",
+                 lowercase: bool = False) -> list[dict]:
+    """Read dialogs in any supported format as validated Persona-Chat dialogs.
+
+    Args:
+        path: a file, or ``hf:NAME`` for a Hugging Face hub dataset.
+        format: one of :data:`FORMATS`; None detects it (:func:`detect_format`).
+        split: the split of a Persona-Chat JSON dict of splits or of a hub dataset
+            ("valid" also finds "validation"); ignored by the other formats.
+        lowercase: lowercase all text (Persona-Chat is lowercase; your data need not be).
+
+    Raises DataError listing every problem found, with file, line or dialog index and field.
+    """
+    text = os.fspath(path)
+    if not text:
+        raise DataError("empty path '' — pass the path of a dialog file or hf:NAME")
+    if format is None:
+        format = detect_format(text)
+    elif format not in FORMATS:
+        raise DataError(f"unknown format {format!r} — the formats are {', '.join(FORMATS)}")
+    if format == "hf":
+        dialogs = read_hf(text.removeprefix(_HF_PREFIX), split)
+    elif format == "personachat":
+        dialogs = load_dialogs(text, split)
+    else:
+        reader = {"parlai": read_parlai, "synthetic-csv": read_synthetic_csv,
+                  "plain": read_plain}[format]
+        dialogs = reader(Path(text))
+    problems = validate_dialogs(dialogs, text)
+    if problems:  # the readers check as they go; this guards against a reader's oversight
+        raise DataError(problems, f"{text}: read as {format} but not valid dialogs:")
+    return lowercase_dialogs(dialogs) if lowercase else dialogs

@@ -1,0 +1,70 @@
+"""``personachat train`` under torchrun: two CPU processes (gloo, loopback only) train
+exactly like one process that accumulates their two micro-batches."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from personachat.cli import main
+
+from .conftest import make_dialogs
+
+OPTIONS = {"learning_rate": 5e-3, "manual_seed": 1, "num_train_epochs": 2, "logging_steps": 1,
+           "warmup_ratio": 0.0, "save_model_every_epoch": False, "save_steps": 0,
+           "silent": True, "fp16": False}
+
+
+def train_command(checkpoint, data, output_dir, batch_size: int, accumulation: int) -> list[str]:
+    options = {**OPTIONS, "train_batch_size": batch_size,
+               "gradient_accumulation_steps": accumulation}
+    return ["train", "--model", str(checkpoint), "--train-file", str(data),
+            "--output-dir", str(output_dir), "--device", "cpu",
+            *[arg for key, value in options.items() for arg in ("--set", f"{key}={value}")]]
+
+
+def trained(output_dir) -> tuple[list[float], dict[str, torch.Tensor]]:
+    scores = json.loads((output_dir / "training_progress_scores.json").read_text())
+    return scores["train_loss"], load_file(output_dir / "model.safetensors")
+
+
+def test_two_processes_match_one_process_on_the_same_global_batch(tiny_checkpoint, tmp_path):
+    data = tmp_path / "dialogs.json"
+    data.write_text(json.dumps(make_dialogs(16)), encoding="utf-8")  # 32 examples, 4 steps of 8
+
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1",
+           "PYTHONUNBUFFERED": "1"}
+    env.pop("WORLD_SIZE", None)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+              "--nproc_per_node", "2", "-m", "personachat.cli",
+              *train_command(tiny_checkpoint, data, tmp_path / "ddp", 4, 1)]
+    done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    # One process, the same 8 examples per step as 2 processes x 4.
+    assert main(train_command(tiny_checkpoint, data, tmp_path / "single", 4, 2)) == 0
+
+    ddp_losses, ddp_weights = trained(tmp_path / "ddp")
+    single_losses, single_weights = trained(tmp_path / "single")
+    assert len(ddp_losses) == len(single_losses) == 8
+    assert ddp_losses == pytest.approx(single_losses, rel=1e-4, abs=1e-5)
+    assert ddp_weights.keys() == single_weights.keys()
+    # The MC head's bias shifts every candidate's score equally, and softmax ignores shifts:
+    # its true gradient is 0 and AdamW turns the rounding noise into lr-sized steps, different
+    # for any change of summation order. Every other weight must match.
+    del single_weights["multiple_choice_head.summary.bias"]
+    for name, weight in single_weights.items():
+        torch.testing.assert_close(ddp_weights[name], weight, atol=1e-4, rtol=1e-4, msg=name)
+    # Training moved the weights, so the comparison above means something.
+    initial = load_file(tiny_checkpoint / "model.safetensors")
+    assert not torch.allclose(initial["transformer.h.0.mlp.c_fc.weight"],
+                              single_weights["transformer.h.0.mlp.c_fc.weight"], atol=1e-3)
+    # Only rank 0 wrote: one "Trained ..." line, one output folder.
+    assert done.stdout.count("Trained 8 steps") == 1
+
