@@ -35,7 +35,8 @@ def macro_f1(labels: Sequence[int], preds: Sequence[int]) -> float:
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
+# Punctuation becomes a space, as in ParlAI's metric ("i'm" -> "i m"), not deleted.
+_PUNCT = str.maketrans(string.punctuation, " " * len(string.punctuation))
 
 
 def normalize_answer(text: str) -> str:

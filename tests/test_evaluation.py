@@ -55,9 +55,6 @@ def test_word_f1_ignores_case_punctuation_and_articles():
     assert word_f1("The cat!", "a cat") == 1.0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: normalize_answer deletes punctuation (\"i'm\" -> 'im'); the ConvAI2 metric "
-    "(ParlAI parlai/core/metrics.py normalize_answer) replaces it with a space ('i m')"))
 def test_word_f1_splits_words_at_punctuation_like_parlai():
     assert normalize_answer("i'm a nurse,and you?") == "i m nurse and you"
     # ParlAI: [i, m, nurse] vs [i, am, nurse] -> 2 common, P = R = 2/3, F1 = 2/3.
