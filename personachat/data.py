@@ -289,8 +289,13 @@ def _missing_file_message(path: Path) -> str:
     return message
 
 
-def _read_text(path: Path) -> str:
-    """Read a file as UTF-8 text, turning every way that can fail into a clear DataError."""
+def check_file(path: Path, what: str) -> int:
+    """Raise DataError unless ``path`` is a readable regular file within the size limit.
+
+    Shared by every reader. ``what`` names the expected content ("a ParlAI text file") for
+    the messages. Returns the size in bytes; the limit is :data:`MAX_FILE_BYTES`, read at call
+    time.
+    """
     try:
         info = path.stat()
     except (FileNotFoundError, NotADirectoryError):
@@ -298,9 +303,9 @@ def _read_text(path: Path) -> str:
     except OSError as exc:
         raise DataError(f"{path}: cannot access the file ({exc.strerror or exc})") from None
     if path.is_dir():
-        message = f"{path}: is a directory, not a file — pass the Persona-Chat JSON file itself"
+        message = f"{path}: is a directory, not a file — pass {what} itself"
         try:
-            found = sorted(p.name for p in path.glob("*.json"))[:5]
+            found = sorted(p.name for p in path.iterdir() if p.is_file())[:5]
         except OSError:
             found = []
         if found:
@@ -309,34 +314,43 @@ def _read_text(path: Path) -> str:
     if info.st_size > MAX_FILE_BYTES:
         raise DataError(
             f"{path}: the file is {info.st_size / 1e9:.1f} GB, more than the "
-            f"{MAX_FILE_BYTES / 1e9:.1f} GB limit (the public Persona-Chat file is about "
-            "0.2 GB) — this looks like the wrong file (a model, an archive?); pass a "
-            "Persona-Chat JSON file, or split the data into smaller files"
+            f"{MAX_FILE_BYTES / 1e9:.1f} GB limit for dialog files (the public Persona-Chat "
+            f"file is about 0.2 GB) — this looks like the wrong file (a model, an archive?); "
+            f"pass {what}, or split the data into smaller files"
         )
+    return info.st_size
+
+
+def check_bytes(path: Path, raw: bytes, what: str) -> None:
+    """Refuse archives, UTF-16 and binary content by their first bytes."""
+    not_text = f"this is not {what}"
+    if raw.startswith(b"\x1f\x8b"):
+        raise DataError(f"{path}: is gzip-compressed — {not_text}; decompress it first (gunzip)")
+    if raw.startswith(b"PK\x03\x04"):
+        raise DataError(f"{path}: is a zip archive — {not_text}; extract the dialog file from it")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{path}: is UTF-16 text — re-save it as UTF-8")
+    if b"\x00" in raw[:8192]:
+        raise DataError(f"{path}: is a binary file (it contains NUL bytes) — {not_text}")
+
+
+def read_file_text(path: Path, what: str) -> str:
+    """The whole file as UTF-8 text (a BOM, as some Windows editors write, is tolerated);
+    every way that can fail becomes a DataError naming the file."""
+    check_file(path, what)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
-
-    not_text = "this is not a Persona-Chat JSON file"
-    if raw.startswith(b"\x1f\x8b"):
-        raise DataError(f"{path}: is gzip-compressed — {not_text}; decompress it first (gunzip)")
-    if raw.startswith(b"PK\x03\x04"):
-        raise DataError(f"{path}: is a zip archive — {not_text}; extract the JSON file from it")
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise DataError(f"{path}: is UTF-16 text — re-save it as UTF-8")
-    if b"\x00" in raw[:8192]:
-        raise DataError(
-            f"{path}: is a binary file (it contains NUL bytes) — {not_text}; pass the JSON file"
-        )
+    check_bytes(path, raw, what)
     try:
-        return raw.decode("utf-8-sig")  # tolerate the BOM some Windows editors write
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(
             f"{path}: line {line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset "
-            f"{exc.start}) — if this is a text file in another encoding, re-save it as UTF-8; "
-            f"otherwise {not_text}"
+            f"{exc.start}) — if this is text in another encoding, re-save it as UTF-8; "
+            f"otherwise this is not {what}"
         ) from None
 
 
@@ -377,7 +391,7 @@ def load_dialogs(path: str | os.PathLike, split: str = "train") -> list[dict]:
             "the public Persona-Chat data"
         )
     file = Path(path)
-    text = _read_text(file)
+    text = read_file_text(file, "a Persona-Chat JSON file")
     if not text.strip():
         raise DataError(
             f"{file}: the file is empty — it should hold a JSON list of dialogs "

@@ -10,49 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import data
-from ..data import DataError, _missing_file_message
+from ..data import DataError, check_bytes, check_file, read_file_text
 
 __all__ = ["check_file", "head", "read_text"]
 
 _HEAD_BYTES = 1 << 16
-
-
-def check_file(path: Path, what: str) -> int:
-    """Raise DataError unless ``path`` is a readable regular file within the size limit.
-
-    ``what`` names the expected content ("a ParlAI text file") for the messages. Returns the
-    size in bytes. The size limit is ``personachat.data.MAX_FILE_BYTES``, read at call time.
-    """
-    try:
-        info = path.stat()
-    except (FileNotFoundError, NotADirectoryError):
-        raise DataError(_missing_file_message(path)) from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot access the file ({exc.strerror or exc})") from None
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, not a file — pass {what} itself")
-    limit = data.MAX_FILE_BYTES
-    if info.st_size > limit:
-        raise DataError(
-            f"{path}: the file is {info.st_size / 1e9:.1f} GB, more than the "
-            f"{limit / 1e9:.1f} GB limit for dialog files — this looks like the wrong file "
-            f"(a model, an archive?); pass {what}, or split the data into smaller files"
-        )
-    return info.st_size
-
-
-def _check_bytes(path: Path, raw: bytes, what: str) -> None:
-    """Refuse archives, UTF-16 and binary content by their first bytes."""
-    not_text = f"this is not {what}"
-    if raw.startswith(b"\x1f\x8b"):
-        raise DataError(f"{path}: is gzip-compressed — {not_text}; decompress it first (gunzip)")
-    if raw.startswith(b"PK\x03\x04"):
-        raise DataError(f"{path}: is a zip archive — {not_text}; extract the dialog file from it")
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise DataError(f"{path}: is UTF-16 text — re-save it as UTF-8")
-    if b"\x00" in raw[:8192]:
-        raise DataError(f"{path}: is a binary file (it contains NUL bytes) — {not_text}")
 
 
 def head(path: Path, what: str = "a dialog file") -> str:
@@ -64,7 +26,7 @@ def head(path: Path, what: str = "a dialog file") -> str:
             raw = file.read(_HEAD_BYTES)
     except OSError as exc:
         raise DataError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
-    _check_bytes(path, raw, what)
+    check_bytes(path, raw, what)
     return raw.decode("utf-8", errors="ignore").lstrip("\ufeff")
 
 
@@ -73,21 +35,7 @@ def read_text(path: Path, what: str) -> str:
 
     An empty (or whitespace-only) file is an error too: no format has an empty valid file.
     """
-    check_file(path, what)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
-    _check_bytes(path, raw, what)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}: line {line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset "
-            f"{exc.start}) — if this is text in another encoding, re-save it as UTF-8; "
-            f"otherwise this is not {what}"
-        ) from None
+    text = read_file_text(path, what)
     if not text.strip():
         raise DataError(f"{path}: the file is empty — it should hold {what}")
     return text
