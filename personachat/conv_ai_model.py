@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -191,24 +192,39 @@ class ConvAIModel:
         history = [*history, reply_ids][-(2 * self.args.max_history + 1):]
         return self.tokenizer.decode(reply_ids, skip_special_tokens=True).strip(), history
 
-    def generate_replies(self, conversations: list, options: DecodingOptions | None = None
-                         ) -> list[str]:
+    def generate_replies(self, conversations: list, options: DecodingOptions | None = None,
+                         on_token: Callable[[int, str], None] | None = None) -> list[str]:
         """Replies to many conversations in one batched decoding call.
 
         ``conversations``: ``(personality, history)`` pairs or dicts with those keys, where
         personality and history are lists of strings and history ends with the user's message.
+        ``on_token(index, text_so_far)`` is called (in the calling thread) whenever the reply
+        to conversation ``index`` grows; ``text_so_far`` always extends the previous one (a
+        token that ends inside a multi-byte character waits for the rest of it). With
+        ``rerank_samples`` > 1 it is called once per conversation, with the chosen reply.
         """
         options = options or DecodingOptions.from_args(self.args)
         pairs = [(c["personality"], c["history"]) if isinstance(c, dict) else c
                  for c in conversations]
         encoded = [([self._encode(s) for s in p], [self._encode(h) for h in h_])
                    for p, h_ in pairs]
+        decode = partial(self.tokenizer.decode, skip_special_tokens=True)
         if options.rerank_samples > 1:  # sampling + scoring is per conversation
             ids = [respond(self.model, p, h, self.special, options, self.device)
                    for p, h in encoded]
+            for index, reply in enumerate(ids):
+                if on_token is not None:
+                    on_token(index, decode(reply).strip())
         else:
-            ids = generate_replies(self.model, encoded, self.special, options, self.device)
-        return [self.tokenizer.decode(i, skip_special_tokens=True).strip() for i in ids]
+            on_step = None
+            if on_token is not None:
+                def on_step(index: int, reply: list[int]) -> None:
+                    text = decode(reply).strip()
+                    if not text.endswith("\ufffd"):  # never stream half a character
+                        on_token(index, text)
+            ids = generate_replies(self.model, encoded, self.special, options, self.device,
+                                   on_step=on_step)
+        return [decode(i).strip() for i in ids]
 
     def random_personality(self) -> list[str]:
         """A persona from the model's training data (saved beside the weights), or, for a

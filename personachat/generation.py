@@ -9,7 +9,7 @@ re-sampled, so decoding can never loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -87,12 +87,15 @@ def generate_reply(model, persona: Sequence[Sequence[int]], history: Sequence[Se
 def generate_replies(model, conversations: Sequence[tuple[Sequence[Sequence[int]],
                                                           Sequence[Sequence[int]]]],
                      special: SpecialIds, options: DecodingOptions,
-                     device: torch.device | str = "cpu") -> list[list[int]]:
+                     device: torch.device | str = "cpu",
+                     on_step: Callable[[int, list[int]], None] | None = None
+                     ) -> list[list[int]]:
     """Replies to many (persona, history) conversations in one padded decoding loop.
 
     Prompts are left-padded so every row's next token sits in the last column; the attention
     mask hides the padding and position ids restart at each row's first real token, so a
-    row's reply is the same as when it is decoded alone.
+    row's reply is the same as when it is decoded alone. ``on_step(row, reply_ids)`` is
+    called each time a row's reply grows by a token (for streaming).
     """
     model.eval()
     max_prompt = context_size(model) - options.max_length
@@ -144,6 +147,8 @@ def generate_replies(model, conversations: Sequence[tuple[Sequence[Sequence[int]
             else:
                 reply.append(token)
                 next_tokens.append(token)
+                if on_step is not None:
+                    on_step(row, list(reply))
         if all(finished):
             break
         next_ids = torch.tensor(next_tokens, device=device).unsqueeze(1)

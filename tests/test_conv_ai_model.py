@@ -248,3 +248,19 @@ def test_eval_results_carry_generation_f1_and_custom_metrics(tiny_checkpoint, di
     assert results["acc"] == pytest.approx(results["hits@1"])
     saved = json.loads((Path(tmp_path) / "eval_results.json").read_text())
     assert saved["acc"] == results["acc"]
+
+
+def test_generate_replies_streams_each_reply_as_it_grows(tiny_checkpoint):
+    """``on_token`` sees every reply grow text by text and ends at the returned reply."""
+    bot = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
+                      args={"do_sample": False, "max_length": 8, "min_length": 3})
+    conversations = [(PERSONA, ["hi , what do you do ?"]), (PERSONA[:1], ["any pets ?"])]
+    seen: dict[int, list[str]] = {0: [], 1: []}
+    replies = bot.generate_replies(conversations, on_token=lambda i, text: seen[i].append(text))
+    for index, reply in enumerate(replies):
+        texts = seen[index]
+        assert texts, "no streamed text"
+        assert texts[-1] == reply
+        assert all(later.startswith(earlier) for earlier, later in
+                   zip(texts, texts[1:], strict=False))
+    assert replies == bot.generate_replies(conversations)
