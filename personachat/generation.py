@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
+from .decoders import make_decoder
 from .encoding import (
     IGNORE_INDEX,
     SpecialIds,
@@ -49,21 +50,22 @@ def top_filtering(logits: torch.Tensor, top_k: float = 0, top_p: float = 0.0,
                   filter_value: float = -float("inf")) -> torch.Tensor:
     """Keep the top_k tokens and/or the smallest set whose probability exceeds top_p.
 
-    ``logits`` is 1-D (vocabulary). Returns a filtered copy; at least one token survives.
+    ``logits`` is [vocab] or [batch, vocab] (each row filtered on its own). Returns a
+    filtered copy; at least one token per row survives.
     """
     logits = logits.clone()
     top_k = min(int(top_k), logits.size(-1))
     if top_k > 0:
-        kth = torch.topk(logits, top_k)[0][-1]
+        kth = torch.topk(logits, top_k, dim=-1)[0][..., -1:]
         logits[logits < kth] = filter_value
     if 0.0 < top_p < 1.0:
-        sorted_logits, sorted_idx = torch.sort(logits, descending=True)
+        sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)
         cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
         remove = cumulative > top_p
         # Shift right so the token that crosses the threshold is kept.
-        remove[1:] = remove[:-1].clone()
-        remove[0] = False
-        logits[sorted_idx[remove]] = filter_value
+        remove[..., 1:] = remove[..., :-1].clone()
+        remove[..., 0] = False
+        logits.scatter_(-1, sorted_idx, sorted_logits.masked_fill(remove, filter_value))
     return logits
 
 
@@ -120,27 +122,28 @@ def generate_replies(model, conversations: Sequence[tuple[Sequence[Sequence[int]
     mask = torch.tensor([[0] * (width - len(p["input_ids"])) + [1] * len(p["input_ids"])
                          for p in prompts], device=device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    # OpenAI GPT has no KV cache in transformers: it re-encodes the sequence every step.
-    use_cache = model.config.model_type != "openai-gpt"
-    all_ids, all_types, all_positions = input_ids, token_types, positions
+    decoder = make_decoder(model, len(prompts), width + options.max_length)
+    hidden = decoder.prefill(input_ids, token_types, mask, positions)
     stop = torch.tensor(sorted(special.stop_ids), device=device)
     never = stop[(stop != special.eos) & (stop != special.speaker2)]
+    per_row = options.repetition_penalty != 1.0 or options.no_repeat_ngram_size > 0
     replies: list[list[int]] = [[] for _ in prompts]
     finished = [False] * len(prompts)
-    past = None
     for step in range(options.max_length):
-        out = model.transformer(input_ids=input_ids, token_type_ids=token_types,
-                                attention_mask=mask, position_ids=positions,
-                                past_key_values=past, use_cache=use_cache)
-        logits = model.lm_head(out.last_hidden_state[:, -1]).float()
+        logits = model.lm_head(hidden).float()
         if step < options.min_length:
             logits[:, stop] = -float("inf")
         # Start/pad/speaker1 never belong inside a reply; only <eos>/<speaker2> end one.
         logits[:, never] = -float("inf")
+        if per_row:  # the repetition controls depend on each row's own words
+            chosen = [None if finished[row] else next_token(logits[row], reply, own_turns[row],
+                                                            options)
+                      for row, reply in enumerate(replies)]
+        else:  # one batched choice, one device->host copy per step
+            chosen = pick_tokens(logits, options).tolist()
         next_tokens = []
         for row, reply in enumerate(replies):
-            token = None if finished[row] else next_token(logits[row], reply, own_turns[row],
-                                                          options)
+            token = None if finished[row] else chosen[row]
             if token is None or token in special.stop_ids:
                 finished[row] = True
                 next_tokens.append(special.pad)
@@ -149,20 +152,11 @@ def generate_replies(model, conversations: Sequence[tuple[Sequence[Sequence[int]
                 next_tokens.append(token)
                 if on_step is not None:
                     on_step(row, list(reply))
-        if all(finished):
+        if all(finished) or step + 1 == options.max_length:
             break
         next_ids = torch.tensor(next_tokens, device=device).unsqueeze(1)
-        next_types = torch.full_like(next_ids, special.speaker2)
-        next_positions = positions[:, -1:] + 1
-        mask = torch.cat([mask, torch.ones_like(next_ids)], dim=1)
-        if use_cache:
-            past, input_ids, token_types, positions = (out.past_key_values, next_ids,
-                                                       next_types, next_positions)
-        else:
-            all_ids = torch.cat([all_ids, next_ids], dim=1)
-            all_types = torch.cat([all_types, next_types], dim=1)
-            all_positions = torch.cat([all_positions, next_positions], dim=1)
-            input_ids, token_types, positions = all_ids, all_types, all_positions
+        positions = positions[:, -1:] + 1
+        hidden = decoder.step(next_ids, torch.full_like(next_ids, special.speaker2), positions)
     return replies
 
 
@@ -183,10 +177,16 @@ def next_token(logits: torch.Tensor, reply: list[int], own_turns: Sequence[Seque
 
 
 def pick_token(logits: torch.Tensor, options: DecodingOptions) -> int:
+    """One token from 1-D logits: argmax, or a sample after temperature/top-k/top-p."""
+    return int(pick_tokens(logits.unsqueeze(0), options)[0])
+
+
+def pick_tokens(logits: torch.Tensor, options: DecodingOptions) -> torch.Tensor:
+    """One token per row of [batch, vocab] logits, as ``pick_token`` does for one row."""
     if not options.do_sample:
-        return int(torch.argmax(logits))
+        return torch.argmax(logits, dim=-1)
     filtered = top_filtering(logits / options.temperature, options.top_k, options.top_p)
-    return int(torch.multinomial(torch.softmax(filtered, dim=-1), 1))
+    return torch.multinomial(torch.softmax(filtered, dim=-1), 1).squeeze(-1)
 
 
 def penalize_repeats_(logits: torch.Tensor, own_turns: Sequence[Sequence[int]],
