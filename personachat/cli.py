@@ -29,7 +29,8 @@ from .readers import FORMATS, read_dialogs
 from .scratch import ScratchConfig, build_scratch_checkpoint, dialog_texts
 from .training import TrainingError
 
-CONFIG_KEYS = {"model_type", "model_name", "train_file", "eval_file", "args", "scratch"}
+CONFIG_KEYS = {"model_type", "model_name", "train_file", "eval_file", "args", "scratch",
+               "extra_eval_files", "ablation_eval"}
 USER_ERRORS = (DataError, ArgsError, ModelLoadError, TrainingError, EncodingError,
                FileNotFoundError, ValueError)
 
@@ -114,6 +115,10 @@ def resolve(options: argparse.Namespace) -> tuple[dict, ConvAIArgs]:
         "train_file": getattr(options, "train_file", None) or config.get("train_file"),
         "eval_file": getattr(options, "eval_file", None) or config.get("eval_file"),
         "scratch": config.get("scratch") or {},
+        # More held-out files evaluated after training ({label: path}), and whether to also
+        # evaluate eval_file with every persona removed (the persona ablation).
+        "extra_eval_files": dict(config.get("extra_eval_files") or {}),
+        "ablation_eval": bool(config.get("ablation_eval", False)),
     }
     return settings, args
 
@@ -186,6 +191,7 @@ def run(options: argparse.Namespace) -> int:
         if settings["eval_file"]:
             results = model.eval_model(settings["eval_file"], verbose=False)
             print_results(results)
+            report_persona_use(model, settings, results)
             demo_conversation(model, settings["eval_file"])
         return 0
 
@@ -200,6 +206,29 @@ def run(options: argparse.Namespace) -> int:
     else:
         model.interact(personality=options.persona or None)
     return 0
+
+
+def report_persona_use(model, settings: dict, results: dict) -> None:
+    """Evaluate the extra held-out files and the persona ablation, then print the persona
+    metrics of every evaluation side by side (written to OUTPUT_DIR/eval_<label>/ too)."""
+    rows = {f"{settings['eval_file']}": results}
+    for label, path in settings["extra_eval_files"].items():
+        rows[f"{path} ({label})"] = model.eval_model(
+            path, output_dir=str(Path(model.args.output_dir) / f"eval_{label}"), verbose=False,
+            silent=True)
+    if settings["ablation_eval"]:
+        rows[f"{settings['eval_file']} with the persona removed"] = model.eval_model(
+            settings["eval_file"], output_dir=str(Path(model.args.output_dir) / "eval_ablation"),
+            verbose=False, silent=True, ablate_persona=True)
+    columns = ["persona_accuracy", "persona_hits@1", "hits@1", "language_model_loss"]
+    if len(rows) == 1 and "persona_accuracy" not in results:
+        return
+    print(f"\nPersona use (chance for hits@1: {1 / model.args.num_candidates:.2f}):")
+    print(f"  {'evaluation':50s}" + "".join(f"{c:>20s}" for c in columns))
+    for name, values in rows.items():
+        cells = "".join(f"{values[c]:>20.3f}" if isinstance(values.get(c), float)
+                        else f"{'-':>20s}" for c in columns)
+        print(f"  {name[-50:]:50s}{cells}")
 
 
 def print_results(results: dict) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .encoding import IGNORE_INDEX
 from .modeling import double_heads_loss
 
 
@@ -93,6 +94,33 @@ def evaluate_batches(model, batches: Iterable[dict[str, torch.Tensor]], lm_coef:
         "_labels": labels,
         "_preds": preds,
     }
+
+
+def gold_reply_tokens(dataset: Sequence[dict]) -> Iterable[list[int]]:
+    """The tokens the LM loss is computed on, per example: the gold reply and ``<eos>``."""
+    for i in range(len(dataset)):
+        gold = dataset[i]["candidates"][-1]
+        yield [t for t in gold["lm_labels"] if t != IGNORE_INDEX]
+
+
+def unigram_baseline_loss(train: Sequence[dict], eval_: Sequence[dict], vocab_size: int) -> float:
+    """LM loss (nats per token) of a context-free unigram model on ``eval_``'s gold replies.
+
+    The unigram distribution is fit on ``train``'s gold-reply tokens with add-one smoothing
+    over the whole vocabulary; it is the loss a model reaches by ignoring persona and history
+    altogether, so a trained model must do better to show it reads its context. Measured on
+    exactly the tokens ``language_model_loss`` is measured on (same tokenizer, same layout).
+    """
+    counts = Counter(t for tokens in gold_reply_tokens(train) for t in tokens)
+    total = sum(counts.values()) + vocab_size
+    loss, n = 0.0, 0
+    for tokens in gold_reply_tokens(eval_):
+        for t in tokens:
+            loss -= math.log((counts[t] + 1) / total)
+            n += 1
+    if n == 0:
+        raise ValueError("the evaluation data holds no gold-reply tokens")
+    return loss / n
 
 
 def apply_metric_fns(labels: list[int], preds: list[int],
