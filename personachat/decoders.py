@@ -18,8 +18,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
+
+TANH_GELU = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
 
 
 class Decoder:
@@ -53,6 +57,11 @@ class StaticKVDecoder(Decoder):
         self.body = body
         self.blocks = list(body.h)
         self.heads = model.config.n_head
+        # GPT-2's "gelu_new" is the tanh approximation of GELU written out in Python ops;
+        # torch's fused kernel computes the same function in one.
+        act = model.config.activation_function
+        self.act = (partial(F.gelu, approximate="tanh") if act in TANH_GELU
+                    else self.blocks[0].mlp.act)
         self.width = model.config.n_embd
         self.batch, self.capacity = batch, capacity
         self.keys: list[torch.Tensor] = []
@@ -80,7 +89,7 @@ class StaticKVDecoder(Decoder):
         x = x + torch.addmm(attn.c_proj.bias, attended, attn.c_proj.weight).view(x.shape)
         mlp = block.mlp
         h = layer_norm(block.ln_2, x).reshape(-1, self.width)
-        h = mlp.act(torch.addmm(mlp.c_fc.bias, h, mlp.c_fc.weight))
+        h = self.act(torch.addmm(mlp.c_fc.bias, h, mlp.c_fc.weight))
         return x + torch.addmm(mlp.c_proj.bias, h, mlp.c_proj.weight).view(x.shape)
 
     def prefill(self, input_ids, token_types, mask, positions) -> torch.Tensor:

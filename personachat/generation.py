@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
+from math import inf
 
 import torch
 
@@ -124,17 +125,20 @@ def generate_replies(model, conversations: Sequence[tuple[Sequence[Sequence[int]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     decoder = make_decoder(model, len(prompts), width + options.max_length)
     hidden = decoder.prefill(input_ids, token_types, mask, positions)
-    stop = torch.tensor(sorted(special.stop_ids), device=device)
-    never = stop[(stop != special.eos) & (stop != special.speaker2)]
+    # Added to the logits: start/pad/speaker1 never belong inside a reply (only <eos> or
+    # <speaker2> end one), and before min_length no stop token at all is allowed.
+    allowed = allowed_short = None
     per_row = options.repetition_penalty != 1.0 or options.no_repeat_ngram_size > 0
     replies: list[list[int]] = [[] for _ in prompts]
     finished = [False] * len(prompts)
     for step in range(options.max_length):
         logits = model.lm_head(hidden).float()
-        if step < options.min_length:
-            logits[:, stop] = -float("inf")
-        # Start/pad/speaker1 never belong inside a reply; only <eos>/<speaker2> end one.
-        logits[:, never] = -float("inf")
+        if allowed is None:
+            allowed = torch.zeros(logits.shape[-1], device=device)
+            allowed[[t for t in special.stop_ids if t not in (special.eos, special.speaker2)]] = -inf
+            allowed_short = allowed.clone()
+            allowed_short[sorted(special.stop_ids)] = -inf
+        logits += allowed_short if step < options.min_length else allowed
         if per_row:  # the repetition controls depend on each row's own words
             chosen = [None if finished[row] else next_token(logits[row], reply, own_turns[row],
                                                             options)
