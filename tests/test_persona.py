@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from personachat.evaluation import (
     persona_hits_at_1,
     probe_items,
     repetition_rate,
+    unigram_baseline_loss,
     without_persona,
 )
 from personachat.generation import (
@@ -166,3 +169,16 @@ def test_batched_replies_equal_replies_decoded_one_at_a_time(tiny):
     batched = generate_replies(model, conversations, special, options)
     alone = [generate_reply(model, p, h, special, options) for p, h in conversations]
     assert batched == alone
+
+
+def test_unigram_baseline_is_the_smoothed_cross_entropy_of_gold_reply_tokens():
+    """Train gold tokens [1, 1, 2, <eos>=9] x2; eval gold [1, 9]; add-one over 10 types."""
+    def example(tokens):
+        return {"candidates": [{"lm_labels": [-100, 5]},  # a distractor's labels never count
+                               {"lm_labels": [-100, -100, *tokens]}]}
+
+    train = [example([1, 1, 2, 9]), example([1, 1, 2, 9])]
+    total = 8 + 10
+    expected = -(math.log((4 + 1) / total) + math.log((2 + 1) / total)) / 2
+    assert unigram_baseline_loss(train, [example([1, 9])], vocab_size=10) == pytest.approx(
+        expected)
