@@ -2,7 +2,7 @@
 
 Names and defaults follow ``simpletransformers.config.model_args.ConvAIArgs`` so that a user's
 existing ``train_args = {...}`` dict keeps working unchanged. Options simpletransformers had
-but that make no sense here (wandb, quantization, multiprocessing pools) are still accepted and
+but that make no sense here (wandb, quantization, thread counts) are still accepted and
 ignored, so old dicts load; a key neither library knows is an error that names the closest
 valid key.
 """
@@ -42,8 +42,17 @@ class ConvAIArgs:
     cache_dir: str = "cache_dir/"
     tensorboard_dir: str | None = None
     overwrite_output_dir: bool = False
-    reprocess_input_data: bool = True
+    # Data files are tokenized once and cached under cache_dir/tokens/, keyed by their content,
+    # the tokenizer and every encoding option, so the cache cannot be stale and is read by
+    # default (simpletransformers defaulted to True: its cache was keyed by file name only).
+    # True tokenizes again anyway (once per model object); no_cache=True tokenizes in memory
+    # and writes nothing.
+    reprocess_input_data: bool = False
     no_cache: bool = False
+    # Processes for that tokenization (datasets' num_proc). None: cpu_count() - 2, at least 1
+    # (simpletransformers' default); use_multiprocessing=False: one.
+    process_count: int | None = None
+    use_multiprocessing: bool = True
     no_save: bool = False
     silent: bool = False
     manual_seed: int | None = None
@@ -148,6 +157,10 @@ class ConvAIArgs:
                 continue
             if not isinstance(value, int) or value < 1:
                 raise ArgsError(f"{name} must be a positive integer, got {value!r}")
+        if self.process_count is not None and (
+                not isinstance(self.process_count, int) or self.process_count < 1):
+            raise ArgsError(f"process_count must be a positive integer or null (cpu_count() - 2), "
+                            f"got {self.process_count!r}")
         if self.max_history < 0:
             raise ArgsError(f"max_history must be >= 0, got {self.max_history}")
         if self.num_train_epochs < 0:
@@ -202,10 +215,10 @@ IGNORED_SIMPLETRANSFORMERS_ARGS = frozenset({
     "cosine_schedule_num_cycles", "custom_layer_parameters", "custom_parameter_groups",
     "dynamic_quantize", "encoding", "local_rank", "loss_type", "loss_args",
     "max_seq_length", "multiprocessing_chunksize", "n_gpu", "not_saved_args",
-    "polynomial_decay_schedule_lr_end", "polynomial_decay_schedule_power", "process_count",
+    "polynomial_decay_schedule_lr_end", "polynomial_decay_schedule_power",
     "quantized_model", "skip_special_tokens", "thread_count", "tokenizer_type",
     "train_custom_parameters_only", "use_cached_eval_features", "use_hf_datasets",
-    "use_multiprocessing", "use_multiprocessing_for_evaluation", "wandb_kwargs",
+    "use_multiprocessing_for_evaluation", "wandb_kwargs",
     "wandb_project", "no_sample",
 })
 

@@ -7,6 +7,7 @@ written for ``simpletransformers.conv_ai.ConvAIModel`` runs unchanged but for th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -36,6 +37,7 @@ from .generation import DecodingOptions, generate_replies, respond
 from .modeling import context_size, load_model_and_tokenizer, resolve_device, save_pretrained_atomic
 from .readers import read_dialogs
 from .repl import run_repl
+from .token_cache import EncodingOptions, cache_key, cached_dataset
 from .training import autocast_dtype, check_output_dir, resolve_eval_batch_size, train
 
 PERSONAS_FILE = "personas.json"
@@ -259,12 +261,27 @@ class ConvAIModel:
         return dialogs[:limit] if limit else dialogs
 
     def _dataset(self, dialogs, source: str):
-        return dataset_from_dialogs(
-            dialogs, self.tokenizer, self.special,
+        """The examples of ``dialogs``: tokenized once and cached under
+        ``cache_dir/tokens/`` (see ``token_cache``), or in memory only with ``no_cache``."""
+        options = EncodingOptions(
             num_candidates=self.args.num_candidates, max_history=self.args.max_history,
             max_tokens=context_size(self.model),
             personality_permutations=self.args.personality_permutations,
-            lowercase=self.args.do_lower_case, seed=self.args.manual_seed or 0, source=source)
+            lowercase=self.args.do_lower_case, seed=self.args.manual_seed or 0)
+        if self.args.no_cache:
+            return dataset_from_dialogs(dialogs, self.tokenizer, self.special, source=source,
+                                        **dataclasses.asdict(options))
+        key = cache_key(dialogs, self.tokenizer, options)
+        # reprocess_input_data tokenizes again once per model object, not at each evaluation
+        # of a training run (which reads the same eval dialogs every time).
+        retokenized = self.__dict__.setdefault("_retokenized", set())
+        reprocess = self.args.reprocess_input_data and key not in retokenized
+        retokenized.add(key)
+        num_proc = ((self.args.process_count or max((os.cpu_count() or 1) - 2, 1))
+                    if self.args.use_multiprocessing else 1)
+        return cached_dataset(dialogs, self.tokenizer, self.special, options,
+                              self.args.cache_dir, reprocess=reprocess, num_proc=num_proc,
+                              key=key, source=source, log=None if self.args.silent else print)
 
 
 def read_personas(model_name) -> list[list[str]]:

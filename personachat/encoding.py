@@ -14,7 +14,7 @@ tensors exist for one batch at a time (``collate``), padded to that batch's long
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import chain
@@ -29,6 +29,9 @@ ATTR_TO_SPECIAL_TOKEN = {
     "additional_special_tokens": ["<speaker1>", "<speaker2>"],
 }
 IGNORE_INDEX = -100  # label value cross-entropy skips
+# Version of the input layout below. Cached tokenized datasets (token_cache) are keyed on it:
+# bump it whenever build_input_from_segments, truncate_to_fit or the example index change.
+LAYOUT_VERSION = 1
 
 
 class EncodingError(ValueError):
@@ -228,12 +231,9 @@ class PersonaChatDataset(torch.utils.data.Dataset):
         self.num_candidates = num_candidates
         self.max_history = max_history
         self.max_tokens = max_tokens
-        rng = random.Random(seed)
-        self.index: list[tuple[int, int, tuple[int, ...]]] = []
-        for d, dialog in enumerate(encoded_dialogs):
-            orders = persona_orders(len(dialog["personality"]), personality_permutations, rng)
-            for order in orders:
-                self.index.extend((d, u, order) for u in range(len(dialog["utterances"])))
+        self.index: list[tuple[int, int, tuple[int, ...]]] = list(example_index(
+            [len(d["personality"]) for d in encoded_dialogs],
+            [len(d["utterances"]) for d in encoded_dialogs], personality_permutations, seed))
 
     def __len__(self) -> int:
         return len(self.index)
@@ -252,17 +252,49 @@ class PersonaChatDataset(torch.utils.data.Dataset):
         token counts alone: the same truncation as ``__getitem__`` but no input is built."""
         d, u, order = self.index[idx]
         dialog = self.dialogs[d]
-        persona = [dialog["personality"][i] for i in order]
         utterance = dialog["utterances"][u]
-        history = list(utterance["history"])[-(2 * self.max_history + 1):]
-        return max(input_length(*truncate_to_fit(persona, history, c, self.max_tokens))
-                   for c in list(utterance["candidates"])[-self.num_candidates:])
+        return example_length(
+            [len(dialog["personality"][i]) for i in order],
+            [len(h) for h in list(utterance["history"])[-(2 * self.max_history + 1):]],
+            [len(c) for c in list(utterance["candidates"])[-self.num_candidates:]],
+            self.max_tokens)
 
     @cached_property
     def lengths(self) -> list[int]:
         """``example_length`` of every item, computed once: what length-grouped batching
         and the automatic batch size sort by."""
         return [self.example_length(i) for i in range(len(self.index))]
+
+
+def example_index(persona_sizes: Sequence[int], utterance_counts: Sequence[int],
+                  permutations: int = 1, seed: int = 0) -> Iterator[tuple[int, int, tuple[int, ...]]]:
+    """``(dialog, utterance, persona order)`` of every example, in dataset order: per dialog,
+    each persona order (``persona_orders``, one seeded generator for the whole dataset) over
+    all its utterances. The in-memory and the cached dataset both index with this."""
+    rng = random.Random(seed)
+    for d, (n_sentences, n_utterances) in enumerate(zip(persona_sizes, utterance_counts,
+                                                        strict=True)):
+        for order in persona_orders(n_sentences, permutations, rng):
+            for u in range(n_utterances):
+                yield d, u, order
+
+
+def example_length(persona: Sequence[int], history: Sequence[int], candidates: Sequence[int],
+                   max_tokens: int) -> int:
+    """Tokens of an example's longest candidate input, from token *counts* alone.
+
+    ``persona`` (in the example's order), ``history`` (already cut to the history window) and
+    ``candidates`` (the chosen ones) are lengths. When the longest candidate fits, so do all
+    and the answer is a sum; otherwise the exact ``truncate_to_fit`` rule runs on stand-in
+    sequences of those lengths.
+    """
+    fixed = 1 + sum(persona) + sum(history) + len(history) + 2
+    longest = max(candidates)
+    if fixed + longest <= max_tokens:
+        return fixed + longest
+    persona_, history_ = [range(n) for n in persona], [range(n) for n in history]
+    return max(input_length(*truncate_to_fit(persona_, history_, range(n), max_tokens))
+               for n in candidates)
 
 
 def persona_orders(n_sentences: int, permutations: int, rng: random.Random) -> list[tuple[int, ...]]:
