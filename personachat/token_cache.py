@@ -318,6 +318,9 @@ def _tokenize_texts(folder: Path, texts: list[str], tokenizer, num_proc: int,
     Returns the number of tokens of each text."""
     import datasets  # noqa: PLC0415  (a second to import; only a cache miss pays it)
 
+    if not texts:  # nothing to tokenize (no dialogs): an empty table, no datasets run
+        _write_table(folder / "texts.arrow", {"input_ids": _ragged([0], [])})
+        return np.zeros(0, np.int64)
     encode = batch_encoder(tokenizer, texts[:TOKENIZE_BATCH])
 
     def tokenize(batch: dict) -> dict:
@@ -344,7 +347,7 @@ def _tokenize_texts(folder: Path, texts: list[str], tokenizer, num_proc: int,
                 pa.ipc.new_file(sink, schema) as writer:
             for batch in table.to_batches(max_chunksize=64 * TOKENIZE_BATCH):
                 ids = batch.column(0).cast(pa.large_list(pa.int32()))
-                counts.append(np.diff(ids.offsets.to_numpy()))
+                counts.append(np.diff(_numpy_view(ids.offsets)))
                 writer.write_batch(pa.record_batch([ids], schema=schema))
             sink.flush()
             os.fsync(sink.fileno())
@@ -372,7 +375,7 @@ def batch_encoder(tokenizer, probe: list[str]) -> Callable[[list[str]], list[lis
     def fast(texts: list[str]) -> list[list[int]]:
         return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
 
-    return fast if fast(probe) == generic(probe) else generic
+    return fast if probe and fast(probe) == generic(probe) else generic
 
 
 def _ragged(offsets: list[int], values: list[int]) -> pa.Array:
@@ -407,8 +410,8 @@ class RaggedColumn:
         start = 0
         for chunk in column.chunks:
             self._starts.append(start)
-            self._offsets.append(chunk.offsets.to_numpy())
-            self._values.append(chunk.values.to_numpy())
+            self._offsets.append(_numpy_view(chunk.offsets))
+            self._values.append(_numpy_view(chunk.values))
             start += len(chunk)
         self._len = start
 
@@ -419,6 +422,22 @@ class RaggedColumn:
         c = bisect.bisect_right(self._starts, i) - 1 if len(self._starts) > 1 else 0
         offsets, j = self._offsets[c], i - self._starts[c]
         return self._values[c][offsets[j]:offsets[j + 1]].tolist()
+
+
+_NUMPY_TYPES = {pa.int32(): np.int32, pa.int64(): np.int64}
+
+
+def _numpy_view(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A null-free int32/int64 Arrow array as a numpy array over the same (memory-mapped)
+    buffer. (``Array.to_numpy`` would do the same but imports pandas: 0.7 s per process.)"""
+    if isinstance(array, pa.ChunkedArray):
+        if array.num_chunks != 1:
+            return np.concatenate([_numpy_view(c) for c in array.chunks] or [np.zeros(0)])
+        array = array.chunk(0)
+    if array.null_count:
+        raise TokenCacheError("unexpected missing values in a table")
+    dtype = _NUMPY_TYPES[array.type]
+    return np.frombuffer(array.buffers()[1], dtype=dtype)[array.offset:array.offset + len(array)]
 
 
 class ExampleIndex(Sequence):
@@ -462,15 +481,15 @@ class CachedPersonaChatDataset(torch.utils.data.Dataset):
             tables = {name: _map_table(self.folder / f"{name}.arrow") for name in TABLES}
             self._tokens = RaggedColumn(tables["texts"].column("input_ids"))
             self._persona = RaggedColumn(tables["dialogs"].column("persona"))
-            counts = tables["dialogs"].column("utterances").to_numpy()
+            counts = _numpy_view(tables["dialogs"].column("utterances"))
             self._first_utterance = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
             self._history = RaggedColumn(tables["utterances"].column("history"))
             self._candidates = RaggedColumn(tables["utterances"].column("candidates"))
             examples = tables["examples"]
-            self.index = ExampleIndex(examples.column("dialog").to_numpy(),
-                                      examples.column("utterance").to_numpy(),
+            self.index = ExampleIndex(_numpy_view(examples.column("dialog")),
+                                      _numpy_view(examples.column("utterance")),
                                       RaggedColumn(examples.column("order")))
-            self._lengths = examples.column("length").to_numpy()
+            self._lengths = _numpy_view(examples.column("length"))
         except (pa.ArrowException, KeyError, OSError, ValueError) as err:
             raise TokenCacheError(f"unreadable table ({err})") from err
         if len(self._lengths) != manifest["counts"]["examples"] or \
