@@ -9,6 +9,8 @@ segment's speaker token; the persona belongs to the bot, so it carries ``<speake
 Everything here is pure: token-id lists in, token-id lists out. Tokenization happens once per
 distinct string (``TextEncoder``), and a dataset stores only token ids per sentence; padded
 tensors exist for one batch at a time (``collate``), padded to that batch's longest input.
+``token_cache`` stores those token ids on disk (Arrow) so that a file is tokenized only once;
+its dataset yields the same items as ``PersonaChatDataset``.
 """
 
 from __future__ import annotations

@@ -316,11 +316,11 @@ def _tokenize_texts(folder: Path, texts: list[str], tokenizer, num_proc: int,
     """Tokenize ``texts`` through ``datasets`` (``num_proc`` worker processes, results
     written to Arrow on disk as they come) and copy them, as int32, into ``texts.arrow``.
     Returns the number of tokens of each text."""
-    import datasets  # noqa: PLC0415  (a second to import; only a cache miss pays it)
-
     if not texts:  # nothing to tokenize (no dialogs): an empty table, no datasets run
         _write_table(folder / "texts.arrow", {"input_ids": _ragged([0], [])})
         return np.zeros(0, np.int64)
+    import datasets  # here, not at the top: a second to import, and only a cache miss needs it
+
     encode = batch_encoder(tokenizer, texts[:TOKENIZE_BATCH])
 
     def tokenize(batch: dict) -> dict:
