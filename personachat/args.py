@@ -107,6 +107,9 @@ class ConvAIArgs:
     early_stopping_patience: int = 3
     early_stopping_delta: float = 0.0
     early_stopping_consider_epochs: bool = False
+    # Keep only the newest save_total_limit checkpoint-* folders (plus the one of the best
+    # evaluation); None keeps them all. Each checkpoint can resume training.
+    save_total_limit: int | None = None
 
     # --- personachat additions (not in simpletransformers) ---
     # Max examples read from a data file (None = all): quick experiments on big files.
@@ -128,6 +131,9 @@ class ConvAIArgs:
     group_by_length: bool = True
     auto_batch_target: int = 32
     compile: bool = False
+    # Load weights from a pickle pytorch_model.bin (old simpletransformers / classic folders).
+    # Unpickling can run code, so only for folders you trust; never read from model_args.json.
+    trust_remote_pickle: bool = False
 
     def update_from_dict(self, new_values: dict[str, Any] | None) -> ConvAIArgs:
         """Set the given options; unknown keys raise ArgsError naming the closest valid key."""
@@ -172,6 +178,10 @@ class ConvAIArgs:
                 f"temperature must be > 0 when do_sample=True, got {self.temperature} "
                 "(use do_sample=False for greedy decoding)"
             )
+        if self.save_total_limit is not None and (
+                not isinstance(self.save_total_limit, int) or self.save_total_limit < 1):
+            raise ArgsError(f"save_total_limit must be a positive integer or null (keep every "
+                            f"checkpoint), got {self.save_total_limit!r}")
         if self.min_length > self.max_length:
             raise ArgsError(
                 f"min_length ({self.min_length}) is larger than max_length ({self.max_length})"
@@ -193,7 +203,9 @@ class ConvAIArgs:
         """Update from ``model_args.json`` in input_dir, if there is one.
 
         Folders saved by simpletransformers carry keys we do not use; those are ignored
-        rather than refused, since the user did not write them.
+        rather than refused, since the user did not write them. ``trust_remote_pickle`` is
+        never taken from a file: a folder must not vouch for its own pickles. Bad values are
+        reported with the file's path.
         """
         path = Path(input_dir) / ARGS_FILE
         if not path.is_file():
@@ -204,8 +216,15 @@ class ConvAIArgs:
             raise ArgsError(f"{path} is not valid JSON ({err}); delete or fix it") from err
         if not isinstance(saved, dict):
             raise ArgsError(f"{path} must hold a JSON object of options")
-        known = {f.name for f in fields(self)}
-        return self.update_from_dict({k: v for k, v in saved.items() if k in known})
+        known = {f.name for f in fields(self)} - NOT_LOADED_FROM_FILES
+        try:
+            return self.update_from_dict({k: v for k, v in saved.items() if k in known})
+        except ArgsError as err:
+            raise ArgsError(f"{path}: {err} (fix or delete that file)") from err
+
+
+# Options that only the caller may set, never a saved model_args.json.
+NOT_LOADED_FROM_FILES = frozenset({"trust_remote_pickle"})
 
 
 # Options simpletransformers users may still pass; accepted so old dicts run, but unused here.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shlex
 import sys
 import time
 from dataclasses import asdict, fields
@@ -21,17 +22,20 @@ import yaml
 
 from . import distributed
 from .args import ArgsError, ConvAIArgs, make_args, unknown_key_message
+from .checkpoints import CheckpointError
 from .data import DataError
 from .data_commands import DATA_COMMANDS, add_data_commands, run_data_command
 from .encoding import EncodingError
 from .modeling import ModelLoadError, resolve_device
 from .readers import FORMATS, read_dialogs
+from .reporting import append_evaluation
 from .scratch import ScratchConfig, build_scratch_checkpoint, dialog_texts
-from .training import TrainingError
+from .training import TrainingError, TrainingInterrupted
 
 CONFIG_KEYS = {"model_type", "model_name", "train_file", "eval_file", "args", "scratch",
                "extra_eval_files", "ablation_eval"}
-USER_ERRORS = (DataError, ArgsError, ModelLoadError, TrainingError, EncodingError,
+USER_ERRORS = (DataError, ArgsError, ModelLoadError, TrainingError, CheckpointError,
+               EncodingError,
                FileNotFoundError, ValueError)
 
 
@@ -83,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train":
             p.add_argument("--train-file", help="dialog file, any --format (default: from config)")
             p.add_argument("--overwrite-output-dir", action="store_true", default=None)
+            p.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
+                           help="go on from the newest checkpoint in the output folder, or "
+                                "from the checkpoint folder PATH")
         if name in ("train", "eval"):
             p.add_argument("--eval-file", help="dialog file to evaluate on (any --format)")
             p.add_argument("--format", dest="data_format", choices=FORMATS,
@@ -181,7 +188,9 @@ def run(options: argparse.Namespace) -> int:
                                 use_cuda=use_cuda)
             started = time.perf_counter()
             global_step, _ = model.train_model(settings["train_file"], eval_file=None,
-                                               verbose=ctx.is_main)
+                                               verbose=ctx.is_main,
+                                               resume_from_checkpoint=options.resume,
+                                               samples_file=settings["eval_file"])
         finally:
             distributed.teardown(ctx)
         if not ctx.is_main:
@@ -191,6 +200,7 @@ def run(options: argparse.Namespace) -> int:
         if settings["eval_file"]:
             results = model.eval_model(settings["eval_file"], verbose=False)
             print_results(results)
+            append_evaluation(args.output_dir, settings["eval_file"], results)
             report_persona_use(model, settings, results)
             demo_conversation(model, settings["eval_file"])
         return 0
@@ -242,12 +252,37 @@ def main(argv: list[str] | None = None) -> int:
     quiet_transformers()
     try:
         return run(options)
+    except TrainingInterrupted as err:
+        where = (f"checkpoint saved to {err.checkpoint}" if err.checkpoint
+                 else "nothing saved (no_save)")
+        print(f"personachat train: stopped by {err.signal_name} after step {err.step}; "
+              f"{where}.\nResume with: {resume_command(argv)}", file=sys.stderr)
+        return 130 if err.signal_name == "SIGINT" else 143
     except USER_ERRORS as err:
         print(f"personachat {options.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
         return 130
+
+
+def resume_command(argv: list[str] | None) -> str:
+    """The command line that was run, with ``--resume`` (and no earlier resume path)."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    kept = []
+    skip_value = False
+    for word in words:
+        if skip_value:
+            skip_value = False
+            if not word.startswith("-"):
+                continue
+        if word == "--resume":
+            skip_value = True
+            continue
+        if word.startswith("--resume="):
+            continue
+        kept.append(word)
+    return shlex.join(["personachat", *kept, "--resume"])
 
 
 def quiet_transformers() -> None:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import random
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -20,7 +21,9 @@ import torch
 
 from .args import ConvAIArgs, make_args
 from .candidates import add_distractors
+from .checkpoints import CheckpointError, resolve_resume
 from .data import load_personachat_or_file, personalities
+from .distributed import is_main_process
 from .encoding import SpecialIds, TextEncoder, collate, dataset_from_dialogs
 from .evaluation import (
     apply_metric_fns,
@@ -37,8 +40,16 @@ from .generation import DecodingOptions, generate_replies, respond
 from .modeling import context_size, load_model_and_tokenizer, resolve_device, save_pretrained_atomic
 from .readers import read_dialogs
 from .repl import run_repl
+from .reporting import SAMPLES_FILE, SampleWriter, probes_from_dialogs, write_report
 from .token_cache import EncodingOptions, cache_key, cached_dataset
-from .training import autocast_dtype, check_output_dir, resolve_eval_batch_size, train
+from .training import (
+    TrainingError,
+    autocast_dtype,
+    check_output_dir,
+    preflight,
+    resolve_eval_batch_size,
+    train,
+)
 
 PERSONAS_FILE = "personas.json"
 MAX_SAVED_PERSONAS = 1000
@@ -54,6 +65,10 @@ class ConvAIModel:
         args: a dict of options or a ``ConvAIArgs``; see ``ConvAIArgs`` for every option.
         use_cuda: run on the GPU; an error if there is none (pass ``use_cuda=False``).
         cuda_device: which GPU (-1: the current one).
+        trust_remote_pickle: load weights from a pickle ``pytorch_model.bin`` (old
+            simpletransformers folders, the classic ``gpt_personachat_cache``). Off by
+            default: unpickling can run code, so weights load from safetensors only. Only for
+            folders you trust; also settable as the ``trust_remote_pickle`` option.
         **kwargs: passed to the model's ``from_pretrained``.
     """
 
@@ -68,10 +83,13 @@ class ConvAIModel:
                 self.args.load(model_name)
             self.args.update_from_dict(args)
         self.args.model_type, self.args.model_name = model_type, str(model_name)
+        if "trust_remote_pickle" in kwargs:
+            self.args.trust_remote_pickle = bool(kwargs.pop("trust_remote_pickle"))
         if self.args.manual_seed is not None:
             set_seed(self.args.manual_seed)
         self.device = resolve_device(use_cuda, cuda_device)
-        self.model, self.tokenizer = load_model_and_tokenizer(model_type, model_name, **kwargs)
+        self.model, self.tokenizer = load_model_and_tokenizer(
+            model_type, model_name, trust_remote_pickle=self.args.trust_remote_pickle, **kwargs)
         self.model.to(self.device)
         self.special = SpecialIds.from_tokenizer(self.tokenizer)
         self._encode = TextEncoder(self.tokenizer, lowercase=self.args.do_lower_case)
@@ -79,14 +97,29 @@ class ConvAIModel:
 
     # ------------------------------------------------------------------ training
     def train_model(self, train_file=None, output_dir=None, show_running_loss=True, args=None,
-                    eval_file=None, verbose=True, **kwargs):
+                    eval_file=None, verbose=True, resume_from_checkpoint=None,
+                    samples_file=None, **kwargs):
         """Fine-tune on ``train_file`` (Persona-Chat JSON; None: the public Persona-Chat,
-        downloaded once). Returns ``(global_step, training_details)``."""
+        downloaded once). Returns ``(global_step, training_details)``.
+
+        ``resume_from_checkpoint``: True goes on from the newest complete checkpoint in
+        output_dir, a path from that checkpoint; model, optimizer, scheduler, random
+        generators and the position in the epoch are restored (same data and options).
+        ``samples_file``: dialogs whose turns are the probes answered in samples.md before
+        training and after every epoch (default: eval_file, else train_file). Besides the
+        model, output_dir gets training_curves.png, samples.md and report.md.
+        """
         if args:
             self.args.update_from_dict(args.get_args_for_saving()
                                        if isinstance(args, ConvAIArgs) else args)
         output_dir = str(output_dir or self.args.output_dir)
-        check_output_dir(output_dir, self.args.overwrite_output_dir)
+        try:
+            resume = resolve_resume(resume_from_checkpoint, output_dir)
+        except CheckpointError as err:
+            raise TrainingError(str(err)) from err
+        if resume is None:
+            check_output_dir(output_dir, self.args.overwrite_output_dir)
+        preflight(output_dir, self.model, self.args)
         if self.args.evaluate_during_training and eval_file is None:
             raise ValueError("evaluate_during_training is enabled but eval_file is not given")
 
@@ -97,14 +130,41 @@ class ConvAIModel:
                             str(eval_file), silent=self.args.evaluate_during_training_silent)
                     if eval_file is not None else None)
         self._personas = personalities(dialogs)[:MAX_SAVED_PERSONAS]
-        global_step, details = train(
-            self.model, self.tokenizer, dataset, self.args, self.device, output_dir,
-            evaluate=evaluate, show_running_loss=show_running_loss,
-            save_extra={PERSONAS_FILE: json.dumps(self._personas, ensure_ascii=False)},
-        )
+        samples = self._samples_writer(output_dir, samples_file or eval_file, dialogs)
+        report = partial(
+            write_report, output_dir, model=f"{self.args.model_type} {self.args.model_name}",
+            device=str(self.device), args=self.args, started=time.time(),
+            data={"train file": str(train_file or "Persona-Chat train"),
+                  "train dialogs": len(dialogs), "train examples (utterances)": len(dataset),
+                  "eval file during training": str(eval_file) if eval_file else "none",
+                  "resumed from": str(resume) if resume else "no (fresh run)"})
+        write = not self.args.no_save and is_main_process()
+        try:
+            global_step, details = train(
+                self.model, self.tokenizer, dataset, self.args, self.device, output_dir,
+                evaluate=evaluate, show_running_loss=show_running_loss,
+                save_extra={PERSONAS_FILE: json.dumps(self._personas, ensure_ascii=False)},
+                resume_from=resume, on_epoch_end=samples)
+        except TrainingError as err:
+            if write:
+                report(details={}, status=f"stopped: {err}")
+            raise
+        if write:
+            report(details=details, status="finished" + (
+                " (early stopping)" if details.get("stopped_early") else ""))
         if verbose and not self.args.silent:
             print(f"Training of {self.args.model_type} model complete. Saved to {output_dir}.")
         return global_step, details
+
+    def _samples_writer(self, output_dir: str, probe_file, dialogs: list[dict]):
+        """What writes samples.md: greedy replies to probes from ``probe_file`` (or, without
+        one, from the training dialogs)."""
+        if self.args.no_save:
+            return None
+        source = self._load(probe_file, "valid", None) if probe_file else dialogs
+        greedy = DecodingOptions.from_args(self.args, do_sample=False)
+        return SampleWriter(Path(output_dir) / SAMPLES_FILE, probes_from_dialogs(source),
+                            partial(self.generate_replies, options=greedy))
 
     # ---------------------------------------------------------------- evaluation
     def eval_model(self, eval_file=None, output_dir=None, verbose=True, silent=False,

@@ -117,10 +117,46 @@ def load_tokenizer(model_type: str, name: str):
         return getattr(transformers, fallback).from_pretrained(name)
 
 
-def load_model_and_tokenizer(model_type: str, model_name: str | os.PathLike, **kwargs):
+# Weight files ``from_pretrained`` reads, by how they are stored. Pickle files can run any code
+# when they are unpickled, so they are loaded only when the caller says it trusts them.
+SAFE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+class UnsafeCheckpointError(ModelLoadError):
+    """The checkpoint's weights are a pickle and the caller did not pass trust_remote_pickle."""
+
+
+def weights_format(folder: str | os.PathLike) -> str | None:
+    """``"safetensors"``, ``"pickle"`` or None: which weights a local model folder holds
+    (safetensors win when both are there, as ``from_pretrained`` would pick them too)."""
+    folder = Path(folder)
+    if any((folder / name).is_file() for name in SAFE_WEIGHT_FILES):
+        return "safetensors"
+    if any((folder / name).is_file() for name in PICKLE_WEIGHT_FILES):
+        return "pickle"
+    return None
+
+
+def refuse_pickle_message(name: str) -> str:
+    return (
+        f"{name!r} holds its weights only as a pickle (pytorch_model.bin). personachat loads "
+        "weights from safetensors only, because unpickling a file can run any code it "
+        "contains. If you trust where this folder comes from, pass trust_remote_pickle=True "
+        "(ConvAIModel(..., trust_remote_pickle=True), args={'trust_remote_pickle': True} or "
+        "--set trust_remote_pickle=true); save the model once (model.save_model(DIR)) to get "
+        "a safetensors copy that loads without it."
+    )
+
+
+def load_model_and_tokenizer(model_type: str, model_name: str | os.PathLike,
+                             trust_remote_pickle: bool = False, **kwargs):
     """Load the double-heads model and its tokenizer; add the special tokens if missing.
 
-    Extra ``kwargs`` go to the model's ``from_pretrained`` (e.g. ``revision``).
+    Weights come from safetensors only: a local folder (or hub repository) that has only a
+    pickle ``pytorch_model.bin`` is refused with ``UnsafeCheckpointError`` unless
+    ``trust_remote_pickle=True``. Extra ``kwargs`` go to the model's ``from_pretrained``
+    (e.g. ``revision``).
     """
     cls = model_class(model_type)
     name = str(model_name)
@@ -132,13 +168,23 @@ def load_model_and_tokenizer(model_type: str, model_name: str | os.PathLike, **k
         raise ModelLoadError(f"model_name {name!r} is a file; pass the folder that holds it")
     if not local.exists() and name.startswith((".", "/", "~")):
         raise ModelLoadError(f"model folder {name!r} does not exist")
+    if local.is_dir():
+        found = weights_format(local)
+        if found == "pickle" and not trust_remote_pickle:
+            raise UnsafeCheckpointError(refuse_pickle_message(name))
+        if found is not None:
+            kwargs.setdefault("use_safetensors", found == "safetensors")
+    elif not trust_remote_pickle:
+        kwargs.setdefault("use_safetensors", True)  # a hub repo without safetensors fails
     try:
         tokenizer = load_tokenizer(model_type, name)
         model = cls.from_pretrained(name, **kwargs)
     except OSError as err:
+        hint = ("" if trust_remote_pickle else " If it only has pytorch_model.bin weights, see "
+                "trust_remote_pickle (ConvAIModel's docstring).")
         raise ModelLoadError(
             f"Could not load {name!r}: {err}\nPass a local folder with config.json, weights "
-            "and a tokenizer, or a hub id such as 'gpt2' when you are online."
+            f"and a tokenizer, or a hub id such as 'gpt2' when you are online.{hint}"
         ) from err
     add_special_tokens_(model, tokenizer)
     return model, tokenizer
@@ -198,6 +244,28 @@ def context_size(model) -> int:
     return int(getattr(config, "n_positions", None) or config.max_position_embeddings)
 
 
+def write_model_files(folder: str | os.PathLike, model, tokenizer, args=None,
+                      extra_files: dict[str, str] | None = None) -> None:
+    """Weights (safetensors), config, tokenizer, ``model_args.json`` and extra text files,
+    written straight into ``folder`` (callers write into a temporary folder first)."""
+    from transformers.utils import logging as hf_logging
+
+    folder = Path(folder)
+    # No "Writing model shards" bar for every checkpoint of a training run.
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        unwrap(model).save_pretrained(folder, safe_serialization=True)
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+    tokenizer.save_pretrained(folder)
+    if args is not None:
+        args.save(folder)
+    for name, text in (extra_files or {}).items():
+        (folder / name).write_text(text, encoding="utf-8")
+
+
 def save_pretrained_atomic(output_dir: str | os.PathLike, model, tokenizer, args=None,
                            extra_files: dict[str, str] | None = None) -> Path:
     """Write weights (safetensors), config, tokenizer and ``model_args.json`` to output_dir.
@@ -211,12 +279,7 @@ def save_pretrained_atomic(output_dir: str | os.PathLike, model, tokenizer, args
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        unwrap(model).save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if args is not None:
-            args.save(tmp)
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
+        write_model_files(tmp, model, tokenizer, args, extra_files)
         if not target.exists():
             os.replace(tmp, target)
             return target

@@ -6,16 +6,25 @@ length-grouped, shuffled batches (``batching``), a gradient step every
 (logging, evaluation, checkpoints, early stopping). Under ``torchrun`` the same loop runs in
 every process on its own share of each step's batch, with gradients averaged by DDP; rank 0
 alone writes files and logs.
+
+Runs survive faults: checkpoints (``checkpoints``) hold everything needed to go on exactly
+where a run stopped, down to the micro-batch within the epoch and the random generators, so
+a resumed run ends with the weights an uninterrupted one would have. Ctrl-C or SIGTERM
+finishes the step, writes such a checkpoint and stops; a NaN loss stops before it can reach
+a checkpoint; a full disk or an unwritable folder is found before the first step.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
@@ -23,7 +32,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from . import distributed
+from . import checkpoints, distributed, reporting
 from .args import ConvAIArgs
 from .autobatch import (
     DEFAULT_MARGIN,
@@ -40,6 +49,33 @@ from .modeling import LossOutput, double_heads_loss, save_pretrained_atomic
 
 class TrainingError(RuntimeError):
     """Training cannot start or go on; the message says why and what to do."""
+
+
+class TrainingInterrupted(TrainingError):
+    """Training stopped on SIGINT/SIGTERM after writing a checkpoint it can resume from."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: Path | None) -> None:
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+        where = (f"resumable checkpoint saved to {checkpoint}" if checkpoint
+                 else "no checkpoint written (no_save=True)")
+        super().__init__(f"stopped by {signal_name} after step {step}; {where}. Resume with "
+                         "train_model(..., resume_from_checkpoint=True) or "
+                         "`personachat train ... --resume`.")
+
+
+def preflight(output_dir: str | Path, model, args: ConvAIArgs,
+              free: Callable[[str | Path], int] | None = None) -> None:
+    """Before any data is read or step taken: output_dir must be writable, and its disk must
+    hold one checkpoint (``free`` gives the free bytes; ``checkpoints.free_bytes`` by default).
+    """
+    try:
+        checkpoints.check_output_writable(output_dir)
+        if not args.no_save:
+            checkpoints.check_free_space(
+                output_dir, checkpoints.checkpoint_bytes(model, args.save_optimizer_and_scheduler),
+                free)
+    except checkpoints.CheckpointError as err:
+        raise TrainingError(str(err)) from err
 
 
 def check_output_dir(output_dir: str | Path, overwrite: bool) -> None:
@@ -163,28 +199,105 @@ def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
 
 @dataclass
 class TrainingState:
-    """What the loop tracks between steps; returned to the caller as training details."""
+    """What the loop tracks between steps; saved in every checkpoint, returned as details.
+
+    ``epoch`` counts finished epochs (their end-of-epoch evaluation and samples included);
+    ``batches_done`` the micro-batches of epoch ``epoch`` already trained on, always at a step
+    boundary, which is where a resumed run picks up.
+    """
 
     global_step: int = 0
     epoch: int = 0
+    batches_done: int = 0
     best_metric: float | None = None
+    best_step: int | None = None
     evals_without_improvement: int = 0
     stopped_early: bool = False
     history: dict[str, list] = field(default_factory=lambda: {"global_step": [], "train_loss": []})
+    # Per-step values for training_curves.png (every few steps on long runs).
+    curves: dict[str, list] = field(default_factory=dict)
+    # Running sums between logging steps, tokens seen and time spent (over resumes).
+    running: float = 0.0
+    running_n: int = 0
+    tokens_seen: int = 0
+    train_seconds: float = 0.0
 
     def record(self, values: dict) -> None:
         for key, value in values.items():
             self.history.setdefault(key, []).append(value)
 
+    def record_curve(self, values: dict) -> None:
+        for key, value in values.items():
+            self.curves.setdefault(key, []).append(value)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainingState:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+class StopOnSignal:
+    """Turn the first SIGINT/SIGTERM into a request to stop at the next step boundary.
+
+    A second signal gets the default behaviour (Ctrl-C twice stops at once). Signal handlers
+    can only be set from the main thread; elsewhere this does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, announce: bool = True) -> None:
+        self.requested: str | None = None
+        self.announce = announce
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = signal.Signals(signum).name
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+        if self.announce:
+            print(f"\n{self.requested}: finishing this step and writing a checkpoint "
+                  "(send it again to stop at once) ...", flush=True)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class SkipBatches(torch.utils.data.Sampler[list[int]]):
+    """A batch sampler that leaves out the first ``skip`` micro-batches of the epoch: the ones
+    a resumed run already trained on (the epoch's plan itself is seeded, so it is the same)."""
+
+    def __init__(self, sampler: LengthGroupedBatchSampler) -> None:
+        self.sampler = sampler
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.skip
+
 
 def train(model, tokenizer, train_dataset, args: ConvAIArgs, device: torch.device,
           output_dir: str, evaluate: Callable[[], dict] | None = None,
-          show_running_loss: bool = True, save_extra: dict[str, str] | None = None
-          ) -> tuple[int, dict]:
+          show_running_loss: bool = True, save_extra: dict[str, str] | None = None,
+          resume_from: str | Path | None = None,
+          on_epoch_end: Callable[[str], None] | None = None) -> tuple[int, dict]:
     """Fine-tune ``model`` on ``train_dataset``; returns (global_step, training details).
 
-    Under ``torchrun`` this joins the process group (unless the caller already did), trains
-    with DDP, and leaves the group as it found it.
+    ``resume_from``: a checkpoint folder (``checkpoints.resolve_resume``) to go on from.
+    ``on_epoch_end(heading)`` runs on rank 0 before training (fresh runs) and after every
+    epoch, with the random generators saved around it (the samples writer). Under
+    ``torchrun`` this joins the process group (unless the caller already did), trains with
+    DDP, and leaves the group as it found it.
     """
     if len(train_dataset) == 0:
         raise TrainingError("the training data holds no utterances")
@@ -193,15 +306,16 @@ def train(model, tokenizer, train_dataset, args: ConvAIArgs, device: torch.devic
     ctx = distributed.setup(device.type)
     try:
         return run_training(model, tokenizer, train_dataset, args, device, output_dir, ctx,
-                            evaluate, show_running_loss, save_extra)
+                            evaluate, show_running_loss, save_extra, resume_from, on_epoch_end)
     finally:
         distributed.teardown(ctx)
 
 
 def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torch.device,
                  output_dir: str, ctx: DistContext, evaluate: Callable[[], dict] | None = None,
-                 show_running_loss: bool = True, save_extra: dict[str, str] | None = None
-                 ) -> tuple[int, dict]:
+                 show_running_loss: bool = True, save_extra: dict[str, str] | None = None,
+                 resume_from: str | Path | None = None,
+                 on_epoch_end: Callable[[str], None] | None = None) -> tuple[int, dict]:
     """The loop of ``train`` in this process (one of ``ctx.world_size``)."""
     if device.type == "cuda":
         if ctx.enabled or device.index is None:  # under torchrun: LOCAL_RANK's GPU
@@ -219,8 +333,9 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
         len(train_dataset), plan.micro_batch_size, accumulation,
         lengths=getattr(train_dataset, "lengths", None) if args.group_by_length else None,
         seed=args.manual_seed or 0, world_size=ctx.world_size, rank=ctx.rank)
+    resumable_sampler = SkipBatches(sampler)
     loader = torch.utils.data.DataLoader(
-        train_dataset, batch_sampler=sampler, collate_fn=pad,
+        train_dataset, batch_sampler=resumable_sampler, collate_fn=pad,
         num_workers=args.dataloader_num_workers, pin_memory=device.type == "cuda",
     )
     if ctx.enabled:
@@ -241,111 +356,300 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
     optimizer = make_optimizer(model, args, device)
     scheduler = linear_schedule(optimizer, warmup, total_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    # What must not change between a run and its resumption (else the batches differ).
+    run_plan = {"examples": len(train_dataset), "micro_batch_size": plan.micro_batch_size,
+                "accumulation_steps": accumulation, "world_size": ctx.world_size,
+                "seed": args.manual_seed or 0, "group_by_length": args.group_by_length,
+                "num_train_epochs": args.num_train_epochs}
+    out = Path(output_dir)
+    state = TrainingState()
+    restore_rng: Callable[[], None] | None = None
+    if resume_from is not None:
+        resume_from = Path(resume_from)
+        try:
+            saved, saved_plan, restore_rng = checkpoints.load_checkpoint(
+                resume_from, model, optimizer, scheduler, scaler)
+        except checkpoints.CheckpointError as err:
+            raise TrainingError(str(err)) from err
+        changed = {k: (saved_plan.get(k), v) for k, v in run_plan.items()
+                   if saved_plan.get(k) != v}
+        if changed:
+            raise TrainingError(
+                f"resume: {resume_from} was written by a run with other settings ("
+                + ", ".join(f"{k}: {a} then, {b} now" for k, (a, b) in changed.items())
+                + "); resume with the same data and options, or start a fresh run.")
+        state = TrainingState.from_dict(saved)
+        adopt_learning_rate(optimizer, scheduler, args.learning_rate, ctx.is_main and not args.silent)
+        if ctx.is_main:
+            checkpoints.remove_temp_folders(out)
+            later = checkpoints.checkpoints_after(out, resume_from)
+            for path in later:  # of the abandoned continuation: rotation would keep them
+                checkpoints.remove_checkpoint(path)
+            if not args.silent:
+                print(f"Resuming from {resume_from}: step {state.global_step} of {total_steps}, "
+                      f"epoch {state.epoch + 1}, {state.batches_done} of {len(sampler)} "
+                      "micro-batches done"
+                      + (f"; removed {len(later)} later checkpoint(s) of the abandoned run"
+                         if later else ""))
+    elif ctx.is_main and not args.no_save:
+        checkpoints.remove_temp_folders(out)
+        stale = checkpoints.list_checkpoints(out)
+        for path in stale:  # overwrite_output_dir: a later --resume must not find these
+            checkpoints.remove_checkpoint(path)
+        if stale and not args.silent:
+            print(f"Removed {len(stale)} checkpoint(s) of an earlier run in {out} "
+                  "(overwrite_output_dir)")
     # Every process has passed check_output_dir before rank 0 writes anything.
     distributed.barrier(ctx)
-    writer = tensorboard_writer(args, output_dir) if ctx.is_main else None
-    state = TrainingState()
+    writer = (tensorboard_writer(args, output_dir,
+                                 purge_step=state.global_step + 1 if resume_from else None)
+              if ctx.is_main else None)
     save_files = partial(save_pretrained_atomic, tokenizer=tokenizer, args=args,
                          extra_files=save_extra)
+    last_checkpoint: dict = {"path": None, "at": None}
+    curves_path = out / reporting.CURVES_FILE
+    # Per-step curve points: every step on short runs, about 200+ points on long ones.
+    curve_every = max(1, min(max(1, args.logging_steps), total_steps // 200))
 
     def save(path, model) -> None:
         if ctx.is_main:
             save_files(path, model)
 
-    running, running_n, tokens_seen, started = 0.0, 0, 0, time.perf_counter()
+    def position() -> tuple[int, int, int]:
+        return state.global_step, state.epoch, state.batches_done
+
+    def save_checkpoint(name: str) -> Path | None:
+        """A resumable checkpoint of this very moment (rank 0), then the rotation."""
+        if args.no_save or not ctx.is_main:
+            return None
+        if last_checkpoint["at"] == position():
+            return last_checkpoint["path"]
+        path = out / name
+        state.train_seconds = time.perf_counter() - started
+        try:
+            checkpoints.save_checkpoint(
+                path, model, tokenizer, args, save_extra,
+                optimizer if args.save_optimizer_and_scheduler else None, scheduler, scaler,
+                state.to_dict(), run_plan)
+        except OSError as err:
+            previous = last_checkpoint["path"] or "none written yet"
+            raise TrainingError(
+                f"could not write checkpoint {path} at step {state.global_step} ({err}); free "
+                f"disk space or choose another output_dir. The last complete checkpoint "
+                f"({previous}) is intact.") from err
+        last_checkpoint.update(path=path, at=position())
+        rotate()
+        return path
+
+    def rotate() -> None:
+        """save_total_limit: the newest checkpoints, and the one of the best evaluation."""
+        if not args.save_total_limit or not ctx.is_main or args.no_save:
+            return
+        best = next((p for p in checkpoints.list_checkpoints(out)
+                     if state.best_step is not None
+                     and (checkpoints.read_marker(p) or {}).get("global_step") == state.best_step),
+                    None)
+        checkpoints.rotate_checkpoints(out, args.save_total_limit, keep=best)
+
+    def draw_curves() -> None:
+        if ctx.is_main and not args.no_save:
+            reporting.plot_curves(state.curves, state.history, curves_path)
+
+    def samples(heading: str) -> None:
+        """The probe replies, with the random generators as they were (greedy decoding
+        should use none, but a resumed run must match an uninterrupted one regardless)."""
+        if on_epoch_end is None or not ctx.is_main:
+            return
+        plain, tensors = checkpoints.capture_rng_state()
+        try:
+            on_epoch_end(heading)
+        finally:
+            checkpoints.restore_rng_state(plain, tensors)
+            model.train()
+
+    def evaluate_now() -> bool:
+        best_before = state.best_step
+        stop = eval_and_maybe_stop(evaluate, state, args, model, save, writer, ctx, device)
+        if state.best_step != best_before:
+            rotate()  # the previous best checkpoint may go now
+        draw_curves()
+        return stop
+
+    def stop_now(stop: StopOnSignal) -> None:
+        """At a step boundary: on a signal, checkpoint and raise TrainingInterrupted."""
+        requested = stop.requested is not None
+        if ctx.enabled:
+            requested = distributed.broadcast_flag(requested, ctx, device)
+        if not requested:
+            return
+        path = save_checkpoint(f"checkpoint-{state.global_step}")
+        draw_curves()
+        if writer:
+            writer.close()
+        distributed.barrier(ctx)
+        raise TrainingInterrupted(stop.requested or "SIGTERM", state.global_step, path)
+
     step_losses = torch.zeros(3, device=device)  # loss, lm_loss, mc_loss summed over micro
     step_micro, step_tokens = 0, 0
+    epoch_micro = len(sampler)
     # The last step of an epoch may hold fewer micro-batches; its loss is averaged over those.
-    last_step_micro = len(loader) - (steps_per_epoch - 1) * accumulation
-    for epoch in range(args.num_train_epochs):
-        state.epoch = epoch + 1
-        sampler.set_epoch(epoch)
-        bar = tqdm(loader, desc=f"Epoch {epoch + 1}/{args.num_train_epochs}",
-                   disable=args.silent or not ctx.is_main, leave=False)
-        for i, batch in enumerate(bar):
-            in_last_step = i >= len(loader) - last_step_micro
-            step_ends = (i + 1) % accumulation == 0 or i + 1 == len(loader)
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            # Between step boundaries DDP skips its gradient all-reduce (forward and backward
-            # both inside no_sync); the boundary's backward reduces the accumulated sum.
-            with (objective.no_sync() if ctx.enabled and not step_ends else nullcontext()):
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                    enabled=amp_dtype is not None):
-                    out = forward(batch)
-                loss = out.loss / (last_step_micro if in_last_step else accumulation)
-                scaler.scale(loss).backward()
-            # Kept on the device: no GPU->CPU sync per micro-batch, one per step below.
-            step_losses += torch.stack([out.loss, out.lm_loss, out.mc_loss]).detach().float()
-            step_micro += 1
-            step_tokens += batch["input_ids"].numel()
-            if not step_ends:
-                continue
+    last_step_micro = epoch_micro - (steps_per_epoch - 1) * accumulation
+    if resume_from is None:
+        samples("Before training (step 0)")
+    started = time.perf_counter() - state.train_seconds
+    with StopOnSignal(announce=ctx.is_main and not args.silent) as stop:
+        try:
+            while state.epoch < args.num_train_epochs and not state.stopped_early:
+                epoch = state.epoch
+                sampler.set_epoch(epoch)
+                resumable_sampler.skip = state.batches_done
+                batches = iter(loader)  # draws a base seed from torch's generator
+                if restore_rng is not None:  # so restored after that, as if never stopped
+                    restore_rng()
+                    restore_rng = None
+                bar = tqdm(batches, desc=f"Epoch {epoch + 1}/{args.num_train_epochs}",
+                           initial=state.batches_done, total=epoch_micro,
+                           disable=args.silent or not ctx.is_main, leave=False)
+                for i, batch in enumerate(bar, start=state.batches_done):
+                    in_last_step = i >= epoch_micro - last_step_micro
+                    step_ends = (i + 1) % accumulation == 0 or i + 1 == epoch_micro
+                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                    # Between step boundaries DDP skips its gradient all-reduce (forward and
+                    # backward both inside no_sync); the boundary's backward reduces the sum.
+                    with (objective.no_sync() if ctx.enabled and not step_ends
+                          else nullcontext()):
+                        with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                            enabled=amp_dtype is not None):
+                            out_ = forward(batch)
+                        loss = out_.loss / (last_step_micro if in_last_step else accumulation)
+                        scaler.scale(loss).backward()
+                    # Kept on the device: no GPU->CPU sync per micro-batch, one per step below.
+                    step_losses += torch.stack(
+                        [out_.loss, out_.lm_loss, out_.mc_loss]).detach().float()
+                    step_micro += 1
+                    step_tokens += batch["input_ids"].numel()
+                    if not step_ends:
+                        continue
 
-            # Step statistics of all processes (one all-reduce of 5 numbers per step).
-            totals = torch.cat([step_losses, torch.tensor([step_micro, step_tokens],
-                                                          dtype=torch.float32, device=device)])
-            loss_sum, lm_sum, mc_sum, micro_all, tokens_all = distributed.all_reduce_sum(
-                totals, ctx).tolist()
-            step_losses.zero_()
-            step_micro, step_tokens = 0, 0
-            if not math.isfinite(loss_sum):
-                raise TrainingError(
-                    f"loss became {loss_sum / micro_all} at step {state.global_step + 1} "
-                    f"(epoch {epoch + 1}); lower learning_rate (now {args.learning_rate}) or "
-                    "check the data. The last saved checkpoint is untouched."
-                )
-            running += loss_sum
-            running_n += int(micro_all)
-            tokens_seen += int(tokens_all)
+                    # Step statistics of all processes (one all-reduce of 5 numbers per step).
+                    totals = torch.cat([step_losses, torch.tensor(
+                        [step_micro, step_tokens], dtype=torch.float32, device=device)])
+                    loss_sum, lm_sum, mc_sum, micro_all, tokens_all = distributed.all_reduce_sum(
+                        totals, ctx).tolist()
+                    step_losses.zero_()
+                    step_micro, step_tokens = 0, 0
+                    if not math.isfinite(loss_sum):
+                        raise_non_finite(f"loss became {loss_sum / micro_all}", state, epoch,
+                                         args, last_checkpoint["path"])
 
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.global_step += 1
-            step = state.global_step
+                    scaler.unscale_(optimizer)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                               args.max_grad_norm)
+                    if not scaler.is_enabled() and not math.isfinite(float(grad_norm)):
+                        # With a grad scaler inf gradients just skip the step; without one
+                        # they would turn every weight into NaN.
+                        raise_non_finite(f"the gradient norm became {float(grad_norm)}", state,
+                                         epoch, args, last_checkpoint["path"])
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state.global_step += 1
+                    state.batches_done = i + 1
+                    state.running += loss_sum
+                    state.running_n += int(micro_all)
+                    state.tokens_seen += int(tokens_all)
+                    step = state.global_step
 
-            if show_running_loss and not args.silent:
-                bar.set_postfix(loss=f"{running / running_n:.3f}")
-            if writer and step % max(1, args.logging_steps) == 0:
-                elapsed = time.perf_counter() - started
-                writer.add_scalar("loss", running / running_n, step)
-                writer.add_scalar("lm_loss", lm_sum / micro_all, step)
-                writer.add_scalar("mc_loss", mc_sum / micro_all, step)
-                writer.add_scalar("lr", scheduler.get_last_lr()[0], step)
-                writer.add_scalar("grad_norm", float(grad_norm), step)
-                writer.add_scalar("tokens_per_s", tokens_seen / max(elapsed, 1e-9), step)
-            if step % max(1, args.logging_steps) == 0 or step == total_steps:
-                state.record({"global_step": step, "train_loss": running / running_n})
-                running, running_n = 0.0, 0
-            if args.save_steps > 0 and step % args.save_steps == 0 and not args.no_save:
-                save(Path(output_dir) / f"checkpoint-{step}", model)
-            if (evaluate and args.evaluate_during_training
-                    and args.evaluate_during_training_steps > 0
-                    and step % args.evaluate_during_training_steps == 0):
-                if eval_and_maybe_stop(evaluate, state, args, model, save, writer, ctx, device):
+                    if step % curve_every == 0 or step == total_steps:
+                        state.record_curve({
+                            "step": step, "loss": loss_sum / micro_all,
+                            "lm_loss": lm_sum / micro_all, "mc_loss": mc_sum / micro_all,
+                            "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)})
+                    if show_running_loss and not args.silent:
+                        bar.set_postfix(loss=f"{state.running / state.running_n:.3f}")
+                    if writer and step % max(1, args.logging_steps) == 0:
+                        elapsed = time.perf_counter() - started
+                        writer.add_scalar("loss", state.running / state.running_n, step)
+                        writer.add_scalar("lm_loss", lm_sum / micro_all, step)
+                        writer.add_scalar("mc_loss", mc_sum / micro_all, step)
+                        writer.add_scalar("lr", scheduler.get_last_lr()[0], step)
+                        writer.add_scalar("grad_norm", float(grad_norm), step)
+                        writer.add_scalar("tokens_per_s", state.tokens_seen / max(elapsed, 1e-9),
+                                          step)
+                    if step % max(1, args.logging_steps) == 0 or step == total_steps:
+                        state.record({"global_step": step,
+                                      "train_loss": state.running / state.running_n})
+                        state.running, state.running_n = 0.0, 0
+                    if args.save_steps > 0 and step % args.save_steps == 0:
+                        save_checkpoint(f"checkpoint-{step}")
+                    if (evaluate and args.evaluate_during_training
+                            and args.evaluate_during_training_steps > 0
+                            and step % args.evaluate_during_training_steps == 0):
+                        if evaluate_now():
+                            break
+                    stop_now(stop)
+                bar.close()
+                if state.stopped_early:
                     break
-        bar.close()
-        if state.stopped_early:
-            break
-        if args.save_model_every_epoch and not args.no_save:
-            save(Path(output_dir) / f"checkpoint-{state.global_step}-epoch-{epoch + 1}", model)
-        if evaluate and args.evaluate_during_training and args.evaluate_each_epoch:
-            if eval_and_maybe_stop(evaluate, state, args, model, save, writer, ctx, device):
-                break
+                # End of the epoch: evaluation and samples, then the epoch counts as done.
+                samples(f"After epoch {epoch + 1} (step {state.global_step})")
+                if evaluate and args.evaluate_during_training and args.evaluate_each_epoch:
+                    evaluate_now()
+                state.epoch, state.batches_done = epoch + 1, 0
+                if args.save_model_every_epoch:
+                    save_checkpoint(f"checkpoint-{state.global_step}-epoch-{epoch + 1}")
+                if not state.stopped_early:
+                    stop_now(stop)
+        except torch.OutOfMemoryError as err:
+            raise TrainingError(
+                f"CUDA out of memory at step {state.global_step + 1} with micro-batches of "
+                f"{plan.micro_batch_size} examples x {args.num_candidates} candidates: set "
+                "train_batch_size='auto' (finds the largest micro-batch that fits and reaches "
+                "the same effective batch with gradient accumulation), or a smaller "
+                "train_batch_size with a larger gradient_accumulation_steps; fp16=True also "
+                "saves memory.") from err
 
+    state.train_seconds = time.perf_counter() - started
+    draw_curves()
     if not args.no_save and ctx.is_main:
         save(output_dir, model)
-        (Path(output_dir) / "training_progress_scores.json").write_text(
+        (out / "training_progress_scores.json").write_text(
             json.dumps(state.history, indent=2), encoding="utf-8")
     if writer:
         writer.close()
     distributed.barrier(ctx)  # nobody returns before the model is saved
     details = dict(state.history, stopped_early=state.stopped_early,
-                   train_seconds=time.perf_counter() - started)
+                   train_seconds=state.train_seconds)
     return state.global_step, details
+
+
+def adopt_learning_rate(optimizer, scheduler, learning_rate: float, announce: bool) -> None:
+    """On resume, a learning_rate other than the checkpoint's replaces its peak (the schedule's
+    shape and position stay): the way out of a NaN is resuming with a lower one."""
+    if all(math.isclose(base, learning_rate) for base in scheduler.base_lrs):
+        return
+    if announce:
+        print(f"learning_rate {scheduler.base_lrs[0]:g} -> {learning_rate:g} from here on")
+    scheduler.base_lrs = [learning_rate] * len(scheduler.base_lrs)
+    for group, fn in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = learning_rate
+        group["lr"] = learning_rate * fn(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def raise_non_finite(what: str, state: TrainingState, epoch: int, args: ConvAIArgs,
+                     last_checkpoint: Path | None) -> None:
+    """Stop on a NaN/inf before the optimizer step, so no checkpoint ever holds its damage."""
+    kept = (f"The last good checkpoint is {last_checkpoint} (step "
+            f"{(checkpoints.read_marker(last_checkpoint) or {}).get('global_step')}); resume "
+            "from it with a lower learning rate: --resume --set learning_rate=... "
+            "(resume_from_checkpoint=True in Python)."
+            if last_checkpoint else "No checkpoint had been written yet.")
+    raise TrainingError(
+        f"{what} at step {state.global_step + 1} (epoch {epoch + 1}); training stopped "
+        f"before that step changed any weight. Lower learning_rate (now {args.learning_rate}) "
+        f"or check the data. {kept}")
 
 
 def eval_and_maybe_stop(evaluate: Callable[[], dict], state: TrainingState, args: ConvAIArgs,
@@ -369,7 +673,9 @@ def evaluate_and_decide(evaluate: Callable[[], dict], state: TrainingState, args
     results = evaluate()
     model.train()
     numeric = {k: v for k, v in results.items() if isinstance(v, int | float)}
-    state.record({f"eval_{k}" if not k.startswith("eval_") else k: v for k, v in numeric.items()})
+    state.record({"eval_global_step": state.global_step,
+                  **{f"eval_{k}" if not k.startswith("eval_") else k: v
+                     for k, v in numeric.items()}})
     if writer:
         for key, value in numeric.items():
             writer.add_scalar(f"eval/{key}", value, state.global_step)
@@ -386,6 +692,7 @@ def evaluate_and_decide(evaluate: Callable[[], dict], state: TrainingState, args
                else value - state.best_metric > args.early_stopping_delta))
     if better:
         state.best_metric = value
+        state.best_step = state.global_step
         state.evals_without_improvement = 0
         if args.save_best_model and not args.no_save:
             save(args.best_model_dir, model)
@@ -400,11 +707,15 @@ def evaluate_and_decide(evaluate: Callable[[], dict], state: TrainingState, args
     return False
 
 
-def tensorboard_writer(args: ConvAIArgs, output_dir: str):
-    """A SummaryWriter in tensorboard_dir (default: OUTPUT_DIR/runs), or None if unavailable."""
+def tensorboard_writer(args: ConvAIArgs, output_dir: str, purge_step: int | None = None):
+    """A SummaryWriter in tensorboard_dir (default: OUTPUT_DIR/runs), or None if unavailable.
+
+    A resumed run passes ``purge_step`` (its first step), so TensorBoard drops what the
+    interrupted run logged after its checkpoint instead of drawing those steps twice.
+    """
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
     log_dir = args.tensorboard_dir or str(Path(output_dir) / "runs")
-    return SummaryWriter(log_dir=log_dir)
+    return SummaryWriter(log_dir=log_dir, purge_step=purge_step)

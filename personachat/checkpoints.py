@@ -1,0 +1,414 @@
+"""Checkpoints training can resume from: written atomically, rotated, loaded without pickle.
+
+A checkpoint is a folder ``checkpoint-STEP`` (``checkpoint-STEP-epoch-N`` at an epoch's end)
+that ``from_pretrained`` can load like any model folder, plus what training needs to go on
+exactly where it stopped:
+
+- ``optimizer.safetensors``: every tensor of the optimizer state (AdamW moments, step counts);
+- ``rng_state.safetensors``: the torch CPU and CUDA generator states;
+- ``training_state.json``: step, epoch and micro-batches done in it, best metric, history,
+  the scheduler and grad-scaler state, the optimizer's hyper-parameters, the Python and NumPy
+  generator states, and the batch plan the run used;
+- ``checkpoint_complete.json``: written last.
+
+No file is a pickle, so loading a checkpoint never runs code from it. Everything is written
+into a hidden temporary folder beside the target, flushed to disk, then renamed into place:
+a process killed during a save leaves at most a ``.checkpoint-*.tmp-*`` folder (removed by
+the next run) and never a folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .modeling import write_model_files
+
+COMPLETE_MARKER = "checkpoint_complete.json"
+STATE_FILE = "training_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+RNG_FILE = "rng_state.safetensors"
+FORMAT_VERSION = 1
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)(?:-epoch-(\d+))?$")
+TEMP_NAME = re.compile(r"^\.checkpoint-\d+(?:-epoch-\d+)?\.tmp-")
+# Test hook: seconds to sleep inside every checkpoint save, after the weights are written and
+# before the folder is completed, so a test can kill the process in the middle of a save.
+SAVE_PAUSE_ENV = "PERSONACHAT_TEST_SAVE_PAUSE"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written, found or resumed from; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------- RNG states
+def capture_rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
+    """Every random generator training uses: (JSON-able part, tensors)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    plain = {"python": [version, list(internal), gauss],
+             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{index}"] = state
+    return plain, tensors
+
+
+def restore_rng_state(plain: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Put back what ``capture_rng_state`` captured (CUDA states only where the GPUs match)."""
+    version, internal, gauss = plain["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = plain["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# ----------------------------------------------------------------------------- optimizer
+def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The optimizer's ``state_dict`` split into a JSON-able part and named tensors."""
+    full = optimizer.state_dict()
+    tensors, plain_state = {}, {}
+    for index, values in full["state"].items():
+        plain_state[str(index)] = {}
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                plain_state[str(index)][name] = value
+    return {"param_groups": full["param_groups"], "state": plain_state}, tensors
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, plain: dict,
+                         tensors: dict[str, torch.Tensor]) -> None:
+    """Inverse of ``optimizer_state``; ``load_state_dict`` moves tensors to the parameters'
+    device and dtype."""
+    state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in plain["state"].items()}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": plain["param_groups"]})
+
+
+def _json_safe(values: dict) -> dict:
+    """Keep only entries JSON can hold (a LambdaLR's functions are not saved by torch either)."""
+    safe = {}
+    for key, value in values.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        safe[key] = value
+    return safe
+
+
+# ----------------------------------------------------------------------------- writing
+def save_checkpoint(folder: str | os.PathLike, model, tokenizer, args,
+                    extra_files: dict[str, str] | None, optimizer, scheduler, scaler,
+                    training: dict, plan: dict) -> Path:
+    """Write a resumable checkpoint to ``folder`` atomically (see the module docstring).
+
+    ``training`` is the loop's state (must hold ``global_step``, ``epoch``, ``batches_done``);
+    ``plan`` the batch plan, compared on resume. ``optimizer=None`` writes the weights only
+    (``save_optimizer_and_scheduler=False``): such a checkpoint loads but cannot resume.
+    """
+    target = Path(folder)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write_model_files(tmp, model, tokenizer, args, extra_files)
+        pause = float(os.environ.get(SAVE_PAUSE_ENV, "0") or 0)
+        if pause > 0:
+            time.sleep(pause)
+        resumable = optimizer is not None
+        if resumable:
+            optim_plain, optim_tensors = optimizer_state(optimizer)
+            save_file(optim_tensors, str(tmp / OPTIMIZER_FILE))
+            rng_plain, rng_tensors = capture_rng_state()
+            save_file(rng_tensors, str(tmp / RNG_FILE))
+            state = {"format_version": FORMAT_VERSION, "training": training, "plan": plan,
+                     "optimizer": optim_plain,
+                     "scheduler": _json_safe(scheduler.state_dict()),
+                     "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                     "rng": rng_plain}
+            (tmp / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+        marker = {"global_step": training["global_step"], "epoch": training["epoch"],
+                  "batches_done": training["batches_done"], "resumable": resumable}
+        _fsync_tree(tmp)
+        # Written last: a folder without it is never loaded or resumed from.
+        _write_synced(tmp / COMPLETE_MARKER, json.dumps(marker))
+        if target.exists():
+            old = target.parent / f".{target.name}.tmp-old-{os.getpid()}"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file of ``folder`` to disk so the rename never publishes unwritten data."""
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- finding
+def read_marker(folder: str | os.PathLike) -> dict | None:
+    """The completion marker of a checkpoint folder, or None if it is not complete."""
+    path = Path(folder) / COMPLETE_MARKER
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and "global_step" in marker else None
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete ``checkpoint-*`` folders of output_dir, oldest first (by training progress)."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        if not (path.is_dir() and CHECKPOINT_NAME.match(path.name)):
+            continue
+        marker = read_marker(path)
+        if marker is not None:
+            key = (int(marker["global_step"]), int(marker.get("epoch", 0)),
+                   int(marker.get("batches_done", 0)))
+            found.append((key, path.name, path))
+    return [path for _, _, path in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | os.PathLike, resumable: bool = True) -> Path | None:
+    """The most advanced complete checkpoint (that can resume, unless ``resumable=False``)."""
+    for path in reversed(list_checkpoints(output_dir)):
+        if not resumable or (read_marker(path) or {}).get("resumable"):
+            return path
+    return None
+
+
+def resolve_resume(resume: bool | str | os.PathLike | None, output_dir: str | os.PathLike
+                   ) -> Path | None:
+    """Which checkpoint ``resume_from_checkpoint`` means: None (a fresh run), the newest
+    resumable one in output_dir (True, or a folder holding checkpoints), or the one named."""
+    if resume is None or resume is False:
+        return None
+    if resume is True:
+        found = latest_checkpoint(output_dir)
+        if found is None:
+            raise CheckpointError(
+                f"resume: no complete, resumable checkpoint in {output_dir}. Checkpoints are "
+                "written every save_steps steps, every epoch (save_model_every_epoch) and on "
+                "Ctrl-C; start without --resume / resume_from_checkpoint to train from the "
+                "beginning.")
+        return found
+    path = Path(resume)
+    if not path.is_dir():
+        raise CheckpointError(f"resume: {path} is not a folder; pass a checkpoint-* folder "
+                              "or use --resume without a path for the newest one")
+    marker = read_marker(path)
+    if marker is None:
+        inner = latest_checkpoint(path)
+        if inner is not None:
+            return inner
+        raise CheckpointError(
+            f"resume: {path} is not a complete checkpoint (no {COMPLETE_MARKER}; it may have "
+            "been cut off while being written). Pass another checkpoint-* folder, or use "
+            "--resume without a path for the newest complete one.")
+    if not marker.get("resumable"):
+        raise CheckpointError(
+            f"resume: {path} holds weights only (written with "
+            "save_optimizer_and_scheduler=False), so training cannot go on from it exactly; "
+            "load it as a model instead (--model / model_name).")
+    return path
+
+
+def checkpoints_after(output_dir: str | os.PathLike, checkpoint: Path) -> list[Path]:
+    """Complete checkpoints of output_dir further on than ``checkpoint`` (from a run that is
+    being resumed from an earlier point, and so abandoned)."""
+    mine = read_marker(checkpoint) or {}
+    key = (mine.get("global_step", 0), mine.get("epoch", 0), mine.get("batches_done", 0))
+    later = []
+    for path in list_checkpoints(output_dir):
+        marker = read_marker(path) or {}
+        if (marker.get("global_step", 0), marker.get("epoch", 0),
+                marker.get("batches_done", 0)) > key and path.resolve() != checkpoint.resolve():
+            later.append(path)
+    return later
+
+
+def remove_temp_folders(output_dir: str | os.PathLike) -> int:
+    """Delete ``.checkpoint-*.tmp-*`` folders left by saves that were cut off."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for path in root.iterdir():
+        if path.is_dir() and TEMP_NAME.match(path.name):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def rotate_checkpoints(output_dir: str | os.PathLike, limit: int | None,
+                       keep: Path | None = None) -> list[Path]:
+    """Delete all but the newest ``limit`` complete checkpoints, never ``keep`` (the best
+    one). Returns what was deleted."""
+    if not limit:
+        return []
+    checkpoints = list_checkpoints(output_dir)
+    doomed = [p for p in checkpoints[:-limit]
+              if keep is None or p.resolve() != Path(keep).resolve()]
+    for path in doomed:
+        remove_checkpoint(path)
+    return doomed
+
+
+def remove_checkpoint(path: str | os.PathLike) -> None:
+    """Delete a checkpoint folder. It is renamed to a temporary name first, so a kill during
+    the delete never leaves a half-deleted folder that still looks complete."""
+    path = Path(path)
+    trash = path.parent / f".{path.name}.tmp-removed-{os.getpid()}"
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- loading
+def load_checkpoint(folder: str | os.PathLike, model, optimizer, scheduler, scaler
+                    ) -> tuple[dict, dict, Callable[[], None]]:
+    """Load weights, optimizer, scheduler and scaler state from a resumable checkpoint.
+
+    Returns ``(training, plan, restore_rng)``: the loop's saved state, the batch plan it ran
+    with, and a function that restores the random generators (call it last, just before the
+    first batch, so nothing in between consumes random numbers).
+    """
+    folder = Path(folder)
+    try:
+        state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"unknown {STATE_FILE} format")
+        training, plan = state["training"], state["plan"]
+        weights = load_file(str(folder / "model.safetensors"))
+        optim_tensors = load_file(str(folder / OPTIMIZER_FILE))
+        rng_tensors = load_file(str(folder / RNG_FILE))
+    except (OSError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"resume: {folder} cannot be read ({err}); pass another checkpoint-* folder with "
+            "--resume PATH / resume_from_checkpoint=PATH") from err
+    target = getattr(model, "_orig_mod", model)
+    missing, unexpected = target.load_state_dict(weights, strict=False)
+    # Tied weights (lm_head = wte) are saved once; anything else missing is a wrong model.
+    missing = [k for k in missing if k not in tied_weight_names(target)]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"resume: {folder} was written for another model (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}); resume with the model_name the run started from")
+    try:
+        load_optimizer_state(optimizer, state["optimizer"], optim_tensors)
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise CheckpointError(
+            f"resume: the optimizer state in {folder} does not fit this model ({err}); "
+            "resume with the options the run started with") from err
+    return training, plan, lambda: restore_rng_state(state["rng"], rng_tensors)
+
+
+def tied_weight_names(model) -> set[str]:
+    """Parameter names that share storage with an earlier one (saved once by safetensors)."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        key = tensor.data_ptr()
+        if key in seen:
+            tied.add(name)
+        else:
+            seen[key] = name
+    return tied
+
+
+# ----------------------------------------------------------------------------- pre-flight
+def free_bytes(path: str | os.PathLike) -> int:
+    """Free disk space where ``path`` is (or would be created). Tests replace this."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def checkpoint_bytes(model, with_optimizer: bool) -> int:
+    """About how many bytes one checkpoint takes: the weights, plus two float32 moments per
+    parameter for AdamW, plus a few MB for tokenizer and state files."""
+    params = list(model.parameters())
+    weights = sum(p.numel() * p.element_size() for p in params)
+    moments = 2 * 4 * sum(p.numel() for p in params) if with_optimizer else 0
+    return weights + moments + 8 * 2**20
+
+
+def check_output_writable(output_dir: str | os.PathLike) -> None:
+    """Create output_dir and write a file in it, or raise CheckpointError saying why."""
+    root = Path(output_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise CheckpointError(
+            f"output_dir {str(root)!r} is not writable ({err.strerror or err}); choose "
+            "another output_dir (--output-dir) or fix its permissions. Nothing was trained."
+        ) from err
+
+
+def check_free_space(output_dir: str | os.PathLike, needed: int,
+                     free: Callable[[str | os.PathLike], int] | None = None) -> None:
+    """Refuse to start when the disk cannot hold one checkpoint."""
+    available = (free or free_bytes)(output_dir)
+    if available < needed:
+        raise CheckpointError(
+            f"only {available / 2**20:.0f} MB free on the disk of {output_dir}, but one "
+            f"checkpoint needs about {needed / 2**20:.0f} MB; free some space, choose another "
+            "output_dir, or set no_save=True. Nothing was trained.")

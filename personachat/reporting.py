@@ -1,0 +1,267 @@
+"""What a training run shows besides TensorBoard: curves, samples and a report, in output_dir.
+
+- ``training_curves.png``: training loss (with its LM and MC parts), evaluation metrics,
+  learning rate and gradient norm against the step; redrawn at each evaluation and epoch.
+- ``samples.md``: the model's replies to a few fixed probe conversations (persona + the
+  partner's message) before training and after every epoch. Loss alone misleads: a model can
+  look bad on its curves and chat fine, or the reverse; reading it learn tells.
+- ``report.md``: at the end, the configuration, data counts, time, final metrics, the curves.
+
+Everything here is plain files written atomically (temporary file, then rename), so a run
+killed mid-write leaves the previous version, never half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+CURVES_FILE = "training_curves.png"
+SAMPLES_FILE = "samples.md"
+REPORT_FILE = "report.md"
+NUM_PROBES = 4
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+# ----------------------------------------------------------------------------- curves
+def ema(values: Sequence[float], weight: float = 0.9) -> list[float]:
+    """Exponential moving average (as TensorBoard's smoothing slider), started unbiased."""
+    smoothed, average, norm = [], 0.0, 0.0
+    for value in values:
+        average = weight * average + (1 - weight) * value
+        norm = weight * norm + (1 - weight)
+        smoothed.append(average / norm)
+    return smoothed
+
+
+EVAL_LOSSES = ("eval_language_model_loss", "eval_mc_loss")
+EVAL_SCORES = ("eval_hits@1", "eval_f1_score", "eval_persona_accuracy", "eval_persona_hits@1",
+               "eval_generation_f1")
+
+
+def plot_curves(curves: dict[str, list], history: dict[str, list],
+                path: str | os.PathLike) -> Path | None:
+    """Draw the run so far into ``path`` (PNG): four panels sharing the step axis.
+
+    ``curves`` holds per-step training values (``step``, ``loss``, ``lm_loss``, ``mc_loss``,
+    ``lr``, ``grad_norm``); ``history`` the evaluation results (``eval_global_step`` and
+    ``eval_*`` lists). Returns None when there is nothing to draw yet.
+    """
+    steps = curves.get("step") or []
+    if not steps:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display, no GUI toolkit
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    (ax_loss, ax_eval), (ax_score, ax_lr) = axes
+    for key, color in (("loss", "tab:blue"), ("lm_loss", "tab:orange"), ("mc_loss", "tab:green")):
+        values = curves.get(key) or []
+        if len(values) == len(steps):
+            ax_loss.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
+            ax_loss.plot(steps, ema(values), color=color, label=f"{key} (smoothed)")
+    ax_loss.set_title("training loss")
+    ax_loss.legend(fontsize=8)
+
+    eval_steps = history.get("eval_global_step") or []
+    drew_eval = drew_score = False
+    for key in EVAL_LOSSES:
+        values = history.get(key) or []
+        if eval_steps and len(values) == len(eval_steps):
+            ax_eval.plot(eval_steps, values, marker="o", label=key.removeprefix("eval_"))
+            drew_eval = True
+    for key in EVAL_SCORES:
+        values = history.get(key) or []
+        if eval_steps and len(values) == len(eval_steps):
+            ax_score.plot(eval_steps, values, marker="o", label=key.removeprefix("eval_"))
+            drew_score = True
+    for ax, drew, title in ((ax_eval, drew_eval, "evaluation loss"),
+                            (ax_score, drew_score, "evaluation scores")):
+        ax.set_title(title)
+        if drew:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no evaluation during training\n(evaluate_during_training)",
+                    ha="center", va="center", transform=ax.transAxes, color="gray")
+
+    lr = curves.get("lr") or []
+    if len(lr) == len(steps):
+        ax_lr.plot(steps, lr, color="tab:purple", label="learning rate")
+    ax_lr.set_title("learning rate and gradient norm")
+    ax_lr.set_ylabel("learning rate")
+    norm = curves.get("grad_norm") or []
+    if len(norm) == len(steps):
+        ax_norm = ax_lr.twinx()
+        ax_norm.plot(steps, norm, color="tab:red", alpha=0.5, linewidth=0.8)
+        ax_norm.set_ylabel("gradient norm (before clipping)", color="tab:red")
+    for ax in axes[1]:
+        ax.set_xlabel("optimizer step")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=90)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+# ----------------------------------------------------------------------------- samples
+@dataclass(frozen=True)
+class Probe:
+    """A fixed conversation the model answers after every epoch."""
+
+    personality: list[str]
+    history: list[str]
+    gold: str = ""
+
+
+def probes_from_dialogs(dialogs: Sequence[dict], count: int = NUM_PROBES) -> list[Probe]:
+    """``count`` probes spread over ``dialogs``: from each, the first turn that asks about the
+    persona (``"probe"`` in the bundled persona data), else its second turn, else its first."""
+    if not dialogs:
+        return []
+    picks = sorted({round(k * (len(dialogs) - 1) / max(1, count - 1)) for k in range(count)})
+    probes = []
+    for index in picks:
+        dialog = dialogs[index]
+        utterances = dialog.get("utterances") or []
+        if not utterances:
+            continue
+        chosen = next((u for u in utterances if u.get("probe")),
+                      utterances[min(1, len(utterances) - 1)])
+        probes.append(Probe(list(dialog["personality"]), list(chosen["history"]),
+                            chosen["candidates"][-1] if chosen.get("candidates") else ""))
+    return probes
+
+
+class SampleWriter:
+    """Appends the model's replies to the probes to ``samples.md``; call it with a heading.
+
+    ``reply`` answers a list of ``(personality, history)`` pairs (greedy decoding, so the
+    same weights always give the same replies).
+    """
+
+    def __init__(self, path: str | os.PathLike, probes: Sequence[Probe],
+                 reply: Callable[[list], list[str]]) -> None:
+        self.path = Path(path)
+        self.probes = list(probes)
+        self.reply = reply
+
+    def __call__(self, heading: str, fresh: bool = False) -> None:
+        if not self.probes:
+            return
+        replies = self.reply([(p.personality, p.history) for p in self.probes])
+        lines = [f"## {heading}", ""]
+        for number, (probe, reply) in enumerate(zip(self.probes, replies, strict=True), 1):
+            lines.append(f"{number}. user: {probe.history[-1] if probe.history else ''}  \n"
+                         f"   **bot: {reply or '(empty reply)'}**")
+        text = "\n".join(lines) + "\n\n"
+        if fresh or not self.path.is_file():
+            text = self.header() + text
+        else:
+            text = self.path.read_text(encoding="utf-8") + text
+        write_atomic(self.path, text)
+
+    def header(self) -> str:
+        """The probes themselves, once at the top, numbered like the replies below."""
+        lines = ["# Samples", "",
+                 "Greedy replies to fixed conversations, before training and after every "
+                 "epoch. The probes:", ""]
+        for number, probe in enumerate(self.probes, 1):
+            lines.append(f"{number}. persona: *{' '.join(probe.personality)}*")
+            for turn, text in enumerate(probe.history[-3:]):
+                speaker = "user" if (len(probe.history[-3:]) - turn) % 2 else "bot"
+                lines.append(f"   - {speaker}: {text}")
+            if probe.gold:
+                lines.append(f"   - gold reply: {probe.gold}")
+        return "\n".join(lines) + "\n\n"
+
+
+# ----------------------------------------------------------------------------- report
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def metrics_table(results: dict) -> list[str]:
+    rows = ["| metric | value |", "|---|---|"]
+    rows += [f"| {k} | {_cell(v)} |" for k, v in results.items()
+             if isinstance(v, int | float | str)]
+    return rows
+
+
+def write_report(output_dir: str | os.PathLike, *, model: str, device: str, args,
+                 data: dict, details: dict, status: str, started: float) -> Path:
+    """Write ``report.md``: what ran, on what, how long, how it ended, and the curves."""
+    out = Path(output_dir)
+    history = details or {}
+    seconds = time.time() - started
+    lines = ["# Training report", "",
+             f"- status: **{status}**",
+             f"- model: `{model}` on {device}",
+             f"- finished: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime())}, "
+             f"{seconds:.0f} s in all ({history.get('train_seconds', 0.0):.0f} s training)",
+             f"- output: `{out}`", "", "## Data", ""]
+    lines += [f"- {key}: {_cell(value)}" for key, value in data.items()]
+    lines += ["", "## Final metrics", ""]
+    final = {}
+    for key in ("global_step", "train_loss"):
+        if history.get(key):
+            final[key] = history[key][-1]
+    final.update({k: v[-1] for k, v in history.items()
+                  if k.startswith("eval_") and isinstance(v, list) and v})
+    lines += metrics_table(final) if final else ["(no step finished)"]
+    if (out / CURVES_FILE).is_file():
+        lines += ["", "## Curves", "", f"![training curves]({CURVES_FILE})"]
+    if (out / SAMPLES_FILE).is_file():
+        lines += ["", f"Replies to fixed probe conversations, epoch by epoch: [{SAMPLES_FILE}]"
+                      f"({SAMPLES_FILE})."]
+    defaults = type(args)()
+    changed = {f.name: getattr(args, f.name) for f in fields(args)
+               if getattr(args, f.name) != getattr(defaults, f.name)}
+    lines += ["", "## Configuration", "", "Options that differ from the defaults "
+              "(all of them: `model_args.json`):", "", "| option | value |", "|---|---|"]
+    lines += [f"| {k} | {_cell(v)} |" for k, v in changed.items()]
+    return write_atomic(out / REPORT_FILE, "\n".join(lines) + "\n")
+
+
+def append_evaluation(output_dir: str | os.PathLike, title: str, results: dict) -> Path | None:
+    """Add an evaluation done after training to ``report.md`` (if the run wrote one)."""
+    path = Path(output_dir) / REPORT_FILE
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8").rstrip("\n")
+    section = [f"## Evaluation: {title}", "", *metrics_table(results)]
+    # Keep the configuration table last.
+    head, sep, tail = text.partition("\n## Configuration")
+    body = head.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
+    return write_atomic(path, body + (f"\n## Configuration{tail}\n" if sep else ""))
+
+
+__all__ = ["CURVES_FILE", "REPORT_FILE", "SAMPLES_FILE", "Probe", "SampleWriter",
+           "append_evaluation", "plot_curves", "probes_from_dialogs", "write_report"]

@@ -1,0 +1,271 @@
+"""Training survives faults: SIGKILL, Ctrl-C, a kill during a checkpoint write, NaN losses, a
+full disk, an unwritable folder, and pickle checkpoints are refused.
+
+The interrupted runs are real ``personachat train`` processes; the model has dropout so that a
+resumed run only matches an uninterrupted one if the random generators are restored too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from personachat import ConvAIModel, checkpoints, cli
+from personachat.args import ArgsError
+from personachat.modeling import ModelLoadError
+from personachat.scratch import ScratchConfig, build_scratch_checkpoint
+from personachat.training import TrainingError, TrainingObjective
+
+from .conftest import make_dialogs
+
+# 24 utterances in micro-batches of 4, two per step: 3 steps per epoch, 6 in all, a
+# checkpoint every 2 steps (mid-epoch, so resuming must skip micro-batches).
+ARGS = {"train_batch_size": 4, "gradient_accumulation_steps": 2, "num_train_epochs": 2,
+        "learning_rate": 5e-3, "manual_seed": 1, "save_steps": 2, "logging_steps": 1,
+        "save_model_every_epoch": False, "max_length": 5, "silent": True}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny GPT-2 with dropout, the dialogs, and the weights of an uninterrupted run."""
+    root = tmp_path_factory.mktemp("faults")
+    dialogs = make_dialogs()
+    data = root / "dialogs.json"
+    data.write_text(json.dumps(dialogs))
+    texts = [s for d in dialogs for u in d["utterances"] for s in u["history"] + u["candidates"]]
+    model_dir = build_scratch_checkpoint(
+        root / "tiny-dropout", texts,
+        ScratchConfig(vocab_size=300, n_layer=2, n_embd=32, n_head=2, n_positions=128,
+                      dropout=0.1))
+    reference = ConvAIModel("gpt2", model_dir, use_cuda=False,
+                            args={**ARGS, "output_dir": str(root / "reference")})
+    reference.train_model(data)
+    weights = load_file(str(root / "reference" / "model.safetensors"))
+    return model_dir, data, weights
+
+
+def start_training(model_dir: Path, data: Path, out: Path, pause: float) -> subprocess.Popen:
+    """``personachat train`` in a subprocess; every checkpoint save sleeps ``pause`` seconds
+    half-way (the test hook), so the test can act while it runs."""
+    sets = [arg for key, value in ARGS.items() for arg in ("--set", f"{key}={value}")]
+    env = {**os.environ, checkpoints.SAVE_PAUSE_ENV: str(pause)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "personachat.cli", "train", "--model", str(model_dir),
+         "--train-file", str(data), "--output-dir", str(out), "--device", "cpu", *sets],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended first (rc {proc.returncode}):\n"
+                                 f"{proc.stderr.read() if proc.stderr else ''}")
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_sigkill_after_the_first_checkpoint_then_resume_gives_the_uninterrupted_weights(
+        setup, tmp_path):
+    model_dir, data, reference = setup
+    out = tmp_path / "out"
+    proc = start_training(model_dir, data, out, pause=0.5)
+    wait_for(lambda: checkpoints.latest_checkpoint(out) is not None, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    proc.stderr.close()
+    assert not (out / "model.safetensors").exists()  # it never finished
+
+    model = ConvAIModel("gpt2", model_dir, use_cuda=False, args={**ARGS, "output_dir": str(out)})
+    step, details = model.train_model(data, resume_from_checkpoint=True)
+    assert step == 6
+    assert_same_weights(load_file(str(out / "model.safetensors")), reference)
+    assert len(details["train_loss"]) == 6  # the history of the first part was kept
+
+
+def test_ctrl_c_writes_a_checkpoint_and_prints_the_command_that_resumes(setup, tmp_path):
+    model_dir, data, reference = setup
+    out = tmp_path / "out"
+    proc = start_training(model_dir, data, out, pause=0.3)
+    wait_for(lambda: checkpoints.latest_checkpoint(out) is not None, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "stopped by SIGINT after step" in stderr
+    saved = checkpoints.latest_checkpoint(out)
+    assert f"checkpoint saved to {saved}" in stderr
+
+    command = stderr.split("Resume with: ", 1)[1].strip()
+    words = shlex.split(command)
+    assert words[0] == "personachat" and words[-1] == "--resume"
+    assert cli.main(words[1:]) == 0  # the printed command, run as is (in this process)
+    assert_same_weights(load_file(str(out / "model.safetensors")), reference)
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_as_the_one_loaded(
+        setup, tmp_path):
+    model_dir, data, reference = setup
+    out = tmp_path / "out"
+    proc = start_training(model_dir, data, out, pause=1.0)
+    # checkpoint-2 is complete and checkpoint-4 is half-written (weights, no marker yet).
+    wait_for(lambda: (out / "checkpoint-2").is_dir()
+             and any(out.glob(".checkpoint-4.tmp-*/model.safetensors")), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    proc.stderr.close()
+
+    assert not (out / "checkpoint-4").exists()
+    assert checkpoints.latest_checkpoint(out) == out / "checkpoint-2"
+    assert checkpoints.resolve_resume(True, out) == out / "checkpoint-2"
+    with pytest.raises(checkpoints.CheckpointError, match="not a complete checkpoint"):
+        checkpoints.resolve_resume(next(out.glob(".checkpoint-4.tmp-*")), out)
+
+    model = ConvAIModel("gpt2", model_dir, use_cuda=False, args={**ARGS, "output_dir": str(out)})
+    model.train_model(data, resume_from_checkpoint=True)
+    assert_same_weights(load_file(str(out / "model.safetensors")), reference)
+    assert not list(out.glob(".checkpoint-*"))  # the cut-off save was cleaned away
+
+
+def test_same_seed_same_data_gives_the_same_loss_sequence(tiny_checkpoint, dialogs_file,
+                                                         tmp_path):
+    def losses(name):
+        model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
+                            args={**ARGS, "save_steps": 0, "no_save": True,
+                                  "output_dir": str(tmp_path / name)})
+        return model.train_model(dialogs_file)[1]["train_loss"]
+
+    first, second = losses("a"), losses("b")
+    assert len(first) == 6
+    assert first == second
+
+
+def test_save_total_limit_keeps_the_newest_checkpoints_and_the_best(tiny_checkpoint,
+                                                                    dialogs_file, tmp_path):
+    out = tmp_path / "out"
+    # "Best" is the highest eval_loss here, so that it is an early checkpoint (the loss falls).
+    model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False, args={
+        **ARGS, "save_steps": 1, "save_total_limit": 2, "output_dir": str(out),
+        "best_model_dir": str(tmp_path / "best"), "evaluate_during_training": True,
+        "evaluate_during_training_steps": 2, "evaluate_each_epoch": False,
+        "early_stopping_metric": "eval_loss", "early_stopping_metric_minimize": False})
+    _, details = model.train_model(dialogs_file, eval_file=dialogs_file)
+    losses = details["eval_loss"]
+    best_step = details["eval_global_step"][losses.index(max(losses))]
+    assert best_step < 5
+    names = {p.name for p in checkpoints.list_checkpoints(out)}
+    assert names == {"checkpoint-5", "checkpoint-6", f"checkpoint-{best_step}"}
+
+
+def test_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tiny_checkpoint,
+                                                                   dialogs_file, tmp_path):
+    out = tmp_path / "out"
+    model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False, args={
+        **ARGS, "learning_rate": 1e30, "warmup_ratio": 0.0, "save_steps": 1,
+        "output_dir": str(out)})
+    with pytest.raises(TrainingError, match=r"at step (\d+)") as caught:
+        model.train_model(dialogs_file)
+    message = str(caught.value)
+    assert "learning_rate" in message and "last good checkpoint" in message
+    bad_step = int(message.split("at step ")[1].split()[0])
+    last = checkpoints.latest_checkpoint(out)
+    assert last == out / f"checkpoint-{bad_step - 1}"
+    weights = load_file(str(last / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert not (out / "model.safetensors").exists()  # no NaN model written as the result
+    assert "stopped" in (out / "report.md").read_text()
+
+
+def test_an_unwritable_output_dir_fails_before_training(tiny_checkpoint, dialogs_file, tmp_path):
+    # Tests run as root, which may write anywhere chmod forbids: a folder under a regular
+    # file cannot be created by anyone.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
+                        args={**ARGS, "output_dir": str(blocker / "out")})
+    with pytest.raises(TrainingError, match="not writable.*choose another output_dir"):
+        model.train_model(dialogs_file)
+
+
+def test_too_little_free_disk_fails_before_training(tiny_checkpoint, dialogs_file, tmp_path,
+                                                    monkeypatch):
+    monkeypatch.setattr(checkpoints, "free_bytes", lambda path: 1024)
+    model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
+                        args={**ARGS, "output_dir": str(tmp_path / "out")})
+    with pytest.raises(TrainingError, match="MB free.*one checkpoint needs about"):
+        model.train_model(dialogs_file)
+    assert not list((tmp_path / "out").glob("checkpoint-*"))
+
+
+def test_cuda_out_of_memory_suggests_auto_batch_size(tiny_checkpoint, dialogs_file, tmp_path,
+                                                     monkeypatch):
+    def out_of_memory(self, batch):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(TrainingObjective, "forward", out_of_memory)
+    model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
+                        args={**ARGS, "output_dir": str(tmp_path / "out")})
+    with pytest.raises(TrainingError, match="train_batch_size='auto'.*smaller"):
+        model.train_model(dialogs_file)
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tiny_checkpoint, dialogs_file, tmp_path):
+    model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
+                        args={**ARGS, "output_dir": str(tmp_path / "out")})
+    with pytest.raises(TrainingError, match="no complete, resumable checkpoint"):
+        model.train_model(dialogs_file, resume_from_checkpoint=True)
+
+
+def pickle_only_folder(tiny_checkpoint: Path, folder: Path) -> Path:
+    """A model folder as old simpletransformers wrote it: weights in a pickle."""
+    from transformers import GPT2DoubleHeadsModel
+
+    model = GPT2DoubleHeadsModel.from_pretrained(tiny_checkpoint)
+    folder.mkdir()
+    model.config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((tiny_checkpoint / name).read_bytes())
+    return folder
+
+
+def test_a_pickle_checkpoint_is_refused_unless_trusted(tiny_checkpoint, tmp_path):
+    folder = pickle_only_folder(tiny_checkpoint, tmp_path / "old")
+    assert (folder / "pytorch_model.bin").is_file()
+    assert not (folder / "model.safetensors").exists()
+    # A folder cannot vouch for itself through its own model_args.json.
+    (folder / "model_args.json").write_text(json.dumps({"trust_remote_pickle": True}))
+
+    with pytest.raises(ModelLoadError, match="trust_remote_pickle=True"):
+        ConvAIModel("gpt2", folder, use_cuda=False)
+    trusted = ConvAIModel("gpt2", folder, use_cuda=False, trust_remote_pickle=True)
+    trusted.save_model(tmp_path / "converted")
+    ConvAIModel("gpt2", tmp_path / "converted", use_cuda=False)  # safetensors now: no flag
+
+
+def test_a_broken_args_file_names_the_file(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for path in tiny_checkpoint.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "model_args.json").write_text(json.dumps({"train_batch_size": -3}))
+    with pytest.raises(ArgsError, match=r"model_args\.json: train_batch_size must be"):
+        ConvAIModel("gpt2", folder, use_cuda=False)
