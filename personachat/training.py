@@ -46,6 +46,9 @@ from .distributed import DistContext
 from .encoding import collate
 from .modeling import LossOutput, double_heads_loss, save_pretrained_atomic
 
+# training_curves.png is redrawn after an evaluation only if the last drawing is older.
+CURVES_EVERY_S = 10.0
+
 
 class TrainingError(RuntimeError):
     """Training cannot start or go on; the message says why and what to do."""
@@ -451,9 +454,17 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
                     None)
         checkpoints.rotate_checkpoints(out, args.save_total_limit, keep=best)
 
-    def draw_curves() -> None:
-        if ctx.is_main and not args.no_save:
-            reporting.plot_curves(state.curves, state.history, curves_path)
+    last_drawn = [-math.inf]
+
+    def draw_curves(final: bool = False) -> None:
+        """Redraw training_curves.png: at the end, and after evaluations at most every
+        CURVES_EVERY_S seconds (a drawing costs about half a second of CPU)."""
+        now = time.perf_counter()
+        if not ctx.is_main or args.no_save or (not final
+                                              and now - last_drawn[0] < CURVES_EVERY_S):
+            return
+        reporting.plot_curves(state.curves, state.history, curves_path)
+        last_drawn[0] = now
 
     def samples(heading: str) -> None:
         """The probe replies, with the random generators as they were (greedy decoding
@@ -483,7 +494,7 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
         if not requested:
             return
         path = save_checkpoint(f"checkpoint-{state.global_step}")
-        draw_curves()
+        draw_curves(final=True)
         if writer:
             writer.close()
         distributed.barrier(ctx)
@@ -539,6 +550,7 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
                     step_losses.zero_()
                     step_micro, step_tokens = 0, 0
                     if not math.isfinite(loss_sum):
+                        draw_curves(final=True)  # the curves up to the last good step
                         raise_non_finite(f"loss became {loss_sum / micro_all}", state, epoch,
                                          args, last_checkpoint["path"])
 
@@ -548,6 +560,7 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
                     if not scaler.is_enabled() and not math.isfinite(float(grad_norm)):
                         # With a grad scaler inf gradients just skip the step; without one
                         # they would turn every weight into NaN.
+                        draw_curves(final=True)
                         raise_non_finite(f"the gradient norm became {float(grad_norm)}", state,
                                          epoch, args, last_checkpoint["path"])
                     scaler.step(optimizer)
@@ -611,7 +624,7 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
                 "saves memory.") from err
 
     state.train_seconds = time.perf_counter() - started
-    draw_curves()
+    draw_curves(final=True)
     if not args.no_save and ctx.is_main:
         save(output_dir, model)
         (out / "training_progress_scores.json").write_text(

@@ -47,10 +47,11 @@ def setup(tmp_path_factory):
         root / "tiny-dropout", texts,
         ScratchConfig(vocab_size=300, n_layer=2, n_embd=32, n_head=2, n_positions=128,
                       dropout=0.1))
+    # Writing no checkpoints, samples or curves: none of that may change the weights either.
     reference = ConvAIModel("gpt2", model_dir, use_cuda=False,
-                            args={**ARGS, "output_dir": str(root / "reference")})
+                            args={**ARGS, "no_save": True, "output_dir": str(root / "ref")})
     reference.train_model(data)
-    weights = load_file(str(root / "reference" / "model.safetensors"))
+    weights = {k: v.detach().clone() for k, v in reference.model.state_dict().items()}
     return model_dir, data, weights
 
 
@@ -75,10 +76,12 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 60) -> None:
         time.sleep(0.02)
 
 
-def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+def assert_same_weights(saved: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]
+                        ) -> None:
+    """The saved weights equal the reference run's (the file leaves out tied copies)."""
+    assert saved.keys() <= reference.keys() and len(saved) > 10
+    for key in saved:
+        torch.testing.assert_close(saved[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
 def test_sigkill_after_the_first_checkpoint_then_resume_gives_the_uninterrupted_weights(
@@ -150,11 +153,11 @@ def test_same_seed_same_data_gives_the_same_loss_sequence(tiny_checkpoint, dialo
     def losses(name):
         model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
                             args={**ARGS, "save_steps": 0, "no_save": True,
-                                  "output_dir": str(tmp_path / name)})
+                                  "num_train_epochs": 1, "output_dir": str(tmp_path / name)})
         return model.train_model(dialogs_file)[1]["train_loss"]
 
     first, second = losses("a"), losses("b")
-    assert len(first) == 6
+    assert len(first) == 3
     assert first == second
 
 
