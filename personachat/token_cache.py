@@ -184,8 +184,9 @@ def write_entry(root: Path, key: str, dialogs: Sequence[dict], tokenizer,
 
 
 def _move_into_place(tmp: Path, final: Path) -> Path:
-    """Rename a complete entry into place. If another process put the same key there first,
-    both entries are equal (same key, same content): ours is replaced by keeping theirs."""
+    """Rename a complete entry into place, setting aside (then deleting) one already there.
+    If another process renames the same key into place at the same moment, whichever landed
+    is kept: the same key means the same content."""
     old = None
     if final.exists():  # reprocess, or a damaged entry: set the old one aside first
         old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
@@ -204,9 +205,9 @@ def _move_into_place(tmp: Path, final: Path) -> Path:
 
 
 def remove_abandoned_temporaries(root: Path) -> None:
-    """Delete ``.tmp-*`` / ``.old-*`` folders left by killed builds on this host (their process
-    is gone). Folders of running builds, or of other hosts on a shared disk, are left alone
-    unless they are more than a day old."""
+    """Delete ``.tmp-*`` folders of builds killed on this host (their process is gone) and
+    ``.old-*`` folders (replaced entries). The ``.tmp-*`` folders of running builds, or of
+    other hosts on a shared disk, are left alone unless they are more than a day old."""
     host = socket.gethostname()
     for path in root.glob(".*-*"):
         if not path.is_dir() or not path.name.startswith((".tmp-", ".old-")):
