@@ -147,7 +147,7 @@ class ConvAIModel:
                 resume_from=resume, on_epoch_end=samples)
         except TrainingError as err:
             if write:
-                report(details={}, status=f"stopped: {err}")
+                report(details=getattr(err, "details", {}), status=f"stopped: {err}")
             raise
         if write:
             report(details=details, status="finished" + (

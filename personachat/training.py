@@ -265,9 +265,9 @@ class StopOnSignal:
     def _handle(self, signum, frame) -> None:
         self.requested = signal.Signals(signum).name
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-        if self.announce:
-            print(f"\n{self.requested}: finishing this step and writing a checkpoint "
-                  "(send it again to stop at once) ...", flush=True)
+        if self.announce:  # tqdm.write: printed above the progress bar, not into it
+            tqdm.write(f"{self.requested}: finishing this step and writing a checkpoint "
+                       "(send it again to stop at once) ...")
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
@@ -382,10 +382,16 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
                 + ", ".join(f"{k}: {a} then, {b} now" for k, (a, b) in changed.items())
                 + "); resume with the same data and options, or start a fresh run.")
         state = TrainingState.from_dict(saved)
+        if ctx.rank > 0:
+            # Only rank 0's generators are saved; the others get their own seed per resume
+            # point (so multi-process resumes are reproducible, not bit-equal to no resume).
+            seed = (args.manual_seed or 0) + ctx.rank + 7919 * state.global_step
+            restore_rng = partial(torch.manual_seed, seed)
         adopt_learning_rate(optimizer, scheduler, args.learning_rate, ctx.is_main and not args.silent)
         if ctx.is_main:
             checkpoints.remove_temp_folders(out)
-            later = checkpoints.checkpoints_after(out, resume_from)
+            later = (checkpoints.checkpoints_after(out, resume_from)
+                     if resume_from.parent.resolve() == out.resolve() else [])
             for path in later:  # of the abandoned continuation: rotation would keep them
                 checkpoints.remove_checkpoint(path)
             if not args.silent:
@@ -409,7 +415,7 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
               if ctx.is_main else None)
     save_files = partial(save_pretrained_atomic, tokenizer=tokenizer, args=args,
                          extra_files=save_extra)
-    last_checkpoint: dict = {"path": None, "at": None}
+    last_checkpoint: dict = {"path": resume_from, "at": None, "resumable": False}
     curves_path = out / reporting.CURVES_FILE
     # Per-step curve points: every step on short runs, about 200+ points on long ones.
     curve_every = max(1, min(max(1, args.logging_steps), total_steps // 200))
@@ -421,18 +427,20 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
     def position() -> tuple[int, int, int]:
         return state.global_step, state.epoch, state.batches_done
 
-    def save_checkpoint(name: str) -> Path | None:
-        """A resumable checkpoint of this very moment (rank 0), then the rotation."""
+    def save_checkpoint(name: str, resumable: bool | None = None) -> Path | None:
+        """A checkpoint of this very moment (rank 0), then the rotation. Resumable unless
+        save_optimizer_and_scheduler=False (the one written on a signal always is)."""
         if args.no_save or not ctx.is_main:
             return None
-        if last_checkpoint["at"] == position():
+        resumable = args.save_optimizer_and_scheduler if resumable is None else resumable
+        if last_checkpoint["at"] == (position(), resumable or last_checkpoint["resumable"]):
             return last_checkpoint["path"]
         path = out / name
         state.train_seconds = time.perf_counter() - started
         try:
             checkpoints.save_checkpoint(
                 path, model, tokenizer, args, save_extra,
-                optimizer if args.save_optimizer_and_scheduler else None, scheduler, scaler,
+                optimizer if resumable else None, scheduler, scaler,
                 state.to_dict(), run_plan)
         except OSError as err:
             previous = last_checkpoint["path"] or "none written yet"
@@ -440,7 +448,7 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
                 f"could not write checkpoint {path} at step {state.global_step} ({err}); free "
                 f"disk space or choose another output_dir. The last complete checkpoint "
                 f"({previous}) is intact.") from err
-        last_checkpoint.update(path=path, at=position())
+        last_checkpoint.update(path=path, at=(position(), resumable), resumable=resumable)
         rotate()
         return path
 
@@ -493,10 +501,12 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
             requested = distributed.broadcast_flag(requested, ctx, device)
         if not requested:
             return
-        path = save_checkpoint(f"checkpoint-{state.global_step}")
+        path = save_checkpoint(f"checkpoint-{state.global_step}", resumable=True)
         draw_curves(final=True)
         if writer:
             writer.close()
+        if bars:
+            bars[-1].close()  # cleared (leave=False), so the message that follows reads well
         distributed.barrier(ctx)
         raise TrainingInterrupted(stop.requested or "SIGTERM", state.global_step, path)
 
@@ -508,6 +518,7 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
     if resume_from is None:
         samples("Before training (step 0)")
     started = time.perf_counter() - state.train_seconds
+    bars: list = []  # the current epoch's progress bar, for stop_now to close
     with StopOnSignal(announce=ctx.is_main and not args.silent) as stop:
         try:
             while state.epoch < args.num_train_epochs and not state.stopped_early:
@@ -521,6 +532,7 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
                 bar = tqdm(batches, desc=f"Epoch {epoch + 1}/{args.num_train_epochs}",
                            initial=state.batches_done, total=epoch_micro,
                            disable=args.silent or not ctx.is_main, leave=False)
+                bars.append(bar)
                 for i, batch in enumerate(bar, start=state.batches_done):
                     in_last_step = i >= epoch_micro - last_step_micro
                     step_ends = (i + 1) % accumulation == 0 or i + 1 == epoch_micro
@@ -614,6 +626,10 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
                     save_checkpoint(f"checkpoint-{state.global_step}-epoch-{epoch + 1}")
                 if not state.stopped_early:
                     stop_now(stop)
+        except TrainingError as err:
+            # What was done so far, for report.md (the run's details are never returned).
+            err.details = dict(state.history, train_seconds=time.perf_counter() - started)
+            raise
         except torch.OutOfMemoryError as err:
             raise TrainingError(
                 f"CUDA out of memory at step {state.global_step + 1} with micro-batches of "
@@ -656,8 +672,9 @@ def raise_non_finite(what: str, state: TrainingState, epoch: int, args: ConvAIAr
     """Stop on a NaN/inf before the optimizer step, so no checkpoint ever holds its damage."""
     kept = (f"The last good checkpoint is {last_checkpoint} (step "
             f"{(checkpoints.read_marker(last_checkpoint) or {}).get('global_step')}); resume "
-            "from it with a lower learning rate: --resume --set learning_rate=... "
-            "(resume_from_checkpoint=True in Python)."
+            "from it with a lower learning rate (--resume --set learning_rate=...; "
+            "resume_from_checkpoint=True in Python), or start again with one if the loss "
+            "was already climbing there."
             if last_checkpoint else "No checkpoint had been written yet.")
     raise TrainingError(
         f"{what} at step {state.global_step + 1} (epoch {epoch + 1}); training stopped "

@@ -197,6 +197,31 @@ def test_nan_loss_stops_at_once_and_keeps_the_last_good_checkpoint(tiny_checkpoi
     assert "stopped" in (out / "report.md").read_text()
 
 
+
+def test_resuming_takes_a_new_learning_rate_but_refuses_other_batch_settings(
+        tiny_checkpoint, dialogs_file, tmp_path):
+    out = tmp_path / "out"
+    args = {**ARGS, "num_train_epochs": 1, "save_steps": 1, "output_dir": str(out)}
+    ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False, args=args).train_model(dialogs_file)
+    other = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
+                        args={**args, "train_batch_size": 2})
+    with pytest.raises(TrainingError, match="micro_batch_size: 4 then, 2 now"):
+        other.train_model(dialogs_file, resume_from_checkpoint=out / "checkpoint-2")
+
+    calmer = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
+                         args={**args, "learning_rate": 1e-3})
+    assert calmer.train_model(dialogs_file, resume_from_checkpoint=out / "checkpoint-2")[0] == 3
+    state = json.loads((out / "checkpoint-3" / "training_state.json").read_text())
+    assert state["scheduler"]["base_lrs"] == [1e-3, 1e-3]
+
+
+def test_the_resume_command_drops_an_earlier_resume_path():
+    argv = ["train", "--config", "my config.yaml", "--resume", "out/checkpoint-5",
+            "--set", "num_train_epochs=2"]
+    assert cli.resume_command(argv) == (
+        "personachat train --config 'my config.yaml' --set num_train_epochs=2 --resume")
+
+
 def test_an_unwritable_output_dir_fails_before_training(tiny_checkpoint, dialogs_file, tmp_path):
     # Tests run as root, which may write anywhere chmod forbids: a folder under a regular
     # file cannot be created by anyone.
