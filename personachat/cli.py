@@ -1,4 +1,4 @@
-"""``personachat train | eval | interact``: the command line over ConvAIModel.
+"""``personachat train | eval | interact | serve``: the command line over ConvAIModel.
 
 A YAML config (``--config configs/NAME.yaml``) names the model and data files and overrides
 ``ConvAIArgs`` defaults under ``args:``; flags override the config. With ``model_name: null``
@@ -30,6 +30,7 @@ from .modeling import ModelLoadError, resolve_device
 from .readers import FORMATS, read_dialogs
 from .reporting import append_evaluation
 from .scratch import ScratchConfig, build_scratch_checkpoint, dialog_texts
+from .serve.command import add_serve_arguments, run_serve
 from .training import TrainingError, TrainingInterrupted
 
 CONFIG_KEYS = {"model_type", "model_name", "train_file", "eval_file", "args", "scratch",
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in [("train", "fine-tune a model (and evaluate it if an eval file is set)"),
                             ("eval", "evaluate a trained model"),
-                            ("interact", "chat with a model in the terminal")]:
+                            ("interact", "chat with a model in the terminal"),
+                            ("serve", "chat with a model over HTTP and in the browser")]:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help="YAML config, e.g. configs/quick.yaml")
         p.add_argument("--model", help="model folder or hub id (overrides model_name)")
@@ -100,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "interact":
             p.add_argument("--persona", action="append", default=[], metavar="SENTENCE",
                            help="a persona sentence (repeat); default: a random persona")
+        if name == "serve":
+            add_serve_arguments(p)
     add_data_commands(sub)
     return parser
 
@@ -213,6 +217,8 @@ def run(options: argparse.Namespace) -> int:
         results = model.eval_model(settings["eval_file"], verbose=False,
                                    generation_f1=options.generation_f1)
         print_results(results)
+    elif options.command == "serve":
+        return run_serve(model, options, str(model_name))
     else:
         model.interact(personality=options.persona or None)
     return 0

@@ -1,0 +1,326 @@
+"""Load test of ``personachat serve`` on loopback: batched serving against one at a time.
+
+The script builds a small random-weight GPT-2 (or takes ``--model DIR``), starts the real
+server (``personachat serve`` in a subprocess, port chosen by the OS) twice — with batches of
+up to ``--max-batch-size`` replies, then with ``--max-batch-size 1`` — and each time runs
+``--clients`` concurrent clients, each in its own session, sending ``--messages`` messages one
+after another. It checks that no request failed and that every session's stored history is
+complete and in order (each user message once, followed by the reply that client received),
+then prints p50/p95 latency, replies/s and the ratio of the two.
+
+Replies are forced to exactly ``--reply-tokens`` tokens (``min_length = max_length``), so
+both servers decode the same amount; a random model would otherwise stop at random lengths.
+
+    python benchmarks/serve_load.py                        # 32 clients x 10 messages
+    python benchmarks/serve_load.py --clients 8 --messages 3 --model outputs/quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+PARTNER_LINES = ["hi , how are you today ?", "what do you do for a living ?",
+                 "do you have any pets ?", "where do you live ?", "what food do you like ?",
+                 "that sounds fun . anything else ?", "i love hiking on weekends .",
+                 "what music do you listen to ?", "do you have kids ?", "nice talking to you !"]
+PERSONAS = [["i work as a nurse .", "i have two cats .", "i love sushi ."],
+            ["i am a pilot .", "i live in paris .", "my dog is called max ."],
+            ["i bake bread every morning .", "i have three kids .", "i play the guitar ."],
+            ["i am a teacher .", "i like rock music .", "i run marathons ."]]
+
+
+@dataclass
+class LoadResult:
+    """What one load run measured and found."""
+
+    clients: int
+    messages: int
+    wall_seconds: float
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    history_errors: list[str] = field(default_factory=list)
+
+    @property
+    def replies(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def replies_per_second(self) -> float:
+        return self.replies / self.wall_seconds if self.wall_seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def message_text(client: int, index: int) -> str:
+    """A partner line, tagged so a message that lands in the wrong session is noticed."""
+    return f"{PARTNER_LINES[index % len(PARTNER_LINES)]} #{client}.{index}"
+
+
+class Connection:
+    """A minimal HTTP/1.1 keep-alive JSON client, one per simulated user.
+
+    The load generator shares the machine's cores with the server; httpx spends ~2.5 ms of CPU
+    per request, which would be charged to the server being measured. This costs a fraction
+    of that. Only what the server sends is handled: Content-Length bodies, JSON or nothing.
+    """
+
+    def __init__(self, base_url: str, headers: dict | None = None) -> None:
+        url = urlsplit(base_url)
+        self.host, self.port = url.hostname, url.port or 80
+        self.extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        data = b"" if body is None else json.dumps(body).encode()
+        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                f"{self.extra}\r\n")
+        self.writer.write(head.encode() + data)
+        await self.writer.drain()
+        status_line = await self.reader.readline()
+        if not status_line:
+            await self.close()
+            raise ConnectionError("the server closed the connection")
+        status, length, close = int(status_line.split()[1]), 0, False
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            elif name.lower() == "connection" and value.strip().lower() == "close":
+                close = True
+        content = await self.reader.readexactly(length) if length else b""
+        if close:
+            await self.close()
+        return status, json.loads(content) if content else None
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.reader = self.writer = None
+
+
+async def one_client(base_url: str, headers: dict | None, client: int, messages: int,
+                     options: dict | None, result: LoadResult) -> tuple[str | None, list[str]]:
+    """Create a session, send the messages one after another; return (id, replies)."""
+    http = Connection(base_url, headers)
+    try:
+        status, body = await http.request(
+            "POST", "/v1/sessions", {"personality": PERSONAS[client % len(PERSONAS)]})
+        if status != 201:
+            result.errors.append(f"client {client}: create: {status} {body}")
+            return None, []
+        session_id, replies = body["id"], []
+        for index in range(messages):
+            message = {"text": message_text(client, index)}
+            if options:
+                message["options"] = options
+            started = time.perf_counter()
+            try:
+                status, body = await http.request(
+                    "POST", f"/v1/sessions/{session_id}/messages", message)
+            except (OSError, ValueError) as err:
+                result.errors.append(f"client {client} message {index}: {err!r}")
+                await http.close()
+                continue
+            if status != 200:
+                result.errors.append(f"client {client} message {index}: {status} {body}")
+                continue
+            result.latencies.append(time.perf_counter() - started)
+            replies.append(body["reply"])
+        return session_id, replies
+    except (OSError, ValueError) as err:
+        result.errors.append(f"client {client}: {err!r}")
+        return None, []
+    finally:
+        await http.close()
+
+
+def history_problems(client: int, session: dict, replies: list[str], messages: int) -> list[str]:
+    """Differences between a session's stored history and what its client sent and got."""
+    expected = []
+    for index, reply in enumerate(replies):
+        expected += [("user", message_text(client, index)), ("bot", reply)]
+    stored = [(m["role"], m["text"]) for m in session["messages"]]
+    problems = []
+    if stored != expected or len(replies) != messages:
+        problems.append(f"client {client}: history has {len(stored)} messages, expected "
+                        f"{2 * messages} alternating user/bot in the order sent")
+    seqs = [m["seq"] for m in session["messages"]]
+    if seqs != list(range(1, len(seqs) + 1)):
+        problems.append(f"client {client}: message numbers {seqs} are not 1..{len(seqs)}")
+    return problems
+
+
+async def run_load(base_url: str, clients: int = 32, messages: int = 10,
+                   options: dict | None = None, headers: dict | None = None) -> LoadResult:
+    """``clients`` concurrent sessions x ``messages`` messages against a running server,
+    then a check of every session's stored history."""
+    result = LoadResult(clients, messages, 0.0)
+    started = time.perf_counter()
+    outcomes = await asyncio.gather(*(one_client(base_url, headers, c, messages, options, result)
+                                      for c in range(clients)))
+    result.wall_seconds = time.perf_counter() - started
+    http = Connection(base_url, headers)
+    try:
+        for client, (session_id, replies) in enumerate(outcomes):
+            if session_id is None:
+                continue
+            status, session = await http.request("GET", f"/v1/sessions/{session_id}")
+            if status != 200:
+                result.history_errors.append(f"client {client}: GET {status} {session}")
+                continue
+            result.history_errors += history_problems(client, session, replies, messages)
+    finally:
+        await http.close()
+    return result
+
+
+# ---------------------------------------------------------------------- the server
+def build_model(folder: Path, n_layer: int, n_embd: int) -> Path:
+    """A random-weight GPT-2 with a tokenizer trained on the chat lines, plus personas.json
+    (what ``POST /v1/sessions`` without a persona draws from)."""
+    from personachat.scratch import ScratchConfig, build_scratch_checkpoint
+
+    texts = PARTNER_LINES + [s for p in PERSONAS for s in p]
+    build_scratch_checkpoint(folder, texts, ScratchConfig(vocab_size=1000, n_layer=n_layer,
+                                                          n_embd=n_embd, n_head=4,
+                                                          n_positions=256))
+    (folder / "personas.json").write_text(json.dumps(PERSONAS), encoding="utf-8")
+    return folder
+
+
+def start_server(model: Path, db: Path, *flags: str,
+                 env: dict | None = None, timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
+    """``personachat serve`` on a free loopback port; returns (process, base URL)."""
+    command = [sys.executable, "-m", "personachat.cli", "serve", "--model", str(model),
+               "--db", str(db), "--port", "0", "--device", "cpu", "--log-level", "warning",
+               *flags]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + timeout
+    lines = []
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        if found:
+            url = f"http://127.0.0.1:{found.group(1)}"
+            # Keep reading its output, so a chatty server never blocks on a full pipe.
+            threading.Thread(target=process.stdout.read, daemon=True).start()
+            wait_healthy(url, deadline)
+            return process, url
+    process.kill()
+    raise RuntimeError("the server did not start:\n" + "".join(lines))
+
+
+def wait_healthy(url: str, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url}/health did not answer")
+
+
+def stop_server(process: subprocess.Popen) -> int:
+    """SIGTERM (the server finishes the replies it is decoding), then wait."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+def measure(model: Path, workdir: Path, label: str, max_batch_size: int, args) -> dict:
+    db = workdir / f"{label.replace(' ', '_')}.sqlite3"
+    process, url = start_server(model, db, "--max-batch-size", str(max_batch_size),
+                                "--batch-window-ms", str(args.window_ms))
+    try:
+        options = {"max_length": args.reply_tokens, "min_length": args.reply_tokens}
+        asyncio.run(run_load(url, clients=2, messages=2, options=options))  # warm-up
+        before = httpx.get(url + "/health").json()["batching"]
+        result = asyncio.run(run_load(url, args.clients, args.messages, options))
+        after = httpx.get(url + "/health").json()["batching"]
+    finally:
+        stop_server(process)
+    batches = after["batches"] - before["batches"]
+    return {"label": label, "max_batch_size": max_batch_size, "result": result,
+            "mean_batch": (after["replies"] - before["replies"]) / batches if batches else 0.0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--messages", type=int, default=10, help="per client, one at a time")
+    parser.add_argument("--reply-tokens", type=int, default=20)
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--window-ms", type=float, default=10.0)
+    parser.add_argument("--model", help="model folder (default: a random 4x128 GPT-2)")
+    parser.add_argument("--n-layer", type=int, default=4)
+    parser.add_argument("--n-embd", type=int, default=128)
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
+        workdir = Path(tmp)
+        model = Path(args.model) if args.model else build_model(workdir / "model", args.n_layer,
+                                                                 args.n_embd)
+        runs = [measure(model, workdir, "batched", args.max_batch_size, args),
+                measure(model, workdir, "one at a time", 1, args)]
+
+    import torch
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}; model: {args.model or f'random {args.n_layer}x{args.n_embd}'}"
+          f"; {args.clients} clients x {args.messages} messages, replies of "
+          f"{args.reply_tokens} tokens, window {args.window_ms:g} ms")
+    print("\n| serving | max batch | mean batch | replies | errors | history | p50 latency "
+          "| p95 latency | replies/s |")
+    print("|---|---:|---:|---:|---:|---|---:|---:|---:|")
+    for run in runs:
+        r: LoadResult = run["result"]
+        print(f"| {run['label']} | {run['max_batch_size']} | {run['mean_batch']:.1f} | "
+              f"{r.replies} | {len(r.errors)} | "
+              f"{'complete, in order' if not r.history_errors else 'PROBLEMS'} | "
+              f"{r.percentile(0.5) * 1000:.0f} ms | {r.percentile(0.95) * 1000:.0f} ms | "
+              f"{r.replies_per_second:.1f} |")
+    ratio = runs[0]["result"].replies_per_second / max(runs[1]["result"].replies_per_second,
+                                                       1e-9)
+    print(f"| **batched / one at a time** | | | | | | | | **{ratio:.1f}x** |")
+    failed = False
+    for run in runs:
+        for problem in (run["result"].errors + run["result"].history_errors)[:10]:
+            print(f"{run['label']}: {problem}", file=sys.stderr)
+            failed = True
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

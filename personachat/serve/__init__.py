@@ -1,0 +1,18 @@
+"""``personachat serve``: a trained persona bot over HTTP and in the browser, many users at once.
+
+The modules, in the order a request meets them:
+
+- ``settings``: the server's limits and decoding bounds, and the checks of what a client sends;
+- ``store``: sessions (persona + messages) in SQLite, so a restarted server continues them;
+- ``batcher``: concurrent replies for different sessions gathered into one batched
+  ``ConvAIModel.generate_replies`` call, run in a worker thread;
+- ``app``: the FastAPI routes and the chat page (``static/``);
+- ``command``: the ``personachat serve`` subcommand (uvicorn).
+
+Only ``app`` and ``command`` need FastAPI and uvicorn (the ``serve`` extra), and they are
+imported only when a server is started, so ``import personachat`` works without them.
+"""
+
+from .settings import ServeSettings
+
+__all__ = ["ServeSettings"]

@@ -1,0 +1,138 @@
+"""``personachat serve --model DIR``: the chat API and page under uvicorn.
+
+The CLI loads the model as for ``interact`` (same ``--config``/``--model``/``--set`` flags),
+then calls ``run_serve``. FastAPI and uvicorn are imported only here, when a server starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from dataclasses import fields
+from pathlib import Path
+
+from .settings import ServeSettings
+
+API_KEY_ENV = "PERSONACHAT_API_KEY"
+DB_NAME = "sessions.sqlite3"
+HELP = {
+    "max_batch_size": "replies decoded together in one model call (1: one at a time)",
+    "batch_window_ms": "how long a request waits for others to join its batch",
+    "max_in_flight": "requests being answered at once; more get 429",
+    "max_message_chars": "longest user message; longer gets 413",
+    "max_persona_sentences": "most persona sentences; more gets 413",
+    "max_persona_chars": "longest persona sentence; longer gets 413",
+    "max_history_kept": "messages stored per session; older turns are dropped",
+    "max_body_bytes": "largest request body; larger gets 413",
+    "max_reply_tokens": "upper bound of a request's max_length",
+    "max_temperature": "upper bound of a request's temperature",
+    "max_top_k": "upper bound of a request's top_k",
+    "max_repetition_penalty": "upper bound of a request's repetition_penalty",
+    "max_no_repeat_ngram_size": "upper bound of a request's no_repeat_ngram_size",
+}
+
+
+class ServeError(ValueError):
+    """A problem starting the server that the user can fix (the CLI prints it in one line)."""
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The serve-only flags (the model flags are shared with ``interact``)."""
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (0.0.0.0: every interface; set --api-key)")
+    parser.add_argument("--port", type=int, default=8000, help="0: any free port (printed)")
+    parser.add_argument("--db", help=f"session database (default: {DB_NAME} in the model "
+                                     "folder, or in the current folder for a hub model)")
+    parser.add_argument("--api-key", help=f"require this key on /v1 routes (default: the "
+                                          f"{API_KEY_ENV} environment variable, else none)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for the model (default on a CPU: all cores but one, "
+                             "which stays free for HTTP, JSON and SQLite)")
+    parser.add_argument("--log-level", default="info",
+                        choices=["critical", "error", "warning", "info", "debug"])
+    defaults = ServeSettings()
+    for f in fields(ServeSettings):
+        if f.name in HELP:
+            default = getattr(defaults, f.name)
+            parser.add_argument("--" + f.name.replace("_", "-"), type=type(default),
+                                default=default, help=f"{HELP[f.name]} (default: {default})")
+
+
+def settings_from(options: argparse.Namespace) -> ServeSettings:
+    api_key = options.api_key if options.api_key is not None else os.environ.get(API_KEY_ENV)
+    try:
+        return ServeSettings(api_key=api_key or None,
+                             **{name: getattr(options, name) for name in HELP})
+    except ValueError as err:
+        raise ServeError(str(err)) from err
+
+
+def default_db(model_name: str) -> Path:
+    folder = Path(model_name)
+    return (folder if folder.is_dir() else Path.cwd()) / DB_NAME
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the listening socket here, so a taken port is a one-line error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{port} ({err.strerror}); pick another "
+                         f"--port or --host") from err
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_serve(model, options: argparse.Namespace, model_name: str) -> int:
+    """Serve ``model`` until interrupted; replies still being decoded are finished and stored
+    before the server stops."""
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as err:
+        raise ServeError(f"personachat serve needs FastAPI and uvicorn ({err}); install them "
+                         "with: pip install 'personachat[serve]'") from err
+    from .store import SessionStore, StoreError
+
+    settings = settings_from(options)
+    if options.threads is not None and options.threads < 1:
+        raise ServeError(f"--threads must be at least 1, got {options.threads}")
+    db = Path(options.db) if options.db else default_db(model_name)
+    try:
+        store = SessionStore(db)
+    except StoreError as err:
+        raise ServeError(str(err)) from err
+    try:
+        sock = listen(options.host, options.port)
+    except ServeError:
+        store.close()
+        raise
+    host, port = sock.getsockname()[:2]
+    if model.device.type == "cpu":
+        # The decoding thread and the event loop share the cores: torch using every core
+        # makes its worker threads fight the loop (and each other) for them.
+        import torch
+
+        torch.set_num_threads(options.threads or max(1, (os.cpu_count() or 1) - 1))
+    app = create_app(model, store, settings)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"personachat serve: http://{shown}:{port}/ (chat page), /docs (API); sessions in "
+          f"{db}; batches of up to {settings.max_batch_size} on {model.device}"
+          + ("; API key required" if settings.api_key else ""), flush=True)
+    if settings.api_key is None and host not in ("127.0.0.1", "::1", "localhost"):
+        print(f"personachat serve: warning: listening on {host} without an API key: anyone "
+              "who can reach this port can use the model; set --api-key",
+              flush=True)
+    config = uvicorn.Config(app, log_level=options.log_level, timeout_graceful_shutdown=30)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        store.close()
+        sock.close()
+    return 0

@@ -1,0 +1,169 @@
+"""What the server allows: limits on what clients send and bounds on decoding options.
+
+Everything a client sends is checked here before it reaches the model or the store, and each
+refusal is a ``RequestError`` that names the limit, so a client can tell "my message is too
+long (max_message_chars=1000)" from "the server is busy (max_in_flight=64)". Pure Python: no
+web framework, so the checks are tested (and reusable) without a server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from ..generation import DecodingOptions
+
+# Decoding options a request may set. max_history and rerank_samples stay the model's: the
+# first is how the model was trained, the second costs N decodings per reply.
+REQUEST_OPTIONS = ("max_length", "min_length", "temperature", "top_p", "top_k", "do_sample",
+                   "repetition_penalty", "no_repeat_ngram_size")
+
+
+class RequestError(Exception):
+    """A request the server refuses: HTTP status, a stable code, a message saying what to do.
+
+    ``extra`` carries machine-readable details, e.g. ``{"limit": "max_message_chars",
+    "max": 1000}``; the JSON body is ``{"error": {"code", "message", **extra}}``.
+    """
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+    def body(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message, **self.extra}}
+
+
+def limit_error(status: int, limit: str, maximum: int | float, what: str) -> RequestError:
+    """A refusal because a server limit was exceeded; the limit is named in the body."""
+    flag = "--" + limit.replace("_", "-")
+    return RequestError(status, "limit_exceeded",
+                        f"{what} (server limit {limit}={maximum}, set with {flag})",
+                        limit=limit, max=maximum)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Server options; each has a ``personachat serve --flag`` of the same name.
+
+    Limits protect the server from one client (a huge persona, a flood of requests); decoding
+    bounds keep one request from costing much more than the others in its batch.
+    """
+
+    api_key: str | None = None  # required on every /v1 route when set
+    max_batch_size: int = 32  # replies decoded together in one model call
+    batch_window_ms: float = 10.0  # how long the first request waits for others to join
+    max_in_flight: int = 256  # requests accepted and not answered yet; beyond: 429
+    max_message_chars: int = 1000  # one user message; beyond: 413
+    max_persona_sentences: int = 10  # beyond: 413
+    max_persona_chars: int = 300  # one persona sentence; beyond: 413
+    max_history_kept: int = 200  # messages stored per session; older turns are dropped
+    max_body_bytes: int = 64 * 1024  # one request body; beyond: 413
+    max_reply_tokens: int = 64  # upper bound of max_length
+    max_temperature: float = 2.0
+    max_top_k: int = 1000
+    max_repetition_penalty: float = 2.0
+    max_no_repeat_ngram_size: int = 6
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "api_key":
+                if value is not None and not value.strip():
+                    raise ValueError("api_key is empty: pass a non-empty key or none at all")
+                continue
+            low = 0 if f.name == "batch_window_ms" else 1
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
+                raise ValueError(f"--{f.name.replace('_', '-')} must be a number >= {low}, "
+                                 f"got {value!r}")
+        if self.max_history_kept < 2:
+            raise ValueError("--max-history-kept must be at least 2 (one message and its reply)")
+
+    def public(self) -> dict:
+        """The limits and bounds (never the API key), for /health and the chat page."""
+        return {k: v for k, v in asdict(self).items() if k != "api_key"}
+
+
+def clean_text(text: str, settings: ServeSettings) -> str:
+    """The user's message without surrounding whitespace; refused if empty or too long."""
+    text = text.strip()
+    if not text:
+        raise RequestError(422, "empty_text", "text is empty: send a message with some words")
+    if len(text) > settings.max_message_chars:
+        raise limit_error(413, "max_message_chars", settings.max_message_chars,
+                          f"text has {len(text)} characters, more than the server allows")
+    return text
+
+
+def clean_personality(sentences: list[str], settings: ServeSettings) -> list[str]:
+    """Persona sentences without surrounding whitespace; refused if empty or too large."""
+    cleaned = [s.strip() for s in sentences]
+    for i, sentence in enumerate(cleaned):
+        if not sentence:
+            raise RequestError(422, "empty_persona_sentence",
+                               f"personality[{i}] is empty: remove it or write a sentence")
+        if len(sentence) > settings.max_persona_chars:
+            raise limit_error(413, "max_persona_chars", settings.max_persona_chars,
+                              f"personality[{i}] has {len(sentence)} characters")
+    if len(cleaned) > settings.max_persona_sentences:
+        raise limit_error(413, "max_persona_sentences", settings.max_persona_sentences,
+                          f"personality has {len(cleaned)} sentences")
+    return cleaned
+
+
+def option_bounds(settings: ServeSettings) -> dict[str, tuple[float, float]]:
+    """Inclusive (low, high) of each numeric option a request may set."""
+    return {
+        "max_length": (1, settings.max_reply_tokens),
+        "min_length": (0, settings.max_reply_tokens),
+        "temperature": (0.01, settings.max_temperature),
+        "top_p": (0.0, 1.0),
+        "top_k": (0, settings.max_top_k),
+        "repetition_penalty": (1.0, settings.max_repetition_penalty),
+        "no_repeat_ngram_size": (0, settings.max_no_repeat_ngram_size),
+    }
+
+
+def server_defaults(model_defaults: DecodingOptions, settings: ServeSettings) -> DecodingOptions:
+    """The model's decoding options, brought within the server's bounds."""
+    max_length = min(model_defaults.max_length, settings.max_reply_tokens)
+    return replace(model_defaults, max_length=max_length,
+                   min_length=min(model_defaults.min_length, max_length),
+                   temperature=min(max(model_defaults.temperature, 0.01),
+                                   settings.max_temperature))
+
+
+def decoding_options(requested: dict[str, Any] | None, defaults: DecodingOptions,
+                     settings: ServeSettings) -> DecodingOptions:
+    """``defaults`` with the request's options applied, each checked against its bound.
+
+    An option out of bounds is refused (422 naming the option and its range) rather than
+    silently clamped: a client asking for 500 tokens should learn it gets at most 64.
+    """
+    requested = {k: v for k, v in (requested or {}).items() if v is not None}
+    unknown = sorted(set(requested) - set(REQUEST_OPTIONS))
+    if unknown:
+        raise RequestError(422, "unknown_option",
+                           f"unknown decoding option(s) {', '.join(unknown)}; "
+                           f"allowed: {', '.join(REQUEST_OPTIONS)}")
+    bounds = option_bounds(settings)
+    for name, value in requested.items():
+        if name == "do_sample":
+            if not isinstance(value, bool):
+                raise RequestError(422, "invalid_option", "do_sample must be true or false",
+                                   option=name)
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RequestError(422, "invalid_option", f"{name} must be a number", option=name)
+        low, high = bounds[name]
+        if not low <= value <= high:
+            raise RequestError(422, "option_out_of_bounds",
+                               f"{name}={value} is outside the server's bounds [{low}, {high}]",
+                               option=name, min=low, max=high)
+    options = replace(defaults, **requested)
+    if options.min_length > options.max_length:
+        raise RequestError(422, "option_out_of_bounds",
+                           f"min_length={options.min_length} is more than "
+                           f"max_length={options.max_length}", option="min_length",
+                           min=0, max=options.max_length)
+    return options

@@ -1,0 +1,207 @@
+"""Sessions in SQLite: a persona and the messages of one conversation, kept across restarts.
+
+A turn (the user's message and the bot's reply) is written in one transaction after the reply
+exists, so the stored history always alternates user, bot, user, bot: a server killed while
+decoding loses only the turn it had not finished (the client got no reply either and can send
+it again), and never leaves a message without its reply. A message may carry the client's own
+id (``client_id``); sending it again returns the stored turn instead of a second one, so a
+client that retries after a lost connection never duplicates a message.
+
+WAL journal (readers never wait for the writer) and ``synchronous=FULL``: a turn is on disk
+before its reply is sent, so it survives a crash of the machine, not only of the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    personality TEXT NOT NULL,          -- JSON list of sentences
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,               -- 1, 2, 3… within the session, never reused
+    role TEXT NOT NULL CHECK (role IN ('user', 'bot')),
+    text TEXT NOT NULL,
+    client_id TEXT,                     -- the client's id of a user message (retries)
+    created_at REAL NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_client_id
+    ON messages(session_id, client_id) WHERE client_id IS NOT NULL;
+"""
+
+
+class StoreError(Exception):
+    """The session database cannot be opened or used; the message says which file and why."""
+
+
+class SessionNotFound(KeyError):
+    """No session with this id (never created, or deleted)."""
+
+
+@dataclass(frozen=True)
+class Message:
+    seq: int
+    role: str  # "user" or "bot"
+    text: str
+    created_at: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str
+    personality: list[str]
+    messages: list[Message]
+    created_at: float
+    updated_at: float
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "personality": self.personality,
+                "messages": [m.to_json() for m in self.messages],
+                "created_at": self.created_at, "updated_at": self.updated_at}
+
+
+class SessionStore:
+    """Sessions and their messages in one SQLite file (created on first use).
+
+    Two connections: writes go through one (from worker threads), reads through the other.
+    In WAL mode a reader sees the last committed state without waiting for a writer, so the
+    web app reads directly on its event loop (a read takes well under a millisecond) and only
+    sends writes, which wait for the disk, to a thread.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = self._connect()
+            self._db.execute("PRAGMA journal_mode=WAL")
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path} was written by a newer personachat (schema "
+                                 f"{version}); upgrade personachat or pass another --db")
+            self._db.executescript(SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._reader = self._connect()
+        except (sqlite3.Error, OSError) as err:
+            raise StoreError(f"cannot open the session database {self.path}: {err}; pass a "
+                             f"writable file with --db PATH") from err
+        self._lock = threading.Lock()  # one writer at a time on the write connection
+        self._read_lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0,
+                             isolation_level=None)  # explicit transactions below
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
+
+    def close(self) -> None:
+        with self._lock, self._read_lock:
+            self._reader.close()
+            self._db.close()
+
+    # ------------------------------------------------------------------ sessions
+    def create(self, session_id: str, personality: list[str]) -> Session:
+        now = time.time()
+        with self._lock:
+            self._db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)",
+                             (session_id, json.dumps(personality, ensure_ascii=False), now, now))
+        return Session(session_id, list(personality), [], now, now)
+
+    def get(self, session_id: str, last: int | None = None) -> Session:
+        """The session with all its kept messages (or only the ``last`` ones), oldest first."""
+        with self._read_lock:
+            self._reader.execute("BEGIN")  # one snapshot for the session and its messages
+            try:
+                row = self._reader.execute("SELECT personality, created_at, updated_at FROM "
+                                           "sessions WHERE id = ?", (session_id,)).fetchone()
+                rows = [] if row is None else self._reader.execute(
+                    "SELECT seq, role, text, created_at FROM messages WHERE session_id = ? "
+                    "ORDER BY seq DESC LIMIT ?", (session_id, -1 if last is None else last),
+                ).fetchall()
+            finally:
+                self._reader.execute("COMMIT")
+        if row is None:
+            raise SessionNotFound(session_id)
+        return Session(session_id, json.loads(row[0]), [Message(*r) for r in reversed(rows)],
+                       row[1], row[2])
+
+    def set_personality(self, session_id: str, personality: list[str]) -> Session:
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE sessions SET personality = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(personality, ensure_ascii=False), time.time(), session_id))
+            if cursor.rowcount == 0:
+                raise SessionNotFound(session_id)
+        return self.get(session_id)
+
+    def delete(self, session_id: str) -> None:
+        with self._lock:
+            cursor = self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+            if cursor.rowcount == 0:
+                raise SessionNotFound(session_id)
+
+    def count(self) -> int:
+        with self._read_lock:
+            return self._reader.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
+
+    # ------------------------------------------------------------------ turns
+    def find_turn(self, session_id: str, client_id: str) -> tuple[Message, Message] | None:
+        """The stored turn whose user message carried ``client_id`` (a retried request)."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT m.seq, m.role, m.text, m.created_at FROM messages AS u "
+                "JOIN messages AS m ON m.session_id = u.session_id "
+                "AND m.seq IN (u.seq, u.seq + 1) "
+                "WHERE u.session_id = ? AND u.client_id = ? ORDER BY m.seq",
+                (session_id, client_id)).fetchall()
+        if len(rows) != 2:  # none, or pruned by max_history_kept
+            return None
+        return Message(*rows[0]), Message(*rows[1])
+
+    def append_turn(self, session_id: str, text: str, reply: str, keep: int,
+                    client_id: str | None = None) -> tuple[Message, Message]:
+        """Store the user's message and the bot's reply together; keep the last ``keep``
+        messages of the session (whole turns: an odd ``keep`` keeps one less)."""
+        now = time.time()
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                if self._db.execute("SELECT 1 FROM sessions WHERE id = ?",
+                                    (session_id,)).fetchone() is None:
+                    raise SessionNotFound(session_id)
+                last = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM messages "
+                                        "WHERE session_id = ?", (session_id,)).fetchone()[0]
+                user = Message(last + 1, "user", text, now)
+                bot = Message(last + 2, "bot", reply, now)
+                self._db.executemany(
+                    "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)",
+                    [(session_id, user.seq, "user", text, client_id, now),
+                     (session_id, bot.seq, "bot", reply, None, now)])
+                keep -= keep % 2
+                self._db.execute("DELETE FROM messages WHERE session_id = ? AND seq <= ?",
+                                 (session_id, bot.seq - keep))
+                self._db.execute("UPDATE sessions SET updated_at = ? WHERE id = ?",
+                                 (now, session_id))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        return user, bot
