@@ -390,12 +390,20 @@ def checkpoint_bytes(model, with_optimizer: bool) -> int:
 
 
 def check_output_writable(output_dir: str | os.PathLike) -> None:
-    """Create output_dir and write a file in it, or raise CheckpointError saying why."""
+    """Write a file in output_dir, or raise CheckpointError saying why. Folders created for
+    the test are removed again: a run that then fails on its data leaves nothing behind."""
     root = Path(output_dir)
+    created = []
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        created.append(probe)
+        probe = probe.parent
     try:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
             pass
+        for folder in created:  # deepest first
+            folder.rmdir()
     except OSError as err:
         raise CheckpointError(
             f"output_dir {str(root)!r} is not writable ({err.strerror or err}); choose "

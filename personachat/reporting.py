@@ -59,7 +59,8 @@ EVAL_SCORES = ("eval_hits@1", "eval_f1_score", "eval_persona_accuracy", "eval_pe
 
 def plot_curves(curves: dict[str, list], history: dict[str, list],
                 path: str | os.PathLike) -> Path | None:
-    """Draw the run so far into ``path`` (PNG): four panels sharing the step axis.
+    """Draw the run so far into ``path`` (PNG), panels sharing the step axis: training
+    losses and learning rate / gradient norm, plus evaluation losses and scores if any.
 
     ``curves`` holds per-step training values (``step``, ``loss``, ``lm_loss``, ``mc_loss``,
     ``lr``, ``grad_norm``); ``history`` the evaluation results (``eval_global_step`` and
@@ -73,36 +74,34 @@ def plot_curves(curves: dict[str, list], history: dict[str, list],
     matplotlib.use("Agg")  # files only: no display, no GUI toolkit
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
-    (ax_loss, ax_eval), (ax_score, ax_lr) = axes
+    eval_steps = history.get("eval_global_step") or []
+    def drawn(keys: tuple[str, ...]) -> list[str]:
+        return [k for k in keys if eval_steps and len(history.get(k) or []) == len(eval_steps)]
+
+    eval_losses, eval_scores = drawn(EVAL_LOSSES), drawn(EVAL_SCORES)
+    if eval_steps:
+        fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+        (ax_loss, ax_eval), (ax_score, ax_lr) = axes
+        bottom = axes[1]
+    else:  # no evaluation during training: two panels, no empty ones
+        fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
+        bottom = (ax_loss, ax_lr)
     for key, color in (("loss", "tab:blue"), ("lm_loss", "tab:orange"), ("mc_loss", "tab:green")):
         values = curves.get(key) or []
         if len(values) == len(steps):
             ax_loss.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
             ax_loss.plot(steps, ema(values), color=color, label=f"{key} (smoothed)")
-    ax_loss.set_title("training loss")
+    ax_loss.set_title("training loss" + ("" if eval_steps else
+                                         " (no evaluation during training)"))
     ax_loss.legend(fontsize=8)
-
-    eval_steps = history.get("eval_global_step") or []
-    drew_eval = drew_score = False
-    for key in EVAL_LOSSES:
-        values = history.get(key) or []
-        if eval_steps and len(values) == len(eval_steps):
-            ax_eval.plot(eval_steps, values, marker="o", label=key.removeprefix("eval_"))
-            drew_eval = True
-    for key in EVAL_SCORES:
-        values = history.get(key) or []
-        if eval_steps and len(values) == len(eval_steps):
-            ax_score.plot(eval_steps, values, marker="o", label=key.removeprefix("eval_"))
-            drew_score = True
-    for ax, drew, title in ((ax_eval, drew_eval, "evaluation loss"),
-                            (ax_score, drew_score, "evaluation scores")):
-        ax.set_title(title)
-        if drew:
-            ax.legend(fontsize=8)
-        else:
-            ax.text(0.5, 0.5, "no evaluation during training\n(evaluate_during_training)",
-                    ha="center", va="center", transform=ax.transAxes, color="gray")
+    if eval_steps:
+        for ax, keys, title in ((ax_eval, eval_losses, "evaluation loss"),
+                                (ax_score, eval_scores, "evaluation scores")):
+            for key in keys:
+                ax.plot(eval_steps, history[key], marker="o", label=key.removeprefix("eval_"))
+            ax.set_title(title)
+            if keys:
+                ax.legend(fontsize=8)
 
     lr = curves.get("lr") or []
     if len(lr) == len(steps):
@@ -114,10 +113,11 @@ def plot_curves(curves: dict[str, list], history: dict[str, list],
         ax_norm = ax_lr.twinx()
         ax_norm.plot(steps, norm, color="tab:red", alpha=0.5, linewidth=0.8)
         ax_norm.set_ylabel("gradient norm (before clipping)", color="tab:red")
-    for ax in axes[1]:
+    for ax in bottom:
         ax.set_xlabel("optimizer step")
     # Fixed margins: tight_layout measures every label and would double the drawing time.
-    fig.subplots_adjust(left=0.07, right=0.93, bottom=0.08, top=0.95, wspace=0.28, hspace=0.22)
+    fig.subplots_adjust(left=0.07, right=0.93, bottom=0.08 if eval_steps else 0.14,
+                        top=0.95 if eval_steps else 0.91, wspace=0.28, hspace=0.22)
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     try:
@@ -225,8 +225,9 @@ def write_report(output_dir: str | os.PathLike, *, model: str, device: str, args
     lines = ["# Training report", "",
              f"- status: **{status}**",
              f"- model: `{model}` on {device}",
-             f"- finished: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime())}, "
-             f"{seconds:.0f} s in all ({history.get('train_seconds', 0.0):.0f} s training)",
+             f"- finished: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime())}; this run "
+             f"{seconds:.0f} s, training {history.get('train_seconds', 0.0):.0f} s in all "
+             "(resumed parts included)",
              f"- output: `{out}`", "", "## Data", ""]
     lines += [f"- {key}: {_cell(value)}" for key, value in data.items()]
     lines += ["", "## Final metrics", ""]

@@ -387,7 +387,8 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
             # point (so multi-process resumes are reproducible, not bit-equal to no resume).
             seed = (args.manual_seed or 0) + ctx.rank + 7919 * state.global_step
             restore_rng = partial(torch.manual_seed, seed)
-        adopt_learning_rate(optimizer, scheduler, args.learning_rate, ctx.is_main and not args.silent)
+        adopt_learning_rate(optimizer, scheduler, args.learning_rate,
+                            announce=ctx.is_main and not args.silent)
         if ctx.is_main:
             checkpoints.remove_temp_folders(out)
             later = (checkpoints.checkpoints_after(out, resume_from)

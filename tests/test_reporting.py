@@ -73,7 +73,7 @@ def test_report_has_config_data_counts_time_final_metrics_and_the_curves(run):
     report = (out / "report.md").read_text()
     assert "- status: **finished**" in report
     assert "- train dialogs: 12" in report and "- train examples (utterances): 24" in report
-    assert "s training)" in report
+    assert "s in all (resumed parts included)" in report
     assert f"| train_loss | {details['train_loss'][-1]:.4g} |" in report
     assert "| eval_hits@1 |" in report
     assert "![training curves](training_curves.png)" in report
