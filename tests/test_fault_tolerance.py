@@ -24,7 +24,7 @@ from personachat import ConvAIModel, checkpoints, cli
 from personachat.args import ArgsError
 from personachat.modeling import ModelLoadError
 from personachat.scratch import ScratchConfig, build_scratch_checkpoint
-from personachat.training import TrainingError, TrainingObjective
+from personachat.training import StopOnSignal, TrainingError, TrainingObjective
 
 from .conftest import make_dialogs
 
@@ -146,6 +146,18 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_as_the_
     model.train_model(data, resume_from_checkpoint=True)
     assert_same_weights(load_file(str(out / "model.safetensors")), reference)
     assert not list(out.glob(".checkpoint-*"))  # the cut-off save was cleaned away
+
+
+def test_sigterm_is_turned_into_a_stop_request_and_a_second_one_is_not():
+    before = signal.getsignal(signal.SIGTERM)
+    with StopOnSignal(announce=False) as stop:
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)  # the handler runs between bytecodes
+        assert stop.requested == "SIGTERM"
+        # The first signal restored the previous handler, so a second would stop at once.
+        assert signal.getsignal(signal.SIGTERM) == before
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_same_seed_same_data_gives_the_same_loss_sequence(tiny_checkpoint, dialogs_file,
