@@ -152,7 +152,10 @@ def scratch_model(settings: dict, args: ConvAIArgs) -> str:
         print(f"Building a small GPT-2 ({config.n_layer} layers, {config.n_embd} wide, "
               f"vocabulary {config.vocab_size}) with a tokenizer trained on "
               f"{settings['train_file']} → {folder}")
-        build_scratch_checkpoint(folder, dialog_texts(dialogs), config)
+        if config.pretrain_steps:
+            print(f"Pretraining it as a language model on the training dialogs for "
+                  f"{config.pretrain_steps} steps (see personachat/pretrain.py)")
+        build_scratch_checkpoint(folder, dialog_texts(dialogs), config, dialogs=dialogs)
     return str(folder)
 
 

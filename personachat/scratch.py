@@ -9,7 +9,7 @@ weights, and both are saved as an ordinary folder. Everything downstream then lo
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,6 +33,11 @@ class ScratchConfig:
     dropout: float = 0.0
     activation_function: str = "gelu_pytorch_tanh"
     seed: int = 0
+    # A short LM pretraining on the training dialogs (see ``pretrain``): what gives the
+    # scratch model the copying a real GPT-2 brings from its own pretraining. 0: none.
+    pretrain_steps: int = 0
+    pretrain_batch_size: int = 16
+    pretrain_learning_rate: float = 2e-3
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int):
@@ -62,8 +67,11 @@ def dialog_texts(dialogs: Iterable[dict]) -> Iterable[str]:
 
 
 def build_scratch_checkpoint(output_dir: str | os.PathLike, texts: Iterable[str],
-                             config: ScratchConfig = ScratchConfig()) -> Path:
-    """Write a random-weight GPT2DoubleHeadsModel + trained tokenizer to output_dir."""
+                             config: ScratchConfig = ScratchConfig(),
+                             dialogs: Sequence[dict] | None = None,
+                             silent: bool = False) -> Path:
+    """Write a GPT2DoubleHeadsModel + tokenizer trained on ``texts`` to output_dir: random
+    weights, or with ``config.pretrain_steps`` LM-pretrained on ``dialogs`` first."""
     from transformers import GPT2Config, GPT2DoubleHeadsModel
 
     tokenizer = train_tokenizer(texts, config.vocab_size)
@@ -77,5 +85,13 @@ def build_scratch_checkpoint(output_dir: str | os.PathLike, texts: Iterable[str]
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     model = GPT2DoubleHeadsModel(gpt2_config)
+    if config.pretrain_steps > 0:
+        if not dialogs:
+            raise ValueError("pretrain_steps > 0 needs the training dialogs to pretrain on")
+        from .pretrain import pretrain_language_model
+
+        pretrain_language_model(model, tokenizer, dialogs, config.pretrain_steps,
+                                config.pretrain_batch_size, config.pretrain_learning_rate,
+                                seed=config.seed, silent=silent)
     model.config.scratch = asdict(config)
     return save_pretrained_atomic(output_dir, model, tokenizer)
