@@ -12,6 +12,7 @@ import json
 import signal
 import socket
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 from personachat import ConvAIModel
 from personachat.cli import main
 from personachat.serve.settings import ServeSettings
+from personachat.serve.store import SessionNotFound, SessionStore, Turn
 
 from .serve_helpers import PERSONAS, ThreadServer, model_with_personas
 
@@ -387,6 +389,35 @@ def test_small_load_has_no_errors_and_complete_ordered_histories(server):
                                   options={"max_length": 4, "min_length": 4}, headers=AUTH))
     assert result.errors == [] and result.history_errors == []
     assert result.replies == 24
+
+
+def test_stopping_the_server_finishes_and_stores_the_replies_in_progress(model, tmp_path):
+    db = tmp_path / "stop.sqlite3"
+    with ThreadServer(model, db, ServeSettings(batch_window_ms=300)) as server, \
+            ThreadPoolExecutor(1) as pool:
+        session_id = httpx.post(server.url + "/v1/sessions").json()["id"]
+        pending = pool.submit(httpx.post, f"{server.url}/v1/sessions/{session_id}/messages",
+                              json={"text": "goodbye"}, timeout=30)
+        time.sleep(0.1)  # the message now waits in the collection window
+        server.server.should_exit = True
+        assert pending.result().status_code == 200
+    store = SessionStore(db)
+    assert [m.text for m in store.get(session_id).messages][:1] == ["goodbye"]
+    store.close()
+
+
+def test_turns_stored_together_stand_alone(tmp_path):
+    store = SessionStore(tmp_path / "turns.sqlite3")
+    store.create("session-a-0123456789", ["i am a.", "x"])
+    store.create("session-b-0123456789", ["i am b."])
+    store.delete("session-b-0123456789")
+    results = store.append_turns([Turn("session-a-0123456789", "hi", "hello"),
+                                  Turn("session-b-0123456789", "hi", "hello"),
+                                  Turn("session-a-0123456789", "again", "yes")], keep=10)
+    assert isinstance(results[1], SessionNotFound)
+    assert [(m.seq, m.text) for m in store.get("session-a-0123456789").messages] == [
+        (1, "hi"), (2, "hello"), (3, "again"), (4, "yes")]
+    store.close()
 
 
 # ---------------------------------------------------------------------- the CLI, restarts

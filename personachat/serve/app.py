@@ -24,8 +24,9 @@ import json
 import logging
 import re
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ from .settings import (
     limit_error,
     server_defaults,
 )
-from .store import Session, SessionNotFound, SessionStore
+from .store import Message, Session, SessionNotFound, SessionStore, Turn
 
 log = logging.getLogger("personachat.serve")
 STATIC = Path(__file__).parent / "static"
@@ -109,6 +110,56 @@ class KeyedLocks:
                 del self._locks[key]
 
 
+class TurnWriter:
+    """Stores finished turns; those that finish together go in one transaction.
+
+    The turns of a batch all finish at the same moment; stored one by one, each would wait
+    for the disk syncs of the others (about 3 ms each), and the clients of a batch of 32
+    would come back 0.1 s apart instead of together.
+    """
+
+    def __init__(self, store: SessionStore, keep: int) -> None:
+        self.store, self.keep = store, keep
+        self._pending: list[tuple[Turn, asyncio.Future]] = []
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="personachat-turn-writer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+
+    async def write(self, turn: Turn) -> tuple[Message, Message]:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((turn, future))
+        self._wakeup.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            while not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            group, self._pending = self._pending, []
+            try:
+                results = await asyncio.to_thread(self.store.append_turns,
+                                                  [turn for turn, _ in group], self.keep)
+            except Exception as err:  # the database failed: every waiting turn learns why
+                results = [err] * len(group)
+            for (_, future), result in zip(group, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+
 class ChatService:
     """Sessions, turns and limits; the routes below are thin wrappers around it."""
 
@@ -117,6 +168,7 @@ class ChatService:
         self.defaults = server_defaults(DecodingOptions.from_args(model.args), settings)
         self.batcher = Batcher(model.generate_replies, settings.max_batch_size,
                                settings.batch_window_ms / 1000)
+        self.writer = TurnWriter(store, settings.max_history_kept)
         self.locks = KeyedLocks()
         self.turns: set[asyncio.Task] = set()
         self.in_flight = 0
@@ -224,8 +276,14 @@ class ChatService:
             if events is not None:
                 on_token = token_forwarder(asyncio.get_running_loop(), events)
             reply = await self.batcher.reply(session.personality, history, options, on_token)
-            user, bot = await self._write(self.store.append_turn, session_id, text, reply,
-                                          self.settings.max_history_kept, client_id)
+            try:
+                user, bot = await self.writer.write(Turn(session_id, text, reply, client_id))
+            except SessionNotFound:  # deleted while the reply was being decoded
+                raise not_found(session_id) from None
+            except sqlite3.IntegrityError:
+                raise RequestError(409, "duplicate_client_id",
+                                   "a message with this client_id is already stored in this "
+                                   "session; send a new client_id for a new message") from None
             return turn_json(user, bot, options, replayed=False)
 
     async def drain(self) -> None:
@@ -388,9 +446,11 @@ def create_app(model, store: SessionStore, settings: ServeSettings | None = None
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         service.batcher.start()
+        service.writer.start()
         yield
         await service.drain()
         await service.batcher.stop()
+        await service.writer.stop()
 
     app = FastAPI(title="personachat", lifespan=lifespan,
                   description="Chat with a persona bot: sessions stored in SQLite, replies "
@@ -422,9 +482,9 @@ def create_app(model, store: SessionStore, settings: ServeSettings | None = None
         return Response(status_code=204)
 
     @v1.post("/sessions/{session_id}/messages", summary="Send a message, get the reply")
-    async def post_message(session_id: str, body: MessageBody) -> dict:
+    async def post_message(session_id: str, body: MessageBody) -> JSONResponse:
         task = await service.start_turn(session_id, body)
-        return await asyncio.shield(task)  # a disconnect does not cancel the turn
+        return JSONResponse(await asyncio.shield(task))  # a disconnect does not cancel it
 
     @v1.post("/sessions/{session_id}/messages/stream", response_class=StreamingResponse,
              summary="Send a message, get the reply as server-sent events",

@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 SCHEMA_VERSION = 1
@@ -59,7 +59,18 @@ class Message:
     created_at: float
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {"seq": self.seq, "role": self.role, "text": self.text,
+                "created_at": self.created_at}
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A user message and the bot's reply, to be stored together."""
+
+    session_id: str
+    text: str
+    reply: str
+    client_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -179,29 +190,51 @@ class SessionStore:
                     client_id: str | None = None) -> tuple[Message, Message]:
         """Store the user's message and the bot's reply together; keep the last ``keep``
         messages of the session (whole turns: an odd ``keep`` keeps one less)."""
-        now = time.time()
+        result = self.append_turns([Turn(session_id, text, reply, client_id)], keep)[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def append_turns(self, turns: list[Turn], keep: int
+                     ) -> list[tuple[Message, Message] | Exception]:
+        """Store many turns in one transaction, so one disk sync covers them all (the turns
+        of a batch finish together). Each turn stands alone: one whose session was deleted
+        meanwhile gets its exception in the returned list and the others are stored."""
+        results: list[tuple[Message, Message] | Exception] = []
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                if self._db.execute("SELECT 1 FROM sessions WHERE id = ?",
-                                    (session_id,)).fetchone() is None:
-                    raise SessionNotFound(session_id)
-                last = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM messages "
-                                        "WHERE session_id = ?", (session_id,)).fetchone()[0]
-                user = Message(last + 1, "user", text, now)
-                bot = Message(last + 2, "bot", reply, now)
-                self._db.executemany(
-                    "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)",
-                    [(session_id, user.seq, "user", text, client_id, now),
-                     (session_id, bot.seq, "bot", reply, None, now)])
-                keep -= keep % 2
-                self._db.execute("DELETE FROM messages WHERE session_id = ? AND seq <= ?",
-                                 (session_id, bot.seq - keep))
-                self._db.execute("UPDATE sessions SET updated_at = ? WHERE id = ?",
-                                 (now, session_id))
+                for turn in turns:
+                    self._db.execute("SAVEPOINT turn")
+                    try:
+                        results.append(self._insert_turn(turn, keep))
+                    except (SessionNotFound, sqlite3.IntegrityError) as err:
+                        self._db.execute("ROLLBACK TO turn")
+                        results.append(err)
+                    self._db.execute("RELEASE turn")
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+        return results
+
+    def _insert_turn(self, turn: Turn, keep: int) -> tuple[Message, Message]:
+        now = time.time()
+        if self._db.execute("SELECT 1 FROM sessions WHERE id = ?",
+                            (turn.session_id,)).fetchone() is None:
+            raise SessionNotFound(turn.session_id)
+        last = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM messages "
+                                "WHERE session_id = ?", (turn.session_id,)).fetchone()[0]
+        user = Message(last + 1, "user", turn.text, now)
+        bot = Message(last + 2, "bot", turn.reply, now)
+        self._db.executemany(
+            "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)",
+            [(turn.session_id, user.seq, "user", turn.text, turn.client_id, now),
+             (turn.session_id, bot.seq, "bot", turn.reply, None, now)])
+        keep -= keep % 2
+        self._db.execute("DELETE FROM messages WHERE session_id = ? AND seq <= ?",
+                         (turn.session_id, bot.seq - keep))
+        self._db.execute("UPDATE sessions SET updated_at = ? WHERE id = ?",
+                         (now, turn.session_id))
         return user, bot
