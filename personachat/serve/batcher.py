@@ -2,9 +2,10 @@
 
 Decoding 32 replies together costs little more than decoding one (the model's weights are read
 once per step for the whole batch), so under load the server answers many sessions per model
-call instead of queueing them one by one. The first request waits up to ``window_s`` for
-others to join (or until ``max_batch_size`` are there); the batch then runs in a worker thread,
-and requests arriving meanwhile form the next batch. Requests with different decoding options
+call instead of queueing them one by one. The first request waits for others to join as
+long as they keep coming (each within ``window_s`` of the last, ``MAX_WINDOWS`` windows at
+most) or until ``max_batch_size`` are there; the batch then runs in a worker thread, and
+requests arriving meanwhile form the next batch. Requests with different decoding options
 cannot share a decoding loop, so a gathered batch is split into one call per set of options.
 
 The event loop never runs the model: it only collects requests and hands results back.
