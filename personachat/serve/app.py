@@ -27,6 +27,7 @@ import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..generation import DecodingOptions
+from ..modeling import context_size
 from .batcher import Batcher
 from .settings import (
     RequestError,
@@ -164,6 +166,11 @@ class ChatService:
     """Sessions, turns and limits; the routes below are thin wrappers around it."""
 
     def __init__(self, model, store: SessionStore, settings: ServeSettings) -> None:
+        room = context_size(model.model) - 16  # a reply must leave room for the conversation
+        if settings.max_reply_tokens > room:
+            log.warning("max_reply_tokens lowered to %d: the model's context is %d tokens",
+                        max(1, room), room + 16)
+            settings = replace(settings, max_reply_tokens=max(1, room))
         self.model, self.store, self.settings = model, store, settings
         self.defaults = server_defaults(DecodingOptions.from_args(model.args), settings)
         self.batcher = Batcher(model.generate_replies, settings.max_batch_size,
@@ -513,7 +520,7 @@ def create_app(model, store: SessionStore, settings: ServeSettings | None = None
     async def health() -> dict:
         return {"status": "ok", "model": Path(str(model.args.model_name)).name,
                 "in_flight": service.in_flight,
-                "batching": service.batcher.stats.to_json(), "limits": settings.public(),
+                "batching": service.batcher.stats.to_json(), "limits": service.settings.public(),
                 "api_key_required": settings.api_key is not None,
                 "default_options": {k: getattr(service.defaults, k)
                                     for k in Options.model_fields}}

@@ -2,10 +2,10 @@
 
 Decoding 32 replies together costs little more than decoding one (the model's weights are read
 once per step for the whole batch), so under load the server answers many sessions per model
-call instead of queueing them one by one. The first request waits for others to join as
-long as they keep coming (each within ``window_s`` of the last, ``MAX_WINDOWS`` windows at
-most) or until ``max_batch_size`` are there; the batch then runs in a worker thread, and
-requests arriving meanwhile form the next batch. Requests with different decoding options
+call instead of queueing them one by one. A request waits at most ``window_s`` after its
+arrival for others to join (less once ``max_batch_size`` are there); the batch then runs in a
+worker thread, and the requests arriving meanwhile form the next batch, which starts as soon
+as the model is free. Requests with different decoding options
 cannot share a decoding loop, so a gathered batch is split into one call per set of options.
 
 The event loop never runs the model: it only collects requests and hands results back.
@@ -26,7 +26,6 @@ from ..generation import DecodingOptions
 
 Conversation = tuple[list[str], list[str]]  # (personality, history ending with the message)
 # ConvAIModel.generate_replies(conversations, options, on_token) -> replies
-MAX_WINDOWS = 4  # the longest a request waits for others: 4 collection windows
 GenerateFn = Callable[[Sequence[Conversation], DecodingOptions,
                        Callable[[int, str], None] | None], list[str]]
 
@@ -37,6 +36,7 @@ class Job:
     options: DecodingOptions
     future: asyncio.Future
     on_token: Callable[[str], None] | None = None  # called in the worker thread
+    arrived: float = 0.0  # event-loop time
 
 
 @dataclass
@@ -108,8 +108,8 @@ class Batcher:
                     on_token: Callable[[str], None] | None = None) -> str:
         if self._task is None or self._task.done():
             raise RuntimeError("the batcher is not running (call start() in the event loop)")
-        job = Job((personality, history), options, asyncio.get_running_loop().create_future(),
-                  on_token)
+        loop = asyncio.get_running_loop()
+        job = Job((personality, history), options, loop.create_future(), on_token, loop.time())
         self._pending.append(job)
         self._wakeup.set()
         return await job.future
@@ -120,13 +120,13 @@ class Batcher:
             while not self._pending:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            # Collection window: while requests keep arriving (each within window_s of the
-            # last) and the batch is not full, wait for more, up to MAX_WINDOWS windows in all.
-            # Under load this lets the clients answered by the previous batch join the next
-            # one instead of splitting the load into ever smaller batches.
-            cap = loop.time() + MAX_WINDOWS * self.window_s
+            # Collection window: the oldest request waits at most window_s since it arrived.
+            # When the model was idle that gathers requests arriving together; under load the
+            # requests queued during the previous batch have waited long enough already, so
+            # the next batch starts at once and the model never idles while work is queued.
+            deadline = self._pending[0].arrived + self.window_s
             while len(self._pending) < self.max_batch_size:
-                remaining = min(loop.time() + self.window_s, cap) - loop.time()
+                remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
                 self._wakeup.clear()
