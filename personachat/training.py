@@ -434,8 +434,9 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
         if args.no_save or not ctx.is_main:
             return None
         resumable = args.save_optimizer_and_scheduler if resumable is None else resumable
-        if last_checkpoint["at"] == (position(), resumable or last_checkpoint["resumable"]):
-            return last_checkpoint["path"]
+        if last_checkpoint["at"] == position() and (last_checkpoint["resumable"]
+                                                    or not resumable):
+            return last_checkpoint["path"]  # this very moment is saved already
         path = out / name
         state.train_seconds = time.perf_counter() - started
         try:
@@ -449,7 +450,7 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
                 f"could not write checkpoint {path} at step {state.global_step} ({err}); free "
                 f"disk space or choose another output_dir. The last complete checkpoint "
                 f"({previous}) is intact.") from err
-        last_checkpoint.update(path=path, at=(position(), resumable), resumable=resumable)
+        last_checkpoint.update(path=path, at=position(), resumable=resumable)
         rotate()
         return path
 
