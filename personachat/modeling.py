@@ -99,10 +99,39 @@ def fetch_finetuned_archive(name: str, target_root: str | os.PathLike = ".",
         # Archives hold the files either at the top level or inside one folder.
         entries = list(unpacked.iterdir())
         root = entries[0] if len(entries) == 1 and entries[0].is_dir() else unpacked
+        pickle_to_safetensors(root)
         os.replace(root, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def pickle_to_safetensors(folder: Path) -> None:
+    """Replace a known archive's ``pytorch_model.bin`` by ``model.safetensors``, once.
+
+    Only for the archives of ``FINETUNED_ARCHIVES`` (fixed, known URLs): their weights are
+    read with torch's restricted ``weights_only`` unpickler (tensors and plain containers
+    only) at download time, so that every later load is safetensors and the classic notebook
+    needs no ``trust_remote_pickle``. Tied tensors are stored as separate copies;
+    ``from_pretrained`` ties them again.
+    """
+    from safetensors.torch import save_file
+
+    source = folder / "pytorch_model.bin"
+    if not source.is_file() or (folder / "model.safetensors").exists():
+        return
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad archive
+        raise ModelLoadError(f"the downloaded weights in {source.name} cannot be read "
+                             f"as plain tensors ({err}); the archive is not the expected one"
+                             ) from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise ModelLoadError(f"the downloaded {source.name} is not a state dict of tensors")
+    save_file({k: v.detach().clone().contiguous() for k, v in state.items()},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    source.unlink()
 
 
 def load_tokenizer(model_type: str, name: str):

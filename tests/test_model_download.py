@@ -61,3 +61,29 @@ def test_offline_download_failure_says_what_to_do(tmp_path):
     with pytest.raises(ModelLoadError, match="by hand"):
         fetch_finetuned_archive("gpt_personachat_cache", tmp_path,
                                 url="http://127.0.0.1:9/model.tar.gz", timeout=5)
+
+
+def test_a_pickled_archive_becomes_safetensors_so_the_notebook_needs_no_trust(
+        serve, tiny_checkpoint, tmp_path):
+    """The classic archive ships pytorch_model.bin; after the download it loads as
+    safetensors without trust_remote_pickle (and no pickle is left on disk)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    root, base = serve
+    legacy = tmp_path / "legacy"
+    shutil.copytree(tiny_checkpoint, legacy)
+    state = load_file(legacy / "model.safetensors")
+    (legacy / "model.safetensors").unlink()
+    torch.save(state, legacy / "pytorch_model.bin")
+    with tarfile.open(root / "model.tar.gz", "w:gz") as tar:
+        tar.add(legacy, arcname="gpt_personachat_cache")
+
+    folder = fetch_finetuned_archive("gpt_personachat_cache", tmp_path / "models",
+                                     url=f"{base}/model.tar.gz")
+    assert (folder / "model.safetensors").is_file()
+    assert not (folder / "pytorch_model.bin").exists()
+    model, _ = load_model_and_tokenizer("gpt2", folder)  # no trust_remote_pickle needed
+    torch.testing.assert_close(model.transformer.wte.weight, state["transformer.wte.weight"])
