@@ -16,7 +16,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 
 from personachat import ConvAIModel
@@ -24,7 +23,11 @@ from personachat.cli import main
 from personachat.serve.settings import ServeSettings
 from personachat.serve.store import SessionNotFound, SessionStore, Turn
 
-from .serve_helpers import PERSONAS, ThreadServer, model_with_personas
+pytest.importorskip("fastapi", reason="the serve extra: pip install -e '.[test]'")
+pytest.importorskip("uvicorn", reason="the serve extra: pip install -e '.[test]'")
+httpx = pytest.importorskip("httpx", reason="the test extra: pip install -e '.[test]'")
+
+from .serve_helpers import PERSONAS, ThreadServer, model_with_personas  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from serve_load import run_load, start_server  # noqa: E402

@@ -13,7 +13,10 @@ import pytest
 from personachat import ConvAIModel
 from personachat.serve.settings import ServeSettings
 
-from .serve_helpers import ThreadServer, model_with_personas
+pytest.importorskip("fastapi", reason="the serve extra: pip install -e '.[test]'")
+pytest.importorskip("uvicorn", reason="the serve extra: pip install -e '.[test]'")
+
+from .serve_helpers import ThreadServer, model_with_personas  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
