@@ -98,6 +98,7 @@ def run_serve(model, options: argparse.Namespace, model_name: str) -> int:
     except ImportError as err:
         raise ServeError(f"personachat serve needs FastAPI and uvicorn ({err}); install them "
                          "with: pip install 'personachat[serve]'") from err
+    from ..conv_ai_model import PERSONAS_FILE
     from .store import SessionStore, StoreError
 
     settings = settings_from(options)
@@ -125,6 +126,10 @@ def run_serve(model, options: argparse.Namespace, model_name: str) -> int:
     print(f"personachat serve: http://{shown}:{port}/ (chat page), /docs (API); sessions in "
           f"{db}; batches of up to {settings.max_batch_size} on {model.device}"
           + ("; API key required" if settings.api_key else ""), flush=True)
+    if not (Path(model_name) / PERSONAS_FILE).is_file():
+        print(f"personachat serve: note: {model_name} has no {PERSONAS_FILE}, so a session "
+              "started without a personality draws one from Persona-Chat (downloaded once); "
+              "offline, send a personality", flush=True)
     if settings.api_key is None and host not in ("127.0.0.1", "::1", "localhost"):
         print(f"personachat serve: warning: listening on {host} without an API key: anyone "
               "who can reach this port can use the model; set --api-key",
