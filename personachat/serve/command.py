@@ -45,7 +45,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", help=f"session database (default: {DB_NAME} in the model "
                                      "folder, or in the current folder for a hub model)")
     parser.add_argument("--api-key", help=f"require this key on /v1 routes (default: the "
-                                          f"{API_KEY_ENV} environment variable, else none)")
+                                          f"{API_KEY_ENV} environment variable, else none; "
+                                          "the variable keeps the key out of `ps`)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for the model (default on a CPU: all cores but one, "
                              "which stays free for HTTP, JSON and SQLite)")
