@@ -262,8 +262,9 @@ def stop_server(process: subprocess.Popen) -> int:
 
 def measure(model: Path, workdir: Path, label: str, max_batch_size: int, args) -> dict:
     db = workdir / f"{label.replace(' ', '_')}.sqlite3"
+    extra = ["--threads", str(args.threads)] if args.threads else []
     process, url = start_server(model, db, "--max-batch-size", str(max_batch_size),
-                                "--batch-window-ms", str(args.window_ms))
+                                "--batch-window-ms", str(args.window_ms), *extra)
     try:
         options = {"max_length": args.reply_tokens, "min_length": args.reply_tokens}
         asyncio.run(run_load(url, clients=2, messages=2, options=options))  # warm-up
@@ -287,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="model folder (default: a random 4x128 GPT-2)")
     parser.add_argument("--n-layer", type=int, default=4)
     parser.add_argument("--n-embd", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="the server's model threads (default: its own, all cores but one)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
