@@ -476,14 +476,16 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
         reporting.plot_curves(state.curves, state.history, curves_path)
         last_drawn[0] = now
 
-    def samples(heading: str) -> None:
+    def samples(heading: str, fresh: bool = False) -> None:
         """The probe replies, with the random generators as they were (greedy decoding
-        should use none, but a resumed run must match an uninterrupted one regardless)."""
+        should use none, but a resumed run must match an uninterrupted one regardless).
+        ``fresh``: a new run starts the file anew (an overwritten output_dir keeps none of
+        an earlier run's samples)."""
         if on_epoch_end is None or not ctx.is_main:
             return
         plain, tensors = checkpoints.capture_rng_state()
         try:
-            on_epoch_end(heading)
+            on_epoch_end(heading, fresh=True) if fresh else on_epoch_end(heading)
         finally:
             checkpoints.restore_rng_state(plain, tensors)
             model.train()
@@ -518,7 +520,7 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
     # The last step of an epoch may hold fewer micro-batches; its loss is averaged over those.
     last_step_micro = epoch_micro - (steps_per_epoch - 1) * accumulation
     if resume_from is None:
-        samples("Before training (step 0)")
+        samples("Before training (step 0)", fresh=True)
     started = time.perf_counter() - state.train_seconds
     bars: list = []  # the current epoch's progress bar, for stop_now to close
     with StopOnSignal(announce=ctx.is_main and not args.silent) as stop:

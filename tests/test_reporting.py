@@ -126,3 +126,16 @@ def test_no_curves_before_the_first_step_and_evaluation_sections_keep_config_las
     text = (tmp_path / "report.md").read_text()
     assert text.index("## Evaluation: valid.json") < text.index("## Configuration")
     assert "| hits@1 | 0.5 |" in text
+
+
+def test_a_new_run_over_an_old_output_dir_starts_samples_afresh(tiny_checkpoint, tmp_path):
+    data = tmp_path / "dialogs.json"
+    data.write_text(json.dumps(make_dialogs()))
+    for _ in range(2):
+        model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False, args={
+            **ARGS, "num_train_epochs": 1, "output_dir": str(tmp_path / "out"),
+            "overwrite_output_dir": True})
+        model.train_model(data)
+    text = (tmp_path / "out" / "samples.md").read_text()
+    assert [line for line in text.splitlines() if line.startswith("## ")] == [
+        "## Before training (step 0)", "## After epoch 1 (step 3)"]
