@@ -53,6 +53,7 @@ from .training import (
 
 PERSONAS_FILE = "personas.json"
 MAX_SAVED_PERSONAS = 1000
+CHAT_ENCODER_ENTRIES = 20_000  # strings whose token ids the chat path keeps
 
 
 class ConvAIModel:
@@ -92,7 +93,9 @@ class ConvAIModel:
             model_type, model_name, trust_remote_pickle=self.args.trust_remote_pickle, **kwargs)
         self.model.to(self.device)
         self.special = SpecialIds.from_tokenizer(self.tokenizer)
-        self._encode = TextEncoder(self.tokenizer, lowercase=self.args.do_lower_case)
+        # Bounded: a server answering messages for weeks must not keep every one it saw.
+        self._encode = TextEncoder(self.tokenizer, lowercase=self.args.do_lower_case,
+                                   max_entries=CHAT_ENCODER_ENTRIES)
         self._personas = read_personas(model_name)
 
     # ------------------------------------------------------------------ training

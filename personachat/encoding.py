@@ -15,6 +15,7 @@ its dataset yields the same items as ``PersonaChatDataset``.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -144,11 +145,15 @@ class TextEncoder:
 
     Persona sentences and history utterances repeat across the examples of a dialog (and
     across dialogs); caching by string makes dataset encoding linear in distinct text.
+    ``max_entries`` bounds the cache for long-lived users such as a chat server, whose
+    messages never stop coming (the oldest strings are forgotten first); None: unbounded.
     """
 
-    def __init__(self, tokenizer, lowercase: bool = False) -> None:
+    def __init__(self, tokenizer, lowercase: bool = False,
+                 max_entries: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.lowercase = lowercase
+        self.max_entries = max_entries
         self._cache: dict[str, list[int]] = {}
 
     def __call__(self, text: str) -> list[int]:
@@ -166,6 +171,11 @@ class TextEncoder:
         prepared = [t.lower() if self.lowercase else t for t in new]
         encoded = self.tokenizer(prepared, add_special_tokens=False)["input_ids"]
         self._cache.update(zip(new, encoded, strict=True))
+        if self.max_entries is not None and len(self._cache) > self.max_entries:
+            # dicts keep insertion order: drop the oldest, never the strings just added
+            drop = len(self._cache) - max(self.max_entries, len(new))
+            for key in list(itertools.islice(self._cache, drop)):
+                del self._cache[key]
 
 
 def encode_dialogs(dialogs: Sequence[dict], encoder: TextEncoder) -> list[dict]:

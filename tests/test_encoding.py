@@ -384,3 +384,17 @@ def test_dataset_from_dialogs_checks_candidates_before_tokenizing(tokenizer):
     with pytest.raises(EncodingError, match="num_candidates=3"):
         dataset_from_dialogs(make_dialogs(3), tokenizer, special, num_candidates=3,
                              max_history=2, max_tokens=128, source="dialogs.json")
+
+
+def test_a_bounded_text_encoder_forgets_the_oldest_strings_first(tiny_checkpoint):
+    from personachat.modeling import load_model_and_tokenizer
+
+    _, tokenizer = load_model_and_tokenizer("gpt2", tiny_checkpoint)
+    encoder = TextEncoder(tokenizer, max_entries=3)
+    texts = [f"i have {n} cats ." for n in range(6)]
+    ids = [encoder(t) for t in texts]
+    assert list(encoder._cache) == texts[-3:]
+    assert encoder(texts[0]) == ids[0]  # forgotten strings are simply tokenized again
+    encoder.prime(texts)  # the new strings of a batch are never the ones dropped
+    assert list(encoder._cache) == texts[1:4]
+    assert encoder(texts[5]) == ids[5]
