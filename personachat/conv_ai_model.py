@@ -12,7 +12,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import partial
 from pathlib import Path
 
@@ -258,7 +258,8 @@ class ConvAIModel:
         return self.tokenizer.decode(reply_ids, skip_special_tokens=True).strip(), history
 
     def generate_replies(self, conversations: list, options: DecodingOptions | None = None,
-                         on_token: Callable[[int, str], None] | None = None) -> list[str]:
+                         on_token: Callable[[int, str], None] | None = None,
+                         stream: Collection[int] | None = None) -> list[str]:
         """Replies to many conversations in one batched decoding call.
 
         ``conversations``: ``(personality, history)`` pairs or dicts with those keys, where
@@ -267,6 +268,8 @@ class ConvAIModel:
         to conversation ``index`` grows; ``text_so_far`` always extends the previous one (a
         token that ends inside a multi-byte character waits for the rest of it). With
         ``rerank_samples`` > 1 it is called once per conversation, with the chosen reply.
+        ``stream``: the indexes to call ``on_token`` for (default: all); the others are not
+        decoded to text until the end.
         """
         options = options or DecodingOptions.from_args(self.args)
         pairs = [(c["personality"], c["history"]) if isinstance(c, dict) else c
@@ -278,12 +281,14 @@ class ConvAIModel:
             ids = [respond(self.model, p, h, self.special, options, self.device)
                    for p, h in encoded]
             for index, reply in enumerate(ids):
-                if on_token is not None:
+                if on_token is not None and (stream is None or index in stream):
                     on_token(index, decode(reply).strip())
         else:
             on_step = None
             if on_token is not None:
                 def on_step(index: int, reply: list[int]) -> None:
+                    if stream is not None and index not in stream:
+                        return
                     text = decode(reply).strip()
                     if not text.endswith("\ufffd"):  # never stream half a character
                         on_token(index, text)

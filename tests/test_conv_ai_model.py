@@ -264,3 +264,7 @@ def test_generate_replies_streams_each_reply_as_it_grows(tiny_checkpoint):
         assert all(later.startswith(earlier) for earlier, later in
                    zip(texts, texts[1:], strict=False))
     assert replies == bot.generate_replies(conversations)
+    only_second: dict[int, list[str]] = {0: [], 1: []}
+    bot.generate_replies(conversations, on_token=lambda i, t: only_second[i].append(t),
+                         stream={1})
+    assert not only_second[0] and only_second[1] == seen[1]

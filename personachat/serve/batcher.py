@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from ..generation import DecodingOptions
 
 Conversation = tuple[list[str], list[str]]  # (personality, history ending with the message)
-# ConvAIModel.generate_replies(conversations, options, on_token) -> replies
+# ConvAIModel.generate_replies(conversations, options, on_token, stream) -> replies; only the
+# streaming requests' replies are decoded to text at every step.
 GenerateFn = Callable[[Sequence[Conversation], DecodingOptions,
-                       Callable[[int, str], None] | None], list[str]]
+                       Callable[[int, str], None] | None, set[int]], list[str]]
 
 
 @dataclass
@@ -154,8 +155,9 @@ class Batcher:
 
         def work() -> tuple[list[str], float, float]:
             started, cpu = time.perf_counter(), time.thread_time()
+            streaming = {i for i, callback in enumerate(callbacks) if callback is not None}
             replies = self.generate([job.conversation for job in group], options,
-                                    on_token if any(callbacks) else None)
+                                    on_token if streaming else None, streaming)
             return replies, time.perf_counter() - started, time.thread_time() - cpu
 
         try:
