@@ -159,7 +159,11 @@ def cached_dataset(dialogs: Sequence[dict], tokenizer, special: SpecialIds,
         except TokenCacheError as err:
             _log(log, f"{source}: cache entry {folder} cannot be used ({err}); tokenizing again")
     started = time.perf_counter()
-    write_entry(root, key, dialogs, tokenizer, options, num_proc=num_proc, silent=log is None)
+    # Replace an entry only if it was there (and unusable or to be reprocessed) when we
+    # looked; one that lands meanwhile came from another process (e.g. another torchrun
+    # rank) with the same key, hence the same content, and may be in use there already.
+    write_entry(root, key, dialogs, tokenizer, options, num_proc=num_proc, silent=log is None,
+                replace=folder.is_dir())
     dataset = open_cached_dataset(folder, special, expected_key=key)
     _log(log, f"{source}: tokenized {dataset.num_texts:,} distinct strings into "
               f"{len(dataset):,} examples in {time.perf_counter() - started:.1f} s; cached in "
@@ -168,25 +172,30 @@ def cached_dataset(dialogs: Sequence[dict], tokenizer, special: SpecialIds,
 
 
 def write_entry(root: Path, key: str, dialogs: Sequence[dict], tokenizer,
-                options: EncodingOptions, num_proc: int = 1, silent: bool = True) -> Path:
+                options: EncodingOptions, num_proc: int = 1, silent: bool = True,
+                replace: bool = True) -> Path:
     """Tokenize and write one entry atomically: into ``root/.tmp-…``, then renamed to
-    ``root/key``. An existing entry of that key is replaced."""
+    ``root/key``. An entry of that key found there is replaced if ``replace``, else kept
+    (and this one discarded)."""
     root.mkdir(parents=True, exist_ok=True)
     remove_abandoned_temporaries(root)
     tmp = root / f".tmp-{key}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         _write_tables(tmp, key, dialogs, tokenizer, options, num_proc, silent)
-        return _move_into_place(tmp, root / key)
+        return _move_into_place(tmp, root / key, replace)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _move_into_place(tmp: Path, final: Path) -> Path:
-    """Rename a complete entry into place, setting aside (then deleting) one already there.
-    If another process renames the same key into place at the same moment, whichever landed
-    is kept: the same key means the same content."""
+def _move_into_place(tmp: Path, final: Path, replace: bool = True) -> Path:
+    """Rename a complete entry into place, setting aside (then deleting) one already there
+    when ``replace``; without it an entry already there is kept. If another process renames
+    the same key into place at the same moment, whichever landed is kept: the same key
+    means the same content."""
+    if not replace and (final / MANIFEST).is_file():
+        return final
     old = None
     if final.exists():  # reprocess, or a damaged entry: set the old one aside first
         old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")

@@ -335,3 +335,21 @@ def test_a_damaged_entry_is_rebuilt_not_read(tmp_path, tokenizer, special, token
     assert len(tokenizations) == 2
     assert "cannot be used" in logged[0]
     assert items(rebuilt) == expected
+
+
+def test_an_entry_another_process_just_landed_is_kept_not_pulled_from_under_it(
+        tmp_path, tokenizer, special):
+    """Two torchrun ranks on a cold cache both tokenize; the second to finish must not
+    replace (and delete) the entry the first is already reading."""
+    dialogs = make_dialogs(3)
+    first = cached_dataset(dialogs, tokenizer, special, OPTIONS, tmp_path)
+    expected = items(first)
+    root = tmp_path / CACHE_SUBDIR
+    [key] = entries(tmp_path)
+    landed = (root / key).stat().st_ino
+
+    token_cache.write_entry(root, key, dialogs, tokenizer, OPTIONS, replace=False)
+
+    assert (root / key).stat().st_ino == landed
+    assert items(first) == expected  # the first reader's files are still there
+    assert entries(tmp_path) == [key]  # and the second build left nothing behind
