@@ -86,7 +86,7 @@ def generate_reply(model, persona: Sequence[Sequence[int]], history: Sequence[Se
     return generate_replies(model, [(persona, history)], special, options, device)[0]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_replies(model, conversations: Sequence[tuple[Sequence[Sequence[int]],
                                                           Sequence[Sequence[int]]]],
                      special: SpecialIds, options: DecodingOptions,
