@@ -97,6 +97,7 @@ class ConvAIModel:
         self._encode = TextEncoder(self.tokenizer, lowercase=self.args.do_lower_case,
                                    max_entries=CHAT_ENCODER_ENTRIES)
         self._personas = read_personas(model_name)
+        self._retokenized: set[str] = set()  # cache keys reprocess_input_data already redid
 
     # ------------------------------------------------------------------ training
     def train_model(self, train_file=None, output_dir=None, show_running_loss=True, args=None,
@@ -128,12 +129,15 @@ class ConvAIModel:
 
         dialogs = self._load(train_file, "train", self.args.max_train_examples)
         dataset = self._dataset(dialogs, str(train_file or "Persona-Chat train"))
-        evaluate = (partial(self._evaluate, self._load(eval_file, "valid",
-                                                       self.args.max_eval_examples),
-                            str(eval_file), silent=self.args.evaluate_during_training_silent)
-                    if eval_file is not None else None)
+        eval_dialogs = (self._load(eval_file, "valid", self.args.max_eval_examples)
+                        if eval_file is not None else None)
+        evaluate = (partial(self._evaluate, eval_dialogs, str(eval_file),
+                            silent=self.args.evaluate_during_training_silent)
+                    if eval_dialogs is not None else None)
         self._personas = personalities(dialogs)[:MAX_SAVED_PERSONAS]
-        samples = self._samples_writer(output_dir, samples_file or eval_file, dialogs)
+        probe_dialogs = (self._load(samples_file, "valid", None) if samples_file
+                         else eval_dialogs or dialogs)
+        samples = self._samples_writer(output_dir, probe_dialogs)
         report = partial(
             write_report, output_dir, model=f"{self.args.model_type} {self.args.model_name}",
             device=str(self.device), args=self.args, started=time.time(),
@@ -159,14 +163,12 @@ class ConvAIModel:
             print(f"Training of {self.args.model_type} model complete. Saved to {output_dir}.")
         return global_step, details
 
-    def _samples_writer(self, output_dir: str, probe_file, dialogs: list[dict]):
-        """What writes samples.md: greedy replies to probes from ``probe_file`` (or, without
-        one, from the training dialogs)."""
+    def _samples_writer(self, output_dir: str, probe_dialogs: list[dict]):
+        """What writes samples.md: greedy replies to probes taken from ``probe_dialogs``."""
         if self.args.no_save:
             return None
-        source = self._load(probe_file, "valid", None) if probe_file else dialogs
         greedy = DecodingOptions.from_args(self.args, do_sample=False)
-        return SampleWriter(Path(output_dir) / SAMPLES_FILE, probes_from_dialogs(source),
+        return SampleWriter(Path(output_dir) / SAMPLES_FILE, probes_from_dialogs(probe_dialogs),
                             partial(self.generate_replies, options=greedy))
 
     # ---------------------------------------------------------------- evaluation
@@ -342,9 +344,8 @@ class ConvAIModel:
         key = cache_key(dialogs, self.tokenizer, options)
         # reprocess_input_data tokenizes again once per model object, not at each evaluation
         # of a training run (which reads the same eval dialogs every time).
-        retokenized = self.__dict__.setdefault("_retokenized", set())
-        reprocess = self.args.reprocess_input_data and key not in retokenized
-        retokenized.add(key)
+        reprocess = self.args.reprocess_input_data and key not in self._retokenized
+        self._retokenized.add(key)
         num_proc = ((self.args.process_count or max((os.cpu_count() or 1) - 2, 1))
                     if self.args.use_multiprocessing else 1)
         return cached_dataset(dialogs, self.tokenizer, self.special, options,

@@ -39,11 +39,11 @@ class Decoder:
         raise NotImplementedError
 
 
-def make_decoder(model, batch: int, capacity: int) -> Decoder:
+def make_decoder(model, capacity: int) -> Decoder:
     """The fastest decoder that is exact for ``model``; ``capacity``: prompt + reply tokens."""
     config = model.config
     if config.model_type == "gpt2" and not getattr(config, "add_cross_attention", False):
-        return StaticKVDecoder(model, batch, capacity)
+        return StaticKVDecoder(model, capacity)
     if config.model_type == "openai-gpt":
         return ReEncodeDecoder(model)
     return CachedDecoder(model)
@@ -52,7 +52,7 @@ def make_decoder(model, batch: int, capacity: int) -> Decoder:
 class StaticKVDecoder(Decoder):
     """GPT-2 decoding over preallocated key/value buffers (see the module docstring)."""
 
-    def __init__(self, model, batch: int, capacity: int) -> None:
+    def __init__(self, model, capacity: int) -> None:
         body = model.transformer
         self.body = body
         self.blocks = list(body.h)
@@ -63,7 +63,7 @@ class StaticKVDecoder(Decoder):
         self.act = (partial(F.gelu, approximate="tanh") if act in TANH_GELU
                     else self.blocks[0].mlp.act)
         self.width = model.config.n_embd
-        self.batch, self.capacity = batch, capacity
+        self.capacity = capacity
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.key_ok: torch.Tensor | None = None  # [batch, 1, 1, capacity]: not padding
@@ -83,7 +83,6 @@ class StaticKVDecoder(Decoder):
         return q, k, v
 
     def _finish_block(self, block, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        batch, length = x.shape[:2]
         attended = attended.transpose(1, 2).reshape(-1, self.width)
         attn = block.attn
         x = x + torch.addmm(attn.c_proj.bias, attended, attn.c_proj.weight).view(x.shape)

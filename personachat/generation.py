@@ -123,7 +123,7 @@ def generate_replies(model, conversations: Sequence[tuple[Sequence[Sequence[int]
     mask = torch.tensor([[0] * (width - len(p["input_ids"])) + [1] * len(p["input_ids"])
                          for p in prompts], device=device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    decoder = make_decoder(model, len(prompts), width + options.max_length)
+    decoder = make_decoder(model, width + options.max_length)
     hidden = decoder.prefill(input_ids, token_types, mask, positions)
     # Added to the logits: start/pad/speaker1 never belong inside a reply (only <eos> or
     # <speaker2> end one), and before min_length no stop token at all is allowed.

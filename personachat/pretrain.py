@@ -25,15 +25,21 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .encoding import IGNORE_INDEX, SpecialIds, build_input_from_segments, truncate_to_fit
+from .encoding import (
+    IGNORE_INDEX,
+    SpecialIds,
+    TextEncoder,
+    build_input_from_segments,
+    truncate_to_fit,
+)
 
 
 def dialog_sequences(dialogs: Sequence[dict], tokenizer, special: SpecialIds,
                      max_tokens: int) -> list[dict[str, list[int]]]:
     """Each dialog as one input: persona, then every turn (partner and bot), bot last."""
-    def encode(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-
+    encode = TextEncoder(tokenizer)  # each distinct string tokenized once, in batches
+    encode.prime(t for d in dialogs for u in d["utterances"][-1:]
+                 for t in [*d["personality"], *u["history"], u["candidates"][-1]])
     sequences = []
     for dialog in dialogs:
         if not dialog["utterances"]:

@@ -45,7 +45,7 @@ def reference_last_hidden(model, ids, types, mask, positions) -> torch.Tensor:
 def test_prefill_and_steps_match_the_full_forward_pass(config, lengths, decoder_class):
     model = gpt2(**config)
     ids, types, mask, positions = left_padded(lengths)
-    decoder = (decoder_class(model, len(lengths), ids.shape[1] + 4)
+    decoder = (decoder_class(model, ids.shape[1] + 4)
                if decoder_class is StaticKVDecoder else decoder_class(model))
     with torch.no_grad():
         hidden = decoder.prefill(ids, types, mask, positions)
@@ -65,7 +65,7 @@ def test_prefill_and_steps_match_the_full_forward_pass(config, lengths, decoder_
 
 def test_the_static_decoder_is_chosen_for_gpt2_and_refuses_to_overflow():
     model = gpt2()
-    decoder = make_decoder(model, batch=1, capacity=3)
+    decoder = make_decoder(model, capacity=3)
     assert isinstance(decoder, StaticKVDecoder)
     ids, types, mask, positions = left_padded([3])
     with torch.no_grad():
