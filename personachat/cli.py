@@ -128,10 +128,20 @@ def resolve(options: argparse.Namespace) -> tuple[dict, ConvAIArgs]:
         "scratch": config.get("scratch") or {},
         # More held-out files evaluated after training ({label: path}), and whether to also
         # evaluate eval_file with every persona removed (the persona ablation).
-        "extra_eval_files": dict(config.get("extra_eval_files") or {}),
+        "extra_eval_files": extra_eval_files(config.get("extra_eval_files"), options.config),
         "ablation_eval": bool(config.get("ablation_eval", False)),
     }
     return settings, args
+
+
+def extra_eval_files(value, path: str | None) -> dict[str, str]:
+    """The config's ``extra_eval_files``: a mapping of labels to data files."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ArgsError(f"{path}: extra_eval_files must map labels to files, e.g. "
+                        "{unseen: data/persona_unseen.json}")
+    return {str(label): file for label, file in value.items()}
 
 
 def scratch_model(settings: dict, args: ConvAIArgs) -> str:

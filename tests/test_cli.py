@@ -108,3 +108,12 @@ def test_the_shipped_configs_are_valid():
     for path in Path(__file__).resolve().parents[1].glob("configs/*.yaml"):
         config = load_config(str(path))
         make_args(config.get("args"))  # raises on any unknown or invalid option
+
+
+def test_extra_eval_files_must_map_labels_to_files(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("extra_eval_files: [data/persona_unseen.json]\n", encoding="utf-8")
+    from personachat.cli import main
+
+    assert main(["train", "--config", str(config)]) == 2
+    assert "extra_eval_files must map labels to files" in capsys.readouterr().err
