@@ -322,8 +322,10 @@ def load_checkpoint(folder: str | os.PathLike, model, optimizer, scheduler, scal
     """Load weights, optimizer, scheduler and scaler state from a resumable checkpoint.
 
     Returns ``(training, plan, restore_rng)``: the loop's saved state, the batch plan it ran
-    with, and a function that restores the random generators (call it last, just before the
-    first batch, so nothing in between consumes random numbers).
+    with, and a function that restores the random generators. Call it at the point of the loop
+    where they were captured, so that nothing in between consumes random numbers: after the
+    epoch's ``iter(loader)`` (which draws a seed) for a checkpoint within an epoch, before it
+    for one at an epoch's start (``batches_done == 0``).
     """
     folder = Path(folder)
     try:

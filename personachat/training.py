@@ -529,8 +529,15 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
                 epoch = state.epoch
                 sampler.set_epoch(epoch)
                 resumable_sampler.skip = state.batches_done
-                batches = iter(loader)  # draws a base seed from torch's generator
-                if restore_rng is not None:  # so restored after that, as if never stopped
+                # iter(loader) draws a base seed from torch's generator. A checkpoint taken
+                # within an epoch saved the generators after its epoch's draw, one at an
+                # epoch's start (signal or save_model_every_epoch) before the next epoch's:
+                # restored on the same side of the draw, dropout goes on as if never stopped.
+                if restore_rng is not None and state.batches_done == 0:
+                    restore_rng()
+                    restore_rng = None
+                batches = iter(loader)
+                if restore_rng is not None:
                     restore_rng()
                     restore_rng = None
                 bar = tqdm(batches, desc=f"Epoch {epoch + 1}/{args.num_train_epochs}",

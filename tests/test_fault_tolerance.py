@@ -23,8 +23,14 @@ from safetensors.torch import load_file
 from personachat import ConvAIModel, checkpoints, cli
 from personachat.args import ArgsError
 from personachat.modeling import ModelLoadError
+from personachat.reporting import SampleWriter
 from personachat.scratch import ScratchConfig, build_scratch_checkpoint
-from personachat.training import StopOnSignal, TrainingError, TrainingObjective
+from personachat.training import (
+    StopOnSignal,
+    TrainingError,
+    TrainingInterrupted,
+    TrainingObjective,
+)
 
 from .conftest import make_dialogs
 
@@ -76,12 +82,17 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 60) -> None:
         time.sleep(0.02)
 
 
-def assert_same_weights(saved: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]
-                        ) -> None:
-    """The saved weights equal the reference run's (the file leaves out tied copies)."""
+def assert_same_weights(saved: dict[str, torch.Tensor], reference: dict[str, torch.Tensor],
+                        resumed_from: Path | None = None) -> None:
+    """The saved weights equal the reference run's (the file leaves out tied copies); on a
+    failure, every tensor that differs and where the run was resumed from."""
     assert saved.keys() <= reference.keys() and len(saved) > 10
-    for key in saved:
-        torch.testing.assert_close(saved[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
+    differ = {key: float((saved[key] - reference[key]).abs().max()) for key in saved
+              if not torch.allclose(saved[key], reference[key], rtol=1e-5, atol=1e-6)}
+    where = (f" after resuming from {resumed_from.name} {checkpoints.read_marker(resumed_from)}"
+             if resumed_from else "")
+    assert not differ, (f"{len(differ)} of {len(saved)} tensors differ{where} "
+                        f"(largest difference each): {differ}")
 
 
 def test_sigkill_after_the_first_checkpoint_then_resume_gives_the_uninterrupted_weights(
@@ -120,6 +131,47 @@ def test_ctrl_c_writes_a_checkpoint_and_prints_the_command_that_resumes(setup, t
     words = shlex.split(command)
     assert words[0] == "personachat" and words[-1] == "--resume"
     assert cli.main(words[1:]) == 0  # the printed command, run as is (in this process)
+    assert_same_weights(load_file(str(out / "model.safetensors")), reference, saved)
+
+
+def test_ctrl_c_while_the_epoch_samples_are_written_resumes_to_the_same_weights(
+        setup, tmp_path, monkeypatch):
+    # The signal lands after the epoch's last step, while samples.md is being written: the
+    # checkpoint is then at the start of epoch 2 (its random generators saved before that
+    # epoch's loader drew its seed), which a resumed run must restore before the draw too.
+    model_dir, data, reference = setup
+    out = tmp_path / "out"
+    write_samples = SampleWriter.__call__
+
+    def ctrl_c_after_epoch_1(self, heading: str, fresh: bool = False) -> None:
+        if heading.startswith("After epoch 1"):
+            signal.raise_signal(signal.SIGINT)
+        write_samples(self, heading, fresh)
+
+    monkeypatch.setattr(SampleWriter, "__call__", ctrl_c_after_epoch_1)
+    model = ConvAIModel("gpt2", model_dir, use_cuda=False, args={**ARGS, "output_dir": str(out)})
+    with pytest.raises(TrainingInterrupted) as stopped:
+        model.train_model(data)
+    assert checkpoints.read_marker(stopped.value.checkpoint) == {
+        "global_step": 3, "epoch": 1, "batches_done": 0, "resumable": True}
+
+    monkeypatch.setattr(SampleWriter, "__call__", write_samples)
+    model = ConvAIModel("gpt2", model_dir, use_cuda=False, args={**ARGS, "output_dir": str(out)})
+    assert model.train_model(data, resume_from_checkpoint=True)[0] == 6
+    assert_same_weights(load_file(str(out / "model.safetensors")), reference,
+                        stopped.value.checkpoint)
+
+
+def test_resuming_from_an_end_of_epoch_checkpoint_gives_the_uninterrupted_weights(
+        setup, tmp_path):
+    model_dir, data, reference = setup
+    out = tmp_path / "out"
+    args = {**ARGS, "save_steps": 0, "save_model_every_epoch": True, "output_dir": str(out)}
+    ConvAIModel("gpt2", model_dir, use_cuda=False, args=args).train_model(data)
+    (out / "model.safetensors").unlink()
+
+    model = ConvAIModel("gpt2", model_dir, use_cuda=False, args=args)
+    assert model.train_model(data, resume_from_checkpoint=out / "checkpoint-3-epoch-1")[0] == 6
     assert_same_weights(load_file(str(out / "model.safetensors")), reference)
 
 
