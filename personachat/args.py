@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import os
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -149,7 +151,7 @@ class ConvAIArgs:
                 continue
             if key not in known:
                 raise ArgsError(unknown_key_message(key, list(known)))
-            setattr(self, key, _coerce(key, value, getattr(self, key)))
+            setattr(self, key, _coerce(key, value))
         self.validate()
         return self
 
@@ -159,12 +161,13 @@ class ConvAIArgs:
                     "num_candidates", "personality_permutations", "max_length")
         for name in positive:
             value = getattr(self, name)
-            if value == "auto" and name in ("train_batch_size", "eval_batch_size"):
+            if name in AUTO_OPTIONS and value == "auto":
                 continue
-            if not isinstance(value, int) or value < 1:
-                raise ArgsError(f"{name} must be a positive integer, got {value!r}")
+            if not _is_int(value) or value < 1:
+                also = " or 'auto'" if name in AUTO_OPTIONS else ""
+                raise ArgsError(f"{name} must be a positive integer{also}, got {value!r}")
         if self.process_count is not None and (
-                not isinstance(self.process_count, int) or self.process_count < 1):
+                not _is_int(self.process_count) or self.process_count < 1):
             raise ArgsError(f"process_count must be a positive integer or null (cpu_count() - 2), "
                             f"got {self.process_count!r}")
         if self.max_history < 0:
@@ -179,7 +182,7 @@ class ConvAIArgs:
                 "(use do_sample=False for greedy decoding)"
             )
         if self.save_total_limit is not None and (
-                not isinstance(self.save_total_limit, int) or self.save_total_limit < 1):
+                not _is_int(self.save_total_limit) or self.save_total_limit < 1):
             raise ArgsError(f"save_total_limit must be a positive integer or null (keep every "
                             f"checkpoint), got {self.save_total_limit!r}")
         if self.min_length > self.max_length:
@@ -248,19 +251,65 @@ def unknown_key_message(key: str, valid: list[str]) -> str:
     return f"Unknown option {key!r}.{hint} See personachat.ConvAIArgs for every option."
 
 
-def _coerce(key: str, value: Any, current: Any) -> Any:
-    """Light type coercion for values that come from YAML or the command line."""
-    if value is None or current is None:
+# Options that also take the string "auto" (a size probed on the GPU) besides an integer.
+AUTO_OPTIONS = frozenset({"train_batch_size", "eval_batch_size"})
+
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             dict: "a mapping (dict)"}
+
+
+def _is_int(value: Any) -> bool:
+    """An integer, and not a bool (``True`` is an int to Python, never a size to a user)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@functools.cache
+def _declared_types() -> dict[str, tuple[type, bool]]:
+    """Each option's declared type, and whether it may be None: from the dataclass
+    annotations, so an option whose current value is None is still checked."""
+    declared = {}
+    for name, hint in typing.get_type_hints(ConvAIArgs).items():
+        options = typing.get_args(hint) or (hint,)
+        base = next(t for t in options if t is not type(None))
+        declared[name] = (typing.get_origin(base) or base, type(None) in options)
+    return declared
+
+
+def _expected(key: str) -> str:
+    """What ``key`` takes, in words, for error messages."""
+    kind, nullable = _declared_types()[key]
+    words = _EXPECTED.get(kind, kind.__name__)
+    if key in AUTO_OPTIONS:
+        words += " or 'auto'"
+    return words + (" or null" if nullable else "")
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """``value`` as option ``key``'s declared type, or ArgsError naming the key, the value
+    and the type. Values from YAML or the command line are coerced lightly ("16" -> 16,
+    "false" -> False, 2.0 -> 2), so a wrong type is reported here rather than failing later
+    deep inside validation or torch."""
+    kind, nullable = _declared_types()[key]
+    wrong = ArgsError(f"{key} must be {_expected(key)}, got {value!r}")
+    if value is None:
+        if nullable:
+            return None
+        default = getattr(ConvAIArgs(), key)
+        raise ArgsError(f"{key} must be {_expected(key)}, got None (leave {key} out for the "
+                        f"default, {default!r})")
+    if key in AUTO_OPTIONS and value == "auto":
         return value
-    if isinstance(current, bool):
+    if kind is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise ArgsError(f"{key} must be true or false, got {value!r}")
-    if key in ("train_batch_size", "eval_batch_size") and value == "auto":
-        return value
-    if isinstance(current, int) and not isinstance(current, bool):
+        raise wrong
+    if isinstance(value, bool):  # True would pass below as the number 1
+        raise wrong
+    if kind is int:
+        if isinstance(value, int):
+            return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
         if isinstance(value, str):
@@ -268,16 +317,24 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
                 return int(value)
             except ValueError:
                 pass
-        if isinstance(value, int):
+        raise wrong
+    if kind is float:
+        if key == "top_k" and isinstance(value, int):
+            return value  # a count; typed float only as simpletransformers types it
+        if isinstance(value, int | float | str):
+            try:
+                return float(value)
+            except (ValueError, OverflowError):
+                pass
+        raise wrong
+    if kind is str:
+        if isinstance(value, str):
             return value
-        if key == "top_k" and isinstance(value, float):
-            return value
-        raise ArgsError(f"{key} must be an integer, got {value!r}")
-    if isinstance(current, float):
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ArgsError(f"{key} must be a number, got {value!r}") from None
+        if isinstance(value, os.PathLike | int):  # a Path, or a folder named 2024 in YAML
+            return str(value)
+        raise wrong
+    if not isinstance(value, kind):
+        raise wrong
     return value
 
 

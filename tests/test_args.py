@@ -105,6 +105,43 @@ def test_invalid_values_are_refused_with_a_reason(bad, message):
         make_args(bad)
 
 
+@pytest.mark.parametrize(("bad", "message"), [
+    ({"top_p": None}, r"top_p must be a number, got None \(leave top_p out for the default, 0.9\)"),
+    ({"max_history": None}, "max_history must be an integer, got None"),
+    ({"train_batch_size": True}, "train_batch_size must be an integer or 'auto', got True"),
+    ({"eval_batch_size": False}, "eval_batch_size must be an integer or 'auto', got False"),
+    ({"train_batch_size": "big"}, "train_batch_size must be an integer or 'auto', got 'big'"),
+    ({"learning_rate": True}, "learning_rate must be a number, got True"),
+    ({"learning_rate": [1e-4]}, r"learning_rate must be a number, got \[0.0001\]"),
+    ({"manual_seed": "abc"}, "manual_seed must be an integer or null, got 'abc'"),
+    ({"save_total_limit": True}, "save_total_limit must be an integer or null, got True"),
+    ({"output_dir": ["a", "b"]}, r"output_dir must be a string, got \['a', 'b'\]"),
+    ({"config": "n_ctx=64"}, r"config must be a mapping \(dict\), got 'n_ctx=64'"),
+])
+def test_a_value_of_the_wrong_type_names_the_option_the_value_and_the_type(bad, message):
+    with pytest.raises(ArgsError, match=message):
+        make_args(bad)
+
+
+def test_a_bool_is_not_a_batch_size_even_when_set_directly():
+    with pytest.raises(ArgsError, match="train_batch_size must be a positive integer or 'auto'"):
+        ConvAIArgs(train_batch_size=True).validate()
+
+
+def test_options_that_may_be_null_take_none_and_batch_sizes_take_auto():
+    args = make_args({"manual_seed": None, "tensorboard_dir": None, "save_total_limit": None,
+                      "train_batch_size": "auto", "eval_batch_size": 4})
+
+    assert args.manual_seed is None and args.tensorboard_dir is None
+    assert args.train_batch_size == "auto" and args.eval_batch_size == 4
+
+
+def test_a_path_or_a_number_from_yaml_is_taken_as_a_folder_name(tmp_path):
+    args = make_args({"output_dir": tmp_path / "out", "best_model_dir": 2024})
+
+    assert args.output_dir == str(tmp_path / "out") and args.best_model_dir == "2024"
+
+
 def test_greedy_decoding_may_use_temperature_0():
     assert make_args({"do_sample": False, "temperature": 0.0}).temperature == 0.0
 
