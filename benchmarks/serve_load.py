@@ -36,6 +36,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from personachat.serve.settings import ServeSettings
+
 PARTNER_LINES = ["hi , how are you today ?", "what do you do for a living ?",
                  "do you have any pets ?", "where do you live ?", "what food do you like ?",
                  "that sounds fun . anything else ?", "i love hiking on weekends .",
@@ -123,40 +125,42 @@ class Connection:
             self.reader = self.writer = None
 
 
-async def one_client(base_url: str, headers: dict | None, client: int, messages: int,
-                     options: dict | None, result: LoadResult) -> tuple[str | None, list[str]]:
-    """Create a session, send the messages one after another; return (id, replies)."""
-    http = Connection(base_url, headers)
+async def create_session(http: Connection, client: int, result: LoadResult) -> str | None:
+    """A session with one of the personas; None (and an error noted) if that failed."""
     try:
         status, body = await http.request(
             "POST", "/v1/sessions", {"personality": PERSONAS[client % len(PERSONAS)]})
-        if status != 201:
-            result.errors.append(f"client {client}: create: {status} {body}")
-            return None, []
-        session_id, replies = body["id"], []
-        for index in range(messages):
-            message = {"text": message_text(client, index)}
-            if options:
-                message["options"] = options
-            started = time.perf_counter()
-            try:
-                status, body = await http.request(
-                    "POST", f"/v1/sessions/{session_id}/messages", message)
-            except (OSError, ValueError) as err:
-                result.errors.append(f"client {client} message {index}: {err!r}")
-                await http.close()
-                continue
-            if status != 200:
-                result.errors.append(f"client {client} message {index}: {status} {body}")
-                continue
-            result.latencies.append(time.perf_counter() - started)
-            replies.append(body["reply"])
-        return session_id, replies
     except (OSError, ValueError) as err:
-        result.errors.append(f"client {client}: {err!r}")
-        return None, []
-    finally:
-        await http.close()
+        result.errors.append(f"client {client}: create: {err!r}")
+        return None
+    if status != 201:
+        result.errors.append(f"client {client}: create: {status} {body}")
+        return None
+    return body["id"]
+
+
+async def chat(http: Connection, session_id: str, client: int, messages: int,
+               options: dict | None, result: LoadResult) -> list[str]:
+    """Send the messages one after another; return the replies received."""
+    replies = []
+    for index in range(messages):
+        message = {"text": message_text(client, index)}
+        if options:
+            message["options"] = options
+        started = time.perf_counter()
+        try:
+            status, body = await http.request(
+                "POST", f"/v1/sessions/{session_id}/messages", message)
+        except (OSError, ValueError) as err:
+            result.errors.append(f"client {client} message {index}: {err!r}")
+            await http.close()
+            continue
+        if status != 200:
+            result.errors.append(f"client {client} message {index}: {status} {body}")
+            continue
+        result.latencies.append(time.perf_counter() - started)
+        replies.append(body["reply"])
+    return replies
 
 
 def history_problems(client: int, session: dict, replies: list[str], messages: int) -> list[str]:
@@ -178,25 +182,42 @@ def history_problems(client: int, session: dict, replies: list[str], messages: i
 async def run_load(base_url: str, clients: int = 32, messages: int = 10,
                    options: dict | None = None, headers: dict | None = None) -> LoadResult:
     """``clients`` concurrent sessions x ``messages`` messages against a running server,
-    then a check of every session's stored history."""
+    then a check of every session's stored history.
+
+    Every client creates its session first; the clock (``wall_seconds``, hence replies/s)
+    runs from the moment they all start sending messages until the last reply, so it times
+    replies, not session creation or the history check.
+    """
     result = LoadResult(clients, messages, 0.0)
-    started = time.perf_counter()
-    outcomes = await asyncio.gather(*(one_client(base_url, headers, c, messages, options, result)
-                                      for c in range(clients)))
-    result.wall_seconds = time.perf_counter() - started
+    connections = [Connection(base_url, headers) for _ in range(clients)]
+    try:
+        sessions = await asyncio.gather(*(create_session(http, c, result)
+                                          for c, http in enumerate(connections)))
+        started = time.perf_counter()
+        replies = await asyncio.gather(*(
+            chat(http, session_id, c, messages, options, result) if session_id else _nothing()
+            for c, (http, session_id) in enumerate(zip(connections, sessions, strict=True))))
+        result.wall_seconds = time.perf_counter() - started
+    finally:
+        for http in connections:
+            await http.close()
     http = Connection(base_url, headers)
     try:
-        for client, (session_id, replies) in enumerate(outcomes):
+        for client, (session_id, received) in enumerate(zip(sessions, replies, strict=True)):
             if session_id is None:
                 continue
             status, session = await http.request("GET", f"/v1/sessions/{session_id}")
             if status != 200:
                 result.history_errors.append(f"client {client}: GET {status} {session}")
                 continue
-            result.history_errors += history_problems(client, session, replies, messages)
+            result.history_errors += history_problems(client, session, received, messages)
     finally:
         await http.close()
     return result
+
+
+async def _nothing() -> list[str]:
+    return []
 
 
 # ---------------------------------------------------------------------- the server
@@ -283,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--messages", type=int, default=10, help="per client, one at a time")
     parser.add_argument("--reply-tokens", type=int, default=20)
-    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--max-batch-size", type=int, default=ServeSettings.max_batch_size,
+                        help="of the batched server (default: the server's own default)")
     parser.add_argument("--window-ms", type=float, default=10.0)
     parser.add_argument("--model", help="model folder (default: a random 4x128 GPT-2)")
     parser.add_argument("--n-layer", type=int, default=4)

@@ -23,6 +23,7 @@ from .args import ConvAIArgs, make_args
 from .candidates import add_distractors
 from .checkpoints import CheckpointError, resolve_resume
 from .data import load_personachat_or_file, personalities
+from .decoders import PrefixCache
 from .distributed import is_main_process
 from .encoding import SpecialIds, TextEncoder, collate, dataset_from_dialogs
 from .evaluation import (
@@ -97,6 +98,12 @@ class ConvAIModel:
         self._encode = TextEncoder(self.tokenizer, lowercase=self.args.do_lower_case,
                                    max_entries=CHAT_ENCODER_ENTRIES)
         self._personas = read_personas(model_name)
+        # Each persona's keys and values, encoded once for all the turns and sessions that
+        # use it (emptied by itself when training changes the weights).
+        self._prefix_cache = PrefixCache()
+        # CPU threads for encoding prompts in generate_replies (None: torch's setting); the
+        # server sets all cores while decoding steps use fewer.
+        self.prefill_threads: int | None = None
         self._retokenized: set[str] = set()  # cache keys reprocess_input_data already redid
 
     # ------------------------------------------------------------------ training
@@ -295,7 +302,8 @@ class ConvAIModel:
                     if not text.endswith("\ufffd"):  # never stream half a character
                         on_token(index, text)
             ids = generate_replies(self.model, encoded, self.special, options, self.device,
-                                   on_step=on_step)
+                                   on_step=on_step, prefix_cache=self._prefix_cache,
+                                   prefill_threads=self.prefill_threads)
         return [decode(i).strip() for i in ids]
 
     def random_personality(self) -> list[str]:

@@ -14,16 +14,28 @@
 - ``CachedDecoder``: the model's own forward with its KV cache (any other cached model).
 - ``ReEncodeDecoder``: the whole sequence every step (OpenAI GPT has no KV cache in
   transformers).
+
+Every prompt starts with the same kind of prefix, ``<bos>`` + the persona, at positions
+0..P-1: its keys and values depend on nothing after it, and a chat sends the same persona turn
+after turn (a server often sends one persona for many users). ``StaticKVDecoder.prefill``
+takes each row's prefix length and a ``PrefixCache``: a cached prefix's keys and values are
+copied into the buffers instead of computed, and only the rest of each prompt runs through
+the layers. The history cannot be kept the same way: the window of recent utterances slides
+every turn, which moves every later token to another position.
 """
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 TANH_GELU = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
+GELU_K = math.sqrt(2 / math.pi)
+SMALL_ACTIVATION = 2**16
 
 
 class Decoder:
@@ -49,6 +61,61 @@ def make_decoder(model, capacity: int) -> Decoder:
     return CachedDecoder(model)
 
 
+PrefixKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [heads, P, dim]
+
+
+class PrefixCache:
+    """Keys and values of prompt prefixes, kept between decoding calls (least recently used
+    first out once ``max_bytes`` is passed).
+
+    The entries belong to one set of weights: ``check(model)`` empties the cache when the
+    model's parameters changed since (an optimizer step, a loaded state dict, another model),
+    so a model that is still training never decodes with stale keys.
+    """
+
+    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self._entries: OrderedDict[tuple, PrefixKV] = OrderedDict()
+        self._weights: tuple | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def check(self, model: torch.nn.Module) -> None:
+        """Forget every entry if ``model``'s weights are not the ones they were computed with.
+        In-place updates bump a tensor's version counter; a replaced tensor has a new address.
+        """
+        weights = (id(model), *((p.data_ptr(), p._version) for p in model.parameters()))
+        if weights != self._weights:
+            self.clear()
+            self._weights = weights
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.bytes = 0
+
+    def get(self, key: tuple) -> PrefixKV | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: tuple, entry: PrefixKV) -> None:
+        size = sum(k.nbytes + v.nbytes for k, v in entry)
+        if size > self.max_bytes or key in self._entries:
+            return
+        self._entries[key] = entry
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, old = self._entries.popitem(last=False)
+            self.bytes -= sum(k.nbytes + v.nbytes for k, v in old)
+
+
 class StaticKVDecoder(Decoder):
     """GPT-2 decoding over preallocated key/value buffers (see the module docstring)."""
 
@@ -58,10 +125,12 @@ class StaticKVDecoder(Decoder):
         self.blocks = list(body.h)
         self.heads = model.config.n_head
         # GPT-2's "gelu_new" is the tanh approximation of GELU written out in Python ops;
-        # torch's fused kernel computes the same function in one.
+        # torch's fused kernel computes the same function in one (on a GPU; on a CPU the
+        # sigmoid form below is faster).
         act = model.config.activation_function
-        self.act = (partial(F.gelu, approximate="tanh") if act in TANH_GELU
-                    else self.blocks[0].mlp.act)
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        self.act = (self.blocks[0].mlp.act if act not in TANH_GELU
+                    else tanh_gelu_ if on_cpu else partial(F.gelu, approximate="tanh"))
         self.width = model.config.n_embd
         self.capacity = capacity
         self.keys: list[torch.Tensor] = []
@@ -91,7 +160,14 @@ class StaticKVDecoder(Decoder):
         h = self.act(torch.addmm(mlp.c_fc.bias, h, mlp.c_fc.weight))
         return x + torch.addmm(mlp.c_proj.bias, h, mlp.c_proj.weight).view(x.shape)
 
-    def prefill(self, input_ids, token_types, mask, positions) -> torch.Tensor:
+    def prefill(self, input_ids, token_types, mask, positions,
+                prefix_lengths: list[int] | None = None,
+                cache: PrefixCache | None = None) -> torch.Tensor:
+        """``prefix_lengths[row]``: how many of the row's first real tokens form its prefix
+        (positions 0..P-1); with a ``cache``, those come from it (computed once if missing)."""
+        if prefix_lengths is not None and cache is not None:
+            return self._prefill_after_prefixes(input_ids, token_types, mask, positions,
+                                                prefix_lengths, cache)
         batch, length = input_ids.shape
         device = input_ids.device
         self.all_ok = bool(mask.all())
@@ -121,6 +197,94 @@ class StaticKVDecoder(Decoder):
         self.length = length
         return layer_norm(self.body.ln_f, x[:, -1])
 
+    def _prefill_after_prefixes(self, input_ids, token_types, mask, positions,
+                                prefix_lengths: list[int], cache: PrefixCache) -> torch.Tensor:
+        """Prefill that takes each row's prefix keys/values from ``cache`` and runs only the
+        last ``max(suffix length)`` columns through the layers.
+
+        Rows are left-padded: row ``r`` occupies columns ``[width - L_r, width)``, its prefix
+        the first ``P_r`` of them. The last ``s = max(L_r - P_r)`` columns hold every row's
+        suffix; where a row's suffix is shorter, its first columns there are prefix or
+        padding: they are computed (as queries nobody reads), and the cached prefix is then
+        written over their keys and values.
+        """
+        batch, width = input_ids.shape
+        device = input_ids.device
+        lengths = mask.sum(-1).tolist()
+        ids_rows, types_rows = input_ids.tolist(), token_types.tolist()
+        keys = []
+        for row, (length, prefix) in enumerate(zip(lengths, prefix_lengths, strict=True)):
+            start = width - length
+            keys.append((tuple(ids_rows[row][start:start + prefix]),
+                         tuple(types_rows[row][start:start + prefix])))
+        cache.check(self.body)
+        entries = {key: cache.get(key) for key in dict.fromkeys(keys)}
+        missing = [key for key, entry in entries.items() if entry is None]
+        if missing:
+            for key, entry in zip(missing, self._encode_prefixes(missing, device), strict=True):
+                entries[key] = entry
+                cache.put(key, entry)
+
+        suffix = max(length - prefix for length, prefix in zip(lengths, prefix_lengths,
+                                                               strict=True))
+        start = width - suffix
+        column = torch.arange(width, device=device)
+        self.all_ok = bool(mask.all())  # then the steps need no mask
+        self.key_ok = torch.zeros(batch, 1, 1, self.capacity, dtype=torch.bool, device=device)
+        self.key_ok[:, 0, 0, :width] = mask.bool()
+        causal = column.unsqueeze(0) <= column[start:].unsqueeze(1)  # [suffix, width]
+        # A padding query would see no key at all (NaN); let it see itself.
+        attn_mask = (causal & self.key_ok[:, :, :, :width]) | (
+            column.unsqueeze(0) == column[start:].unsqueeze(1))
+        x = self._embed(input_ids[:, start:], token_types[:, start:], positions[:, start:])
+        self.keys, self.values = [], []
+        for layer, block in enumerate(self.blocks):
+            q, k, v = self._split(block, layer_norm(block.ln_1, x))
+            key_buf = k.new_empty(batch, self.heads, self.capacity, k.shape[-1])
+            value_buf = torch.empty_like(key_buf)
+            # Padding is never attended to, but a NaN the allocator left there would still
+            # poison the masked sums: zeros before the block, the block's own values in it.
+            key_buf[:, :, :start].zero_()
+            value_buf[:, :, :start].zero_()
+            key_buf[:, :, start:width] = k
+            value_buf[:, :, start:width] = v
+            # Then each prefix over whatever the block computed in its columns.
+            for row, (length, prefix) in enumerate(zip(lengths, prefix_lengths, strict=True)):
+                cached_k, cached_v = entries[keys[row]][layer]
+                at = width - length
+                key_buf[row, :, at:at + prefix] = cached_k
+                value_buf[row, :, at:at + prefix] = cached_v
+            self.keys.append(key_buf)
+            self.values.append(value_buf)
+            attended = F.scaled_dot_product_attention(
+                q, key_buf[:, :, :width], value_buf[:, :, :width], attn_mask=attn_mask,
+                scale=block.attn.scaling)
+            x = self._finish_block(block, x, attended)
+        self.length = width
+        return layer_norm(self.body.ln_f, x[:, -1])
+
+    def _encode_prefixes(self, prefixes: list[tuple[tuple[int, ...], tuple[int, ...]]],
+                         device: torch.device) -> list[PrefixKV]:
+        """Keys and values of each (ids, types) prefix at positions 0..P-1, in one batch.
+        Right padding: under the causal mask no real token sees the padding after it."""
+        longest = max(len(ids) for ids, _ in prefixes)
+        ids = torch.tensor([list(i) + [i[0]] * (longest - len(i)) for i, _ in prefixes],
+                           device=device)
+        types = torch.tensor([list(t) + [t[0]] * (longest - len(t)) for _, t in prefixes],
+                             device=device)
+        positions = torch.arange(longest, device=device).expand_as(ids)
+        x = self._embed(ids, types, positions)
+        layers = []
+        for index, block in enumerate(self.blocks):
+            q, k, v = self._split(block, layer_norm(block.ln_1, x))
+            layers.append((k, v))
+            if index + 1 < len(self.blocks):  # the last block's output is not needed
+                attended = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                          scale=block.attn.scaling)
+                x = self._finish_block(block, x, attended)
+        return [[(k[m, :, :len(ids_)].clone(), v[m, :, :len(ids_)].clone()) for k, v in layers]
+                for m, (ids_, _) in enumerate(prefixes)]
+
     def step(self, ids, types, positions) -> torch.Tensor:
         if self.length >= self.capacity:
             raise RuntimeError("decoder capacity exceeded")  # a bug, not a user error
@@ -138,6 +302,20 @@ class StaticKVDecoder(Decoder):
             x = self._finish_block(block, x, attended)
         self.length = at + 1
         return layer_norm(self.body.ln_f, x[:, -1])
+
+
+def tanh_gelu_(x: torch.Tensor) -> torch.Tensor:
+    """GELU's tanh approximation, overwriting ``x``, as x·sigmoid(2k(x + 0.044715x³)) with
+    k = √(2/π): the same function, since (1 + tanh z)/2 = sigmoid(2z), equal to
+    ``F.gelu(x, approximate="tanh")`` within 3e-7. On a CPU torch's tanh-GELU kernel is slow
+    (about 3 ns an element); these five in-place passes take about 60% of its time, which
+    counts when a batch of prompts is encoded (the MLP of ~2,000 tokens at once). Below
+    ``SMALL_ACTIVATION`` elements (a decoding step) the one fused call costs less."""
+    if x.numel() < SMALL_ACTIVATION:
+        return F.gelu(x, approximate="tanh")
+    inner = x * x
+    inner.mul_(2 * GELU_K * 0.044715).add_(2 * GELU_K).mul_(x)
+    return x.mul_(inner.sigmoid_())
 
 
 def layer_norm(module: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:

@@ -9,13 +9,14 @@ re-sampled, so decoding can never loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from math import inf
 
 import torch
 
-from .decoders import make_decoder
+from .decoders import PrefixCache, StaticKVDecoder, make_decoder
 from .encoding import (
     IGNORE_INDEX,
     SpecialIds,
@@ -73,9 +74,18 @@ def top_filtering(logits: torch.Tensor, top_k: float = 0, top_p: float = 0.0,
 def build_prompt(persona: Sequence[Sequence[int]], history: Sequence[Sequence[int]],
                  special: SpecialIds, max_history: int, max_tokens: int) -> dict[str, list[int]]:
     """The model input up to and including the reply's ``<speaker2>`` token."""
+    return build_prompt_and_prefix(persona, history, special, max_history, max_tokens)[0]
+
+
+def build_prompt_and_prefix(persona: Sequence[Sequence[int]], history: Sequence[Sequence[int]],
+                            special: SpecialIds, max_history: int, max_tokens: int
+                            ) -> tuple[dict[str, list[int]], int]:
+    """``build_prompt`` and the length of its ``<bos>`` + persona prefix, the part that stays
+    the same from turn to turn (what a ``PrefixCache`` keeps)."""
     history = list(history)[-(2 * max_history + 1):]
     persona, history, _ = truncate_to_fit(persona, history, [], max_tokens)
-    return build_input_from_segments(persona, history, [], special, with_eos=False)
+    prompt = build_input_from_segments(persona, history, [], special, with_eos=False)
+    return prompt, 1 + sum(map(len, persona))
 
 
 @torch.no_grad()
@@ -91,14 +101,20 @@ def generate_replies(model, conversations: Sequence[tuple[Sequence[Sequence[int]
                                                           Sequence[Sequence[int]]]],
                      special: SpecialIds, options: DecodingOptions,
                      device: torch.device | str = "cpu",
-                     on_step: Callable[[int, list[int]], None] | None = None
-                     ) -> list[list[int]]:
+                     on_step: Callable[[int, list[int]], None] | None = None,
+                     prefix_cache: PrefixCache | None = None,
+                     prefill_threads: int | None = None) -> list[list[int]]:
     """Replies to many (persona, history) conversations in one padded decoding loop.
 
     Prompts are left-padded so every row's next token sits in the last column; the attention
     mask hides the padding and position ids restart at each row's first real token, so a
     row's reply is the same as when it is decoded alone. ``on_step(row, reply_ids)`` is
-    called each time a row's reply grows by a token (for streaming).
+    called each time a row's reply grows by a token (for streaming). ``prefix_cache``: keep
+    each persona's keys and values between calls, so a persona seen before is not encoded
+    again (GPT-2 models; the cache empties itself when the weights change).
+    ``prefill_threads``: CPU threads for encoding the prompts (default: torch's setting).
+    Encoding a batch's prompts is one burst of large matrix products that parallelises
+    well, while the decoding steps are many small ones that do not.
     """
     model.eval()
     max_prompt = context_size(model) - options.max_length
@@ -107,8 +123,9 @@ def generate_replies(model, conversations: Sequence[tuple[Sequence[Sequence[int]
             f"max_length={options.max_length} leaves no room for the conversation in a model "
             f"whose context is {context_size(model)} tokens; lower max_length"
         )
-    prompts = [build_prompt(p, h, special, options.max_history, max_prompt)
-               for p, h in conversations]
+    built = [build_prompt_and_prefix(p, h, special, options.max_history, max_prompt)
+             for p, h in conversations]
+    prompts = [prompt for prompt, _ in built]
     # The bot's earlier utterances (history alternates, ending with the user's message): what
     # repetition_penalty and no_repeat_ngram_size keep the bot from saying again. The persona
     # and the user's words are not penalised: copying the persona is the point.
@@ -124,7 +141,12 @@ def generate_replies(model, conversations: Sequence[tuple[Sequence[Sequence[int]
                          for p in prompts], device=device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     decoder = make_decoder(model, width + options.max_length)
-    hidden = decoder.prefill(input_ids, token_types, mask, positions)
+    with intra_op_threads(prefill_threads):
+        if prefix_cache is not None and isinstance(decoder, StaticKVDecoder):
+            hidden = decoder.prefill(input_ids, token_types, mask, positions,
+                                     [length for _, length in built], prefix_cache)
+        else:
+            hidden = decoder.prefill(input_ids, token_types, mask, positions)
     # Added to the logits: start/pad/speaker1 never belong inside a reply (only <eos> or
     # <speaker2> end one), and before min_length no stop token at all is allowed.
     allowed = allowed_short = None
@@ -164,6 +186,20 @@ def generate_replies(model, conversations: Sequence[tuple[Sequence[Sequence[int]
     return replies
 
 
+@contextmanager
+def intra_op_threads(count: int | None) -> Iterator[None]:
+    """Run the block with torch using ``count`` CPU threads (None: leave it as it is)."""
+    before = torch.get_num_threads()
+    if count is None or count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def next_token(logits: torch.Tensor, reply: list[int], own_turns: Sequence[Sequence[int]],
                options: DecodingOptions) -> int | None:
     """Apply the repetition controls to one row's logits and pick; None if nothing is left."""
@@ -190,7 +226,19 @@ def pick_tokens(logits: torch.Tensor, options: DecodingOptions) -> torch.Tensor:
     if not options.do_sample:
         return torch.argmax(logits, dim=-1)
     filtered = top_filtering(logits / options.temperature, options.top_k, options.top_p)
-    return torch.multinomial(torch.softmax(filtered, dim=-1), 1).squeeze(-1)
+    return sample_rows(torch.softmax(filtered, dim=-1))
+
+
+def sample_rows(probs: torch.Tensor) -> torch.Tensor:
+    """One index per row of [batch, vocab] probabilities, drawn by inverting each row's
+    cumulative distribution at a uniform draw: the distribution ``torch.multinomial`` draws
+    from, at a fraction of its cost on a CPU batch (it draws an exponential per vocabulary
+    entry). The first index whose cumulative sum passes the draw always has probability > 0.
+    """
+    cumulative = probs.cumsum(dim=-1)
+    draws = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cumulative.dtype)
+    picked = torch.searchsorted(cumulative, draws * cumulative[:, -1:], right=True)
+    return picked.squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 def penalize_repeats_(logits: torch.Tensor, own_turns: Sequence[Sequence[int]],

@@ -51,7 +51,13 @@ class ServeSettings:
     """
 
     api_key: str | None = None  # required on every /v1 route when set
-    max_batch_size: int = 32  # replies decoded together in one model call
+    # Replies decoded together in one model call. 16, not more: on a CPU a reply costs about
+    # the same in a batch of 16 as of 32, and with more users than that the batches
+    # alternate, so the event loop answers one batch's clients and reads their next
+    # messages while the model decodes the other (with 32 users in batches of 32 the model
+    # waits ~50 ms a batch for that; 16 served 150 against 125 replies/s in
+    # benchmarks/serve_load.py). On a GPU a larger batch may pay.
+    max_batch_size: int = 16
     batch_window_ms: float = 10.0  # how long the first request waits for others to join
     max_in_flight: int = 256  # requests accepted and not answered yet; beyond: 429
     max_message_chars: int = 1000  # one user message; beyond: 413
