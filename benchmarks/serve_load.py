@@ -284,6 +284,8 @@ def stop_server(process: subprocess.Popen) -> int:
 def measure(model: Path, workdir: Path, label: str, max_batch_size: int, args) -> dict:
     db = workdir / f"{label.replace(' ', '_')}.sqlite3"
     extra = ["--threads", str(args.threads)] if args.threads else []
+    if args.prefill_threads:
+        extra += ["--prefill-threads", str(args.prefill_threads)]
     process, url = start_server(model, db, "--max-batch-size", str(max_batch_size),
                                 "--batch-window-ms", str(args.window_ms), *extra)
     try:
@@ -311,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-layer", type=int, default=4)
     parser.add_argument("--n-embd", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None,
-                        help="the server's model threads (default: its own, all cores but one)")
+                        help="the server's decoding threads (default: its own, all cores "
+                             "but one)")
+    parser.add_argument("--prefill-threads", type=int, default=None,
+                        help="the server's prompt-encoding threads (default: its own, all cores)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:

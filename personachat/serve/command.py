@@ -17,6 +17,7 @@ from pathlib import Path
 from .settings import ServeSettings
 
 API_KEY_ENV = "PERSONACHAT_API_KEY"
+KEEP_FREED_MEMORY_ENV = "PERSONACHAT_KEEP_FREED_MEMORY"  # "0": leave glibc's malloc as it is
 DB_NAME = "sessions.sqlite3"
 HELP = {
     "max_batch_size": "replies decoded together in one model call (1: one at a time)",
@@ -42,7 +43,8 @@ def keep_freed_memory() -> bool:
     with ``mmap`` and unmaps them when freed, so each batch pays a page fault for every 4 KB
     of its activations again: thousands per batch, 10-30% of a batch's time on a virtual
     machine. Raising the mmap and trim thresholds keeps those blocks in the heap. The cost:
-    the server holds on to its peak working set. Returns False where the C library has no
+    the server holds on to its peak working set (``PERSONACHAT_KEEP_FREED_MEMORY=0`` keeps
+    glibc's defaults). Returns False where the C library has no
     ``mallopt`` (macOS, Windows) or refuses the values; nothing changes then.
     """
     if not sys.platform.startswith("linux"):
@@ -153,7 +155,8 @@ def run_serve(model, options: argparse.Namespace, model_name: str) -> int:
         # ... except while a batch's prompts are encoded: one burst of large matrix products
         # (the loop has little to do then), ~1.7x faster on two cores than on one.
         model.prefill_threads = options.prefill_threads or os.cpu_count()
-        keep_freed_memory()
+        if os.environ.get(KEEP_FREED_MEMORY_ENV, "1") != "0":
+            keep_freed_memory()
     app = create_app(model, store, settings)
     shown = f"[{host}]" if ":" in host else host
     print(f"personachat serve: http://{shown}:{port}/ (chat page), /docs (API); sessions in "
