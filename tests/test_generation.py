@@ -13,11 +13,14 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2DoubleHeadsModel
 
+from personachat.decoders import PrefixCache
 from personachat.encoding import SpecialIds, build_input_from_segments
 from personachat.generation import (
     DecodingOptions,
     generate_replies,
     generate_reply,
+    intra_op_threads,
+    sample_rows,
     top_filtering,
 )
 from personachat.modeling import (
@@ -179,6 +182,72 @@ def test_batched_greedy_replies_equal_replies_decoded_alone(chat, lively_model):
 
     assert together == alone
     assert len({tuple(r) for r in alone}) == 3  # three different replies, not one repeated
+
+
+def test_replies_with_the_persona_cache_equal_replies_without_it(chat, lively_model):
+    _, tokenizer, special = chat
+    persona = encode(tokenizer, PERSONA)
+    conversations = [(persona, encode(tokenizer, HISTORY)),
+                     (persona, encode(tokenizer, HISTORY[-1:])),  # same persona, other turn
+                     (persona[:1], encode(tokenizer, HISTORY[-1:])),
+                     ([], encode(tokenizer, ["any pets ?"]))]
+    options = DecodingOptions(do_sample=False, max_length=10, min_length=4)
+    cache = PrefixCache()
+
+    plain = generate_replies(lively_model, conversations, special, options)
+    first = generate_replies(lively_model, conversations, special, options, prefix_cache=cache)
+    again = generate_replies(lively_model, conversations, special, options, prefix_cache=cache)
+
+    assert first == plain and again == plain
+    assert len(cache) == 3 and cache.hits == 3  # three distinct personas, encoded once each
+    assert len({tuple(r) for r in plain}) >= 3
+
+
+def test_a_persona_cut_to_fit_the_context_is_cached_as_cut(chat):
+    model, tokenizer, special = chat
+    long_persona = encode(tokenizer, [f"i have {n} cats and {n} dogs ." for n in range(30)])
+    conversation = [(long_persona, encode(tokenizer, HISTORY))]
+    options = DecodingOptions(do_sample=False, max_length=6)
+    cache = PrefixCache()
+    plain = generate_replies(model, conversation, special, options)
+    assert generate_replies(model, conversation, special, options, prefix_cache=cache) == plain
+    assert generate_replies(model, conversation, special, options, prefix_cache=cache) == plain
+
+
+def test_prefill_threads_change_no_reply_and_are_given_back(chat, lively_model):
+    _, tokenizer, special = chat
+    # 32 conversations: enough prompt tokens for the prompts to be encoded on more threads.
+    conversations = [(encode(tokenizer, PERSONA[:1 + i % 3]), encode(tokenizer, HISTORY))
+                     for i in range(32)]
+    options = DecodingOptions(do_sample=False, max_length=5)
+    before = torch.get_num_threads()
+    plain = generate_replies(lively_model, conversations, special, options)
+    threaded = generate_replies(lively_model, conversations, special, options,
+                                prefill_threads=before + 1)
+    assert threaded == plain and torch.get_num_threads() == before
+
+
+def test_intra_op_threads_restores_the_setting_after_an_error():
+    before = torch.get_num_threads()
+    with pytest.raises(KeyError), intra_op_threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+        raise KeyError("boom")
+    assert torch.get_num_threads() == before
+
+
+def test_sample_rows_draws_each_token_as_often_as_its_probability():
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0]] * 20_000)
+    torch.manual_seed(0)
+    counts = torch.bincount(sample_rows(probs), minlength=5) / 20_000
+    assert counts[1] == 0 and counts[4] == 0  # a filtered-out token is never drawn
+    torch.testing.assert_close(counts, probs[0], atol=0.015, rtol=0)
+
+
+def test_sample_rows_never_draws_past_the_last_token_with_mass():
+    # Mass only at the front, as after top-k; rounding must not push a draw into the zeros.
+    probs = torch.zeros(1000, 50)
+    probs[:, :3] = torch.tensor([0.2, 0.3, 0.5])
+    assert int(sample_rows(probs).max()) <= 2
 
 
 def eos_loving(model, special):

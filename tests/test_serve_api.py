@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import platform
 import signal
 import socket
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -464,3 +466,20 @@ def test_cli_rejects_bad_server_options_in_one_line(model_dir, tmp_path, capsys)
                  "--db", str(tmp_path / "x.db"), "--max-batch-size", "0"])
     assert code == 2
     assert "--max-batch-size must be a number >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--threads", "--prefill-threads"])
+def test_cli_rejects_zero_threads_in_one_line(model_dir, tmp_path, capsys, flag):
+    code = main(["serve", "--model", str(model_dir), "--device", "cpu", "--port", "0",
+                 "--db", str(tmp_path / "x.db"), flag, "0"])
+    assert code == 2
+    assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's mallopt")
+def test_the_server_process_can_keep_freed_memory_for_reuse():
+    # In a child process: the setting is process-wide, and this one runs the rest of the suite.
+    check = ("from personachat.serve.command import keep_freed_memory; "
+             "import sys; sys.exit(0 if keep_freed_memory() is True else 1)")
+    assert subprocess.run([sys.executable, "-c", check], timeout=60).returncode == 0
