@@ -19,6 +19,7 @@ the next run) and never a folder that looks complete.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -405,7 +406,12 @@ def check_output_writable(output_dir: str | os.PathLike) -> None:
         with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
             pass
         for folder in created:  # deepest first
-            folder.rmdir()
+            try:
+                folder.rmdir()
+            except OSError as err:
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                break  # another process (a torchrun rank doing the same test) is using it
     except OSError as err:
         raise CheckpointError(
             f"output_dir {str(root)!r} is not writable ({err.strerror or err}); choose "

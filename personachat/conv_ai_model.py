@@ -278,7 +278,8 @@ class ConvAIModel:
         token that ends inside a multi-byte character waits for the rest of it). With
         ``rerank_samples`` > 1 it is called once per conversation, with the chosen reply.
         ``stream``: the indexes to call ``on_token`` for (default: all); the others are not
-        decoded to text until the end.
+        decoded to text until the end. Each persona is encoded once and its keys and values
+        kept for later calls (GPT-2 models; forgotten when training changes the weights).
         """
         options = options or DecodingOptions.from_args(self.args)
         pairs = [(c["personality"], c["history"]) if isinstance(c, dict) else c

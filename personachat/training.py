@@ -70,7 +70,11 @@ def preflight(output_dir: str | Path, model, args: ConvAIArgs,
               free: Callable[[str | Path], int] | None = None) -> None:
     """Before any data is read or step taken: output_dir must be writable, and its disk must
     hold one checkpoint (``free`` gives the free bytes; ``checkpoints.free_bytes`` by default).
+    Only the main process writes there, so only it checks: two torchrun ranks testing one new
+    folder at once would remove it from under each other.
     """
+    if not distributed.is_main_process():
+        return
     try:
         checkpoints.check_output_writable(output_dir)
         if not args.no_save:

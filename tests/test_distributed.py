@@ -45,7 +45,9 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tiny_checkpoin
               "--nproc_per_node", "2", "-m", "personachat.cli",
               *train_command(tiny_checkpoint, data, tmp_path / "ddp", 4, 1)]
     done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=150)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # On failure: each rank's error lines (a tail alone shows only torchrun's own traceback).
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if "error" in line.lower()]
+    assert done.returncode == 0, "\n".join(errors)[-4000:]
 
     # One process, the same 8 examples per step as 2 processes x 4.
     assert main(train_command(tiny_checkpoint, data, tmp_path / "single", 4, 2)) == 0
