@@ -28,7 +28,7 @@ from .modeling import context_size
 
 # Below this many prompt tokens in a batch, prefill_threads is not used: splitting ~100
 # tokens over two cores saves ~1 ms, and on a server the second thread then competes with the
-# event loop (one-at-a-time serving: 42 replies/s with it, 46 without).
+# event loop (one-at-a-time serving measured 41-42 replies/s with it, 44-46 without).
 PARALLEL_PREFILL_TOKENS = 1024
 
 
