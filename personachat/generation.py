@@ -243,6 +243,10 @@ def sample_rows(probs: torch.Tensor) -> torch.Tensor:
     entry). The first index whose cumulative sum passes the draw always has probability > 0.
     """
     cumulative = probs.cumsum(dim=-1)
+    if not bool(torch.isfinite(cumulative[:, -1]).all()):
+        raise ValueError("the model gave NaN or infinite scores, so no token can be drawn: "
+                         "its weights are broken (a training run that diverged?); retrain "
+                         "or load another checkpoint")
     draws = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cumulative.dtype)
     picked = torch.searchsorted(cumulative, draws * cumulative[:, -1:], right=True)
     return picked.squeeze(-1).clamp_(max=probs.shape[-1] - 1)

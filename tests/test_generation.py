@@ -243,6 +243,12 @@ def test_sample_rows_draws_each_token_as_often_as_its_probability():
     torch.testing.assert_close(counts, probs[0], atol=0.015, rtol=0)
 
 
+def test_sample_rows_refuses_nan_scores_with_a_clear_error():
+    probs = torch.tensor([[0.5, 0.5], [float("nan"), 0.5]])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        sample_rows(probs)
+
+
 def test_sample_rows_never_draws_past_the_last_token_with_mass():
     # Mass only at the front, as after top-k; rounding must not push a draw into the zeros.
     probs = torch.zeros(1000, 50)
