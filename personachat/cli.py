@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shlex
 import sys
 import time
@@ -285,8 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def resume_command(argv: list[str] | None) -> str:
-    """The command line that was run, with ``--resume`` (and no earlier resume path)."""
+def resume_command(argv: list[str] | None, env: dict[str, str] | None = None) -> str:
+    """The command line that was run, with ``--resume`` (and no earlier resume path).
+
+    Under torchrun (``WORLD_SIZE`` > 1 in ``env``, default ``os.environ``) it is the torchrun
+    command with the same number of processes (and nodes): resuming in one process would
+    train on a different global batch."""
     words = list(sys.argv[1:] if argv is None else argv)
     kept = []
     skip_value = False
@@ -301,7 +306,15 @@ def resume_command(argv: list[str] | None) -> str:
         if word.startswith("--resume="):
             continue
         kept.append(word)
-    return shlex.join(["personachat", *kept, "--resume"])
+    env = os.environ if env is None else env
+    world = int(env.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return shlex.join(["personachat", *kept, "--resume"])
+    per_node = int(env.get("LOCAL_WORLD_SIZE", world))
+    nodes = ["--nnodes", str(world // per_node)] if world > per_node else []
+    command = shlex.join(["torchrun", *nodes, "--nproc_per_node", str(per_node),
+                          "-m", "personachat.cli", *kept, "--resume"])
+    return command + (" (on every node, with your rendezvous options)" if nodes else "")
 
 
 def quiet_transformers() -> None:

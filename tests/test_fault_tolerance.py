@@ -288,6 +288,19 @@ def test_the_resume_command_drops_an_earlier_resume_path():
         "personachat train --config 'my config.yaml' --set num_train_epochs=2 --resume")
 
 
+def test_under_torchrun_the_resume_command_is_a_torchrun_command():
+    argv = ["train", "--config", "configs/gpt2-personachat.yaml"]
+    one_node = {"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "4"}
+    assert cli.resume_command(argv, one_node) == (
+        "torchrun --nproc_per_node 4 -m personachat.cli train "
+        "--config configs/gpt2-personachat.yaml --resume")
+    two_nodes = {"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}
+    assert cli.resume_command(argv, two_nodes).startswith(
+        "torchrun --nnodes 2 --nproc_per_node 4 -m personachat.cli train")
+    assert cli.resume_command(argv, {}) == (
+        "personachat train --config configs/gpt2-personachat.yaml --resume")
+
+
 def test_an_unwritable_output_dir_fails_before_training(tiny_checkpoint, dialogs_file, tmp_path):
     # Tests run as root, which may write anywhere chmod forbids: a folder under a regular
     # file cannot be created by anyone.
