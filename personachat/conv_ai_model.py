@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import distributed
 from .args import ConvAIArgs, make_args
 from .candidates import add_distractors
 from .checkpoints import CheckpointError, resolve_resume
@@ -135,7 +136,8 @@ class ConvAIModel:
             raise ValueError("evaluate_during_training is enabled but eval_file is not given")
 
         dialogs = self._load(train_file, "train", self.args.max_train_examples)
-        dataset = self._dataset(dialogs, str(train_file or "Persona-Chat train"))
+        with distributed.main_process_first():  # torchrun: one rank tokenizes, all read
+            dataset = self._dataset(dialogs, str(train_file or "Persona-Chat train"))
         eval_dialogs = (self._load(eval_file, "valid", self.args.max_eval_examples)
                         if eval_file is not None else None)
         evaluate = (partial(self._evaluate, eval_dialogs, str(eval_file),

@@ -10,6 +10,8 @@ single-process path has no distributed code in its way.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +45,22 @@ def launched_by_torchrun() -> bool:
 def is_main_process() -> bool:
     """True unless this is a non-zero rank of a torchrun launch (usable before setup)."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+@contextmanager
+def main_process_first() -> Iterator[None]:
+    """Run the block on rank 0 first and on the other ranks after it, so they find what it
+    made (the tokenized training data in the cache) instead of all making it at once. A
+    no-op without a joined process group. Every rank must enter it. If rank 0 fails in the
+    block, the others are let go anyway (and make the result themselves)."""
+    group = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if group and dist.get_rank() != 0:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if group and dist.get_rank() == 0:
+            dist.barrier()
 
 
 def setup(device_type: str) -> DistContext:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,12 +19,13 @@ from .conftest import make_dialogs
 
 OPTIONS = {"learning_rate": 5e-3, "manual_seed": 1, "num_train_epochs": 2, "logging_steps": 1,
            "warmup_ratio": 0.0, "save_model_every_epoch": False, "save_steps": 0,
-           "silent": True, "fp16": False}
+           "silent": False, "fp16": False}
 
 
 def train_command(checkpoint, data, output_dir, batch_size: int, accumulation: int) -> list[str]:
     options = {**OPTIONS, "train_batch_size": batch_size,
-               "gradient_accumulation_steps": accumulation}
+               "gradient_accumulation_steps": accumulation,
+               "cache_dir": str(Path(output_dir).parent / "cache")}  # cold for the first run
     return ["train", "--model", str(checkpoint), "--train-file", str(data),
             "--output-dir", str(output_dir), "--device", "cpu",
             *[arg for key, value in options.items() for arg in ("--set", f"{key}={value}")]]
@@ -69,4 +71,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tiny_checkpoin
                               single_weights["transformer.h.0.mlp.c_fc.weight"], atol=1e-3)
     # Only rank 0 wrote: one "Trained ..." line, one output folder.
     assert done.stdout.count("Trained 8 steps") == 1
+    # Rank 0 tokenized the training data; rank 1 waited and read it from the cache.
+    assert done.stdout.count("distinct strings into") == 1
+    assert done.stdout.count("tokenized data read from the cache") == 1
 
