@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 ARGS_FILE = "model_args.json"
+CACHE_DIR_ENV = "PERSONACHAT_CACHE_DIR"
 
 
 class ArgsError(ValueError):
@@ -41,7 +42,9 @@ class ConvAIArgs:
     config: dict = field(default_factory=dict)
     output_dir: str = "outputs/"
     best_model_dir: str = "outputs/best_model"
-    cache_dir: str = "cache_dir/"
+    # The PERSONACHAT_CACHE_DIR environment variable, if set, moves the default (the test
+    # suite points it at a temporary folder).
+    cache_dir: str = field(default_factory=lambda: os.environ.get(CACHE_DIR_ENV, "cache_dir/"))
     tensorboard_dir: str | None = None
     overwrite_output_dir: bool = False
     # Data files are tokenized once and cached under cache_dir/tokens/, keyed by their content,

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from personachat.args import CACHE_DIR_ENV
 from personachat.scratch import ScratchConfig, build_scratch_checkpoint
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SYNTHETIC_PERSONA_CHAT = SHARED_DATA / "synthetic-persona-chat" / "valid.csv"
 
 PERSONA = ["i have a cat named tom .", "i work as a nurse .", "i love pizza ."]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def token_cache_outside_the_repo(tmp_path_factory):
+    """Tests that leave cache_dir at its default tokenize into a temporary folder (subprocesses
+    inherit it), not into the checkout's cache_dir/."""
+    before = os.environ.get(CACHE_DIR_ENV)
+    os.environ[CACHE_DIR_ENV] = str(tmp_path_factory.mktemp("cache_dir"))
+    yield
+    if before is None:
+        os.environ.pop(CACHE_DIR_ENV, None)
+    else:
+        os.environ[CACHE_DIR_ENV] = before
 
 
 def make_dialogs(n: int = 12) -> list[dict]:
