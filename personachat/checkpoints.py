@@ -79,6 +79,22 @@ def restore_rng_state(plain: dict, tensors: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+def rank_rng_restorer(tensors: dict[str, torch.Tensor], rank: int) -> Callable[[], None] | None:
+    """For a torchrun rank > 0: a function that puts back its own generators as
+    ``distributed.gather_rng_states`` saved them; None if the checkpoint has none for it
+    (written by an older version or with fewer processes)."""
+    cpu, cuda = tensors.get(f"rank{rank}_cpu"), tensors.get(f"rank{rank}_cuda")
+    if cpu is None:
+        return None
+
+    def restore() -> None:
+        torch.set_rng_state(cpu)
+        if cuda is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(cuda)  # the current device: this rank's GPU
+
+    return restore
+
+
 # ----------------------------------------------------------------------------- optimizer
 def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict, dict[str, torch.Tensor]]:
     """The optimizer's ``state_dict`` split into a JSON-able part and named tensors."""
@@ -120,12 +136,15 @@ def _json_safe(values: dict) -> dict:
 # ----------------------------------------------------------------------------- writing
 def save_checkpoint(folder: str | os.PathLike, model, tokenizer, args,
                     extra_files: dict[str, str] | None, optimizer, scheduler, scaler,
-                    training: dict, plan: dict) -> Path:
+                    training: dict, plan: dict,
+                    rank_rng: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a resumable checkpoint to ``folder`` atomically (see the module docstring).
 
     ``training`` is the loop's state (must hold ``global_step``, ``epoch``, ``batches_done``);
     ``plan`` the batch plan, compared on resume. ``optimizer=None`` writes the weights only
     (``save_optimizer_and_scheduler=False``): such a checkpoint loads but cannot resume.
+    ``rank_rng``: the other torchrun ranks' generators (``distributed.gather_rng_states``),
+    saved beside this process's.
     """
     target = Path(folder)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +159,7 @@ def save_checkpoint(folder: str | os.PathLike, model, tokenizer, args,
             optim_plain, optim_tensors = optimizer_state(optimizer)
             save_file(optim_tensors, str(tmp / OPTIMIZER_FILE))
             rng_plain, rng_tensors = capture_rng_state()
-            save_file(rng_tensors, str(tmp / RNG_FILE))
+            save_file({**(rank_rng or {}), **rng_tensors}, str(tmp / RNG_FILE))
             state = {"format_version": FORMAT_VERSION, "training": training, "plan": plan,
                      "optimizer": optim_plain,
                      "scheduler": _json_safe(scheduler.state_dict()),
@@ -318,12 +337,13 @@ def remove_checkpoint(path: str | os.PathLike) -> None:
 
 
 # ----------------------------------------------------------------------------- loading
-def load_checkpoint(folder: str | os.PathLike, model, optimizer, scheduler, scaler
-                    ) -> tuple[dict, dict, Callable[[], None]]:
+def load_checkpoint(folder: str | os.PathLike, model, optimizer, scheduler, scaler,
+                    rank: int = 0) -> tuple[dict, dict, Callable[[], None] | None]:
     """Load weights, optimizer, scheduler and scaler state from a resumable checkpoint.
 
     Returns ``(training, plan, restore_rng)``: the loop's saved state, the batch plan it ran
-    with, and a function that restores the random generators. Call it at the point of the loop
+    with, and a function that restores the random generators (of torchrun rank ``rank``;
+    None for a rank the checkpoint holds none for). Call it at the point of the loop
     where they were captured, so that nothing in between consumes random numbers: after the
     epoch's ``iter(loader)`` (which draws a seed) for a checkpoint within an epoch, before it
     for one at an epoch's start (``batches_done == 0``).
@@ -358,6 +378,8 @@ def load_checkpoint(folder: str | os.PathLike, model, optimizer, scheduler, scal
         raise CheckpointError(
             f"resume: the optimizer state in {folder} does not fit this model ({err}); "
             "resume with the options the run started with") from err
+    if rank > 0:
+        return training, plan, rank_rng_restorer(rng_tensors, rank)
     return training, plan, lambda: restore_rng_state(state["rng"], rng_tensors)
 
 

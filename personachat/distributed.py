@@ -118,6 +118,21 @@ def broadcast_flag(flag: bool, ctx: DistContext, device: torch.device) -> bool:
     return bool(tensor.item())
 
 
+def gather_rng_states(ctx: DistContext) -> dict[str, torch.Tensor]:
+    """Every process's torch generators (CPU, and its own GPU's), keyed ``rank{r}_cpu`` and
+    ``rank{r}_cuda``, on every process: what rank 0 saves with a checkpoint so that each rank
+    resumes with its own dropout stream. Collective: all ranks call it at the same point."""
+    if not ctx.enabled:
+        return {}
+    mine = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        mine["cuda"] = torch.cuda.get_rng_state()  # the current device: this rank's GPU
+    gathered: list[dict | None] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, mine)
+    return {f"rank{rank}_{kind}": state.cpu() for rank, states in enumerate(gathered)
+            for kind, state in states.items()}
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()

@@ -375,7 +375,7 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
         resume_from = Path(resume_from)
         try:
             saved, saved_plan, restore_rng = checkpoints.load_checkpoint(
-                resume_from, model, optimizer, scheduler, scaler)
+                resume_from, model, optimizer, scheduler, scaler, rank=ctx.rank)
         except checkpoints.CheckpointError as err:
             raise TrainingError(str(err)) from err
         changed = {k: (saved_plan.get(k), v) for k, v in run_plan.items()
@@ -386,9 +386,9 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
                 + ", ".join(f"{k}: {a} then, {b} now" for k, (a, b) in changed.items())
                 + "); resume with the same data and options, or start a fresh run.")
         state = TrainingState.from_dict(saved)
-        if ctx.rank > 0:
-            # Only rank 0's generators are saved; the others get their own seed per resume
-            # point (so multi-process resumes are reproducible, not bit-equal to no resume).
+        if restore_rng is None:
+            # A checkpoint without this rank's generators (an older version's): its own seed
+            # per resume point, reproducible but not bit-equal to an uninterrupted run.
             seed = (args.manual_seed or 0) + ctx.rank + 7919 * state.global_step
             restore_rng = partial(torch.manual_seed, seed)
         adopt_learning_rate(optimizer, scheduler, args.learning_rate,
@@ -435,9 +435,13 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
     def save_checkpoint(name: str, resumable: bool | None = None) -> Path | None:
         """A checkpoint of this very moment (rank 0), then the rotation. Resumable unless
         save_optimizer_and_scheduler=False (the one written on a signal always is)."""
-        if args.no_save or not ctx.is_main:
+        if args.no_save:
             return None
         resumable = args.save_optimizer_and_scheduler if resumable is None else resumable
+        # Every rank reaches this point at the same step; each hands rank 0 its generators.
+        rank_rng = distributed.gather_rng_states(ctx) if resumable else {}
+        if not ctx.is_main:
+            return None
         if last_checkpoint["at"] == position() and (last_checkpoint["resumable"]
                                                     or not resumable):
             return last_checkpoint["path"]  # this very moment is saved already
@@ -447,7 +451,7 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
             checkpoints.save_checkpoint(
                 path, model, tokenizer, args, save_extra,
                 optimizer if resumable else None, scheduler, scaler,
-                state.to_dict(), run_plan)
+                state.to_dict(), run_plan, rank_rng)
         except OSError as err:
             previous = last_checkpoint["path"] or "none written yet"
             raise TrainingError(

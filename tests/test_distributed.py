@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from personachat.cli import main
+from personachat.scratch import ScratchConfig, build_scratch_checkpoint
 
 from .conftest import make_dialogs
 
@@ -22,13 +23,29 @@ OPTIONS = {"learning_rate": 5e-3, "manual_seed": 1, "num_train_epochs": 2, "logg
            "silent": False, "fp16": False}
 
 
-def train_command(checkpoint, data, output_dir, batch_size: int, accumulation: int) -> list[str]:
+def train_command(checkpoint, data, output_dir, batch_size: int, accumulation: int,
+                  **extra) -> list[str]:
     options = {**OPTIONS, "train_batch_size": batch_size,
                "gradient_accumulation_steps": accumulation,
-               "cache_dir": str(Path(output_dir).parent / "cache")}  # cold for the first run
+               "cache_dir": str(Path(output_dir).parent / "cache"),  # cold for the first run
+               **extra}
     return ["train", "--model", str(checkpoint), "--train-file", str(data),
             "--output-dir", str(output_dir), "--device", "cpu",
             *[arg for key, value in options.items() for arg in ("--set", f"{key}={value}")]]
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    """``personachat <args>`` as two gloo processes on loopback."""
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1",
+           "PYTHONUNBUFFERED": "1"}
+    env.pop("WORLD_SIZE", None)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+              "--nproc_per_node", "2", "-m", "personachat.cli", *args]
+    done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=150)
+    # On failure: each rank's error lines (a tail alone shows only torchrun's own traceback).
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if "error" in line.lower()]
+    assert done.returncode == 0, "\n".join(errors)[-4000:]
+    return done
 
 
 def trained(output_dir) -> tuple[list[float], dict[str, torch.Tensor]]:
@@ -40,16 +57,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tiny_checkpoin
     data = tmp_path / "dialogs.json"
     data.write_text(json.dumps(make_dialogs(16)), encoding="utf-8")  # 32 examples, 4 steps of 8
 
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1",
-           "PYTHONUNBUFFERED": "1"}
-    env.pop("WORLD_SIZE", None)
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-              "--nproc_per_node", "2", "-m", "personachat.cli",
-              *train_command(tiny_checkpoint, data, tmp_path / "ddp", 4, 1)]
-    done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=150)
-    # On failure: each rank's error lines (a tail alone shows only torchrun's own traceback).
-    errors = [line for line in (done.stdout + done.stderr).splitlines() if "error" in line.lower()]
-    assert done.returncode == 0, "\n".join(errors)[-4000:]
+    done = torchrun(*train_command(tiny_checkpoint, data, tmp_path / "ddp", 4, 1))
 
     # One process, the same 8 examples per step as 2 processes x 4.
     assert main(train_command(tiny_checkpoint, data, tmp_path / "single", 4, 2)) == 0
@@ -75,3 +83,28 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tiny_checkpoin
     assert done.stdout.count("distinct strings into") == 1
     assert done.stdout.count("tokenized data read from the cache") == 1
 
+
+
+def test_two_processes_resume_to_the_weights_of_an_uninterrupted_run(tmp_path):
+    # Dropout draws from each process's own generator: only if every rank's generators are
+    # saved and restored (not only rank 0's) does the resumed run end where the first did.
+    dialogs = make_dialogs(16)
+    data = tmp_path / "dialogs.json"
+    data.write_text(json.dumps(dialogs), encoding="utf-8")
+    texts = [s for d in dialogs for u in d["utterances"] for s in u["history"] + u["candidates"]]
+    model = build_scratch_checkpoint(
+        tmp_path / "tiny-dropout", texts,
+        ScratchConfig(vocab_size=300, n_layer=2, n_embd=32, n_head=2, n_positions=128,
+                      dropout=0.1))
+    # 32 examples, 2 processes x 4: 4 steps an epoch, 8 in all; checkpoints every 3 steps.
+    torchrun(*train_command(model, data, tmp_path / "whole", 4, 1, save_steps=3))
+    resumed = tmp_path / "resumed"
+    done = torchrun(*train_command(model, data, resumed, 4, 1, save_steps=3),
+                    "--resume", str(tmp_path / "whole" / "checkpoint-3"))
+    assert "Trained 8 steps" in done.stdout
+
+    _, whole = trained(tmp_path / "whole")
+    _, again = trained(resumed)
+    differ = {name: float((again[name] - weight).abs().max()) for name, weight in whole.items()
+              if not torch.allclose(again[name], weight, atol=1e-6, rtol=1e-5)}
+    assert not differ, f"resumed weights differ: {differ}"
