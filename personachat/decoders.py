@@ -163,79 +163,37 @@ class StaticKVDecoder(Decoder):
     def prefill(self, input_ids, token_types, mask, positions,
                 prefix_lengths: list[int] | None = None,
                 cache: PrefixCache | None = None) -> torch.Tensor:
-        """``prefix_lengths[row]``: how many of the row's first real tokens form its prefix
-        (positions 0..P-1); with a ``cache``, those come from it (computed once if missing)."""
-        if prefix_lengths is not None and cache is not None:
-            return self._prefill_after_prefixes(input_ids, token_types, mask, positions,
-                                                prefix_lengths, cache)
-        batch, length = input_ids.shape
-        device = input_ids.device
-        self.all_ok = bool(mask.all())
-        self.key_ok = torch.zeros(batch, 1, 1, self.capacity, dtype=torch.bool, device=device)
-        self.key_ok[:, 0, 0, :length] = mask.bool()
-        attn_mask = None
-        if not self.all_ok:
-            causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
-            # A padding query would see no key at all (NaN); let it see itself. Its output is
-            # never read: padding keys are hidden from every real query.
-            attn_mask = (causal & self.key_ok[:, :, :, :length]) | torch.eye(
-                length, dtype=torch.bool, device=device)
-        x = self._embed(input_ids, token_types, positions)
-        self.keys, self.values = [], []
-        for block in self.blocks:
-            q, k, v = self._split(block, layer_norm(block.ln_1, x))
-            key_buf = k.new_empty(batch, self.heads, self.capacity, k.shape[-1])
-            value_buf = torch.empty_like(key_buf)
-            key_buf[:, :, :length] = k
-            value_buf[:, :, :length] = v
-            self.keys.append(key_buf)
-            self.values.append(value_buf)
-            attended = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
-                scale=block.attn.scaling)
-            x = self._finish_block(block, x, attended)
-        self.length = length
-        return layer_norm(self.body.ln_f, x[:, -1])
+        """Encode the left-padded prompts into the key/value buffers.
 
-    def _prefill_after_prefixes(self, input_ids, token_types, mask, positions,
-                                prefix_lengths: list[int], cache: PrefixCache) -> torch.Tensor:
-        """Prefill that takes each row's prefix keys/values from ``cache`` and runs only the
-        last ``max(suffix length)`` columns through the layers.
-
-        Rows are left-padded: row ``r`` occupies columns ``[width - L_r, width)``, its prefix
-        the first ``P_r`` of them. The last ``s = max(L_r - P_r)`` columns hold every row's
-        suffix; where a row's suffix is shorter, its first columns there are prefix or
-        padding: they are computed (as queries nobody reads), and the cached prefix is then
-        written over their keys and values.
+        ``prefix_lengths[row]``: how many of the row's first real tokens form its prefix
+        (positions 0..P-1). With a ``cache`` those keys and values come from it (computed once
+        if missing) and only the last ``max(suffix length)`` columns run through the layers.
+        Row ``r`` occupies columns ``[width - L_r, width)``, its prefix the first ``P_r`` of
+        them; where a row's suffix is shorter than the longest, its first columns in the
+        block are prefix or padding: computed (as queries nobody reads), then the cached
+        prefix is written over their keys and values.
         """
         batch, width = input_ids.shape
         device = input_ids.device
-        lengths = mask.sum(-1).tolist()
-        ids_rows, types_rows = input_ids.tolist(), token_types.tolist()
-        keys = []
-        for row, (length, prefix) in enumerate(zip(lengths, prefix_lengths, strict=True)):
-            start = width - length
-            keys.append((tuple(ids_rows[row][start:start + prefix]),
-                         tuple(types_rows[row][start:start + prefix])))
-        cache.check(self.body)
-        entries = {key: cache.get(key) for key in dict.fromkeys(keys)}
-        missing = [key for key, entry in entries.items() if entry is None]
-        if missing:
-            for key, entry in zip(missing, self._encode_prefixes(missing, device), strict=True):
-                entries[key] = entry
-                cache.put(key, entry)
-
-        suffix = max(length - prefix for length, prefix in zip(lengths, prefix_lengths,
-                                                               strict=True))
-        start = width - suffix
-        column = torch.arange(width, device=device)
+        lengths = prefixes = entries = None
+        start = 0
+        if prefix_lengths is not None and cache is not None:
+            lengths = mask.sum(-1).tolist()
+            prefixes = self._prefix_keys(input_ids, token_types, lengths, prefix_lengths)
+            entries = self._cached_prefixes(prefixes, cache, device)
+            start = width - max(length - prefix for length, prefix
+                                in zip(lengths, prefix_lengths, strict=True))
         self.all_ok = bool(mask.all())  # then the steps need no mask
         self.key_ok = torch.zeros(batch, 1, 1, self.capacity, dtype=torch.bool, device=device)
         self.key_ok[:, 0, 0, :width] = mask.bool()
-        causal = column.unsqueeze(0) <= column[start:].unsqueeze(1)  # [suffix, width]
-        # A padding query would see no key at all (NaN); let it see itself.
-        attn_mask = (causal & self.key_ok[:, :, :, :width]) | (
-            column.unsqueeze(0) == column[start:].unsqueeze(1))
+        attn_mask = None  # plain causal attention: every query sees every key before it
+        if not (self.all_ok and start == 0):
+            column = torch.arange(width, device=device)
+            causal = column.unsqueeze(0) <= column[start:].unsqueeze(1)  # [queries, width]
+            # A padding query would see no key at all (NaN); let it see itself. Its output is
+            # never read: padding keys are hidden from every real query.
+            attn_mask = (causal & self.key_ok[:, :, :, :width]) | (
+                column.unsqueeze(0) == column[start:].unsqueeze(1))
         x = self._embed(input_ids[:, start:], token_types[:, start:], positions[:, start:])
         self.keys, self.values = [], []
         for layer, block in enumerate(self.blocks):
@@ -248,20 +206,46 @@ class StaticKVDecoder(Decoder):
             value_buf[:, :, :start].zero_()
             key_buf[:, :, start:width] = k
             value_buf[:, :, start:width] = v
-            # Then each prefix over whatever the block computed in its columns.
-            for row, (length, prefix) in enumerate(zip(lengths, prefix_lengths, strict=True)):
-                cached_k, cached_v = entries[keys[row]][layer]
-                at = width - length
-                key_buf[row, :, at:at + prefix] = cached_k
-                value_buf[row, :, at:at + prefix] = cached_v
+            if entries is not None:  # each prefix over whatever the block computed there
+                for row, (length, key) in enumerate(zip(lengths, prefixes, strict=True)):
+                    cached_k, cached_v = entries[key][layer]
+                    at = width - length
+                    key_buf[row, :, at:at + cached_k.shape[1]] = cached_k
+                    value_buf[row, :, at:at + cached_v.shape[1]] = cached_v
             self.keys.append(key_buf)
             self.values.append(value_buf)
             attended = F.scaled_dot_product_attention(
                 q, key_buf[:, :, :width], value_buf[:, :, :width], attn_mask=attn_mask,
-                scale=block.attn.scaling)
+                is_causal=attn_mask is None, scale=block.attn.scaling)
             x = self._finish_block(block, x, attended)
         self.length = width
         return layer_norm(self.body.ln_f, x[:, -1])
+
+    @staticmethod
+    def _prefix_keys(input_ids, token_types, lengths: list[int], prefix_lengths: list[int]
+                     ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """Each row's prefix as (ids, token types): what its cache entry is keyed by."""
+        width = input_ids.shape[1]
+        ids_rows, types_rows = input_ids.tolist(), token_types.tolist()
+        keys = []
+        for row, (length, prefix) in enumerate(zip(lengths, prefix_lengths, strict=True)):
+            first = width - length
+            keys.append((tuple(ids_rows[row][first:first + prefix]),
+                         tuple(types_rows[row][first:first + prefix])))
+        return keys
+
+    def _cached_prefixes(self, keys: list, cache: PrefixCache, device: torch.device
+                         ) -> dict[tuple, PrefixKV]:
+        """The cache entry of every distinct prefix; the missing ones encoded (in one batch)
+        and added."""
+        cache.check(self.body)
+        entries = {key: cache.get(key) for key in dict.fromkeys(keys)}
+        missing = [key for key, entry in entries.items() if entry is None]
+        if missing:
+            for key, entry in zip(missing, self._encode_prefixes(missing, device), strict=True):
+                entries[key] = entry
+                cache.put(key, entry)
+        return entries
 
     def _encode_prefixes(self, prefixes: list[tuple[tuple[int, ...], tuple[int, ...]]],
                          device: torch.device) -> list[PrefixKV]:
