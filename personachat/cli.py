@@ -205,7 +205,10 @@ def run(options: argparse.Namespace) -> int:
             model = ConvAIModel(settings["model_type"], model_name, args=args,
                                 use_cuda=use_cuda)
             started = time.perf_counter()
-            global_step, _ = model.train_model(settings["train_file"], eval_file=None,
+            # The eval file is evaluated after training in any case; during training only
+            # with evaluate_during_training (then early stopping and the best model use it).
+            during = settings["eval_file"] if args.evaluate_during_training else None
+            global_step, _ = model.train_model(settings["train_file"], eval_file=during,
                                                verbose=ctx.is_main,
                                                resume_from_checkpoint=options.resume,
                                                samples_file=settings["eval_file"])

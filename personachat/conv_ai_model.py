@@ -29,9 +29,11 @@ from .distributed import is_main_process
 from .encoding import SpecialIds, TextEncoder, collate, dataset_from_dialogs
 from .evaluation import (
     apply_metric_fns,
-    evaluate_batches,
+    evaluation_sums,
     format_results,
     generation_f1,
+    merge_sums,
+    metrics_from_sums,
     persona_accuracy,
     persona_hits_at_1,
     probe_items,
@@ -140,8 +142,9 @@ class ConvAIModel:
             dataset = self._dataset(dialogs, str(train_file or "Persona-Chat train"))
         eval_dialogs = (self._load(eval_file, "valid", self.args.max_eval_examples)
                         if eval_file is not None else None)
+        # Every process evaluates during training (its share of the losses under torchrun).
         evaluate = (partial(self._evaluate, eval_dialogs, str(eval_file),
-                            silent=self.args.evaluate_during_training_silent)
+                            silent=self.args.evaluate_during_training_silent, shard=True)
                     if eval_dialogs is not None else None)
         self._personas = personalities(dialogs)[:MAX_SAVED_PERSONAS]
         probe_dialogs = (self._load(samples_file, "valid", None) if samples_file
@@ -215,16 +218,26 @@ class ConvAIModel:
         return results
 
     def _evaluate(self, dialogs, source, silent=True, generation=False, repetition=False,
-                  metric_fns=None):
+                  metric_fns=None, shard=False):
+        """Metrics of the model on ``dialogs``. ``shard``: under torchrun, every process
+        computes the losses of its share of the examples and they are added up (every rank
+        must call it then, as training's evaluations do); the results are the same."""
         dataset = self._dataset(dialogs, source)
         batch_size = resolve_eval_batch_size(self.model, dataset, self.args, self.device,
                                              self.tokenizer.pad_token_id)
+        ctx = distributed.joined_context() if shard else distributed.DistContext()
+        indexes = range(ctx.rank, len(dataset), ctx.world_size)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, pin_memory=self.device.type == "cuda",
+            torch.utils.data.Subset(dataset, indexes) if ctx.enabled else dataset,
+            batch_size=batch_size, pin_memory=self.device.type == "cuda",
             collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id))
-        results = evaluate_batches(self.model, loader, self.args.lm_coef, self.args.mc_coef,
-                                   self.device, autocast_dtype(self.device, self.args.fp16),
-                                   silent=silent)
+        sums = evaluation_sums(self.model, loader, self.args.lm_coef, self.args.mc_coef,
+                               self.device, autocast_dtype(self.device, self.args.fp16),
+                               silent=silent)
+        if ctx.enabled:
+            sums = merge_sums(distributed.gather_objects((list(indexes), sums), ctx),
+                              len(dataset))
+        results = metrics_from_sums(sums, self.args.lm_coef, self.args.mc_coef)
         labels, preds = results.pop("_labels"), results.pop("_preds")
         results.update(apply_metric_fns(labels, preds, metric_fns or {}))
         greedy = DecodingOptions.from_args(self.args, do_sample=False)

@@ -118,6 +118,23 @@ def broadcast_flag(flag: bool, ctx: DistContext, device: torch.device) -> bool:
     return bool(tensor.item())
 
 
+def joined_context() -> DistContext:
+    """The process group this process has joined, or a single-process context."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistContext()
+    return DistContext(dist.get_rank(), dist.get_world_size(),
+                       int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def gather_objects(obj, ctx: DistContext) -> list:
+    """Every process's ``obj`` (picklable), in rank order, on every process. Collective."""
+    if not ctx.enabled:
+        return [obj]
+    gathered: list = [None] * ctx.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def gather_rng_states(ctx: DistContext) -> dict[str, torch.Tensor]:
     """Every process's torch generators (CPU, and its own GPU's), keyed ``rank{r}_cpu`` and
     ``rank{r}_cuda``, on every process: what rank 0 saves with a checkpoint so that each rank
@@ -127,9 +144,8 @@ def gather_rng_states(ctx: DistContext) -> dict[str, torch.Tensor]:
     mine = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         mine["cuda"] = torch.cuda.get_rng_state()  # the current device: this rank's GPU
-    gathered: list[dict | None] = [None] * ctx.world_size
-    dist.all_gather_object(gathered, mine)
-    return {f"rank{rank}_{kind}": state.cpu() for rank, states in enumerate(gathered)
+    return {f"rank{rank}_{kind}": state.cpu()
+            for rank, states in enumerate(gather_objects(mine, ctx))
             for kind, state in states.items()}
 
 

@@ -58,31 +58,45 @@ def word_f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-@torch.no_grad()
 def evaluate_batches(model, batches: Iterable[dict[str, torch.Tensor]], lm_coef: float,
                      mc_coef: float, device: torch.device, autocast_dtype=None,
                      silent: bool = False) -> dict:
     """Loss and MC metrics over all batches. Returns metrics plus raw labels/preds."""
+    return metrics_from_sums(evaluation_sums(model, batches, lm_coef, mc_coef, device,
+                                             autocast_dtype, silent), lm_coef, mc_coef)
+
+
+@torch.no_grad()
+def evaluation_sums(model, batches: Iterable[dict[str, torch.Tensor]], lm_coef: float,
+                    mc_coef: float, device: torch.device, autocast_dtype=None,
+                    silent: bool = False) -> dict:
+    """The additive part of an evaluation (loss sums, counts, labels and predictions in batch
+    order): what processes that each evaluated a share of the data can add up."""
     model.eval()
-    lm_sum, lm_tokens, mc_sum, n_examples = 0.0, 0, 0.0, 0
-    labels: list[int] = []
-    preds: list[int] = []
+    sums = {"lm_sum": 0.0, "lm_tokens": 0, "mc_sum": 0.0, "n_examples": 0,
+            "labels": [], "preds": []}
     for batch in tqdm(batches, desc="Evaluating", disable=silent, leave=False):
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
             out = double_heads_loss(model, batch, lm_coef, mc_coef)
-        lm_sum += float(out.lm_loss_sum)
-        lm_tokens += out.lm_tokens
+        sums["lm_sum"] += float(out.lm_loss_sum)
+        sums["lm_tokens"] += out.lm_tokens
         batch_size = batch["mc_labels"].numel()
-        mc_sum += float(out.mc_loss) * batch_size
-        n_examples += batch_size
-        labels += batch["mc_labels"].tolist()
-        preds += out.mc_logits.argmax(dim=-1).tolist()
+        sums["mc_sum"] += float(out.mc_loss) * batch_size
+        sums["n_examples"] += batch_size
+        sums["labels"] += batch["mc_labels"].tolist()
+        sums["preds"] += out.mc_logits.argmax(dim=-1).tolist()
+    return sums
+
+
+def metrics_from_sums(sums: dict, lm_coef: float, mc_coef: float) -> dict:
+    """The evaluation metrics of ``evaluation_sums`` (or of several added up)."""
+    n_examples, labels, preds = sums["n_examples"], sums["labels"], sums["preds"]
     if n_examples == 0:
         raise ValueError("the evaluation data holds no utterances")
-    lm_loss = lm_sum / max(lm_tokens, 1)
-    mc_loss = mc_sum / n_examples
+    lm_loss = sums["lm_sum"] / max(sums["lm_tokens"], 1)
+    mc_loss = sums["mc_sum"] / n_examples
     return {
         "language_model_loss": lm_loss,
         "perplexity": math.exp(min(lm_loss, 50.0)),
@@ -94,6 +108,22 @@ def evaluate_batches(model, batches: Iterable[dict[str, torch.Tensor]], lm_coef:
         "_labels": labels,
         "_preds": preds,
     }
+
+
+def merge_sums(shares: Sequence[tuple[Sequence[int], dict]], total: int) -> dict:
+    """Add up ``evaluation_sums`` of processes that each evaluated the examples at the given
+    indexes; labels and predictions come back in example order, as one process makes them."""
+    merged = {"lm_sum": 0.0, "lm_tokens": 0, "mc_sum": 0.0, "n_examples": 0}
+    labels: list[int | None] = [None] * total
+    preds: list[int | None] = [None] * total
+    for indexes, sums in shares:
+        for key in merged:
+            merged[key] += sums[key]
+        for index, label, pred in zip(indexes, sums["labels"], sums["preds"], strict=True):
+            labels[index], preds[index] = label, pred
+    if any(label is None for label in labels):
+        raise RuntimeError("an evaluation share is missing")  # a bug, not a user error
+    return {**merged, "labels": labels, "preds": preds}
 
 
 def gold_reply_tokens(dataset: Sequence[dict]) -> Iterable[list[int]]:

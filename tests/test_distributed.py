@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from personachat import ConvAIModel
 from personachat.cli import main
 from personachat.scratch import ScratchConfig, build_scratch_checkpoint
 
@@ -96,12 +97,25 @@ def test_two_processes_resume_to_the_weights_of_an_uninterrupted_run(tmp_path):
         tmp_path / "tiny-dropout", texts,
         ScratchConfig(vocab_size=300, n_layer=2, n_embd=32, n_head=2, n_positions=128,
                       dropout=0.1))
-    # 32 examples, 2 processes x 4: 4 steps an epoch, 8 in all; checkpoints every 3 steps.
-    torchrun(*train_command(model, data, tmp_path / "whole", 4, 1, save_steps=3))
+    # 32 examples, 2 processes x 4: 4 steps an epoch, 8 in all; checkpoints every 3 steps;
+    # an evaluation after each epoch, each process taking every second example of 14.
+    valid = tmp_path / "valid.json"
+    valid.write_text(json.dumps(make_dialogs(7)), encoding="utf-8")
+    options = {"save_steps": 3, "evaluate_during_training": True}
+    torchrun(*train_command(model, data, tmp_path / "whole", 4, 1, **options),
+             "--eval-file", str(valid))
     resumed = tmp_path / "resumed"
-    done = torchrun(*train_command(model, data, resumed, 4, 1, save_steps=3),
-                    "--resume", str(tmp_path / "whole" / "checkpoint-3"))
+    done = torchrun(*train_command(model, data, resumed, 4, 1, **options),
+                    "--eval-file", str(valid), "--resume", str(tmp_path / "whole" / "checkpoint-3"))
     assert "Trained 8 steps" in done.stdout
+
+    # The shared evaluation covered every example and equals one process evaluating alone.
+    scores = json.loads((tmp_path / "whole" / "training_progress_scores.json").read_text())
+    assert scores["eval_num_examples"] == [14, 14]
+    alone = ConvAIModel("gpt2", tmp_path / "whole", use_cuda=False,
+                        args={"silent": True}).eval_model(str(valid), verbose=False)
+    assert scores["eval_loss"][-1] == pytest.approx(alone["eval_loss"], rel=1e-5)
+    assert scores["eval_hits@1"][-1] == pytest.approx(alone["hits@1"])
 
     _, whole = trained(tmp_path / "whole")
     _, again = trained(resumed)

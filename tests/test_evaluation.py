@@ -12,9 +12,12 @@ from personachat import evaluation
 from personachat.encoding import SpecialIds, collate, dataset_from_dialogs
 from personachat.evaluation import (
     evaluate_batches,
+    evaluation_sums,
     format_results,
     generation_f1,
     macro_f1,
+    merge_sums,
+    metrics_from_sums,
     normalize_answer,
     word_f1,
 )
@@ -213,3 +216,22 @@ def test_evaluate_batches_refuses_an_empty_set(model_and_examples):
 
     with pytest.raises(ValueError, match="no utterances"):
         evaluate_batches(model, [], 2.0, 1.0, torch.device("cpu"), silent=True)
+
+
+def test_shares_evaluated_apart_add_up_to_the_whole_evaluation(model_and_examples):
+    # What torchrun ranks do during training: each takes every second example.
+    model, special, examples = model_and_examples
+    cpu = torch.device("cpu")
+    whole = evaluate_batches(model, [collate(examples, special.pad)], 2.0, 1.0, cpu, silent=True)
+    shares = []
+    for rank in range(2):
+        indexes = list(range(rank, len(examples), 2))
+        batches = [collate([examples[i] for i in indexes], special.pad)]
+        shares.append((indexes, evaluation_sums(model, batches, 2.0, 1.0, cpu, silent=True)))
+
+    merged = metrics_from_sums(merge_sums(shares, len(examples)), 2.0, 1.0)
+
+    assert merged["_labels"] == whole["_labels"] and merged["_preds"] == whole["_preds"]
+    assert merged["num_examples"] == len(examples)
+    for key in ("language_model_loss", "mc_loss", "eval_loss", "f1_score", "hits@1"):
+        assert merged[key] == pytest.approx(whole[key], abs=1e-5), key
