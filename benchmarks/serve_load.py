@@ -195,7 +195,8 @@ async def run_load(base_url: str, clients: int = 32, messages: int = 10,
                                           for c, http in enumerate(connections)))
         started = time.perf_counter()
         replies = await asyncio.gather(*(
-            chat(http, session_id, c, messages, options, result) if session_id else _nothing()
+            chat(http, session_id, c, messages, options, result) if session_id
+            else asyncio.sleep(0, result=[])
             for c, (http, session_id) in enumerate(zip(connections, sessions, strict=True))))
         result.wall_seconds = time.perf_counter() - started
     finally:
@@ -214,10 +215,6 @@ async def run_load(base_url: str, clients: int = 32, messages: int = 10,
     finally:
         await http.close()
     return result
-
-
-async def _nothing() -> list[str]:
-    return []
 
 
 # ---------------------------------------------------------------------- the server

@@ -40,10 +40,14 @@ SMALL_ACTIVATION = 2**16
 
 class Decoder:
     """Interface: ``prefill`` once, then ``step`` per generated token; both return the final
-    hidden state (after the last LayerNorm) of each row's newest token, shape [batch, width]."""
+    hidden state (after the last LayerNorm) of each row's newest token, shape [batch, width].
+    ``prefix_lengths`` and ``cache`` (see ``StaticKVDecoder.prefill``) are a saving a decoder
+    may take or leave: only the static decoder keeps persona keys and values."""
 
     def prefill(self, input_ids: torch.Tensor, token_types: torch.Tensor,
-                mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+                mask: torch.Tensor, positions: torch.Tensor,
+                prefix_lengths: list[int] | None = None,
+                cache: PrefixCache | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def step(self, ids: torch.Tensor, types: torch.Tensor,
@@ -314,7 +318,8 @@ class CachedDecoder(Decoder):
         self.past = None
         self.mask: torch.Tensor | None = None
 
-    def prefill(self, input_ids, token_types, mask, positions) -> torch.Tensor:
+    def prefill(self, input_ids, token_types, mask, positions, prefix_lengths=None,
+                cache=None) -> torch.Tensor:
         self.mask = mask
         return self._run(input_ids, token_types, positions)
 
@@ -336,7 +341,8 @@ class ReEncodeDecoder(Decoder):
         self.body = model.transformer
         self.seq: dict[str, torch.Tensor] = {}
 
-    def prefill(self, input_ids, token_types, mask, positions) -> torch.Tensor:
+    def prefill(self, input_ids, token_types, mask, positions, prefix_lengths=None,
+                cache=None) -> torch.Tensor:
         self.seq = {"input_ids": input_ids, "token_type_ids": token_types,
                     "attention_mask": mask, "position_ids": positions}
         return self._run()

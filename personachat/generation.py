@@ -16,7 +16,7 @@ from math import inf
 
 import torch
 
-from .decoders import PrefixCache, StaticKVDecoder, make_decoder
+from .decoders import PrefixCache, make_decoder
 from .encoding import (
     IGNORE_INDEX,
     SpecialIds,
@@ -149,11 +149,8 @@ def generate_replies(model, conversations: Sequence[tuple[Sequence[Sequence[int]
     decoder = make_decoder(model, width + options.max_length)
     big = input_ids.numel() >= PARALLEL_PREFILL_TOKENS
     with intra_op_threads(prefill_threads if big else None):
-        if prefix_cache is not None and isinstance(decoder, StaticKVDecoder):
-            hidden = decoder.prefill(input_ids, token_types, mask, positions,
-                                     [length for _, length in built], prefix_cache)
-        else:
-            hidden = decoder.prefill(input_ids, token_types, mask, positions)
+        hidden = decoder.prefill(input_ids, token_types, mask, positions,
+                                 [length for _, length in built], prefix_cache)
     # Added to the logits: start/pad/speaker1 never belong inside a reply (only <eos> or
     # <speaker2> end one), and before min_length no stop token at all is allowed.
     allowed = allowed_short = None
