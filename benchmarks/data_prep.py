@@ -55,17 +55,49 @@ PHASES = ("read", "cold", "warm", "old-cold", "old-warm")
 # ------------------------------------------------------------------------------ the corpus
 def make_words(rng: random.Random, n: int) -> list[str]:
     """Pronounceable lowercase words of 1-4 syllables, most frequent first."""
-    onsets = ["", "b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t",
-              "v", "w", "y", "z", "br", "ch", "cl", "dr", "fl", "gr", "pl", "sh", "st", "th",
-              "tr", "wh"]
+    onsets = [
+        "",
+        "b",
+        "c",
+        "d",
+        "f",
+        "g",
+        "h",
+        "j",
+        "k",
+        "l",
+        "m",
+        "n",
+        "p",
+        "r",
+        "s",
+        "t",
+        "v",
+        "w",
+        "y",
+        "z",
+        "br",
+        "ch",
+        "cl",
+        "dr",
+        "fl",
+        "gr",
+        "pl",
+        "sh",
+        "st",
+        "th",
+        "tr",
+        "wh",
+    ]
     nuclei = ["a", "e", "i", "o", "u", "ai", "ea", "ee", "oo", "ou", "y"]
     codas = ["", "", "n", "r", "s", "t", "l", "m", "ng", "st", "ck", "nd"]
     words: list[str] = []
     seen: set[str] = set()
     while len(words) < n:
         syllables = 1 + min(3, int(rng.expovariate(1.2)))
-        word = "".join(rng.choice(onsets) + rng.choice(nuclei) + rng.choice(codas)
-                       for _ in range(syllables))
+        word = "".join(
+            rng.choice(onsets) + rng.choice(nuclei) + rng.choice(codas) for _ in range(syllables)
+        )
         if word not in seen:
             seen.add(word)
             words.append(word)
@@ -107,15 +139,25 @@ def generate_corpus(path: Path, seed: int = 0) -> dict:
     dialogs = []
     for said in said_per_dialog:
         turns = len(said) // 2
-        dialogs.append({
-            "personality": rng.sample(persona_pool, rng.choice((4, 5))),
-            "utterances": [{"history": said[:2 * k + 1],
-                            "candidates": rng.sample(pool, CANDIDATES - 1) + [said[2 * k + 1]]}
-                           for k in range(turns)],
-        })
+        dialogs.append(
+            {
+                "personality": rng.sample(persona_pool, rng.choice((4, 5))),
+                "utterances": [
+                    {
+                        "history": said[: 2 * k + 1],
+                        "candidates": rng.sample(pool, CANDIDATES - 1) + [said[2 * k + 1]],
+                    }
+                    for k in range(turns)
+                ],
+            }
+        )
     path.write_text(json.dumps(dialogs), encoding="utf-8")
-    return {"dialogs": len(dialogs), "utterances": sum(len(d["utterances"]) for d in dialogs),
-            "bytes": path.stat().st_size, "texts": pool[:200_000] + persona_pool}
+    return {
+        "dialogs": len(dialogs),
+        "utterances": sum(len(d["utterances"]) for d in dialogs),
+        "bytes": path.stat().st_size,
+        "texts": pool[:200_000] + persona_pool,
+    }
 
 
 def _accumulate(values: list[float]):
@@ -164,15 +206,29 @@ def run_phase(phase: str, work: Path, num_proc: int) -> dict:
         result["read_s"] = time.perf_counter() - started
         result["after_read_mib"] = rss_mib()
         with peak_rss_above_start() as added:
-            checksum = work_phase(phase, dialogs, work, tokenizer, special, options, sample,
-                                  num_proc, result)
-    result.update(seconds=time.perf_counter() - started, peak_mib=maxrss_mib(),
-                  added_mib=added[0], checksum=int(checksum))
+            checksum = work_phase(
+                phase, dialogs, work, tokenizer, special, options, sample, num_proc, result
+            )
+    result.update(
+        seconds=time.perf_counter() - started,
+        peak_mib=maxrss_mib(),
+        added_mib=added[0],
+        checksum=int(checksum),
+    )
     return result
 
 
-def work_phase(phase: str, dialogs: list, work: Path, tokenizer, special, options,
-               sample: list[int], num_proc: int, result: dict) -> int:
+def work_phase(
+    phase: str,
+    dialogs: list,
+    work: Path,
+    tokenizer,
+    special,
+    options,
+    sample: list[int],
+    num_proc: int,
+    result: dict,
+) -> int:
     """The part of a phase after reading the JSON; returns its checksum."""
     import torch
 
@@ -181,22 +237,28 @@ def work_phase(phase: str, dialogs: list, work: Path, tokenizer, special, option
     if phase == "read":
         checksum = len(dialogs)
     elif phase in ("cold", "warm"):
-        dataset = cached_dataset(dialogs, tokenizer, special, options, work / "cache",
-                                 num_proc=num_proc)
+        dataset = cached_dataset(
+            dialogs, tokenizer, special, options, work / "cache", num_proc=num_proc
+        )
         lengths = dataset.lengths
         checksum = sum(sum(c["input_ids"]) for i in sample for c in dataset[i]["candidates"])
-        result.update(examples=len(dataset), texts=dataset.num_texts,
-                      longest=max(lengths), mean_length=sum(lengths) / len(lengths),
-                      cache_bytes=sum(p.stat().st_size
-                                      for p in (work / "cache").rglob("*") if p.is_file()))
+        result.update(
+            examples=len(dataset),
+            texts=dataset.num_texts,
+            longest=max(lengths),
+            mean_length=sum(lengths) / len(lengths),
+            cache_bytes=sum(p.stat().st_size for p in (work / "cache").rglob("*") if p.is_file()),
+        )
     else:  # old-cold
         tensors = classic_tensors(dialogs, tokenizer, special, options)
         torch.save(tensors, work / "old_cache.pt")
         checksum = tensor_checksum(tensors, sample, special.pad)
-        result.update(examples=len(tensors["input_ids"]),
-                      pad_to=tensors["input_ids"].shape[-1],
-                      cache_bytes=(work / "old_cache.pt").stat().st_size,
-                      padding=float((tensors["input_ids"] == special.pad).float().mean()))
+        result.update(
+            examples=len(tensors["input_ids"]),
+            pad_to=tensors["input_ids"].shape[-1],
+            cache_bytes=(work / "old_cache.pt").stat().st_size,
+            padding=float((tensors["input_ids"] == special.pad).float().mean()),
+        )
     return checksum
 
 
@@ -234,26 +296,53 @@ def classic_tensors(dialogs: list[dict], tokenizer, special, options) -> dict:
     texts = [s for d in dialogs for s in _strings(d)]
     ids = iter(tokenizer(texts, add_special_tokens=False)["input_ids"])
     del texts
-    encoded = [{"personality": [next(ids) for _ in d["personality"]],
-                "utterances": [{"history": [next(ids) for _ in u["history"]],
-                                "candidates": [next(ids) for _ in u["candidates"]]}
-                               for u in d["utterances"]]} for d in dialogs]
-    examples = [build_example(d["personality"], u["history"], u["candidates"], special,
-                              options.num_candidates, options.max_history, options.max_tokens)
-                for d in encoded for u in d["utterances"]]
+    encoded = [
+        {
+            "personality": [next(ids) for _ in d["personality"]],
+            "utterances": [
+                {
+                    "history": [next(ids) for _ in u["history"]],
+                    "candidates": [next(ids) for _ in u["candidates"]],
+                }
+                for u in d["utterances"]
+            ],
+        }
+        for d in dialogs
+    ]
+    examples = [
+        build_example(
+            d["personality"],
+            u["history"],
+            u["candidates"],
+            special,
+            options.num_candidates,
+            options.max_history,
+            options.max_tokens,
+        )
+        for d in encoded
+        for u in d["utterances"]
+    ]
     del encoded
     longest = max(len(c["input_ids"]) for ex in examples for c in ex["candidates"])
 
     def padded(key: str, value: int) -> torch.Tensor:
-        return torch.tensor([[c[key] + [value] * (longest - len(c[key])) for c in ex["candidates"]]
-                             for ex in examples], dtype=torch.long)
+        return torch.tensor(
+            [
+                [c[key] + [value] * (longest - len(c[key])) for c in ex["candidates"]]
+                for ex in examples
+            ],
+            dtype=torch.long,
+        )
 
-    return {"input_ids": padded("input_ids", special.pad),
-            "token_type_ids": padded("token_type_ids", special.pad),
-            "lm_labels": padded("lm_labels", IGNORE_INDEX),
-            "mc_token_ids": torch.tensor([[c["mc_token_ids"] for c in ex["candidates"]]
-                                          for ex in examples]),
-            "mc_labels": torch.tensor([ex["mc_label"] for ex in examples])}
+    return {
+        "input_ids": padded("input_ids", special.pad),
+        "token_type_ids": padded("token_type_ids", special.pad),
+        "lm_labels": padded("lm_labels", IGNORE_INDEX),
+        "mc_token_ids": torch.tensor(
+            [[c["mc_token_ids"] for c in ex["candidates"]] for ex in examples]
+        ),
+        "mc_labels": torch.tensor([ex["mc_label"] for ex in examples]),
+    }
 
 
 def tensor_checksum(tensors: dict, sample: list[int], pad: int) -> int:
@@ -282,12 +371,25 @@ def rss_mib() -> float:
 # ------------------------------------------------------------------------------ the report
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work-dir", type=Path, default=None,
-                        help="where the corpus, tokenizer and caches go (default: a temp dir)")
-    parser.add_argument("--num-proc", type=int, default=1,
-                        help="datasets worker processes for the cold tokenization")
-    parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES),
-                        help="phases to run (default: all; the table needs all five)")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="where the corpus, tokenizer and caches go (default: a temp dir)",
+    )
+    parser.add_argument(
+        "--num-proc",
+        type=int,
+        default=1,
+        help="datasets worker processes for the cold tokenization",
+    )
+    parser.add_argument(
+        "--phases",
+        nargs="+",
+        choices=PHASES,
+        default=list(PHASES),
+        help="phases to run (default: all; the table needs all five)",
+    )
     parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     parser.add_argument("--keep", action="store_true", help="keep the work dir")
     options = parser.parse_args()
@@ -302,23 +404,39 @@ def main() -> None:
         started = time.perf_counter()
         corpus = generate_corpus(work / "corpus.json")
         build_tokenizer(corpus.pop("texts"), work / "tokenizer")
-        print(f"corpus: {corpus['dialogs']:,} dialogs, {corpus['utterances']:,} utterances x "
-              f"{CANDIDATES} candidates, {corpus['bytes'] / 2**20:.0f} MiB of JSON; tokenizer "
-              f"trained ({VOCAB_SIZE:,} tokens) in {time.perf_counter() - started:.0f} s")
+        print(
+            f"corpus: {corpus['dialogs']:,} dialogs, {corpus['utterances']:,} utterances x "
+            f"{CANDIDATES} candidates, {corpus['bytes'] / 2**20:.0f} MiB of JSON; tokenizer "
+            f"trained ({VOCAB_SIZE:,} tokens) in {time.perf_counter() - started:.0f} s"
+        )
         shutil.rmtree(work / "cache", ignore_errors=True)
         results = {}
         for phase in options.phases:
             proc = subprocess.run(
-                [sys.executable, __file__, "--phase", phase, "--work-dir", str(work),
-                 "--num-proc", str(options.num_proc)],
-                capture_output=True, text=True, check=False,
-                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                [
+                    sys.executable,
+                    __file__,
+                    "--phase",
+                    phase,
+                    "--work-dir",
+                    str(work),
+                    "--num-proc",
+                    str(options.num_proc),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            )
             if proc.returncode != 0:
                 sys.exit(f"phase {phase} failed:\n{proc.stderr[-3000:]}")
             results[phase] = json.loads(proc.stdout.strip().splitlines()[-1])
             (work / "results.json").write_text(json.dumps(results, indent=1))
-            print(f"  {phase}: {results[phase]['seconds']:.1f} s, peak "
-                  f"{results[phase]['peak_mib']:,.0f} MiB", flush=True)
+            print(
+                f"  {phase}: {results[phase]['seconds']:.1f} s, peak "
+                f"{results[phase]['peak_mib']:,.0f} MiB",
+                flush=True,
+            )
         if set(results) == set(PHASES):
             report(results, options)
     finally:
@@ -330,41 +448,53 @@ def report(results: dict, options: argparse.Namespace) -> None:
     import torch
 
     read = results["read"]
-    print(f"\nevery phase starts at about {read['baseline_mib']:,.0f} MiB (python, torch, "
-          "transformers imported)")
+    print(
+        f"\nevery phase starts at about {read['baseline_mib']:,.0f} MiB (python, torch, "
+        "transformers imported)"
+    )
     cold, warm = results["cold"], results["warm"]
     old, old_warm = results["old-cold"], results["old-warm"]
     if not (cold["checksum"] == warm["checksum"] == old["checksum"] == old_warm["checksum"]):
         print("WARNING: the phases disagree on the sampled examples")
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"python {platform.python_version()}, torch {torch.__version__}; "
-          f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print(f"examples {cold['examples']:,}; distinct strings tokenized {cold['texts']:,}; "
-          f"input length mean {cold['mean_length']:.0f}, longest {cold['longest']}; the old "
-          f"way pads all to {old['pad_to']} ({old['padding']:.0%} padding)\n")
-    print("| phase | seconds | of which reading the JSON | peak memory (process) | "
-          "added by the phase's own work | on disk |")
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"python {platform.python_version()}, torch {torch.__version__}; "
+        f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"examples {cold['examples']:,}; distinct strings tokenized {cold['texts']:,}; "
+        f"input length mean {cold['mean_length']:.0f}, longest {cold['longest']}; the old "
+        f"way pads all to {old['pad_to']} ({old['padding']:.0%} padding)\n"
+    )
+    print(
+        "| phase | seconds | of which reading the JSON | peak memory (process) | "
+        "added by the phase's own work | on disk |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
 
     def row(name: str, r: dict) -> None:
         reading = f"{r['read_s']:.1f}" if "read_s" in r else "-"
         disk = f"{r['cache_bytes'] / 2**20:,.0f} MiB" if "cache_bytes" in r else "-"
         added = f"{max(0.0, r['added_mib']):,.0f} MiB" if r["phase"] != "read" else "-"
-        print(f"| {name} | {r['seconds']:.1f} | {reading} | {r['peak_mib']:,.0f} MiB | "
-              f"{added} | {disk} |")
+        print(
+            f"| {name} | {r['seconds']:.1f} | {reading} | {r['peak_mib']:,.0f} MiB | "
+            f"{added} | {disk} |"
+        )
 
     row("read the JSON only", read)
     row("**cold**: tokenize + cache (`token_cache`)", cold)
     row("**warm**: from the cache (`token_cache`)", warm)
     row("old way, cold: tokenize all, pad all, `torch.save`", old)
     row("old way, warm: `torch.load`", old_warm)
-    print(f"\nold cold / new cold: {old['seconds'] / cold['seconds']:.1f}x time, "
-          f"{old['peak_mib'] / cold['peak_mib']:.1f}x peak memory "
-          f"({old['added_mib'] / max(cold['added_mib'], 1):.0f}x the memory added); "
-          f"new warm: {warm['seconds'] - warm['read_s']:.1f} s after reading the JSON; "
-          f"old warm / new warm peak memory: {old_warm['peak_mib'] / warm['peak_mib']:.1f}x; "
-          f"num_proc={options.num_proc}")
+    print(
+        f"\nold cold / new cold: {old['seconds'] / cold['seconds']:.1f}x time, "
+        f"{old['peak_mib'] / cold['peak_mib']:.1f}x peak memory "
+        f"({old['added_mib'] / max(cold['added_mib'], 1):.0f}x the memory added); "
+        f"new warm: {warm['seconds'] - warm['read_s']:.1f} s after reading the JSON; "
+        f"old warm / new warm peak memory: {old_warm['peak_mib'] / warm['peak_mib']:.1f}x; "
+        f"num_proc={options.num_proc}"
+    )
 
 
 if __name__ == "__main__":

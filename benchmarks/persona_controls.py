@@ -36,8 +36,11 @@ SETTINGS: dict[str, dict] = {
     "sampling (T=0.7, top_p=0.9)": {"do_sample": True},
     "sampling + repetition_penalty=1.3": {"do_sample": True, "repetition_penalty": 1.3},
     "sampling + no_repeat_ngram_size=3": {"do_sample": True, "no_repeat_ngram_size": 3},
-    "greedy + penalty 1.3 + no_repeat 3": {"do_sample": False, "repetition_penalty": 1.3,
-                                           "no_repeat_ngram_size": 3},
+    "greedy + penalty 1.3 + no_repeat 3": {
+        "do_sample": False,
+        "repetition_penalty": 1.3,
+        "no_repeat_ngram_size": 3,
+    },
     "sampling + rerank_samples=4": {"do_sample": True, "rerank_samples": 4},
 }
 
@@ -49,13 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dialogs", type=int, default=60, help="held-out dialogs to use")
     options = parser.parse_args(argv)
     if not (Path(options.model) / "config.json").is_file():
-        print(f"no trained model in {options.model}; run "
-              "`personachat train --config configs/quick.yaml` first")
+        print(
+            f"no trained model in {options.model}; run "
+            "`personachat train --config configs/quick.yaml` first"
+        )
         return 1
     bot = ConvAIModel("gpt2", options.model, use_cuda=False, args={"silent": True})
-    dialogs = read_dialogs(options.eval_file)[:options.dialogs]
-    print(f"machine: {platform.processor() or platform.machine()}, cpu, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}, {date.today()}")
+    dialogs = read_dialogs(options.eval_file)[: options.dialogs]
+    print(
+        f"machine: {platform.processor() or platform.machine()}, cpu, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, {date.today()}"
+    )
     print(f"command: python {' '.join(sys.argv)}")
     print(f"model: {options.model}; data: {options.eval_file}, {len(dialogs)} dialogs\n")
     print("| decoding | persona_accuracy | repetition_rate | seconds |\n|---|---:|---:|---:|")
@@ -66,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         accuracy = persona_accuracy(replies, dialogs, silent=True)
         repeats = repetition_rate(replies, dialogs, silent=True)
-        print(f"| {name} | {accuracy:.3f} | {repeats:.3f} | "
-              f"{time.perf_counter() - started:.0f} |", flush=True)
+        print(
+            f"| {name} | {accuracy:.3f} | {repeats:.3f} | {time.perf_counter() - started:.0f} |",
+            flush=True,
+        )
     return 0
 
 

@@ -33,15 +33,20 @@ from personachat.evaluation import unigram_baseline_loss
 from personachat.readers import read_dialogs
 from personachat.scratch import ScratchConfig, build_scratch_checkpoint, dialog_texts
 
-DEFAULT_FILE = (Path(__file__).resolve().parents[2] / "shared" / "data"
-                / "synthetic-persona-chat" / "valid.csv")
+DEFAULT_FILE = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "synthetic-persona-chat" / "valid.csv"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--file", type=Path, default=DEFAULT_FILE)
-    parser.add_argument("--train-dialogs", type=int, default=600,
-                        help="dialogs to train on (of 1,800: two per conversation)")
+    parser.add_argument(
+        "--train-dialogs",
+        type=int,
+        default=600,
+        help="dialogs to train on (of 1,800: two per conversation)",
+    )
     parser.add_argument("--eval-dialogs", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--num-candidates", type=int, default=2)
@@ -57,41 +62,72 @@ def main(argv: list[str] | None = None) -> int:
     train, valid = dialogs[:split], dialogs[split:]
     train, _ = add_distractors(train, options.num_candidates, seed=0)
     valid, _ = add_distractors(valid, options.num_candidates, seed=1)
-    train, valid = train[:options.train_dialogs], valid[:options.eval_dialogs]
+    train, valid = train[: options.train_dialogs], valid[: options.eval_dialogs]
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "scratch"
-        build_scratch_checkpoint(folder, dialog_texts(train), ScratchConfig(
-            vocab_size=options.vocab_size, n_layer=4, n_embd=128, n_head=4, n_positions=256))
+        build_scratch_checkpoint(
+            folder,
+            dialog_texts(train),
+            ScratchConfig(
+                vocab_size=options.vocab_size, n_layer=4, n_embd=128, n_head=4, n_positions=256
+            ),
+        )
         for name, data in (("train", train), ("valid", valid)):
             (Path(tmp) / f"{name}.json").write_text(json.dumps(data), encoding="utf-8")
-        bot = ConvAIModel("gpt2", folder, use_cuda=False, args={
-            "output_dir": str(Path(tmp) / "out"), "num_train_epochs": options.epochs,
-            "train_batch_size": 16, "eval_batch_size": 32, "num_candidates":
-            options.num_candidates, "learning_rate": options.learning_rate,
-            "warmup_ratio": 0.05, "manual_seed": 42, "save_steps": 0,
-            "save_model_every_epoch": False, "silent": True, "max_history": 2})
+        bot = ConvAIModel(
+            "gpt2",
+            folder,
+            use_cuda=False,
+            args={
+                "output_dir": str(Path(tmp) / "out"),
+                "num_train_epochs": options.epochs,
+                "train_batch_size": 16,
+                "eval_batch_size": 32,
+                "num_candidates": options.num_candidates,
+                "learning_rate": options.learning_rate,
+                "warmup_ratio": 0.05,
+                "manual_seed": 42,
+                "save_steps": 0,
+                "save_model_every_epoch": False,
+                "silent": True,
+                "max_history": 2,
+            },
+        )
         started = time.perf_counter()
         steps, _ = bot.train_model(str(Path(tmp) / "train.json"), show_running_loss=False)
         seconds = time.perf_counter() - started
-        results = bot.eval_model(str(Path(tmp) / "valid.json"), output_dir=str(Path(tmp) / "ev"),
-                                 verbose=False, silent=True)
-        baseline = unigram_baseline_loss(bot._dataset(train, "train"),
-                                         bot._dataset(valid, "valid"), len(bot.tokenizer))
+        results = bot.eval_model(
+            str(Path(tmp) / "valid.json"),
+            output_dir=str(Path(tmp) / "ev"),
+            verbose=False,
+            silent=True,
+        )
+        baseline = unigram_baseline_loss(
+            bot._dataset(train, "train"), bot._dataset(valid, "valid"), len(bot.tokenizer)
+        )
 
     chance = 1 / options.num_candidates
-    print(f"machine: {platform.processor() or platform.machine()}, cpu, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}, {date.today()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, cpu, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, {date.today()}"
+    )
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"data: {options.file.name}, {len(train)} train dialogs "
-          f"({sum(len(d['utterances']) for d in train)} utterances), {len(valid)} eval dialogs "
-          f"({results['num_examples']} utterances); model 4x128, vocab {len(bot.tokenizer)}; "
-          f"{steps} steps in {seconds:.0f} s")
+    print(
+        f"data: {options.file.name}, {len(train)} train dialogs "
+        f"({sum(len(d['utterances']) for d in train)} utterances), {len(valid)} eval dialogs "
+        f"({results['num_examples']} utterances); model 4x128, vocab {len(bot.tokenizer)}; "
+        f"{steps} steps in {seconds:.0f} s"
+    )
     print("\n| metric | model | reference | better? |\n|---|---:|---:|---|")
-    print(f"| LM loss (nats/token, gold replies) | {results['language_model_loss']:.3f} | "
-          f"{baseline:.3f} (unigram) | {results['language_model_loss'] < baseline} |")
-    print(f"| hits@1 ({options.num_candidates} candidates) | {results['hits@1']:.3f} | "
-          f"{chance:.3f} (chance) | {results['hits@1'] > chance} |")
+    print(
+        f"| LM loss (nats/token, gold replies) | {results['language_model_loss']:.3f} | "
+        f"{baseline:.3f} (unigram) | {results['language_model_loss'] < baseline} |"
+    )
+    print(
+        f"| hits@1 ({options.num_candidates} candidates) | {results['hits@1']:.3f} | "
+        f"{chance:.3f} (chance) | {results['hits@1'] > chance} |"
+    )
     return 0 if results["language_model_loss"] < baseline and results["hits@1"] > chance else 3
 
 

@@ -26,11 +26,19 @@ import torch
 from personachat.encoding import SpecialIds
 from personachat.generation import DecodingOptions, build_prompt, generate_replies, generate_reply
 
-PERSONA = ["i work as a nurse .", "i have two cats .", "i love hiking in the mountains .",
-           "my favorite food is sushi ."]
-HISTORY = ["hi , how are you today ?", "i am great , just back from a hike .",
-           "oh nice , where did you go ?", "up the hills near my house , with my cats .",
-           "cats on a hike ? what do you do for a living ?"]
+PERSONA = [
+    "i work as a nurse .",
+    "i have two cats .",
+    "i love hiking in the mountains .",
+    "my favorite food is sushi .",
+]
+HISTORY = [
+    "hi , how are you today ?",
+    "i am great , just back from a hike .",
+    "oh nice , where did you go ?",
+    "up the hills near my house , with my cats .",
+    "cats on a hike ? what do you do for a living ?",
+]
 
 
 def build(size: str, device: torch.device):
@@ -42,8 +50,11 @@ def build(size: str, device: torch.device):
 
     tokenizer = train_tokenizer(PERSONA + HISTORY, vocab_size=400)
     tokenizer.add_special_tokens(ATTR_TO_SPECIAL_TOKEN)
-    shape = dict(n_layer=4, n_embd=128, n_head=4) if size == "tiny" else \
-        dict(n_layer=12, n_embd=768, n_head=12)
+    shape = (
+        dict(n_layer=4, n_embd=128, n_head=4)
+        if size == "tiny"
+        else dict(n_layer=12, n_embd=768, n_head=12)
+    )
     vocab = len(tokenizer) if size == "tiny" else 50262  # small: GPT-2's real head width
     torch.manual_seed(0)
     model = GPT2DoubleHeadsModel(GPT2Config(vocab_size=vocab, n_positions=1024, **shape))
@@ -51,16 +62,19 @@ def build(size: str, device: torch.device):
 
 
 @torch.no_grad()
-def naive_reply(model, persona, history, special: SpecialIds, options: DecodingOptions,
-                device) -> list[int]:
+def naive_reply(
+    model, persona, history, special: SpecialIds, options: DecodingOptions, device
+) -> list[int]:
     """Re-encode persona + history + reply so far for every new token (no cache)."""
     prompt = build_prompt(persona, history, special, options.max_history, 1024)
     ids, types = list(prompt["input_ids"]), list(prompt["token_type_ids"])
     reply = []
     stop = torch.tensor(sorted(special.stop_ids), device=device)
     for _ in range(options.max_length):
-        logits = model(input_ids=torch.tensor([ids], device=device),
-                       token_type_ids=torch.tensor([types], device=device)).logits[0, -1]
+        logits = model(
+            input_ids=torch.tensor([ids], device=device),
+            token_type_ids=torch.tensor([types], device=device),
+        ).logits[0, -1]
         logits[stop] = -float("inf")  # min_length = max_length
         token = int(torch.argmax(logits))
         reply.append(token)
@@ -94,21 +108,37 @@ def main() -> None:
     special = SpecialIds.from_tokenizer(tokenizer)
     persona = [tokenizer.encode(s) for s in PERSONA]
     history = [tokenizer.encode(s) for s in HISTORY]
-    options = DecodingOptions(max_length=options_.reply_tokens, min_length=options_.reply_tokens,
-                              do_sample=False, max_history=2)
+    options = DecodingOptions(
+        max_length=options_.reply_tokens,
+        min_length=options_.reply_tokens,
+        do_sample=False,
+        max_history=2,
+    )
 
     cached = generate_reply(model, persona, history, special, options, device)
     naive = naive_reply(model, persona, history, special, options, device)
     assert cached == naive, "the cached and naive paths must produce the same greedy reply"
-    t_cached = statistics.median(timed(lambda: generate_reply(
-        model, persona, history, special, options, device), options_.repeats, device))
-    t_naive = statistics.median(timed(lambda: naive_reply(
-        model, persona, history, special, options, device), options_.repeats, device))
+    t_cached = statistics.median(
+        timed(
+            lambda: generate_reply(model, persona, history, special, options, device),
+            options_.repeats,
+            device,
+        )
+    )
+    t_naive = statistics.median(
+        timed(
+            lambda: naive_reply(model, persona, history, special, options, device),
+            options_.repeats,
+            device,
+        )
+    )
 
-    print(f"machine: {platform.processor() or platform.machine()}, {device}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"model {options_.model_size}, reply {options_.reply_tokens} tokens, "
-          f"prompt {len(build_prompt(persona, history, special, 2, 1024)['input_ids'])} tokens")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {device}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"model {options_.model_size}, reply {options_.reply_tokens} tokens, "
+        f"prompt {len(build_prompt(persona, history, special, 2, 1024)['input_ids'])} tokens"
+    )
     print("\n| path | median latency per reply | ms per token |\n|---|---:|---:|")
     for name, t in (("KV cache", t_cached), ("re-encode every step", t_naive)):
         print(f"| {name} | {t * 1000:.1f} ms | {t * 1000 / options_.reply_tokens:.2f} |")
@@ -118,8 +148,13 @@ def main() -> None:
     base = None
     for batch in (1, 8, 32):
         conversations = [(persona, history)] * batch
-        t = statistics.median(timed(lambda c=conversations: generate_replies(
-            model, c, special, options, device), max(3, options_.repeats // 3), device))
+        t = statistics.median(
+            timed(
+                lambda c=conversations: generate_replies(model, c, special, options, device),
+                max(3, options_.repeats // 3),
+                device,
+            )
+        )
         rate = batch / t
         base = base or rate
         print(f"| {batch} | {rate:.1f} ({rate / base:.1f}x batch 1) | {t * 1000:.0f} ms |")

@@ -38,14 +38,24 @@ import httpx
 
 from personachat.serve.settings import ServeSettings
 
-PARTNER_LINES = ["hi , how are you today ?", "what do you do for a living ?",
-                 "do you have any pets ?", "where do you live ?", "what food do you like ?",
-                 "that sounds fun . anything else ?", "i love hiking on weekends .",
-                 "what music do you listen to ?", "do you have kids ?", "nice talking to you !"]
-PERSONAS = [["i work as a nurse .", "i have two cats .", "i love sushi ."],
-            ["i am a pilot .", "i live in paris .", "my dog is called max ."],
-            ["i bake bread every morning .", "i have three kids .", "i play the guitar ."],
-            ["i am a teacher .", "i like rock music .", "i run marathons ."]]
+PARTNER_LINES = [
+    "hi , how are you today ?",
+    "what do you do for a living ?",
+    "do you have any pets ?",
+    "where do you live ?",
+    "what food do you like ?",
+    "that sounds fun . anything else ?",
+    "i love hiking on weekends .",
+    "what music do you listen to ?",
+    "do you have kids ?",
+    "nice talking to you !",
+]
+PERSONAS = [
+    ["i work as a nurse .", "i have two cats .", "i love sushi ."],
+    ["i am a pilot .", "i live in paris .", "my dog is called max ."],
+    ["i bake bread every morning .", "i have three kids .", "i play the guitar ."],
+    ["i am a teacher .", "i like rock music .", "i run marathons ."],
+]
 
 
 @dataclass
@@ -98,9 +108,11 @@ class Connection:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         data = b"" if body is None else json.dumps(body).encode()
-        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-                f"{self.extra}\r\n")
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            f"{self.extra}\r\n"
+        )
         self.writer.write(head.encode() + data)
         await self.writer.drain()
         status_line = await self.reader.readline()
@@ -129,7 +141,8 @@ async def create_session(http: Connection, client: int, result: LoadResult) -> s
     """A session with one of the personas; None (and an error noted) if that failed."""
     try:
         status, body = await http.request(
-            "POST", "/v1/sessions", {"personality": PERSONAS[client % len(PERSONAS)]})
+            "POST", "/v1/sessions", {"personality": PERSONAS[client % len(PERSONAS)]}
+        )
     except (OSError, ValueError) as err:
         result.errors.append(f"client {client}: create: {err!r}")
         return None
@@ -139,8 +152,14 @@ async def create_session(http: Connection, client: int, result: LoadResult) -> s
     return body["id"]
 
 
-async def chat(http: Connection, session_id: str, client: int, messages: int,
-               options: dict | None, result: LoadResult) -> list[str]:
+async def chat(
+    http: Connection,
+    session_id: str,
+    client: int,
+    messages: int,
+    options: dict | None,
+    result: LoadResult,
+) -> list[str]:
     """Send the messages one after another; return the replies received."""
     replies = []
     for index in range(messages):
@@ -150,7 +169,8 @@ async def chat(http: Connection, session_id: str, client: int, messages: int,
         started = time.perf_counter()
         try:
             status, body = await http.request(
-                "POST", f"/v1/sessions/{session_id}/messages", message)
+                "POST", f"/v1/sessions/{session_id}/messages", message
+            )
         except (OSError, ValueError) as err:
             result.errors.append(f"client {client} message {index}: {err!r}")
             await http.close()
@@ -171,16 +191,23 @@ def history_problems(client: int, session: dict, replies: list[str], messages: i
     stored = [(m["role"], m["text"]) for m in session["messages"]]
     problems = []
     if stored != expected or len(replies) != messages:
-        problems.append(f"client {client}: history has {len(stored)} messages, expected "
-                        f"{2 * messages} alternating user/bot in the order sent")
+        problems.append(
+            f"client {client}: history has {len(stored)} messages, expected "
+            f"{2 * messages} alternating user/bot in the order sent"
+        )
     seqs = [m["seq"] for m in session["messages"]]
     if seqs != list(range(1, len(seqs) + 1)):
         problems.append(f"client {client}: message numbers {seqs} are not 1..{len(seqs)}")
     return problems
 
 
-async def run_load(base_url: str, clients: int = 32, messages: int = 10,
-                   options: dict | None = None, headers: dict | None = None) -> LoadResult:
+async def run_load(
+    base_url: str,
+    clients: int = 32,
+    messages: int = 10,
+    options: dict | None = None,
+    headers: dict | None = None,
+) -> LoadResult:
     """``clients`` concurrent sessions x ``messages`` messages against a running server,
     then a check of every session's stored history.
 
@@ -191,13 +218,18 @@ async def run_load(base_url: str, clients: int = 32, messages: int = 10,
     result = LoadResult(clients, messages, 0.0)
     connections = [Connection(base_url, headers) for _ in range(clients)]
     try:
-        sessions = await asyncio.gather(*(create_session(http, c, result)
-                                          for c, http in enumerate(connections)))
+        sessions = await asyncio.gather(
+            *(create_session(http, c, result) for c, http in enumerate(connections))
+        )
         started = time.perf_counter()
-        replies = await asyncio.gather(*(
-            chat(http, session_id, c, messages, options, result) if session_id
-            else asyncio.sleep(0, result=[])
-            for c, (http, session_id) in enumerate(zip(connections, sessions, strict=True))))
+        replies = await asyncio.gather(
+            *(
+                chat(http, session_id, c, messages, options, result)
+                if session_id
+                else asyncio.sleep(0, result=[])
+                for c, (http, session_id) in enumerate(zip(connections, sessions, strict=True))
+            )
+        )
         result.wall_seconds = time.perf_counter() - started
     finally:
         for http in connections:
@@ -224,21 +256,43 @@ def build_model(folder: Path, n_layer: int, n_embd: int) -> Path:
     from personachat.scratch import ScratchConfig, build_scratch_checkpoint
 
     texts = PARTNER_LINES + [s for p in PERSONAS for s in p]
-    build_scratch_checkpoint(folder, texts, ScratchConfig(vocab_size=1000, n_layer=n_layer,
-                                                          n_embd=n_embd, n_head=4,
-                                                          n_positions=256))
+    build_scratch_checkpoint(
+        folder,
+        texts,
+        ScratchConfig(vocab_size=1000, n_layer=n_layer, n_embd=n_embd, n_head=4, n_positions=256),
+    )
     (folder / "personas.json").write_text(json.dumps(PERSONAS), encoding="utf-8")
     return folder
 
 
-def start_server(model: Path, db: Path, *flags: str,
-                 env: dict | None = None, timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
+def start_server(
+    model: Path, db: Path, *flags: str, env: dict | None = None, timeout: float = 120.0
+) -> tuple[subprocess.Popen, str]:
     """``personachat serve`` on a free loopback port; returns (process, base URL)."""
-    command = [sys.executable, "-m", "personachat.cli", "serve", "--model", str(model),
-               "--db", str(db), "--port", "0", "--device", "cpu", "--log-level", "warning",
-               *flags]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env={**os.environ, **(env or {})})
+    command = [
+        sys.executable,
+        "-m",
+        "personachat.cli",
+        "serve",
+        "--model",
+        str(model),
+        "--db",
+        str(db),
+        "--port",
+        "0",
+        "--device",
+        "cpu",
+        "--log-level",
+        "warning",
+        *flags,
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     deadline = time.monotonic() + timeout
     lines = []
     while time.monotonic() < deadline:
@@ -283,8 +337,15 @@ def measure(model: Path, workdir: Path, label: str, max_batch_size: int, args) -
     extra = ["--threads", str(args.threads)] if args.threads else []
     if args.prefill_threads:
         extra += ["--prefill-threads", str(args.prefill_threads)]
-    process, url = start_server(model, db, "--max-batch-size", str(max_batch_size),
-                                "--batch-window-ms", str(args.window_ms), *extra)
+    process, url = start_server(
+        model,
+        db,
+        "--max-batch-size",
+        str(max_batch_size),
+        "--batch-window-ms",
+        str(args.window_ms),
+        *extra,
+    )
     try:
         options = {"max_length": args.reply_tokens, "min_length": args.reply_tokens}
         asyncio.run(run_load(url, clients=2, messages=2, options=options))  # warm-up
@@ -294,8 +355,12 @@ def measure(model: Path, workdir: Path, label: str, max_batch_size: int, args) -
     finally:
         stop_server(process)
     batches = after["batches"] - before["batches"]
-    return {"label": label, "max_batch_size": max_batch_size, "result": result,
-            "mean_batch": (after["replies"] - before["replies"]) / batches if batches else 0.0}
+    return {
+        "label": label,
+        "max_batch_size": max_batch_size,
+        "result": result,
+        "mean_batch": (after["replies"] - before["replies"]) / batches if batches else 0.0,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,43 +368,65 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--messages", type=int, default=10, help="per client, one at a time")
     parser.add_argument("--reply-tokens", type=int, default=20)
-    parser.add_argument("--max-batch-size", type=int, default=ServeSettings.max_batch_size,
-                        help="of the batched server (default: the server's own default)")
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=ServeSettings.max_batch_size,
+        help="of the batched server (default: the server's own default)",
+    )
     parser.add_argument("--window-ms", type=float, default=10.0)
     parser.add_argument("--model", help="model folder (default: a random 4x128 GPT-2)")
     parser.add_argument("--n-layer", type=int, default=4)
     parser.add_argument("--n-embd", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="the server's decoding threads (default: its own, all cores "
-                             "but one)")
-    parser.add_argument("--prefill-threads", type=int, default=None,
-                        help="the server's prompt-encoding threads (default: its own, all cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="the server's decoding threads (default: its own, all cores but one)",
+    )
+    parser.add_argument(
+        "--prefill-threads",
+        type=int,
+        default=None,
+        help="the server's prompt-encoding threads (default: its own, all cores)",
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
         workdir = Path(tmp)
-        model = Path(args.model) if args.model else build_model(workdir / "model", args.n_layer,
-                                                                 args.n_embd)
-        runs = [measure(model, workdir, "batched", args.max_batch_size, args),
-                measure(model, workdir, "one at a time", 1, args)]
+        model = (
+            Path(args.model)
+            if args.model
+            else build_model(workdir / "model", args.n_layer, args.n_embd)
+        )
+        runs = [
+            measure(model, workdir, "batched", args.max_batch_size, args),
+            measure(model, workdir, "one at a time", 1, args),
+        ]
 
     import torch
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}; model: {args.model or f'random {args.n_layer}x{args.n_embd}'}"
-          f"; {args.clients} clients x {args.messages} messages, replies of "
-          f"{args.reply_tokens} tokens, window {args.window_ms:g} ms")
-    print("\n| serving | max batch | mean batch | replies | errors | history | p50 latency "
-          "| p95 latency | replies/s |")
+
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}; model: {args.model or f'random {args.n_layer}x{args.n_embd}'}"
+        f"; {args.clients} clients x {args.messages} messages, replies of "
+        f"{args.reply_tokens} tokens, window {args.window_ms:g} ms"
+    )
+    print(
+        "\n| serving | max batch | mean batch | replies | errors | history | p50 latency "
+        "| p95 latency | replies/s |"
+    )
     print("|---|---:|---:|---:|---:|---|---:|---:|---:|")
     for run in runs:
         r: LoadResult = run["result"]
-        print(f"| {run['label']} | {run['max_batch_size']} | {run['mean_batch']:.1f} | "
-              f"{r.replies} | {len(r.errors)} | "
-              f"{'complete, in order' if not r.history_errors else 'PROBLEMS'} | "
-              f"{r.percentile(0.5) * 1000:.0f} ms | {r.percentile(0.95) * 1000:.0f} ms | "
-              f"{r.replies_per_second:.1f} |")
-    ratio = runs[0]["result"].replies_per_second / max(runs[1]["result"].replies_per_second,
-                                                       1e-9)
+        print(
+            f"| {run['label']} | {run['max_batch_size']} | {run['mean_batch']:.1f} | "
+            f"{r.replies} | {len(r.errors)} | "
+            f"{'complete, in order' if not r.history_errors else 'PROBLEMS'} | "
+            f"{r.percentile(0.5) * 1000:.0f} ms | {r.percentile(0.95) * 1000:.0f} ms | "
+            f"{r.replies_per_second:.1f} |"
+        )
+    ratio = runs[0]["result"].replies_per_second / max(runs[1]["result"].replies_per_second, 1e-9)
     print(f"| **batched / one at a time** | | | | | | | | **{ratio:.1f}x** |")
     failed = False
     for run in runs:

@@ -57,14 +57,22 @@ GPT2_VOCAB = 50_257  # + 5 special tokens
 NUM_CANDIDATES = 2
 MAX_HISTORY = 2
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets; --peak-tflops overrides.
-PEAK_BF16_FLOPS = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12),
-                   ("H100", 989e12), ("A100", 312e12)]
+PEAK_BF16_FLOPS = [
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+]
 
 
 # ------------------------------------------------------------------ data
-def persona_chat_like_dialogs(vocab: int, seed: int = 0,
-                              num_dialogs: int = PERSONA_CHAT_DIALOGS,
-                              num_examples: int = PERSONA_CHAT_EXAMPLES) -> list[dict]:
+def persona_chat_like_dialogs(
+    vocab: int,
+    seed: int = 0,
+    num_dialogs: int = PERSONA_CHAT_DIALOGS,
+    num_examples: int = PERSONA_CHAT_EXAMPLES,
+) -> list[dict]:
     """Token-id dialogs with Persona-Chat's shape and length distribution (GPT-2 tokens).
 
     - persona: 4 or 5 sentences (even odds; Persona-Chat averages 4.5), each
@@ -80,7 +88,7 @@ def persona_chat_like_dialogs(vocab: int, seed: int = 0,
 
     def sentence(n: int) -> list[int]:
         start = rng.randrange(len(pool) - n)
-        return pool[start:start + n]
+        return pool[start : start + n]
 
     def utterance() -> list[int]:
         return sentence(min(40, max(3, round(rng.lognormvariate(math.log(12), 0.35)))))
@@ -89,18 +97,26 @@ def persona_chat_like_dialogs(vocab: int, seed: int = 0,
     dialogs = []
     for d in range(num_dialogs):
         turns = 8 if d < extra else 7
-        persona = [sentence(min(16, max(4, round(rng.gauss(9, 2)))))
-                   for _ in range(rng.choice((4, 5)))]
+        persona = [
+            sentence(min(16, max(4, round(rng.gauss(9, 2))))) for _ in range(rng.choice((4, 5)))
+        ]
         said = [utterance() for _ in range(2 * turns)]
-        dialogs.append({"personality": persona, "utterances": [
-            {"history": said[:2 * k + 1], "candidates": [utterance(), said[2 * k + 1]]}
-            for k in range(turns)]})
+        dialogs.append(
+            {
+                "personality": persona,
+                "utterances": [
+                    {"history": said[: 2 * k + 1], "candidates": [utterance(), said[2 * k + 1]]}
+                    for k in range(turns)
+                ],
+            }
+        )
     return dialogs
 
 
 def special_ids(vocab: int) -> SpecialIds:
-    return SpecialIds(bos=vocab, eos=vocab + 1, speaker1=vocab + 2, speaker2=vocab + 3,
-                      pad=vocab + 4)
+    return SpecialIds(
+        bos=vocab, eos=vocab + 1, speaker1=vocab + 2, speaker2=vocab + 3, pad=vocab + 4
+    )
 
 
 def real_tokens(example: dict) -> int:
@@ -123,9 +139,17 @@ def build_model(size: str, vocab: int):
     if size == "small":
         config = GPT2Config(**ids)
     else:
-        config = GPT2Config(**ids, n_layer=4, n_embd=128, n_head=4,
-                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                            summary_first_dropout=0.0, activation_function="gelu_pytorch_tanh")
+        config = GPT2Config(
+            **ids,
+            n_layer=4,
+            n_embd=128,
+            n_head=4,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            summary_first_dropout=0.0,
+            activation_function="gelu_pytorch_tanh",
+        )
     torch.manual_seed(0)
     return GPT2DoubleHeadsModel(config)
 
@@ -230,8 +254,9 @@ class Result:
         return self.real_tokens / self.seconds
 
 
-def fast_batches(examples: list[dict], lengths: list[int], batch_size: int,
-                 seed: int) -> list[list[dict]]:
+def fast_batches(
+    examples: list[dict], lengths: list[int], batch_size: int, seed: int
+) -> list[list[dict]]:
     """Length-grouped, shuffled batches (the training sampler)."""
     sampler = LengthGroupedBatchSampler(len(examples), batch_size, lengths=lengths, seed=seed)
     return [[examples[i] for i in b] for b in sampler]
@@ -241,39 +266,67 @@ def naive_batches(examples: list[dict], batch_size: int, seed: int) -> list[list
     """Plainly shuffled batches."""
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    return [[examples[i] for i in order[start:start + batch_size]]
-            for start in range(0, len(order), batch_size)]
+    return [
+        [examples[i] for i in order[start : start + batch_size]]
+        for start in range(0, len(order), batch_size)
+    ]
 
 
 def collate_to_length(examples: list[dict], pad_id: int, pad_to: int) -> dict[str, torch.Tensor]:
     """``collate`` with every input padded to ``pad_to`` (the dataset's longest input)."""
-    filler = {"candidates": [{"input_ids": [pad_id] * pad_to, "token_type_ids": [pad_id] * pad_to,
-                              "lm_labels": [IGNORE_INDEX] * pad_to, "mc_token_ids": 0}] *
-              len(examples[0]["candidates"]), "mc_label": 0}
+    filler = {
+        "candidates": [
+            {
+                "input_ids": [pad_id] * pad_to,
+                "token_type_ids": [pad_id] * pad_to,
+                "lm_labels": [IGNORE_INDEX] * pad_to,
+                "mc_token_ids": 0,
+            }
+        ]
+        * len(examples[0]["candidates"]),
+        "mc_label": 0,
+    }
     padded = collate([*examples, filler], pad_id=pad_id)  # the filler sets the length
     return {k: v[:-1] for k, v in padded.items()}
 
 
 def fast_step(objective, device, amp_dtype) -> Callable[[dict], torch.Tensor]:
     def step(batch: dict) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                            enabled=amp_dtype is not None):
+        with torch.autocast(
+            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ):
             return objective(batch).loss
+
     return step
 
 
 def naive_step(model, lm_coef: float = 2.0, mc_coef: float = 1.0) -> Callable[[dict], torch.Tensor]:
     def step(batch: dict) -> torch.Tensor:
-        out = model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                    mc_token_ids=batch["mc_token_ids"], labels=batch["lm_labels"],
-                    mc_labels=batch["mc_labels"], use_cache=False)
+        out = model(
+            input_ids=batch["input_ids"],
+            token_type_ids=batch["token_type_ids"],
+            mc_token_ids=batch["mc_token_ids"],
+            labels=batch["lm_labels"],
+            mc_labels=batch["mc_labels"],
+            use_cache=False,
+        )
         return lm_coef * out.loss + mc_coef * out.mc_loss
+
     return step
 
 
-def run_phase(name: str, loss_of: Callable[[dict], torch.Tensor], collate_fn, model,
-              optimizer, scaler, warmup: list[list[dict]], timed: list[list[dict]],
-              device: torch.device, memory: PeakMemory) -> Result:
+def run_phase(
+    name: str,
+    loss_of: Callable[[dict], torch.Tensor],
+    collate_fn,
+    model,
+    optimizer,
+    scaler,
+    warmup: list[list[dict]],
+    timed: list[list[dict]],
+    device: torch.device,
+    memory: PeakMemory,
+) -> Result:
     """Warm-up steps, then the timed steps: collate, forward, backward, clip, AdamW step."""
     padded = 0
 
@@ -305,10 +358,27 @@ def run_phase(name: str, loss_of: Callable[[dict], torch.Tensor], collate_fn, mo
             seconds = time.perf_counter() - started
     except torch.cuda.OutOfMemoryError as err:
         optimizer.zero_grad(set_to_none=True)
-        return Result(name, math.nan, len(timed), len(timed_examples), real, 1, 0, 0.0,
-                      error=f"out of memory: {str(err).splitlines()[0]}")
-    return Result(name, seconds, len(timed), len(timed_examples), real, padded,
-                  memory.peak_bytes, model_flops(model, timed_examples))
+        return Result(
+            name,
+            math.nan,
+            len(timed),
+            len(timed_examples),
+            real,
+            1,
+            0,
+            0.0,
+            error=f"out of memory: {str(err).splitlines()[0]}",
+        )
+    return Result(
+        name,
+        seconds,
+        len(timed),
+        len(timed_examples),
+        real,
+        padded,
+        memory.peak_bytes,
+        model_flops(model, timed_examples),
+    )
 
 
 def synchronize(device: torch.device) -> None:
@@ -327,9 +397,11 @@ def report(results: list[Result], peak: float | None) -> str:
         seconds = PERSONA_CHAT_EXAMPLES / r.examples_per_s
         return f"{seconds / 60:,.1f} min" if seconds < 3 * 3600 else f"{seconds / 3600:,.1f} h"
 
-    rows = ["| path | examples/s | real tokens/s | step time | peak memory | padding | MFU "
-            "| projected Persona-Chat epoch |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| path | examples/s | real tokens/s | step time | peak memory | padding | MFU "
+        "| projected Persona-Chat epoch |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         if r.error:
             rows.append(f"| {r.name} | {r.error} | | | | | | |")
@@ -338,42 +410,65 @@ def report(results: list[Result], peak: float | None) -> str:
         rows.append(
             f"| {r.name} | {r.examples_per_s:,.1f} | {r.tokens_per_s:,.0f} | "
             f"{1000 * r.seconds / r.steps:,.0f} ms | {fmt_bytes(r.peak_bytes)} | "
-            f"{1 - r.real_tokens / r.padded_tokens:.0%} | {mfu} | {epoch(r)} |")
+            f"{1 - r.real_tokens / r.padded_tokens:.0%} | {mfu} | {epoch(r)} |"
+        )
     fast, naive = results
     if not fast.error and not naive.error:
-        memory = (f"{naive.peak_bytes / fast.peak_bytes:.1f}x less" if fast.peak_bytes > 0
-                  else "-")
-        rows.append(f"| **fast / naive** | **{fast.examples_per_s / naive.examples_per_s:.1f}x** "
-                    f"| **{fast.tokens_per_s / naive.tokens_per_s:.1f}x** | | {memory} | | | |")
+        memory = f"{naive.peak_bytes / fast.peak_bytes:.1f}x less" if fast.peak_bytes > 0 else "-"
+        rows.append(
+            f"| **fast / naive** | **{fast.examples_per_s / naive.examples_per_s:.1f}x** "
+            f"| **{fast.tokens_per_s / naive.tokens_per_s:.1f}x** | | {memory} | | | |"
+        )
     return "\n".join(rows)
 
 
 def describe_machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return (f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-            f"threads, torch {torch.__version__}")
+    return (
+        f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+        f"threads, torch {torch.__version__}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-size", choices=["tiny", "small"], default=None,
-                        help="tiny: 4 layers x 128 (default on CPU); small: GPT-2 small "
-                             "(default on CUDA)")
+    parser.add_argument(
+        "--model-size",
+        choices=["tiny", "small"],
+        default=None,
+        help="tiny: 4 layers x 128 (default on CPU); small: GPT-2 small (default on CUDA)",
+    )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--steps", type=int, default=None,
-                        help="timed optimizer steps per path (default: 20 CPU, 50 CUDA)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed steps first (default: 2 CPU, 10 CUDA)")
-    parser.add_argument("--batch-size", default=None,
-                        help="examples per step (default: 8 CPU, 64 CUDA); 'auto' on CUDA: "
-                             "the probe of train_batch_size='auto'")
-    parser.add_argument("--vocab-size", type=int, default=GPT2_VOCAB,
-                        help="vocabulary without the 5 special tokens (default: GPT-2's)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed optimizer steps per path (default: 20 CPU, 50 CUDA)",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps first (default: 2 CPU, 10 CUDA)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        default=None,
+        help="examples per step (default: 8 CPU, 64 CUDA); 'auto' on CUDA: "
+        "the probe of train_batch_size='auto'",
+    )
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=GPT2_VOCAB,
+        help="vocabulary without the 5 special tokens (default: GPT-2's)",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path")
     parser.add_argument("--no-amp", action="store_true", help="fast path in fp32 on CUDA too")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="peak bf16 TFLOP/s of the accelerator, for MFU (default: table)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="peak bf16 TFLOP/s of the accelerator, for MFU (default: table)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     options = parser.parse_args(argv)
 
@@ -388,8 +483,9 @@ def main(argv: list[str] | None = None) -> None:
     dialogs = persona_chat_like_dialogs(vocab, options.seed)
     special = special_ids(vocab)
     model = build_model(size, vocab).to(device)
-    dataset = PersonaChatDataset(dialogs, special, NUM_CANDIDATES, MAX_HISTORY,
-                                 max_tokens=model.config.n_positions)
+    dataset = PersonaChatDataset(
+        dialogs, special, NUM_CANDIDATES, MAX_HISTORY, max_tokens=model.config.n_positions
+    )
     lengths = dataset.lengths
     pad_to = max(lengths)
     amp = None if options.no_amp else autocast_dtype(device, fp16=True)
@@ -397,21 +493,24 @@ def main(argv: list[str] | None = None) -> None:
     if options.batch_size == "auto":
         if not cuda:
             parser.error("--batch-size auto needs CUDA")
-        batch_size = probe_train_micro_batch(objective, dataset, partial(collate, pad_id=special.pad),
-                                             device, amp, upper=1024)
+        batch_size = probe_train_micro_batch(
+            objective, dataset, partial(collate, pad_id=special.pad), device, amp, upper=1024
+        )
         print(f"auto batch size: {batch_size}")
     else:
         batch_size = int(options.batch_size or (64 if cuda else 8))
     rng = random.Random(options.seed)
     sample = rng.sample(range(len(dataset)), (steps + warmup) * batch_size)
-    warm_ids, timed_ids = sample[:warmup * batch_size], sample[warmup * batch_size:]
+    warm_ids, timed_ids = sample[: warmup * batch_size], sample[warmup * batch_size :]
     warm_examples = [dataset[i] for i in warm_ids]
     timed_examples = [dataset[i] for i in timed_ids]
-    print(f"data: {len(dataset):,} Persona-Chat-like examples (longest {pad_to} tokens, mean "
-          f"{sum(lengths) / len(lengths):.0f}); {size} model, "
-          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; "
-          f"{steps} timed + {warmup} warm-up steps of {batch_size} on {device} "
-          f"(setup {time.perf_counter() - started:.0f} s)")
+    print(
+        f"data: {len(dataset):,} Persona-Chat-like examples (longest {pad_to} tokens, mean "
+        f"{sum(lengths) / len(lengths):.0f}); {size} model, "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; "
+        f"{steps} timed + {warmup} warm-up steps of {batch_size} on {device} "
+        f"(setup {time.perf_counter() - started:.0f} s)"
+    )
 
     memory = PeakMemory(device)
     results = []
@@ -422,25 +521,44 @@ def main(argv: list[str] | None = None) -> None:
     forward = torch.compile(objective, dynamic=True) if options.compile else objective
     optimizer = make_optimizer(model, ConvAIArgs(learning_rate=1e-4), device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    results.append(run_phase(
-        "fast", fast_step(forward, device, amp), partial(collate, pad_id=special.pad),
-        model, optimizer, scaler,
-        fast_batches(warm_examples, [lengths[i] for i in warm_ids], batch_size, options.seed),
-        fast_batches(timed_examples, [lengths[i] for i in timed_ids], batch_size,
-                     options.seed),
-        device, memory))
+    results.append(
+        run_phase(
+            "fast",
+            fast_step(forward, device, amp),
+            partial(collate, pad_id=special.pad),
+            model,
+            optimizer,
+            scaler,
+            fast_batches(warm_examples, [lengths[i] for i in warm_ids], batch_size, options.seed),
+            fast_batches(timed_examples, [lengths[i] for i in timed_ids], batch_size, options.seed),
+            device,
+            memory,
+        )
+    )
     del optimizer
     if cuda:
         torch.set_float32_matmul_precision("highest")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-    results.append(run_phase(
-        "naive", naive_step(model), partial(collate_to_length, pad_id=special.pad, pad_to=pad_to),
-        model, optimizer, scaler, naive_batches(warm_examples, batch_size, options.seed),
-        naive_batches(timed_examples, batch_size, options.seed), device, memory))
+    results.append(
+        run_phase(
+            "naive",
+            naive_step(model),
+            partial(collate_to_length, pad_id=special.pad, pad_to=pad_to),
+            model,
+            optimizer,
+            scaler,
+            naive_batches(warm_examples, batch_size, options.seed),
+            naive_batches(timed_examples, batch_size, options.seed),
+            device,
+            memory,
+        )
+    )
 
-    print(f"\nmachine: {describe_machine(device)}; fast path: "
-          f"{amp or 'fp32'}{', TF32' if cuda else ''}{', compiled' if options.compile else ''}")
+    print(
+        f"\nmachine: {describe_machine(device)}; fast path: "
+        f"{amp or 'fp32'}{', TF32' if cuda else ''}{', compiled' if options.compile else ''}"
+    )
     print(report(results, peak_flops(device, options.peak_tflops)))
     print(f"\ntotal time {time.perf_counter() - started:.0f} s")
 

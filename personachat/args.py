@@ -145,9 +145,7 @@ class ConvAIArgs:
         if not new_values:
             return self
         if not isinstance(new_values, dict):
-            raise ArgsError(
-                f"args must be a dict or ConvAIArgs, got {type(new_values).__name__}"
-            )
+            raise ArgsError(f"args must be a dict or ConvAIArgs, got {type(new_values).__name__}")
         known = {f.name: f for f in fields(self)}
         for key, value in new_values.items():
             if key in IGNORED_SIMPLETRANSFORMERS_ARGS:
@@ -160,8 +158,14 @@ class ConvAIArgs:
 
     def validate(self) -> None:
         """Reject values that would fail later deep inside torch."""
-        positive = ("train_batch_size", "eval_batch_size", "gradient_accumulation_steps",
-                    "num_candidates", "personality_permutations", "max_length")
+        positive = (
+            "train_batch_size",
+            "eval_batch_size",
+            "gradient_accumulation_steps",
+            "num_candidates",
+            "personality_permutations",
+            "max_length",
+        )
         for name in positive:
             value = getattr(self, name)
             if name in AUTO_OPTIONS and value == "auto":
@@ -170,9 +174,12 @@ class ConvAIArgs:
                 also = " or 'auto'" if name in AUTO_OPTIONS else ""
                 raise ArgsError(f"{name} must be a positive integer{also}, got {value!r}")
         if self.process_count is not None and (
-                not _is_int(self.process_count) or self.process_count < 1):
-            raise ArgsError(f"process_count must be a positive integer or null (cpu_count() - 2), "
-                            f"got {self.process_count!r}")
+            not _is_int(self.process_count) or self.process_count < 1
+        ):
+            raise ArgsError(
+                f"process_count must be a positive integer or null (cpu_count() - 2), "
+                f"got {self.process_count!r}"
+            )
         if self.max_history < 0:
             raise ArgsError(f"max_history must be >= 0, got {self.max_history}")
         if self.num_train_epochs < 0:
@@ -185,9 +192,12 @@ class ConvAIArgs:
                 "(use do_sample=False for greedy decoding)"
             )
         if self.save_total_limit is not None and (
-                not _is_int(self.save_total_limit) or self.save_total_limit < 1):
-            raise ArgsError(f"save_total_limit must be a positive integer or null (keep every "
-                            f"checkpoint), got {self.save_total_limit!r}")
+            not _is_int(self.save_total_limit) or self.save_total_limit < 1
+        ):
+            raise ArgsError(
+                f"save_total_limit must be a positive integer or null (keep every "
+                f"checkpoint), got {self.save_total_limit!r}"
+            )
         if self.min_length > self.max_length:
             raise ArgsError(
                 f"min_length ({self.min_length}) is larger than max_length ({self.max_length})"
@@ -200,8 +210,9 @@ class ConvAIArgs:
         """Write ``model_args.json`` into output_dir (atomically: temp file, then rename)."""
         path = Path(output_dir) / ARGS_FILE
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.get_args_for_saving(), indent=2, ensure_ascii=False),
-                       encoding="utf-8")
+        tmp.write_text(
+            json.dumps(self.get_args_for_saving(), indent=2, ensure_ascii=False), encoding="utf-8"
+        )
         os.replace(tmp, path)
         return path
 
@@ -234,18 +245,42 @@ NOT_LOADED_FROM_FILES = frozenset({"trust_remote_pickle"})
 
 
 # Options simpletransformers users may still pass; accepted so old dicts run, but unused here.
-IGNORED_SIMPLETRANSFORMERS_ARGS = frozenset({
-    "adafactor_beta1", "adafactor_clip_threshold", "adafactor_decay_rate", "adafactor_eps",
-    "adafactor_relative_step", "adafactor_scale_parameter", "adafactor_warmup_init",
-    "cosine_schedule_num_cycles", "custom_layer_parameters", "custom_parameter_groups",
-    "dynamic_quantize", "encoding", "local_rank", "loss_type", "loss_args",
-    "max_seq_length", "multiprocessing_chunksize", "n_gpu", "not_saved_args",
-    "polynomial_decay_schedule_lr_end", "polynomial_decay_schedule_power",
-    "quantized_model", "skip_special_tokens", "thread_count", "tokenizer_type",
-    "train_custom_parameters_only", "use_cached_eval_features", "use_hf_datasets",
-    "use_multiprocessing_for_evaluation", "wandb_kwargs",
-    "wandb_project", "no_sample",
-})
+IGNORED_SIMPLETRANSFORMERS_ARGS = frozenset(
+    {
+        "adafactor_beta1",
+        "adafactor_clip_threshold",
+        "adafactor_decay_rate",
+        "adafactor_eps",
+        "adafactor_relative_step",
+        "adafactor_scale_parameter",
+        "adafactor_warmup_init",
+        "cosine_schedule_num_cycles",
+        "custom_layer_parameters",
+        "custom_parameter_groups",
+        "dynamic_quantize",
+        "encoding",
+        "local_rank",
+        "loss_type",
+        "loss_args",
+        "max_seq_length",
+        "multiprocessing_chunksize",
+        "n_gpu",
+        "not_saved_args",
+        "polynomial_decay_schedule_lr_end",
+        "polynomial_decay_schedule_power",
+        "quantized_model",
+        "skip_special_tokens",
+        "thread_count",
+        "tokenizer_type",
+        "train_custom_parameters_only",
+        "use_cached_eval_features",
+        "use_hf_datasets",
+        "use_multiprocessing_for_evaluation",
+        "wandb_kwargs",
+        "wandb_project",
+        "no_sample",
+    }
+)
 
 
 def unknown_key_message(key: str, valid: list[str]) -> str:
@@ -257,8 +292,13 @@ def unknown_key_message(key: str, valid: list[str]) -> str:
 # Options that also take the string "auto" (a size probed on the GPU) besides an integer.
 AUTO_OPTIONS = frozenset({"train_batch_size", "eval_batch_size"})
 
-_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-             dict: "a mapping (dict)"}
+_EXPECTED = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    dict: "a mapping (dict)",
+}
 
 
 def _is_int(value: Any) -> bool:
@@ -298,8 +338,10 @@ def _coerce(key: str, value: Any) -> Any:
         if nullable:
             return None
         default = getattr(ConvAIArgs(), key)
-        raise ArgsError(f"{key} must be {_expected(key)}, got None (leave {key} out for the "
-                        f"default, {default!r})")
+        raise ArgsError(
+            f"{key} must be {_expected(key)}, got None (leave {key} out for the "
+            f"default, {default!r})"
+        )
     if key in AUTO_OPTIONS and value == "auto":
         return value
     if kind is bool:

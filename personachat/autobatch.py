@@ -79,8 +79,9 @@ def longest_first(lengths: Sequence[int]) -> list[int]:
     return sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
 
 
-def cuda_memory_fits(step: Callable[[int], None], device: torch.device,
-                     margin: float = DEFAULT_MARGIN) -> Callable[[int], bool]:
+def cuda_memory_fits(
+    step: Callable[[int], None], device: torch.device, margin: float = DEFAULT_MARGIN
+) -> Callable[[int], bool]:
     """Wrap ``step(batch_size)`` (one probe run) into a ``fits`` test for ``largest_fitting``:
     no out-of-memory error and a peak below ``(1 - margin)`` of the GPU's memory."""
     total = torch.cuda.get_device_properties(device).total_memory
@@ -107,9 +108,15 @@ def release(device: torch.device) -> None:
     torch.cuda.empty_cache()
 
 
-def probe_train_micro_batch(objective: torch.nn.Module, dataset, collate_fn, device: torch.device,
-                            amp_dtype: torch.dtype | None, upper: int,
-                            margin: float = DEFAULT_MARGIN) -> int:
+def probe_train_micro_batch(
+    objective: torch.nn.Module,
+    dataset,
+    collate_fn,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    upper: int,
+    margin: float = DEFAULT_MARGIN,
+) -> int:
     """Largest training micro-batch (<= upper) that fits on ``device``, on the longest inputs.
 
     Each probe runs forward and backward of ``objective`` (the model plus its loss) under the
@@ -126,8 +133,9 @@ def probe_train_micro_batch(objective: torch.nn.Module, dataset, collate_fn, dev
         batch = collate_fn([dataset[i] for i in order[:batch_size]])
         batch = {k: v.to(device) for k, v in batch.items()}
         try:
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                enabled=amp_dtype is not None):
+            with torch.autocast(
+                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+            ):
                 loss = objective(batch).loss
             loss.backward()
         finally:
@@ -141,9 +149,15 @@ def probe_train_micro_batch(objective: torch.nn.Module, dataset, collate_fn, dev
         release(device)
 
 
-def probe_eval_batch(objective: torch.nn.Module, dataset, collate_fn, device: torch.device,
-                     amp_dtype: torch.dtype | None, upper: int = MAX_EVAL_BATCH,
-                     margin: float = DEFAULT_MARGIN) -> int:
+def probe_eval_batch(
+    objective: torch.nn.Module,
+    dataset,
+    collate_fn,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    upper: int = MAX_EVAL_BATCH,
+    margin: float = DEFAULT_MARGIN,
+) -> int:
     """Largest evaluation batch (<= upper) whose forward pass fits, on the longest inputs."""
     order = longest_first(dataset.lengths)
     was_training = objective.training
@@ -153,8 +167,9 @@ def probe_eval_batch(objective: torch.nn.Module, dataset, collate_fn, device: to
     def step(batch_size: int) -> None:
         batch = collate_fn([dataset[i] for i in order[:batch_size]])
         batch = {k: v.to(device) for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                            enabled=amp_dtype is not None):
+        with torch.autocast(
+            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ):
             objective(batch)
 
     try:

@@ -32,9 +32,14 @@ from collections.abc import Iterator, Sequence
 import torch
 
 
-def plan_global_batches(num_examples: int, global_batch_size: int, seed: int, epoch: int = 0,
-                        lengths: Sequence[int] | None = None,
-                        mega_batches: int = 50) -> list[list[int]]:
+def plan_global_batches(
+    num_examples: int,
+    global_batch_size: int,
+    seed: int,
+    epoch: int = 0,
+    lengths: Sequence[int] | None = None,
+    mega_batches: int = 50,
+) -> list[list[int]]:
     """The epoch's optimizer steps as lists of example indices; every index exactly once.
 
     With ``lengths`` the batches are length-grouped (see the module docstring); without, the
@@ -50,14 +55,16 @@ def plan_global_batches(num_examples: int, global_batch_size: int, seed: int, ep
     order = list(range(num_examples))
     rng.shuffle(order)
     if lengths is None:
-        return [order[i:i + global_batch_size] for i in range(0, num_examples, global_batch_size)]
+        return [order[i : i + global_batch_size] for i in range(0, num_examples, global_batch_size)]
 
     chunk = global_batch_size * max(1, mega_batches)
     grouped: list[int] = []
     for start in range(0, num_examples, chunk):
         # sorted() is stable, so equal lengths keep their shuffled order.
-        grouped += sorted(order[start:start + chunk], key=lengths.__getitem__, reverse=True)
-    batches = [grouped[i:i + global_batch_size] for i in range(0, num_examples, global_batch_size)]
+        grouped += sorted(order[start : start + chunk], key=lengths.__getitem__, reverse=True)
+    batches = [
+        grouped[i : i + global_batch_size] for i in range(0, num_examples, global_batch_size)
+    ]
     last = batches.pop() if batches and len(batches[-1]) < global_batch_size else None
     rng.shuffle(batches)
     if batches:
@@ -66,8 +73,9 @@ def plan_global_batches(num_examples: int, global_batch_size: int, seed: int, ep
     return batches + ([last] if last else [])
 
 
-def split_global_batch(batch: Sequence[int], micro_batch_size: int, world_size: int = 1,
-                       rank: int = 0) -> list[list[int]]:
+def split_global_batch(
+    batch: Sequence[int], micro_batch_size: int, world_size: int = 1, rank: int = 0
+) -> list[list[int]]:
     """The micro-batches of one global batch that process ``rank`` runs, in order.
 
     A full batch splits into micro-batches of exactly ``micro_batch_size``. A short (last)
@@ -86,7 +94,7 @@ def split_global_batch(batch: Sequence[int], micro_batch_size: int, world_size: 
     bounds = [0]
     for p in range(parts):
         bounds.append(bounds[-1] + size + (p < extra))
-    micro = [list(batch[bounds[p]:bounds[p + 1]]) for p in range(parts)]
+    micro = [list(batch[bounds[p] : bounds[p + 1]]) for p in range(parts)]
     return [micro[a * world_size + rank] for a in range(per_rank)]
 
 
@@ -98,9 +106,17 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
     every process; ``steps_per_epoch`` the number of optimizer steps.
     """
 
-    def __init__(self, num_examples: int, micro_batch_size: int, accumulation_steps: int = 1,
-                 lengths: Sequence[int] | None = None, seed: int = 0, world_size: int = 1,
-                 rank: int = 0, mega_batches: int = 50) -> None:
+    def __init__(
+        self,
+        num_examples: int,
+        micro_batch_size: int,
+        accumulation_steps: int = 1,
+        lengths: Sequence[int] | None = None,
+        seed: int = 0,
+        world_size: int = 1,
+        rank: int = 0,
+        mega_batches: int = 50,
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         if micro_batch_size < 1 or accumulation_steps < 1:
@@ -128,13 +144,18 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         self.epoch = epoch
 
     def global_batches(self) -> list[list[int]]:
-        return plan_global_batches(self.num_examples, self.global_batch_size, self.seed,
-                                   self.epoch, self.lengths, self.mega_batches)
+        return plan_global_batches(
+            self.num_examples,
+            self.global_batch_size,
+            self.seed,
+            self.epoch,
+            self.lengths,
+            self.mega_batches,
+        )
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.global_batches():
-            yield from split_global_batch(batch, self.micro_batch_size, self.world_size,
-                                          self.rank)
+            yield from split_global_batch(batch, self.micro_batch_size, self.world_size, self.rank)
 
     def __len__(self) -> int:
         full, rest = divmod(self.num_examples, self.global_batch_size)

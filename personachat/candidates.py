@@ -68,8 +68,9 @@ def _sample(rng: random.Random, pool_size: int, excluded: set[int], needed: int)
     return chosen + rng.sample(rest, needed - len(chosen))
 
 
-def add_distractors(dialogs: Sequence[dict], num_candidates: int,
-                    seed: int = 0) -> tuple[list[dict], int]:
+def add_distractors(
+    dialogs: Sequence[dict], num_candidates: int, seed: int = 0
+) -> tuple[list[dict], int]:
     """Give every utterance at least ``num_candidates`` candidates (rules in the module doc).
 
     Returns ``(dialogs, generated)``: new dialog dicts (the input is not modified; extra keys

@@ -58,8 +58,10 @@ def capture_rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
     """Every random generator training uses: (JSON-able part, tensors)."""
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    plain = {"python": [version, list(internal), gauss],
-             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+    plain = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
     tensors = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for index, state in enumerate(torch.cuda.get_rng_state_all()):
@@ -110,8 +112,9 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict, dict[str, t
     return {"param_groups": full["param_groups"], "state": plain_state}, tensors
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, plain: dict,
-                         tensors: dict[str, torch.Tensor]) -> None:
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, plain: dict, tensors: dict[str, torch.Tensor]
+) -> None:
     """Inverse of ``optimizer_state``; ``load_state_dict`` moves tensors to the parameters'
     device and dtype."""
     state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in plain["state"].items()}
@@ -134,10 +137,19 @@ def _json_safe(values: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- writing
-def save_checkpoint(folder: str | os.PathLike, model, tokenizer, args,
-                    extra_files: dict[str, str] | None, optimizer, scheduler, scaler,
-                    training: dict, plan: dict,
-                    rank_rng: dict[str, torch.Tensor] | None = None) -> Path:
+def save_checkpoint(
+    folder: str | os.PathLike,
+    model,
+    tokenizer,
+    args,
+    extra_files: dict[str, str] | None,
+    optimizer,
+    scheduler,
+    scaler,
+    training: dict,
+    plan: dict,
+    rank_rng: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write a resumable checkpoint to ``folder`` atomically (see the module docstring).
 
     ``training`` is the loop's state (must hold ``global_step``, ``epoch``, ``batches_done``);
@@ -160,14 +172,22 @@ def save_checkpoint(folder: str | os.PathLike, model, tokenizer, args,
             save_file(optim_tensors, str(tmp / OPTIMIZER_FILE))
             rng_plain, rng_tensors = capture_rng_state()
             save_file({**(rank_rng or {}), **rng_tensors}, str(tmp / RNG_FILE))
-            state = {"format_version": FORMAT_VERSION, "training": training, "plan": plan,
-                     "optimizer": optim_plain,
-                     "scheduler": _json_safe(scheduler.state_dict()),
-                     "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                     "rng": rng_plain}
+            state = {
+                "format_version": FORMAT_VERSION,
+                "training": training,
+                "plan": plan,
+                "optimizer": optim_plain,
+                "scheduler": _json_safe(scheduler.state_dict()),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                "rng": rng_plain,
+            }
             (tmp / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
-        marker = {"global_step": training["global_step"], "epoch": training["epoch"],
-                  "batches_done": training["batches_done"], "resumable": resumable}
+        marker = {
+            "global_step": training["global_step"],
+            "epoch": training["epoch"],
+            "batches_done": training["batches_done"],
+            "resumable": resumable,
+        }
         _fsync_tree(tmp)
         # Written last: a folder without it is never loaded or resumed from.
         _write_synced(tmp / COMPLETE_MARKER, json.dumps(marker))
@@ -236,8 +256,11 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
             continue
         marker = read_marker(path)
         if marker is not None:
-            key = (int(marker["global_step"]), int(marker.get("epoch", 0)),
-                   int(marker.get("batches_done", 0)))
+            key = (
+                int(marker["global_step"]),
+                int(marker.get("epoch", 0)),
+                int(marker.get("batches_done", 0)),
+            )
             found.append((key, path.name, path))
     return [path for _, _, path in sorted(found)]
 
@@ -250,8 +273,9 @@ def latest_checkpoint(output_dir: str | os.PathLike, resumable: bool = True) -> 
     return None
 
 
-def resolve_resume(resume: bool | str | os.PathLike | None, output_dir: str | os.PathLike
-                   ) -> Path | None:
+def resolve_resume(
+    resume: bool | str | os.PathLike | None, output_dir: str | os.PathLike
+) -> Path | None:
     """Which checkpoint ``resume_from_checkpoint`` means: None (a fresh run), the newest
     resumable one in output_dir (True, or a folder holding checkpoints), or the one named."""
     if resume is None or resume is False:
@@ -263,12 +287,15 @@ def resolve_resume(resume: bool | str | os.PathLike | None, output_dir: str | os
                 f"resume: no complete, resumable checkpoint in {output_dir}. Checkpoints are "
                 "written every save_steps steps, every epoch (save_model_every_epoch) and on "
                 "Ctrl-C; start without --resume / resume_from_checkpoint to train from the "
-                "beginning.")
+                "beginning."
+            )
         return found
     path = Path(resume)
     if not path.is_dir():
-        raise CheckpointError(f"resume: {path} is not a folder; pass a checkpoint-* folder "
-                              "or use --resume without a path for the newest one")
+        raise CheckpointError(
+            f"resume: {path} is not a folder; pass a checkpoint-* folder "
+            "or use --resume without a path for the newest one"
+        )
     marker = read_marker(path)
     if marker is None:
         inner = latest_checkpoint(path)
@@ -277,12 +304,14 @@ def resolve_resume(resume: bool | str | os.PathLike | None, output_dir: str | os
         raise CheckpointError(
             f"resume: {path} is not a complete checkpoint (no {COMPLETE_MARKER}; it may have "
             "been cut off while being written). Pass another checkpoint-* folder, or use "
-            "--resume without a path for the newest complete one.")
+            "--resume without a path for the newest complete one."
+        )
     if not marker.get("resumable"):
         raise CheckpointError(
             f"resume: {path} holds weights only (written with "
             "save_optimizer_and_scheduler=False), so training cannot go on from it exactly; "
-            "load it as a model instead (--model / model_name).")
+            "load it as a model instead (--model / model_name)."
+        )
     return path
 
 
@@ -294,8 +323,11 @@ def checkpoints_after(output_dir: str | os.PathLike, checkpoint: Path) -> list[P
     later = []
     for path in list_checkpoints(output_dir):
         marker = read_marker(path) or {}
-        if (marker.get("global_step", 0), marker.get("epoch", 0),
-                marker.get("batches_done", 0)) > key and path.resolve() != checkpoint.resolve():
+        if (
+            marker.get("global_step", 0),
+            marker.get("epoch", 0),
+            marker.get("batches_done", 0),
+        ) > key and path.resolve() != checkpoint.resolve():
             later.append(path)
     return later
 
@@ -313,15 +345,17 @@ def remove_temp_folders(output_dir: str | os.PathLike) -> int:
     return removed
 
 
-def rotate_checkpoints(output_dir: str | os.PathLike, limit: int | None,
-                       keep: Path | None = None) -> list[Path]:
+def rotate_checkpoints(
+    output_dir: str | os.PathLike, limit: int | None, keep: Path | None = None
+) -> list[Path]:
     """Delete all but the newest ``limit`` complete checkpoints, never ``keep`` (the best
     one). Returns what was deleted."""
     if not limit:
         return []
     checkpoints = list_checkpoints(output_dir)
-    doomed = [p for p in checkpoints[:-limit]
-              if keep is None or p.resolve() != Path(keep).resolve()]
+    doomed = [
+        p for p in checkpoints[:-limit] if keep is None or p.resolve() != Path(keep).resolve()
+    ]
     for path in doomed:
         remove_checkpoint(path)
     return doomed
@@ -337,8 +371,9 @@ def remove_checkpoint(path: str | os.PathLike) -> None:
 
 
 # ----------------------------------------------------------------------------- loading
-def load_checkpoint(folder: str | os.PathLike, model, optimizer, scheduler, scaler,
-                    rank: int = 0) -> tuple[dict, dict, Callable[[], None] | None]:
+def load_checkpoint(
+    folder: str | os.PathLike, model, optimizer, scheduler, scaler, rank: int = 0
+) -> tuple[dict, dict, Callable[[], None] | None]:
     """Load weights, optimizer, scheduler and scaler state from a resumable checkpoint.
 
     Returns ``(training, plan, restore_rng)``: the loop's saved state, the batch plan it ran
@@ -360,7 +395,8 @@ def load_checkpoint(folder: str | os.PathLike, model, optimizer, scheduler, scal
     except (OSError, ValueError, KeyError) as err:
         raise CheckpointError(
             f"resume: {folder} cannot be read ({err}); pass another checkpoint-* folder with "
-            "--resume PATH / resume_from_checkpoint=PATH") from err
+            "--resume PATH / resume_from_checkpoint=PATH"
+        ) from err
     target = getattr(model, "_orig_mod", model)
     missing, unexpected = target.load_state_dict(weights, strict=False)
     # Tied weights (lm_head = wte) are saved once; anything else missing is a wrong model.
@@ -368,7 +404,8 @@ def load_checkpoint(folder: str | os.PathLike, model, optimizer, scheduler, scal
     if missing or unexpected:
         raise CheckpointError(
             f"resume: {folder} was written for another model (missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}); resume with the model_name the run started from")
+            f"unexpected {unexpected[:3]}); resume with the model_name the run started from"
+        )
     try:
         load_optimizer_state(optimizer, state["optimizer"], optim_tensors)
         scheduler.load_state_dict(state["scheduler"])
@@ -377,7 +414,8 @@ def load_checkpoint(folder: str | os.PathLike, model, optimizer, scheduler, scal
     except (ValueError, KeyError, RuntimeError) as err:
         raise CheckpointError(
             f"resume: the optimizer state in {folder} does not fit this model ({err}); "
-            "resume with the options the run started with") from err
+            "resume with the options the run started with"
+        ) from err
     if rank > 0:
         return training, plan, rank_rng_restorer(rng_tensors, rank)
     return training, plan, lambda: restore_rng_state(state["rng"], rng_tensors)
@@ -441,12 +479,16 @@ def check_output_writable(output_dir: str | os.PathLike) -> None:
         ) from err
 
 
-def check_free_space(output_dir: str | os.PathLike, needed: int,
-                     free: Callable[[str | os.PathLike], int] | None = None) -> None:
+def check_free_space(
+    output_dir: str | os.PathLike,
+    needed: int,
+    free: Callable[[str | os.PathLike], int] | None = None,
+) -> None:
     """Refuse to start when the disk cannot hold one checkpoint."""
     available = (free or free_bytes)(output_dir)
     if available < needed:
         raise CheckpointError(
             f"only {available / 2**20:.0f} MB free on the disk of {output_dir}, but one "
             f"checkpoint needs about {needed / 2**20:.0f} MB; free some space, choose another "
-            "output_dir, or set no_save=True. Nothing was trained.")
+            "output_dir, or set no_save=True. Nothing was trained."
+        )

@@ -34,11 +34,26 @@ from .scratch import ScratchConfig, build_scratch_checkpoint, dialog_texts
 from .serve.command import add_serve_arguments, run_serve
 from .training import TrainingError, TrainingInterrupted
 
-CONFIG_KEYS = {"model_type", "model_name", "train_file", "eval_file", "args", "scratch",
-               "extra_eval_files", "ablation_eval"}
-USER_ERRORS = (DataError, ArgsError, ModelLoadError, TrainingError, CheckpointError,
-               EncodingError,
-               FileNotFoundError, ValueError)
+CONFIG_KEYS = {
+    "model_type",
+    "model_name",
+    "train_file",
+    "eval_file",
+    "args",
+    "scratch",
+    "extra_eval_files",
+    "ablation_eval",
+}
+USER_ERRORS = (
+    DataError,
+    ArgsError,
+    ModelLoadError,
+    TrainingError,
+    CheckpointError,
+    EncodingError,
+    FileNotFoundError,
+    ValueError,
+)
 
 
 def load_config(path: str | None) -> dict:
@@ -74,35 +89,64 @@ def parse_set(pairs: list[str]) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="personachat", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in [("train", "fine-tune a model (and evaluate it if an eval file is set)"),
-                            ("eval", "evaluate a trained model"),
-                            ("interact", "chat with a model in the terminal"),
-                            ("serve", "chat with a model over HTTP and in the browser")]:
+    for name, help_text in [
+        ("train", "fine-tune a model (and evaluate it if an eval file is set)"),
+        ("eval", "evaluate a trained model"),
+        ("interact", "chat with a model in the terminal"),
+        ("serve", "chat with a model over HTTP and in the browser"),
+    ]:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", help="YAML config, e.g. configs/quick.yaml")
         p.add_argument("--model", help="model folder or hub id (overrides model_name)")
         p.add_argument("--model-type", choices=["gpt2", "gpt"], help="default: gpt2")
         p.add_argument("--output-dir", help="where results go (overrides args.output_dir)")
-        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                       help="auto: CUDA when available")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override any ConvAIArgs option, e.g. --set num_train_epochs=2")
+        p.add_argument(
+            "--device",
+            default="auto",
+            choices=["auto", "cpu", "cuda"],
+            help="auto: CUDA when available",
+        )
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override any ConvAIArgs option, e.g. --set num_train_epochs=2",
+        )
         if name == "train":
             p.add_argument("--train-file", help="dialog file, any --format (default: from config)")
             p.add_argument("--overwrite-output-dir", action="store_true", default=None)
-            p.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
-                           help="go on from the newest checkpoint in the output folder, or "
-                                "from the checkpoint folder PATH")
+            p.add_argument(
+                "--resume",
+                nargs="?",
+                const=True,
+                default=None,
+                metavar="PATH",
+                help="go on from the newest checkpoint in the output folder, or "
+                "from the checkpoint folder PATH",
+            )
         if name in ("train", "eval"):
             p.add_argument("--eval-file", help="dialog file to evaluate on (any --format)")
-            p.add_argument("--format", dest="data_format", choices=FORMATS,
-                           help="format of the data files (default: detected)")
+            p.add_argument(
+                "--format",
+                dest="data_format",
+                choices=FORMATS,
+                help="format of the data files (default: detected)",
+            )
         if name == "eval":
-            p.add_argument("--generation-f1", action="store_true",
-                           help="also report word F1 of greedy replies (slower)")
+            p.add_argument(
+                "--generation-f1",
+                action="store_true",
+                help="also report word F1 of greedy replies (slower)",
+            )
         if name == "interact":
-            p.add_argument("--persona", action="append", default=[], metavar="SENTENCE",
-                           help="a persona sentence (repeat); default: a random persona")
+            p.add_argument(
+                "--persona",
+                action="append",
+                default=[],
+                metavar="SENTENCE",
+                help="a persona sentence (repeat); default: a random persona",
+            )
         if name == "serve":
             add_serve_arguments(p)
     add_data_commands(sub)
@@ -140,32 +184,42 @@ def extra_eval_files(value, path: str | None) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise ArgsError(f"{path}: extra_eval_files must map labels to files, e.g. "
-                        "{unseen: data/persona_unseen.json}")
+        raise ArgsError(
+            f"{path}: extra_eval_files must map labels to files, e.g. "
+            "{unseen: data/persona_unseen.json}"
+        )
     return {str(label): file for label, file in value.items()}
 
 
 def scratch_model(settings: dict, args: ConvAIArgs) -> str:
     """Build (once, cached by config and data) the small model the quick config starts from."""
     if not settings["train_file"]:
-        raise ArgsError("model_name is null, so a model is built from scratch; that needs a "
-                        "train_file to train its tokenizer on (--train-file)")
+        raise ArgsError(
+            "model_name is null, so a model is built from scratch; that needs a "
+            "train_file to train its tokenizer on (--train-file)"
+        )
     known = {f.name for f in fields(ScratchConfig)}
     for key in settings["scratch"]:
         if key not in known:
             raise ArgsError(f"scratch: {unknown_key_message(key, sorted(known))}")
     config = ScratchConfig(**settings["scratch"])
-    data = Path(settings["train_file"]).read_bytes() if Path(settings["train_file"]).is_file() else b""
+    data = (
+        Path(settings["train_file"]).read_bytes() if Path(settings["train_file"]).is_file() else b""
+    )
     key = hashlib.sha256(json.dumps(asdict(config)).encode() + data).hexdigest()[:16]
     folder = Path(args.cache_dir) / f"scratch-gpt2-{key}"
     if not (folder / "config.json").is_file():
         dialogs = read_dialogs(settings["train_file"], format=args.data_format)
-        print(f"Building a small GPT-2 ({config.n_layer} layers, {config.n_embd} wide, "
-              f"vocabulary {config.vocab_size}) with a tokenizer trained on "
-              f"{settings['train_file']} → {folder}")
+        print(
+            f"Building a small GPT-2 ({config.n_layer} layers, {config.n_embd} wide, "
+            f"vocabulary {config.vocab_size}) with a tokenizer trained on "
+            f"{settings['train_file']} → {folder}"
+        )
         if config.pretrain_steps:
-            print(f"Pretraining it as a language model on the training dialogs for "
-                  f"{config.pretrain_steps} steps (see personachat/pretrain.py)")
+            print(
+                f"Pretraining it as a language model on the training dialogs for "
+                f"{config.pretrain_steps} steps (see personachat/pretrain.py)"
+            )
         build_scratch_checkpoint(folder, dialog_texts(dialogs), config, dialogs=dialogs)
     return str(folder)
 
@@ -202,22 +256,26 @@ def run(options: argparse.Namespace) -> int:
             distributed.barrier(ctx)
             if model_name is None:
                 model_name = scratch_model(settings, args)
-            model = ConvAIModel(settings["model_type"], model_name, args=args,
-                                use_cuda=use_cuda)
+            model = ConvAIModel(settings["model_type"], model_name, args=args, use_cuda=use_cuda)
             started = time.perf_counter()
             # The eval file is evaluated after training in any case; during training only
             # with evaluate_during_training (then early stopping and the best model use it).
             during = settings["eval_file"] if args.evaluate_during_training else None
-            global_step, _ = model.train_model(settings["train_file"], eval_file=during,
-                                               verbose=ctx.is_main,
-                                               resume_from_checkpoint=options.resume,
-                                               samples_file=settings["eval_file"])
+            global_step, _ = model.train_model(
+                settings["train_file"],
+                eval_file=during,
+                verbose=ctx.is_main,
+                resume_from_checkpoint=options.resume,
+                samples_file=settings["eval_file"],
+            )
         finally:
             distributed.teardown(ctx)
         if not ctx.is_main:
             return 0
-        print(f"Trained {global_step} steps in {time.perf_counter() - started:.0f} s on "
-              f"{device}; model saved to {args.output_dir}")
+        print(
+            f"Trained {global_step} steps in {time.perf_counter() - started:.0f} s on "
+            f"{device}; model saved to {args.output_dir}"
+        )
         if settings["eval_file"]:
             results = model.eval_model(settings["eval_file"], verbose=False)
             print_results(results)
@@ -231,8 +289,9 @@ def run(options: argparse.Namespace) -> int:
         model_name = args.output_dir
     model = ConvAIModel(settings["model_type"], model_name, args=args, use_cuda=use_cuda)
     if options.command == "eval":
-        results = model.eval_model(settings["eval_file"], verbose=False,
-                                   generation_f1=options.generation_f1)
+        results = model.eval_model(
+            settings["eval_file"], verbose=False, generation_f1=options.generation_f1
+        )
         print_results(results)
     elif options.command == "serve":
         return run_serve(model, options, str(model_name))
@@ -247,20 +306,29 @@ def report_persona_use(model, settings: dict, results: dict) -> None:
     rows = {f"{settings['eval_file']}": results}
     for label, path in settings["extra_eval_files"].items():
         rows[f"{path} ({label})"] = model.eval_model(
-            path, output_dir=str(Path(model.args.output_dir) / f"eval_{label}"), verbose=False,
-            silent=True)
+            path,
+            output_dir=str(Path(model.args.output_dir) / f"eval_{label}"),
+            verbose=False,
+            silent=True,
+        )
     if settings["ablation_eval"]:
         rows[f"{settings['eval_file']} with the persona removed"] = model.eval_model(
-            settings["eval_file"], output_dir=str(Path(model.args.output_dir) / "eval_ablation"),
-            verbose=False, silent=True, ablate_persona=True)
+            settings["eval_file"],
+            output_dir=str(Path(model.args.output_dir) / "eval_ablation"),
+            verbose=False,
+            silent=True,
+            ablate_persona=True,
+        )
     columns = ["persona_accuracy", "persona_hits@1", "hits@1", "language_model_loss"]
     if len(rows) == 1 and "persona_accuracy" not in results:
         return
     print(f"\nPersona use (chance for hits@1: {1 / model.args.num_candidates:.2f}):")
     print(f"  {'evaluation':50s}" + "".join(f"{c:>20s}" for c in columns))
     for name, values in rows.items():
-        cells = "".join(f"{values[c]:>20.3f}" if isinstance(values.get(c), float)
-                        else f"{'-':>20s}" for c in columns)
+        cells = "".join(
+            f"{values[c]:>20.3f}" if isinstance(values.get(c), float) else f"{'-':>20s}"
+            for c in columns
+        )
         print(f"  {name[-50:]:50s}{cells}")
 
 
@@ -276,10 +344,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(options)
     except TrainingInterrupted as err:
-        where = (f"checkpoint saved to {err.checkpoint}" if err.checkpoint
-                 else "nothing saved (no_save)")
-        print(f"personachat train: stopped by {err.signal_name} after step {err.step}; "
-              f"{where}.\nResume with: {resume_command(argv)}", file=sys.stderr)
+        where = (
+            f"checkpoint saved to {err.checkpoint}" if err.checkpoint else "nothing saved (no_save)"
+        )
+        print(
+            f"personachat train: stopped by {err.signal_name} after step {err.step}; "
+            f"{where}.\nResume with: {resume_command(argv)}",
+            file=sys.stderr,
+        )
         return 130 if err.signal_name == "SIGINT" else 143
     except USER_ERRORS as err:
         print(f"personachat {options.command}: error: {err}", file=sys.stderr)
@@ -315,8 +387,18 @@ def resume_command(argv: list[str] | None, env: dict[str, str] | None = None) ->
         return shlex.join(["personachat", *kept, "--resume"])
     per_node = int(env.get("LOCAL_WORLD_SIZE", world))
     nodes = ["--nnodes", str(world // per_node)] if world > per_node else []
-    command = shlex.join(["torchrun", *nodes, "--nproc_per_node", str(per_node),
-                          "-m", "personachat.cli", *kept, "--resume"])
+    command = shlex.join(
+        [
+            "torchrun",
+            *nodes,
+            "--nproc_per_node",
+            str(per_node),
+            "-m",
+            "personachat.cli",
+            *kept,
+            "--resume",
+        ]
+    )
     return command + (" (on every node, with your rendezvous options)" if nodes else "")
 
 

@@ -77,9 +77,15 @@ class ConvAIModel:
         **kwargs: passed to the model's ``from_pretrained``.
     """
 
-    def __init__(self, model_type: str, model_name: str | os.PathLike,
-                 args: dict | ConvAIArgs | None = None, use_cuda: bool = True,
-                 cuda_device: int = -1, **kwargs) -> None:
+    def __init__(
+        self,
+        model_type: str,
+        model_name: str | os.PathLike,
+        args: dict | ConvAIArgs | None = None,
+        use_cuda: bool = True,
+        cuda_device: int = -1,
+        **kwargs,
+    ) -> None:
         if isinstance(args, ConvAIArgs):
             self.args = args
         else:
@@ -94,12 +100,14 @@ class ConvAIModel:
             set_seed(self.args.manual_seed)
         self.device = resolve_device(use_cuda, cuda_device)
         self.model, self.tokenizer = load_model_and_tokenizer(
-            model_type, model_name, trust_remote_pickle=self.args.trust_remote_pickle, **kwargs)
+            model_type, model_name, trust_remote_pickle=self.args.trust_remote_pickle, **kwargs
+        )
         self.model.to(self.device)
         self.special = SpecialIds.from_tokenizer(self.tokenizer)
         # Bounded: a server answering messages for weeks must not keep every one it saw.
-        self._encode = TextEncoder(self.tokenizer, lowercase=self.args.do_lower_case,
-                                   max_entries=CHAT_ENCODER_ENTRIES)
+        self._encode = TextEncoder(
+            self.tokenizer, lowercase=self.args.do_lower_case, max_entries=CHAT_ENCODER_ENTRIES
+        )
         self._personas = read_personas(model_name)
         # Each persona's keys and values, encoded once for all the turns and sessions that
         # use it (emptied by itself when training changes the weights).
@@ -110,9 +118,18 @@ class ConvAIModel:
         self._retokenized: set[str] = set()  # cache keys reprocess_input_data already redid
 
     # ------------------------------------------------------------------ training
-    def train_model(self, train_file=None, output_dir=None, show_running_loss=True, args=None,
-                    eval_file=None, verbose=True, resume_from_checkpoint=None,
-                    samples_file=None, **kwargs):
+    def train_model(
+        self,
+        train_file=None,
+        output_dir=None,
+        show_running_loss=True,
+        args=None,
+        eval_file=None,
+        verbose=True,
+        resume_from_checkpoint=None,
+        samples_file=None,
+        **kwargs,
+    ):
         """Fine-tune on ``train_file`` (Persona-Chat JSON; None: the public Persona-Chat,
         downloaded once). Returns ``(global_step, training_details)``.
 
@@ -124,8 +141,9 @@ class ConvAIModel:
         model, output_dir gets training_curves.png, samples.md and report.md.
         """
         if args:
-            self.args.update_from_dict(args.get_args_for_saving()
-                                       if isinstance(args, ConvAIArgs) else args)
+            self.args.update_from_dict(
+                args.get_args_for_saving() if isinstance(args, ConvAIArgs) else args
+            )
         output_dir = str(output_dir or self.args.output_dir)
         try:
             resume = resolve_resume(resume_from_checkpoint, output_dir)
@@ -140,37 +158,67 @@ class ConvAIModel:
         dialogs = self._load(train_file, "train", self.args.max_train_examples)
         with distributed.main_process_first():  # torchrun: one rank tokenizes, all read
             dataset = self._dataset(dialogs, str(train_file or "Persona-Chat train"))
-        eval_dialogs = (self._load(eval_file, "valid", self.args.max_eval_examples)
-                        if eval_file is not None else None)
+        eval_dialogs = (
+            self._load(eval_file, "valid", self.args.max_eval_examples)
+            if eval_file is not None
+            else None
+        )
         # Every process evaluates during training (its share of the losses under torchrun).
-        evaluate = (partial(self._evaluate, eval_dialogs, str(eval_file),
-                            silent=self.args.evaluate_during_training_silent, shard=True)
-                    if eval_dialogs is not None else None)
+        evaluate = (
+            partial(
+                self._evaluate,
+                eval_dialogs,
+                str(eval_file),
+                silent=self.args.evaluate_during_training_silent,
+                shard=True,
+            )
+            if eval_dialogs is not None
+            else None
+        )
         self._personas = personalities(dialogs)[:MAX_SAVED_PERSONAS]
-        probe_dialogs = (self._load(samples_file, "valid", None) if samples_file
-                         else eval_dialogs or dialogs)
+        probe_dialogs = (
+            self._load(samples_file, "valid", None) if samples_file else eval_dialogs or dialogs
+        )
         samples = self._samples_writer(output_dir, probe_dialogs)
         report = partial(
-            write_report, output_dir, model=f"{self.args.model_type} {self.args.model_name}",
-            device=str(self.device), args=self.args, started=time.time(),
-            data={"train file": str(train_file or "Persona-Chat train"),
-                  "train dialogs": len(dialogs), "train examples (utterances)": len(dataset),
-                  "eval file during training": str(eval_file) if eval_file else "none",
-                  "resumed from": str(resume) if resume else "no (fresh run)"})
+            write_report,
+            output_dir,
+            model=f"{self.args.model_type} {self.args.model_name}",
+            device=str(self.device),
+            args=self.args,
+            started=time.time(),
+            data={
+                "train file": str(train_file or "Persona-Chat train"),
+                "train dialogs": len(dialogs),
+                "train examples (utterances)": len(dataset),
+                "eval file during training": str(eval_file) if eval_file else "none",
+                "resumed from": str(resume) if resume else "no (fresh run)",
+            },
+        )
         write = not self.args.no_save and is_main_process()
         try:
             global_step, details = train(
-                self.model, self.tokenizer, dataset, self.args, self.device, output_dir,
-                evaluate=evaluate, show_running_loss=show_running_loss,
+                self.model,
+                self.tokenizer,
+                dataset,
+                self.args,
+                self.device,
+                output_dir,
+                evaluate=evaluate,
+                show_running_loss=show_running_loss,
                 save_extra={PERSONAS_FILE: json.dumps(self._personas, ensure_ascii=False)},
-                resume_from=resume, on_epoch_end=samples)
+                resume_from=resume,
+                on_epoch_end=samples,
+            )
         except TrainingError as err:
             if write:
                 report(details=getattr(err, "details", {}), status=f"stopped: {err}")
             raise
         if write:
-            report(details=details, status="finished" + (
-                " (early stopping)" if details.get("stopped_early") else ""))
+            report(
+                details=details,
+                status="finished" + (" (early stopping)" if details.get("stopped_early") else ""),
+            )
         if verbose and not self.args.silent:
             print(f"Training of {self.args.model_type} model complete. Saved to {output_dir}.")
         return global_step, details
@@ -180,12 +228,14 @@ class ConvAIModel:
         if self.args.no_save:
             return None
         greedy = DecodingOptions.from_args(self.args, do_sample=False)
-        return SampleWriter(Path(output_dir) / SAMPLES_FILE, probes_from_dialogs(probe_dialogs),
-                            partial(self.generate_replies, options=greedy))
+        return SampleWriter(
+            Path(output_dir) / SAMPLES_FILE,
+            probes_from_dialogs(probe_dialogs),
+            partial(self.generate_replies, options=greedy),
+        )
 
     # ---------------------------------------------------------------- evaluation
-    def eval_model(self, eval_file=None, output_dir=None, verbose=True, silent=False,
-                   **metric_fns):
+    def eval_model(self, eval_file=None, output_dir=None, verbose=True, silent=False, **metric_fns):
         """Evaluate on ``eval_file`` (None: Persona-Chat valid). Returns a dict with
         ``language_model_loss``, ``perplexity``, ``f1_score`` (macro F1 of the
         multiple-choice head), ``hits@1``, ``mc_loss``, ``eval_loss``, ``generation_f1`` when
@@ -197,46 +247,68 @@ class ConvAIModel:
         persona's value) and ``persona_hits@1``. ``ablate_persona=True`` evaluates with every
         persona removed from the input; ``repetition_rate=True`` adds the share of self-play
         replies that repeat an earlier reply of the bot."""
-        flags = {name: metric_fns.pop(name) for name in
-                 ("generation_f1", "ablate_persona", "repetition_rate")
-                 if isinstance(metric_fns.get(name), bool)}
+        flags = {
+            name: metric_fns.pop(name)
+            for name in ("generation_f1", "ablate_persona", "repetition_rate")
+            if isinstance(metric_fns.get(name), bool)
+        }
         dialogs = self._load(eval_file, "valid", self.args.max_eval_examples)
         if flags.get("ablate_persona"):
             dialogs = without_persona(dialogs)
-        results = self._evaluate(dialogs, str(eval_file or "Persona-Chat valid"),
-                                 silent=silent or self.args.silent,
-                                 generation=flags.get("generation_f1", self.args.generation_f1),
-                                 repetition=flags.get("repetition_rate", False),
-                                 metric_fns=metric_fns)
+        results = self._evaluate(
+            dialogs,
+            str(eval_file or "Persona-Chat valid"),
+            silent=silent or self.args.silent,
+            generation=flags.get("generation_f1", self.args.generation_f1),
+            repetition=flags.get("repetition_rate", False),
+            metric_fns=metric_fns,
+        )
         output_dir = Path(output_dir or self.args.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "eval_results.txt").write_text(format_results(results), encoding="utf-8")
-        (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2),
-                                                      encoding="utf-8")
+        (output_dir / "eval_results.json").write_text(
+            json.dumps(results, indent=2), encoding="utf-8"
+        )
         if verbose and not silent:
             print(json.dumps(results, indent=2))
         return results
 
-    def _evaluate(self, dialogs, source, silent=True, generation=False, repetition=False,
-                  metric_fns=None, shard=False):
+    def _evaluate(
+        self,
+        dialogs,
+        source,
+        silent=True,
+        generation=False,
+        repetition=False,
+        metric_fns=None,
+        shard=False,
+    ):
         """Metrics of the model on ``dialogs``. ``shard``: under torchrun, every process
         computes the losses of its share of the examples and they are added up (every rank
         must call it then, as training's evaluations do); the results are the same."""
         dataset = self._dataset(dialogs, source)
-        batch_size = resolve_eval_batch_size(self.model, dataset, self.args, self.device,
-                                             self.tokenizer.pad_token_id)
+        batch_size = resolve_eval_batch_size(
+            self.model, dataset, self.args, self.device, self.tokenizer.pad_token_id
+        )
         ctx = distributed.joined_context() if shard else distributed.DistContext()
         indexes = range(ctx.rank, len(dataset), ctx.world_size)
         loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(dataset, indexes) if ctx.enabled else dataset,
-            batch_size=batch_size, pin_memory=self.device.type == "cuda",
-            collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id))
-        sums = evaluation_sums(self.model, loader, self.args.lm_coef, self.args.mc_coef,
-                               self.device, autocast_dtype(self.device, self.args.fp16),
-                               silent=silent)
+            batch_size=batch_size,
+            pin_memory=self.device.type == "cuda",
+            collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id),
+        )
+        sums = evaluation_sums(
+            self.model,
+            loader,
+            self.args.lm_coef,
+            self.args.mc_coef,
+            self.device,
+            autocast_dtype(self.device, self.args.fp16),
+            silent=silent,
+        )
         if ctx.enabled:
-            sums = merge_sums(distributed.gather_objects((list(indexes), sums), ctx),
-                              len(dataset))
+            sums = merge_sums(distributed.gather_objects((list(indexes), sums), ctx), len(dataset))
         results = metrics_from_sums(sums, self.args.lm_coef, self.args.mc_coef)
         labels, preds = results.pop("_labels"), results.pop("_preds")
         results.update(apply_metric_fns(labels, preds, metric_fns or {}))
@@ -259,8 +331,13 @@ class ConvAIModel:
             print("Selected personality:", " ".join(personality))
         run_repl(lambda message, history: self.interact_single(message, history, personality))
 
-    def interact_single(self, message: str, history: list, personality: list[str] | None = None,
-                        encode_history: bool = True) -> tuple[str, list]:
+    def interact_single(
+        self,
+        message: str,
+        history: list,
+        personality: list[str] | None = None,
+        encode_history: bool = True,
+    ) -> tuple[str, list]:
         """One reply to ``message``. Returns ``(reply, history)``; history includes both.
 
         With ``encode_history=False`` the history holds token-id lists (as simpletransformers
@@ -270,20 +347,35 @@ class ConvAIModel:
         persona_ids = [self._encode(s) for s in personality]
         if encode_history:
             history = [*history, message]
-            reply_ids = respond(self.model, persona_ids,
-                                       [self._encode(h) for h in history], self.special,
-                                       DecodingOptions.from_args(self.args), self.device)
+            reply_ids = respond(
+                self.model,
+                persona_ids,
+                [self._encode(h) for h in history],
+                self.special,
+                DecodingOptions.from_args(self.args),
+                self.device,
+            )
             reply = self.tokenizer.decode(reply_ids, skip_special_tokens=True).strip()
             return reply, [*history, reply]
         history = [*history, self._encode(message)]
-        reply_ids = respond(self.model, persona_ids, history, self.special,
-                                   DecodingOptions.from_args(self.args), self.device)
-        history = [*history, reply_ids][-(2 * self.args.max_history + 1):]
+        reply_ids = respond(
+            self.model,
+            persona_ids,
+            history,
+            self.special,
+            DecodingOptions.from_args(self.args),
+            self.device,
+        )
+        history = [*history, reply_ids][-(2 * self.args.max_history + 1) :]
         return self.tokenizer.decode(reply_ids, skip_special_tokens=True).strip(), history
 
-    def generate_replies(self, conversations: list, options: DecodingOptions | None = None,
-                         on_token: Callable[[int, str], None] | None = None,
-                         stream: Collection[int] | None = None) -> list[str]:
+    def generate_replies(
+        self,
+        conversations: list,
+        options: DecodingOptions | None = None,
+        on_token: Callable[[int, str], None] | None = None,
+        stream: Collection[int] | None = None,
+    ) -> list[str]:
         """Replies to many conversations in one batched decoding call.
 
         ``conversations``: ``(personality, history)`` pairs or dicts with those keys, where
@@ -297,29 +389,39 @@ class ConvAIModel:
         kept for later calls (GPT-2 models; forgotten when training changes the weights).
         """
         options = options or DecodingOptions.from_args(self.args)
-        pairs = [(c["personality"], c["history"]) if isinstance(c, dict) else c
-                 for c in conversations]
-        encoded = [([self._encode(s) for s in p], [self._encode(h) for h in h_])
-                   for p, h_ in pairs]
+        pairs = [
+            (c["personality"], c["history"]) if isinstance(c, dict) else c for c in conversations
+        ]
+        encoded = [([self._encode(s) for s in p], [self._encode(h) for h in h_]) for p, h_ in pairs]
         decode = partial(self.tokenizer.decode, skip_special_tokens=True)
         if options.rerank_samples > 1:  # sampling + scoring is per conversation
-            ids = [respond(self.model, p, h, self.special, options, self.device)
-                   for p, h in encoded]
+            ids = [
+                respond(self.model, p, h, self.special, options, self.device) for p, h in encoded
+            ]
             for index, reply in enumerate(ids):
                 if on_token is not None and (stream is None or index in stream):
                     on_token(index, decode(reply).strip())
         else:
             on_step = None
             if on_token is not None:
+
                 def on_step(index: int, reply: list[int]) -> None:
                     if stream is not None and index not in stream:
                         return
                     text = decode(reply).strip()
                     if not text.endswith("\ufffd"):  # never stream half a character
                         on_token(index, text)
-            ids = generate_replies(self.model, encoded, self.special, options, self.device,
-                                   on_step=on_step, prefix_cache=self._prefix_cache,
-                                   prefill_threads=self.prefill_threads)
+
+            ids = generate_replies(
+                self.model,
+                encoded,
+                self.special,
+                options,
+                self.device,
+                on_step=on_step,
+                prefix_cache=self._prefix_cache,
+                prefill_threads=self.prefill_threads,
+            )
         return [decode(i).strip() for i in ids]
 
     def random_personality(self) -> list[str]:
@@ -334,8 +436,13 @@ class ConvAIModel:
     def save_model(self, output_dir: str | os.PathLike | None = None) -> Path:
         """Save weights (safetensors), tokenizer, model_args.json and the persona list."""
         extra = {PERSONAS_FILE: json.dumps(self._personas or [], ensure_ascii=False)}
-        return save_pretrained_atomic(output_dir or self.args.output_dir, self.model,
-                                      self.tokenizer, self.args, extra_files=extra)
+        return save_pretrained_atomic(
+            output_dir or self.args.output_dir,
+            self.model,
+            self.tokenizer,
+            self.args,
+            extra_files=extra,
+        )
 
     # ---------------------------------------------------------------- helpers
     def _load(self, path, split: str, limit: int | None) -> list[dict]:
@@ -345,36 +452,58 @@ class ConvAIModel:
             dialogs = load_personachat_or_file(None, split, self.args.cache_dir)
         else:
             dialogs = read_dialogs(path, format=self.args.data_format, split=split)
-        if any(len(u["candidates"]) < self.args.num_candidates
-               for d in dialogs for u in d["utterances"]):
-            dialogs, added = add_distractors(dialogs, self.args.num_candidates,
-                                             seed=self.args.manual_seed or 0)
+        if any(
+            len(u["candidates"]) < self.args.num_candidates
+            for d in dialogs
+            for u in d["utterances"]
+        ):
+            dialogs, added = add_distractors(
+                dialogs, self.args.num_candidates, seed=self.args.manual_seed or 0
+            )
             if not self.args.silent:
-                print(f"{path}: added {added} distractor candidates sampled from other "
-                      f"dialogs (num_candidates={self.args.num_candidates})")
+                print(
+                    f"{path}: added {added} distractor candidates sampled from other "
+                    f"dialogs (num_candidates={self.args.num_candidates})"
+                )
         return dialogs[:limit] if limit else dialogs
 
     def _dataset(self, dialogs, source: str):
         """The examples of ``dialogs``: tokenized once and cached under
         ``cache_dir/tokens/`` (see ``token_cache``), or in memory only with ``no_cache``."""
         options = EncodingOptions(
-            num_candidates=self.args.num_candidates, max_history=self.args.max_history,
+            num_candidates=self.args.num_candidates,
+            max_history=self.args.max_history,
             max_tokens=context_size(self.model),
             personality_permutations=self.args.personality_permutations,
-            lowercase=self.args.do_lower_case, seed=self.args.manual_seed or 0)
+            lowercase=self.args.do_lower_case,
+            seed=self.args.manual_seed or 0,
+        )
         if self.args.no_cache:
-            return dataset_from_dialogs(dialogs, self.tokenizer, self.special, source=source,
-                                        **dataclasses.asdict(options))
+            return dataset_from_dialogs(
+                dialogs, self.tokenizer, self.special, source=source, **dataclasses.asdict(options)
+            )
         key = cache_key(dialogs, self.tokenizer, options)
         # reprocess_input_data tokenizes again once per model object, not at each evaluation
         # of a training run (which reads the same eval dialogs every time).
         reprocess = self.args.reprocess_input_data and key not in self._retokenized
         self._retokenized.add(key)
-        num_proc = ((self.args.process_count or max((os.cpu_count() or 1) - 2, 1))
-                    if self.args.use_multiprocessing else 1)
-        return cached_dataset(dialogs, self.tokenizer, self.special, options,
-                              self.args.cache_dir, reprocess=reprocess, num_proc=num_proc,
-                              key=key, source=source, log=None if self.args.silent else print)
+        num_proc = (
+            (self.args.process_count or max((os.cpu_count() or 1) - 2, 1))
+            if self.args.use_multiprocessing
+            else 1
+        )
+        return cached_dataset(
+            dialogs,
+            self.tokenizer,
+            self.special,
+            options,
+            self.args.cache_dir,
+            reprocess=reprocess,
+            num_proc=num_proc,
+            key=key,
+            source=source,
+            log=None if self.args.silent else print,
+        )
 
 
 def read_personas(model_name) -> list[list[str]]:

@@ -25,8 +25,13 @@ from .candidates import add_distractors
 from .data import DataError
 from .readers import FORMATS, detect_format, read_dialogs
 
-__all__ = ["DATA_COMMANDS", "add_data_commands", "corpus_counts", "run_data_command",
-           "write_json_atomic"]
+__all__ = [
+    "DATA_COMMANDS",
+    "add_data_commands",
+    "corpus_counts",
+    "run_data_command",
+    "write_json_atomic",
+]
 
 DATA_COMMANDS = ("convert", "validate")
 
@@ -36,22 +41,38 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="write dialogs of any format as Persona-Chat JSON")
     p.add_argument("src", metavar="SRC", help="dialog file, or hf:NAME for a hub dataset")
     p.add_argument("dst", metavar="DST", help="Persona-Chat JSON file to write")
-    p.add_argument("--num-candidates", type=int, metavar="N",
-                   help="sample distractors from other dialogs so each utterance has N")
+    p.add_argument(
+        "--num-candidates",
+        type=int,
+        metavar="N",
+        help="sample distractors from other dialogs so each utterance has N",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the distractor sampling")
     p.add_argument("--lowercase", action="store_true", help="lowercase all text")
     v = sub.add_parser("validate", help="check a dialog file: every problem, or its counts")
     v.add_argument("file", metavar="FILE", help="dialog file, or hf:NAME for a hub dataset")
-    v.add_argument("--tokenizer", metavar="MODEL_DIR",
-                   help="also count tokens per example with this model's tokenizer")
-    v.add_argument("--num-candidates", type=int, metavar="N",
-                   help="check that distractors can be sampled up to N candidates")
-    v.add_argument("--max-history", type=int, default=ConvAIArgs.max_history,
-                   help="history turns per example for the token counts (as in training)")
+    v.add_argument(
+        "--tokenizer",
+        metavar="MODEL_DIR",
+        help="also count tokens per example with this model's tokenizer",
+    )
+    v.add_argument(
+        "--num-candidates",
+        type=int,
+        metavar="N",
+        help="check that distractors can be sampled up to N candidates",
+    )
+    v.add_argument(
+        "--max-history",
+        type=int,
+        default=ConvAIArgs.max_history,
+        help="history turns per example for the token counts (as in training)",
+    )
     for parser in (p, v):
         parser.add_argument("--format", choices=FORMATS, help="default: detected")
-        parser.add_argument("--split", default="train",
-                            help="split of a Persona-Chat dict of splits or hub dataset")
+        parser.add_argument(
+            "--split", default="train", help="split of a Persona-Chat dict of splits or hub dataset"
+        )
 
 
 def run_data_command(options: argparse.Namespace) -> int:
@@ -89,8 +110,9 @@ def write_json_atomic(path: Path, value: object) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise DataError(f"{path}: cannot write ({exc.strerror or exc}) — nothing was "
-                            "written") from None
+            raise DataError(
+                f"{path}: cannot write ({exc.strerror or exc}) — nothing was written"
+            ) from None
         raise
 
 
@@ -102,13 +124,19 @@ def convert(options: argparse.Namespace) -> int:
         dialogs, added = add_distractors(dialogs, options.num_candidates, options.seed)
     write_json_atomic(Path(options.dst), dialogs)
     counts = corpus_counts(dialogs)
-    print(f"Read {counts['dialogs']} dialogs ({counts['utterances']} utterances) from "
-          f"{options.src} as {fmt}.")
+    print(
+        f"Read {counts['dialogs']} dialogs ({counts['utterances']} utterances) from "
+        f"{options.src} as {fmt}."
+    )
     if options.num_candidates is not None:
-        print(f"Added {added} distractor candidates sampled from other dialogs "
-              f"(num_candidates={options.num_candidates}, seed={options.seed}).")
-    print(f"Wrote {options.dst}: candidates per utterance {counts['candidates_min']}–"
-          f"{counts['candidates_max']}.")
+        print(
+            f"Added {added} distractor candidates sampled from other dialogs "
+            f"(num_candidates={options.num_candidates}, seed={options.seed})."
+        )
+    print(
+        f"Wrote {options.dst}: candidates per utterance {counts['candidates_min']}–"
+        f"{counts['candidates_max']}."
+    )
     return 0
 
 
@@ -143,8 +171,10 @@ def _load_tokenizer(model_dir: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as exc:
-        raise ArgsError(f"--tokenizer {model_dir}: cannot load a tokenizer ({exc}) — pass a "
-                        "model folder with tokenizer files, e.g. one saved by training") from None
+        raise ArgsError(
+            f"--tokenizer {model_dir}: cannot load a tokenizer ({exc}) — pass a "
+            "model folder with tokenizer files, e.g. one saved by training"
+        ) from None
     tokenizer.add_special_tokens(ATTR_TO_SPECIAL_TOKEN)  # no-op for personachat models
     return tokenizer
 
@@ -154,18 +184,30 @@ def token_lengths(dialogs: list[dict], tokenizer, max_history: int) -> list[int]
     from .encoding import SpecialIds, build_example
 
     special = SpecialIds.from_tokenizer(tokenizer)
-    texts = list(dict.fromkeys(
-        s for d in dialogs for s in [*d["personality"],
-                                     *(t for u in d["utterances"]
-                                       for t in [*u["history"], u["candidates"][-1]])]))
+    texts = list(
+        dict.fromkeys(
+            s
+            for d in dialogs
+            for s in [
+                *d["personality"],
+                *(t for u in d["utterances"] for t in [*u["history"], u["candidates"][-1]]),
+            ]
+        )
+    )
     ids = dict(zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"], strict=True))
     lengths = []
     for d in dialogs:
         persona = [ids[s] for s in d["personality"]]
         for u in d["utterances"]:
-            example = build_example(persona, [ids[h] for h in u["history"]],
-                                    [ids[u["candidates"][-1]]], special, num_candidates=1,
-                                    max_history=max_history, max_tokens=1 << 30)
+            example = build_example(
+                persona,
+                [ids[h] for h in u["history"]],
+                [ids[u["candidates"][-1]]],
+                special,
+                num_candidates=1,
+                max_history=max_history,
+                max_tokens=1 << 30,
+            )
             lengths.append(len(example["candidates"][0]["input_ids"]))
     return sorted(lengths)
 
@@ -183,21 +225,28 @@ def validate(options: argparse.Namespace) -> int:
     print(f"{options.file} ({fmt}): valid")
     print(f"  dialogs                  {counts['dialogs']}")
     print(f"  utterances               {counts['utterances']}")
-    print(f"  candidates per utterance min {counts['candidates_min']}, "
-          f"max {counts['candidates_max']}")
-    print(f"  persona sentences        {counts['persona_sentences']} (per dialog min "
-          f"{counts['persona_min']}, max {counts['persona_max']})")
+    print(
+        f"  candidates per utterance min {counts['candidates_min']}, max {counts['candidates_max']}"
+    )
+    print(
+        f"  persona sentences        {counts['persona_sentences']} (per dialog min "
+        f"{counts['persona_min']}, max {counts['persona_max']})"
+    )
     if options.num_candidates is not None:
         try:
             _, added = add_distractors(dialogs, options.num_candidates)
         except DataError as err:
             print(f"{options.file}: 1 problem:\n  - {err}")
             return 1
-        print(f"  num_candidates={options.num_candidates}: {added} distractors would be "
-              "sampled from other dialogs")
+        print(
+            f"  num_candidates={options.num_candidates}: {added} distractors would be "
+            "sampled from other dialogs"
+        )
     if options.tokenizer:
         lengths = token_lengths(dialogs, _load_tokenizer(options.tokenizer), options.max_history)
-        print(f"  tokens per example       p50 {percentile(lengths, 50)}, p95 "
-              f"{percentile(lengths, 95)}, max {lengths[-1]} (gold reply, "
-              f"max_history={options.max_history})")
+        print(
+            f"  tokens per example       p50 {percentile(lengths, 50)}, p95 "
+            f"{percentile(lengths, 95)}, max {lengths[-1]} (gold reply, "
+            f"max_history={options.max_history})"
+        )
     return 0

@@ -44,14 +44,18 @@ class Decoder:
     ``prefix_lengths`` and ``cache`` (see ``StaticKVDecoder.prefill``) are a saving a decoder
     may take or leave: only the static decoder keeps persona keys and values."""
 
-    def prefill(self, input_ids: torch.Tensor, token_types: torch.Tensor,
-                mask: torch.Tensor, positions: torch.Tensor,
-                prefix_lengths: list[int] | None = None,
-                cache: PrefixCache | None = None) -> torch.Tensor:
+    def prefill(
+        self,
+        input_ids: torch.Tensor,
+        token_types: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        prefix_lengths: list[int] | None = None,
+        cache: PrefixCache | None = None,
+    ) -> torch.Tensor:
         raise NotImplementedError
 
-    def step(self, ids: torch.Tensor, types: torch.Tensor,
-             positions: torch.Tensor) -> torch.Tensor:
+    def step(self, ids: torch.Tensor, types: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -133,8 +137,13 @@ class StaticKVDecoder(Decoder):
         # sigmoid form below is faster).
         act = model.config.activation_function
         on_cpu = next(model.parameters()).device.type == "cpu"
-        self.act = (self.blocks[0].mlp.act if act not in TANH_GELU
-                    else tanh_gelu_ if on_cpu else partial(F.gelu, approximate="tanh"))
+        self.act = (
+            self.blocks[0].mlp.act
+            if act not in TANH_GELU
+            else tanh_gelu_
+            if on_cpu
+            else partial(F.gelu, approximate="tanh")
+        )
         self.width = model.config.n_embd
         self.capacity = capacity
         self.keys: list[torch.Tensor] = []
@@ -164,9 +173,15 @@ class StaticKVDecoder(Decoder):
         h = self.act(torch.addmm(mlp.c_fc.bias, h, mlp.c_fc.weight))
         return x + torch.addmm(mlp.c_proj.bias, h, mlp.c_proj.weight).view(x.shape)
 
-    def prefill(self, input_ids, token_types, mask, positions,
-                prefix_lengths: list[int] | None = None,
-                cache: PrefixCache | None = None) -> torch.Tensor:
+    def prefill(
+        self,
+        input_ids,
+        token_types,
+        mask,
+        positions,
+        prefix_lengths: list[int] | None = None,
+        cache: PrefixCache | None = None,
+    ) -> torch.Tensor:
         """Encode the left-padded prompts into the key/value buffers.
 
         ``prefix_lengths[row]``: how many of the row's first real tokens form its prefix
@@ -185,8 +200,9 @@ class StaticKVDecoder(Decoder):
             lengths = mask.sum(-1).tolist()
             prefixes = self._prefix_keys(input_ids, token_types, lengths, prefix_lengths)
             entries = self._cached_prefixes(prefixes, cache, device)
-            start = width - max(length - prefix for length, prefix
-                                in zip(lengths, prefix_lengths, strict=True))
+            start = width - max(
+                length - prefix for length, prefix in zip(lengths, prefix_lengths, strict=True)
+            )
         self.all_ok = bool(mask.all())  # then the steps need no mask
         self.key_ok = torch.zeros(batch, 1, 1, self.capacity, dtype=torch.bool, device=device)
         self.key_ok[:, 0, 0, :width] = mask.bool()
@@ -197,7 +213,8 @@ class StaticKVDecoder(Decoder):
             # A padding query would see no key at all (NaN); let it see itself. Its output is
             # never read: padding keys are hidden from every real query.
             attn_mask = (causal & self.key_ok[:, :, :, :width]) | (
-                column.unsqueeze(0) == column[start:].unsqueeze(1))
+                column.unsqueeze(0) == column[start:].unsqueeze(1)
+            )
         x = self._embed(input_ids[:, start:], token_types[:, start:], positions[:, start:])
         self.keys, self.values = [], []
         for layer, block in enumerate(self.blocks):
@@ -214,32 +231,43 @@ class StaticKVDecoder(Decoder):
                 for row, (length, key) in enumerate(zip(lengths, prefixes, strict=True)):
                     cached_k, cached_v = entries[key][layer]
                     at = width - length
-                    key_buf[row, :, at:at + cached_k.shape[1]] = cached_k
-                    value_buf[row, :, at:at + cached_v.shape[1]] = cached_v
+                    key_buf[row, :, at : at + cached_k.shape[1]] = cached_k
+                    value_buf[row, :, at : at + cached_v.shape[1]] = cached_v
             self.keys.append(key_buf)
             self.values.append(value_buf)
             attended = F.scaled_dot_product_attention(
-                q, key_buf[:, :, :width], value_buf[:, :, :width], attn_mask=attn_mask,
-                is_causal=attn_mask is None, scale=block.attn.scaling)
+                q,
+                key_buf[:, :, :width],
+                value_buf[:, :, :width],
+                attn_mask=attn_mask,
+                is_causal=attn_mask is None,
+                scale=block.attn.scaling,
+            )
             x = self._finish_block(block, x, attended)
         self.length = width
         return layer_norm(self.body.ln_f, x[:, -1])
 
     @staticmethod
-    def _prefix_keys(input_ids, token_types, lengths: list[int], prefix_lengths: list[int]
-                     ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    def _prefix_keys(
+        input_ids, token_types, lengths: list[int], prefix_lengths: list[int]
+    ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
         """Each row's prefix as (ids, token types): what its cache entry is keyed by."""
         width = input_ids.shape[1]
         ids_rows, types_rows = input_ids.tolist(), token_types.tolist()
         keys = []
         for row, (length, prefix) in enumerate(zip(lengths, prefix_lengths, strict=True)):
             first = width - length
-            keys.append((tuple(ids_rows[row][first:first + prefix]),
-                         tuple(types_rows[row][first:first + prefix])))
+            keys.append(
+                (
+                    tuple(ids_rows[row][first : first + prefix]),
+                    tuple(types_rows[row][first : first + prefix]),
+                )
+            )
         return keys
 
-    def _cached_prefixes(self, keys: list, cache: PrefixCache, device: torch.device
-                         ) -> dict[tuple, PrefixKV]:
+    def _cached_prefixes(
+        self, keys: list, cache: PrefixCache, device: torch.device
+    ) -> dict[tuple, PrefixKV]:
         """The cache entry of every distinct prefix; the missing ones encoded (in one batch)
         and added."""
         cache.check(self.body)
@@ -251,15 +279,18 @@ class StaticKVDecoder(Decoder):
                 cache.put(key, entry)
         return entries
 
-    def _encode_prefixes(self, prefixes: list[tuple[tuple[int, ...], tuple[int, ...]]],
-                         device: torch.device) -> list[PrefixKV]:
+    def _encode_prefixes(
+        self, prefixes: list[tuple[tuple[int, ...], tuple[int, ...]]], device: torch.device
+    ) -> list[PrefixKV]:
         """Keys and values of each (ids, types) prefix at positions 0..P-1, in one batch.
         Right padding: under the causal mask no real token sees the padding after it."""
         longest = max(len(ids) for ids, _ in prefixes)
-        ids = torch.tensor([list(i) + [i[0]] * (longest - len(i)) for i, _ in prefixes],
-                           device=device)
-        types = torch.tensor([list(t) + [t[0]] * (longest - len(t)) for _, t in prefixes],
-                             device=device)
+        ids = torch.tensor(
+            [list(i) + [i[0]] * (longest - len(i)) for i, _ in prefixes], device=device
+        )
+        types = torch.tensor(
+            [list(t) + [t[0]] * (longest - len(t)) for _, t in prefixes], device=device
+        )
         positions = torch.arange(longest, device=device).expand_as(ids)
         x = self._embed(ids, types, positions)
         layers = []
@@ -267,26 +298,33 @@ class StaticKVDecoder(Decoder):
             q, k, v = self._split(block, layer_norm(block.ln_1, x))
             layers.append((k, v))
             if index + 1 < len(self.blocks):  # the last block's output is not needed
-                attended = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                                          scale=block.attn.scaling)
+                attended = F.scaled_dot_product_attention(
+                    q, k, v, is_causal=True, scale=block.attn.scaling
+                )
                 x = self._finish_block(block, x, attended)
-        return [[(k[m, :, :len(ids_)].clone(), v[m, :, :len(ids_)].clone()) for k, v in layers]
-                for m, (ids_, _) in enumerate(prefixes)]
+        return [
+            [(k[m, :, : len(ids_)].clone(), v[m, :, : len(ids_)].clone()) for k, v in layers]
+            for m, (ids_, _) in enumerate(prefixes)
+        ]
 
     def step(self, ids, types, positions) -> torch.Tensor:
         if self.length >= self.capacity:
             raise RuntimeError("decoder capacity exceeded")  # a bug, not a user error
         at = self.length
         self.key_ok[:, :, :, at] = True
-        attn_mask = None if self.all_ok else self.key_ok[:, :, :, :at + 1]
+        attn_mask = None if self.all_ok else self.key_ok[:, :, :, : at + 1]
         x = self._embed(ids, types, positions)
         for block, key_buf, value_buf in zip(self.blocks, self.keys, self.values, strict=True):
             q, k, v = self._split(block, layer_norm(block.ln_1, x))
-            key_buf[:, :, at:at + 1] = k
-            value_buf[:, :, at:at + 1] = v
+            key_buf[:, :, at : at + 1] = k
+            value_buf[:, :, at : at + 1] = v
             attended = F.scaled_dot_product_attention(
-                q, key_buf[:, :, :at + 1], value_buf[:, :, :at + 1], attn_mask=attn_mask,
-                scale=block.attn.scaling)
+                q,
+                key_buf[:, :, : at + 1],
+                value_buf[:, :, : at + 1],
+                attn_mask=attn_mask,
+                scale=block.attn.scaling,
+            )
             x = self._finish_block(block, x, attended)
         self.length = at + 1
         return layer_norm(self.body.ln_f, x[:, -1])
@@ -318,8 +356,9 @@ class CachedDecoder(Decoder):
         self.past = None
         self.mask: torch.Tensor | None = None
 
-    def prefill(self, input_ids, token_types, mask, positions, prefix_lengths=None,
-                cache=None) -> torch.Tensor:
+    def prefill(
+        self, input_ids, token_types, mask, positions, prefix_lengths=None, cache=None
+    ) -> torch.Tensor:
         self.mask = mask
         return self._run(input_ids, token_types, positions)
 
@@ -328,8 +367,14 @@ class CachedDecoder(Decoder):
         return self._run(ids, types, positions)
 
     def _run(self, ids, types, positions) -> torch.Tensor:
-        out = self.body(input_ids=ids, token_type_ids=types, attention_mask=self.mask,
-                        position_ids=positions, past_key_values=self.past, use_cache=True)
+        out = self.body(
+            input_ids=ids,
+            token_type_ids=types,
+            attention_mask=self.mask,
+            position_ids=positions,
+            past_key_values=self.past,
+            use_cache=True,
+        )
         self.past = out.past_key_values
         return out.last_hidden_state[:, -1]
 
@@ -341,15 +386,24 @@ class ReEncodeDecoder(Decoder):
         self.body = model.transformer
         self.seq: dict[str, torch.Tensor] = {}
 
-    def prefill(self, input_ids, token_types, mask, positions, prefix_lengths=None,
-                cache=None) -> torch.Tensor:
-        self.seq = {"input_ids": input_ids, "token_type_ids": token_types,
-                    "attention_mask": mask, "position_ids": positions}
+    def prefill(
+        self, input_ids, token_types, mask, positions, prefix_lengths=None, cache=None
+    ) -> torch.Tensor:
+        self.seq = {
+            "input_ids": input_ids,
+            "token_type_ids": token_types,
+            "attention_mask": mask,
+            "position_ids": positions,
+        }
         return self._run()
 
     def step(self, ids, types, positions) -> torch.Tensor:
-        new = {"input_ids": ids, "token_type_ids": types, "attention_mask": torch.ones_like(ids),
-               "position_ids": positions}
+        new = {
+            "input_ids": ids,
+            "token_type_ids": types,
+            "attention_mask": torch.ones_like(ids),
+            "position_ids": positions,
+        }
         self.seq = {k: torch.cat([v, new[k]], dim=1) for k, v in self.seq.items()}
         return self._run()
 

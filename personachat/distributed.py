@@ -122,8 +122,9 @@ def joined_context() -> DistContext:
     """The process group this process has joined, or a single-process context."""
     if not (dist.is_available() and dist.is_initialized()):
         return DistContext()
-    return DistContext(dist.get_rank(), dist.get_world_size(),
-                       int(os.environ.get("LOCAL_RANK", "0")))
+    return DistContext(
+        dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    )
 
 
 def gather_objects(obj, ctx: DistContext) -> list:
@@ -144,9 +145,11 @@ def gather_rng_states(ctx: DistContext) -> dict[str, torch.Tensor]:
     mine = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         mine["cuda"] = torch.cuda.get_rng_state()  # the current device: this rank's GPU
-    return {f"rank{rank}_{kind}": state.cpu()
-            for rank, states in enumerate(gather_objects(mine, ctx))
-            for kind, state in states.items()}
+    return {
+        f"rank{rank}_{kind}": state.cpu()
+        for rank, states in enumerate(gather_objects(mine, ctx))
+        for kind, state in states.items()
+    }
 
 
 def barrier(ctx: DistContext) -> None:

@@ -55,8 +55,11 @@ class SpecialIds:
     def from_tokenizer(cls, tokenizer) -> SpecialIds:
         ids = tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS)
         unk = getattr(tokenizer, "unk_token_id", None)
-        missing = [tok for tok, i in zip(SPECIAL_TOKENS, ids, strict=True) if i is None or
-                   (i == unk and tok != getattr(tokenizer, "unk_token", None))]
+        missing = [
+            tok
+            for tok, i in zip(SPECIAL_TOKENS, ids, strict=True)
+            if i is None or (i == unk and tok != getattr(tokenizer, "unk_token", None))
+        ]
         if missing:
             raise EncodingError(
                 f"the tokenizer lacks the special tokens {missing}; call "
@@ -87,10 +90,14 @@ def build_input_from_segments(
     reply_segment = list(reply) + ([special.eos] if with_eos else [])
     utterances = [*history, reply_segment]
     # Alternate speakers counting back from the reply, which is always the bot (<speaker2>).
-    speakers = [special.speaker2 if (len(utterances) - 1 - i) % 2 == 0 else special.speaker1
-                for i in range(len(utterances))]
+    speakers = [
+        special.speaker2 if (len(utterances) - 1 - i) % 2 == 0 else special.speaker1
+        for i in range(len(utterances))
+    ]
     persona_segment = [special.bos, *chain.from_iterable(persona)]
-    segments = [persona_segment] + [[spk, *utt] for spk, utt in zip(speakers, utterances, strict=True)]
+    segments = [persona_segment] + [
+        [spk, *utt] for spk, utt in zip(speakers, utterances, strict=True)
+    ]
     types = [special.speaker2] + speakers
 
     input_ids = list(chain.from_iterable(segments))
@@ -108,8 +115,9 @@ def build_input_from_segments(
     }
 
 
-def input_length(persona: Sequence[Sequence[int]], history: Sequence[Sequence[int]],
-                 reply: Sequence[int]) -> int:
+def input_length(
+    persona: Sequence[Sequence[int]], history: Sequence[Sequence[int]], reply: Sequence[int]
+) -> int:
     """Tokens of ``build_input_from_segments``' layout (with ``<eos>``), without building it:
     ``<bos>`` + persona, one speaker token per utterance, the reply's ``<eos>``."""
     return 1 + sum(map(len, persona)) + sum(len(u) + 1 for u in history) + len(reply) + 2
@@ -149,8 +157,7 @@ class TextEncoder:
     messages never stop coming (the oldest strings are forgotten first); None: unbounded.
     """
 
-    def __init__(self, tokenizer, lowercase: bool = False,
-                 max_entries: int | None = None) -> None:
+    def __init__(self, tokenizer, lowercase: bool = False, max_entries: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.lowercase = lowercase
         self.max_entries = max_entries
@@ -185,8 +192,10 @@ def encode_dialogs(dialogs: Sequence[dict], encoder: TextEncoder) -> list[dict]:
         {
             "personality": [encoder(s) for s in d["personality"]],
             "utterances": [
-                {"history": [encoder(h) for h in u["history"]],
-                 "candidates": [encoder(c) for c in u["candidates"]]}
+                {
+                    "history": [encoder(h) for h in u["history"]],
+                    "candidates": [encoder(c) for c in u["candidates"]],
+                }
                 for u in d["utterances"]
             ],
         }
@@ -243,9 +252,14 @@ class PersonaChatDataset(torch.utils.data.Dataset):
         self.num_candidates = num_candidates
         self.max_history = max_history
         self.max_tokens = max_tokens
-        self.index: list[tuple[int, int, tuple[int, ...]]] = list(example_index(
-            [len(d["personality"]) for d in encoded_dialogs],
-            [len(d["utterances"]) for d in encoded_dialogs], personality_permutations, seed))
+        self.index: list[tuple[int, int, tuple[int, ...]]] = list(
+            example_index(
+                [len(d["personality"]) for d in encoded_dialogs],
+                [len(d["utterances"]) for d in encoded_dialogs],
+                personality_permutations,
+                seed,
+            )
+        )
 
     def __len__(self) -> int:
         return len(self.index)
@@ -255,9 +269,15 @@ class PersonaChatDataset(torch.utils.data.Dataset):
         dialog = self.dialogs[d]
         persona = [dialog["personality"][i] for i in order]
         utterance = dialog["utterances"][u]
-        return build_example(persona, utterance["history"], utterance["candidates"],
-                             self.special, self.num_candidates, self.max_history,
-                             self.max_tokens)
+        return build_example(
+            persona,
+            utterance["history"],
+            utterance["candidates"],
+            self.special,
+            self.num_candidates,
+            self.max_history,
+            self.max_tokens,
+        )
 
     def example_length(self, idx: int) -> int:
         """Tokens of item ``idx``'s longest candidate input (what padding it costs), from
@@ -267,9 +287,10 @@ class PersonaChatDataset(torch.utils.data.Dataset):
         utterance = dialog["utterances"][u]
         return example_length(
             [len(dialog["personality"][i]) for i in order],
-            [len(h) for h in list(utterance["history"])[-(2 * self.max_history + 1):]],
-            [len(c) for c in list(utterance["candidates"])[-self.num_candidates:]],
-            self.max_tokens)
+            [len(h) for h in list(utterance["history"])[-(2 * self.max_history + 1) :]],
+            [len(c) for c in list(utterance["candidates"])[-self.num_candidates :]],
+            self.max_tokens,
+        )
 
     @cached_property
     def lengths(self) -> list[int]:
@@ -278,21 +299,27 @@ class PersonaChatDataset(torch.utils.data.Dataset):
         return [self.example_length(i) for i in range(len(self.index))]
 
 
-def example_index(persona_sizes: Sequence[int], utterance_counts: Sequence[int],
-                  permutations: int = 1, seed: int = 0) -> Iterator[tuple[int, int, tuple[int, ...]]]:
+def example_index(
+    persona_sizes: Sequence[int],
+    utterance_counts: Sequence[int],
+    permutations: int = 1,
+    seed: int = 0,
+) -> Iterator[tuple[int, int, tuple[int, ...]]]:
     """``(dialog, utterance, persona order)`` of every example, in dataset order: per dialog,
     each persona order (``persona_orders``, one seeded generator for the whole dataset) over
     all its utterances. The in-memory and the cached dataset both index with this."""
     rng = random.Random(seed)
-    for d, (n_sentences, n_utterances) in enumerate(zip(persona_sizes, utterance_counts,
-                                                        strict=True)):
+    for d, (n_sentences, n_utterances) in enumerate(
+        zip(persona_sizes, utterance_counts, strict=True)
+    ):
         for order in persona_orders(n_sentences, permutations, rng):
             for u in range(n_utterances):
                 yield d, u, order
 
 
-def example_length(persona: Sequence[int], history: Sequence[int], candidates: Sequence[int],
-                   max_tokens: int) -> int:
+def example_length(
+    persona: Sequence[int], history: Sequence[int], candidates: Sequence[int], max_tokens: int
+) -> int:
     """Tokens of an example's longest candidate input, from token *counts* alone.
 
     ``persona`` (in the example's order), ``history`` (already cut to the history window) and
@@ -305,11 +332,14 @@ def example_length(persona: Sequence[int], history: Sequence[int], candidates: S
     if fixed + longest <= max_tokens:
         return fixed + longest
     persona_, history_ = [range(n) for n in persona], [range(n) for n in history]
-    return max(input_length(*truncate_to_fit(persona_, history_, range(n), max_tokens))
-               for n in candidates)
+    return max(
+        input_length(*truncate_to_fit(persona_, history_, range(n), max_tokens)) for n in candidates
+    )
 
 
-def persona_orders(n_sentences: int, permutations: int, rng: random.Random) -> list[tuple[int, ...]]:
+def persona_orders(
+    n_sentences: int, permutations: int, rng: random.Random
+) -> list[tuple[int, ...]]:
     """The original order first, then up to ``permutations - 1`` distinct shuffles."""
     original = tuple(range(n_sentences))
     orders = [original]
@@ -335,13 +365,12 @@ def build_example(
     max_tokens: int,
 ) -> dict:
     """All candidates of one utterance laid out; the gold (last) candidate gets LM labels."""
-    history = list(history)[-(2 * max_history + 1):]
+    history = list(history)[-(2 * max_history + 1) :]
     chosen = list(candidates)[-num_candidates:]
     inputs = []
     for j, candidate in enumerate(chosen):
         p, h, r = truncate_to_fit(persona, history, candidate, max_tokens)
-        inputs.append(build_input_from_segments(p, h, r, special,
-                                                lm_labels=j == len(chosen) - 1))
+        inputs.append(build_input_from_segments(p, h, r, special, lm_labels=j == len(chosen) - 1))
     return {"candidates": inputs, "mc_label": len(chosen) - 1}
 
 
@@ -354,8 +383,10 @@ def collate(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
     def pad(key: str, value: int) -> torch.Tensor:
         return torch.tensor(
-            [[c[key] + [value] * (longest - len(c[key])) for c in ex["candidates"]]
-             for ex in examples],
+            [
+                [c[key] + [value] * (longest - len(c[key])) for c in ex["candidates"]]
+                for ex in examples
+            ],
             dtype=torch.long,
         )
 
@@ -363,18 +394,29 @@ def collate(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
         "input_ids": pad("input_ids", pad_id),
         "token_type_ids": pad("token_type_ids", pad_id),
         "lm_labels": pad("lm_labels", IGNORE_INDEX),
-        "mc_token_ids": torch.tensor([[c["mc_token_ids"] for c in ex["candidates"]]
-                                      for ex in examples], dtype=torch.long),
+        "mc_token_ids": torch.tensor(
+            [[c["mc_token_ids"] for c in ex["candidates"]] for ex in examples], dtype=torch.long
+        ),
         "mc_labels": torch.tensor([ex["mc_label"] for ex in examples], dtype=torch.long),
     }
 
 
-def dataset_from_dialogs(dialogs: Sequence[dict], tokenizer, special: SpecialIds, *,
-                         num_candidates: int, max_history: int, max_tokens: int,
-                         personality_permutations: int = 1, lowercase: bool = False,
-                         seed: int = 0, source: str = "<data>") -> PersonaChatDataset:
+def dataset_from_dialogs(
+    dialogs: Sequence[dict],
+    tokenizer,
+    special: SpecialIds,
+    *,
+    num_candidates: int,
+    max_history: int,
+    max_tokens: int,
+    personality_permutations: int = 1,
+    lowercase: bool = False,
+    seed: int = 0,
+    source: str = "<data>",
+) -> PersonaChatDataset:
     """Tokenize dialogs (each distinct string once) and index their examples."""
     check_num_candidates(dialogs, num_candidates, source)
     encoded = encode_dialogs(dialogs, TextEncoder(tokenizer, lowercase=lowercase))
-    return PersonaChatDataset(encoded, special, num_candidates, max_history, max_tokens,
-                              personality_permutations, seed)
+    return PersonaChatDataset(
+        encoded, special, num_candidates, max_history, max_tokens, personality_permutations, seed
+    )

@@ -58,27 +58,49 @@ def word_f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def evaluate_batches(model, batches: Iterable[dict[str, torch.Tensor]], lm_coef: float,
-                     mc_coef: float, device: torch.device, autocast_dtype=None,
-                     silent: bool = False) -> dict:
+def evaluate_batches(
+    model,
+    batches: Iterable[dict[str, torch.Tensor]],
+    lm_coef: float,
+    mc_coef: float,
+    device: torch.device,
+    autocast_dtype=None,
+    silent: bool = False,
+) -> dict:
     """Loss and MC metrics over all batches. Returns metrics plus raw labels/preds."""
-    return metrics_from_sums(evaluation_sums(model, batches, lm_coef, mc_coef, device,
-                                             autocast_dtype, silent), lm_coef, mc_coef)
+    return metrics_from_sums(
+        evaluation_sums(model, batches, lm_coef, mc_coef, device, autocast_dtype, silent),
+        lm_coef,
+        mc_coef,
+    )
 
 
 @torch.no_grad()
-def evaluation_sums(model, batches: Iterable[dict[str, torch.Tensor]], lm_coef: float,
-                    mc_coef: float, device: torch.device, autocast_dtype=None,
-                    silent: bool = False) -> dict:
+def evaluation_sums(
+    model,
+    batches: Iterable[dict[str, torch.Tensor]],
+    lm_coef: float,
+    mc_coef: float,
+    device: torch.device,
+    autocast_dtype=None,
+    silent: bool = False,
+) -> dict:
     """The additive part of an evaluation (loss sums, counts, labels and predictions in batch
     order): what processes that each evaluated a share of the data can add up."""
     model.eval()
-    sums = {"lm_sum": 0.0, "lm_tokens": 0, "mc_sum": 0.0, "n_examples": 0,
-            "labels": [], "preds": []}
+    sums = {
+        "lm_sum": 0.0,
+        "lm_tokens": 0,
+        "mc_sum": 0.0,
+        "n_examples": 0,
+        "labels": [],
+        "preds": [],
+    }
     for batch in tqdm(batches, desc="Evaluating", disable=silent, leave=False):
         batch = {k: v.to(device) for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                            enabled=autocast_dtype is not None):
+        with torch.autocast(
+            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+        ):
             out = double_heads_loss(model, batch, lm_coef, mc_coef)
         sums["lm_sum"] += float(out.lm_loss_sum)
         sums["lm_tokens"] += out.lm_tokens
@@ -153,8 +175,7 @@ def unigram_baseline_loss(train: Sequence[dict], eval_: Sequence[dict], vocab_si
     return loss / n
 
 
-def apply_metric_fns(labels: list[int], preds: list[int],
-                     metric_fns: dict[str, Callable]) -> dict:
+def apply_metric_fns(labels: list[int], preds: list[int], metric_fns: dict[str, Callable]) -> dict:
     """simpletransformers' extra metrics: each ``fn(labels, preds)`` on the MC predictions."""
     return {name: fn(labels, preds) for name, fn in metric_fns.items()}
 
@@ -163,24 +184,34 @@ RepliesFn = Callable[[list[tuple[list[str], list[str]]]], list[str]]
 """Answers a batch of (persona, history) conversations with one reply each."""
 
 
-def reply_all(replies_fn: RepliesFn, conversations: Sequence[tuple[list[str], list[str]]],
-              batch_size: int = 32, desc: str = "Generating", silent: bool = False) -> list[str]:
+def reply_all(
+    replies_fn: RepliesFn,
+    conversations: Sequence[tuple[list[str], list[str]]],
+    batch_size: int = 32,
+    desc: str = "Generating",
+    silent: bool = False,
+) -> list[str]:
     """Replies to every conversation, ``batch_size`` at a time (one padded decoding call)."""
     replies: list[str] = []
-    for start in tqdm(range(0, len(conversations), batch_size), desc=desc, disable=silent,
-                      leave=False):
-        replies += replies_fn(list(conversations[start:start + batch_size]))
+    for start in tqdm(
+        range(0, len(conversations), batch_size), desc=desc, disable=silent, leave=False
+    ):
+        replies += replies_fn(list(conversations[start : start + batch_size]))
     return replies
 
 
-def generation_f1(replies_fn: RepliesFn, dialogs: Sequence[dict], limit: int | None = None,
-                  silent: bool = False) -> float:
+def generation_f1(
+    replies_fn: RepliesFn, dialogs: Sequence[dict], limit: int | None = None, silent: bool = False
+) -> float:
     """Mean word F1 of generated replies against the gold reply over the dialogs' utterances.
 
     ``limit`` caps the number of utterances.
     """
-    items = [(d["personality"], u["history"], u["candidates"][-1])
-             for d in dialogs for u in d["utterances"]]
+    items = [
+        (d["personality"], u["history"], u["candidates"][-1])
+        for d in dialogs
+        for u in d["utterances"]
+    ]
     items = items[:limit] if limit else items
     replies = reply_all(replies_fn, [(p, h) for p, h, _ in items], silent=silent)
     scores = [word_f1(reply, gold) for reply, (_, _, gold) in zip(replies, items, strict=True)]
@@ -199,36 +230,42 @@ def mentions(reply: str, value: str) -> bool:
 
 def probe_items(dialogs: Sequence[dict]) -> list[tuple[int, int, str]]:
     """(dialog index, utterance index, expected value) of every annotated persona probe."""
-    return [(d, u, utt["probe"]["value"])
-            for d, dialog in enumerate(dialogs)
-            for u, utt in enumerate(dialog["utterances"])
-            if isinstance(utt.get("probe"), dict) and isinstance(utt["probe"].get("value"), str)]
+    return [
+        (d, u, utt["probe"]["value"])
+        for d, dialog in enumerate(dialogs)
+        for u, utt in enumerate(dialog["utterances"])
+        if isinstance(utt.get("probe"), dict) and isinstance(utt["probe"].get("value"), str)
+    ]
 
 
-def persona_accuracy(replies_fn: RepliesFn, dialogs: Sequence[dict],
-                     silent: bool = False) -> float | None:
+def persona_accuracy(
+    replies_fn: RepliesFn, dialogs: Sequence[dict], silent: bool = False
+) -> float | None:
     """Share of probes whose reply contains the persona's value (None: no probes in data)."""
     probes = probe_items(dialogs)
     if not probes:
         return None
-    conversations = [(dialogs[d]["personality"], dialogs[d]["utterances"][u]["history"])
-                     for d, u, _ in probes]
+    conversations = [
+        (dialogs[d]["personality"], dialogs[d]["utterances"][u]["history"]) for d, u, _ in probes
+    ]
     replies = reply_all(replies_fn, conversations, desc="Persona probes", silent=silent)
-    return sum(mentions(r, value) for r, (_, _, value) in zip(replies, probes, strict=True)
-               ) / len(probes)
+    return sum(mentions(r, value) for r, (_, _, value) in zip(replies, probes, strict=True)) / len(
+        probes
+    )
 
 
-def persona_hits_at_1(dialogs: Sequence[dict], index: Sequence[tuple], labels: Sequence[int],
-                      preds: Sequence[int]) -> float | None:
+def persona_hits_at_1(
+    dialogs: Sequence[dict], index: Sequence[tuple], labels: Sequence[int], preds: Sequence[int]
+) -> float | None:
     """MC accuracy restricted to probe utterances; ``index[i]`` = (dialog, utterance, …)."""
     probes = {(d, u) for d, u, _ in probe_items(dialogs)}
-    picks = [y == p for (d, u, *_), y, p in zip(index, labels, preds, strict=True)
-             if (d, u) in probes]
+    picks = [
+        y == p for (d, u, *_), y, p in zip(index, labels, preds, strict=True) if (d, u) in probes
+    ]
     return sum(picks) / len(picks) if picks else None
 
 
-def repetition_rate(replies_fn: RepliesFn, dialogs: Sequence[dict],
-                    silent: bool = False) -> float:
+def repetition_rate(replies_fn: RepliesFn, dialogs: Sequence[dict], silent: bool = False) -> float:
     """Share of the bot's replies that repeat one of its earlier replies in the same dialog.
 
     The bot talks to each dialog's partner messages with its *own* replies in the history
@@ -243,9 +280,12 @@ def repetition_rate(replies_fn: RepliesFn, dialogs: Sequence[dict],
         for i in active:
             history = dialogs[i]["utterances"][turn]["history"]
             histories[i].append(history[-1] if history else "")
-        replies = reply_all(replies_fn, [(dialogs[i]["personality"], histories[i])
-                                         for i in active], desc=f"Self-play turn {turn + 1}",
-                            silent=silent)
+        replies = reply_all(
+            replies_fn,
+            [(dialogs[i]["personality"], histories[i]) for i in active],
+            desc=f"Self-play turn {turn + 1}",
+            silent=silent,
+        )
         for i, reply in zip(active, replies, strict=True):
             key = normalize_answer(reply)
             repeats += key in said[i]

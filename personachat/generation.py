@@ -53,8 +53,9 @@ class DecodingOptions:
         return cls(**{**{n: getattr(args, n) for n in names if hasattr(args, n)}, **overrides})
 
 
-def top_filtering(logits: torch.Tensor, top_k: float = 0, top_p: float = 0.0,
-                  filter_value: float = -float("inf")) -> torch.Tensor:
+def top_filtering(
+    logits: torch.Tensor, top_k: float = 0, top_p: float = 0.0, filter_value: float = -float("inf")
+) -> torch.Tensor:
     """Keep the top_k tokens and/or the smallest set whose probability exceeds top_p.
 
     ``logits`` is [vocab] or [batch, vocab] (each row filtered on its own). Returns a
@@ -76,39 +77,56 @@ def top_filtering(logits: torch.Tensor, top_k: float = 0, top_p: float = 0.0,
     return logits
 
 
-def build_prompt(persona: Sequence[Sequence[int]], history: Sequence[Sequence[int]],
-                 special: SpecialIds, max_history: int, max_tokens: int) -> dict[str, list[int]]:
+def build_prompt(
+    persona: Sequence[Sequence[int]],
+    history: Sequence[Sequence[int]],
+    special: SpecialIds,
+    max_history: int,
+    max_tokens: int,
+) -> dict[str, list[int]]:
     """The model input up to and including the reply's ``<speaker2>`` token."""
     return build_prompt_and_prefix(persona, history, special, max_history, max_tokens)[0]
 
 
-def build_prompt_and_prefix(persona: Sequence[Sequence[int]], history: Sequence[Sequence[int]],
-                            special: SpecialIds, max_history: int, max_tokens: int
-                            ) -> tuple[dict[str, list[int]], int]:
+def build_prompt_and_prefix(
+    persona: Sequence[Sequence[int]],
+    history: Sequence[Sequence[int]],
+    special: SpecialIds,
+    max_history: int,
+    max_tokens: int,
+) -> tuple[dict[str, list[int]], int]:
     """``build_prompt`` and the length of its ``<bos>`` + persona prefix, the part that stays
     the same from turn to turn (what a ``PrefixCache`` keeps)."""
-    history = list(history)[-(2 * max_history + 1):]
+    history = list(history)[-(2 * max_history + 1) :]
     persona, history, _ = truncate_to_fit(persona, history, [], max_tokens)
     prompt = build_input_from_segments(persona, history, [], special, with_eos=False)
     return prompt, 1 + sum(map(len, persona))
 
 
 @torch.no_grad()
-def generate_reply(model, persona: Sequence[Sequence[int]], history: Sequence[Sequence[int]],
-                   special: SpecialIds, options: DecodingOptions,
-                   device: torch.device | str = "cpu") -> list[int]:
+def generate_reply(
+    model,
+    persona: Sequence[Sequence[int]],
+    history: Sequence[Sequence[int]],
+    special: SpecialIds,
+    options: DecodingOptions,
+    device: torch.device | str = "cpu",
+) -> list[int]:
     """Token ids of the bot's next reply (special tokens excluded)."""
     return generate_replies(model, [(persona, history)], special, options, device)[0]
 
 
 @torch.inference_mode()
-def generate_replies(model, conversations: Sequence[tuple[Sequence[Sequence[int]],
-                                                          Sequence[Sequence[int]]]],
-                     special: SpecialIds, options: DecodingOptions,
-                     device: torch.device | str = "cpu",
-                     on_step: Callable[[int, list[int]], None] | None = None,
-                     prefix_cache: PrefixCache | None = None,
-                     prefill_threads: int | None = None) -> list[list[int]]:
+def generate_replies(
+    model,
+    conversations: Sequence[tuple[Sequence[Sequence[int]], Sequence[Sequence[int]]]],
+    special: SpecialIds,
+    options: DecodingOptions,
+    device: torch.device | str = "cpu",
+    on_step: Callable[[int, list[int]], None] | None = None,
+    prefix_cache: PrefixCache | None = None,
+    prefill_threads: int | None = None,
+) -> list[list[int]]:
     """Replies to many (persona, history) conversations in one padded decoding loop.
 
     Prompts are left-padded so every row's next token sits in the last column; the attention
@@ -129,8 +147,10 @@ def generate_replies(model, conversations: Sequence[tuple[Sequence[Sequence[int]
             f"max_length={options.max_length} leaves no room for the conversation in a model "
             f"whose context is {context_size(model)} tokens; lower max_length"
         )
-    built = [build_prompt_and_prefix(p, h, special, options.max_history, max_prompt)
-             for p, h in conversations]
+    built = [
+        build_prompt_and_prefix(p, h, special, options.max_history, max_prompt)
+        for p, h in conversations
+    ]
     prompts = [prompt for prompt, _ in built]
     # The bot's earlier utterances (history alternates, ending with the user's message): what
     # repetition_penalty and no_repeat_ngram_size keep the bot from saying again. The persona
@@ -139,18 +159,22 @@ def generate_replies(model, conversations: Sequence[tuple[Sequence[Sequence[int]
     width = max(len(p["input_ids"]) for p in prompts)
 
     def left_pad(key: str) -> torch.Tensor:
-        return torch.tensor([[special.pad] * (width - len(p[key])) + p[key] for p in prompts],
-                            device=device)
+        return torch.tensor(
+            [[special.pad] * (width - len(p[key])) + p[key] for p in prompts], device=device
+        )
 
     input_ids, token_types = left_pad("input_ids"), left_pad("token_type_ids")
-    mask = torch.tensor([[0] * (width - len(p["input_ids"])) + [1] * len(p["input_ids"])
-                         for p in prompts], device=device)
+    mask = torch.tensor(
+        [[0] * (width - len(p["input_ids"])) + [1] * len(p["input_ids"]) for p in prompts],
+        device=device,
+    )
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     decoder = make_decoder(model, width + options.max_length)
     big = input_ids.numel() >= PARALLEL_PREFILL_TOKENS
     with intra_op_threads(prefill_threads if big else None):
-        hidden = decoder.prefill(input_ids, token_types, mask, positions,
-                                 [length for _, length in built], prefix_cache)
+        hidden = decoder.prefill(
+            input_ids, token_types, mask, positions, [length for _, length in built], prefix_cache
+        )
     # Added to the logits: start/pad/speaker1 never belong inside a reply (only <eos> or
     # <speaker2> end one), and before min_length no stop token at all is allowed.
     allowed = allowed_short = None
@@ -161,14 +185,17 @@ def generate_replies(model, conversations: Sequence[tuple[Sequence[Sequence[int]
         logits = model.lm_head(hidden).float()
         if allowed is None:
             allowed = torch.zeros(logits.shape[-1], device=device)
-            allowed[[t for t in special.stop_ids if t not in (special.eos, special.speaker2)]] = -inf
+            allowed[
+                [t for t in special.stop_ids if t not in (special.eos, special.speaker2)]
+            ] = -inf
             allowed_short = allowed.clone()
             allowed_short[sorted(special.stop_ids)] = -inf
         logits += allowed_short if step < options.min_length else allowed
         if per_row:  # the repetition controls depend on each row's own words
-            chosen = [None if finished[row] else next_token(logits[row], reply, own_turns[row],
-                                                            options)
-                      for row, reply in enumerate(replies)]
+            chosen = [
+                None if finished[row] else next_token(logits[row], reply, own_turns[row], options)
+                for row, reply in enumerate(replies)
+            ]
         else:  # one batched choice, one device->host copy per step
             chosen = pick_tokens(logits, options).tolist()
         next_tokens = []
@@ -204,8 +231,12 @@ def intra_op_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def next_token(logits: torch.Tensor, reply: list[int], own_turns: Sequence[Sequence[int]],
-               options: DecodingOptions) -> int | None:
+def next_token(
+    logits: torch.Tensor,
+    reply: list[int],
+    own_turns: Sequence[Sequence[int]],
+    options: DecodingOptions,
+) -> int | None:
     """Apply the repetition controls to one row's logits and pick; None if nothing is left."""
     if options.repetition_penalty != 1.0:
         logits = logits.clone()
@@ -241,16 +272,19 @@ def sample_rows(probs: torch.Tensor) -> torch.Tensor:
     """
     cumulative = probs.cumsum(dim=-1)
     if not bool(torch.isfinite(cumulative[:, -1]).all()):
-        raise ValueError("the model gave NaN or infinite scores, so no token can be drawn: "
-                         "its weights are broken (a training run that diverged?); retrain "
-                         "or load another checkpoint")
+        raise ValueError(
+            "the model gave NaN or infinite scores, so no token can be drawn: "
+            "its weights are broken (a training run that diverged?); retrain "
+            "or load another checkpoint"
+        )
     draws = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cumulative.dtype)
     picked = torch.searchsorted(cumulative, draws * cumulative[:, -1:], right=True)
     return picked.squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
-def penalize_repeats_(logits: torch.Tensor, own_turns: Sequence[Sequence[int]],
-                      reply: Sequence[int], penalty: float) -> None:
+def penalize_repeats_(
+    logits: torch.Tensor, own_turns: Sequence[Sequence[int]], reply: Sequence[int], penalty: float
+) -> None:
     """CTRL-style penalty, in place, on tokens the bot already used (this reply or earlier)."""
     used = sorted({t for turn in (*own_turns, reply) for t in turn})
     if not used:
@@ -260,36 +294,48 @@ def penalize_repeats_(logits: torch.Tensor, own_turns: Sequence[Sequence[int]],
     logits[idx] = torch.where(values > 0, values / penalty, values * penalty)
 
 
-def banned_ngram_tokens(sequences: Sequence[Sequence[int]], reply: Sequence[int],
-                        n: int) -> set[int]:
+def banned_ngram_tokens(
+    sequences: Sequence[Sequence[int]], reply: Sequence[int], n: int
+) -> set[int]:
     """Tokens that would complete an n-gram already present in any of ``sequences``."""
     if len(reply) < n - 1:
         return set()
-    prefix = tuple(reply[len(reply) - (n - 1):]) if n > 1 else ()
+    prefix = tuple(reply[len(reply) - (n - 1) :]) if n > 1 else ()
     banned = set()
     for seq in sequences:
         for i in range(len(seq) - n + 1):
-            if tuple(seq[i:i + n - 1]) == prefix:
+            if tuple(seq[i : i + n - 1]) == prefix:
                 banned.add(int(seq[i + n - 1]))
     return banned
 
 
 @torch.no_grad()
-def score_replies(model, persona: Sequence[Sequence[int]], history: Sequence[Sequence[int]],
-                  replies: Sequence[Sequence[int]], special: SpecialIds, max_history: int,
-                  device: torch.device | str = "cpu") -> list[float]:
+def score_replies(
+    model,
+    persona: Sequence[Sequence[int]],
+    history: Sequence[Sequence[int]],
+    replies: Sequence[Sequence[int]],
+    special: SpecialIds,
+    max_history: int,
+    device: torch.device | str = "cpu",
+) -> list[float]:
     """Multiple-choice logit + mean log-likelihood per token of each reply (with ``<eos>``).
 
     Length normalisation keeps short replies from winning just by having fewer tokens to pay
     for; the MC head adds the model's judgment of fit with persona and history.
     """
-    history = list(history)[-(2 * max_history + 1):]
-    inputs = [build_input_from_segments(*truncate_to_fit(persona, history, r, context_size(model)),
-                                        special, lm_labels=True) for r in replies]
+    history = list(history)[-(2 * max_history + 1) :]
+    inputs = [
+        build_input_from_segments(
+            *truncate_to_fit(persona, history, r, context_size(model)), special, lm_labels=True
+        )
+        for r in replies
+    ]
     batch = collate([{"candidates": inputs, "mc_label": 0}], special.pad)
     batch = {k: v.to(device) for k, v in batch.items()}
-    hidden = model.transformer(input_ids=batch["input_ids"],
-                               token_type_ids=batch["token_type_ids"]).last_hidden_state
+    hidden = model.transformer(
+        input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"]
+    ).last_hidden_state
     mc_logits = model.multiple_choice_head(hidden, batch["mc_token_ids"]).squeeze(-1)[0].float()
     log_probs = torch.log_softmax(model.lm_head(hidden[0, :, :-1]).float(), dim=-1)
     targets = batch["lm_labels"][0, :, 1:]
@@ -299,16 +345,23 @@ def score_replies(model, persona: Sequence[Sequence[int]], history: Sequence[Seq
     return (mc_logits + mean_ll).tolist()
 
 
-def respond(model, persona: Sequence[Sequence[int]], history: Sequence[Sequence[int]],
-            special: SpecialIds, options: DecodingOptions,
-            device: torch.device | str = "cpu") -> list[int]:
+def respond(
+    model,
+    persona: Sequence[Sequence[int]],
+    history: Sequence[Sequence[int]],
+    special: SpecialIds,
+    options: DecodingOptions,
+    device: torch.device | str = "cpu",
+) -> list[int]:
     """The bot's reply: one decoding pass, or with ``rerank_samples=N`` the best of N samples."""
     if options.rerank_samples <= 1:
         return generate_reply(model, persona, history, special, options, device)
     sampling = replace(options, do_sample=True, rerank_samples=0)
-    samples = list(dict.fromkeys(
-        tuple(generate_reply(model, persona, history, special, sampling, device))
-        for _ in range(options.rerank_samples)))
-    scores = score_replies(model, persona, history, samples, special, options.max_history,
-                           device)
+    samples = list(
+        dict.fromkeys(
+            tuple(generate_reply(model, persona, history, special, sampling, device))
+            for _ in range(options.rerank_samples)
+        )
+    )
+    scores = score_replies(model, persona, history, samples, special, options.max_history, device)
     return list(samples[max(range(len(samples)), key=scores.__getitem__)])

@@ -34,7 +34,7 @@ HUB_ALIASES = {"openai-gpt": "openai-community/openai-gpt"}
 # wget + tar as the folder "gpt_personachat_cache"; we fetch it when that folder is missing.
 FINETUNED_ARCHIVES = {
     "gpt_personachat_cache": "https://s3.amazonaws.com/models.huggingface.co/"
-                             "transfer-learning-chatbot/gpt_personachat_cache.tar.gz",
+    "transfer-learning-chatbot/gpt_personachat_cache.tar.gz",
 }
 
 
@@ -67,8 +67,9 @@ def model_class(model_type: str):
     return getattr(transformers, MODEL_TYPES[model_type])
 
 
-def fetch_finetuned_archive(name: str, target_root: str | os.PathLike = ".",
-                            url: str | None = None, timeout: float = 120) -> Path:
+def fetch_finetuned_archive(
+    name: str, target_root: str | os.PathLike = ".", url: str | None = None, timeout: float = 120
+) -> Path:
     """Download and unpack a known fine-tuned archive into ``target_root/name`` (atomically).
 
     Only regular files and folders are unpacked (``tarfile``'s "data" filter), so an archive
@@ -123,14 +124,17 @@ def pickle_to_safetensors(folder: Path) -> None:
     try:
         state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad archive
-        raise ModelLoadError(f"the downloaded weights in {source.name} cannot be read "
-                             f"as plain tensors ({err}); the archive is not the expected one"
-                             ) from err
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
-                                              for v in state.values()):
+        raise ModelLoadError(
+            f"the downloaded weights in {source.name} cannot be read "
+            f"as plain tensors ({err}); the archive is not the expected one"
+        ) from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelLoadError(f"the downloaded {source.name} is not a state dict of tensors")
-    save_file({k: v.detach().clone().contiguous() for k, v in state.items()},
-              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {k: v.detach().clone().contiguous() for k, v in state.items()},
+        str(folder / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     source.unlink()
 
 
@@ -178,8 +182,9 @@ def refuse_pickle_message(name: str) -> str:
     )
 
 
-def load_model_and_tokenizer(model_type: str, model_name: str | os.PathLike,
-                             trust_remote_pickle: bool = False, **kwargs):
+def load_model_and_tokenizer(
+    model_type: str, model_name: str | os.PathLike, trust_remote_pickle: bool = False, **kwargs
+):
     """Load the double-heads model and its tokenizer; add the special tokens if missing.
 
     Weights come from safetensors only: a local folder (or hub repository) that has only a
@@ -209,8 +214,12 @@ def load_model_and_tokenizer(model_type: str, model_name: str | os.PathLike,
         tokenizer = load_tokenizer(model_type, name)
         model = cls.from_pretrained(name, **kwargs)
     except OSError as err:
-        hint = ("" if trust_remote_pickle else " If it only has pytorch_model.bin weights, see "
-                "trust_remote_pickle (ConvAIModel's docstring).")
+        hint = (
+            ""
+            if trust_remote_pickle
+            else " If it only has pytorch_model.bin weights, see "
+            "trust_remote_pickle (ConvAIModel's docstring)."
+        )
         raise ModelLoadError(
             f"Could not load {name!r}: {err}\nPass a local folder with config.json, weights "
             f"and a tokenizer, or a hub id such as 'gpt2' when you are online.{hint}"
@@ -240,8 +249,9 @@ class LossOutput:
     mc_logits: torch.Tensor
 
 
-def double_heads_loss(model, batch: dict[str, torch.Tensor], lm_coef: float,
-                      mc_coef: float) -> LossOutput:
+def double_heads_loss(
+    model, batch: dict[str, torch.Tensor], lm_coef: float, mc_coef: float
+) -> LossOutput:
     """``lm_coef * lm_loss + mc_coef * mc_loss`` with the LM head only where labels exist.
 
     The transformer body runs on every candidate; the 50k-wide LM head runs only on positions
@@ -273,8 +283,13 @@ def context_size(model) -> int:
     return int(getattr(config, "n_positions", None) or config.max_position_embeddings)
 
 
-def write_model_files(folder: str | os.PathLike, model, tokenizer, args=None,
-                      extra_files: dict[str, str] | None = None) -> None:
+def write_model_files(
+    folder: str | os.PathLike,
+    model,
+    tokenizer,
+    args=None,
+    extra_files: dict[str, str] | None = None,
+) -> None:
     """Weights (safetensors), config, tokenizer, ``model_args.json`` and extra text files,
     written straight into ``folder`` (callers write into a temporary folder first)."""
     from transformers.utils import logging as hf_logging
@@ -295,8 +310,13 @@ def write_model_files(folder: str | os.PathLike, model, tokenizer, args=None,
         (folder / name).write_text(text, encoding="utf-8")
 
 
-def save_pretrained_atomic(output_dir: str | os.PathLike, model, tokenizer, args=None,
-                           extra_files: dict[str, str] | None = None) -> Path:
+def save_pretrained_atomic(
+    output_dir: str | os.PathLike,
+    model,
+    tokenizer,
+    args=None,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
     """Write weights (safetensors), config, tokenizer and ``model_args.json`` to output_dir.
 
     Everything is written into a temporary folder beside the target first. A fresh target is

@@ -34,12 +34,17 @@ from .encoding import (
 )
 
 
-def dialog_sequences(dialogs: Sequence[dict], tokenizer, special: SpecialIds,
-                     max_tokens: int) -> list[dict[str, list[int]]]:
+def dialog_sequences(
+    dialogs: Sequence[dict], tokenizer, special: SpecialIds, max_tokens: int
+) -> list[dict[str, list[int]]]:
     """Each dialog as one input: persona, then every turn (partner and bot), bot last."""
     encode = TextEncoder(tokenizer)  # each distinct string tokenized once, in batches
-    encode.prime(t for d in dialogs for u in d["utterances"][-1:]
-                 for t in [*d["personality"], *u["history"], u["candidates"][-1]])
+    encode.prime(
+        t
+        for d in dialogs
+        for u in d["utterances"][-1:]
+        for t in [*d["personality"], *u["history"], u["candidates"][-1]]
+    )
     sequences = []
     for dialog in dialogs:
         if not dialog["utterances"]:
@@ -52,9 +57,16 @@ def dialog_sequences(dialogs: Sequence[dict], tokenizer, special: SpecialIds,
     return sequences
 
 
-def pretrain_language_model(model, tokenizer, dialogs: Sequence[dict], steps: int,
-                            batch_size: int = 16, learning_rate: float = 2e-3,
-                            seed: int = 0, silent: bool = False) -> list[float]:
+def pretrain_language_model(
+    model,
+    tokenizer,
+    dialogs: Sequence[dict],
+    steps: int,
+    batch_size: int = 16,
+    learning_rate: float = 2e-3,
+    seed: int = 0,
+    silent: bool = False,
+) -> list[float]:
     """Train ``model`` (a GPT-2 double-heads model) as a causal LM on whole ``dialogs`` for
     ``steps`` AdamW steps (linear warmup over the first 10%, then linear decay). Returns the
     loss of every step."""
@@ -66,11 +78,11 @@ def pretrain_language_model(model, tokenizer, dialogs: Sequence[dict], steps: in
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
     warmup = max(1, steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1 - s / steps))
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1 - s / steps)
+    )
     model.train()
     losses = []
-    bar = tqdm(range(steps), desc="Pretraining (LM on whole dialogs)", disable=silent,
-               leave=False)
+    bar = tqdm(range(steps), desc="Pretraining (LM on whole dialogs)", disable=silent, leave=False)
     for _ in bar:
         batch = [sequences[rng.randrange(len(sequences))] for _ in range(batch_size)]
         width = max(len(s["input_ids"]) for s in batch)
@@ -82,8 +94,11 @@ def pretrain_language_model(model, tokenizer, dialogs: Sequence[dict], steps: in
         labels = ids.masked_fill(ids == special.pad, IGNORE_INDEX)
         hidden = model.transformer(input_ids=ids, token_type_ids=types).last_hidden_state
         logits = model.lm_head(hidden[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                               ignore_index=IGNORE_INDEX)
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            labels[:, 1:].reshape(-1),
+            ignore_index=IGNORE_INDEX,
+        )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

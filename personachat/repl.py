@@ -10,9 +10,11 @@ import builtins
 from collections.abc import Callable
 
 
-def run_repl(reply_fn: Callable[[str, list[str]], tuple[str, list[str]]],
-             input_fn: Callable[[str], str] | None = None,
-             print_fn: Callable[..., None] | None = None) -> list[str]:
+def run_repl(
+    reply_fn: Callable[[str, list[str]], tuple[str, list[str]]],
+    input_fn: Callable[[str], str] | None = None,
+    print_fn: Callable[..., None] | None = None,
+) -> list[str]:
     """Chat until end of input; ``reply_fn(message, history) -> (reply, history)``.
 
     Returns the conversation history (useful to tests and callers that log it).

@@ -53,12 +53,18 @@ def ema(values: Sequence[float], weight: float = 0.9) -> list[float]:
 
 
 EVAL_LOSSES = ("eval_language_model_loss", "eval_mc_loss")
-EVAL_SCORES = ("eval_hits@1", "eval_f1_score", "eval_persona_accuracy", "eval_persona_hits@1",
-               "eval_generation_f1")
+EVAL_SCORES = (
+    "eval_hits@1",
+    "eval_f1_score",
+    "eval_persona_accuracy",
+    "eval_persona_hits@1",
+    "eval_generation_f1",
+)
 
 
-def plot_curves(curves: dict[str, list], history: dict[str, list],
-                path: str | os.PathLike) -> Path | None:
+def plot_curves(
+    curves: dict[str, list], history: dict[str, list], path: str | os.PathLike
+) -> Path | None:
     """Draw the run so far into ``path`` (PNG), panels sharing the step axis: training
     losses and learning rate / gradient norm, plus evaluation losses and scores if any.
 
@@ -75,6 +81,7 @@ def plot_curves(curves: dict[str, list], history: dict[str, list],
     import matplotlib.pyplot as plt
 
     eval_steps = history.get("eval_global_step") or []
+
     def drawn(keys: tuple[str, ...]) -> list[str]:
         return [k for k in keys if eval_steps and len(history.get(k) or []) == len(eval_steps)]
 
@@ -91,12 +98,13 @@ def plot_curves(curves: dict[str, list], history: dict[str, list],
         if len(values) == len(steps):
             ax_loss.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
             ax_loss.plot(steps, ema(values), color=color, label=f"{key} (smoothed)")
-    ax_loss.set_title("training loss" + ("" if eval_steps else
-                                         " (no evaluation during training)"))
+    ax_loss.set_title("training loss" + ("" if eval_steps else " (no evaluation during training)"))
     ax_loss.legend(fontsize=8)
     if eval_steps:
-        for ax, keys, title in ((ax_eval, eval_losses, "evaluation loss"),
-                                (ax_score, eval_scores, "evaluation scores")):
+        for ax, keys, title in (
+            (ax_eval, eval_losses, "evaluation loss"),
+            (ax_score, eval_scores, "evaluation scores"),
+        ):
             for key in keys:
                 ax.plot(eval_steps, history[key], marker="o", label=key.removeprefix("eval_"))
             ax.set_title(title)
@@ -116,8 +124,14 @@ def plot_curves(curves: dict[str, list], history: dict[str, list],
     for ax in bottom:
         ax.set_xlabel("optimizer step")
     # Fixed margins: tight_layout measures every label and would double the drawing time.
-    fig.subplots_adjust(left=0.07, right=0.93, bottom=0.08 if eval_steps else 0.14,
-                        top=0.95 if eval_steps else 0.91, wspace=0.28, hspace=0.22)
+    fig.subplots_adjust(
+        left=0.07,
+        right=0.93,
+        bottom=0.08 if eval_steps else 0.14,
+        top=0.95 if eval_steps else 0.91,
+        wspace=0.28,
+        hspace=0.22,
+    )
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     try:
@@ -152,10 +166,16 @@ def probes_from_dialogs(dialogs: Sequence[dict], count: int = NUM_PROBES) -> lis
         utterances = dialog.get("utterances") or []
         if not utterances:
             continue
-        chosen = next((u for u in utterances if u.get("probe")),
-                      utterances[min(1, len(utterances) - 1)])
-        probes.append(Probe(list(dialog["personality"]), list(chosen["history"]),
-                            chosen["candidates"][-1] if chosen.get("candidates") else ""))
+        chosen = next(
+            (u for u in utterances if u.get("probe")), utterances[min(1, len(utterances) - 1)]
+        )
+        probes.append(
+            Probe(
+                list(dialog["personality"]),
+                list(chosen["history"]),
+                chosen["candidates"][-1] if chosen.get("candidates") else "",
+            )
+        )
     return probes
 
 
@@ -166,8 +186,9 @@ class SampleWriter:
     same weights always give the same replies).
     """
 
-    def __init__(self, path: str | os.PathLike, probes: Sequence[Probe],
-                 reply: Callable[[list], list[str]]) -> None:
+    def __init__(
+        self, path: str | os.PathLike, probes: Sequence[Probe], reply: Callable[[list], list[str]]
+    ) -> None:
         self.path = Path(path)
         self.probes = list(probes)
         self.reply = reply
@@ -178,8 +199,10 @@ class SampleWriter:
         replies = self.reply([(p.personality, p.history) for p in self.probes])
         lines = [f"## {heading}", ""]
         for number, (probe, reply) in enumerate(zip(self.probes, replies, strict=True), 1):
-            lines.append(f"{number}. user: {probe.history[-1] if probe.history else ''}  \n"
-                         f"   **bot: {reply or '(empty reply)'}**")
+            lines.append(
+                f"{number}. user: {probe.history[-1] if probe.history else ''}  \n"
+                f"   **bot: {reply or '(empty reply)'}**"
+            )
         text = "\n".join(lines) + "\n\n"
         if fresh or not self.path.is_file():
             text = self.header() + text
@@ -189,9 +212,13 @@ class SampleWriter:
 
     def header(self) -> str:
         """The probes themselves, once at the top, numbered like the replies below."""
-        lines = ["# Samples", "",
-                 "Greedy replies to fixed conversations, before training and after every "
-                 "epoch. The probes:", ""]
+        lines = [
+            "# Samples",
+            "",
+            "Greedy replies to fixed conversations, before training and after every "
+            "epoch. The probes:",
+            "",
+        ]
         for number, probe in enumerate(self.probes, 1):
             lines.append(f"{number}. persona: *{' '.join(probe.personality)}*")
             for turn, text in enumerate(probe.history[-3:]):
@@ -211,43 +238,77 @@ def _cell(value) -> str:
 
 def metrics_table(results: dict) -> list[str]:
     rows = ["| metric | value |", "|---|---|"]
-    rows += [f"| {k} | {_cell(v)} |" for k, v in results.items()
-             if isinstance(v, int | float | str)]
+    rows += [
+        f"| {k} | {_cell(v)} |" for k, v in results.items() if isinstance(v, int | float | str)
+    ]
     return rows
 
 
-def write_report(output_dir: str | os.PathLike, *, model: str, device: str, args,
-                 data: dict, details: dict, status: str, started: float) -> Path:
+def write_report(
+    output_dir: str | os.PathLike,
+    *,
+    model: str,
+    device: str,
+    args,
+    data: dict,
+    details: dict,
+    status: str,
+    started: float,
+) -> Path:
     """Write ``report.md``: what ran, on what, how long, how it ended, and the curves."""
     out = Path(output_dir)
     history = details or {}
     seconds = time.time() - started
-    lines = ["# Training report", "",
-             f"- status: **{status}**",
-             f"- model: `{model}` on {device}",
-             f"- finished: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime())}; this run "
-             f"{seconds:.0f} s, training {history.get('train_seconds', 0.0):.0f} s in all "
-             "(resumed parts included)",
-             f"- output: `{out}`", "", "## Data", ""]
+    lines = [
+        "# Training report",
+        "",
+        f"- status: **{status}**",
+        f"- model: `{model}` on {device}",
+        f"- finished: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime())}; this run "
+        f"{seconds:.0f} s, training {history.get('train_seconds', 0.0):.0f} s in all "
+        "(resumed parts included)",
+        f"- output: `{out}`",
+        "",
+        "## Data",
+        "",
+    ]
     lines += [f"- {key}: {_cell(value)}" for key, value in data.items()]
     lines += ["", "## Final metrics", ""]
     final = {}
     for key in ("global_step", "train_loss"):
         if history.get(key):
             final[key] = history[key][-1]
-    final.update({k: v[-1] for k, v in history.items()
-                  if k.startswith("eval_") and isinstance(v, list) and v})
+    final.update(
+        {
+            k: v[-1]
+            for k, v in history.items()
+            if k.startswith("eval_") and isinstance(v, list) and v
+        }
+    )
     lines += metrics_table(final) if final else ["(no step finished)"]
     if (out / CURVES_FILE).is_file():
         lines += ["", "## Curves", "", f"![training curves]({CURVES_FILE})"]
     if (out / SAMPLES_FILE).is_file():
-        lines += ["", f"Replies to fixed probe conversations, epoch by epoch: [{SAMPLES_FILE}]"
-                      f"({SAMPLES_FILE})."]
+        lines += [
+            "",
+            f"Replies to fixed probe conversations, epoch by epoch: [{SAMPLES_FILE}]"
+            f"({SAMPLES_FILE}).",
+        ]
     defaults = type(args)()
-    changed = {f.name: getattr(args, f.name) for f in fields(args)
-               if getattr(args, f.name) != getattr(defaults, f.name)}
-    lines += ["", "## Configuration", "", "Options that differ from the defaults "
-              "(all of them: `model_args.json`):", "", "| option | value |", "|---|---|"]
+    changed = {
+        f.name: getattr(args, f.name)
+        for f in fields(args)
+        if getattr(args, f.name) != getattr(defaults, f.name)
+    }
+    lines += [
+        "",
+        "## Configuration",
+        "",
+        "Options that differ from the defaults (all of them: `model_args.json`):",
+        "",
+        "| option | value |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {_cell(v)} |" for k, v in changed.items()]
     return write_atomic(out / REPORT_FILE, "\n".join(lines) + "\n")
 
@@ -265,5 +326,14 @@ def append_evaluation(output_dir: str | os.PathLike, title: str, results: dict) 
     return write_atomic(path, body + (f"\n## Configuration{tail}\n" if sep else ""))
 
 
-__all__ = ["CURVES_FILE", "REPORT_FILE", "SAMPLES_FILE", "Probe", "SampleWriter",
-           "append_evaluation", "plot_curves", "probes_from_dialogs", "write_report"]
+__all__ = [
+    "CURVES_FILE",
+    "REPORT_FILE",
+    "SAMPLES_FILE",
+    "Probe",
+    "SampleWriter",
+    "append_evaluation",
+    "plot_curves",
+    "probes_from_dialogs",
+    "write_report",
+]

@@ -49,12 +49,19 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     core.train_from_iterator(texts, trainer=trainer)
-    return GPT2TokenizerFast(tokenizer_object=core, bos_token="<|endoftext|>",
-                             eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    return GPT2TokenizerFast(
+        tokenizer_object=core,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
 
 
 def dialog_texts(dialogs: Iterable[dict]) -> Iterable[str]:
@@ -66,10 +73,13 @@ def dialog_texts(dialogs: Iterable[dict]) -> Iterable[str]:
             yield from utt["candidates"]
 
 
-def build_scratch_checkpoint(output_dir: str | os.PathLike, texts: Iterable[str],
-                             config: ScratchConfig = ScratchConfig(),
-                             dialogs: Sequence[dict] | None = None,
-                             silent: bool = False) -> Path:
+def build_scratch_checkpoint(
+    output_dir: str | os.PathLike,
+    texts: Iterable[str],
+    config: ScratchConfig = ScratchConfig(),
+    dialogs: Sequence[dict] | None = None,
+    silent: bool = False,
+) -> Path:
     """Write a GPT2DoubleHeadsModel + tokenizer trained on ``texts`` to output_dir: random
     weights, or with ``config.pretrain_steps`` LM-pretrained on ``dialogs`` first."""
     from transformers import GPT2Config, GPT2DoubleHeadsModel
@@ -78,11 +88,18 @@ def build_scratch_checkpoint(output_dir: str | os.PathLike, texts: Iterable[str]
     tokenizer.add_special_tokens(ATTR_TO_SPECIAL_TOKEN)  # before sizing the embeddings
     torch.manual_seed(config.seed)
     gpt2_config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=config.n_positions, n_embd=config.n_embd,
-        n_layer=config.n_layer, n_head=config.n_head,
-        resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
-        summary_first_dropout=config.dropout, activation_function=config.activation_function,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        n_positions=config.n_positions,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
+        summary_first_dropout=config.dropout,
+        activation_function=config.activation_function,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     model = GPT2DoubleHeadsModel(gpt2_config)
     if config.pretrain_steps > 0:
@@ -90,8 +107,15 @@ def build_scratch_checkpoint(output_dir: str | os.PathLike, texts: Iterable[str]
             raise ValueError("pretrain_steps > 0 needs the training dialogs to pretrain on")
         from .pretrain import pretrain_language_model
 
-        pretrain_language_model(model, tokenizer, dialogs, config.pretrain_steps,
-                                config.pretrain_batch_size, config.pretrain_learning_rate,
-                                seed=config.seed, silent=silent)
+        pretrain_language_model(
+            model,
+            tokenizer,
+            dialogs,
+            config.pretrain_steps,
+            config.pretrain_batch_size,
+            config.pretrain_learning_rate,
+            seed=config.seed,
+            silent=silent,
+        )
     model.config.scratch = asdict(config)
     return save_pretrained_atomic(output_dir, model, tokenizer)

@@ -99,12 +99,16 @@ def tokenizer_fingerprint(tokenizer) -> str:
     if backend is not None:
         digest.update(backend.to_str().encode())
     else:
-        digest.update(json.dumps(sorted(tokenizer.get_vocab().items()),
-                                 ensure_ascii=False).encode())
+        digest.update(
+            json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()
+        )
         ranks = getattr(tokenizer, "bpe_ranks", None)
         if ranks:
-            digest.update(json.dumps(sorted((" ".join(k), v) for k, v in ranks.items()),
-                                     ensure_ascii=False).encode())
+            digest.update(
+                json.dumps(
+                    sorted((" ".join(k), v) for k, v in ranks.items()), ensure_ascii=False
+                ).encode()
+            )
     digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
@@ -116,8 +120,10 @@ def dialogs_fingerprint(dialogs: Sequence[dict], options: EncodingOptions) -> st
     digest = hashlib.sha256()
     window, n_cand = options.history_window, options.num_candidates
     for dialog in dialogs:
-        part = [dialog["personality"],
-                [[u["history"][-window:], u["candidates"][-n_cand:]] for u in dialog["utterances"]]]
+        part = [
+            dialog["personality"],
+            [[u["history"][-window:], u["candidates"][-n_cand:]] for u in dialog["utterances"]],
+        ]
         digest.update(json.dumps(part, ensure_ascii=False).encode("utf-8", "surrogatepass"))
         digest.update(b"\n")
     return digest.hexdigest()
@@ -135,10 +141,19 @@ def cache_key(dialogs: Sequence[dict], tokenizer, options: EncodingOptions) -> s
 
 
 # ------------------------------------------------------------------------ load or build
-def cached_dataset(dialogs: Sequence[dict], tokenizer, special: SpecialIds,
-                   options: EncodingOptions, cache_dir: str | os.PathLike, *,
-                   reprocess: bool = False, num_proc: int = 1, key: str | None = None,
-                   source: str = "<data>", log: Log | None = None) -> CachedPersonaChatDataset:
+def cached_dataset(
+    dialogs: Sequence[dict],
+    tokenizer,
+    special: SpecialIds,
+    options: EncodingOptions,
+    cache_dir: str | os.PathLike,
+    *,
+    reprocess: bool = False,
+    num_proc: int = 1,
+    key: str | None = None,
+    source: str = "<data>",
+    log: Log | None = None,
+) -> CachedPersonaChatDataset:
     """The dataset of ``dialogs``, from the cache when an entry for them exists, else
     tokenized (``num_proc`` processes) and written to the cache first.
 
@@ -153,8 +168,11 @@ def cached_dataset(dialogs: Sequence[dict], tokenizer, special: SpecialIds,
         try:
             started = time.perf_counter()
             dataset = open_cached_dataset(folder, special, expected_key=key)
-            _log(log, f"{source}: tokenized data read from the cache {folder} "
-                      f"({len(dataset):,} examples, {time.perf_counter() - started:.1f} s)")
+            _log(
+                log,
+                f"{source}: tokenized data read from the cache {folder} "
+                f"({len(dataset):,} examples, {time.perf_counter() - started:.1f} s)",
+            )
             return dataset
         except TokenCacheError as err:
             _log(log, f"{source}: cache entry {folder} cannot be used ({err}); tokenizing again")
@@ -162,18 +180,36 @@ def cached_dataset(dialogs: Sequence[dict], tokenizer, special: SpecialIds,
     # Replace an entry only if it was there (and unusable or to be reprocessed) when we
     # looked; one that lands meanwhile came from another process (e.g. another torchrun
     # rank) with the same key, hence the same content, and may be in use there already.
-    write_entry(root, key, dialogs, tokenizer, options, num_proc=num_proc, silent=log is None,
-                replace=folder.is_dir())
+    write_entry(
+        root,
+        key,
+        dialogs,
+        tokenizer,
+        options,
+        num_proc=num_proc,
+        silent=log is None,
+        replace=folder.is_dir(),
+    )
     dataset = open_cached_dataset(folder, special, expected_key=key)
-    _log(log, f"{source}: tokenized {dataset.num_texts:,} distinct strings into "
-              f"{len(dataset):,} examples in {time.perf_counter() - started:.1f} s; cached in "
-              f"{folder} (reused while the data, tokenizer and options stay the same)")
+    _log(
+        log,
+        f"{source}: tokenized {dataset.num_texts:,} distinct strings into "
+        f"{len(dataset):,} examples in {time.perf_counter() - started:.1f} s; cached in "
+        f"{folder} (reused while the data, tokenizer and options stay the same)",
+    )
     return dataset
 
 
-def write_entry(root: Path, key: str, dialogs: Sequence[dict], tokenizer,
-                options: EncodingOptions, num_proc: int = 1, silent: bool = True,
-                replace: bool = True) -> Path:
+def write_entry(
+    root: Path,
+    key: str,
+    dialogs: Sequence[dict],
+    tokenizer,
+    options: EncodingOptions,
+    num_proc: int = 1,
+    silent: bool = True,
+    replace: bool = True,
+) -> Path:
     """Tokenize and write one entry atomically: into ``root/.tmp-…``, then renamed to
     ``root/key``. An entry of that key found there is replaced if ``replace``, else kept
     (and this one discarded)."""
@@ -244,8 +280,15 @@ def _process_alive(pid: int) -> bool:
 
 
 # ------------------------------------------------------------------------------ writing
-def _write_tables(folder: Path, key: str, dialogs: Sequence[dict], tokenizer,
-                  options: EncodingOptions, num_proc: int, silent: bool) -> None:
+def _write_tables(
+    folder: Path,
+    key: str,
+    dialogs: Sequence[dict],
+    tokenizer,
+    options: EncodingOptions,
+    num_proc: int,
+    silent: bool,
+) -> None:
     """Everything of one entry, manifest last."""
     window, n_cand = options.history_window, options.num_candidates
     prepare = str.lower if options.lowercase else None
@@ -273,56 +316,76 @@ def _write_tables(folder: Path, key: str, dialogs: Sequence[dict], tokenizer,
 
     token_counts = _tokenize_texts(folder, list(rows), tokenizer, num_proc, silent)
     rows.clear()
-    _write_table(folder / "dialogs.arrow", {
-        "persona": _ragged(persona_offsets, persona),
-        "utterances": pa.array(utterance_counts, pa.int32()),
-    })
-    _write_table(folder / "utterances.arrow", {
-        "history": _ragged(history_offsets, history),
-        "candidates": _ragged(candidate_offsets, candidates),
-    })
+    _write_table(
+        folder / "dialogs.arrow",
+        {
+            "persona": _ragged(persona_offsets, persona),
+            "utterances": pa.array(utterance_counts, pa.int32()),
+        },
+    )
+    _write_table(
+        folder / "utterances.arrow",
+        {
+            "history": _ragged(history_offsets, history),
+            "candidates": _ragged(candidate_offsets, candidates),
+        },
+    )
 
     # Examples and their lengths (from token counts: no input is laid out here).
     counts = token_counts.tolist()
     dialog_col, utterance_col, order_values, order_offsets, lengths = [], [], [], [0], []
     first_utterance = np.concatenate([[0], np.cumsum(utterance_counts, dtype=np.int64)]).tolist()
     persona_sizes = np.diff(persona_offsets).tolist()
-    for d, u, order in example_index(persona_sizes, utterance_counts,
-                                     options.personality_permutations, options.seed):
+    for d, u, order in example_index(
+        persona_sizes, utterance_counts, options.personality_permutations, options.seed
+    ):
         start = persona_offsets[d]
         utt = first_utterance[d] + u
-        lengths.append(example_length(
-            [counts[persona[start + i]] for i in order],
-            [counts[r] for r in history[history_offsets[utt]:history_offsets[utt + 1]]],
-            [counts[r] for r in candidates[candidate_offsets[utt]:candidate_offsets[utt + 1]]],
-            options.max_tokens))
+        lengths.append(
+            example_length(
+                [counts[persona[start + i]] for i in order],
+                [counts[r] for r in history[history_offsets[utt] : history_offsets[utt + 1]]],
+                [
+                    counts[r]
+                    for r in candidates[candidate_offsets[utt] : candidate_offsets[utt + 1]]
+                ],
+                options.max_tokens,
+            )
+        )
         dialog_col.append(d)
         utterance_col.append(u)
         order_values.extend(order)
         order_offsets.append(len(order_values))
-    _write_table(folder / "examples.arrow", {
-        "dialog": pa.array(dialog_col, pa.int32()),
-        "utterance": pa.array(utterance_col, pa.int32()),
-        "order": _ragged(order_offsets, order_values),
-        "length": pa.array(lengths, pa.int32()),
-    })
+    _write_table(
+        folder / "examples.arrow",
+        {
+            "dialog": pa.array(dialog_col, pa.int32()),
+            "utterance": pa.array(utterance_col, pa.int32()),
+            "order": _ragged(order_offsets, order_values),
+            "length": pa.array(lengths, pa.int32()),
+        },
+    )
 
     manifest = {
         "key": key,
         "layout_version": LAYOUT_VERSION,
         "options": asdict(options),
         "tokenizer": type(tokenizer).__name__,
-        "counts": {"dialogs": len(utterance_counts), "utterances": len(history_offsets) - 1,
-                   "texts": len(token_counts), "examples": len(lengths)},
-        "files": {f"{name}.arrow": (folder / f"{name}.arrow").stat().st_size
-                  for name in TABLES},
+        "counts": {
+            "dialogs": len(utterance_counts),
+            "utterances": len(history_offsets) - 1,
+            "texts": len(token_counts),
+            "examples": len(lengths),
+        },
+        "files": {f"{name}.arrow": (folder / f"{name}.arrow").stat().st_size for name in TABLES},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     _write_bytes(folder / MANIFEST, json.dumps(manifest, indent=2).encode())
 
 
-def _tokenize_texts(folder: Path, texts: list[str], tokenizer, num_proc: int,
-                    silent: bool) -> np.ndarray:
+def _tokenize_texts(
+    folder: Path, texts: list[str], tokenizer, num_proc: int, silent: bool
+) -> np.ndarray:
     """Tokenize ``texts`` through ``datasets`` (``num_proc`` worker processes, results
     written to Arrow on disk as they come) and copy them, as int32, into ``texts.arrow``.
     Returns the number of tokens of each text."""
@@ -344,17 +407,23 @@ def _tokenize_texts(folder: Path, texts: list[str], tokenizer, num_proc: int,
         datasets.disable_progress_bars()
     try:
         tokenized = datasets.Dataset.from_dict({"text": texts}).map(
-            tokenize, batched=True, batch_size=TOKENIZE_BATCH, remove_columns=["text"],
+            tokenize,
+            batched=True,
+            batch_size=TOKENIZE_BATCH,
+            remove_columns=["text"],
             num_proc=num_proc if num_proc > 1 else None,
             features=datasets.Features({"input_ids": datasets.List(datasets.Value("int32"))}),
             cache_file_name=str(work / "tokens.arrow"),
             new_fingerprint=hashlib.sha256(str(folder).encode()).hexdigest()[:16],
-            desc="Tokenizing (once: cached)")
+            desc="Tokenizing (once: cached)",
+        )
         table = tokenized.data.table
         counts = []
         schema = pa.schema([("input_ids", pa.large_list(pa.int32()))])
-        with pa.OSFile(str(folder / "texts.arrow"), "wb") as sink, \
-                pa.ipc.new_file(sink, schema) as writer:
+        with (
+            pa.OSFile(str(folder / "texts.arrow"), "wb") as sink,
+            pa.ipc.new_file(sink, schema) as writer,
+        ):
             for batch in table.to_batches(max_chunksize=64 * TOKENIZE_BATCH):
                 ids = batch.column(0).cast(pa.large_list(pa.int32()))
                 counts.append(np.diff(_numpy_view(ids.offsets)))
@@ -375,6 +444,7 @@ def batch_encoder(tokenizer, probe: list[str]) -> Callable[[list[str]], list[lis
     tokenizer's Rust backend is called directly (``encode_batch_fast``: no offsets, no
     per-encoding conversion in Python, a quarter faster) once it gave the same ids on
     ``probe``; anything else goes through ``tokenizer(...)``."""
+
     def generic(texts: list[str]) -> list[list[int]]:
         return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
@@ -390,8 +460,9 @@ def batch_encoder(tokenizer, probe: list[str]) -> Callable[[list[str]], list[lis
 
 def _ragged(offsets: list[int], values: list[int]) -> pa.Array:
     """A list<int32> column from flat values and row offsets (int64: no 2**31 limit)."""
-    return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()),
-                                         pa.array(values, pa.int32()))
+    return pa.LargeListArray.from_arrays(
+        pa.array(offsets, pa.int64()), pa.array(values, pa.int32())
+    )
 
 
 def _write_table(path: Path, columns: dict[str, pa.Array]) -> None:
@@ -431,7 +502,7 @@ class RaggedColumn:
     def __getitem__(self, i: int) -> list[int]:
         c = bisect.bisect_right(self._starts, i) - 1 if len(self._starts) > 1 else 0
         offsets, j = self._offsets[c], i - self._starts[c]
-        return self._values[c][offsets[j]:offsets[j + 1]].tolist()
+        return self._values[c][offsets[j] : offsets[j + 1]].tolist()
 
 
 _NUMPY_TYPES = {pa.int32(): np.int32, pa.int64(): np.int64}
@@ -447,7 +518,7 @@ def _numpy_view(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if array.null_count:
         raise TokenCacheError("unexpected missing values in a table")
     dtype = _NUMPY_TYPES[array.type]
-    return np.frombuffer(array.buffers()[1], dtype=dtype)[array.offset:array.offset + len(array)]
+    return np.frombuffer(array.buffers()[1], dtype=dtype)[array.offset : array.offset + len(array)]
 
 
 class ExampleIndex(Sequence):
@@ -477,8 +548,9 @@ class CachedPersonaChatDataset(torch.utils.data.Dataset):
     Pickling (DataLoader workers started with ``spawn``) sends only the folder's path.
     """
 
-    def __init__(self, folder: str | os.PathLike, special: SpecialIds,
-                 expected_key: str | None = None) -> None:
+    def __init__(
+        self, folder: str | os.PathLike, special: SpecialIds, expected_key: str | None = None
+    ) -> None:
         self.folder = Path(folder)
         self.special = special
         manifest = _read_manifest(self.folder, expected_key)
@@ -496,14 +568,18 @@ class CachedPersonaChatDataset(torch.utils.data.Dataset):
             self._history = RaggedColumn(tables["utterances"].column("history"))
             self._candidates = RaggedColumn(tables["utterances"].column("candidates"))
             examples = tables["examples"]
-            self.index = ExampleIndex(_numpy_view(examples.column("dialog")),
-                                      _numpy_view(examples.column("utterance")),
-                                      RaggedColumn(examples.column("order")))
+            self.index = ExampleIndex(
+                _numpy_view(examples.column("dialog")),
+                _numpy_view(examples.column("utterance")),
+                RaggedColumn(examples.column("order")),
+            )
             self._lengths = _numpy_view(examples.column("length"))
         except (pa.ArrowException, KeyError, OSError, ValueError) as err:
             raise TokenCacheError(f"unreadable table ({err})") from err
-        if len(self._lengths) != manifest["counts"]["examples"] or \
-                len(self._tokens) != manifest["counts"]["texts"]:
+        if (
+            len(self._lengths) != manifest["counts"]["examples"]
+            or len(self._tokens) != manifest["counts"]["texts"]
+        ):
             raise TokenCacheError("table sizes differ from the manifest")
 
     @property
@@ -519,11 +595,15 @@ class CachedPersonaChatDataset(torch.utils.data.Dataset):
         persona_rows = self._persona[d]
         utt = int(self._first_utterance[d]) + u
         tokens = self._tokens
-        return build_example([tokens[persona_rows[i]] for i in order],
-                             [tokens[r] for r in self._history[utt]],
-                             [tokens[r] for r in self._candidates[utt]],
-                             self.special, self.num_candidates, self.max_history,
-                             self.max_tokens)
+        return build_example(
+            [tokens[persona_rows[i]] for i in order],
+            [tokens[r] for r in self._history[utt]],
+            [tokens[r] for r in self._candidates[utt]],
+            self.special,
+            self.num_candidates,
+            self.max_history,
+            self.max_tokens,
+        )
 
     def example_length(self, idx: int) -> int:
         """Tokens of item ``idx``'s longest candidate input (stored at build time)."""
@@ -538,8 +618,9 @@ class CachedPersonaChatDataset(torch.utils.data.Dataset):
         return (CachedPersonaChatDataset, (str(self.folder), self.special, self.cache_key))
 
 
-def open_cached_dataset(folder: str | os.PathLike, special: SpecialIds,
-                        expected_key: str | None = None) -> CachedPersonaChatDataset:
+def open_cached_dataset(
+    folder: str | os.PathLike, special: SpecialIds, expected_key: str | None = None
+) -> CachedPersonaChatDataset:
     """Open a complete cache entry (``TokenCacheError`` if it is incomplete or damaged)."""
     return CachedPersonaChatDataset(folder, special, expected_key)
 

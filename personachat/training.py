@@ -59,15 +59,21 @@ class TrainingInterrupted(TrainingError):
 
     def __init__(self, signal_name: str, step: int, checkpoint: Path | None) -> None:
         self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
-        where = (f"resumable checkpoint saved to {checkpoint}" if checkpoint
-                 else "no checkpoint written (no_save=True)")
-        super().__init__(f"stopped by {signal_name} after step {step}; {where}. Resume with "
-                         "train_model(..., resume_from_checkpoint=True) or "
-                         "`personachat train ... --resume`.")
+        where = (
+            f"resumable checkpoint saved to {checkpoint}"
+            if checkpoint
+            else "no checkpoint written (no_save=True)"
+        )
+        super().__init__(
+            f"stopped by {signal_name} after step {step}; {where}. Resume with "
+            "train_model(..., resume_from_checkpoint=True) or "
+            "`personachat train ... --resume`."
+        )
 
 
-def preflight(output_dir: str | Path, model, args: ConvAIArgs,
-              free: Callable[[str | Path], int] | None = None) -> None:
+def preflight(
+    output_dir: str | Path, model, args: ConvAIArgs, free: Callable[[str | Path], int] | None = None
+) -> None:
     """Before any data is read or step taken: output_dir must be writable, and its disk must
     hold one checkpoint (``free`` gives the free bytes; ``checkpoints.free_bytes`` by default).
     Only the main process writes there, so only it checks: two torchrun ranks testing one new
@@ -79,8 +85,10 @@ def preflight(output_dir: str | Path, model, args: ConvAIArgs,
         checkpoints.check_output_writable(output_dir)
         if not args.no_save:
             checkpoints.check_free_space(
-                output_dir, checkpoints.checkpoint_bytes(model, args.save_optimizer_and_scheduler),
-                free)
+                output_dir,
+                checkpoints.checkpoint_bytes(model, args.save_optimizer_and_scheduler),
+                free,
+            )
     except checkpoints.CheckpointError as err:
         raise TrainingError(str(err)) from err
 
@@ -134,36 +142,48 @@ class TrainingObjective(torch.nn.Module):
         return double_heads_loss(self.model, batch, self.lm_coef, self.mc_coef)
 
 
-def batch_plan(objective: torch.nn.Module, dataset, args: ConvAIArgs, device: torch.device,
-               amp_dtype: torch.dtype | None, ctx: DistContext, collate_fn) -> BatchPlan:
+def batch_plan(
+    objective: torch.nn.Module,
+    dataset,
+    args: ConvAIArgs,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    ctx: DistContext,
+    collate_fn,
+) -> BatchPlan:
     """Micro-batch and accumulation: as given, or probed on the GPU for ``"auto"``."""
     if args.train_batch_size != "auto":
         return BatchPlan(args.train_batch_size, args.gradient_accumulation_steps, ctx.world_size)
     if device.type != "cuda":
         raise TrainingError("train_batch_size='auto' needs a CUDA device; pass a number on CPU")
     per_process = math.ceil(args.auto_batch_target / ctx.world_size)
-    fitting = probe_train_micro_batch(objective, dataset, collate_fn, device, amp_dtype,
-                                      upper=per_process)
+    fitting = probe_train_micro_batch(
+        objective, dataset, collate_fn, device, amp_dtype, upper=per_process
+    )
     # Every process must run the same number of micro-batches per step.
     fitting = distributed.all_reduce_min(fitting, ctx, device)
     if fitting < 1:
         raise TrainingError(
             f"not even one example of the longest input ({max(dataset.lengths)} tokens per "
             f"candidate, {args.num_candidates} candidates) fits in GPU memory for training; "
-            "use a smaller model, fewer num_candidates, or a GPU with more memory")
+            "use a smaller model, fewer num_candidates, or a GPU with more memory"
+        )
     plan = plan_batches(fitting, args.auto_batch_target, ctx.world_size)
     if ctx.is_main and not args.silent:
-        print(f"train_batch_size='auto': micro-batches of up to {fitting} fit on the longest "
-              f"inputs ({max(dataset.lengths)} tokens x {args.num_candidates} candidates) "
-              f"with {DEFAULT_MARGIN:.0%} of GPU memory to spare; using {plan.micro_batch_size} "
-              f"x {plan.accumulation_steps} accumulation step(s) x {plan.world_size} "
-              f"process(es) = {plan.effective_batch_size} examples per step "
-              f"(auto_batch_target={args.auto_batch_target})")
+        print(
+            f"train_batch_size='auto': micro-batches of up to {fitting} fit on the longest "
+            f"inputs ({max(dataset.lengths)} tokens x {args.num_candidates} candidates) "
+            f"with {DEFAULT_MARGIN:.0%} of GPU memory to spare; using {plan.micro_batch_size} "
+            f"x {plan.accumulation_steps} accumulation step(s) x {plan.world_size} "
+            f"process(es) = {plan.effective_batch_size} examples per step "
+            f"(auto_batch_target={args.auto_batch_target})"
+        )
     return plan
 
 
-def resolve_eval_batch_size(model, dataset, args: ConvAIArgs, device: torch.device,
-                            pad_id: int) -> int:
+def resolve_eval_batch_size(
+    model, dataset, args: ConvAIArgs, device: torch.device, pad_id: int
+) -> int:
     """``eval_batch_size`` as given, or for ``"auto"`` the largest batch whose forward pass
     fits on the GPU with the longest inputs of ``dataset``."""
     if args.eval_batch_size != "auto":
@@ -171,11 +191,18 @@ def resolve_eval_batch_size(model, dataset, args: ConvAIArgs, device: torch.devi
     if device.type != "cuda":
         raise ValueError("eval_batch_size='auto' needs a CUDA device; pass a number on CPU")
     objective = TrainingObjective(model, args.lm_coef, args.mc_coef)
-    size = probe_eval_batch(objective, dataset, partial(collate, pad_id=pad_id), device,
-                            autocast_dtype(device, args.fp16))
+    size = probe_eval_batch(
+        objective,
+        dataset,
+        partial(collate, pad_id=pad_id),
+        device,
+        autocast_dtype(device, args.fp16),
+    )
     if size < 1:
-        raise ValueError("not even one evaluation example of the longest input fits in GPU "
-                         "memory; use a smaller model or fewer num_candidates")
+        raise ValueError(
+            "not even one evaluation example of the longest input fits in GPU "
+            "memory; use a smaller model or fewer num_candidates"
+        )
     if not args.silent and distributed.is_main_process():
         print(f"eval_batch_size='auto': {size} (longest input {max(dataset.lengths)} tokens)")
     return size
@@ -188,14 +215,18 @@ def make_optimizer(model, args: ConvAIArgs, device: torch.device) -> torch.optim
         if not param.requires_grad:
             continue
         (no_decay if param.ndim < 2 or "ln" in name or "bias" in name else decay).append(param)
-    groups = [{"params": decay, "weight_decay": args.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.learning_rate, eps=args.adam_epsilon,
-                             fused=device.type == "cuda")
+    groups = [
+        {"params": decay, "weight_decay": args.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups, lr=args.learning_rate, eps=args.adam_epsilon, fused=device.type == "cuda"
+    )
 
 
 def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
     """Learning rate rises linearly for warmup_steps, then falls linearly to 0 at total."""
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / max(1, warmup_steps)
@@ -270,8 +301,10 @@ class StopOnSignal:
         self.requested = signal.Signals(signum).name
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
         if self.announce:  # tqdm.write: printed above the progress bar, not into it
-            tqdm.write(f"{self.requested}: finishing this step and writing a checkpoint "
-                       "(send it again to stop at once) ...")
+            tqdm.write(
+                f"{self.requested}: finishing this step and writing a checkpoint "
+                "(send it again to stop at once) ..."
+            )
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
@@ -293,11 +326,19 @@ class SkipBatches(torch.utils.data.Sampler[list[int]]):
         return len(self.sampler) - self.skip
 
 
-def train(model, tokenizer, train_dataset, args: ConvAIArgs, device: torch.device,
-          output_dir: str, evaluate: Callable[[], dict] | None = None,
-          show_running_loss: bool = True, save_extra: dict[str, str] | None = None,
-          resume_from: str | Path | None = None,
-          on_epoch_end: Callable[[str], None] | None = None) -> tuple[int, dict]:
+def train(
+    model,
+    tokenizer,
+    train_dataset,
+    args: ConvAIArgs,
+    device: torch.device,
+    output_dir: str,
+    evaluate: Callable[[], dict] | None = None,
+    show_running_loss: bool = True,
+    save_extra: dict[str, str] | None = None,
+    resume_from: str | Path | None = None,
+    on_epoch_end: Callable[[str], None] | None = None,
+) -> tuple[int, dict]:
     """Fine-tune ``model`` on ``train_dataset``; returns (global_step, training details).
 
     ``resume_from``: a checkpoint folder (``checkpoints.resolve_resume``) to go on from.
@@ -312,17 +353,38 @@ def train(model, tokenizer, train_dataset, args: ConvAIArgs, device: torch.devic
         raise TrainingError("train_batch_size='auto' needs a CUDA device; pass a number on CPU")
     ctx = distributed.setup(device.type)
     try:
-        return run_training(model, tokenizer, train_dataset, args, device, output_dir, ctx,
-                            evaluate, show_running_loss, save_extra, resume_from, on_epoch_end)
+        return run_training(
+            model,
+            tokenizer,
+            train_dataset,
+            args,
+            device,
+            output_dir,
+            ctx,
+            evaluate,
+            show_running_loss,
+            save_extra,
+            resume_from,
+            on_epoch_end,
+        )
     finally:
         distributed.teardown(ctx)
 
 
-def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torch.device,
-                 output_dir: str, ctx: DistContext, evaluate: Callable[[], dict] | None = None,
-                 show_running_loss: bool = True, save_extra: dict[str, str] | None = None,
-                 resume_from: str | Path | None = None,
-                 on_epoch_end: Callable[[str], None] | None = None) -> tuple[int, dict]:
+def run_training(
+    model,
+    tokenizer,
+    train_dataset,
+    args: ConvAIArgs,
+    device: torch.device,
+    output_dir: str,
+    ctx: DistContext,
+    evaluate: Callable[[], dict] | None = None,
+    show_running_loss: bool = True,
+    save_extra: dict[str, str] | None = None,
+    resume_from: str | Path | None = None,
+    on_epoch_end: Callable[[str], None] | None = None,
+) -> tuple[int, dict]:
     """The loop of ``train`` in this process (one of ``ctx.world_size``)."""
     if device.type == "cuda":
         if ctx.enabled or device.index is None:  # under torchrun: LOCAL_RANK's GPU
@@ -337,25 +399,37 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
     plan = batch_plan(objective, train_dataset, args, device, amp_dtype, ctx, pad)
     accumulation = plan.accumulation_steps
     sampler = LengthGroupedBatchSampler(
-        len(train_dataset), plan.micro_batch_size, accumulation,
+        len(train_dataset),
+        plan.micro_batch_size,
+        accumulation,
         lengths=getattr(train_dataset, "lengths", None) if args.group_by_length else None,
-        seed=args.manual_seed or 0, world_size=ctx.world_size, rank=ctx.rank)
+        seed=args.manual_seed or 0,
+        world_size=ctx.world_size,
+        rank=ctx.rank,
+    )
     resumable_sampler = SkipBatches(sampler)
     loader = torch.utils.data.DataLoader(
-        train_dataset, batch_sampler=resumable_sampler, collate_fn=pad,
-        num_workers=args.dataloader_num_workers, pin_memory=device.type == "cuda",
+        train_dataset,
+        batch_sampler=resumable_sampler,
+        collate_fn=pad,
+        num_workers=args.dataloader_num_workers,
+        pin_memory=device.type == "cuda",
     )
     if ctx.enabled:
         # gradient_as_bucket_view: gradients live in DDP's buckets, no second copy (the
         # memory the batch-size probe accounted for). GPT-2 has no buffers to broadcast.
         objective = DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None,
-            gradient_as_bucket_view=True)
+            objective,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            gradient_as_bucket_view=True,
+        )
     # Shapes change every batch (dynamic padding): compile for dynamic shapes from the start.
     forward = torch.compile(objective, dynamic=True) if args.compile else objective
     if ctx.is_main and ctx.enabled and not args.silent:
-        print(f"DDP: {ctx.world_size} processes x {plan.micro_batch_size} examples x "
-              f"{accumulation} accumulation step(s) = {plan.effective_batch_size} per step")
+        print(
+            f"DDP: {ctx.world_size} processes x {plan.micro_batch_size} examples x "
+            f"{accumulation} accumulation step(s) = {plan.effective_batch_size} per step"
+        )
 
     steps_per_epoch = sampler.steps_per_epoch
     total_steps = steps_per_epoch * args.num_train_epochs
@@ -364,10 +438,15 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
     scheduler = linear_schedule(optimizer, warmup, total_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     # What must not change between a run and its resumption (else the batches differ).
-    run_plan = {"examples": len(train_dataset), "micro_batch_size": plan.micro_batch_size,
-                "accumulation_steps": accumulation, "world_size": ctx.world_size,
-                "seed": args.manual_seed or 0, "group_by_length": args.group_by_length,
-                "num_train_epochs": args.num_train_epochs}
+    run_plan = {
+        "examples": len(train_dataset),
+        "micro_batch_size": plan.micro_batch_size,
+        "accumulation_steps": accumulation,
+        "world_size": ctx.world_size,
+        "seed": args.manual_seed or 0,
+        "group_by_length": args.group_by_length,
+        "num_train_epochs": args.num_train_epochs,
+    }
     out = Path(output_dir)
     state = TrainingState()
     restore_rng: Callable[[], None] | None = None
@@ -375,51 +454,68 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
         resume_from = Path(resume_from)
         try:
             saved, saved_plan, restore_rng = checkpoints.load_checkpoint(
-                resume_from, model, optimizer, scheduler, scaler, rank=ctx.rank)
+                resume_from, model, optimizer, scheduler, scaler, rank=ctx.rank
+            )
         except checkpoints.CheckpointError as err:
             raise TrainingError(str(err)) from err
-        changed = {k: (saved_plan.get(k), v) for k, v in run_plan.items()
-                   if saved_plan.get(k) != v}
+        changed = {k: (saved_plan.get(k), v) for k, v in run_plan.items() if saved_plan.get(k) != v}
         if changed:
             raise TrainingError(
                 f"resume: {resume_from} was written by a run with other settings ("
                 + ", ".join(f"{k}: {a} then, {b} now" for k, (a, b) in changed.items())
-                + "); resume with the same data and options, or start a fresh run.")
+                + "); resume with the same data and options, or start a fresh run."
+            )
         state = TrainingState.from_dict(saved)
         if restore_rng is None:
             # A checkpoint without this rank's generators (an older version's): its own seed
             # per resume point, reproducible but not bit-equal to an uninterrupted run.
             seed = (args.manual_seed or 0) + ctx.rank + 7919 * state.global_step
             restore_rng = partial(torch.manual_seed, seed)
-        adopt_learning_rate(optimizer, scheduler, args.learning_rate,
-                            announce=ctx.is_main and not args.silent)
+        adopt_learning_rate(
+            optimizer, scheduler, args.learning_rate, announce=ctx.is_main and not args.silent
+        )
         if ctx.is_main:
             checkpoints.remove_temp_folders(out)
-            later = (checkpoints.checkpoints_after(out, resume_from)
-                     if resume_from.parent.resolve() == out.resolve() else [])
+            later = (
+                checkpoints.checkpoints_after(out, resume_from)
+                if resume_from.parent.resolve() == out.resolve()
+                else []
+            )
             for path in later:  # of the abandoned continuation: rotation would keep them
                 checkpoints.remove_checkpoint(path)
             if not args.silent:
-                print(f"Resuming from {resume_from}: step {state.global_step} of {total_steps}, "
-                      f"epoch {state.epoch + 1}, {state.batches_done} of {len(sampler)} "
-                      "micro-batches done"
-                      + (f"; removed {len(later)} later checkpoint(s) of the abandoned run"
-                         if later else ""))
+                print(
+                    f"Resuming from {resume_from}: step {state.global_step} of {total_steps}, "
+                    f"epoch {state.epoch + 1}, {state.batches_done} of {len(sampler)} "
+                    "micro-batches done"
+                    + (
+                        f"; removed {len(later)} later checkpoint(s) of the abandoned run"
+                        if later
+                        else ""
+                    )
+                )
     elif ctx.is_main and not args.no_save:
         checkpoints.remove_temp_folders(out)
         stale = checkpoints.list_checkpoints(out)
         for path in stale:  # overwrite_output_dir: a later --resume must not find these
             checkpoints.remove_checkpoint(path)
         if stale and not args.silent:
-            print(f"Removed {len(stale)} checkpoint(s) of an earlier run in {out} "
-                  "(overwrite_output_dir)")
+            print(
+                f"Removed {len(stale)} checkpoint(s) of an earlier run in {out} "
+                "(overwrite_output_dir)"
+            )
     # Every process has passed check_output_dir before rank 0 writes anything.
     distributed.barrier(ctx)
-    writer = (tensorboard_writer(args, output_dir,
-                                 purge_step=state.global_step + 1 if resume_from else None)
-              if ctx.is_main else None)
-    save_files = partial(save_pretrained_atomic, tokenizer=tokenizer, args=args,
-                         extra_files=save_extra)
+    writer = (
+        tensorboard_writer(
+            args, output_dir, purge_step=state.global_step + 1 if resume_from else None
+        )
+        if ctx.is_main
+        else None
+    )
+    save_files = partial(
+        save_pretrained_atomic, tokenizer=tokenizer, args=args, extra_files=save_extra
+    )
     last_checkpoint: dict = {"path": resume_from, "at": None, "resumable": False}
     curves_path = out / reporting.CURVES_FILE
     # Per-step curve points: every step on short runs, about 200+ points on long ones.
@@ -442,22 +538,31 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
         rank_rng = distributed.gather_rng_states(ctx) if resumable else {}
         if not ctx.is_main:
             return None
-        if last_checkpoint["at"] == position() and (last_checkpoint["resumable"]
-                                                    or not resumable):
+        if last_checkpoint["at"] == position() and (last_checkpoint["resumable"] or not resumable):
             return last_checkpoint["path"]  # this very moment is saved already
         path = out / name
         state.train_seconds = time.perf_counter() - started
         try:
             checkpoints.save_checkpoint(
-                path, model, tokenizer, args, save_extra,
-                optimizer if resumable else None, scheduler, scaler,
-                state.to_dict(), run_plan, rank_rng)
+                path,
+                model,
+                tokenizer,
+                args,
+                save_extra,
+                optimizer if resumable else None,
+                scheduler,
+                scaler,
+                state.to_dict(),
+                run_plan,
+                rank_rng,
+            )
         except OSError as err:
             previous = last_checkpoint["path"] or "none written yet"
             raise TrainingError(
                 f"could not write checkpoint {path} at step {state.global_step} ({err}); free "
                 f"disk space or choose another output_dir. The last complete checkpoint "
-                f"({previous}) is intact.") from err
+                f"({previous}) is intact."
+            ) from err
         last_checkpoint.update(path=path, at=position(), resumable=resumable)
         rotate()
         return path
@@ -466,10 +571,15 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
         """save_total_limit: the newest checkpoints, and the one of the best evaluation."""
         if not args.save_total_limit or not ctx.is_main or args.no_save:
             return
-        best = next((p for p in checkpoints.list_checkpoints(out)
-                     if state.best_step is not None
-                     and (checkpoints.read_marker(p) or {}).get("global_step") == state.best_step),
-                    None)
+        best = next(
+            (
+                p
+                for p in checkpoints.list_checkpoints(out)
+                if state.best_step is not None
+                and (checkpoints.read_marker(p) or {}).get("global_step") == state.best_step
+            ),
+            None,
+        )
         checkpoints.rotate_checkpoints(out, args.save_total_limit, keep=best)
 
     last_drawn = [-math.inf]
@@ -478,8 +588,7 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
         """Redraw training_curves.png: at the end, and after evaluations at most every
         CURVES_EVERY_S seconds (a drawing costs about half a second of CPU)."""
         now = time.perf_counter()
-        if not ctx.is_main or args.no_save or (not final
-                                              and now - last_drawn[0] < CURVES_EVERY_S):
+        if not ctx.is_main or args.no_save or (not final and now - last_drawn[0] < CURVES_EVERY_S):
             return
         reporting.plot_curves(state.curves, state.history, curves_path)
         last_drawn[0] = now
@@ -548,9 +657,14 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
                 if restore_rng is not None:
                     restore_rng()
                     restore_rng = None
-                bar = tqdm(batches, desc=f"Epoch {epoch + 1}/{args.num_train_epochs}",
-                           initial=state.batches_done, total=epoch_micro,
-                           disable=args.silent or not ctx.is_main, leave=False)
+                bar = tqdm(
+                    batches,
+                    desc=f"Epoch {epoch + 1}/{args.num_train_epochs}",
+                    initial=state.batches_done,
+                    total=epoch_micro,
+                    disable=args.silent or not ctx.is_main,
+                    leave=False,
+                )
                 bars.append(bar)
                 for i, batch in enumerate(bar, start=state.batches_done):
                     in_last_step = i >= epoch_micro - last_step_micro
@@ -558,42 +672,63 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
                     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                     # Between step boundaries DDP skips its gradient all-reduce (forward and
                     # backward both inside no_sync); the boundary's backward reduces the sum.
-                    with (objective.no_sync() if ctx.enabled and not step_ends
-                          else nullcontext()):
-                        with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                            enabled=amp_dtype is not None):
+                    with objective.no_sync() if ctx.enabled and not step_ends else nullcontext():
+                        with torch.autocast(
+                            device.type,
+                            dtype=amp_dtype or torch.float32,
+                            enabled=amp_dtype is not None,
+                        ):
                             out_ = forward(batch)
                         loss = out_.loss / (last_step_micro if in_last_step else accumulation)
                         scaler.scale(loss).backward()
                     # Kept on the device: no GPU->CPU sync per micro-batch, one per step below.
-                    step_losses += torch.stack(
-                        [out_.loss, out_.lm_loss, out_.mc_loss]).detach().float()
+                    step_losses += (
+                        torch.stack([out_.loss, out_.lm_loss, out_.mc_loss]).detach().float()
+                    )
                     step_micro += 1
                     step_tokens += batch["input_ids"].numel()
                     if not step_ends:
                         continue
 
                     # Step statistics of all processes (one all-reduce of 5 numbers per step).
-                    totals = torch.cat([step_losses, torch.tensor(
-                        [step_micro, step_tokens], dtype=torch.float32, device=device)])
+                    totals = torch.cat(
+                        [
+                            step_losses,
+                            torch.tensor(
+                                [step_micro, step_tokens], dtype=torch.float32, device=device
+                            ),
+                        ]
+                    )
                     loss_sum, lm_sum, mc_sum, micro_all, tokens_all = distributed.all_reduce_sum(
-                        totals, ctx).tolist()
+                        totals, ctx
+                    ).tolist()
                     step_losses.zero_()
                     step_micro, step_tokens = 0, 0
                     if not math.isfinite(loss_sum):
                         draw_curves(final=True)  # the curves up to the last good step
-                        raise_non_finite(f"loss became {loss_sum / micro_all}", state, epoch,
-                                         args, last_checkpoint["path"])
+                        raise_non_finite(
+                            f"loss became {loss_sum / micro_all}",
+                            state,
+                            epoch,
+                            args,
+                            last_checkpoint["path"],
+                        )
 
                     scaler.unscale_(optimizer)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                               args.max_grad_norm)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(
+                        model.parameters(), args.max_grad_norm
+                    )
                     if not scaler.is_enabled() and not math.isfinite(float(grad_norm)):
                         # With a grad scaler inf gradients just skip the step; without one
                         # they would turn every weight into NaN.
                         draw_curves(final=True)
-                        raise_non_finite(f"the gradient norm became {float(grad_norm)}", state,
-                                         epoch, args, last_checkpoint["path"])
+                        raise_non_finite(
+                            f"the gradient norm became {float(grad_norm)}",
+                            state,
+                            epoch,
+                            args,
+                            last_checkpoint["path"],
+                        )
                     scaler.step(optimizer)
                     scaler.update()
                     scheduler.step()
@@ -606,10 +741,16 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
                     step = state.global_step
 
                     if step % curve_every == 0 or step == total_steps:
-                        state.record_curve({
-                            "step": step, "loss": loss_sum / micro_all,
-                            "lm_loss": lm_sum / micro_all, "mc_loss": mc_sum / micro_all,
-                            "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)})
+                        state.record_curve(
+                            {
+                                "step": step,
+                                "loss": loss_sum / micro_all,
+                                "lm_loss": lm_sum / micro_all,
+                                "mc_loss": mc_sum / micro_all,
+                                "lr": scheduler.get_last_lr()[0],
+                                "grad_norm": float(grad_norm),
+                            }
+                        )
                     if show_running_loss and not args.silent:
                         bar.set_postfix(loss=f"{state.running / state.running_n:.3f}")
                     if writer and step % max(1, args.logging_steps) == 0:
@@ -619,17 +760,22 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
                         writer.add_scalar("mc_loss", mc_sum / micro_all, step)
                         writer.add_scalar("lr", scheduler.get_last_lr()[0], step)
                         writer.add_scalar("grad_norm", float(grad_norm), step)
-                        writer.add_scalar("tokens_per_s", state.tokens_seen / max(elapsed, 1e-9),
-                                          step)
+                        writer.add_scalar(
+                            "tokens_per_s", state.tokens_seen / max(elapsed, 1e-9), step
+                        )
                     if step % max(1, args.logging_steps) == 0 or step == total_steps:
-                        state.record({"global_step": step,
-                                      "train_loss": state.running / state.running_n})
+                        state.record(
+                            {"global_step": step, "train_loss": state.running / state.running_n}
+                        )
                         state.running, state.running_n = 0.0, 0
                     if args.save_steps > 0 and step % args.save_steps == 0:
                         save_checkpoint(f"checkpoint-{step}")
-                    if (evaluate and args.evaluate_during_training
-                            and args.evaluate_during_training_steps > 0
-                            and step % args.evaluate_during_training_steps == 0):
+                    if (
+                        evaluate
+                        and args.evaluate_during_training
+                        and args.evaluate_during_training_steps > 0
+                        and step % args.evaluate_during_training_steps == 0
+                    ):
                         if evaluate_now():
                             break
                     stop_now(stop)
@@ -656,19 +802,22 @@ def run_training(model, tokenizer, train_dataset, args: ConvAIArgs, device: torc
                 "train_batch_size='auto' (finds the largest micro-batch that fits and reaches "
                 "the same effective batch with gradient accumulation), or a smaller "
                 "train_batch_size with a larger gradient_accumulation_steps; fp16=True also "
-                "saves memory.") from err
+                "saves memory."
+            ) from err
 
     state.train_seconds = time.perf_counter() - started
     draw_curves(final=True)
     if not args.no_save and ctx.is_main:
         save(output_dir, model)
         (out / "training_progress_scores.json").write_text(
-            json.dumps(state.history, indent=2), encoding="utf-8")
+            json.dumps(state.history, indent=2), encoding="utf-8"
+        )
     if writer:
         writer.close()
     distributed.barrier(ctx)  # nobody returns before the model is saved
-    details = dict(state.history, stopped_early=state.stopped_early,
-                   train_seconds=state.train_seconds)
+    details = dict(
+        state.history, stopped_early=state.stopped_early, train_seconds=state.train_seconds
+    )
     return state.global_step, details
 
 
@@ -686,24 +835,36 @@ def adopt_learning_rate(optimizer, scheduler, learning_rate: float, announce: bo
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
-def raise_non_finite(what: str, state: TrainingState, epoch: int, args: ConvAIArgs,
-                     last_checkpoint: Path | None) -> None:
+def raise_non_finite(
+    what: str, state: TrainingState, epoch: int, args: ConvAIArgs, last_checkpoint: Path | None
+) -> None:
     """Stop on a NaN/inf before the optimizer step, so no checkpoint ever holds its damage."""
-    kept = (f"The last good checkpoint is {last_checkpoint} (step "
-            f"{(checkpoints.read_marker(last_checkpoint) or {}).get('global_step')}); resume "
-            "from it with a lower learning rate (--resume --set learning_rate=...; "
-            "resume_from_checkpoint=True in Python), or start again with one if the loss "
-            "was already climbing there."
-            if last_checkpoint else "No checkpoint had been written yet.")
+    kept = (
+        f"The last good checkpoint is {last_checkpoint} (step "
+        f"{(checkpoints.read_marker(last_checkpoint) or {}).get('global_step')}); resume "
+        "from it with a lower learning rate (--resume --set learning_rate=...; "
+        "resume_from_checkpoint=True in Python), or start again with one if the loss "
+        "was already climbing there."
+        if last_checkpoint
+        else "No checkpoint had been written yet."
+    )
     raise TrainingError(
         f"{what} at step {state.global_step + 1} (epoch {epoch + 1}); training stopped "
         f"before that step changed any weight. Lower learning_rate (now {args.learning_rate}) "
-        f"or check the data. {kept}")
+        f"or check the data. {kept}"
+    )
 
 
-def eval_and_maybe_stop(evaluate: Callable[[], dict], state: TrainingState, args: ConvAIArgs,
-                        model, save: Callable, writer, ctx: DistContext | None = None,
-                        device: torch.device | None = None) -> bool:
+def eval_and_maybe_stop(
+    evaluate: Callable[[], dict],
+    state: TrainingState,
+    args: ConvAIArgs,
+    model,
+    save: Callable,
+    writer,
+    ctx: DistContext | None = None,
+    device: torch.device | None = None,
+) -> bool:
     """Evaluate, keep the best model, and say whether early stopping should end training.
 
     Under DDP every process evaluates the same weights on the whole evaluation set, and rank
@@ -716,15 +877,24 @@ def eval_and_maybe_stop(evaluate: Callable[[], dict], state: TrainingState, args
     return state.stopped_early
 
 
-def evaluate_and_decide(evaluate: Callable[[], dict], state: TrainingState, args: ConvAIArgs,
-                        model, save: Callable, writer) -> bool:
+def evaluate_and_decide(
+    evaluate: Callable[[], dict],
+    state: TrainingState,
+    args: ConvAIArgs,
+    model,
+    save: Callable,
+    writer,
+) -> bool:
     """One evaluation: record it, save the best model, and decide on early stopping."""
     results = evaluate()
     model.train()
     numeric = {k: v for k, v in results.items() if isinstance(v, int | float)}
-    state.record({"eval_global_step": state.global_step,
-                  **{f"eval_{k}" if not k.startswith("eval_") else k: v
-                     for k, v in numeric.items()}})
+    state.record(
+        {
+            "eval_global_step": state.global_step,
+            **{f"eval_{k}" if not k.startswith("eval_") else k: v for k, v in numeric.items()},
+        }
+    )
     if writer:
         for key, value in numeric.items():
             writer.add_scalar(f"eval/{key}", value, state.global_step)
@@ -735,10 +905,11 @@ def evaluate_and_decide(evaluate: Callable[[], dict], state: TrainingState, args
             f"choose one of {sorted(numeric)}"
         )
     value = float(results[metric_name])
-    better = (state.best_metric is None or
-              (state.best_metric - value > args.early_stopping_delta
-               if args.early_stopping_metric_minimize
-               else value - state.best_metric > args.early_stopping_delta))
+    better = state.best_metric is None or (
+        state.best_metric - value > args.early_stopping_delta
+        if args.early_stopping_metric_minimize
+        else value - state.best_metric > args.early_stopping_delta
+    )
     if better:
         state.best_metric = value
         state.best_step = state.global_step
@@ -749,8 +920,10 @@ def evaluate_and_decide(evaluate: Callable[[], dict], state: TrainingState, args
     state.evals_without_improvement += 1
     if args.use_early_stopping and state.evals_without_improvement >= args.early_stopping_patience:
         if not args.silent and distributed.is_main_process():
-            print(f"Early stopping: {metric_name} has not improved for "
-                  f"{state.evals_without_improvement} evaluations (best {state.best_metric:.4f}).")
+            print(
+                f"Early stopping: {metric_name} has not improved for "
+                f"{state.evals_without_improvement} evaluations (best {state.best_metric:.4f})."
+            )
         state.stopped_early = True
         return True
     return False

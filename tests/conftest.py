@@ -38,15 +38,21 @@ def make_dialogs(n: int = 12) -> list[dict]:
         job = jobs[i % len(jobs)]
         other = jobs[(i + 1) % len(jobs)]
         persona = [f"i work as a {job} .", "i have a cat ."]
-        dialogs.append({
-            "personality": persona,
-            "utterances": [
-                {"history": ["hi , what do you do ?"],
-                 "candidates": [f"i am a {other} .", f"i am a {job} ."]},
-                {"history": ["hi , what do you do ?", f"i am a {job} .", "any pets ?"],
-                 "candidates": ["i have a dog .", "i have a cat ."]},
-            ],
-        })
+        dialogs.append(
+            {
+                "personality": persona,
+                "utterances": [
+                    {
+                        "history": ["hi , what do you do ?"],
+                        "candidates": [f"i am a {other} .", f"i am a {job} ."],
+                    },
+                    {
+                        "history": ["hi , what do you do ?", f"i am a {job} .", "any pets ?"],
+                        "candidates": ["i have a dog .", "i have a cat ."],
+                    },
+                ],
+            }
+        )
     return dialogs
 
 
@@ -54,10 +60,14 @@ def make_dialogs(n: int = 12) -> list[dict]:
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A random-weight GPT2DoubleHeadsModel + BPE tokenizer saved as a normal model folder."""
     folder = tmp_path_factory.mktemp("tiny") / "gpt2-tiny"
-    texts = [s for d in make_dialogs() for u in d["utterances"]
-             for s in u["history"] + u["candidates"]] + PERSONA
-    build_scratch_checkpoint(folder, texts, ScratchConfig(vocab_size=400, n_layer=2, n_embd=32,
-                                                          n_head=2, n_positions=128))
+    texts = [
+        s for d in make_dialogs() for u in d["utterances"] for s in u["history"] + u["candidates"]
+    ] + PERSONA
+    build_scratch_checkpoint(
+        folder,
+        texts,
+        ScratchConfig(vocab_size=400, n_layer=2, n_embd=32, n_head=2, n_positions=128),
+    )
     return folder
 
 

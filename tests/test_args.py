@@ -64,11 +64,14 @@ def test_the_classic_notebook_dict_loads():
     assert args.lm_coef == 2.0  # untouched options keep their defaults
 
 
-@pytest.mark.parametrize(("typo", "suggestion"), [
-    ("num_train_epoch", "num_train_epochs"),
-    ("learning_rat", "learning_rate"),
-    ("train_batchsize", "train_batch_size"),
-])
+@pytest.mark.parametrize(
+    ("typo", "suggestion"),
+    [
+        ("num_train_epoch", "num_train_epochs"),
+        ("learning_rat", "learning_rate"),
+        ("train_batchsize", "train_batch_size"),
+    ],
+)
 def test_unknown_option_names_the_closest_valid_one(typo, suggestion):
     with pytest.raises(ArgsError, match=f"Unknown option '{typo}'.*Did you mean '{suggestion}'"):
         make_args({typo: 1})
@@ -82,42 +85,60 @@ def test_an_option_nothing_resembles_gets_no_suggestion():
 
 
 def test_simpletransformers_only_options_are_accepted_and_ignored():
-    args = make_args({"wandb_project": "persona", "use_multiprocessing": False,
-                      "n_gpu": 2, "num_train_epochs": 3})
+    args = make_args(
+        {
+            "wandb_project": "persona",
+            "use_multiprocessing": False,
+            "n_gpu": 2,
+            "num_train_epochs": 3,
+        }
+    )
 
     assert args.num_train_epochs == 3
     assert not hasattr(args, "wandb_project")
 
 
-@pytest.mark.parametrize(("bad", "message"), [
-    ({"train_batch_size": 0}, "train_batch_size must be a positive integer"),
-    ({"eval_batch_size": -1}, "eval_batch_size must be a positive integer"),
-    ({"num_candidates": 0}, "num_candidates must be a positive integer"),
-    ({"min_length": 30, "max_length": 20}, r"min_length \(30\) is larger than max_length \(20\)"),
-    ({"top_p": 1.5}, "top_p must be within"),
-    ({"max_history": -1}, "max_history must be >= 0"),
-    ({"temperature": 0.0}, "use do_sample=False"),
-    ({"num_train_epochs": "many"}, "num_train_epochs must be an integer"),
-    ({"fp16": "maybe"}, "fp16 must be true or false"),
-])
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"train_batch_size": 0}, "train_batch_size must be a positive integer"),
+        ({"eval_batch_size": -1}, "eval_batch_size must be a positive integer"),
+        ({"num_candidates": 0}, "num_candidates must be a positive integer"),
+        (
+            {"min_length": 30, "max_length": 20},
+            r"min_length \(30\) is larger than max_length \(20\)",
+        ),
+        ({"top_p": 1.5}, "top_p must be within"),
+        ({"max_history": -1}, "max_history must be >= 0"),
+        ({"temperature": 0.0}, "use do_sample=False"),
+        ({"num_train_epochs": "many"}, "num_train_epochs must be an integer"),
+        ({"fp16": "maybe"}, "fp16 must be true or false"),
+    ],
+)
 def test_invalid_values_are_refused_with_a_reason(bad, message):
     with pytest.raises(ArgsError, match=message):
         make_args(bad)
 
 
-@pytest.mark.parametrize(("bad", "message"), [
-    ({"top_p": None}, r"top_p must be a number, got None \(leave top_p out for the default, 0.9\)"),
-    ({"max_history": None}, "max_history must be an integer, got None"),
-    ({"train_batch_size": True}, "train_batch_size must be an integer or 'auto', got True"),
-    ({"eval_batch_size": False}, "eval_batch_size must be an integer or 'auto', got False"),
-    ({"train_batch_size": "big"}, "train_batch_size must be an integer or 'auto', got 'big'"),
-    ({"learning_rate": True}, "learning_rate must be a number, got True"),
-    ({"learning_rate": [1e-4]}, r"learning_rate must be a number, got \[0.0001\]"),
-    ({"manual_seed": "abc"}, "manual_seed must be an integer or null, got 'abc'"),
-    ({"save_total_limit": True}, "save_total_limit must be an integer or null, got True"),
-    ({"output_dir": ["a", "b"]}, r"output_dir must be a string, got \['a', 'b'\]"),
-    ({"config": "n_ctx=64"}, r"config must be a mapping \(dict\), got 'n_ctx=64'"),
-])
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (
+            {"top_p": None},
+            r"top_p must be a number, got None \(leave top_p out for the default, 0.9\)",
+        ),
+        ({"max_history": None}, "max_history must be an integer, got None"),
+        ({"train_batch_size": True}, "train_batch_size must be an integer or 'auto', got True"),
+        ({"eval_batch_size": False}, "eval_batch_size must be an integer or 'auto', got False"),
+        ({"train_batch_size": "big"}, "train_batch_size must be an integer or 'auto', got 'big'"),
+        ({"learning_rate": True}, "learning_rate must be a number, got True"),
+        ({"learning_rate": [1e-4]}, r"learning_rate must be a number, got \[0.0001\]"),
+        ({"manual_seed": "abc"}, "manual_seed must be an integer or null, got 'abc'"),
+        ({"save_total_limit": True}, "save_total_limit must be an integer or null, got True"),
+        ({"output_dir": ["a", "b"]}, r"output_dir must be a string, got \['a', 'b'\]"),
+        ({"config": "n_ctx=64"}, r"config must be a mapping \(dict\), got 'n_ctx=64'"),
+    ],
+)
 def test_a_value_of_the_wrong_type_names_the_option_the_value_and_the_type(bad, message):
     with pytest.raises(ArgsError, match=message):
         make_args(bad)
@@ -129,8 +150,15 @@ def test_a_bool_is_not_a_batch_size_even_when_set_directly():
 
 
 def test_options_that_may_be_null_take_none_and_batch_sizes_take_auto():
-    args = make_args({"manual_seed": None, "tensorboard_dir": None, "save_total_limit": None,
-                      "train_batch_size": "auto", "eval_batch_size": 4})
+    args = make_args(
+        {
+            "manual_seed": None,
+            "tensorboard_dir": None,
+            "save_total_limit": None,
+            "train_batch_size": "auto",
+            "eval_batch_size": 4,
+        }
+    )
 
     assert args.manual_seed is None and args.tensorboard_dir is None
     assert args.train_batch_size == "auto" and args.eval_batch_size == 4
@@ -147,8 +175,15 @@ def test_greedy_decoding_may_use_temperature_0():
 
 
 def test_values_from_yaml_or_the_command_line_are_coerced():
-    args = make_args({"train_batch_size": "16", "num_train_epochs": 2.0, "fp16": "false",
-                      "learning_rate": "1e-4", "eval_batch_size": "auto"})
+    args = make_args(
+        {
+            "train_batch_size": "16",
+            "num_train_epochs": 2.0,
+            "fp16": "false",
+            "learning_rate": "1e-4",
+            "eval_batch_size": "auto",
+        }
+    )
 
     assert args.train_batch_size == 16 and args.num_train_epochs == 2
     assert args.fp16 is False and args.learning_rate == 1e-4
@@ -165,9 +200,18 @@ def test_make_args_copies_and_overrides_without_touching_the_original():
 
 
 def test_save_then_load_round_trips_through_model_args_json(tmp_path):
-    args = make_args({"num_train_epochs": 5, "train_batch_size": "auto", "manual_seed": 42,
-                      "top_k": 10, "do_lower_case": True, "model_type": "gpt2",
-                      "config": {"n_ctx": 64}, "max_train_examples": 100})
+    args = make_args(
+        {
+            "num_train_epochs": 5,
+            "train_batch_size": "auto",
+            "manual_seed": 42,
+            "top_k": 10,
+            "do_lower_case": True,
+            "model_type": "gpt2",
+            "config": {"n_ctx": 64},
+            "max_train_examples": 100,
+        }
+    )
 
     path = args.save(tmp_path)
     loaded = ConvAIArgs().load(tmp_path)
@@ -183,8 +227,12 @@ def test_loading_a_folder_without_model_args_json_keeps_the_defaults(tmp_path):
 
 
 def test_loading_a_simpletransformers_model_args_json_ignores_its_extra_keys(tmp_path):
-    saved = {"num_train_epochs": 3, "wandb_project": None, "some_future_option": 1,
-             "max_seq_length": 128}
+    saved = {
+        "num_train_epochs": 3,
+        "wandb_project": None,
+        "some_future_option": 1,
+        "max_seq_length": 128,
+    }
     (tmp_path / ARGS_FILE).write_text(json.dumps(saved), encoding="utf-8")
 
     assert ConvAIArgs().load(tmp_path).num_train_epochs == 3
@@ -199,10 +247,13 @@ def test_a_broken_model_args_json_says_which_file(tmp_path):
 
 # --- the saved model folder -----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tiny_checkpoint):
-    return (GPT2DoubleHeadsModel.from_pretrained(tiny_checkpoint),
-            AutoTokenizer.from_pretrained(tiny_checkpoint))
+    return (
+        GPT2DoubleHeadsModel.from_pretrained(tiny_checkpoint),
+        AutoTokenizer.from_pretrained(tiny_checkpoint),
+    )
 
 
 def test_save_writes_safetensors_config_tokenizer_and_args(tmp_path, model_and_tokenizer):

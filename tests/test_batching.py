@@ -30,8 +30,9 @@ def epoch(sampler: LengthGroupedBatchSampler) -> list[list[int]]:
 @pytest.mark.parametrize("grouped", [True, False])
 def test_every_example_comes_exactly_once_per_epoch(n, grouped):
     lengths = persona_chat_like_lengths(n)
-    sampler = LengthGroupedBatchSampler(n, micro_batch_size=8, accumulation_steps=2,
-                                        lengths=lengths if grouped else None, seed=3)
+    sampler = LengthGroupedBatchSampler(
+        n, micro_batch_size=8, accumulation_steps=2, lengths=lengths if grouped else None, seed=3
+    )
     batches = epoch(sampler)
 
     assert sorted(i for b in batches for i in b) == list(range(n))
@@ -77,9 +78,10 @@ def test_the_plan_is_deterministic_per_seed_and_epoch():
 def test_processes_get_disjoint_slices_that_together_cover_the_data(n, grouped):
     lengths = persona_chat_like_lengths(n) if grouped else None
     world = 4
-    per_rank = [epoch(LengthGroupedBatchSampler(n, 4, 2, lengths=lengths, seed=5,
-                                                world_size=world, rank=r))
-                for r in range(world)]
+    per_rank = [
+        epoch(LengthGroupedBatchSampler(n, 4, 2, lengths=lengths, seed=5, world_size=world, rank=r))
+        for r in range(world)
+    ]
 
     # The same number of micro-batches everywhere, or DDP would wait for ever.
     assert len({len(b) for b in per_rank}) == 1
@@ -92,14 +94,20 @@ def test_processes_get_disjoint_slices_that_together_cover_the_data(n, grouped):
 def test_n_processes_see_the_micro_batches_of_one_process_accumulating_n_times_more():
     lengths = persona_chat_like_lengths(96)
     single = epoch(LengthGroupedBatchSampler(96, 4, accumulation_steps=4, lengths=lengths))
-    ranks = [epoch(LengthGroupedBatchSampler(96, 4, accumulation_steps=2, lengths=lengths,
-                                             world_size=2, rank=r)) for r in range(2)]
+    ranks = [
+        epoch(
+            LengthGroupedBatchSampler(
+                96, 4, accumulation_steps=2, lengths=lengths, world_size=2, rank=r
+            )
+        )
+        for r in range(2)
+    ]
 
     # Single-process step s runs micro-batches 4s..4s+3; rank r runs 4s+r and 4s+2+r.
     for step in range(96 // 16):
-        mine = single[4 * step:4 * step + 4]
-        assert ranks[0][2 * step:2 * step + 2] == [mine[0], mine[2]]
-        assert ranks[1][2 * step:2 * step + 2] == [mine[1], mine[3]]
+        mine = single[4 * step : 4 * step + 4]
+        assert ranks[0][2 * step : 2 * step + 2] == [mine[0], mine[2]]
+        assert ranks[1][2 * step : 2 * step + 2] == [mine[1], mine[3]]
 
 
 def test_a_batch_of_8_and_two_accumulated_batches_of_4_see_the_same_examples_per_step():
@@ -143,14 +151,17 @@ def test_the_search_reports_0_when_nothing_fits():
     assert largest_fitting(lambda b: False, 64) == 0
 
 
-@pytest.mark.parametrize("fitting, target, world, expected", [
-    (20, 32, 1, (16, 2)),   # two steps of 16, not 20 + 12
-    (64, 32, 1, (32, 1)),   # never a micro-batch larger than asked for
-    (7, 32, 1, (7, 5)),     # 35: as close to 32 as 5 steps allow
-    (1, 32, 1, (1, 32)),
-    (16, 32, 2, (16, 1)),   # two processes of 16
-    (5, 32, 4, (4, 2)),     # 4 processes x 4 x 2
-])
+@pytest.mark.parametrize(
+    "fitting, target, world, expected",
+    [
+        (20, 32, 1, (16, 2)),  # two steps of 16, not 20 + 12
+        (64, 32, 1, (32, 1)),  # never a micro-batch larger than asked for
+        (7, 32, 1, (7, 5)),  # 35: as close to 32 as 5 steps allow
+        (1, 32, 1, (1, 32)),
+        (16, 32, 2, (16, 1)),  # two processes of 16
+        (5, 32, 4, (4, 2)),  # 4 processes x 4 x 2
+    ],
+)
 def test_accumulation_reaches_about_the_asked_effective_batch(fitting, target, world, expected):
     plan = plan_batches(fitting, target, world)
     assert (plan.micro_batch_size, plan.accumulation_steps) == expected
@@ -166,14 +177,22 @@ def test_dataset_lengths_are_the_built_inputs_lengths_without_building_them(max_
     from .conftest import make_dialogs
 
     dialogs = make_dialogs()
-    tokenizer = train_tokenizer([s for d in dialogs for u in d["utterances"]
-                                 for s in u["history"] + u["candidates"]], 300)
+    tokenizer = train_tokenizer(
+        [s for d in dialogs for u in d["utterances"] for s in u["history"] + u["candidates"]], 300
+    )
     tokenizer.add_special_tokens(ATTR_TO_SPECIAL_TOKEN)
-    dataset = dataset_from_dialogs(dialogs, tokenizer, SpecialIds.from_tokenizer(tokenizer),
-                                   num_candidates=2, max_history=1, max_tokens=max_tokens,
-                                   personality_permutations=2)
+    dataset = dataset_from_dialogs(
+        dialogs,
+        tokenizer,
+        SpecialIds.from_tokenizer(tokenizer),
+        num_candidates=2,
+        max_history=1,
+        max_tokens=max_tokens,
+        personality_permutations=2,
+    )
 
-    built = [max(len(c["input_ids"]) for c in dataset[i]["candidates"])
-             for i in range(len(dataset))]
+    built = [
+        max(len(c["input_ids"]) for c in dataset[i]["candidates"]) for i in range(len(dataset))
+    ]
     assert dataset.lengths == built
     assert len(set(built)) > 1

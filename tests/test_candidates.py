@@ -14,15 +14,24 @@ from personachat.data import DataError
 
 def gold_only(*dialog_replies: list[str]) -> list[dict]:
     """One dialog per list of replies; each utterance has only its gold reply."""
-    return [{"personality": [f"persona {d} ."],
-             "utterances": [{"history": [f"message {d}.{k}"], "candidates": [reply]}
-                            for k, reply in enumerate(replies)]}
-            for d, replies in enumerate(dialog_replies)]
+    return [
+        {
+            "personality": [f"persona {d} ."],
+            "utterances": [
+                {"history": [f"message {d}.{k}"], "candidates": [reply]}
+                for k, reply in enumerate(replies)
+            ],
+        }
+        for d, replies in enumerate(dialog_replies)
+    ]
 
 
 def test_distractors_come_from_other_dialogs_and_the_gold_stays_last():
-    dialogs = gold_only(["i am a nurse .", "i have a cat ."], ["i fly planes ."],
-                        ["i bake bread .", "i like jazz ."])
+    dialogs = gold_only(
+        ["i am a nurse .", "i have a cat ."],
+        ["i fly planes ."],
+        ["i bake bread .", "i like jazz ."],
+    )
 
     result, generated = add_distractors(dialogs, num_candidates=3, seed=0)
 
@@ -33,15 +42,20 @@ def test_distractors_come_from_other_dialogs_and_the_gold_stays_last():
             assert len(utterance["candidates"]) == 3
             assert utterance["candidates"][-1] == before["candidates"][-1]
             assert not own & set(utterance["candidates"][:-1])
-    assert dialogs == gold_only(["i am a nurse .", "i have a cat ."], ["i fly planes ."],
-                                ["i bake bread .", "i like jazz ."]), "input not modified"
+    assert dialogs == gold_only(
+        ["i am a nurse .", "i have a cat ."],
+        ["i fly planes ."],
+        ["i bake bread .", "i like jazz ."],
+    ), "input not modified"
 
 
 def test_a_copy_of_the_gold_reply_in_another_dialog_is_never_a_distractor():
     dialogs = gold_only(["Hello !"], ["  hello   ! "], ["i like tea ."], ["i like coffee ."])
     result, _ = add_distractors(dialogs, num_candidates=3, seed=1)
     assert result[0]["utterances"][0]["candidates"][:-1] in (
-        ["i like tea .", "i like coffee ."], ["i like coffee .", "i like tea ."])
+        ["i like tea .", "i like coffee ."],
+        ["i like coffee .", "i like tea ."],
+    )
 
 
 def test_utterances_with_enough_candidates_are_untouched_and_existing_ones_are_kept():
@@ -84,21 +98,44 @@ def test_a_single_dialog_has_no_other_dialog_to_sample_from():
 
 # --------------------------------------------------------------------------- properties
 
-_REPLIES = st.sampled_from(["hi .", "Hi . ", "hello", "HELLO", "i like tea .", "tea", "no",
-                            "yes", "ok", "привет 🙂", "Привет 🙂", " ", "maybe", "sure"])
+_REPLIES = st.sampled_from(
+    [
+        "hi .",
+        "Hi . ",
+        "hello",
+        "HELLO",
+        "i like tea .",
+        "tea",
+        "no",
+        "yes",
+        "ok",
+        "привет 🙂",
+        "Привет 🙂",
+        " ",
+        "maybe",
+        "sure",
+    ]
+)
 _DIALOGS = st.lists(
     st.lists(st.lists(_REPLIES, min_size=1, max_size=3), min_size=1, max_size=4),
-    min_size=1, max_size=6,
-).map(lambda dialogs: [
-    {"personality": ["p ."],
-     "utterances": [{"history": ["m"], "candidates": list(c)} for c in utterances]}
-    for utterances in dialogs])
+    min_size=1,
+    max_size=6,
+).map(
+    lambda dialogs: [
+        {
+            "personality": ["p ."],
+            "utterances": [{"history": ["m"], "candidates": list(c)} for c in utterances],
+        }
+        for utterances in dialogs
+    ]
+)
 
 
 def _available(dialogs: list[dict], d: int, candidates: list[str]) -> int:
     """Distinct gold replies a utterance of dialog d may use: the oracle for the sampler."""
-    pool = {normalise(u["candidates"][-1]) for dialog in dialogs
-            for u in dialog["utterances"]} - {""}
+    pool = {normalise(u["candidates"][-1]) for dialog in dialogs for u in dialog["utterances"]} - {
+        ""
+    }
     own = {normalise(u["candidates"][-1]) for u in dialogs[d]["utterances"]}
     return len(pool - own - {normalise(c) for c in candidates})
 
@@ -110,7 +147,9 @@ def test_sampler_properties(dialogs, num_candidates, seed):
     feasible = all(
         len(u["candidates"]) >= num_candidates
         or _available(dialogs, d, u["candidates"]) >= num_candidates - len(u["candidates"])
-        for d, dialog in enumerate(dialogs) for u in dialog["utterances"])
+        for d, dialog in enumerate(dialogs)
+        for u in dialog["utterances"]
+    )
     try:
         result, generated = add_distractors(dialogs, num_candidates, seed)
     except DataError as err:
@@ -127,7 +166,7 @@ def test_sampler_properties(dialogs, num_candidates, seed):
         for utterance, old in zip(dialog["utterances"], before["utterances"], strict=True):
             candidates, old_candidates = utterance["candidates"], old["candidates"]
             added = candidates[: len(candidates) - len(old_candidates)]
-            assert candidates[len(added):] == old_candidates  # gold last, others kept
+            assert candidates[len(added) :] == old_candidates  # gold last, others kept
             assert len(candidates) == max(num_candidates, len(old_candidates))
             gold = normalise(old_candidates[-1])
             keys = [normalise(a) for a in added]

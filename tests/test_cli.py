@@ -14,8 +14,14 @@ from .conftest import make_dialogs
 
 
 def personachat(*args: str, stdin: str = "", cwd: Path | None = None, timeout: int = 300):
-    return subprocess.run([sys.executable, "-m", "personachat.cli", *args], input=stdin,
-                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "personachat.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +31,25 @@ def trained(tiny_checkpoint, tmp_path_factory):
     data = root / "dialogs.json"
     data.write_text(json.dumps(make_dialogs()))
     out = root / "model"
-    done = personachat("train", "--model", str(tiny_checkpoint), "--train-file", str(data),
-                       "--eval-file", str(data), "--output-dir", str(out),
-                       "--set", "num_train_epochs=1", "--set", "train_batch_size=4",
-                       "--set", "save_model_every_epoch=false", "--set", "max_length=6")
+    done = personachat(
+        "train",
+        "--model",
+        str(tiny_checkpoint),
+        "--train-file",
+        str(data),
+        "--eval-file",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--set",
+        "num_train_epochs=1",
+        "--set",
+        "train_batch_size=4",
+        "--set",
+        "save_model_every_epoch=false",
+        "--set",
+        "max_length=6",
+    )
     assert done.returncode == 0, done.stderr
     return done, out, data
 
@@ -47,8 +68,16 @@ def test_eval_and_interact_use_the_trained_model(trained):
     assert done.returncode == 0, done.stderr
     assert "hits@1" in done.stdout
 
-    chat = personachat("interact", "--model", str(out), "--persona", "i like tea .",
-                       "--set", "max_length=5", stdin="hello\n\nbye\n")
+    chat = personachat(
+        "interact",
+        "--model",
+        str(out),
+        "--persona",
+        "i like tea .",
+        "--set",
+        "max_length=5",
+        stdin="hello\n\nbye\n",
+    )
     assert chat.returncode == 0, chat.stderr
     assert "Prompt should not be empty!" in chat.stdout
     assert chat.stdout.count(">>> ") == 4
@@ -58,8 +87,15 @@ def test_eval_and_interact_use_the_trained_model(trained):
 def test_bad_data_is_a_one_line_error_not_a_traceback(tiny_checkpoint, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('[{"personality": ["i am tall ."], "utterances": [{"history": []}]}]')
-    done = personachat("train", "--model", str(tiny_checkpoint), "--train-file", str(bad),
-                       "--output-dir", str(tmp_path / "o"))
+    done = personachat(
+        "train",
+        "--model",
+        str(tiny_checkpoint),
+        "--train-file",
+        str(bad),
+        "--output-dir",
+        str(tmp_path / "o"),
+    )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert "dialog 0" in done.stderr and "candidates" in done.stderr
@@ -73,8 +109,15 @@ def test_unknown_option_names_the_closest(tiny_checkpoint, tmp_path):
 
 
 def test_missing_train_file_names_the_path(tiny_checkpoint, tmp_path):
-    done = personachat("train", "--model", str(tiny_checkpoint), "--train-file",
-                       str(tmp_path / "nope.json"), "--output-dir", str(tmp_path / "o"))
+    done = personachat(
+        "train",
+        "--model",
+        str(tiny_checkpoint),
+        "--train-file",
+        str(tmp_path / "nope.json"),
+        "--output-dir",
+        str(tmp_path / "o"),
+    )
     assert done.returncode == 2
     assert "nope.json" in done.stderr
 
@@ -83,14 +126,30 @@ def test_a_config_without_a_model_builds_one_from_scratch(tmp_path):
     data = tmp_path / "dialogs.json"
     data.write_text(json.dumps(make_dialogs()))
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({
-        "model_type": "gpt2", "model_name": None,
-        "train_file": str(data), "eval_file": str(data),
-        "scratch": {"vocab_size": 300, "n_layer": 1, "n_embd": 32, "n_head": 2,
-                    "n_positions": 128},
-        "args": {"output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"),
-                 "num_train_epochs": 1, "save_model_every_epoch": False, "max_length": 5},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_type": "gpt2",
+                "model_name": None,
+                "train_file": str(data),
+                "eval_file": str(data),
+                "scratch": {
+                    "vocab_size": 300,
+                    "n_layer": 1,
+                    "n_embd": 32,
+                    "n_head": 2,
+                    "n_positions": 128,
+                },
+                "args": {
+                    "output_dir": str(tmp_path / "out"),
+                    "cache_dir": str(tmp_path / "cache"),
+                    "num_train_epochs": 1,
+                    "save_model_every_epoch": False,
+                    "max_length": 5,
+                },
+            }
+        )
+    )
     done = personachat("train", "--config", str(config))
     assert done.returncode == 0, done.stderr
     assert "Building a small GPT-2" in done.stdout

@@ -26,8 +26,9 @@ QUICK_ARGS = {
 }
 
 
-def test_notebook_code_runs_with_only_the_import_changed(tiny_checkpoint, dialogs_file,
-                                                         tmp_path, monkeypatch, capsys):
+def test_notebook_code_runs_with_only_the_import_changed(
+    tiny_checkpoint, dialogs_file, tmp_path, monkeypatch, capsys
+):
     # The classic notebook, verbatim but for the import, a local model and use_cuda=False.
     train_args = {
         "overwrite_output_dir": True,
@@ -62,8 +63,9 @@ def _scripted_input(lines):
 
 def test_train_eval_save_reload_reply(tiny_checkpoint, dialogs_file, tmp_path):
     out = tmp_path / "run"
-    model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
-                        args={**QUICK_ARGS, "output_dir": str(out)})
+    model = ConvAIModel(
+        "gpt2", tiny_checkpoint, use_cuda=False, args={**QUICK_ARGS, "output_dir": str(out)}
+    )
     before = model.eval_model(dialogs_file, output_dir=tmp_path / "eval0", verbose=False)
     global_step, details = model.train_model(dialogs_file)
     after = model.eval_model(dialogs_file, verbose=False)
@@ -72,15 +74,23 @@ def test_train_eval_save_reload_reply(tiny_checkpoint, dialogs_file, tmp_path):
     assert global_step == 12
     assert details["train_loss"], "training details record the running loss"
     assert after["language_model_loss"] < before["language_model_loss"]
-    assert after["perplexity"] == pytest.approx(torch.tensor(after["language_model_loss"]).exp()
-                                                .item(), rel=1e-6)
+    assert after["perplexity"] == pytest.approx(
+        torch.tensor(after["language_model_loss"]).exp().item(), rel=1e-6
+    )
     for key in ("language_model_loss", "perplexity", "f1_score", "hits@1", "mc_loss"):
         assert key in after
 
     # Saved: safetensors weights, args, tokenizer, persona list, simpletransformers-style results.
     names = {p.name for p in out.iterdir()}
-    assert {"model.safetensors", "config.json", "model_args.json", "tokenizer.json",
-            "personas.json", "eval_results.txt", "eval_results.json"} <= names
+    assert {
+        "model.safetensors",
+        "config.json",
+        "model_args.json",
+        "tokenizer.json",
+        "personas.json",
+        "eval_results.txt",
+        "eval_results.json",
+    } <= names
     assert not any(name.endswith(".bin") for name in names)
     assert "language_model_loss = " in (out / "eval_results.txt").read_text()
 
@@ -97,8 +107,9 @@ def test_train_eval_save_reload_reply(tiny_checkpoint, dialogs_file, tmp_path):
 
 
 def test_interact_single_with_token_history_keeps_last_utterances(tiny_checkpoint):
-    model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
-                        args={"max_history": 1, "do_sample": False})
+    model = ConvAIModel(
+        "gpt2", tiny_checkpoint, use_cuda=False, args={"max_history": 1, "do_sample": False}
+    )
     history: list = []
     for message in ["hi", "what do you do ?", "any pets ?"]:
         reply, history = model.interact_single(message, history, PERSONA, encode_history=False)
@@ -108,12 +119,17 @@ def test_interact_single_with_token_history_keeps_last_utterances(tiny_checkpoin
 
 def test_greedy_replies_are_reproducible_and_seeded_sampling_too(tiny_checkpoint):
     greedy = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False, args={"do_sample": False})
-    assert (greedy.interact_single("hi", [], PERSONA)[0]
-            == greedy.interact_single("hi", [], PERSONA)[0])
+    assert (
+        greedy.interact_single("hi", [], PERSONA)[0] == greedy.interact_single("hi", [], PERSONA)[0]
+    )
     replies = []
     for _ in range(2):
-        model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
-                            args={"manual_seed": 3, "temperature": 1.5, "top_p": 1.0})
+        model = ConvAIModel(
+            "gpt2",
+            tiny_checkpoint,
+            use_cuda=False,
+            args={"manual_seed": 3, "temperature": 1.5, "top_p": 1.0},
+        )
         replies.append(model.interact_single("hi", [], PERSONA)[0])
     assert replies[0] == replies[1]
 
@@ -125,8 +141,13 @@ def test_repl_in_a_real_subprocess(tiny_checkpoint, tmp_path):
         " args={'max_length': 5})\n"
         f"model.interact(personality={PERSONA!r})\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], input="hello\n\nany pets ?\n",
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        input="hello\n\nany pets ?\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert done.stdout.count(">>> ") == 4  # two messages, the empty line's re-prompt, EOF
@@ -134,12 +155,15 @@ def test_repl_in_a_real_subprocess(tiny_checkpoint, tmp_path):
     assert "[" not in done.stdout, "no debug print of the history"
 
 
-def test_interact_without_personality_picks_one_from_the_training_data(tiny_checkpoint,
-                                                                       dialogs_file, tmp_path,
-                                                                       monkeypatch, capsys):
-    model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
-                        args={**QUICK_ARGS, "num_train_epochs": 1,
-                              "output_dir": str(tmp_path / "o")})
+def test_interact_without_personality_picks_one_from_the_training_data(
+    tiny_checkpoint, dialogs_file, tmp_path, monkeypatch, capsys
+):
+    model = ConvAIModel(
+        "gpt2",
+        tiny_checkpoint,
+        use_cuda=False,
+        args={**QUICK_ARGS, "num_train_epochs": 1, "output_dir": str(tmp_path / "o")},
+    )
     model.train_model(dialogs_file)
     reloaded = ConvAIModel("gpt2", tmp_path / "o", use_cuda=False)
     monkeypatch.setattr("builtins.input", _scripted_input(["hi"]))
@@ -156,13 +180,13 @@ def test_use_cuda_without_a_gpu_says_what_to_do(tiny_checkpoint):
         ConvAIModel("gpt2", tiny_checkpoint)
 
 
-def test_non_empty_output_dir_is_refused_unless_overwrite(tiny_checkpoint, dialogs_file,
-                                                          tmp_path):
+def test_non_empty_output_dir_is_refused_unless_overwrite(tiny_checkpoint, dialogs_file, tmp_path):
     out = tmp_path / "busy"
     out.mkdir()
     (out / "something.txt").write_text("keep me")
-    model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
-                        args={**QUICK_ARGS, "output_dir": str(out)})
+    model = ConvAIModel(
+        "gpt2", tiny_checkpoint, use_cuda=False, args={**QUICK_ARGS, "output_dir": str(out)}
+    )
     with pytest.raises(TrainingError, match="overwrite_output_dir"):
         model.train_model(dialogs_file)
     assert (out / "something.txt").read_text() == "keep me"
@@ -178,12 +202,23 @@ def test_args_accepts_a_convaiargs_object_and_rejects_typos(tiny_checkpoint):
 
 def test_bad_training_data_lists_every_problem(tiny_checkpoint, tmp_path):
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps([
-        {"personality": ["i like tea ."], "utterances": [{"history": ["hi"], "candidates": []}]},
-        {"utterances": [{"history": ["hi"], "candidates": ["a", "b"]}]},
-    ]))
-    model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
-                        args={**QUICK_ARGS, "output_dir": str(tmp_path / "o")})
+    bad.write_text(
+        json.dumps(
+            [
+                {
+                    "personality": ["i like tea ."],
+                    "utterances": [{"history": ["hi"], "candidates": []}],
+                },
+                {"utterances": [{"history": ["hi"], "candidates": ["a", "b"]}]},
+            ]
+        )
+    )
+    model = ConvAIModel(
+        "gpt2",
+        tiny_checkpoint,
+        use_cuda=False,
+        args={**QUICK_ARGS, "output_dir": str(tmp_path / "o")},
+    )
     with pytest.raises(ValueError) as err:
         model.train_model(bad)
     message = str(err.value)
@@ -192,13 +227,17 @@ def test_bad_training_data_lists_every_problem(tiny_checkpoint, tmp_path):
     assert not (tmp_path / "o").exists(), "nothing written when the data is bad"
 
 
-def test_too_few_candidates_for_num_candidates_is_explained(tiny_checkpoint, dialogs_file,
-                                                            tmp_path):
+def test_too_few_candidates_for_num_candidates_is_explained(
+    tiny_checkpoint, dialogs_file, tmp_path
+):
     # Missing candidates are sampled from other dialogs (tests/test_candidates.py); 50 is
     # more than this corpus of 7 distinct replies can give, which is explained.
-    model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
-                        args={**QUICK_ARGS, "num_candidates": 50,
-                              "output_dir": str(tmp_path / "o")})
+    model = ConvAIModel(
+        "gpt2",
+        tiny_checkpoint,
+        use_cuda=False,
+        args={**QUICK_ARGS, "num_candidates": 50, "output_dir": str(tmp_path / "o")},
+    )
     with pytest.raises(ValueError, match="lower num_candidates to at most"):
         model.train_model(dialogs_file)
 
@@ -207,19 +246,38 @@ def test_cyrillic_and_emoji_round_trip_through_training(tmp_path):
     from personachat.scratch import ScratchConfig, build_scratch_checkpoint
 
     persona = ["я работаю врачом .", "у меня есть кот 🐱 ."]
-    dialogs = [{"personality": persona, "utterances": [
-        {"history": ["привет , кем ты работаешь ?"],
-         "candidates": ["я пилот .", "я работаю врачом 🙂 ."]}]}] * 8
+    dialogs = [
+        {
+            "personality": persona,
+            "utterances": [
+                {
+                    "history": ["привет , кем ты работаешь ?"],
+                    "candidates": ["я пилот .", "я работаю врачом 🙂 ."],
+                }
+            ],
+        }
+    ] * 8
     data = tmp_path / "ru.json"
     data.write_text(json.dumps(dialogs, ensure_ascii=False), encoding="utf-8")
     texts = persona + ["привет , кем ты работаешь ?", "я пилот .", "я работаю врачом 🙂 ."]
-    ckpt = build_scratch_checkpoint(tmp_path / "ru-gpt2", texts,
-                                    ScratchConfig(vocab_size=320, n_layer=1, n_embd=32, n_head=2,
-                                                  n_positions=64))
-    model = ConvAIModel("gpt2", ckpt, use_cuda=False,
-                        args={**QUICK_ARGS, "num_train_epochs": 40, "learning_rate": 1e-2,
-                              "output_dir": str(tmp_path / "o"), "do_sample": False,
-                              "max_length": 12})
+    ckpt = build_scratch_checkpoint(
+        tmp_path / "ru-gpt2",
+        texts,
+        ScratchConfig(vocab_size=320, n_layer=1, n_embd=32, n_head=2, n_positions=64),
+    )
+    model = ConvAIModel(
+        "gpt2",
+        ckpt,
+        use_cuda=False,
+        args={
+            **QUICK_ARGS,
+            "num_train_epochs": 40,
+            "learning_rate": 1e-2,
+            "output_dir": str(tmp_path / "o"),
+            "do_sample": False,
+            "max_length": 12,
+        },
+    )
     model.train_model(data)
     reply, _ = model.interact_single("привет , кем ты работаешь ?", [], persona)
     assert reply == "я работаю врачом 🙂 ."
@@ -235,10 +293,12 @@ def test_inputs_longer_than_the_context_never_crash(tiny_checkpoint, field):
     assert isinstance(reply, str)
 
 
-def test_eval_results_carry_generation_f1_and_custom_metrics(tiny_checkpoint, dialogs_file,
-                                                             tmp_path):
-    model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
-                        args={"output_dir": str(tmp_path), "max_length": 6})
+def test_eval_results_carry_generation_f1_and_custom_metrics(
+    tiny_checkpoint, dialogs_file, tmp_path
+):
+    model = ConvAIModel(
+        "gpt2", tiny_checkpoint, use_cuda=False, args={"output_dir": str(tmp_path), "max_length": 6}
+    )
 
     def accuracy(labels, preds):
         return sum(a == b for a, b in zip(labels, preds, strict=True)) / len(labels)
@@ -252,8 +312,12 @@ def test_eval_results_carry_generation_f1_and_custom_metrics(tiny_checkpoint, di
 
 def test_generate_replies_streams_each_reply_as_it_grows(tiny_checkpoint):
     """``on_token`` sees every reply grow text by text and ends at the returned reply."""
-    bot = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
-                      args={"do_sample": False, "max_length": 8, "min_length": 3})
+    bot = ConvAIModel(
+        "gpt2",
+        tiny_checkpoint,
+        use_cuda=False,
+        args={"do_sample": False, "max_length": 8, "min_length": 3},
+    )
     conversations = [(PERSONA, ["hi , what do you do ?"]), (PERSONA[:1], ["any pets ?"])]
     seen: dict[int, list[str]] = {0: [], 1: []}
     replies = bot.generate_replies(conversations, on_token=lambda i, text: seen[i].append(text))
@@ -261,10 +325,10 @@ def test_generate_replies_streams_each_reply_as_it_grows(tiny_checkpoint):
         texts = seen[index]
         assert texts, "no streamed text"
         assert texts[-1] == reply
-        assert all(later.startswith(earlier) for earlier, later in
-                   zip(texts, texts[1:], strict=False))
+        assert all(
+            later.startswith(earlier) for earlier, later in zip(texts, texts[1:], strict=False)
+        )
     assert replies == bot.generate_replies(conversations)
     only_second: dict[int, list[str]] = {0: [], 1: []}
-    bot.generate_replies(conversations, on_token=lambda i, t: only_second[i].append(t),
-                         stream={1})
+    bot.generate_replies(conversations, on_token=lambda i, t: only_second[i].append(t), stream={1})
     assert not only_second[0] and only_second[1] == seen[1]

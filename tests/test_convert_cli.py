@@ -24,8 +24,12 @@ from .test_readers import PARLAI_BOTH, PLAIN, SYNTHETIC_CSV
 
 
 def personachat(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "personachat.cli", *args],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "personachat.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def write(path: Path, text: str) -> Path:
@@ -34,8 +38,10 @@ def write(path: Path, text: str) -> Path:
 
 
 RUSSIAN = [
-    {"personality": ["я работаю врачом .", "у меня есть кот 🐱 ."],
-     "turns": ["привет !", "здравствуй 🙂", "кем ты работаешь ?", "я врач ."]},
+    {
+        "personality": ["я работаю врачом .", "у меня есть кот 🐱 ."],
+        "turns": ["привет !", "здравствуй 🙂", "кем ты работаешь ?", "я врач ."],
+    },
     {"personality": ["я люблю чай 🍵 ."], "turns": ["что ты пьёшь ?", "чай , конечно ."]},
     {"personality": ["i like jazz ."], "turns": ["hi", "hello , i like jazz 🎷 ."]},
 ]
@@ -45,8 +51,9 @@ RUSSIAN = [
 
 
 def test_convert_keeps_cyrillic_and_emoji_and_reports_counts(tmp_path):
-    src = write(tmp_path / "ru.jsonl",
-                "\n".join(json.dumps(d, ensure_ascii=False) for d in RUSSIAN) + "\n")
+    src = write(
+        tmp_path / "ru.jsonl", "\n".join(json.dumps(d, ensure_ascii=False) for d in RUSSIAN) + "\n"
+    )
     dst = tmp_path / "ru.json"
 
     done = personachat("convert", str(src), str(dst), "--num-candidates", "2", "--seed", "5")
@@ -74,12 +81,17 @@ def test_convert_never_leaves_a_partial_or_clobbered_output(tmp_path):
 
 
 def test_validate_lists_every_problem_with_its_location(tmp_path):
-    src = write(tmp_path / "mine.jsonl", "\n".join([
-        json.dumps(RUSSIAN[0], ensure_ascii=False),
-        '{"personality": ["a"], "turns": [',
-        json.dumps({"personality": [], "turns": ["hi", "hello"]}),
-        json.dumps({"personality": ["a ."], "turns": ["hi", ""]}),
-    ]))
+    src = write(
+        tmp_path / "mine.jsonl",
+        "\n".join(
+            [
+                json.dumps(RUSSIAN[0], ensure_ascii=False),
+                '{"personality": ["a"], "turns": [',
+                json.dumps({"personality": [], "turns": ["hi", "hello"]}),
+                json.dumps({"personality": ["a ."], "turns": ["hi", ""]}),
+            ]
+        ),
+    )
 
     done = personachat("validate", str(src))
 
@@ -94,14 +106,30 @@ def test_validate_lists_every_problem_with_its_location(tmp_path):
 # --------------------------------------------------------------------------- in-process
 
 
-@pytest.mark.parametrize(("name", "text"), [
-    ("valid_both_original.txt", PARLAI_BOTH),
-    ("spc.csv", SYNTHETIC_CSV),
-    ("mine.json", json.dumps(PLAIN, ensure_ascii=False)),
-    ("mine.jsonl", "\n".join(json.dumps(d, ensure_ascii=False) for d in RUSSIAN)),
-    ("pc.json", json.dumps({"train": [{"personality": ["я тут ."], "utterances": [
-        {"history": ["привет"], "candidates": ["нет", "да 👍"]}]}]}, ensure_ascii=False)),
-], ids=["parlai", "synthetic-csv", "plain-json", "plain-jsonl", "personachat"])
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("valid_both_original.txt", PARLAI_BOTH),
+        ("spc.csv", SYNTHETIC_CSV),
+        ("mine.json", json.dumps(PLAIN, ensure_ascii=False)),
+        ("mine.jsonl", "\n".join(json.dumps(d, ensure_ascii=False) for d in RUSSIAN)),
+        (
+            "pc.json",
+            json.dumps(
+                {
+                    "train": [
+                        {
+                            "personality": ["я тут ."],
+                            "utterances": [{"history": ["привет"], "candidates": ["нет", "да 👍"]}],
+                        }
+                    ]
+                },
+                ensure_ascii=False,
+            ),
+        ),
+    ],
+    ids=["parlai", "synthetic-csv", "plain-json", "plain-jsonl", "personachat"],
+)
 def test_every_format_round_trips_through_convert(tmp_path, capsys, name, text):
     src = write(tmp_path / name, text)
     dst = tmp_path / "out" / "converted.json"
@@ -114,12 +142,16 @@ def test_every_format_round_trips_through_convert(tmp_path, capsys, name, text):
 
 
 def test_convert_lowercases_on_request(tmp_path, capsys):
-    src = write(tmp_path / "a.jsonl", json.dumps({"personality": ["Я Тут ."],
-                                                  "turns": ["ПРИВЕТ", "Hi 🙂"]}))
+    src = write(
+        tmp_path / "a.jsonl", json.dumps({"personality": ["Я Тут ."], "turns": ["ПРИВЕТ", "Hi 🙂"]})
+    )
     assert main(["convert", str(src), str(tmp_path / "b.json"), "--lowercase"]) == 0
     assert load_dialogs(tmp_path / "b.json") == [
-        {"personality": ["я тут ."], "utterances": [{"history": ["привет"],
-                                                     "candidates": ["hi 🙂"]}]}]
+        {
+            "personality": ["я тут ."],
+            "utterances": [{"history": ["привет"], "candidates": ["hi 🙂"]}],
+        }
+    ]
 
 
 def test_a_write_that_fails_midway_leaves_nothing_behind(tmp_path):
@@ -153,9 +185,14 @@ def test_validate_prints_counts(tmp_path, capsys):
 def test_validate_counts_tokens_as_the_model_sees_them(tmp_path, capsys, tiny_checkpoint):
     from transformers import AutoTokenizer
 
-    dialogs = [{"personality": ["i have a cat ."],
-                "utterances": [{"history": ["hi , what do you do ?"],
-                                "candidates": ["i am a nurse ."]}]}]
+    dialogs = [
+        {
+            "personality": ["i have a cat ."],
+            "utterances": [
+                {"history": ["hi , what do you do ?"], "candidates": ["i am a nurse ."]}
+            ],
+        }
+    ]
     src = write(tmp_path / "one.json", json.dumps(dialogs))
     tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
     texts = ["i have a cat .", "hi , what do you do ?", "i am a nurse ."]
@@ -166,8 +203,10 @@ def test_validate_counts_tokens_as_the_model_sees_them(tmp_path, capsys, tiny_ch
     assert main(["validate", str(src), "--tokenizer", str(tiny_checkpoint)]) == 0
 
     out = capsys.readouterr().out
-    assert (f"tokens per example       p50 {expected}, p95 {expected}, max {expected} "
-            "(gold reply, max_history=2)") in out
+    assert (
+        f"tokens per example       p50 {expected}, p95 {expected}, max {expected} "
+        "(gold reply, max_history=2)"
+    ) in out
 
 
 def test_train_and_eval_take_any_format(tmp_path, tiny_checkpoint, capsys):
@@ -175,13 +214,25 @@ def test_train_and_eval_take_any_format(tmp_path, tiny_checkpoint, capsys):
     assert resolve(options)[1].data_format == "synthetic-csv"
 
     src = write(tmp_path / "dialogs.data", SYNTHETIC_CSV)  # no telling extension: --format
-    model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False, args={
-        "num_candidates": 2, "data_format": "synthetic-csv", "num_train_epochs": 1,
-        "train_batch_size": 2, "eval_batch_size": 2, "save_model_every_epoch": False,
-        "output_dir": str(tmp_path / "out"), "max_length": 4})
+    model = ConvAIModel(
+        "gpt2",
+        tiny_checkpoint,
+        use_cuda=False,
+        args={
+            "num_candidates": 2,
+            "data_format": "synthetic-csv",
+            "num_train_epochs": 1,
+            "train_batch_size": 2,
+            "eval_batch_size": 2,
+            "save_model_every_epoch": False,
+            "output_dir": str(tmp_path / "out"),
+            "max_length": 4,
+        },
+    )
     model.train_model(src)
     results = model.eval_model(src, verbose=False)
 
     assert f"{src}: added 4 distractor candidates sampled from other dialogs" in (
-        capsys.readouterr().out)
+        capsys.readouterr().out
+    )
     assert 0.0 <= results["hits@1"] <= 1.0

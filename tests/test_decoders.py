@@ -19,8 +19,7 @@ from personachat.decoders import (
 
 def gpt2(**overrides) -> GPT2DoubleHeadsModel:
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=64, n_positions=64, n_layer=2, n_embd=32, n_head=4,
-                        **overrides)
+    config = GPT2Config(vocab_size=64, n_positions=64, n_layer=2, n_embd=32, n_head=4, **overrides)
     return GPT2DoubleHeadsModel(config).eval()
 
 
@@ -38,27 +37,35 @@ def left_padded(lengths: list[int], pad: int = 0):
 
 def reference_last_hidden(model, ids, types, mask, positions) -> torch.Tensor:
     """The model's own forward over the whole sequence, no cache: the ground truth."""
-    out = model.transformer(input_ids=ids, token_type_ids=types, attention_mask=mask,
-                            position_ids=positions)
+    out = model.transformer(
+        input_ids=ids, token_type_ids=types, attention_mask=mask, position_ids=positions
+    )
     return out.last_hidden_state[:, -1]
 
 
-@pytest.mark.parametrize("config", [
-    {},
-    {"activation_function": "gelu_pytorch_tanh"},
-    {"scale_attn_by_inverse_layer_idx": True},
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"activation_function": "gelu_pytorch_tanh"},
+        {"scale_attn_by_inverse_layer_idx": True},
+    ],
+)
 @pytest.mark.parametrize("lengths", [[7], [7, 3, 5]])
 @pytest.mark.parametrize("decoder_class", [StaticKVDecoder, CachedDecoder, ReEncodeDecoder])
 def test_prefill_and_steps_match_the_full_forward_pass(config, lengths, decoder_class):
     model = gpt2(**config)
     ids, types, mask, positions = left_padded(lengths)
-    decoder = (decoder_class(model, ids.shape[1] + 4)
-               if decoder_class is StaticKVDecoder else decoder_class(model))
+    decoder = (
+        decoder_class(model, ids.shape[1] + 4)
+        if decoder_class is StaticKVDecoder
+        else decoder_class(model)
+    )
     with torch.no_grad():
         hidden = decoder.prefill(ids, types, mask, positions)
-        torch.testing.assert_close(hidden, reference_last_hidden(model, ids, types, mask,
-                                                                 positions))
+        torch.testing.assert_close(
+            hidden, reference_last_hidden(model, ids, types, mask, positions)
+        )
         for _ in range(4):
             new_ids = torch.randint(1, 64, (len(lengths), 1))
             new_types = torch.full_like(new_ids, 5)
@@ -67,8 +74,9 @@ def test_prefill_and_steps_match_the_full_forward_pass(config, lengths, decoder_
             ids, types = torch.cat([ids, new_ids], 1), torch.cat([types, new_types], 1)
             mask = torch.cat([mask, torch.ones_like(new_ids)], 1)
             positions = torch.cat([positions, new_positions], 1)
-            torch.testing.assert_close(hidden, reference_last_hidden(model, ids, types, mask,
-                                                                     positions))
+            torch.testing.assert_close(
+                hidden, reference_last_hidden(model, ids, types, mask, positions)
+            )
 
 
 def test_the_static_decoder_is_chosen_for_gpt2_and_refuses_to_overflow():
@@ -92,15 +100,18 @@ def with_shared_prefixes(lengths: list[int], prefixes: list[int]):
     personas = {n: torch.randint(1, 64, (n,)) for n in set(prefixes)}
     for row, (length, prefix) in enumerate(zip(lengths, prefixes, strict=True)):
         start = width - length
-        ids[row, start:start + prefix] = personas[prefix]
-        types[row, start:start + prefix] = 7
+        ids[row, start : start + prefix] = personas[prefix]
+        types[row, start : start + prefix] = 7
     return ids, types, mask, positions
 
 
-@pytest.mark.parametrize(("lengths", "prefixes"), [
-    ([9], [4]),                  # one row, no padding
-    ([9, 5, 9, 6], [4, 2, 4, 5]),  # padding, a shared prefix, a one-token suffix
-])
+@pytest.mark.parametrize(
+    ("lengths", "prefixes"),
+    [
+        ([9], [4]),  # one row, no padding
+        ([9, 5, 9, 6], [4, 2, 4, 5]),  # padding, a shared prefix, a one-token suffix
+    ],
+)
 def test_prefill_from_cached_prefixes_matches_the_full_forward_pass(lengths, prefixes):
     model = gpt2()
     ids, types, mask, positions = with_shared_prefixes(lengths, prefixes)
@@ -116,9 +127,12 @@ def test_prefill_from_cached_prefixes_matches_the_full_forward_pass(lengths, pre
         step_ids = torch.randint(1, 64, (len(lengths), 1))
         step_positions = positions[:, -1:] + 1
         hidden = decoder.step(step_ids, torch.full_like(step_ids, 5), step_positions)
-    full = (torch.cat([ids, step_ids], 1), torch.cat([types, torch.full_like(step_ids, 5)], 1),
-            torch.cat([mask, torch.ones_like(step_ids)], 1),
-            torch.cat([positions, step_positions], 1))
+    full = (
+        torch.cat([ids, step_ids], 1),
+        torch.cat([types, torch.full_like(step_ids, 5)], 1),
+        torch.cat([mask, torch.ones_like(step_ids)], 1),
+        torch.cat([positions, step_positions], 1),
+    )
     torch.testing.assert_close(hidden, reference_last_hidden(model, *full))
 
 
@@ -151,5 +165,6 @@ def test_the_prefix_cache_drops_the_least_recently_used_entry_beyond_its_size():
 @pytest.mark.parametrize("shape", [(3, 8), (300, 512)])  # a decoding step; a batch's prompts
 def test_the_in_place_tanh_gelu_equals_torchs(shape):
     x = torch.randn(shape) * 3
-    torch.testing.assert_close(tanh_gelu_(x.clone()), F.gelu(x, approximate="tanh"),
-                               atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        tanh_gelu_(x.clone()), F.gelu(x, approximate="tanh"), atol=1e-6, rtol=1e-5
+    )

@@ -44,21 +44,28 @@ REPLY = [20, 21]
 
 # --- build_input_from_segments --------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("history", "expected_ids", "expected_types"),
     [
         # One user message: it is <speaker1>, the reply <speaker2>.
-        ([[10, 11]],
-         [BOS, 1, 2, 3, S1, 10, 11, S2, 20, 21, EOS],
-         [S2, S2, S2, S2, S1, S1, S1, S2, S2, S2, S2]),
+        (
+            [[10, 11]],
+            [BOS, 1, 2, 3, S1, 10, 11, S2, 20, 21, EOS],
+            [S2, S2, S2, S2, S1, S1, S1, S2, S2, S2, S2],
+        ),
         # Two messages: the older one was the bot's own (<speaker2>).
-        ([[10], [11]],
-         [BOS, 1, 2, 3, S2, 10, S1, 11, S2, 20, 21, EOS],
-         [S2, S2, S2, S2, S2, S2, S1, S1, S2, S2, S2, S2]),
+        (
+            [[10], [11]],
+            [BOS, 1, 2, 3, S2, 10, S1, 11, S2, 20, 21, EOS],
+            [S2, S2, S2, S2, S2, S2, S1, S1, S2, S2, S2, S2],
+        ),
         # Three messages: user, bot, user, then the bot's reply.
-        ([[10], [11], [12]],
-         [BOS, 1, 2, 3, S1, 10, S2, 11, S1, 12, S2, 20, 21, EOS],
-         [S2, S2, S2, S2, S1, S1, S2, S2, S1, S1, S2, S2, S2, S2]),
+        (
+            [[10], [11], [12]],
+            [BOS, 1, 2, 3, S1, 10, S2, 11, S1, 12, S2, 20, 21, EOS],
+            [S2, S2, S2, S2, S1, S1, S2, S2, S1, S1, S2, S2, S2, S2],
+        ),
     ],
     ids=["history-1", "history-2", "history-3"],
 )
@@ -103,10 +110,12 @@ def test_a_prompt_for_generation_ends_with_the_reply_speaker():
 
 # --- build_example --------------------------------------------------------------------------
 
+
 def test_build_example_keeps_the_last_2_max_history_plus_1_messages():
     history = [[10], [11], [12], [13], [14]]
-    example = build_example(PERSONA, history, [[30], [31]], SPECIAL, num_candidates=2,
-                            max_history=1, max_tokens=512)
+    example = build_example(
+        PERSONA, history, [[30], [31]], SPECIAL, num_candidates=2, max_history=1, max_tokens=512
+    )
 
     for candidate in example["candidates"]:
         ids = candidate["input_ids"]
@@ -116,16 +125,24 @@ def test_build_example_keeps_the_last_2_max_history_plus_1_messages():
 
 
 def test_build_example_with_max_history_0_keeps_only_the_last_message():
-    example = build_example(PERSONA, [[10], [11], [12]], [[30], [31]], SPECIAL,
-                            num_candidates=2, max_history=0, max_tokens=512)
+    example = build_example(
+        PERSONA,
+        [[10], [11], [12]],
+        [[30], [31]],
+        SPECIAL,
+        num_candidates=2,
+        max_history=0,
+        max_tokens=512,
+    )
 
     assert example["candidates"][0]["input_ids"] == [BOS, 1, 2, 3, S1, 12, S2, 30, EOS]
 
 
 def test_build_example_uses_the_last_candidates_with_gold_last():
     candidates = [[30], [31], [32], [33]]  # the gold reply is the last one, [33]
-    example = build_example(PERSONA, [[10]], candidates, SPECIAL, num_candidates=3,
-                            max_history=2, max_tokens=512)
+    example = build_example(
+        PERSONA, [[10]], candidates, SPECIAL, num_candidates=3, max_history=2, max_tokens=512
+    )
 
     replies = [c["input_ids"][-2] for c in example["candidates"]]
     assert replies == [31, 32, 33]
@@ -138,8 +155,9 @@ def test_build_example_uses_the_last_candidates_with_gold_last():
 @pytest.mark.parametrize("num_candidates", [1, 2, 5])
 def test_mc_label_points_at_the_gold_candidate(num_candidates):
     candidates = [[30 + i] for i in range(5)]
-    example = build_example(PERSONA, [[10]], candidates, SPECIAL, num_candidates,
-                            max_history=2, max_tokens=512)
+    example = build_example(
+        PERSONA, [[10]], candidates, SPECIAL, num_candidates, max_history=2, max_tokens=512
+    )
 
     assert len(example["candidates"]) == num_candidates
     assert example["mc_label"] == num_candidates - 1
@@ -147,6 +165,7 @@ def test_mc_label_points_at_the_gold_candidate(num_candidates):
 
 
 # --- truncate_to_fit ------------------------------------------------------------------------
+
 
 def _input_length(persona, history, reply) -> int:
     return len(build_input_from_segments(persona, history, reply, SPECIAL)["input_ids"])
@@ -187,16 +206,19 @@ token_lists = st.lists(st.lists(st.integers(0, 99), min_size=0, max_size=30), ma
 
 
 @settings(max_examples=200, deadline=None)
-@given(persona=token_lists, history=token_lists,
-       reply=st.lists(st.integers(0, 99), max_size=60), max_tokens=st.integers(0, 200))
-def test_truncation_always_fits_and_only_drops_what_it_must(persona, history, reply,
-                                                            max_tokens):
+@given(
+    persona=token_lists,
+    history=token_lists,
+    reply=st.lists(st.integers(0, 99), max_size=60),
+    max_tokens=st.integers(0, 200),
+)
+def test_truncation_always_fits_and_only_drops_what_it_must(persona, history, reply, max_tokens):
     new_persona, new_history, new_reply = truncate_to_fit(persona, history, reply, max_tokens)
 
     # Pieces are only removed from the documented ends.
-    assert list(new_history) == history[len(history) - len(new_history):]
-    assert list(new_persona) == persona[:len(new_persona)]
-    assert list(new_reply) == reply[:len(new_reply)]
+    assert list(new_history) == history[len(history) - len(new_history) :]
+    assert list(new_persona) == persona[: len(new_persona)]
+    assert list(new_reply) == reply[: len(new_reply)]
     if new_persona != persona:
         assert new_history == []
     if list(new_reply) != reply:
@@ -210,9 +232,11 @@ def test_truncation_always_fits_and_only_drops_what_it_must(persona, history, re
 
 # --- persona permutations -------------------------------------------------------------------
 
-@pytest.mark.parametrize(("n_sentences", "permutations", "expected_count"),
-                         [(3, 1, 1), (3, 4, 4), (3, 6, 6), (3, 50, 6), (4, 24, 24), (2, 5, 2),
-                          (1, 3, 1), (0, 2, 1)])
+
+@pytest.mark.parametrize(
+    ("n_sentences", "permutations", "expected_count"),
+    [(3, 1, 1), (3, 4, 4), (3, 6, 6), (3, 50, 6), (4, 24, 24), (2, 5, 2), (1, 3, 1), (0, 2, 1)],
+)
 def test_persona_orders(n_sentences, permutations, expected_count):
     orders = persona_orders(n_sentences, permutations, random.Random(0))
 
@@ -225,33 +249,50 @@ def test_persona_orders(n_sentences, permutations, expected_count):
 def _encoded_dialog(n_persona: int, n_utterances: int, first_persona_id: int = 100) -> dict:
     return {
         "personality": [[first_persona_id + i] for i in range(n_persona)],
-        "utterances": [{"history": [[10 + u]], "candidates": [[30], [31]]}
-                       for u in range(n_utterances)],
+        "utterances": [
+            {"history": [[10 + u]], "candidates": [[30], [31]]} for u in range(n_utterances)
+        ],
     }
 
 
 def test_dataset_has_one_item_per_utterance_and_persona_order():
-    dialogs = [_encoded_dialog(3, 2, first_persona_id=100),
-               _encoded_dialog(3, 4, first_persona_id=200)]
-    dataset = PersonaChatDataset(dialogs, SPECIAL, num_candidates=2, max_history=2,
-                                 max_tokens=512, personality_permutations=3)
+    dialogs = [
+        _encoded_dialog(3, 2, first_persona_id=100),
+        _encoded_dialog(3, 4, first_persona_id=200),
+    ]
+    dataset = PersonaChatDataset(
+        dialogs,
+        SPECIAL,
+        num_candidates=2,
+        max_history=2,
+        max_tokens=512,
+        personality_permutations=3,
+    )
 
     assert len(dataset) == (2 + 4) * 3
-    personas = Counter(tuple(dataset[i]["candidates"][0]["input_ids"][1:4])
-                       for i in range(len(dataset)))
+    personas = Counter(
+        tuple(dataset[i]["candidates"][0]["input_ids"][1:4]) for i in range(len(dataset))
+    )
     # Each dialog is seen in 3 persona orders, each order once per utterance.
     assert sorted(personas.values()) == [2, 2, 2, 4, 4, 4]
     assert personas[(100, 101, 102)] == 2 and personas[(200, 201, 202)] == 4
 
 
 def test_dataset_permutations_are_capped_by_the_possible_orders():
-    dataset = PersonaChatDataset([_encoded_dialog(2, 3)], SPECIAL, num_candidates=2,
-                                 max_history=2, max_tokens=512, personality_permutations=5)
+    dataset = PersonaChatDataset(
+        [_encoded_dialog(2, 3)],
+        SPECIAL,
+        num_candidates=2,
+        max_history=2,
+        max_tokens=512,
+        personality_permutations=5,
+    )
 
     assert len(dataset) == 3 * 2  # only 2! orders of two sentences exist
 
 
 # --- check_num_candidates -------------------------------------------------------------------
+
 
 def test_too_few_candidates_names_where_and_how_to_fix():
     dialogs = make_dialogs(3)
@@ -273,17 +314,20 @@ def test_enough_candidates_pass():
 
 # --- collate --------------------------------------------------------------------------------
 
+
 def _example(*lengths: int) -> dict:
     """An example whose candidates' inputs have the given lengths (gold last)."""
     candidates = []
     for j, n in enumerate(lengths):
         gold = j == len(lengths) - 1
-        candidates.append({
-            "input_ids": [j + 1] * n,
-            "token_type_ids": [S2] * n,
-            "mc_token_ids": n - 1,
-            "lm_labels": ([-100] * (n - 1) + [7]) if gold else [-100] * n,
-        })
+        candidates.append(
+            {
+                "input_ids": [j + 1] * n,
+                "token_type_ids": [S2] * n,
+                "mc_token_ids": n - 1,
+                "lm_labels": ([-100] * (n - 1) + [7]) if gold else [-100] * n,
+            }
+        )
     return {"candidates": candidates, "mc_label": len(lengths) - 1}
 
 
@@ -314,6 +358,7 @@ def test_collate_refuses_mixed_candidate_counts():
 
 # --- TextEncoder and tokenization -----------------------------------------------------------
 
+
 class CountingTokenizer:
     """Wraps a real tokenizer and records every string it is asked to tokenize."""
 
@@ -342,29 +387,40 @@ def test_each_distinct_string_is_tokenized_once(tokenizer):
     encoder("hi , what do you do ?")
 
     distinct = {s for d in dialogs for s in d["personality"]} | {
-        s for d in dialogs for u in d["utterances"] for s in u["history"] + u["candidates"]}
+        s for d in dialogs for u in d["utterances"] for s in u["history"] + u["candidates"]
+    }
     assert Counter(counting.seen) == Counter(distinct)
     first = encoded[0]["utterances"][1]
-    assert first["history"][0] == tokenizer("hi , what do you do ?",
-                                            add_special_tokens=False)["input_ids"]
+    assert (
+        first["history"][0]
+        == tokenizer("hi , what do you do ?", add_special_tokens=False)["input_ids"]
+    )
     assert first["candidates"][-1] == encoder("i have a cat .")
 
 
 def test_lowercase_encoder_lowercases_before_tokenizing(tokenizer):
     encoder = TextEncoder(tokenizer, lowercase=True)
 
-    assert encoder("I Have A CAT .") == tokenizer("i have a cat .",
-                                                   add_special_tokens=False)["input_ids"]
+    assert (
+        encoder("I Have A CAT .")
+        == tokenizer("i have a cat .", add_special_tokens=False)["input_ids"]
+    )
     assert TextEncoder(tokenizer)("I Have A CAT .") != encoder("I Have A CAT .")
 
 
 def test_special_ids_come_from_the_tokenizer(tokenizer):
     special = SpecialIds.from_tokenizer(tokenizer)
 
-    assert special == SpecialIds(*tokenizer.convert_tokens_to_ids(
-        ["<bos>", "<eos>", "<speaker1>", "<speaker2>", "<pad>"]))
-    assert special.stop_ids == {special.bos, special.eos, special.speaker1, special.speaker2,
-                                special.pad}
+    assert special == SpecialIds(
+        *tokenizer.convert_tokens_to_ids(["<bos>", "<eos>", "<speaker1>", "<speaker2>", "<pad>"])
+    )
+    assert special.stop_ids == {
+        special.bos,
+        special.eos,
+        special.speaker1,
+        special.speaker2,
+        special.pad,
+    }
 
 
 def test_a_tokenizer_without_the_special_tokens_is_refused_with_the_fix():
@@ -377,13 +433,21 @@ def test_a_tokenizer_without_the_special_tokens_is_refused_with_the_fix():
 
 def test_dataset_from_dialogs_checks_candidates_before_tokenizing(tokenizer):
     special = SpecialIds.from_tokenizer(tokenizer)
-    dataset = dataset_from_dialogs(make_dialogs(3), tokenizer, special, num_candidates=2,
-                                   max_history=2, max_tokens=128)
+    dataset = dataset_from_dialogs(
+        make_dialogs(3), tokenizer, special, num_candidates=2, max_history=2, max_tokens=128
+    )
 
     assert len(dataset) == 3 * 2
     with pytest.raises(EncodingError, match="num_candidates=3"):
-        dataset_from_dialogs(make_dialogs(3), tokenizer, special, num_candidates=3,
-                             max_history=2, max_tokens=128, source="dialogs.json")
+        dataset_from_dialogs(
+            make_dialogs(3),
+            tokenizer,
+            special,
+            num_candidates=3,
+            max_history=2,
+            max_tokens=128,
+            source="dialogs.json",
+        )
 
 
 def test_a_bounded_text_encoder_forgets_the_oldest_strings_first(tiny_checkpoint):

@@ -53,6 +53,7 @@ def test_macro_f1_of_nothing_is_0_and_of_all_wrong_is_0():
 
 # --- word_f1: the ConvAI2 F1 of a generated reply --------------------------------------------
 
+
 def test_word_f1_ignores_case_punctuation_and_articles():
     assert normalize_answer("The  cat, an apple!") == "cat apple"
     assert word_f1("The cat!", "a cat") == 1.0
@@ -81,10 +82,15 @@ def test_word_f1_counts_repeated_words_only_as_often_as_the_gold_has_them():
 
 
 def test_generation_f1_is_the_mean_over_utterances():
-    dialogs = [{"personality": ["p"], "utterances": [
-        {"history": ["h1"], "candidates": ["x", "i like cats"]},
-        {"history": ["h2"], "candidates": ["x", "dogs"]},
-    ]}]
+    dialogs = [
+        {
+            "personality": ["p"],
+            "utterances": [
+                {"history": ["h1"], "candidates": ["x", "i like cats"]},
+                {"history": ["h2"], "candidates": ["x", "dogs"]},
+            ],
+        }
+    ]
     asked = []
 
     def replies_fn(conversations):
@@ -100,18 +106,21 @@ def test_generation_f1_is_the_mean_over_utterances():
 
 def test_format_results_is_simpletransformers_eval_results_txt():
     assert format_results({"f1_score": 0.5, "eval_loss": 1.25}) == (
-        "eval_loss = 1.25\nf1_score = 0.5\n")
+        "eval_loss = 1.25\nf1_score = 0.5\n"
+    )
 
 
 # --- the loss: same numbers as transformers' GPT2DoubleHeadsModel ----------------------------
+
 
 @pytest.fixture(scope="module")
 def model_and_examples(tiny_checkpoint):
     model, tokenizer = load_model_and_tokenizer("gpt2", tiny_checkpoint)
     model.eval()
     special = SpecialIds.from_tokenizer(tokenizer)
-    dataset = dataset_from_dialogs(make_dialogs(4), tokenizer, special, num_candidates=2,
-                                   max_history=2, max_tokens=128)
+    dataset = dataset_from_dialogs(
+        make_dialogs(4), tokenizer, special, num_candidates=2, max_history=2, max_tokens=128
+    )
     return model, special, [dataset[i] for i in range(len(dataset))]
 
 
@@ -121,9 +130,13 @@ def test_double_heads_loss_equals_the_full_gpt2_double_heads_computation(model_a
 
     with torch.no_grad():
         ours = double_heads_loss(model, batch, lm_coef=2.0, mc_coef=1.0)
-        full = model(batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                     mc_token_ids=batch["mc_token_ids"], labels=batch["lm_labels"],
-                     mc_labels=batch["mc_labels"])
+        full = model(
+            batch["input_ids"],
+            token_type_ids=batch["token_type_ids"],
+            mc_token_ids=batch["mc_token_ids"],
+            labels=batch["lm_labels"],
+            mc_labels=batch["mc_labels"],
+        )
 
     torch.testing.assert_close(ours.lm_loss, full.loss, atol=1e-5, rtol=0)
     torch.testing.assert_close(ours.mc_loss, full.mc_loss, atol=1e-5, rtol=0)
@@ -146,6 +159,7 @@ def test_double_heads_loss_backpropagates_into_both_heads(model_and_examples):
 
 # --- evaluate_batches: whole-set metrics, not averages of per-batch values -------------------
 
+
 def test_evaluate_batches_weights_lm_loss_by_tokens_not_batches(model_and_examples):
     model, special, examples = model_and_examples
     # Batches of 1 and 7 examples: different label counts, so a plain mean of the two
@@ -153,8 +167,9 @@ def test_evaluate_batches_weights_lm_loss_by_tokens_not_batches(model_and_exampl
     small, large = collate(examples[:1], special.pad), collate(examples[1:], special.pad)
     assert int((small["lm_labels"] != -100).sum()) < int((large["lm_labels"] != -100).sum())
 
-    results = evaluate_batches(model, [small, large], lm_coef=2.0, mc_coef=1.0,
-                               device=torch.device("cpu"), silent=True)
+    results = evaluate_batches(
+        model, [small, large], lm_coef=2.0, mc_coef=1.0, device=torch.device("cpu"), silent=True
+    )
 
     with torch.no_grad():
         everything = double_heads_loss(model, collate(examples, special.pad), 2.0, 1.0)
@@ -165,13 +180,14 @@ def test_evaluate_batches_weights_lm_loss_by_tokens_not_batches(model_and_exampl
     assert results["mc_loss"] == pytest.approx(float(everything.mc_loss), abs=1e-5)
     assert results["perplexity"] == pytest.approx(math.exp(results["language_model_loss"]))
     assert results["eval_loss"] == pytest.approx(
-        2.0 * results["language_model_loss"] + results["mc_loss"])
+        2.0 * results["language_model_loss"] + results["mc_loss"]
+    )
     assert results["num_examples"] == len(examples)
 
 
 def test_evaluate_batches_pools_predictions_before_scoring(model_and_examples):
     model, special, examples = model_and_examples
-    batches = [collate(examples[i:i + 3], special.pad) for i in range(0, len(examples), 3)]
+    batches = [collate(examples[i : i + 3], special.pad) for i in range(0, len(examples), 3)]
 
     results = evaluate_batches(model, batches, 2.0, 1.0, torch.device("cpu"), silent=True)
 
@@ -182,16 +198,22 @@ def test_evaluate_batches_pools_predictions_before_scoring(model_and_examples):
     assert results["_labels"] == labels
     assert results["_preds"] == preds
     assert results["f1_score"] == pytest.approx(macro_f1(labels, preds))
-    assert results["hits@1"] == pytest.approx(sum(y == p for y, p in zip(labels, preds,
-                                                                         strict=True)) / len(examples))
+    assert results["hits@1"] == pytest.approx(
+        sum(y == p for y, p in zip(labels, preds, strict=True)) / len(examples)
+    )
 
 
 def _fake_loss(lm_sum: float, lm_tokens: int, mc_loss: float, mc_preds: list[int]):
     mc_logits = torch.zeros(len(mc_preds), 2)
     mc_logits[range(len(mc_preds)), mc_preds] = 1.0
-    return LossOutput(loss=torch.tensor(0.0), lm_loss=torch.tensor(lm_sum / lm_tokens),
-                      mc_loss=torch.tensor(mc_loss), lm_loss_sum=torch.tensor(lm_sum),
-                      lm_tokens=lm_tokens, mc_logits=mc_logits)
+    return LossOutput(
+        loss=torch.tensor(0.0),
+        lm_loss=torch.tensor(lm_sum / lm_tokens),
+        mc_loss=torch.tensor(mc_loss),
+        lm_loss_sum=torch.tensor(lm_sum),
+        lm_tokens=lm_tokens,
+        mc_logits=mc_logits,
+    )
 
 
 def test_evaluate_batches_arithmetic_with_known_batch_losses(monkeypatch):
@@ -201,8 +223,14 @@ def test_evaluate_batches_arithmetic_with_known_batch_losses(monkeypatch):
     monkeypatch.setattr(evaluation, "double_heads_loss", lambda *args: next(outputs))
     batches = [{"mc_labels": torch.tensor([1])}, {"mc_labels": torch.tensor([1, 1, 1])}]
 
-    results = evaluate_batches(torch.nn.Identity(), batches, lm_coef=2.0, mc_coef=1.0,
-                               device=torch.device("cpu"), silent=True)
+    results = evaluate_batches(
+        torch.nn.Identity(),
+        batches,
+        lm_coef=2.0,
+        mc_coef=1.0,
+        device=torch.device("cpu"),
+        silent=True,
+    )
 
     assert results["language_model_loss"] == pytest.approx(26.0 / 10)  # not (1 + 3) / 2
     assert results["mc_loss"] == pytest.approx((0.5 * 1 + 1.5 * 3) / 4)  # not (0.5 + 1.5) / 2

@@ -52,6 +52,7 @@ HISTORY = ["hi , what do you do ?", "i am a nurse .", "any pets ?"]
 
 # --- top_filtering --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("top_k", [1, 3, 7, 10])
 def test_top_k_keeps_exactly_the_k_best_logits(top_k):
     torch.manual_seed(0)
@@ -117,6 +118,7 @@ def test_top_k_then_top_p_work_on_the_k_survivors():
 
 
 # --- generate_reply -------------------------------------------------------------------------
+
 
 def reference_greedy(model, persona, history, special, options):
     """The slow, obvious greedy decoder: re-encode the whole sequence at every step."""
@@ -187,10 +189,12 @@ def test_batched_greedy_replies_equal_replies_decoded_alone(chat, lively_model):
 def test_replies_with_the_persona_cache_equal_replies_without_it(chat, lively_model):
     _, tokenizer, special = chat
     persona = encode(tokenizer, PERSONA)
-    conversations = [(persona, encode(tokenizer, HISTORY)),
-                     (persona, encode(tokenizer, HISTORY[-1:])),  # same persona, other turn
-                     (persona[:1], encode(tokenizer, HISTORY[-1:])),
-                     ([], encode(tokenizer, ["any pets ?"]))]
+    conversations = [
+        (persona, encode(tokenizer, HISTORY)),
+        (persona, encode(tokenizer, HISTORY[-1:])),  # same persona, other turn
+        (persona[:1], encode(tokenizer, HISTORY[-1:])),
+        ([], encode(tokenizer, ["any pets ?"])),
+    ]
     options = DecodingOptions(do_sample=False, max_length=10, min_length=4)
     cache = PrefixCache()
 
@@ -217,13 +221,15 @@ def test_a_persona_cut_to_fit_the_context_is_cached_as_cut(chat):
 def test_prefill_threads_change_no_reply_and_are_given_back(chat, lively_model):
     _, tokenizer, special = chat
     # 32 conversations: enough prompt tokens for the prompts to be encoded on more threads.
-    conversations = [(encode(tokenizer, PERSONA[:1 + i % 3]), encode(tokenizer, HISTORY))
-                     for i in range(32)]
+    conversations = [
+        (encode(tokenizer, PERSONA[: 1 + i % 3]), encode(tokenizer, HISTORY)) for i in range(32)
+    ]
     options = DecodingOptions(do_sample=False, max_length=5)
     before = torch.get_num_threads()
     plain = generate_replies(lively_model, conversations, special, options)
-    threaded = generate_replies(lively_model, conversations, special, options,
-                                prefill_threads=before + 1)
+    threaded = generate_replies(
+        lively_model, conversations, special, options, prefill_threads=before + 1
+    )
     assert threaded == plain and torch.get_num_threads() == before
 
 
@@ -276,8 +282,12 @@ def test_without_min_length_an_eos_loving_model_says_nothing(chat):
     model = eos_loving(model, special)
     options = DecodingOptions(do_sample=False, max_length=10, min_length=0)
 
-    assert generate_reply(model, encode(tokenizer, PERSONA), encode(tokenizer, HISTORY),
-                          special, options) == []
+    assert (
+        generate_reply(
+            model, encode(tokenizer, PERSONA), encode(tokenizer, HISTORY), special, options
+        )
+        == []
+    )
 
 
 @pytest.mark.parametrize("min_length", [1, 4, 9])
@@ -288,8 +298,9 @@ def test_min_length_forces_that_many_ordinary_tokens(chat, min_length):
     for do_sample in (False, True):
         torch.manual_seed(0)
         options = DecodingOptions(do_sample=do_sample, max_length=12, min_length=min_length)
-        reply = generate_reply(model, encode(tokenizer, PERSONA), encode(tokenizer, HISTORY),
-                               special, options)
+        reply = generate_reply(
+            model, encode(tokenizer, PERSONA), encode(tokenizer, HISTORY), special, options
+        )
 
         # <eos> wins as soon as it is allowed, so the reply is exactly min_length long.
         assert len(reply) == min_length
@@ -300,8 +311,9 @@ def test_min_length_above_max_length_stops_at_max_length(chat):
     model, tokenizer, special = chat
     options = DecodingOptions(do_sample=False, max_length=3, min_length=8)
 
-    reply = generate_reply(model, encode(tokenizer, PERSONA), encode(tokenizer, HISTORY),
-                           special, options)
+    reply = generate_reply(
+        model, encode(tokenizer, PERSONA), encode(tokenizer, HISTORY), special, options
+    )
 
     assert len(reply) == 3
     assert not set(reply) & special.stop_ids
@@ -311,12 +323,14 @@ def test_min_length_above_max_length_stops_at_max_length(chat):
 def test_max_length_is_honoured(chat, max_length):
     model, tokenizer, special = chat
     # min_length = max_length: no early stop, so the limit itself must end the reply.
-    options = DecodingOptions(do_sample=True, max_length=max_length, min_length=max_length,
-                              top_p=0.9, temperature=0.7)
+    options = DecodingOptions(
+        do_sample=True, max_length=max_length, min_length=max_length, top_p=0.9, temperature=0.7
+    )
 
     torch.manual_seed(1)
-    reply = generate_reply(model, encode(tokenizer, PERSONA), encode(tokenizer, HISTORY),
-                           special, options)
+    reply = generate_reply(
+        model, encode(tokenizer, PERSONA), encode(tokenizer, HISTORY), special, options
+    )
 
     assert len(reply) == max_length
 
@@ -324,8 +338,9 @@ def test_max_length_is_honoured(chat, max_length):
 def test_sampling_with_the_same_seed_gives_the_same_reply(chat):
     model, tokenizer, special = chat
     persona, history = encode(tokenizer, PERSONA), encode(tokenizer, HISTORY)
-    options = DecodingOptions(do_sample=True, max_length=12, min_length=12, temperature=1.0,
-                              top_p=0.0, top_k=0)
+    options = DecodingOptions(
+        do_sample=True, max_length=12, min_length=12, temperature=1.0, top_p=0.0, top_k=0
+    )
 
     torch.manual_seed(123)
     first = generate_reply(model, persona, history, special, options)
@@ -356,16 +371,23 @@ def test_max_length_that_fills_the_context_is_refused(chat):
     model, tokenizer, special = chat
 
     with pytest.raises(ValueError, match="lower max_length"):
-        generate_reply(model, encode(tokenizer, PERSONA), encode(tokenizer, HISTORY), special,
-                       DecodingOptions(max_length=125, do_sample=False))
+        generate_reply(
+            model,
+            encode(tokenizer, PERSONA),
+            encode(tokenizer, HISTORY),
+            special,
+            DecodingOptions(max_length=125, do_sample=False),
+        )
 
 
 # --- loading the model ----------------------------------------------------------------------
 
+
 def test_add_special_tokens_is_idempotent():
     tokenizer = train_tokenizer(["i have a cat .", "i work as a nurse ."], vocab_size=300)
-    model = GPT2DoubleHeadsModel(GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=16,
-                                            n_layer=1, n_head=2))
+    model = GPT2DoubleHeadsModel(
+        GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    )
     base = len(tokenizer)
 
     assert add_special_tokens_(model, tokenizer) == 5
@@ -387,9 +409,9 @@ def test_add_special_tokens_is_idempotent():
 def test_loaded_checkpoint_has_the_special_tokens_once(chat, tiny_checkpoint):
     model, tokenizer, _ = chat
 
-    assert tokenizer.convert_ids_to_tokens(tokenizer.convert_tokens_to_ids(
-        ["<bos>", "<eos>", "<speaker1>", "<speaker2>", "<pad>"])) == [
-        "<bos>", "<eos>", "<speaker1>", "<speaker2>", "<pad>"]
+    assert tokenizer.convert_ids_to_tokens(
+        tokenizer.convert_tokens_to_ids(["<bos>", "<eos>", "<speaker1>", "<speaker2>", "<pad>"])
+    ) == ["<bos>", "<eos>", "<speaker1>", "<speaker2>", "<pad>"]
     assert model.get_input_embeddings().num_embeddings == len(tokenizer)
 
 

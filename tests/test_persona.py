@@ -31,17 +31,24 @@ from personachat.synthetic import generate_dialogs
 
 from .conftest import SYNTHETIC_PERSONA_CHAT
 
-PROBED = [{
-    "personality": ["i work as a nurse .", "i drink tea ."],
-    "utterances": [
-        {"history": ["hi"], "candidates": ["hello", "hey"]},
-        {"history": ["hi", "hey", "what is your job ?"],
-         "candidates": ["i am a pilot .", "i am a nurse ."],
-         "probe": {"slot": "job", "value": "nurse"}},
-        {"history": ["hi", "hey", "what is your job ?", "i am a nurse .", "and to drink ?"],
-         "candidates": ["coffee .", "tea ."], "probe": {"slot": "drink", "value": "tea"}},
-    ],
-}]
+PROBED = [
+    {
+        "personality": ["i work as a nurse .", "i drink tea ."],
+        "utterances": [
+            {"history": ["hi"], "candidates": ["hello", "hey"]},
+            {
+                "history": ["hi", "hey", "what is your job ?"],
+                "candidates": ["i am a pilot .", "i am a nurse ."],
+                "probe": {"slot": "job", "value": "nurse"},
+            },
+            {
+                "history": ["hi", "hey", "what is your job ?", "i am a nurse .", "and to drink ?"],
+                "candidates": ["coffee .", "tea ."],
+                "probe": {"slot": "drink", "value": "tea"},
+            },
+        ],
+    }
+]
 
 
 def test_a_value_counts_only_as_whole_words():
@@ -56,8 +63,12 @@ def test_persona_accuracy_counts_probes_whose_reply_states_the_value():
 
     assert probe_items(PROBED) == [(0, 1, "nurse"), (0, 2, "tea")]
     assert persona_accuracy(copies_persona, PROBED, silent=True) == 0.5
-    assert persona_accuracy(copies_persona, [{**PROBED[0], "utterances": PROBED[0]["utterances"][:1]}],
-                            silent=True) is None
+    assert (
+        persona_accuracy(
+            copies_persona, [{**PROBED[0], "utterances": PROBED[0]["utterances"][:1]}], silent=True
+        )
+        is None
+    )
 
 
 def test_persona_hits_counts_only_probe_utterances():
@@ -108,13 +119,15 @@ def test_no_repeat_ngram_size_means_no_ngram_appears_twice(tiny, n):
     persona = [tokenizer.encode("i have a cat named tom .")]
     earlier_bot_turn = tokenizer.encode("i am a nurse , i love pizza .")
     history = [tokenizer.encode("hi"), earlier_bot_turn, tokenizer.encode("and you ?")]
-    options = DecodingOptions(max_length=25, min_length=25, temperature=2.0, top_p=1.0,
-                              no_repeat_ngram_size=n)
+    options = DecodingOptions(
+        max_length=25, min_length=25, temperature=2.0, top_p=1.0, no_repeat_ngram_size=n
+    )
     for seed in range(5):
         torch.manual_seed(seed)
         reply = generate_reply(model, persona, history, special, options)
+
         def grams(tokens):
-            return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+            return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
         new = grams(reply)
         assert len(new) == len(set(new)), f"seed {seed}: {n}-gram repeated within {reply}"
@@ -133,12 +146,21 @@ def test_reranking_returns_the_best_scored_of_the_samples(tiny):
     torch.manual_seed(0)
     best = respond(model, persona, history, special, options)
     torch.manual_seed(0)
-    samples = [tuple(generate_reply(model, persona, history, special,
-                                    DecodingOptions(max_length=8, temperature=1.5)))
-               for _ in range(4)]
+    samples = [
+        tuple(
+            generate_reply(
+                model, persona, history, special, DecodingOptions(max_length=8, temperature=1.5)
+            )
+        )
+        for _ in range(4)
+    ]
     unique = list(dict.fromkeys(samples))
-    expected = unique[max(range(len(unique)),
-                          key=score_replies(model, persona, history, unique, special, 2).__getitem__)]
+    expected = unique[
+        max(
+            range(len(unique)),
+            key=score_replies(model, persona, history, unique, special, 2).__getitem__,
+        )
+    ]
     assert tuple(best) == expected
 
 
@@ -147,8 +169,9 @@ def test_eval_model_reports_persona_metrics_and_the_ablation(tiny_checkpoint, tm
     import json
 
     data.write_text(json.dumps(generate_dialogs(6, split="valid", num_candidates=2, seed=3)))
-    model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
-                        args={"output_dir": str(tmp_path), "max_length": 8})
+    model = ConvAIModel(
+        "gpt2", tiny_checkpoint, use_cuda=False, args={"output_dir": str(tmp_path), "max_length": 8}
+    )
     results = model.eval_model(data, verbose=False, repetition_rate=True)
     ablated = model.eval_model(data, verbose=False, ablate_persona=True)
     for key in ("persona_accuracy", "persona_hits@1", "repetition_rate"):
@@ -160,9 +183,14 @@ def test_batched_replies_equal_replies_decoded_one_at_a_time(tiny):
     model, tokenizer, special = tiny
     conversations = [
         ([tokenizer.encode("i have a cat .")], [tokenizer.encode("hi")]),
-        ([tokenizer.encode("i work as a nurse ."), tokenizer.encode("i love pizza .")],
-         [tokenizer.encode("hi , what do you do ?"), tokenizer.encode("i am a nurse ."),
-          tokenizer.encode("any pets ?")]),
+        (
+            [tokenizer.encode("i work as a nurse ."), tokenizer.encode("i love pizza .")],
+            [
+                tokenizer.encode("hi , what do you do ?"),
+                tokenizer.encode("i am a nurse ."),
+                tokenizer.encode("any pets ?"),
+            ],
+        ),
         ([tokenizer.encode("i drink tea .")], [tokenizer.encode("what do you drink ?")]),
     ]
     from personachat.generation import generate_replies
@@ -175,15 +203,19 @@ def test_batched_replies_equal_replies_decoded_one_at_a_time(tiny):
 
 def test_unigram_baseline_is_the_smoothed_cross_entropy_of_gold_reply_tokens():
     """Train gold tokens [1, 1, 2, <eos>=9] x2; eval gold [1, 9]; add-one over 10 types."""
+
     def example(tokens):
-        return {"candidates": [{"lm_labels": [-100, 5]},  # a distractor's labels never count
-                               {"lm_labels": [-100, -100, *tokens]}]}
+        return {
+            "candidates": [
+                {"lm_labels": [-100, 5]},  # a distractor's labels never count
+                {"lm_labels": [-100, -100, *tokens]},
+            ]
+        }
 
     train = [example([1, 1, 2, 9]), example([1, 1, 2, 9])]
     total = 8 + 10
     expected = -(math.log((4 + 1) / total) + math.log((2 + 1) / total)) / 2
-    assert unigram_baseline_loss(train, [example([1, 9])], vocab_size=10) == pytest.approx(
-        expected)
+    assert unigram_baseline_loss(train, [example([1, 9])], vocab_size=10) == pytest.approx(expected)
 
 
 @pytest.mark.skipif(not SYNTHETIC_PERSONA_CHAT.is_file(), reason="../shared/data is absent")
@@ -202,15 +234,32 @@ def test_on_real_dialogs_a_small_model_beats_the_unigram_baseline(tmp_path):
     valid, _ = add_distractors(dialogs[1800:1840], 2, seed=1)
     for name, data in (("train", train), ("valid", valid)):
         (tmp_path / f"{name}.json").write_text(json.dumps(data), encoding="utf-8")
-    folder = build_scratch_checkpoint(tmp_path / "m", dialog_texts(train), ScratchConfig(
-        vocab_size=600, n_layer=2, n_embd=64, n_head=2, n_positions=256))
-    bot = ConvAIModel("gpt2", folder, use_cuda=False, args={
-        "output_dir": str(tmp_path / "out"), "num_train_epochs": 1, "train_batch_size": 16,
-        "num_candidates": 2, "learning_rate": 3e-3, "silent": True, "save_steps": 0,
-        "save_model_every_epoch": False, "cache_dir": str(tmp_path / "cache")})
+    folder = build_scratch_checkpoint(
+        tmp_path / "m",
+        dialog_texts(train),
+        ScratchConfig(vocab_size=600, n_layer=2, n_embd=64, n_head=2, n_positions=256),
+    )
+    bot = ConvAIModel(
+        "gpt2",
+        folder,
+        use_cuda=False,
+        args={
+            "output_dir": str(tmp_path / "out"),
+            "num_train_epochs": 1,
+            "train_batch_size": 16,
+            "num_candidates": 2,
+            "learning_rate": 3e-3,
+            "silent": True,
+            "save_steps": 0,
+            "save_model_every_epoch": False,
+            "cache_dir": str(tmp_path / "cache"),
+        },
+    )
     bot.train_model(str(tmp_path / "train.json"), show_running_loss=False)
-    results = bot.eval_model(str(tmp_path / "valid.json"), output_dir=str(tmp_path / "ev"),
-                             verbose=False, silent=True)
-    baseline = unigram_baseline_loss(bot._dataset(train, "train"), bot._dataset(valid, "valid"),
-                                     len(bot.tokenizer))
+    results = bot.eval_model(
+        str(tmp_path / "valid.json"), output_dir=str(tmp_path / "ev"), verbose=False, silent=True
+    )
+    baseline = unigram_baseline_loss(
+        bot._dataset(train, "train"), bot._dataset(valid, "valid"), len(bot.tokenizer)
+    )
     assert results["language_model_loss"] < baseline - 0.5

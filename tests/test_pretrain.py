@@ -19,27 +19,43 @@ def test_a_dialog_becomes_persona_then_every_turn_with_the_bot_last(tiny_checkpo
     [sequence] = dialog_sequences([dialog], tokenizer, special, max_tokens=128)
 
     text = tokenizer.decode(sequence["input_ids"])
-    assert text == ("<bos>i work as a nurse .i have a cat .<speaker1>hi , what do you do ?"
-                    "<speaker2>i am a nurse .<speaker1>any pets ?<speaker2>i have a cat .<eos>")
+    assert text == (
+        "<bos>i work as a nurse .i have a cat .<speaker1>hi , what do you do ?"
+        "<speaker2>i am a nurse .<speaker1>any pets ?<speaker2>i have a cat .<eos>"
+    )
     assert len(sequence["token_type_ids"]) == len(sequence["input_ids"])
 
 
 def test_pretraining_lowers_the_loss_and_is_recorded_in_the_saved_config(tmp_path):
     dialogs = make_dialogs(12)
-    config = ScratchConfig(vocab_size=300, n_layer=1, n_embd=32, n_head=2, n_positions=128,
-                           pretrain_steps=40, pretrain_batch_size=8, pretrain_learning_rate=3e-3)
-    folder = build_scratch_checkpoint(tmp_path / "m", dialog_texts(dialogs), config,
-                                      dialogs=dialogs, silent=True)
+    config = ScratchConfig(
+        vocab_size=300,
+        n_layer=1,
+        n_embd=32,
+        n_head=2,
+        n_positions=128,
+        pretrain_steps=40,
+        pretrain_batch_size=8,
+        pretrain_learning_rate=3e-3,
+    )
+    folder = build_scratch_checkpoint(
+        tmp_path / "m", dialog_texts(dialogs), config, dialogs=dialogs, silent=True
+    )
     model, tokenizer = load_model_and_tokenizer("gpt2", folder)
     assert model.config.scratch["pretrain_steps"] == 40
 
-    losses = pretrain_language_model(model, tokenizer, dialogs, steps=10, batch_size=8,
-                                     silent=True)
-    fresh_model, _ = load_model_and_tokenizer("gpt2", build_scratch_checkpoint(
-        tmp_path / "fresh", dialog_texts(dialogs), ScratchConfig(
-            vocab_size=300, n_layer=1, n_embd=32, n_head=2, n_positions=128)))
-    fresh = pretrain_language_model(fresh_model, tokenizer, dialogs, steps=1, batch_size=8,
-                                    silent=True)
+    losses = pretrain_language_model(model, tokenizer, dialogs, steps=10, batch_size=8, silent=True)
+    fresh_model, _ = load_model_and_tokenizer(
+        "gpt2",
+        build_scratch_checkpoint(
+            tmp_path / "fresh",
+            dialog_texts(dialogs),
+            ScratchConfig(vocab_size=300, n_layer=1, n_embd=32, n_head=2, n_positions=128),
+        ),
+    )
+    fresh = pretrain_language_model(
+        fresh_model, tokenizer, dialogs, steps=1, batch_size=8, silent=True
+    )
     assert sum(losses) / len(losses) < 0.75 * fresh[0]  # it already knows these dialogs
 
 

@@ -33,17 +33,22 @@ PARLAI_BOTH = (
 )
 
 SYNTHETIC_CSV = (
-    'user 1 personas,user 2 personas,Best Generated Conversation\n'
+    "user 1 personas,user 2 personas,Best Generated Conversation\n"
     '"I love to bake.\nI have a dog.","I am a student.\nI like chess.","User 1: Hi!\n'
-    'User 2: Hello!\n*User 1:* What do you do?\n[A few minutes later]\nUser 2: I study.\n'
+    "User 2: Hello!\n*User 1:* What do you do?\n[A few minutes later]\nUser 2: I study.\n"
     'Mostly maths.\nUser 2: And chess.\nUser 1: Nice!"\n'
 )
 
 PLAIN = [
-    {"personality": ["я работаю врачом .", "у меня есть кот 🐱 ."],
-     "turns": ["привет !", "здравствуй 🙂", "кем ты работаешь ?", "я врач ."]},
-    {"personality": ["i like tea ."], "turns": ["hello !", "hi , i like tea .", "bye"],
-     "bot_starts": True},
+    {
+        "personality": ["я работаю врачом .", "у меня есть кот 🐱 ."],
+        "turns": ["привет !", "здравствуй 🙂", "кем ты работаешь ?", "я врач ."],
+    },
+    {
+        "personality": ["i like tea ."],
+        "turns": ["hello !", "hi , i like tea .", "bye"],
+        "bot_starts": True,
+    },
 ]
 
 
@@ -65,15 +70,31 @@ def test_parlai_both_keeps_the_bots_persona_and_puts_the_gold_reply_last(tmp_pat
     dialogs = read_dialogs(write(tmp_path / "valid_both_original.txt", PARLAI_BOTH))
 
     assert dialogs == [
-        {"personality": ["i like to ski .", "i have a cat ."],
-         "utterances": [
-             {"history": ["hi , how are you ?"],
-              "candidates": ["i am a pilot .", "i love pizza .",
-                             "great , just back from skiing ."]},
-             {"history": ["hi , how are you ?", "great , just back from skiing .", "any pets ?"],
-              "candidates": ["a dog .", "a cat ."]}]},
-        {"personality": ["я люблю чай 🍵 ."],
-         "utterances": [{"history": ["__SILENCE__"], "candidates": ["пока .", "привет !"]}]},
+        {
+            "personality": ["i like to ski .", "i have a cat ."],
+            "utterances": [
+                {
+                    "history": ["hi , how are you ?"],
+                    "candidates": [
+                        "i am a pilot .",
+                        "i love pizza .",
+                        "great , just back from skiing .",
+                    ],
+                },
+                {
+                    "history": [
+                        "hi , how are you ?",
+                        "great , just back from skiing .",
+                        "any pets ?",
+                    ],
+                    "candidates": ["a dog .", "a cat ."],
+                },
+            ],
+        },
+        {
+            "personality": ["я люблю чай 🍵 ."],
+            "utterances": [{"history": ["__SILENCE__"], "candidates": ["пока .", "привет !"]}],
+        },
     ]
 
 
@@ -84,9 +105,11 @@ def test_parlai_self_variant_and_a_reply_missing_from_the_candidates(tmp_path):
 
 
 def test_parlai_problems_are_all_listed_with_lines_and_dialogs(tmp_path):
-    text = ("1 your persona: i like tea .\n2 hi hello no tab\n"
-            "1 partner's persona: i am tall .\n2 hi\thello\n"
-            "oops\n")
+    text = (
+        "1 your persona: i like tea .\n2 hi hello no tab\n"
+        "1 partner's persona: i am tall .\n2 hi\thello\n"
+        "oops\n"
+    )
     problems = problems_of(write(tmp_path / "bad.txt", text))
     assert any("line 2 (dialog 0)" in p and "no TAB" in p for p in problems)
     assert any("line 3 (dialog 1)" in p and 'no "your persona:" lines' in p for p in problems)
@@ -105,20 +128,29 @@ def test_synthetic_csv_gives_one_dialog_per_speaker(tmp_path):
         "personality": ["I love to bake.", "I have a dog."],
         "utterances": [
             {"history": ["Hello!"], "candidates": ["What do you do?"]},
-            {"history": ["Hello!", "What do you do?", "I study. Mostly maths. And chess."],
-             "candidates": ["Nice!"]}]}
+            {
+                "history": ["Hello!", "What do you do?", "I study. Mostly maths. And chess."],
+                "candidates": ["Nice!"],
+            },
+        ],
+    }
     assert dialogs[1] == {
         "personality": ["I am a student.", "I like chess."],
         "utterances": [
             {"history": ["Hi!"], "candidates": ["Hello!"]},
-            {"history": ["Hi!", "Hello!", "What do you do?"],
-             "candidates": ["I study. Mostly maths. And chess."]}]}
+            {
+                "history": ["Hi!", "Hello!", "What do you do?"],
+                "candidates": ["I study. Mostly maths. And chess."],
+            },
+        ],
+    }
 
 
 def test_conversation_rules_for_untidy_generated_text():
     speakers, texts, dropped, first = parse_conversation(
         "\nPreamble nobody said.\n* User 1: Hi! *\n**User 2**: Hey\n* * *\n(They walk.)\n"
-        "User 2: again\nUser 1:\nUser 1: ok")
+        "User 2: again\nUser 1:\nUser 1: ok"
+    )
     assert speakers == [1, 2, 1]
     assert texts == ["Hi!", "Hey again", "ok"]
     assert (dropped, first) == (1, 1)
@@ -133,13 +165,16 @@ def test_csv_with_wrong_columns_names_missing_and_found_columns(tmp_path):
 
 
 def test_csv_problems_have_lines_and_columns(tmp_path):
-    text = ('user 1 personas,user 2 personas,Best Generated Conversation\n'
-            '"a.\nb.",,"User 1: hi\nUser 2: hello"\n'
-            '"a.","b.","hi\nhello\nhow are you"\n'
-            '"a.","b.","User 1: hi\nUser 1: anyone?"\n')
+    text = (
+        "user 1 personas,user 2 personas,Best Generated Conversation\n"
+        '"a.\nb.",,"User 1: hi\nUser 2: hello"\n'
+        '"a.","b.","hi\nhello\nhow are you"\n'
+        '"a.","b.","User 1: hi\nUser 1: anyone?"\n'
+    )
     problems = problems_of(write(tmp_path / "spc.csv", text))
-    assert problems[0].endswith('empty — each speaker needs at least one persona sentence, '
-                                'one per line')
+    assert problems[0].endswith(
+        "empty — each speaker needs at least one persona sentence, one per line"
+    )
     assert 'line 2 (conversation 0), column "user 2 personas"' in problems[0]
     assert "line 5 (conversation 1), line 5: no line starts with" in problems[1]
     assert "cannot be told apart" in problems[1]
@@ -169,13 +204,20 @@ def test_the_shared_synthetic_persona_chat_file():
 def test_plain_json_list_partner_first_and_bot_starts(tmp_path):
     dialogs = read_dialogs(write(tmp_path / "mine.json", json.dumps(PLAIN, ensure_ascii=False)))
     assert dialogs == [
-        {"personality": PLAIN[0]["personality"],
-         "utterances": [
-             {"history": ["привет !"], "candidates": ["здравствуй 🙂"]},
-             {"history": ["привет !", "здравствуй 🙂", "кем ты работаешь ?"],
-              "candidates": ["я врач ."]}]},
-        {"personality": ["i like tea ."],
-         "utterances": [{"history": ["hi , i like tea ."], "candidates": ["bye"]}]},
+        {
+            "personality": PLAIN[0]["personality"],
+            "utterances": [
+                {"history": ["привет !"], "candidates": ["здравствуй 🙂"]},
+                {
+                    "history": ["привет !", "здравствуй 🙂", "кем ты работаешь ?"],
+                    "candidates": ["я врач ."],
+                },
+            ],
+        },
+        {
+            "personality": ["i like tea ."],
+            "utterances": [{"history": ["hi , i like tea ."], "candidates": ["bye"]}],
+        },
     ]
 
 
@@ -233,22 +275,35 @@ def test_lowercase_is_an_option_not_forced(tmp_path):
     path = write(tmp_path / "mine.json", json.dumps(PLAIN, ensure_ascii=False))
     assert read_dialogs(path)[0]["utterances"][0]["history"] == ["привет !"]
     kept = read_dialogs(path)[1]["utterances"][0]["history"]
-    lowered = read_dialogs(write(tmp_path / "up.json", json.dumps(
-        [{"personality": ["I Like TEA ."], "turns": ["Hi ПРИВЕТ", "Hello"]}])), lowercase=True)
+    lowered = read_dialogs(
+        write(
+            tmp_path / "up.json",
+            json.dumps([{"personality": ["I Like TEA ."], "turns": ["Hi ПРИВЕТ", "Hello"]}]),
+        ),
+        lowercase=True,
+    )
     assert kept == ["hi , i like tea ."]
-    assert lowered == [{"personality": ["i like tea ."],
-                        "utterances": [{"history": ["hi привет"], "candidates": ["hello"]}]}]
+    assert lowered == [
+        {
+            "personality": ["i like tea ."],
+            "utterances": [{"history": ["hi привет"], "candidates": ["hello"]}],
+        }
+    ]
 
 
-@pytest.mark.parametrize(("name", "text", "expected"), [
-    ("a.json", json.dumps(make_dialogs(1)), "personachat"),
-    ("a.json", json.dumps(PLAIN), "plain"),
-    ("a.data", json.dumps(PLAIN[0]) + "\n", "plain"),
-    ("a.jsonl", json.dumps(make_dialogs(1)[0]) + "\n", "plain"),
-    ("a.dat", PARLAI_BOTH, "parlai"),
-    ("a.dat", SYNTHETIC_CSV, "synthetic-csv"),
-    ("a.txt", "not parlai at all", "parlai"),  # the extension decides; the reader explains
-], ids=["personachat", "plain-list", "plain-object", "jsonl", "parlai", "csv", "txt"])
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("a.json", json.dumps(make_dialogs(1)), "personachat"),
+        ("a.json", json.dumps(PLAIN), "plain"),
+        ("a.data", json.dumps(PLAIN[0]) + "\n", "plain"),
+        ("a.jsonl", json.dumps(make_dialogs(1)[0]) + "\n", "plain"),
+        ("a.dat", PARLAI_BOTH, "parlai"),
+        ("a.dat", SYNTHETIC_CSV, "synthetic-csv"),
+        ("a.txt", "not parlai at all", "parlai"),  # the extension decides; the reader explains
+    ],
+    ids=["personachat", "plain-list", "plain-object", "jsonl", "parlai", "csv", "txt"],
+)
 def test_format_detection_by_content_then_extension(tmp_path, name, text, expected):
     assert detect_format(write(tmp_path / name, text)) == expected
     assert detect_format("hf:bavard/personachat_truecased") == "hf"
@@ -312,13 +367,20 @@ def test_hub_rows_map_through_the_same_readers():
     dialogs = dialogs_from_rows(utterance_rows, list(utterance_rows[0]), "hf:x")
     assert [len(d["utterances"]) for d in dialogs] == [2, 1]
 
-    struct_of_lists = [{"personality": ["a ."],
-                        "utterances": {"history": [["hi"]], "candidates": [["x", "y"]]}}]
+    struct_of_lists = [
+        {"personality": ["a ."], "utterances": {"history": [["hi"]], "candidates": [["x", "y"]]}}
+    ]
     assert dialogs_from_rows(struct_of_lists, ["personality", "utterances"], "hf:x") == [
-        {"personality": ["a ."], "utterances": [{"history": ["hi"], "candidates": ["x", "y"]}]}]
+        {"personality": ["a ."], "utterances": [{"history": ["hi"], "candidates": ["x", "y"]}]}
+    ]
 
-    spc = [{"user 1 personas": "a.", "user 2 personas": "b.",
-            "Best Generated Conversation": "User 1: hi\nUser 2: hello\nUser 1: bye"}]
+    spc = [
+        {
+            "user 1 personas": "a.",
+            "user 2 personas": "b.",
+            "Best Generated Conversation": "User 1: hi\nUser 2: hello\nUser 1: bye",
+        }
+    ]
     assert len(dialogs_from_rows(spc, list(spc[0]), "hf:x")) == 2
 
     with pytest.raises(DataError, match="match no known dialog layout"):
@@ -327,20 +389,48 @@ def test_hub_rows_map_through_the_same_readers():
 
 # --------------------------------------------------------------------------- properties
 
-_FRAGMENTS = st.sampled_from([
-    "1 your persona: i like tea .", "2 hi\thello\t\tx|hello", "1 ", "3 \t", "User 1: hi",
-    "User 2: hello", "*User 1:* hey", "[later]", "user 1 personas,user 2 personas,"
-    "Best Generated Conversation", '"', ",", "{", "}", "[", "]", '"turns"', '"utterances"',
-    '{"personality": ["a"], "turns": ["x", "y"]}', "\t", "|", "", "😀", "привет", "\r",
-])
+_FRAGMENTS = st.sampled_from(
+    [
+        "1 your persona: i like tea .",
+        "2 hi\thello\t\tx|hello",
+        "1 ",
+        "3 \t",
+        "User 1: hi",
+        "User 2: hello",
+        "*User 1:* hey",
+        "[later]",
+        "user 1 personas,user 2 personas,Best Generated Conversation",
+        '"',
+        ",",
+        "{",
+        "}",
+        "[",
+        "]",
+        '"turns"',
+        '"utterances"',
+        '{"personality": ["a"], "turns": ["x", "y"]}',
+        "\t",
+        "|",
+        "",
+        "😀",
+        "привет",
+        "\r",
+    ]
+)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.one_of(st.binary(max_size=300).map(lambda b: ("bytes", b)),
-                 st.text(max_size=200).map(lambda t: ("text", t)),
-                 st.lists(_FRAGMENTS, max_size=12).map(lambda f: ("text", "\n".join(f)))),
-       st.sampled_from([".json", ".jsonl", ".csv", ".txt", ".dat"]),
-       st.sampled_from([None, "personachat", "parlai", "synthetic-csv", "plain"]))
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.one_of(
+        st.binary(max_size=300).map(lambda b: ("bytes", b)),
+        st.text(max_size=200).map(lambda t: ("text", t)),
+        st.lists(_FRAGMENTS, max_size=12).map(lambda f: ("text", "\n".join(f))),
+    ),
+    st.sampled_from([".json", ".jsonl", ".csv", ".txt", ".dat"]),
+    st.sampled_from([None, "personachat", "parlai", "synthetic-csv", "plain"]),
+)
 def test_readers_never_crash_on_random_input(tmp_path, content, extension, fmt):
     kind, value = content
     path = tmp_path / f"random{extension}"
@@ -357,11 +447,17 @@ def test_readers_never_crash_on_random_input(tmp_path, content, extension, fmt):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["User 1:", "User 2:", "* User 1:", "", "[x]"]),
-                          st.text(alphabet="ab *\t", max_size=4)), max_size=10))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["User 1:", "User 2:", "* User 1:", "", "[x]"]),
+            st.text(alphabet="ab *\t", max_size=4),
+        ),
+        max_size=10,
+    )
+)
 def test_parsed_conversations_alternate_and_keep_no_blank_turns(lines):
     speakers, texts, _, _ = parse_conversation("\n".join(p + t for p, t in lines))
     assert len(speakers) == len(texts)
     assert all(a != b for a, b in zip(speakers, speakers[1:], strict=False))
     assert all(t.strip() for t in texts)
-

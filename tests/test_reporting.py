@@ -19,9 +19,18 @@ from personachat.reporting import (
 from .conftest import make_dialogs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ARGS = {"train_batch_size": 4, "gradient_accumulation_steps": 2, "num_train_epochs": 2,
-        "learning_rate": 5e-3, "manual_seed": 1, "logging_steps": 1, "save_steps": 0,
-        "save_model_every_epoch": False, "max_length": 5, "silent": True}
+ARGS = {
+    "train_batch_size": 4,
+    "gradient_accumulation_steps": 2,
+    "num_train_epochs": 2,
+    "learning_rate": 5e-3,
+    "manual_seed": 1,
+    "logging_steps": 1,
+    "save_steps": 0,
+    "save_model_every_epoch": False,
+    "max_length": 5,
+    "silent": True,
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +40,18 @@ def run(tiny_checkpoint, tmp_path_factory):
     data = root / "dialogs.json"
     data.write_text(json.dumps(make_dialogs()))
     out = root / "out"
-    model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False, args={
-        **ARGS, "output_dir": str(out), "best_model_dir": str(root / "best"),
-        "evaluate_during_training": True, "evaluate_during_training_steps": 2})
+    model = ConvAIModel(
+        "gpt2",
+        tiny_checkpoint,
+        use_cuda=False,
+        args={
+            **ARGS,
+            "output_dir": str(out),
+            "best_model_dir": str(root / "best"),
+            "evaluate_during_training": True,
+            "evaluate_during_training_steps": 2,
+        },
+    )
     _, details = model.train_model(data, eval_file=data)
     return out, details
 
@@ -51,8 +69,17 @@ def test_tensorboard_has_losses_learning_rate_grad_norm_throughput_and_eval_metr
     events = EventAccumulator(str(out / "runs"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"loss", "lm_loss", "mc_loss", "lr", "grad_norm", "tokens_per_s",
-            "eval/language_model_loss", "eval/hits@1", "eval/perplexity"} <= tags
+    assert {
+        "loss",
+        "lm_loss",
+        "mc_loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s",
+        "eval/language_model_loss",
+        "eval/hits@1",
+        "eval/perplexity",
+    } <= tags
     assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4, 5, 6]
     # Evaluation every 2 steps, plus the end of each epoch (steps 3 and 6).
     assert [e.step for e in events.Scalars("eval/hits@1")] == [2, 3, 4, 6, 6]
@@ -62,8 +89,11 @@ def test_samples_show_the_probe_replies_before_training_and_after_every_epoch(ru
     out, _ = run
     text = (out / "samples.md").read_text()
     headings = [line for line in text.splitlines() if line.startswith("## ")]
-    assert headings == ["## Before training (step 0)", "## After epoch 1 (step 3)",
-                        "## After epoch 2 (step 6)"]
+    assert headings == [
+        "## Before training (step 0)",
+        "## After epoch 1 (step 3)",
+        "## After epoch 2 (step 6)",
+    ]
     assert text.count("persona: *") == 4  # the probes, listed once at the top
     assert text.count("**bot: ") == 3 * 4  # every probe answered three times
 
@@ -81,14 +111,34 @@ def test_report_has_config_data_counts_time_final_metrics_and_the_curves(run):
     assert report.index("## Final metrics") < report.index("## Configuration")
 
 
-def test_the_cli_adds_the_final_evaluation_to_the_report(tiny_checkpoint, dialogs_file,
-                                                         tmp_path, capsys):
+def test_the_cli_adds_the_final_evaluation_to_the_report(
+    tiny_checkpoint, dialogs_file, tmp_path, capsys
+):
     out = tmp_path / "cli"
-    sets = [arg for key, value in {**ARGS, "num_train_epochs": 1}.items()
-            for arg in ("--set", f"{key}={value}")]
-    assert cli.main(["train", "--model", str(tiny_checkpoint), "--train-file", str(dialogs_file),
-                     "--eval-file", str(dialogs_file), "--output-dir", str(out),
-                     "--device", "cpu", *sets]) == 0
+    sets = [
+        arg
+        for key, value in {**ARGS, "num_train_epochs": 1}.items()
+        for arg in ("--set", f"{key}={value}")
+    ]
+    assert (
+        cli.main(
+            [
+                "train",
+                "--model",
+                str(tiny_checkpoint),
+                "--train-file",
+                str(dialogs_file),
+                "--eval-file",
+                str(dialogs_file),
+                "--output-dir",
+                str(out),
+                "--device",
+                "cpu",
+                *sets,
+            ]
+        )
+        == 0
+    )
     report = (out / "report.md").read_text()
     assert f"## Evaluation: {dialogs_file}" in report and "| language_model_loss |" in report
     assert report.rstrip().endswith("|")  # the configuration table stays last
@@ -109,8 +159,9 @@ def test_probes_prefer_turns_that_ask_about_the_persona():
 
 def test_samples_file_grows_by_one_section_per_call(tmp_path):
     path = tmp_path / "samples.md"
-    writer = SampleWriter(path, [Probe(["i like tea ."], ["hi"], "hello")],
-                          lambda pairs: ["reply"] * len(pairs))
+    writer = SampleWriter(
+        path, [Probe(["i like tea ."], ["hi"], "hello")], lambda pairs: ["reply"] * len(pairs)
+    )
     writer("Before training (step 0)", fresh=True)
     writer("After epoch 1 (step 3)")
     text = path.read_text()
@@ -132,10 +183,20 @@ def test_a_new_run_over_an_old_output_dir_starts_samples_afresh(tiny_checkpoint,
     data = tmp_path / "dialogs.json"
     data.write_text(json.dumps(make_dialogs()))
     for _ in range(2):
-        model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False, args={
-            **ARGS, "num_train_epochs": 1, "output_dir": str(tmp_path / "out"),
-            "overwrite_output_dir": True})
+        model = ConvAIModel(
+            "gpt2",
+            tiny_checkpoint,
+            use_cuda=False,
+            args={
+                **ARGS,
+                "num_train_epochs": 1,
+                "output_dir": str(tmp_path / "out"),
+                "overwrite_output_dir": True,
+            },
+        )
         model.train_model(data)
     text = (tmp_path / "out" / "samples.md").read_text()
     assert [line for line in text.splitlines() if line.startswith("## ")] == [
-        "## Before training (step 0)", "## After epoch 1 (step 3)"]
+        "## Before training (step 0)",
+        "## After epoch 1 (step 3)",
+    ]

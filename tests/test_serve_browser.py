@@ -19,11 +19,20 @@ pytest.importorskip("uvicorn", reason="the serve extra: pip install -e '.[test]'
 from .serve_helpers import ThreadServer, model_with_personas  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
-                                reason="Debian's chromium is not installed (/usr/bin/chromium)")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="Debian's chromium is not installed (/usr/bin/chromium)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +92,7 @@ def test_chat_reply_and_history_after_reload(server, browser):
 
     page.fill("#message", "any pets ?")
     page.click("#send")
-    page.wait_for_function("document.querySelectorAll('#log li.msg.bot:not(.pending)')"
-                           ".length == 2")
+    page.wait_for_function("document.querySelectorAll('#log li.msg.bot:not(.pending)').length == 2")
 
     page.reload()
     page.wait_for_function("document.querySelectorAll('#log li.msg').length == 4")

@@ -220,8 +220,9 @@ def test_values_never_hide_inside_other_text():
     """No value occurs inside another value or a fixed sentence, so held-out stays held-out."""
     values = [value for slot in SLOTS.values() for value in slot.values]
     assert len(values) == len(set(values))
-    fixed = [t.format(v="", av="") for s in SLOTS.values()
-             for t in s.persona + s.questions + s.replies]
+    fixed = [
+        t.format(v="", av="") for s in SLOTS.values() for t in s.persona + s.questions + s.replies
+    ]
     fixed += [t for talk in SMALL_TALK.values() for t in talk.prompts + talk.replies]
     fixed += list(synthetic.ACKNOWLEDGEMENTS)
     for value in values:
@@ -269,8 +270,20 @@ def test_write_splits_is_deterministic_and_atomic(tmp_path):
 
 
 def test_cli_writes_the_three_splits(tmp_path, capsys):
-    argv = ["--out-dir", str(tmp_path), "--num-train", "4", "--num-valid", "2",
-            "--num-unseen", "2", "--num-candidates", "3", "--seed", "9"]
+    argv = [
+        "--out-dir",
+        str(tmp_path),
+        "--num-train",
+        "4",
+        "--num-valid",
+        "2",
+        "--num-unseen",
+        "2",
+        "--num-candidates",
+        "3",
+        "--seed",
+        "9",
+    ]
     assert synthetic.main(argv) == 0
     for split in SPLITS:
         dialogs = json.loads((tmp_path / f"persona_{split}.json").read_text())

@@ -36,26 +36,37 @@ from personachat.token_cache import (
 
 from .conftest import make_dialogs
 
-OPTIONS = EncodingOptions(num_candidates=2, max_history=1, max_tokens=64,
-                          personality_permutations=2, seed=3)
+OPTIONS = EncodingOptions(
+    num_candidates=2, max_history=1, max_tokens=64, personality_permutations=2, seed=3
+)
 
 
 def unicode_dialogs() -> list[dict]:
     """make_dialogs plus a Russian dialog with emoji and upper case (lowercasing matters)."""
-    return make_dialogs(6) + [{
-        "personality": ["Я работаю врачом .", "У меня есть кот 🐱 ."],
-        "utterances": [
-            {"history": ["Привет ! Кем ты работаешь ?"],
-             "candidates": ["Я пилот .", "Я врач 🙂 ."]},
-            {"history": ["Привет ! Кем ты работаешь ?", "Я врач 🙂 .", "А животные есть ?"],
-             "candidates": ["Нет .", "Есть кот 🐱 ."]},
-        ],
-    }]
+    return make_dialogs(6) + [
+        {
+            "personality": ["Я работаю врачом .", "У меня есть кот 🐱 ."],
+            "utterances": [
+                {
+                    "history": ["Привет ! Кем ты работаешь ?"],
+                    "candidates": ["Я пилот .", "Я врач 🙂 ."],
+                },
+                {
+                    "history": ["Привет ! Кем ты работаешь ?", "Я врач 🙂 .", "А животные есть ?"],
+                    "candidates": ["Нет .", "Есть кот 🐱 ."],
+                },
+            ],
+        }
+    ]
 
 
 def make_tokenizer(vocab_size: int = 300):
-    texts = [s for d in unicode_dialogs() for u in d["utterances"]
-             for s in u["history"] + u["candidates"] + d["personality"]]
+    texts = [
+        s
+        for d in unicode_dialogs()
+        for u in d["utterances"]
+        for s in u["history"] + u["candidates"] + d["personality"]
+    ]
     tokenizer = train_tokenizer(texts, vocab_size)
     tokenizer.add_special_tokens(ATTR_TO_SPECIAL_TOKEN)
     return tokenizer
@@ -96,8 +107,10 @@ def items(dataset) -> list[dict]:
 
 # --- reuse and invalidation ------------------------------------------------------------------
 
-def test_the_second_load_reads_the_cache_instead_of_tokenizing(tmp_path, tokenizer, special,
-                                                               tokenizations):
+
+def test_the_second_load_reads_the_cache_instead_of_tokenizing(
+    tmp_path, tokenizer, special, tokenizations
+):
     dialogs = make_dialogs()
     logged: list[str] = []
 
@@ -136,12 +149,21 @@ def test_text_no_example_uses_does_not_change_the_key(tokenizer):
     assert cache_key(dialogs, tokenizer, OPTIONS) == cache_key(edited, tokenizer, OPTIONS)
 
 
-@pytest.mark.parametrize("change", [
-    {"num_candidates": 1}, {"max_history": 0}, {"max_tokens": 40},
-    {"personality_permutations": 1}, {"lowercase": True}, {"seed": 4},
-], ids=lambda c: next(iter(c)))
-def test_every_encoding_option_is_part_of_the_key(tmp_path, tokenizer, special, tokenizations,
-                                                  change):
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"num_candidates": 1},
+        {"max_history": 0},
+        {"max_tokens": 40},
+        {"personality_permutations": 1},
+        {"lowercase": True},
+        {"seed": 4},
+    ],
+    ids=lambda c: next(iter(c)),
+)
+def test_every_encoding_option_is_part_of_the_key(
+    tmp_path, tokenizer, special, tokenizations, change
+):
     dialogs = unicode_dialogs()
     changed = dataclasses.replace(OPTIONS, **change)
 
@@ -165,8 +187,9 @@ def test_a_changed_tokenizer_tokenizes_again(tmp_path, special, tokenizations):
     assert len(tokenizations) == 3
 
 
-def test_reprocess_tokenizes_again_and_replaces_the_entry(tmp_path, tokenizer, special,
-                                                          tokenizations):
+def test_reprocess_tokenizes_again_and_replaces_the_entry(
+    tmp_path, tokenizer, special, tokenizations
+):
     dialogs = make_dialogs()
     first = cached_dataset(dialogs, tokenizer, special, OPTIONS, tmp_path)
     manifest = first.folder / MANIFEST
@@ -177,13 +200,14 @@ def test_reprocess_tokenizes_again_and_replaces_the_entry(tmp_path, tokenizer, s
 
     assert len(tokenizations) == 2
     assert entries(tmp_path) == [first.cache_key]
-    assert manifest.stat().st_mtime > 0 and json.loads(manifest.read_text())["key"] == \
-        json.loads(created)["key"]
+    assert (
+        manifest.stat().st_mtime > 0
+        and json.loads(manifest.read_text())["key"] == json.loads(created)["key"]
+    )
     assert items(again) == items(first)
 
 
-def test_reprocess_input_data_retokenizes_once_per_model(tiny_checkpoint, tmp_path,
-                                                         tokenizations):
+def test_reprocess_input_data_retokenizes_once_per_model(tiny_checkpoint, tmp_path, tokenizations):
     args = {"cache_dir": str(tmp_path), "reprocess_input_data": True, "silent": True}
     model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False, args=args)
     dialogs = make_dialogs()
@@ -193,15 +217,19 @@ def test_reprocess_input_data_retokenizes_once_per_model(tiny_checkpoint, tmp_pa
     assert len(tokenizations) == 1
     ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False, args=args)._dataset(dialogs, "train")
     assert len(tokenizations) == 2
-    ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
-                args={**args, "reprocess_input_data": False})._dataset(dialogs, "train")
+    ConvAIModel(
+        "gpt2", tiny_checkpoint, use_cuda=False, args={**args, "reprocess_input_data": False}
+    )._dataset(dialogs, "train")
     assert len(tokenizations) == 2
 
 
-def test_no_cache_tokenizes_in_memory_and_writes_nothing(tiny_checkpoint, tmp_path,
-                                                         tokenizations):
-    model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
-                        args={"cache_dir": str(tmp_path), "no_cache": True, "silent": True})
+def test_no_cache_tokenizes_in_memory_and_writes_nothing(tiny_checkpoint, tmp_path, tokenizations):
+    model = ConvAIModel(
+        "gpt2",
+        tiny_checkpoint,
+        use_cuda=False,
+        args={"cache_dir": str(tmp_path), "no_cache": True, "silent": True},
+    )
     dataset = model._dataset(make_dialogs(), "train")
 
     assert len(dataset) == 24 and not tokenizations
@@ -210,15 +238,27 @@ def test_no_cache_tokenizes_in_memory_and_writes_nothing(tiny_checkpoint, tmp_pa
 
 # --- same examples as the in-memory path -----------------------------------------------------
 
-@pytest.mark.parametrize("options", [
-    OPTIONS,
-    EncodingOptions(num_candidates=1, max_history=0, max_tokens=1024),
-    # Short enough that history, persona and even replies are cut (the slow length path).
-    EncodingOptions(num_candidates=2, max_history=2, max_tokens=14, personality_permutations=3,
-                    lowercase=True, seed=11),
-], ids=["permutations", "one-candidate-no-history", "truncated-lowercased"])
-def test_the_cached_dataset_yields_exactly_the_in_memory_examples(tmp_path, tokenizer, special,
-                                                                  options):
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        OPTIONS,
+        EncodingOptions(num_candidates=1, max_history=0, max_tokens=1024),
+        # Short enough that history, persona and even replies are cut (the slow length path).
+        EncodingOptions(
+            num_candidates=2,
+            max_history=2,
+            max_tokens=14,
+            personality_permutations=3,
+            lowercase=True,
+            seed=11,
+        ),
+    ],
+    ids=["permutations", "one-candidate-no-history", "truncated-lowercased"],
+)
+def test_the_cached_dataset_yields_exactly_the_in_memory_examples(
+    tmp_path, tokenizer, special, options
+):
     dialogs = unicode_dialogs()
     reference = dataset_from_dialogs(dialogs, tokenizer, special, **dataclasses.asdict(options))
 
@@ -242,8 +282,9 @@ def test_unicode_round_trips_through_the_cache(tmp_path, tokenizer, special):
 
 def test_batches_collate_and_workers_get_the_path_not_the_data(tmp_path, tokenizer, special):
     dataset = cached_dataset(make_dialogs(), tokenizer, special, OPTIONS, tmp_path)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=5,
-                                         collate_fn=lambda b: collate(b, special.pad))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=5, collate_fn=lambda b: collate(b, special.pad)
+    )
     batch = next(iter(loader))
     assert batch["input_ids"].shape[:2] == (5, 2)
 
@@ -254,10 +295,18 @@ def test_batches_collate_and_workers_get_the_path_not_the_data(tmp_path, tokeniz
 
 def test_worker_processes_give_the_same_entry(tmp_path, tokenizer, special):
     # > 1,000 distinct strings, so that two datasets workers really share the tokenization.
-    dialogs = [{"personality": [f"i am person {i} ."],
-                "utterances": [{"history": [f"message {i} {j}" for j in range(3)],
-                                "candidates": [f"reply {i} a", f"reply {i} b"]}]}
-               for i in range(500)]
+    dialogs = [
+        {
+            "personality": [f"i am person {i} ."],
+            "utterances": [
+                {
+                    "history": [f"message {i} {j}" for j in range(3)],
+                    "candidates": [f"reply {i} a", f"reply {i} b"],
+                }
+            ],
+        }
+        for i in range(500)
+    ]
     one = cached_dataset(dialogs, tokenizer, special, OPTIONS, tmp_path / "one", num_proc=1)
     two = cached_dataset(dialogs, tokenizer, special, OPTIONS, tmp_path / "two", num_proc=2)
 
@@ -287,6 +336,7 @@ def test_no_pickle_anywhere_in_the_cache(tmp_path, tokenizer, special):
 
 def _build_and_die(cache_dir: str, dialogs: list[dict]) -> None:
     """In a child: build an entry, but die (as if killed) right before the manifest."""
+
     def die(*args, **kwargs):
         os._exit(9)
 
@@ -297,8 +347,9 @@ def _build_and_die(cache_dir: str, dialogs: list[dict]) -> None:
 
 def test_a_build_killed_halfway_is_never_read(tmp_path, tokenizer, special, tokenizations):
     dialogs = make_dialogs()
-    child = multiprocessing.get_context("fork").Process(target=_build_and_die,
-                                                        args=(str(tmp_path), dialogs))
+    child = multiprocessing.get_context("fork").Process(
+        target=_build_and_die, args=(str(tmp_path), dialogs)
+    )
     child.start()
     child.join(60)
 
@@ -314,8 +365,7 @@ def test_a_build_killed_halfway_is_never_read(tmp_path, tokenizer, special, toke
 
 
 @pytest.mark.parametrize("damage", ["truncated-table", "no-manifest", "bad-manifest"])
-def test_a_damaged_entry_is_rebuilt_not_read(tmp_path, tokenizer, special, tokenizations,
-                                            damage):
+def test_a_damaged_entry_is_rebuilt_not_read(tmp_path, tokenizer, special, tokenizations, damage):
     dialogs = make_dialogs()
     first = cached_dataset(dialogs, tokenizer, special, OPTIONS, tmp_path)
     expected = items(first)
@@ -338,7 +388,8 @@ def test_a_damaged_entry_is_rebuilt_not_read(tmp_path, tokenizer, special, token
 
 
 def test_an_entry_another_process_just_landed_is_kept_not_pulled_from_under_it(
-        tmp_path, tokenizer, special):
+    tmp_path, tokenizer, special
+):
     """Two torchrun ranks on a cold cache both tokenize; the second to finish must not
     replace (and delete) the entry the first is already reading."""
     dialogs = make_dialogs(3)

@@ -10,17 +10,31 @@ import torch
 
 from personachat import ConvAIModel
 
-BASE = {"train_batch_size": 4, "learning_rate": 5e-3, "manual_seed": 1, "silent": True,
-        "save_model_every_epoch": False}
+BASE = {
+    "train_batch_size": 4,
+    "learning_rate": 5e-3,
+    "manual_seed": 1,
+    "silent": True,
+    "save_model_every_epoch": False,
+}
 
 
 def test_evaluation_during_training_keeps_the_best_model_and_stops_early(
-        tiny_checkpoint, dialogs_file, tmp_path):
-    args = {**BASE, "num_train_epochs": 6, "output_dir": str(tmp_path / "out"),
-            "best_model_dir": str(tmp_path / "best"), "evaluate_during_training": True,
-            "evaluate_during_training_steps": 3, "use_early_stopping": True,
-            "early_stopping_patience": 1, "early_stopping_metric": "hits@1",
-            "early_stopping_metric_minimize": False, "early_stopping_delta": 0.5}
+    tiny_checkpoint, dialogs_file, tmp_path
+):
+    args = {
+        **BASE,
+        "num_train_epochs": 6,
+        "output_dir": str(tmp_path / "out"),
+        "best_model_dir": str(tmp_path / "best"),
+        "evaluate_during_training": True,
+        "evaluate_during_training_steps": 3,
+        "use_early_stopping": True,
+        "early_stopping_patience": 1,
+        "early_stopping_metric": "hits@1",
+        "early_stopping_metric_minimize": False,
+        "early_stopping_delta": 0.5,
+    }
     model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False, args=args)
     global_step, details = model.train_model(dialogs_file, eval_file=dialogs_file)
 
@@ -34,26 +48,50 @@ def test_evaluation_during_training_keeps_the_best_model_and_stops_early(
 
 
 def test_checkpoints_every_epoch_and_every_save_steps(tiny_checkpoint, dialogs_file, tmp_path):
-    model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
-                        args={**BASE, "num_train_epochs": 2, "save_model_every_epoch": True,
-                              "save_steps": 4, "output_dir": str(tmp_path / "out")})
+    model = ConvAIModel(
+        "gpt2",
+        tiny_checkpoint,
+        use_cuda=False,
+        args={
+            **BASE,
+            "num_train_epochs": 2,
+            "save_model_every_epoch": True,
+            "save_steps": 4,
+            "output_dir": str(tmp_path / "out"),
+        },
+    )
     model.train_model(dialogs_file)
     out = tmp_path / "out"
     names = sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint"))
-    assert names == ["checkpoint-12", "checkpoint-12-epoch-2", "checkpoint-4",
-                     "checkpoint-6-epoch-1", "checkpoint-8"]
+    assert names == [
+        "checkpoint-12",
+        "checkpoint-12-epoch-2",
+        "checkpoint-4",
+        "checkpoint-6-epoch-1",
+        "checkpoint-8",
+    ]
     for name in names:
         assert (out / name / "model.safetensors").is_file()
         assert (out / name / "model_args.json").is_file()
 
 
 def test_gradient_accumulation_gives_the_same_weights_as_a_bigger_batch(
-        tiny_checkpoint, dialogs_file, tmp_path):
+    tiny_checkpoint, dialogs_file, tmp_path
+):
     def final_weights(batch_size, accumulation, out):
-        model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False,
-                            args={**BASE, "num_train_epochs": 1, "train_batch_size": batch_size,
-                                  "gradient_accumulation_steps": accumulation,
-                                  "output_dir": str(tmp_path / out), "no_save": True})
+        model = ConvAIModel(
+            "gpt2",
+            tiny_checkpoint,
+            use_cuda=False,
+            args={
+                **BASE,
+                "num_train_epochs": 1,
+                "train_batch_size": batch_size,
+                "gradient_accumulation_steps": accumulation,
+                "output_dir": str(tmp_path / out),
+                "no_save": True,
+            },
+        )
         model.train_model(dialogs_file)
         return model.model.transformer.wte.weight.detach().clone(), model
 
@@ -75,13 +113,31 @@ def test_a_folder_saved_by_simpletransformers_loads(tiny_checkpoint, tmp_path):
     torch.save(model.state_dict(), folder / "pytorch_model.bin")  # the pickle format of old
     tokenizer = GPT2TokenizerFast.from_pretrained(tiny_checkpoint)
     tokenizer.backend_tokenizer.model.save(str(folder))  # vocab.json + merges.txt
-    (folder / "special_tokens_map.json").write_text(json.dumps({
-        "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
-        "additional_special_tokens": ["<speaker1>", "<speaker2>"]}))
-    (folder / "model_args.json").write_text(json.dumps({
-        "model_class": "ConvAIModel", "num_train_epochs": 5, "train_batch_size": 6,
-        "max_history": 3, "wandb_project": None, "use_multiprocessing": True,
-        "process_count": 6, "n_gpu": 1, "manual_seed": None}))
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps(
+            {
+                "bos_token": "<bos>",
+                "eos_token": "<eos>",
+                "pad_token": "<pad>",
+                "additional_special_tokens": ["<speaker1>", "<speaker2>"],
+            }
+        )
+    )
+    (folder / "model_args.json").write_text(
+        json.dumps(
+            {
+                "model_class": "ConvAIModel",
+                "num_train_epochs": 5,
+                "train_batch_size": 6,
+                "max_history": 3,
+                "wandb_project": None,
+                "use_multiprocessing": True,
+                "process_count": 6,
+                "n_gpu": 1,
+                "manual_seed": None,
+            }
+        )
+    )
     assert (folder / "pytorch_model.bin").is_file()
 
     # Its weights are a pickle: loaded only when the caller vouches for the folder.
@@ -91,8 +147,9 @@ def test_a_folder_saved_by_simpletransformers_loads(tiny_checkpoint, tmp_path):
     assert isinstance(reply, str)
 
 
-@pytest.mark.parametrize("bad", [{"train_batch_size": 0}, {"min_length": 30, "max_length": 5},
-                                 {"top_p": 2.0}])
+@pytest.mark.parametrize(
+    "bad", [{"train_batch_size": 0}, {"min_length": 30, "max_length": 5}, {"top_p": 2.0}]
+)
 def test_invalid_option_values_fail_before_any_work(tiny_checkpoint, bad):
     with pytest.raises(ValueError):
         ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False, args=bad)

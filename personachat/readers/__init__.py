@@ -35,8 +35,13 @@ __all__ = ["FORMATS", "DataError", "detect_format", "lowercase_dialogs", "read_d
 
 FORMATS = ("personachat", "parlai", "synthetic-csv", "plain", "hf")
 _HF_PREFIX = "hf:"
-_BY_EXTENSION = {".json": "personachat", ".jsonl": "plain", ".ndjson": "plain",
-                 ".csv": "synthetic-csv", ".txt": "parlai"}
+_BY_EXTENSION = {
+    ".json": "personachat",
+    ".jsonl": "plain",
+    ".ndjson": "plain",
+    ".csv": "synthetic-csv",
+    ".txt": "parlai",
+}
 _PARLAI_LINE = re.compile(r"[0-9]{1,9} ")
 
 
@@ -86,17 +91,28 @@ def detect_format(path: str | os.PathLike) -> str:
 def lowercase_dialogs(dialogs: list[dict]) -> list[dict]:
     """Lowercase every persona sentence, history message and candidate (other keys kept)."""
     return [
-        {**dialog,
-         "personality": [s.lower() for s in dialog["personality"]],
-         "utterances": [{**u, "history": [h.lower() for h in u["history"]],
-                         "candidates": [c.lower() for c in u["candidates"]]}
-                        for u in dialog["utterances"]]}
+        {
+            **dialog,
+            "personality": [s.lower() for s in dialog["personality"]],
+            "utterances": [
+                {
+                    **u,
+                    "history": [h.lower() for h in u["history"]],
+                    "candidates": [c.lower() for c in u["candidates"]],
+                }
+                for u in dialog["utterances"]
+            ],
+        }
         for dialog in dialogs
     ]
 
 
-def read_dialogs(path: str | os.PathLike, format: str | None = None, split: str = "train",
-                 lowercase: bool = False) -> list[dict]:
+def read_dialogs(
+    path: str | os.PathLike,
+    format: str | None = None,
+    split: str = "train",
+    lowercase: bool = False,
+) -> list[dict]:
     """Read dialogs in any supported format as validated Persona-Chat dialogs.
 
     Args:
@@ -120,8 +136,9 @@ def read_dialogs(path: str | os.PathLike, format: str | None = None, split: str 
     elif format == "personachat":
         dialogs = load_dialogs(text, split)
     else:
-        reader = {"parlai": read_parlai, "synthetic-csv": read_synthetic_csv,
-                  "plain": read_plain}[format]
+        reader = {"parlai": read_parlai, "synthetic-csv": read_synthetic_csv, "plain": read_plain}[
+            format
+        ]
         dialogs = reader(Path(text))
     problems = validate_dialogs(dialogs, text)
     if problems:  # the readers check as they go; this guards against a reader's oversight

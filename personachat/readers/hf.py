@@ -24,16 +24,21 @@ from . import plain, synthetic_csv
 
 __all__ = ["dialogs_from_rows", "read_hf"]
 
-_SPLIT_ALIASES = {"valid": ("valid", "validation", "val", "dev"),
-                  "validation": ("validation", "valid", "val", "dev"),
-                  "train": ("train",), "test": ("test",)}
+_SPLIT_ALIASES = {
+    "valid": ("valid", "validation", "val", "dev"),
+    "validation": ("validation", "valid", "val", "dev"),
+    "train": ("train",),
+    "test": ("test",),
+}
 
 
 def _utterance_list(value: object) -> object:
     """``datasets`` may return a list of structs as a struct of lists; turn it back."""
     if isinstance(value, Mapping) and value and all(isinstance(v, list) for v in value.values()):
         keys = list(value)
-        return [dict(zip(keys, items, strict=False)) for items in zip(*value.values(), strict=False)]
+        return [
+            dict(zip(keys, items, strict=False)) for items in zip(*value.values(), strict=False)
+        ]
     return value
 
 
@@ -47,8 +52,9 @@ def _utterance_rows(rows: Iterable[Mapping]) -> list[dict]:
         if key != previous_key:
             dialogs.append({"personality": persona, "utterances": []})
             previous_key = key
-        dialogs[-1]["utterances"].append({"history": list(row["history"]),
-                                          "candidates": list(row["candidates"])})
+        dialogs[-1]["utterances"].append(
+            {"history": list(row["history"]), "candidates": list(row["candidates"])}
+        )
     return dialogs
 
 
@@ -57,17 +63,25 @@ def dialogs_from_rows(rows: Iterable[Mapping], columns: Sequence[str], source: s
     have = set(columns)
     problems: list[str] = []
     if {"personality", "utterances"} <= have:
-        dialogs = [{"personality": list(row["personality"]),
-                    "utterances": _utterance_list(row["utterances"])} for row in rows]
+        dialogs = [
+            {
+                "personality": list(row["personality"]),
+                "utterances": _utterance_list(row["utterances"]),
+            }
+            for row in rows
+        ]
     elif {"personality", "history", "candidates"} <= have:
         dialogs = _utterance_rows(rows)
     elif set(synthetic_csv.COLUMNS) <= have:
         dialogs = []
         for i, row in enumerate(rows):
             found, found_problems, _ = synthetic_csv.dialogs_from_row(
-                row[synthetic_csv.PERSONA_1] or "", row[synthetic_csv.PERSONA_2] or "",
-                row[synthetic_csv.CONVERSATION] or "", f"{source}: row {i}",
-                lambda k: f"conversation line {k + 1}")
+                row[synthetic_csv.PERSONA_1] or "",
+                row[synthetic_csv.PERSONA_2] or "",
+                row[synthetic_csv.CONVERSATION] or "",
+                f"{source}: row {i}",
+                lambda k: f"conversation line {k + 1}",
+            )
             dialogs += found
             problems += found_problems
     elif {"personality", "turns"} <= have:
@@ -86,8 +100,11 @@ def dialogs_from_rows(rows: Iterable[Mapping], columns: Sequence[str], source: s
         )
     problems = problems or validate_dialogs(dialogs, source)
     if problems:
-        raise DataError(problems, f"{source} is not usable dialog data ({len(problems)} "
-                                  f"problem{'s' * (len(problems) != 1)}):")
+        raise DataError(
+            problems,
+            f"{source} is not usable dialog data ({len(problems)} "
+            f"problem{'s' * (len(problems) != 1)}):",
+        )
     return dialogs
 
 
@@ -97,8 +114,9 @@ def _pick_split(loaded: object, split: str, name: str) -> object:
     for candidate in _SPLIT_ALIASES.get(split, (split,)):
         if candidate in loaded:
             return loaded[candidate]
-    raise DataError(f'hf:{name}: has no split "{split}"; its splits are '
-                    + ", ".join(f'"{s}"' for s in loaded))
+    raise DataError(
+        f'hf:{name}: has no split "{split}"; its splits are ' + ", ".join(f'"{s}"' for s in loaded)
+    )
 
 
 def read_hf(name: str, split: str = "train") -> list[dict]:
@@ -108,15 +126,20 @@ def read_hf(name: str, split: str = "train") -> list[dict]:
     try:
         import datasets
     except ImportError:
-        raise DataError(f"hf:{name}: reading hub datasets needs the datasets package — "
-                        "pip install datasets, or pass a local file") from None
+        raise DataError(
+            f"hf:{name}: reading hub datasets needs the datasets package — "
+            "pip install datasets, or pass a local file"
+        ) from None
     try:
         loaded = datasets.load_dataset(name)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # offline, unknown name, gated repo...: all mean "use a file"
-        offline = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-                   if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")]
+        offline = [
+            v
+            for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+            if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        ]
         why = f" ({' and '.join(offline)} set: offline mode)" if offline else ""
         raise DataError(
             f"hf:{name}: could not load the dataset from the Hugging Face hub{why}: "

@@ -27,7 +27,7 @@ from .files import read_text
 
 __all__ = ["WHAT", "read_parlai"]
 
-WHAT = "a ParlAI/ConvAI2 text file (lines \"N your persona: ...\" and \"N message<TAB>reply...\")"
+WHAT = 'a ParlAI/ConvAI2 text file (lines "N your persona: ..." and "N message<TAB>reply...")'
 _LINE = re.compile(r"([0-9]{1,9}) (.*)", re.DOTALL)
 _YOUR_PERSONA = "your persona:"
 _PARTNER_PERSONA = ("partner's persona:", "their persona:")
@@ -55,11 +55,15 @@ def _finish(dialog: _Dialog | None, path: Path, dialogs: list[dict], problems: l
         return
     where = f"{path}: line {dialog.line} (dialog {dialog.index})"
     if not dialog.persona:
-        problems.append(f'{where}: no "your persona:" lines — the bot needs a persona; ConvAI2 '
-                        'files with "none" in the name have none, use a "self" or "both" file')
+        problems.append(
+            f'{where}: no "your persona:" lines — the bot needs a persona; ConvAI2 '
+            'files with "none" in the name have none, use a "self" or "both" file'
+        )
     elif not dialog.utterances:
-        problems.append(f"{where}: persona lines but no turns — add the dialog's "
-                        "\"N message<TAB>reply\" lines or remove its persona lines")
+        problems.append(
+            f"{where}: persona lines but no turns — add the dialog's "
+            '"N message<TAB>reply" lines or remove its persona lines'
+        )
     else:
         dialogs.append({"personality": dialog.persona, "utterances": dialog.utterances})
 
@@ -70,22 +74,28 @@ def _turn(body: str, where: str, dialog: _Dialog) -> list[str]:
     message = fields[0].strip()
     reply = fields[1].split("|")[0].strip() if len(fields) > 1 else ""
     if len(fields) < 2:
-        return [f"{where}: no TAB after the message, so the bot's reply is missing — a turn "
-                "line is \"N message<TAB>reply<TAB><TAB>cand1|cand2|...\" (TAB characters, "
-                f"not spaces); found {_snippet(body)}"]
+        return [
+            f"{where}: no TAB after the message, so the bot's reply is missing — a turn "
+            'line is "N message<TAB>reply<TAB><TAB>cand1|cand2|..." (TAB characters, '
+            f"not spaces); found {_snippet(body)}"
+        ]
     problems = []
     if not message:
-        problems.append(f"{where}: empty message before the TAB — write __SILENCE__ when "
-                        "the bot speaks first")
+        problems.append(
+            f"{where}: empty message before the TAB — write __SILENCE__ when the bot speaks first"
+        )
     if not reply:
-        problems.append(f"{where}: empty reply after the first TAB — the bot's reply (the "
-                        "gold label) is required")
+        problems.append(
+            f"{where}: empty reply after the first TAB — the bot's reply (the "
+            "gold label) is required"
+        )
     if problems:
         return problems
     candidates = fields[3].split("|") if len(fields) > 3 else []
     candidates = [c.strip() for c in candidates if c.strip() and c.strip() != reply]
-    dialog.utterances.append({"history": [*dialog.history, message],
-                              "candidates": [*candidates, reply]})
+    dialog.utterances.append(
+        {"history": [*dialog.history, message], "candidates": [*candidates, reply]}
+    )
     dialog.history += [message, reply]
     return []
 
@@ -104,11 +114,17 @@ def read_parlai(path: Path) -> list[dict]:
         where = f"{path}: line {n}"
         match = _LINE.fullmatch(line)
         if match is None:
-            hint = (" — this is ParlAI's key:value format (text:...<TAB>labels:...); convert "
-                    "it to the numbered format" if line.startswith("text:") else "")
-            problems.append(f'{where}: expected "N your persona: ..." or "N message<TAB>reply'
-                            f'<TAB><TAB>candidates", starting with the line number; found '
-                            f"{_snippet(line)}{hint}")
+            hint = (
+                " — this is ParlAI's key:value format (text:...<TAB>labels:...); convert "
+                "it to the numbered format"
+                if line.startswith("text:")
+                else ""
+            )
+            problems.append(
+                f'{where}: expected "N your persona: ..." or "N message<TAB>reply'
+                f'<TAB><TAB>candidates", starting with the line number; found '
+                f"{_snippet(line)}{hint}"
+            )
             continue
         number, body = int(match.group(1)), match.group(2)
         if dialog is None or number <= previous:
@@ -119,12 +135,13 @@ def read_parlai(path: Path) -> list[dict]:
         where = f"{where} (dialog {dialog.index})"
         lowered = body.lstrip().lower()
         if lowered.startswith(_YOUR_PERSONA):
-            sentence = body.lstrip()[len(_YOUR_PERSONA):].strip()
+            sentence = body.lstrip()[len(_YOUR_PERSONA) :].strip()
             if sentence:
                 dialog.persona.append(sentence)
             else:
-                problems.append(f'{where}: empty "your persona:" line — write the sentence '
-                                "or remove the line")
+                problems.append(
+                    f'{where}: empty "your persona:" line — write the sentence or remove the line'
+                )
         elif not lowered.startswith(_PARTNER_PERSONA):
             found = _turn(body, where, dialog)
             if found:
@@ -132,6 +149,9 @@ def read_parlai(path: Path) -> list[dict]:
                 dialog.broken = True  # later histories would be wrong; report, don't keep
     _finish(dialog, path, dialogs, problems)
     if problems:
-        raise DataError(problems, f"{path} is not valid ParlAI/ConvAI2 data "
-                                  f"({len(problems)} problem{'s' * (len(problems) != 1)}):")
+        raise DataError(
+            problems,
+            f"{path} is not valid ParlAI/ConvAI2 data "
+            f"({len(problems)} problem{'s' * (len(problems) != 1)}):",
+        )
     return dialogs

@@ -29,22 +29,30 @@ def dialog_from_object(obj: object, where: str) -> tuple[dict | None, list[str]]
         return None, [f"{where}: expected a dialog object like {_EXAMPLE}, got {_describe(obj)}"]
     problems = []
     for field, what, fix in (
-        ("personality", "persona sentence", 'give at least one persona sentence, e.g. ["i like cats ."]'),
+        (
+            "personality",
+            "persona sentence",
+            'give at least one persona sentence, e.g. ["i like cats ."]',
+        ),
         ("turns", "turn", 'list the messages in order, partner first, e.g. ["hi !", "hello !"]'),
     ):
         if field not in obj:
             hint = ""
             if field == "turns" and "utterances" in obj:
-                hint = ('; this object has "utterances", so it is Persona-Chat data — write such '
-                        "dialogs as a JSON list and use --format personachat")
-            problems.append(f'{where}: missing field "{field}"'
-                            + (_did_you_mean(field, obj) or hint))
+                hint = (
+                    '; this object has "utterances", so it is Persona-Chat data — write such '
+                    "dialogs as a JSON list and use --format personachat"
+                )
+            problems.append(
+                f'{where}: missing field "{field}"' + (_did_you_mean(field, obj) or hint)
+            )
         else:
             problems += string_list_problems(obj[field], f'{where}, field "{field}"', what, fix)
     bot_starts = obj.get("bot_starts", False)
     if not isinstance(bot_starts, bool):
-        problems.append(f'{where}, field "bot_starts": expected true or false, got '
-                        f"{_describe(bot_starts)}")
+        problems.append(
+            f'{where}, field "bot_starts": expected true or false, got {_describe(bot_starts)}'
+        )
     if problems:
         return None, problems
     turns = obj["turns"]
@@ -52,9 +60,11 @@ def dialog_from_object(obj: object, where: str) -> tuple[dict | None, list[str]]
     dialog = dialog_from_turns(obj["personality"], turns, by_bot)
     if not dialog["utterances"]:
         need = 3 if bot_starts else 2
-        return None, [f'{where}, field "turns": no bot reply to learn — turns alternate '
-                      f"{'bot, partner' if bot_starts else 'partner, bot'}, ..., so a dialog "
-                      f"needs at least {need} turns{' with bot_starts' if bot_starts else ''}"]
+        return None, [
+            f'{where}, field "turns": no bot reply to learn — turns alternate '
+            f"{'bot, partner' if bot_starts else 'partner, bot'}, ..., so a dialog "
+            f"needs at least {need} turns{' with bot_starts' if bot_starts else ''}"
+        ]
     return dialog, []
 
 
@@ -67,10 +77,15 @@ def _jsonl_objects(path: Path, text: str) -> tuple[list[tuple[str, object]], lis
         try:
             objects.append((f"{path}: line {n}", json.loads(line)))
         except json.JSONDecodeError as exc:
-            cut = (" — the line ends before the JSON does (truncated?)"
-                   if exc.pos >= len(line.rstrip()) else "")
-            problems.append(f"{path}: line {n}, column {exc.colno}: not valid JSON "
-                            f"({exc.msg}){cut}; each line must be one dialog {_EXAMPLE}")
+            cut = (
+                " — the line ends before the JSON does (truncated?)"
+                if exc.pos >= len(line.rstrip())
+                else ""
+            )
+            problems.append(
+                f"{path}: line {n}, column {exc.colno}: not valid JSON "
+                f"({exc.msg}){cut}; each line must be one dialog {_EXAMPLE}"
+            )
         except RecursionError:
             problems.append(f"{path}: line {n}: JSON nested too deeply to be a dialog")
     return objects, problems
@@ -103,6 +118,9 @@ def read_plain(path: Path) -> list[dict]:
         if dialog is not None:
             dialogs.append(dialog)
     if problems:
-        raise DataError(problems, f"{path} is not valid plain dialog data "
-                                  f"({len(problems)} problem{'s' * (len(problems) != 1)}):")
+        raise DataError(
+            problems,
+            f"{path} is not valid plain dialog data "
+            f"({len(problems)} problem{'s' * (len(problems) != 1)}):",
+        )
     return dialogs

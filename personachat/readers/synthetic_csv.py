@@ -39,9 +39,14 @@ __all__ = ["COLUMNS", "WHAT", "dialogs_from_row", "read_synthetic_csv"]
 logger = logging.getLogger(__name__)
 
 PERSONA_1, PERSONA_2, CONVERSATION = COLUMNS = (
-    "user 1 personas", "user 2 personas", "Best Generated Conversation")
-WHAT = ("a Synthetic-Persona-Chat CSV (columns \"user 1 personas\", \"user 2 personas\", "
-        "\"Best Generated Conversation\")")
+    "user 1 personas",
+    "user 2 personas",
+    "Best Generated Conversation",
+)
+WHAT = (
+    'a Synthetic-Persona-Chat CSV (columns "user 1 personas", "user 2 personas", '
+    '"Best Generated Conversation")'
+)
 
 _SPEAKER = re.compile(r"\s*([*_]*)\s*user\s*([12])\s*[*_]*\s*:(.*)", re.IGNORECASE | re.DOTALL)
 _STAGE = re.compile(r"\s*(?:[\[(].*|\*.*\*|_.*_|[*\-_=~#.\s]*)", re.DOTALL)
@@ -95,8 +100,9 @@ def parse_conversation(text: str) -> tuple[list[int], list[str], int, int | None
     return speakers, texts, dropped, first_line
 
 
-def dialogs_from_row(persona_1: str, persona_2: str, conversation: str, where: str,
-                     line: Callable[[int], str]) -> tuple[list[dict], list[str], int]:
+def dialogs_from_row(
+    persona_1: str, persona_2: str, conversation: str, where: str, line: Callable[[int], str]
+) -> tuple[list[dict], list[str], int]:
     """The two dialogs (User 1 as the bot, then User 2) of one conversation.
 
     ``where`` locates the conversation in messages; ``line(k)`` names line ``k`` of the
@@ -106,17 +112,26 @@ def dialogs_from_row(persona_1: str, persona_2: str, conversation: str, where: s
     personas = {1: persona_sentences(persona_1), 2: persona_sentences(persona_2)}
     for speaker, column in ((1, PERSONA_1), (2, PERSONA_2)):
         if not personas[speaker]:
-            problems.append(f'{where}, column "{column}": empty — each speaker needs at least '
-                            "one persona sentence, one per line")
+            problems.append(
+                f'{where}, column "{column}": empty — each speaker needs at least '
+                "one persona sentence, one per line"
+            )
     speakers, texts, dropped, first = parse_conversation(conversation)
     if first is None:
-        problems.append(f'{where}, column "{CONVERSATION}": empty — write the conversation, '
-                        'one message per line starting "User 1:" or "User 2:"')
+        problems.append(
+            f'{where}, column "{CONVERSATION}": empty — write the conversation, '
+            'one message per line starting "User 1:" or "User 2:"'
+        )
     elif len(set(speakers)) < 2:
-        found = f"only User {speakers[0]} speaks" if speakers else (
-            'no line starts with "User 1:" or "User 2:"')
-        problems.append(f"{where}, {line(first)}: {found}, so the speakers cannot be told "
-                        'apart — start each message with "User 1: " or "User 2: "')
+        found = (
+            f"only User {speakers[0]} speaks"
+            if speakers
+            else ('no line starts with "User 1:" or "User 2:"')
+        )
+        problems.append(
+            f"{where}, {line(first)}: {found}, so the speakers cannot be told "
+            'apart — start each message with "User 1: " or "User 2: "'
+        )
     if problems:
         return [], problems, dropped
     dialogs = []
@@ -125,9 +140,11 @@ def dialogs_from_row(persona_1: str, persona_2: str, conversation: str, where: s
         if dialog["utterances"]:
             dialogs.append(dialog)
         else:
-            problems.append(f"{where}: User {bot} only opens the conversation and never "
-                            f"answers User {3 - bot}, so there is nothing to learn for User "
-                            f"{bot} as the bot — add turns or remove the conversation")
+            problems.append(
+                f"{where}: User {bot} only opens the conversation and never "
+                f"answers User {3 - bot}, so there is nothing to learn for User "
+                f"{bot} as the bot — add turns or remove the conversation"
+            )
     return dialogs, problems, dropped
 
 
@@ -167,27 +184,41 @@ def read_synthetic_csv(path: Path) -> list[dict]:
             where = f"{path}: line {start} (conversation {conversations})"
             conversations += 1
             if len(row) < needed:
-                problems.append(f"{where}: {len(row)} field{'s' * (len(row) != 1)}, expected "
-                                f"{needed} — a quote or comma is missing or the row is cut short")
+                problems.append(
+                    f"{where}: {len(row)} field{'s' * (len(row) != 1)}, expected "
+                    f"{needed} — a quote or comma is missing or the row is cut short"
+                )
                 continue
             conv_column = columns[CONVERSATION]
             first = start + sum(cell.count("\n") for cell in row[:conv_column])
             found, found_problems, lost = dialogs_from_row(
-                row[columns[PERSONA_1]], row[columns[PERSONA_2]], row[conv_column], where,
-                lambda k, first=first: f"line {first + k}")
+                row[columns[PERSONA_1]],
+                row[columns[PERSONA_2]],
+                row[conv_column],
+                where,
+                lambda k, first=first: f"line {first + k}",
+            )
             dialogs += found
             problems += found_problems
             dropped += lost
     except csv.Error as exc:
-        problems.append(f"{path}: line {reader.line_num}: not valid CSV ({exc}) — check the "
-                        "quotes around multi-line cells")
+        problems.append(
+            f"{path}: line {reader.line_num}: not valid CSV ({exc}) — check the "
+            "quotes around multi-line cells"
+        )
     if not conversations and not problems:
         problems.append(f"{path}: no conversations after the header row")
     if problems:
-        raise DataError(problems, f"{path} is not valid Synthetic-Persona-Chat data "
-                                  f"({len(problems)} problem{'s' * (len(problems) != 1)}):")
+        raise DataError(
+            problems,
+            f"{path} is not valid Synthetic-Persona-Chat data "
+            f"({len(problems)} problem{'s' * (len(problems) != 1)}):",
+        )
     if dropped:
-        logger.warning("%s: ignored %d line(s) that come before the first \"User 1:\"/"
-                       "\"User 2:\" line of their conversation", path, dropped)
+        logger.warning(
+            '%s: ignored %d line(s) that come before the first "User 1:"/'
+            '"User 2:" line of their conversation',
+            path,
+            dropped,
+        )
     return dialogs
-

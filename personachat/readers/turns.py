@@ -21,8 +21,9 @@ from ..data import _describe
 __all__ = ["dialog_from_turns", "string_list_problems"]
 
 
-def dialog_from_turns(personality: Sequence[str], turns: Sequence[str],
-                      by_bot: Sequence[bool]) -> dict:
+def dialog_from_turns(
+    personality: Sequence[str], turns: Sequence[str], by_bot: Sequence[bool]
+) -> dict:
     """A Persona-Chat dialog for the bot of ``turns`` (``by_bot[k]``: turn k is the bot's).
 
     Turns must alternate speakers (readers merge consecutive turns of one speaker first).
@@ -51,8 +52,9 @@ def string_list_problems(value: object, where: str, what: str, fix: str) -> list
     problems = []
     for k, item in enumerate(value):
         if not isinstance(item, str):
-            problems.append(f"{where}, item {k}: expected a {what} as a string, got "
-                            f"{_describe(item)}")
+            problems.append(
+                f"{where}, item {k}: expected a {what} as a string, got {_describe(item)}"
+            )
         elif not item.strip():
             problems.append(f"{where}, item {k}: empty {what} — remove it or write the text")
     return problems

@@ -70,16 +70,19 @@ class Options(BaseModel):
     top_p: float | None = Field(None, strict=True, description="nucleus sampling (0: off)")
     top_k: StrictInt | None = Field(None, description="top-k sampling (0: off)")
     do_sample: StrictBool | None = Field(None, description="false: greedy decoding")
-    repetition_penalty: float | None = Field(None, strict=True,
-                                             description=">1 discourages the bot's own words")
+    repetition_penalty: float | None = Field(
+        None, strict=True, description=">1 discourages the bot's own words"
+    )
     no_repeat_ngram_size: StrictInt | None = Field(None, description="ban repeated n-grams")
 
 
 class PersonaBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     personality: list[StrictStr] | None = Field(
-        None, description="persona sentences; none or empty: a persona from the model's data",
-        examples=[["i work as a nurse .", "i have two cats ."]])
+        None,
+        description="persona sentences; none or empty: a persona from the model's data",
+        examples=[["i work as a nurse .", "i have two cats ."]],
+    )
 
 
 class MessageBody(BaseModel):
@@ -87,9 +90,12 @@ class MessageBody(BaseModel):
     text: StrictStr = Field(description="the user's message", examples=["hi , what do you do ?"])
     options: Options | None = None
     client_id: StrictStr | None = Field(
-        None, min_length=1, max_length=100,
+        None,
+        min_length=1,
+        max_length=100,
         description="the client's id for this message: sending it again returns the stored "
-                    "reply instead of a second turn (safe retries)")
+        "reply instead of a second turn (safe retries)",
+    )
 
 
 # ---------------------------------------------------------------------- the service
@@ -149,8 +155,9 @@ class TurnWriter:
                 await self._wakeup.wait()
             group, self._pending = self._pending, []
             try:
-                results = await asyncio.to_thread(self.store.append_turns,
-                                                  [turn for turn, _ in group], self.keep)
+                results = await asyncio.to_thread(
+                    self.store.append_turns, [turn for turn, _ in group], self.keep
+                )
             except Exception as err:  # the database failed: every waiting turn learns why
                 results = [err] * len(group)
             for (_, future), result in zip(group, results, strict=True):
@@ -168,13 +175,17 @@ class ChatService:
     def __init__(self, model, store: SessionStore, settings: ServeSettings) -> None:
         room = context_size(model.model) - 16  # a reply must leave room for the conversation
         if settings.max_reply_tokens > room:
-            log.warning("max_reply_tokens lowered to %d: the model's context is %d tokens",
-                        max(1, room), room + 16)
+            log.warning(
+                "max_reply_tokens lowered to %d: the model's context is %d tokens",
+                max(1, room),
+                room + 16,
+            )
             settings = replace(settings, max_reply_tokens=max(1, room))
         self.model, self.store, self.settings = model, store, settings
         self.defaults = server_defaults(DecodingOptions.from_args(model.args), settings)
-        self.batcher = Batcher(model.generate_replies, settings.max_batch_size,
-                               settings.batch_window_ms / 1000)
+        self.batcher = Batcher(
+            model.generate_replies, settings.max_batch_size, settings.batch_window_ms / 1000
+        )
         self.writer = TurnWriter(store, settings.max_history_kept)
         self.locks = KeyedLocks()
         self.turns: set[asyncio.Task] = set()
@@ -187,14 +198,16 @@ class ChatService:
         try:  # may read Persona-Chat from disk or the network: not on the event loop
             return await asyncio.to_thread(self.model.random_personality)
         except Exception as err:
-            raise RequestError(422, "no_personas",
-                               "this model has no personas saved beside it (personas.json) and "
-                               f"none could be loaded ({err}); send a personality") from err
+            raise RequestError(
+                422,
+                "no_personas",
+                "this model has no personas saved beside it (personas.json) and "
+                f"none could be loaded ({err}); send a personality",
+            ) from err
 
     async def create(self, sentences: list[str] | None) -> dict:
         personality = await self.personality(sentences)
-        session = await asyncio.to_thread(self.store.create, secrets.token_urlsafe(24),
-                                          personality)
+        session = await asyncio.to_thread(self.store.create, secrets.token_urlsafe(24), personality)
         return session.to_json()
 
     async def get(self, session_id: str) -> dict:
@@ -203,8 +216,7 @@ class ChatService:
     async def set_personality(self, session_id: str, sentences: list[str] | None) -> dict:
         self._read(session_id, 0)  # 404 before drawing a persona
         personality = await self.personality(sentences)
-        return (await self._write(self.store.set_personality, session_id,
-                                  personality)).to_json()
+        return (await self._write(self.store.set_personality, session_id, personality)).to_json()
 
     async def delete(self, session_id: str) -> None:
         await self._write(self.store.delete, session_id)
@@ -229,16 +241,24 @@ class ChatService:
             raise not_found(session_id) from None
 
     # ---------------------------------------------------------------- turns
-    async def start_turn(self, session_id: str, body: MessageBody,
-                         events: asyncio.Queue | None = None) -> asyncio.Task:
+    async def start_turn(
+        self, session_id: str, body: MessageBody, events: asyncio.Queue | None = None
+    ) -> asyncio.Task:
         """Check the request, then run its turn as a task of its own (see the module doc)."""
         text = clean_text(body.text, self.settings)
-        options = decoding_options(body.options.model_dump(exclude_none=True)
-                                   if body.options else None, self.defaults, self.settings)
+        options = decoding_options(
+            body.options.model_dump(exclude_none=True) if body.options else None,
+            self.defaults,
+            self.settings,
+        )
         self._read(session_id, 0)
         if self.in_flight >= self.settings.max_in_flight:
-            raise limit_error(429, "max_in_flight", self.settings.max_in_flight,
-                              "too many requests are being answered; retry in a moment")
+            raise limit_error(
+                429,
+                "max_in_flight",
+                self.settings.max_in_flight,
+                "too many requests are being answered; retry in a moment",
+            )
         self.in_flight += 1
         task = asyncio.create_task(self._turn(session_id, text, options, body.client_id, events))
         self.turns.add(task)
@@ -251,8 +271,14 @@ class ChatService:
         if not task.cancelled():
             task.exception()  # retrieved here: its client may be gone
 
-    async def _turn(self, session_id: str, text: str, options: DecodingOptions,
-                    client_id: str | None, events: asyncio.Queue | None) -> dict:
+    async def _turn(
+        self,
+        session_id: str,
+        text: str,
+        options: DecodingOptions,
+        client_id: str | None,
+        events: asyncio.Queue | None,
+    ) -> dict:
         try:
             result = await self._reply(session_id, text, options, client_id, events)
         except RequestError as err:
@@ -269,8 +295,14 @@ class ChatService:
             events.put_nowait(("done", result))
         return result
 
-    async def _reply(self, session_id: str, text: str, options: DecodingOptions,
-                     client_id: str | None, events: asyncio.Queue | None) -> dict:
+    async def _reply(
+        self,
+        session_id: str,
+        text: str,
+        options: DecodingOptions,
+        client_id: str | None,
+        events: asyncio.Queue | None,
+    ) -> dict:
         async with self.locks.hold(session_id):
             if client_id is not None:
                 stored = self.store.find_turn(session_id, client_id)
@@ -288,9 +320,12 @@ class ChatService:
             except SessionNotFound:  # deleted while the reply was being decoded
                 raise not_found(session_id) from None
             except sqlite3.IntegrityError:
-                raise RequestError(409, "duplicate_client_id",
-                                   "a message with this client_id is already stored in this "
-                                   "session; send a new client_id for a new message") from None
+                raise RequestError(
+                    409,
+                    "duplicate_client_id",
+                    "a message with this client_id is already stored in this "
+                    "session; send a new client_id for a new message",
+                ) from None
             return turn_json(user, bot, options, replayed=False)
 
     async def drain(self) -> None:
@@ -301,31 +336,38 @@ class ChatService:
 
 
 def turn_json(user, bot, options: DecodingOptions, replayed: bool) -> dict:
-    return {"reply": bot.text, "messages": [user.to_json(), bot.to_json()],
-            "options": {k: getattr(options, k) for k in Options.model_fields},
-            "replayed": replayed}
+    return {
+        "reply": bot.text,
+        "messages": [user.to_json(), bot.to_json()],
+        "options": {k: getattr(options, k) for k in Options.model_fields},
+        "replayed": replayed,
+    }
 
 
-def token_forwarder(loop: asyncio.AbstractEventLoop,
-                    events: asyncio.Queue) -> Callable[[str], None]:
+def token_forwarder(
+    loop: asyncio.AbstractEventLoop, events: asyncio.Queue
+) -> Callable[[str], None]:
     """An ``on_token(text_so_far)`` for the decoding thread that queues ``token`` events
     (the new text and the whole text so far) on the event loop."""
     sent = ""
 
     def on_token(text: str) -> None:
         nonlocal sent
-        delta = text[len(sent):] if text.startswith(sent) else text
+        delta = text[len(sent) :] if text.startswith(sent) else text
         if text != sent:
             sent = text
-            loop.call_soon_threadsafe(events.put_nowait, ("token", {"delta": delta,
-                                                                    "text": text}))
+            loop.call_soon_threadsafe(events.put_nowait, ("token", {"delta": delta, "text": text}))
+
     return on_token
 
 
 def not_found(session_id: str) -> RequestError:
-    return RequestError(404, "session_not_found",
-                        "no session with this id (it never existed or was deleted); "
-                        "create one with POST /v1/sessions")
+    return RequestError(
+        404,
+        "session_not_found",
+        "no session with this id (it never existed or was deleted); "
+        "create one with POST /v1/sessions",
+    )
 
 
 def sse(event: str, data: dict) -> str:
@@ -351,11 +393,15 @@ class Guard:
             if auth[:7].lower() == b"bearer ":
                 given = auth[7:].strip()
             if not secrets.compare_digest(given, self.settings.api_key.encode()):
-                error = RequestError(401, "unauthorized",
-                                     "this server needs an API key: send it as the X-API-Key "
-                                     "header or as Authorization: Bearer KEY")
-                return await send_json(send, error.status, error.body(),
-                                       [(b"www-authenticate", b"Bearer")])
+                error = RequestError(
+                    401,
+                    "unauthorized",
+                    "this server needs an API key: send it as the X-API-Key "
+                    "header or as Authorization: Bearer KEY",
+                )
+                return await send_json(
+                    send, error.status, error.body(), [(b"www-authenticate", b"Bearer")]
+                )
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         limit = self.settings.max_body_bytes
@@ -387,13 +433,21 @@ class Guard:
         await self.app(scope, replay, send)
 
 
-async def send_json(send, status: int, body: dict,
-                    headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def send_json(
+    send, status: int, body: dict, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     content = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(content)).encode()),
-                            *(headers or [])]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(content)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": content})
 
 
@@ -402,7 +456,10 @@ def validation_message(errors: list[dict]) -> tuple[str, str]:
     """(code, message) for FastAPI's validation errors, in words a client can act on."""
     if any(e["type"] == "json_invalid" for e in errors):
         detail = next(e for e in errors if e["type"] == "json_invalid").get("ctx", {})
-        return "malformed_json", f"the body is not valid JSON ({detail.get('error', 'parse error')})"
+        return (
+            "malformed_json",
+            f"the body is not valid JSON ({detail.get('error', 'parse error')})",
+        )
     parts = []
     for e in errors:
         where = ".".join(str(p) for p in e["loc"] if p != "body") or "body"
@@ -426,22 +483,31 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = list(err.errors())
         code, message = validation_message(errors)
         details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
-        return JSONResponse({"error": {"code": code, "message": message, "details": details}},
-                            status_code=422)
+        return JSONResponse(
+            {"error": {"code": code, "message": message, "details": details}}, status_code=422
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed"}
-        return JSONResponse({"error": {"code": codes.get(err.status_code, "http_error"),
-                                       "message": str(err.detail)}},
-                            status_code=err.status_code, headers=err.headers)
+        return JSONResponse(
+            {
+                "error": {
+                    "code": codes.get(err.status_code, "http_error"),
+                    "message": str(err.detail),
+                }
+            },
+            status_code=err.status_code,
+            headers=err.headers,
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, err: Exception) -> JSONResponse:
         log.exception("unexpected error")
-        return JSONResponse({"error": {"code": "internal_error",
-                                       "message": f"{type(err).__name__}: {err}"}},
-                            status_code=500)
+        return JSONResponse(
+            {"error": {"code": "internal_error", "message": f"{type(err).__name__}: {err}"}},
+            status_code=500,
+        )
 
 
 # ---------------------------------------------------------------------- the app
@@ -459,16 +525,22 @@ def create_app(model, store: SessionStore, settings: ServeSettings | None = None
         await service.batcher.stop()
         await service.writer.stop()
 
-    app = FastAPI(title="personachat", lifespan=lifespan,
-                  description="Chat with a persona bot: sessions stored in SQLite, replies "
-                              "decoded in batches across sessions. Errors are "
-                              '`{"error": {"code", "message", …}}`.')
+    app = FastAPI(
+        title="personachat",
+        lifespan=lifespan,
+        description="Chat with a persona bot: sessions stored in SQLite, replies "
+        "decoded in batches across sessions. Errors are "
+        '`{"error": {"code", "message", …}}`.',
+    )
     app.state.service = service
     install_error_handlers(app)
     app.add_middleware(Guard, settings=settings)
     # Documents the key in /docs ("Authorize"); the Guard middleware enforces it.
-    api_key = APIKeyHeader(name="X-API-Key", auto_error=False,
-                           description="needed when the server was started with --api-key")
+    api_key = APIKeyHeader(
+        name="X-API-Key",
+        auto_error=False,
+        description="needed when the server was started with --api-key",
+    )
     v1 = APIRouter(prefix="/v1", dependencies=[Security(api_key)])
 
     @v1.post("/sessions", status_code=201, summary="Start a session")
@@ -493,11 +565,14 @@ def create_app(model, store: SessionStore, settings: ServeSettings | None = None
         task = await service.start_turn(session_id, body)
         return JSONResponse(await asyncio.shield(task))  # a disconnect does not cancel it
 
-    @v1.post("/sessions/{session_id}/messages/stream", response_class=StreamingResponse,
-             summary="Send a message, get the reply as server-sent events",
-             description="Events: `start`, then `token` (`delta`: the new text, `text`: the "
-                         "reply so far) as the reply grows, then `done` (as the non-streaming "
-                         "route's body) or `error`.")
+    @v1.post(
+        "/sessions/{session_id}/messages/stream",
+        response_class=StreamingResponse,
+        summary="Send a message, get the reply as server-sent events",
+        description="Events: `start`, then `token` (`delta`: the new text, `text`: the "
+        "reply so far) as the reply grows, then `done` (as the non-streaming "
+        "route's body) or `error`.",
+    )
     async def stream_message(session_id: str, body: MessageBody) -> StreamingResponse:
         events: asyncio.Queue = asyncio.Queue()
         await service.start_turn(session_id, body, events)  # errors here are plain JSON
@@ -510,20 +585,25 @@ def create_app(model, store: SessionStore, settings: ServeSettings | None = None
                 if event in ("done", "error"):
                     return
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache",
-                                          "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     app.include_router(v1)
 
     @app.get("/health", summary="Liveness, batching figures and the server's limits")
     async def health() -> dict:
-        return {"status": "ok", "model": Path(str(model.args.model_name)).name,
-                "in_flight": service.in_flight,
-                "batching": service.batcher.stats.to_json(), "limits": service.settings.public(),
-                "api_key_required": settings.api_key is not None,
-                "default_options": {k: getattr(service.defaults, k)
-                                    for k in Options.model_fields}}
+        return {
+            "status": "ok",
+            "model": Path(str(model.args.model_name)).name,
+            "in_flight": service.in_flight,
+            "batching": service.batcher.stats.to_json(),
+            "limits": service.settings.public(),
+            "api_key_required": settings.api_key is not None,
+            "default_options": {k: getattr(service.defaults, k) for k in Options.model_fields},
+        }
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:

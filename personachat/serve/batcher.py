@@ -27,8 +27,10 @@ from ..generation import DecodingOptions
 Conversation = tuple[list[str], list[str]]  # (personality, history ending with the message)
 # ConvAIModel.generate_replies(conversations, options, on_token, stream) -> replies; only the
 # streaming requests' replies are decoded to text at every step.
-GenerateFn = Callable[[Sequence[Conversation], DecodingOptions,
-                       Callable[[int, str], None] | None, set[int]], list[str]]
+GenerateFn = Callable[
+    [Sequence[Conversation], DecodingOptions, Callable[[int, str], None] | None, set[int]],
+    list[str],
+]
 
 
 @dataclass
@@ -60,11 +62,15 @@ class BatchStats:
         self.sizes[size] = self.sizes.get(size, 0) + 1
 
     def to_json(self) -> dict:
-        return {"batches": self.batches, "replies": self.replies, "largest_batch": self.largest,
-                "mean_batch": round(self.replies / self.batches, 2) if self.batches else 0.0,
-                "model_seconds": round(self.model_seconds, 3),
-                "model_cpu_seconds": round(self.model_cpu_seconds, 3),
-                "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())}}
+        return {
+            "batches": self.batches,
+            "replies": self.replies,
+            "largest_batch": self.largest,
+            "mean_batch": round(self.replies / self.batches, 2) if self.batches else 0.0,
+            "model_seconds": round(self.model_seconds, 3),
+            "model_cpu_seconds": round(self.model_cpu_seconds, 3),
+            "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())},
+        }
 
 
 class Batcher:
@@ -73,8 +79,9 @@ class Batcher:
     Call ``start()`` inside the running event loop and ``stop()`` before it ends.
     """
 
-    def __init__(self, generate: GenerateFn, max_batch_size: int = 32,
-                 window_s: float = 0.01) -> None:
+    def __init__(
+        self, generate: GenerateFn, max_batch_size: int = 32, window_s: float = 0.01
+    ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self.generate, self.max_batch_size, self.window_s = generate, max_batch_size, window_s
@@ -105,8 +112,13 @@ class Batcher:
         # Waits for a batch still decoding, without blocking the event loop.
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
 
-    async def reply(self, personality: list[str], history: list[str], options: DecodingOptions,
-                    on_token: Callable[[str], None] | None = None) -> str:
+    async def reply(
+        self,
+        personality: list[str],
+        history: list[str],
+        options: DecodingOptions,
+        on_token: Callable[[str], None] | None = None,
+    ) -> str:
         if self._task is None or self._task.done():
             raise RuntimeError("the batcher is not running (call start() in the event loop)")
         loop = asyncio.get_running_loop()
@@ -135,8 +147,9 @@ class Batcher:
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
                 except TimeoutError:
                     break
-            jobs = [self._pending.popleft()
-                    for _ in range(min(self.max_batch_size, len(self._pending)))]
+            jobs = [
+                self._pending.popleft() for _ in range(min(self.max_batch_size, len(self._pending)))
+            ]
             groups: dict[DecodingOptions, list[Job]] = {}
             for job in jobs:
                 if not job.future.done():  # a waiting request that was cancelled
@@ -144,8 +157,9 @@ class Batcher:
             for options, group in groups.items():
                 await self._run_group(loop, options, group)
 
-    async def _run_group(self, loop: asyncio.AbstractEventLoop, options: DecodingOptions,
-                         group: list[Job]) -> None:
+    async def _run_group(
+        self, loop: asyncio.AbstractEventLoop, options: DecodingOptions, group: list[Job]
+    ) -> None:
         callbacks = [job.on_token for job in group]
 
         def on_token(index: int, text: str) -> None:
@@ -156,8 +170,12 @@ class Batcher:
         def work() -> tuple[list[str], float, float]:
             started, cpu = time.perf_counter(), time.thread_time()
             streaming = {i for i, callback in enumerate(callbacks) if callback is not None}
-            replies = self.generate([job.conversation for job in group], options,
-                                    on_token if streaming else None, streaming)
+            replies = self.generate(
+                [job.conversation for job in group],
+                options,
+                on_token if streaming else None,
+                streaming,
+            )
             return replies, time.perf_counter() - started, time.thread_time() - cpu
 
         try:

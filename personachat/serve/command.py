@@ -54,8 +54,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(mallopt(m_trim_threshold,
-                                                                         2**30))
+    return bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(mallopt(m_trim_threshold, 2**30))
 
 
 class ServeError(ValueError):
@@ -64,35 +63,58 @@ class ServeError(ValueError):
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """The serve-only flags (the model flags are shared with ``interact``)."""
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (0.0.0.0: every interface; set --api-key)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (0.0.0.0: every interface; set --api-key)",
+    )
     parser.add_argument("--port", type=int, default=8000, help="0: any free port (printed)")
-    parser.add_argument("--db", help=f"session database (default: {DB_NAME} in the model "
-                                     "folder, or in the current folder for a hub model)")
-    parser.add_argument("--api-key", help=f"require this key on /v1 routes (default: the "
-                                          f"{API_KEY_ENV} environment variable, else none; "
-                                          "the variable keeps the key out of `ps`)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for the decoding steps (default on a CPU: all cores "
-                             "but one, which stays free for HTTP, JSON and SQLite)")
-    parser.add_argument("--prefill-threads", type=int, default=None,
-                        help="CPU threads for encoding a batch's prompts, one burst of large "
-                             "matrix products (default on a CPU: all cores)")
-    parser.add_argument("--log-level", default="info",
-                        choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument(
+        "--db",
+        help=f"session database (default: {DB_NAME} in the model "
+        "folder, or in the current folder for a hub model)",
+    )
+    parser.add_argument(
+        "--api-key",
+        help=f"require this key on /v1 routes (default: the "
+        f"{API_KEY_ENV} environment variable, else none; "
+        "the variable keeps the key out of `ps`)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for the decoding steps (default on a CPU: all cores "
+        "but one, which stays free for HTTP, JSON and SQLite)",
+    )
+    parser.add_argument(
+        "--prefill-threads",
+        type=int,
+        default=None,
+        help="CPU threads for encoding a batch's prompts, one burst of large "
+        "matrix products (default on a CPU: all cores)",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
     defaults = ServeSettings()
     for f in fields(ServeSettings):
         if f.name in HELP:
             default = getattr(defaults, f.name)
-            parser.add_argument("--" + f.name.replace("_", "-"), type=type(default),
-                                default=default, help=f"{HELP[f.name]} (default: {default})")
+            parser.add_argument(
+                "--" + f.name.replace("_", "-"),
+                type=type(default),
+                default=default,
+                help=f"{HELP[f.name]} (default: {default})",
+            )
 
 
 def settings_from(options: argparse.Namespace) -> ServeSettings:
     api_key = options.api_key if options.api_key is not None else os.environ.get(API_KEY_ENV)
     try:
-        return ServeSettings(api_key=api_key or None,
-                             **{name: getattr(options, name) for name in HELP})
+        return ServeSettings(
+            api_key=api_key or None, **{name: getattr(options, name) for name in HELP}
+        )
     except ValueError as err:
         raise ServeError(str(err)) from err
 
@@ -111,8 +133,9 @@ def listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as err:
         sock.close()
-        raise ServeError(f"cannot listen on {host}:{port} ({err.strerror}); pick another "
-                         f"--port or --host") from err
+        raise ServeError(
+            f"cannot listen on {host}:{port} ({err.strerror}); pick another --port or --host"
+        ) from err
     sock.set_inheritable(True)
     return sock
 
@@ -125,8 +148,10 @@ def run_serve(model, options: argparse.Namespace, model_name: str) -> int:
 
         from .app import create_app
     except ImportError as err:
-        raise ServeError(f"personachat serve needs FastAPI and uvicorn ({err}); install them "
-                         "with: pip install 'personachat[serve]'") from err
+        raise ServeError(
+            f"personachat serve needs FastAPI and uvicorn ({err}); install them "
+            "with: pip install 'personachat[serve]'"
+        ) from err
     from ..conv_ai_model import PERSONAS_FILE
     from .store import SessionStore, StoreError
 
@@ -159,17 +184,25 @@ def run_serve(model, options: argparse.Namespace, model_name: str) -> int:
             keep_freed_memory()
     app = create_app(model, store, settings)
     shown = f"[{host}]" if ":" in host else host
-    print(f"personachat serve: http://{shown}:{port}/ (chat page), /docs (API); sessions in "
-          f"{db}; batches of up to {settings.max_batch_size} on {model.device}"
-          + ("; API key required" if settings.api_key else ""), flush=True)
+    print(
+        f"personachat serve: http://{shown}:{port}/ (chat page), /docs (API); sessions in "
+        f"{db}; batches of up to {settings.max_batch_size} on {model.device}"
+        + ("; API key required" if settings.api_key else ""),
+        flush=True,
+    )
     if not (Path(model_name) / PERSONAS_FILE).is_file():
-        print(f"personachat serve: note: {model_name} has no {PERSONAS_FILE}, so a session "
-              "started without a personality draws one from Persona-Chat (downloaded once); "
-              "offline, send a personality", flush=True)
+        print(
+            f"personachat serve: note: {model_name} has no {PERSONAS_FILE}, so a session "
+            "started without a personality draws one from Persona-Chat (downloaded once); "
+            "offline, send a personality",
+            flush=True,
+        )
     if settings.api_key is None and host not in ("127.0.0.1", "::1", "localhost"):
-        print(f"personachat serve: warning: listening on {host} without an API key: anyone "
-              "who can reach this port can use the model; set --api-key",
-              flush=True)
+        print(
+            f"personachat serve: warning: listening on {host} without an API key: anyone "
+            "who can reach this port can use the model; set --api-key",
+            flush=True,
+        )
     config = uvicorn.Config(app, log_level=options.log_level, timeout_graceful_shutdown=30)
     try:
         uvicorn.Server(config).run(sockets=[sock])

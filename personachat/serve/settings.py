@@ -15,8 +15,16 @@ from ..generation import DecodingOptions
 
 # Decoding options a request may set. max_history and rerank_samples stay the model's: the
 # first is how the model was trained, the second costs N decodings per reply.
-REQUEST_OPTIONS = ("max_length", "min_length", "temperature", "top_p", "top_k", "do_sample",
-                   "repetition_penalty", "no_repeat_ngram_size")
+REQUEST_OPTIONS = (
+    "max_length",
+    "min_length",
+    "temperature",
+    "top_p",
+    "top_k",
+    "do_sample",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+)
 
 
 class RequestError(Exception):
@@ -37,9 +45,13 @@ class RequestError(Exception):
 def limit_error(status: int, limit: str, maximum: int | float, what: str) -> RequestError:
     """A refusal because a server limit was exceeded; the limit is named in the body."""
     flag = "--" + limit.replace("_", "-")
-    return RequestError(status, "limit_exceeded",
-                        f"{what} (server limit {limit}={maximum}, set with {flag})",
-                        limit=limit, max=maximum)
+    return RequestError(
+        status,
+        "limit_exceeded",
+        f"{what} (server limit {limit}={maximum}, set with {flag})",
+        limit=limit,
+        max=maximum,
+    )
 
 
 @dataclass(frozen=True)
@@ -80,8 +92,9 @@ class ServeSettings:
                 continue
             low = 0 if f.name == "batch_window_ms" else 1
             if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
-                raise ValueError(f"--{f.name.replace('_', '-')} must be a number >= {low}, "
-                                 f"got {value!r}")
+                raise ValueError(
+                    f"--{f.name.replace('_', '-')} must be a number >= {low}, got {value!r}"
+                )
         if self.max_history_kept < 2:
             raise ValueError("--max-history-kept must be at least 2 (one message and its reply)")
 
@@ -96,8 +109,12 @@ def clean_text(text: str, settings: ServeSettings) -> str:
     if not text:
         raise RequestError(422, "empty_text", "text is empty: send a message with some words")
     if len(text) > settings.max_message_chars:
-        raise limit_error(413, "max_message_chars", settings.max_message_chars,
-                          f"text has {len(text)} characters, more than the server allows")
+        raise limit_error(
+            413,
+            "max_message_chars",
+            settings.max_message_chars,
+            f"text has {len(text)} characters, more than the server allows",
+        )
     return text
 
 
@@ -106,14 +123,25 @@ def clean_personality(sentences: list[str], settings: ServeSettings) -> list[str
     cleaned = [s.strip() for s in sentences]
     for i, sentence in enumerate(cleaned):
         if not sentence:
-            raise RequestError(422, "empty_persona_sentence",
-                               f"personality[{i}] is empty: remove it or write a sentence")
+            raise RequestError(
+                422,
+                "empty_persona_sentence",
+                f"personality[{i}] is empty: remove it or write a sentence",
+            )
         if len(sentence) > settings.max_persona_chars:
-            raise limit_error(413, "max_persona_chars", settings.max_persona_chars,
-                              f"personality[{i}] has {len(sentence)} characters")
+            raise limit_error(
+                413,
+                "max_persona_chars",
+                settings.max_persona_chars,
+                f"personality[{i}] has {len(sentence)} characters",
+            )
     if len(cleaned) > settings.max_persona_sentences:
-        raise limit_error(413, "max_persona_sentences", settings.max_persona_sentences,
-                          f"personality has {len(cleaned)} sentences")
+        raise limit_error(
+            413,
+            "max_persona_sentences",
+            settings.max_persona_sentences,
+            f"personality has {len(cleaned)} sentences",
+        )
     return cleaned
 
 
@@ -133,14 +161,17 @@ def option_bounds(settings: ServeSettings) -> dict[str, tuple[float, float]]:
 def server_defaults(model_defaults: DecodingOptions, settings: ServeSettings) -> DecodingOptions:
     """The model's decoding options, brought within the server's bounds."""
     max_length = min(model_defaults.max_length, settings.max_reply_tokens)
-    return replace(model_defaults, max_length=max_length,
-                   min_length=min(model_defaults.min_length, max_length),
-                   temperature=min(max(model_defaults.temperature, 0.01),
-                                   settings.max_temperature))
+    return replace(
+        model_defaults,
+        max_length=max_length,
+        min_length=min(model_defaults.min_length, max_length),
+        temperature=min(max(model_defaults.temperature, 0.01), settings.max_temperature),
+    )
 
 
-def decoding_options(requested: dict[str, Any] | None, defaults: DecodingOptions,
-                     settings: ServeSettings) -> DecodingOptions:
+def decoding_options(
+    requested: dict[str, Any] | None, defaults: DecodingOptions, settings: ServeSettings
+) -> DecodingOptions:
     """``defaults`` with the request's options applied, each checked against its bound.
 
     An option out of bounds is refused (422 naming the option and its range) rather than
@@ -149,27 +180,40 @@ def decoding_options(requested: dict[str, Any] | None, defaults: DecodingOptions
     requested = {k: v for k, v in (requested or {}).items() if v is not None}
     unknown = sorted(set(requested) - set(REQUEST_OPTIONS))
     if unknown:
-        raise RequestError(422, "unknown_option",
-                           f"unknown decoding option(s) {', '.join(unknown)}; "
-                           f"allowed: {', '.join(REQUEST_OPTIONS)}")
+        raise RequestError(
+            422,
+            "unknown_option",
+            f"unknown decoding option(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(REQUEST_OPTIONS)}",
+        )
     bounds = option_bounds(settings)
     for name, value in requested.items():
         if name == "do_sample":
             if not isinstance(value, bool):
-                raise RequestError(422, "invalid_option", "do_sample must be true or false",
-                                   option=name)
+                raise RequestError(
+                    422, "invalid_option", "do_sample must be true or false", option=name
+                )
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise RequestError(422, "invalid_option", f"{name} must be a number", option=name)
         low, high = bounds[name]
         if not low <= value <= high:
-            raise RequestError(422, "option_out_of_bounds",
-                               f"{name}={value} is outside the server's bounds [{low}, {high}]",
-                               option=name, min=low, max=high)
+            raise RequestError(
+                422,
+                "option_out_of_bounds",
+                f"{name}={value} is outside the server's bounds [{low}, {high}]",
+                option=name,
+                min=low,
+                max=high,
+            )
     options = replace(defaults, **requested)
     if options.min_length > options.max_length:
-        raise RequestError(422, "option_out_of_bounds",
-                           f"min_length={options.min_length} is more than "
-                           f"max_length={options.max_length}", option="min_length",
-                           min=0, max=options.max_length)
+        raise RequestError(
+            422,
+            "option_out_of_bounds",
+            f"min_length={options.min_length} is more than max_length={options.max_length}",
+            option="min_length",
+            min=0,
+            max=options.max_length,
+        )
     return options

@@ -59,8 +59,12 @@ class Message:
     created_at: float
 
     def to_json(self) -> dict:
-        return {"seq": self.seq, "role": self.role, "text": self.text,
-                "created_at": self.created_at}
+        return {
+            "seq": self.seq,
+            "role": self.role,
+            "text": self.text,
+            "created_at": self.created_at,
+        }
 
 
 @dataclass(frozen=True)
@@ -82,9 +86,13 @@ class Session:
     updated_at: float
 
     def to_json(self) -> dict:
-        return {"id": self.id, "personality": self.personality,
-                "messages": [m.to_json() for m in self.messages],
-                "created_at": self.created_at, "updated_at": self.updated_at}
+        return {
+            "id": self.id,
+            "personality": self.personality,
+            "messages": [m.to_json() for m in self.messages],
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
 
 
 class SessionStore:
@@ -104,20 +112,25 @@ class SessionStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise StoreError(f"{self.path} was written by a newer personachat (schema "
-                                 f"{version}); upgrade personachat or pass another --db")
+                raise StoreError(
+                    f"{self.path} was written by a newer personachat (schema "
+                    f"{version}); upgrade personachat or pass another --db"
+                )
             self._db.executescript(SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._reader = self._connect()
         except (sqlite3.Error, OSError) as err:
-            raise StoreError(f"cannot open the session database {self.path}: {err}; pass a "
-                             f"writable file with --db PATH") from err
+            raise StoreError(
+                f"cannot open the session database {self.path}: {err}; pass a "
+                f"writable file with --db PATH"
+            ) from err
         self._lock = threading.Lock()  # one writer at a time on the write connection
         self._read_lock = threading.Lock()
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0,
-                             isolation_level=None)  # explicit transactions below
+        db = sqlite3.connect(
+            self.path, check_same_thread=False, timeout=10.0, isolation_level=None
+        )  # explicit transactions below
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
         return db
@@ -131,8 +144,10 @@ class SessionStore:
     def create(self, session_id: str, personality: list[str]) -> Session:
         now = time.time()
         with self._lock:
-            self._db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)",
-                             (session_id, json.dumps(personality, ensure_ascii=False), now, now))
+            self._db.execute(
+                "INSERT INTO sessions VALUES (?, ?, ?, ?)",
+                (session_id, json.dumps(personality, ensure_ascii=False), now, now),
+            )
         return Session(session_id, list(personality), [], now, now)
 
     def get(self, session_id: str, last: int | None = None) -> Session:
@@ -140,24 +155,33 @@ class SessionStore:
         with self._read_lock:
             self._reader.execute("BEGIN")  # one snapshot for the session and its messages
             try:
-                row = self._reader.execute("SELECT personality, created_at, updated_at FROM "
-                                           "sessions WHERE id = ?", (session_id,)).fetchone()
-                rows = [] if row is None else self._reader.execute(
-                    "SELECT seq, role, text, created_at FROM messages WHERE session_id = ? "
-                    "ORDER BY seq DESC LIMIT ?", (session_id, -1 if last is None else last),
-                ).fetchall()
+                row = self._reader.execute(
+                    "SELECT personality, created_at, updated_at FROM sessions WHERE id = ?",
+                    (session_id,),
+                ).fetchone()
+                rows = (
+                    []
+                    if row is None
+                    else self._reader.execute(
+                        "SELECT seq, role, text, created_at FROM messages WHERE session_id = ? "
+                        "ORDER BY seq DESC LIMIT ?",
+                        (session_id, -1 if last is None else last),
+                    ).fetchall()
+                )
             finally:
                 self._reader.execute("COMMIT")
         if row is None:
             raise SessionNotFound(session_id)
-        return Session(session_id, json.loads(row[0]), [Message(*r) for r in reversed(rows)],
-                       row[1], row[2])
+        return Session(
+            session_id, json.loads(row[0]), [Message(*r) for r in reversed(rows)], row[1], row[2]
+        )
 
     def set_personality(self, session_id: str, personality: list[str]) -> Session:
         with self._lock:
             cursor = self._db.execute(
                 "UPDATE sessions SET personality = ?, updated_at = ? WHERE id = ?",
-                (json.dumps(personality, ensure_ascii=False), time.time(), session_id))
+                (json.dumps(personality, ensure_ascii=False), time.time(), session_id),
+            )
             if cursor.rowcount == 0:
                 raise SessionNotFound(session_id)
         return self.get(session_id)
@@ -181,13 +205,15 @@ class SessionStore:
                 "JOIN messages AS m ON m.session_id = u.session_id "
                 "AND m.seq IN (u.seq, u.seq + 1) "
                 "WHERE u.session_id = ? AND u.client_id = ? ORDER BY m.seq",
-                (session_id, client_id)).fetchall()
+                (session_id, client_id),
+            ).fetchall()
         if len(rows) != 2:  # none, or pruned by max_history_kept
             return None
         return Message(*rows[0]), Message(*rows[1])
 
-    def append_turn(self, session_id: str, text: str, reply: str, keep: int,
-                    client_id: str | None = None) -> tuple[Message, Message]:
+    def append_turn(
+        self, session_id: str, text: str, reply: str, keep: int, client_id: str | None = None
+    ) -> tuple[Message, Message]:
         """Store the user's message and the bot's reply together; keep the last ``keep``
         messages of the session (whole turns: an odd ``keep`` keeps one less)."""
         result = self.append_turns([Turn(session_id, text, reply, client_id)], keep)[0]
@@ -195,8 +221,9 @@ class SessionStore:
             raise result
         return result
 
-    def append_turns(self, turns: list[Turn], keep: int
-                     ) -> list[tuple[Message, Message] | Exception]:
+    def append_turns(
+        self, turns: list[Turn], keep: int
+    ) -> list[tuple[Message, Message] | Exception]:
         """Store many turns in one transaction, so one disk sync covers them all (the turns
         of a batch finish together). Each turn stands alone: one whose session was deleted
         meanwhile gets its exception in the returned list and the others are stored."""
@@ -221,20 +248,27 @@ class SessionStore:
 
     def _insert_turn(self, turn: Turn, keep: int) -> tuple[Message, Message]:
         now = time.time()
-        if self._db.execute("SELECT 1 FROM sessions WHERE id = ?",
-                            (turn.session_id,)).fetchone() is None:
+        if (
+            self._db.execute("SELECT 1 FROM sessions WHERE id = ?", (turn.session_id,)).fetchone()
+            is None
+        ):
             raise SessionNotFound(turn.session_id)
-        last = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM messages "
-                                "WHERE session_id = ?", (turn.session_id,)).fetchone()[0]
+        last = self._db.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE session_id = ?", (turn.session_id,)
+        ).fetchone()[0]
         user = Message(last + 1, "user", turn.text, now)
         bot = Message(last + 2, "bot", turn.reply, now)
         self._db.executemany(
             "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)",
-            [(turn.session_id, user.seq, "user", turn.text, turn.client_id, now),
-             (turn.session_id, bot.seq, "bot", turn.reply, None, now)])
+            [
+                (turn.session_id, user.seq, "user", turn.text, turn.client_id, now),
+                (turn.session_id, bot.seq, "bot", turn.reply, None, now),
+            ],
+        )
         keep -= keep % 2
-        self._db.execute("DELETE FROM messages WHERE session_id = ? AND seq <= ?",
-                         (turn.session_id, bot.seq - keep))
-        self._db.execute("UPDATE sessions SET updated_at = ? WHERE id = ?",
-                         (now, turn.session_id))
+        self._db.execute(
+            "DELETE FROM messages WHERE session_id = ? AND seq <= ?",
+            (turn.session_id, bot.seq - keep),
+        )
+        self._db.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (now, turn.session_id))
         return user, bot
