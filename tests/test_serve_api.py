@@ -199,11 +199,13 @@ def test_api_key_is_required_on_every_v1_route(server, api):
 def test_bad_input_gets_clear_json_errors_and_the_server_keeps_serving(api):
     session_id = new_session(api)
     post = f"/v1/sessions/{session_id}/messages"
-    send = lambda content: api.post(
-        post,
-        content=content,  # noqa: E731
-        headers={**AUTH, "Content-Type": "application/json"},
-    )
+
+    def send(content):
+        return api.post(
+            post,
+            content=content,
+            headers={**AUTH, "Content-Type": "application/json"},
+        )
 
     assert error(send(b'{"text": "hi"'), 422)["code"] == "malformed_json"
     assert error(send(b"\xff\xfe garbage"), 422)["code"] == "malformed_json"
