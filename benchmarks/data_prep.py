@@ -171,8 +171,8 @@ def build_tokenizer(texts: list[str], folder: Path) -> None:
     """A GPT-2-sized byte-level BPE tokenizer trained on the corpus, special tokens added,
     saved as ``tokenizer.json`` (what ``AutoTokenizer.from_pretrained`` reads)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from personachat.encoding import ATTR_TO_SPECIAL_TOKEN
-    from personachat.scratch import train_tokenizer
+    from personachat.encoding.inputs import ATTR_TO_SPECIAL_TOKEN
+    from personachat.model.scratch import train_tokenizer
 
     tokenizer = train_tokenizer(texts, VOCAB_SIZE - len(ATTR_TO_SPECIAL_TOKEN) - 1)
     tokenizer.add_special_tokens(ATTR_TO_SPECIAL_TOKEN)
@@ -185,8 +185,8 @@ def run_phase(phase: str, work: Path, num_proc: int) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from personachat.encoding import SpecialIds
-    from personachat.token_cache import EncodingOptions
+    from personachat.encoding.inputs import SpecialIds
+    from personachat.encoding.token_cache import EncodingOptions
 
     tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
     special = SpecialIds.from_tokenizer(tokenizer)
@@ -232,7 +232,7 @@ def work_phase(
     """The part of a phase after reading the JSON; returns its checksum."""
     import torch
 
-    from personachat.token_cache import cached_dataset
+    from personachat.encoding.token_cache import cached_dataset
 
     if phase == "read":
         checksum = len(dialogs)
@@ -291,7 +291,7 @@ def classic_tensors(dialogs: list[dict], tokenizer, special, options) -> dict:
     handicap), lay out every example, pad every input to the dataset's longest, make tensors."""
     import torch
 
-    from personachat.encoding import IGNORE_INDEX, build_example
+    from personachat.encoding.inputs import IGNORE_INDEX, build_example
 
     texts = [s for d in dialogs for s in _strings(d)]
     ids = iter(tokenizer(texts, add_special_tokens=False)["input_ids"])

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 from personachat import ConvAIModel
-from personachat.evaluation import persona_accuracy, repetition_rate
-from personachat.generation import DecodingOptions
-from personachat.readers import read_dialogs
+from personachat.data.readers import read_dialogs
+from personachat.evaluation.metrics import persona_accuracy, repetition_rate
+from personachat.generation.generate import DecodingOptions
 
 SETTINGS: dict[str, dict] = {
     "greedy": {"do_sample": False},

@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 
 from personachat import ConvAIModel
-from personachat.candidates import add_distractors
-from personachat.evaluation import unigram_baseline_loss
-from personachat.readers import read_dialogs
-from personachat.scratch import ScratchConfig, build_scratch_checkpoint, dialog_texts
+from personachat.data.candidates import add_distractors
+from personachat.data.readers import read_dialogs
+from personachat.evaluation.metrics import unigram_baseline_loss
+from personachat.model.scratch import ScratchConfig, build_scratch_checkpoint, dialog_texts
 
 DEFAULT_FILE = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "synthetic-persona-chat" / "valid.csv"

@@ -4,7 +4,7 @@ Same process, same model, same prompts. A 4-sentence persona and a 5-utterance h
 reply is forced to exactly ``--reply-tokens`` tokens (``min_length = max_length``) so both
 paths do the same amount of decoding:
 
-- cached: ``personachat.generation.generate_reply`` (prompt encoded once, one step per token);
+- cached: ``personachat.generation.generate.generate_reply`` (prompt encoded once, one step per token);
 - naive:  the classic loop: run the model on the whole sequence for every new token, as
           simpletransformers' ``sample_sequence`` did.
 
@@ -23,8 +23,13 @@ import time
 
 import torch
 
-from personachat.encoding import SpecialIds
-from personachat.generation import DecodingOptions, build_prompt, generate_replies, generate_reply
+from personachat.encoding.inputs import SpecialIds
+from personachat.generation.generate import (
+    DecodingOptions,
+    build_prompt,
+    generate_replies,
+    generate_reply,
+)
 
 PERSONA = [
     "i work as a nurse .",
@@ -45,8 +50,8 @@ def build(size: str, device: torch.device):
     """A random-weight GPT-2 (tiny or small shape) with a byte-level tokenizer of its own."""
     from transformers import GPT2Config, GPT2DoubleHeadsModel
 
-    from personachat.encoding import ATTR_TO_SPECIAL_TOKEN
-    from personachat.scratch import train_tokenizer
+    from personachat.encoding.inputs import ATTR_TO_SPECIAL_TOKEN
+    from personachat.model.scratch import train_tokenizer
 
     tokenizer = train_tokenizer(PERSONA + HISTORY, vocab_size=400)
     tokenizer.add_special_tokens(ATTR_TO_SPECIAL_TOKEN)

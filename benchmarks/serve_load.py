@@ -253,7 +253,7 @@ async def run_load(
 def build_model(folder: Path, n_layer: int, n_embd: int) -> Path:
     """A random-weight GPT-2 with a tokenizer trained on the chat lines, plus personas.json
     (what ``POST /v1/sessions`` without a persona draws from)."""
-    from personachat.scratch import ScratchConfig, build_scratch_checkpoint
+    from personachat.model.scratch import ScratchConfig, build_scratch_checkpoint
 
     texts = PARTNER_LINES + [s for p in PERSONAS for s in p]
     build_scratch_checkpoint(

@@ -46,10 +46,10 @@ from functools import partial
 import torch
 
 from personachat.args import ConvAIArgs
-from personachat.autobatch import probe_train_micro_batch
-from personachat.batching import LengthGroupedBatchSampler
-from personachat.encoding import IGNORE_INDEX, PersonaChatDataset, SpecialIds, collate
-from personachat.training import TrainingObjective, autocast_dtype, make_optimizer
+from personachat.encoding.batching import LengthGroupedBatchSampler
+from personachat.encoding.inputs import IGNORE_INDEX, PersonaChatDataset, SpecialIds, collate
+from personachat.train.autobatch import probe_train_micro_batch
+from personachat.train.loop import TrainingObjective, autocast_dtype, make_optimizer
 
 PERSONA_CHAT_DIALOGS = 17_878
 PERSONA_CHAT_EXAMPLES = 131_438

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .args import ConvAIArgs
+from personachat.args import ConvAIArgs
 
 if TYPE_CHECKING:
-    from .conv_ai_model import ConvAIModel
+    from personachat.conv_ai_model import ConvAIModel
 
 __all__ = ["ConvAIModel", "ConvAIArgs"]
 __version__ = "0.1.0"
@@ -25,7 +25,7 @@ def __getattr__(name: str):
     """Import the model facade (torch, transformers) on first use only, so commands that
     never touch a model (``convert``, ``validate``) start in a fraction of a second."""
     if name == "ConvAIModel":
-        from .conv_ai_model import ConvAIModel
+        from personachat.conv_ai_model import ConvAIModel
 
         return ConvAIModel
     raise AttributeError(f"module 'personachat' has no attribute {name!r}")

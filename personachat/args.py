@@ -120,7 +120,7 @@ class ConvAIArgs:
     # Max examples read from a data file (None = all): quick experiments on big files.
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
-    # Format of train/eval files (see personachat.readers.FORMATS); None detects it.
+    # Format of train/eval files (see personachat.data.readers.FORMATS); None detects it.
     data_format: str | None = None
     # Compute word-overlap F1 of generated replies in eval_model (slow: one generation each).
     generation_f1: bool = False
@@ -129,7 +129,7 @@ class ConvAIArgs:
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     rerank_samples: int = 0
-    # Speed (see personachat.batching / autobatch): batch inputs of similar length together
+    # Speed (see personachat.encoding.batching / autobatch): batch inputs of similar length together
     # (less padding); with train_batch_size="auto" (CUDA), the effective batch per optimizer
     # step that the probed micro-batch x gradient accumulation x processes should reach;
     # torch.compile the training forward (CUDA; slow first steps, faster after).

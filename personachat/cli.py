@@ -21,18 +21,18 @@ from pathlib import Path
 
 import yaml
 
-from . import distributed
-from .args import ArgsError, ConvAIArgs, make_args, unknown_key_message
-from .checkpoints import CheckpointError
-from .data import DataError
-from .data_commands import DATA_COMMANDS, add_data_commands, run_data_command
-from .encoding import EncodingError
-from .modeling import ModelLoadError, resolve_device
-from .readers import FORMATS, read_dialogs
-from .reporting import append_evaluation
-from .scratch import ScratchConfig, build_scratch_checkpoint, dialog_texts
-from .serve.command import add_serve_arguments, run_serve
-from .training import TrainingError, TrainingInterrupted
+from personachat.args import ArgsError, ConvAIArgs, make_args, unknown_key_message
+from personachat.data.commands import DATA_COMMANDS, add_data_commands, run_data_command
+from personachat.data.dialogs import DataError
+from personachat.data.readers import FORMATS, read_dialogs
+from personachat.encoding.inputs import EncodingError
+from personachat.model.loading import ModelLoadError, resolve_device
+from personachat.model.scratch import ScratchConfig, build_scratch_checkpoint, dialog_texts
+from personachat.serve.command import add_serve_arguments, run_serve
+from personachat.train import distributed
+from personachat.train.checkpoints import CheckpointError
+from personachat.train.loop import TrainingError, TrainingInterrupted
+from personachat.train.reporting import append_evaluation
 
 CONFIG_KEYS = {
     "model_type",
@@ -238,7 +238,7 @@ def demo_conversation(model, eval_file: str, turns: int = 4) -> None:
 def run(options: argparse.Namespace) -> int:
     if options.command in DATA_COMMANDS:
         return run_data_command(options)
-    from .conv_ai_model import ConvAIModel
+    from personachat.conv_ai_model import ConvAIModel
 
     settings, args = resolve(options)
     device = resolve_device("auto" if options.device == "auto" else options.device == "cuda")

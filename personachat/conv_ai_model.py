@@ -19,15 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import distributed
-from .args import ConvAIArgs, make_args
-from .candidates import add_distractors
-from .checkpoints import CheckpointError, resolve_resume
-from .data import load_personachat_or_file, personalities
-from .decoders import PrefixCache
-from .distributed import is_main_process
-from .encoding import SpecialIds, TextEncoder, collate, dataset_from_dialogs
-from .evaluation import (
+from personachat.args import ConvAIArgs, make_args
+from personachat.data.candidates import add_distractors
+from personachat.data.dialogs import load_personachat_or_file, personalities
+from personachat.data.readers import read_dialogs
+from personachat.encoding.inputs import SpecialIds, TextEncoder, collate, dataset_from_dialogs
+from personachat.encoding.token_cache import EncodingOptions, cache_key, cached_dataset
+from personachat.evaluation.metrics import (
     apply_metric_fns,
     evaluation_sums,
     format_results,
@@ -40,19 +38,31 @@ from .evaluation import (
     repetition_rate,
     without_persona,
 )
-from .generation import DecodingOptions, generate_replies, respond
-from .modeling import context_size, load_model_and_tokenizer, resolve_device, save_pretrained_atomic
-from .readers import read_dialogs
-from .repl import run_repl
-from .reporting import SAMPLES_FILE, SampleWriter, probes_from_dialogs, write_report
-from .token_cache import EncodingOptions, cache_key, cached_dataset
-from .training import (
+from personachat.generation.decoders import PrefixCache
+from personachat.generation.generate import DecodingOptions, generate_replies, respond
+from personachat.model.loading import (
+    context_size,
+    load_model_and_tokenizer,
+    resolve_device,
+    save_pretrained_atomic,
+)
+from personachat.repl import run_repl
+from personachat.train import distributed
+from personachat.train.checkpoints import CheckpointError, resolve_resume
+from personachat.train.distributed import is_main_process
+from personachat.train.loop import (
     TrainingError,
     autocast_dtype,
     check_output_dir,
     preflight,
     resolve_eval_batch_size,
     train,
+)
+from personachat.train.reporting import (
+    SAMPLES_FILE,
+    SampleWriter,
+    probes_from_dialogs,
+    write_report,
 )
 
 PERSONAS_FILE = "personas.json"

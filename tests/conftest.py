@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from personachat.args import CACHE_DIR_ENV
-from personachat.scratch import ScratchConfig, build_scratch_checkpoint
+from personachat.model.scratch import ScratchConfig, build_scratch_checkpoint
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SYNTHETIC_PERSONA_CHAT = SHARED_DATA / "synthetic-persona-chat" / "valid.csv"

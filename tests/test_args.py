@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, GPT2DoubleHeadsModel
 
 from personachat import ConvAIArgs
 from personachat.args import ARGS_FILE, ArgsError, make_args
-from personachat.modeling import save_pretrained_atomic
+from personachat.model.loading import save_pretrained_atomic
 
 # simpletransformers.config.model_args.ConvAIArgs / ModelArgs defaults.
 SIMPLETRANSFORMERS_DEFAULTS = {

@@ -7,8 +7,12 @@ import statistics
 
 import pytest
 
-from personachat.autobatch import largest_fitting, plan_batches
-from personachat.batching import LengthGroupedBatchSampler, plan_global_batches, split_global_batch
+from personachat.encoding.batching import (
+    LengthGroupedBatchSampler,
+    plan_global_batches,
+    split_global_batch,
+)
+from personachat.train.autobatch import largest_fitting, plan_batches
 
 
 def persona_chat_like_lengths(n: int, seed: int = 0) -> list[int]:
@@ -171,8 +175,8 @@ def test_accumulation_reaches_about_the_asked_effective_batch(fitting, target, w
 
 @pytest.mark.parametrize("max_tokens", [512, 30])
 def test_dataset_lengths_are_the_built_inputs_lengths_without_building_them(max_tokens):
-    from personachat.encoding import ATTR_TO_SPECIAL_TOKEN, SpecialIds, dataset_from_dialogs
-    from personachat.scratch import train_tokenizer
+    from personachat.encoding.inputs import ATTR_TO_SPECIAL_TOKEN, SpecialIds, dataset_from_dialogs
+    from personachat.model.scratch import train_tokenizer
 
     from .conftest import make_dialogs
 

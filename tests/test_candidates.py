@@ -1,4 +1,4 @@
-"""Sampling distractor candidates from other dialogs (personachat.candidates)."""
+"""Sampling distractor candidates from other dialogs (personachat.data.candidates)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from personachat.candidates import add_distractors, normalise
-from personachat.data import DataError
+from personachat.data.candidates import add_distractors, normalise
+from personachat.data.dialogs import DataError
 
 
 def gold_only(*dialog_replies: list[str]) -> list[dict]:

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from personachat import ConvAIArgs, ConvAIModel
-from personachat.modeling import ModelLoadError
-from personachat.training import TrainingError
+from personachat.model.loading import ModelLoadError
+from personachat.train.loop import TrainingError
 
 from .conftest import PERSONA
 
@@ -243,7 +243,7 @@ def test_too_few_candidates_for_num_candidates_is_explained(
 
 
 def test_cyrillic_and_emoji_round_trip_through_training(tmp_path):
-    from personachat.scratch import ScratchConfig, build_scratch_checkpoint
+    from personachat.model.scratch import ScratchConfig, build_scratch_checkpoint
 
     persona = ["я работаю врачом .", "у меня есть кот 🐱 ."]
     dialogs = [

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from personachat import ConvAIModel
-from personachat.candidates import add_distractors
 from personachat.cli import build_parser, main, resolve
-from personachat.data import DataError, load_dialogs
-from personachat.data_commands import write_json_atomic
-from personachat.readers import read_dialogs
+from personachat.data.candidates import add_distractors
+from personachat.data.commands import write_json_atomic
+from personachat.data.dialogs import DataError, load_dialogs
+from personachat.data.readers import read_dialogs
 
 from .test_readers import PARLAI_BOTH, PLAIN, SYNTHETIC_CSV
 

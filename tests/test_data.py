@@ -1,4 +1,4 @@
-"""Reading, validating and downloading Persona-Chat dialogs (personachat.data).
+"""Reading, validating and downloading Persona-Chat dialogs (personachat.data.dialogs).
 
 Every test writes its own small files under tmp_path; nothing here touches the internet
 (download tests use loopback addresses only).
@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from personachat import data
-from personachat.data import (
+from personachat.data import dialogs as data
+from personachat.data.dialogs import (
     PERSONACHAT_URL,
     DataError,
     download_personachat,

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2DoubleHeadsModel
 
-from personachat.decoders import (
+from personachat.generation.decoders import (
     CachedDecoder,
     PrefixCache,
     ReEncodeDecoder,

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from personachat import ConvAIModel
 from personachat.cli import main
-from personachat.scratch import ScratchConfig, build_scratch_checkpoint
+from personachat.model.scratch import ScratchConfig, build_scratch_checkpoint
 
 from .conftest import make_dialogs
 

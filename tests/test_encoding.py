@@ -1,4 +1,4 @@
-"""From dialogs to model inputs (personachat.encoding): the TransferTransfo layout.
+"""From dialogs to model inputs (personachat.encoding.inputs): the TransferTransfo layout.
 
 Most tests work on plain token-id lists with made-up special ids, the way the pipeline's pure
 functions are meant to be used; only the tokenizer tests load the tiny checkpoint.
@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from personachat.encoding import (
+from personachat.encoding.inputs import (
     IGNORE_INDEX,
     EncodingError,
     PersonaChatDataset,
@@ -30,7 +30,7 @@ from personachat.encoding import (
     persona_orders,
     truncate_to_fit,
 )
-from personachat.scratch import train_tokenizer
+from personachat.model.scratch import train_tokenizer
 
 from .conftest import make_dialogs
 
@@ -451,7 +451,7 @@ def test_dataset_from_dialogs_checks_candidates_before_tokenizing(tokenizer):
 
 
 def test_a_bounded_text_encoder_forgets_the_oldest_strings_first(tiny_checkpoint):
-    from personachat.modeling import load_model_and_tokenizer
+    from personachat.model.loading import load_model_and_tokenizer
 
     _, tokenizer = load_model_and_tokenizer("gpt2", tiny_checkpoint)
     encoder = TextEncoder(tokenizer, max_entries=3)

@@ -1,5 +1,5 @@
-"""Evaluation metrics (personachat.evaluation) and the TransferTransfo loss they report
-(personachat.modeling.double_heads_loss)."""
+"""Evaluation metrics (personachat.evaluation.metrics) and the TransferTransfo loss they report
+(personachat.model.loading.double_heads_loss)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from personachat import evaluation
-from personachat.encoding import SpecialIds, collate, dataset_from_dialogs
-from personachat.evaluation import (
+from personachat.encoding.inputs import SpecialIds, collate, dataset_from_dialogs
+from personachat.evaluation import metrics as evaluation
+from personachat.evaluation.metrics import (
     evaluate_batches,
     evaluation_sums,
     format_results,
@@ -21,7 +21,7 @@ from personachat.evaluation import (
     normalize_answer,
     word_f1,
 )
-from personachat.modeling import LossOutput, double_heads_loss, load_model_and_tokenizer
+from personachat.model.loading import LossOutput, double_heads_loss, load_model_and_tokenizer
 
 from .conftest import make_dialogs
 

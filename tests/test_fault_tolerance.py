@@ -20,17 +20,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from personachat import ConvAIModel, checkpoints, cli
+from personachat import ConvAIModel, cli
 from personachat.args import ArgsError
-from personachat.modeling import ModelLoadError
-from personachat.reporting import SampleWriter
-from personachat.scratch import ScratchConfig, build_scratch_checkpoint
-from personachat.training import (
+from personachat.model.loading import ModelLoadError
+from personachat.model.scratch import ScratchConfig, build_scratch_checkpoint
+from personachat.train import checkpoints
+from personachat.train.loop import (
     StopOnSignal,
     TrainingError,
     TrainingInterrupted,
     TrainingObjective,
 )
+from personachat.train.reporting import SampleWriter
 
 from .conftest import make_dialogs
 

@@ -1,4 +1,4 @@
-"""Decoding a reply (personachat.generation) and loading the model that decodes it.
+"""Decoding a reply (personachat.generation.generate) and loading the model that decodes it.
 
 Generation runs on the tiny random GPT-2 from conftest (context of 128 tokens): its replies
 are gibberish, but every property tested here (cache equivalence, lengths, stop tokens,
@@ -13,9 +13,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2DoubleHeadsModel
 
-from personachat.decoders import PrefixCache
-from personachat.encoding import SpecialIds, build_input_from_segments
-from personachat.generation import (
+from personachat.encoding.inputs import SpecialIds, build_input_from_segments
+from personachat.generation.decoders import PrefixCache
+from personachat.generation.generate import (
     DecodingOptions,
     generate_replies,
     generate_reply,
@@ -23,14 +23,14 @@ from personachat.generation import (
     sample_rows,
     top_filtering,
 )
-from personachat.modeling import (
+from personachat.model.loading import (
     ModelLoadError,
     add_special_tokens_,
     load_model_and_tokenizer,
     model_class,
     resolve_device,
 )
-from personachat.scratch import train_tokenizer
+from personachat.model.scratch import train_tokenizer
 
 from .conftest import PERSONA
 

@@ -10,7 +10,11 @@ import threading
 
 import pytest
 
-from personachat.modeling import ModelLoadError, fetch_finetuned_archive, load_model_and_tokenizer
+from personachat.model.loading import (
+    ModelLoadError,
+    fetch_finetuned_archive,
+    load_model_and_tokenizer,
+)
 
 
 @pytest.fixture()

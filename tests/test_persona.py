@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from personachat import ConvAIModel
-from personachat.encoding import SpecialIds
-from personachat.evaluation import (
+from personachat.data.synthetic import generate_dialogs
+from personachat.encoding.inputs import SpecialIds
+from personachat.evaluation.metrics import (
     mentions,
     persona_accuracy,
     persona_hits_at_1,
@@ -18,7 +19,7 @@ from personachat.evaluation import (
     unigram_baseline_loss,
     without_persona,
 )
-from personachat.generation import (
+from personachat.generation.generate import (
     DecodingOptions,
     banned_ngram_tokens,
     generate_reply,
@@ -26,8 +27,7 @@ from personachat.generation import (
     respond,
     score_replies,
 )
-from personachat.modeling import load_model_and_tokenizer
-from personachat.synthetic import generate_dialogs
+from personachat.model.loading import load_model_and_tokenizer
 
 from .conftest import SYNTHETIC_PERSONA_CHAT
 
@@ -193,7 +193,7 @@ def test_batched_replies_equal_replies_decoded_one_at_a_time(tiny):
         ),
         ([tokenizer.encode("i drink tea .")], [tokenizer.encode("what do you drink ?")]),
     ]
-    from personachat.generation import generate_replies
+    from personachat.generation.generate import generate_replies
 
     options = DecodingOptions(max_length=12, do_sample=False, no_repeat_ngram_size=2)
     batched = generate_replies(model, conversations, special, options)
@@ -225,9 +225,9 @@ def test_on_real_dialogs_a_small_model_beats_the_unigram_baseline(tmp_path):
     hits@1 against chance is benchmarks/real_data_check.py)."""
     import json
 
-    from personachat.candidates import add_distractors
-    from personachat.readers import read_dialogs
-    from personachat.scratch import ScratchConfig, build_scratch_checkpoint, dialog_texts
+    from personachat.data.candidates import add_distractors
+    from personachat.data.readers import read_dialogs
+    from personachat.model.scratch import ScratchConfig, build_scratch_checkpoint, dialog_texts
 
     dialogs = read_dialogs(SYNTHETIC_PERSONA_CHAT)
     train, _ = add_distractors(dialogs[:120], 2, seed=0)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from personachat.encoding import SpecialIds
-from personachat.modeling import load_model_and_tokenizer
-from personachat.pretrain import dialog_sequences, pretrain_language_model
-from personachat.scratch import ScratchConfig, build_scratch_checkpoint, dialog_texts
+from personachat.encoding.inputs import SpecialIds
+from personachat.model.loading import load_model_and_tokenizer
+from personachat.model.pretrain import dialog_sequences, pretrain_language_model
+from personachat.model.scratch import ScratchConfig, build_scratch_checkpoint, dialog_texts
 
 from .conftest import make_dialogs
 

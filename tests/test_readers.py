@@ -1,4 +1,4 @@
-"""Reading every dialog format into Persona-Chat dialogs (personachat.readers).
+"""Reading every dialog format into Persona-Chat dialogs (personachat.data.readers).
 
 Each test writes its own small files; the shared Synthetic-Persona-Chat file is read where it
 exists (the tests that need it skip otherwise).
@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from personachat.data import DataError, validate_dialogs
-from personachat.readers import FORMATS, detect_format, read_dialogs
-from personachat.readers.hf import dialogs_from_rows
-from personachat.readers.synthetic_csv import parse_conversation
+from personachat.data.dialogs import DataError, validate_dialogs
+from personachat.data.readers import FORMATS, detect_format, read_dialogs
+from personachat.data.readers.hf import dialogs_from_rows
+from personachat.data.readers.synthetic_csv import parse_conversation
 
 from .conftest import SYNTHETIC_PERSONA_CHAT, make_dialogs
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from personachat import ConvAIModel, cli
-from personachat.reporting import (
+from personachat.train.reporting import (
     Probe,
     SampleWriter,
     append_evaluation,

@@ -1,4 +1,4 @@
-"""Tests for personachat.synthetic, written as usage examples of the generator."""
+"""Tests for personachat.data.synthetic, written as usage examples of the generator."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from personachat import synthetic
-from personachat.synthetic import (
+from personachat.data import synthetic
+from personachat.data.synthetic import (
     SLOTS,
     SMALL_TALK,
     SPLITS,
@@ -292,12 +292,12 @@ def test_cli_writes_the_three_splits(tmp_path, capsys):
 
 
 def test_committed_data_matches_generator_defaults(tmp_path):
-    """data/persona_*.json are exactly ``python -m personachat.synthetic --out-dir data``."""
+    """data/persona_*.json are exactly ``python -m personachat.data.synthetic --out-dir data``."""
     paths = write_splits(tmp_path)
     for path in paths.values():
         committed = DATA_DIR / path.name
         assert committed.is_file(), f"missing {committed}; regenerate with the CLI"
         assert committed.read_bytes() == path.read_bytes(), (
             f"{committed} drifted from the generator; rerun "
-            "`python -m personachat.synthetic --out-dir data`"
+            "`python -m personachat.data.synthetic --out-dir data`"
         )

@@ -1,4 +1,4 @@
-"""Tokenize once (personachat.token_cache): what is cached, when it is reused, what is safe.
+"""Tokenize once (personachat.encoding.token_cache): what is cached, when it is reused, what is safe.
 
 A spy on ``_tokenize_texts`` counts real tokenizations, so "read from the cache" is checked
 without timing anything.
@@ -17,22 +17,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from personachat import ConvAIModel, token_cache
-from personachat.encoding import (
+from personachat import ConvAIModel
+from personachat.encoding import token_cache
+from personachat.encoding.inputs import (
     ATTR_TO_SPECIAL_TOKEN,
     IGNORE_INDEX,
     SpecialIds,
     collate,
     dataset_from_dialogs,
 )
-from personachat.scratch import train_tokenizer
-from personachat.token_cache import (
+from personachat.encoding.token_cache import (
     CACHE_SUBDIR,
     MANIFEST,
     EncodingOptions,
     cache_key,
     cached_dataset,
 )
+from personachat.model.scratch import train_tokenizer
 
 from .conftest import make_dialogs
 

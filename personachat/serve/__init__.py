@@ -13,6 +13,6 @@ Only ``app`` and ``command`` need FastAPI and uvicorn (the ``serve`` extra), and
 imported only when a server is started, so ``import personachat`` works without them.
 """
 
-from .settings import ServeSettings
+from personachat.serve.settings import ServeSettings
 
 __all__ = ["ServeSettings"]

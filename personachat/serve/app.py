@@ -39,10 +39,10 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..generation import DecodingOptions
-from ..modeling import context_size
-from .batcher import Batcher
-from .settings import (
+from personachat.generation.generate import DecodingOptions
+from personachat.model.loading import context_size
+from personachat.serve.batcher import Batcher
+from personachat.serve.settings import (
     RequestError,
     ServeSettings,
     clean_personality,
@@ -51,7 +51,7 @@ from .settings import (
     limit_error,
     server_defaults,
 )
-from .store import Message, Session, SessionNotFound, SessionStore, Turn
+from personachat.serve.store import Message, Session, SessionNotFound, SessionStore, Turn
 
 log = logging.getLogger("personachat.serve")
 STATIC = Path(__file__).parent / "static"

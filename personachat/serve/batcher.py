@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..generation import DecodingOptions
+from personachat.generation.generate import DecodingOptions
 
 Conversation = tuple[list[str], list[str]]  # (personality, history ending with the message)
 # ConvAIModel.generate_replies(conversations, options, on_token, stream) -> replies; only the

@@ -14,7 +14,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .settings import ServeSettings
+from personachat.serve.settings import ServeSettings
 
 API_KEY_ENV = "PERSONACHAT_API_KEY"
 KEEP_FREED_MEMORY_ENV = "PERSONACHAT_KEEP_FREED_MEMORY"  # "0": leave glibc's malloc as it is
@@ -146,14 +146,14 @@ def run_serve(model, options: argparse.Namespace, model_name: str) -> int:
     try:
         import uvicorn
 
-        from .app import create_app
+        from personachat.serve.app import create_app
     except ImportError as err:
         raise ServeError(
             f"personachat serve needs FastAPI and uvicorn ({err}); install them "
             "with: pip install 'personachat[serve]'"
         ) from err
-    from ..conv_ai_model import PERSONAS_FILE
-    from .store import SessionStore, StoreError
+    from personachat.conv_ai_model import PERSONAS_FILE
+    from personachat.serve.store import SessionStore, StoreError
 
     settings = settings_from(options)
     for flag in ("threads", "prefill_threads"):

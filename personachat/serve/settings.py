@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from ..generation import DecodingOptions
+from personachat.generation.generate import DecodingOptions
 
 # Decoding options a request may set. max_history and rerank_samples stay the model's: the
 # first is how the model was trained, the second costs N decodings per reply.

@@ -4,7 +4,7 @@ A JSON list, or JSONL (one JSON object per line), of
 ``{"personality": ["i like tea .", ...], "turns": ["hi !", "hello , i like tea .", ...]}``.
 Turns alternate between the partner and the bot, **starting with the partner**; add
 ``"bot_starts": true`` when the bot speaks first (its opening line is then not learned, see
-:mod:`personachat.readers.turns`). There are no candidates: each bot reply becomes the only
+:mod:`personachat.data.readers.turns`). There are no candidates: each bot reply becomes the only
 (gold) candidate of its utterance, and distractors are sampled later.
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..data import DataError, _describe, _did_you_mean, _json_error_message
-from .files import read_text
-from .turns import dialog_from_turns, string_list_problems
+from personachat.data.dialogs import DataError, _describe, _did_you_mean, _json_error_message
+from personachat.data.readers.files import read_text
+from personachat.data.readers.turns import dialog_from_turns, string_list_problems
 
 __all__ = ["WHAT", "dialog_from_object", "read_plain"]
 

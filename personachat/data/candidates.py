@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from .data import DataError
+from personachat.data.dialogs import DataError
 
 __all__ = ["add_distractors", "normalise"]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .encoding import ATTR_TO_SPECIAL_TOKEN
-from .modeling import save_pretrained_atomic
+from personachat.encoding.inputs import ATTR_TO_SPECIAL_TOKEN
+from personachat.model.loading import save_pretrained_atomic
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def build_scratch_checkpoint(
     if config.pretrain_steps > 0:
         if not dialogs:
             raise ValueError("pretrain_steps > 0 needs the training dialogs to pretrain on")
-        from .pretrain import pretrain_language_model
+        from personachat.model.pretrain import pretrain_language_model
 
         pretrain_language_model(
             model,

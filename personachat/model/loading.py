@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .encoding import ATTR_TO_SPECIAL_TOKEN, IGNORE_INDEX
+from personachat.encoding.inputs import ATTR_TO_SPECIAL_TOKEN, IGNORE_INDEX
 
 MODEL_TYPES = {
     "gpt2": "GPT2DoubleHeadsModel",

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .encoding import (
+from personachat.encoding.inputs import (
     IGNORE_INDEX,
     SpecialIds,
     TextEncoder,

@@ -32,19 +32,19 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from . import checkpoints, distributed, reporting
-from .args import ConvAIArgs
-from .autobatch import (
+from personachat.args import ConvAIArgs
+from personachat.encoding.batching import LengthGroupedBatchSampler
+from personachat.encoding.inputs import collate
+from personachat.model.loading import LossOutput, double_heads_loss, save_pretrained_atomic
+from personachat.train import checkpoints, distributed, reporting
+from personachat.train.autobatch import (
     DEFAULT_MARGIN,
     BatchPlan,
     plan_batches,
     probe_eval_batch,
     probe_train_micro_batch,
 )
-from .batching import LengthGroupedBatchSampler
-from .distributed import DistContext
-from .encoding import collate
-from .modeling import LossOutput, double_heads_loss, save_pretrained_atomic
+from personachat.train.distributed import DistContext
 
 # training_curves.png is redrawn after an evaluation only if the last drawing is older.
 CURVES_EVERY_S = 10.0

@@ -63,7 +63,7 @@ class SpecialIds:
         if missing:
             raise EncodingError(
                 f"the tokenizer lacks the special tokens {missing}; call "
-                "personachat.modeling.add_special_tokens_(model, tokenizer) first"
+                "personachat.model.loading.add_special_tokens_(model, tokenizer) first"
             )
         return cls(*ids)
 

@@ -6,7 +6,7 @@
 ============== =================================================== ===============================
 format         what                                                module
 ============== =================================================== ===============================
-personachat    Persona-Chat JSON (a list, or ``{"train", "valid"}``) :mod:`personachat.data`
+personachat    Persona-Chat JSON (a list, or ``{"train", "valid"}``) :mod:`personachat.data.dialogs`
 parlai         ParlAI / ConvAI2 text, ``self`` and ``both`` personas  :mod:`.parlai`
 synthetic-csv  Synthetic-Persona-Chat CSV, two dialogs per row       :mod:`.synthetic_csv`
 plain          ``{"personality", "turns"}`` as a JSON list or JSONL  :mod:`.plain`
@@ -14,7 +14,7 @@ hf             ``hf:NAME``, a Hugging Face hub dataset              :mod:`.hf`
 ============== =================================================== ===============================
 
 Formats without candidates give one candidate (the gold reply) per utterance; add
-distractors with :func:`personachat.candidates.add_distractors`. Without ``format`` the
+distractors with :func:`personachat.data.candidates.add_distractors`. Without ``format`` the
 format is detected from the content, the extension breaking ties (see :func:`detect_format`).
 """
 
@@ -24,12 +24,12 @@ import os
 import re
 from pathlib import Path
 
-from ..data import DataError, load_dialogs, validate_dialogs
-from .files import head
-from .hf import read_hf
-from .parlai import read_parlai
-from .plain import read_plain
-from .synthetic_csv import read_synthetic_csv
+from personachat.data.dialogs import DataError, load_dialogs, validate_dialogs
+from personachat.data.readers.files import head
+from personachat.data.readers.hf import read_hf
+from personachat.data.readers.parlai import read_parlai
+from personachat.data.readers.plain import read_plain
+from personachat.data.readers.synthetic_csv import read_synthetic_csv
 
 __all__ = ["FORMATS", "DataError", "detect_format", "lowercase_dialogs", "read_dialogs"]
 

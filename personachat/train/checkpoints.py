@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .modeling import write_model_files
+from personachat.model.loading import write_model_files
 
 COMPLETE_MARKER = "checkpoint_complete.json"
 STATE_FILE = "training_state.json"

@@ -4,7 +4,7 @@ Columns ``user 1 personas`` and ``user 2 personas`` hold one persona sentence pe
 ``Best Generated Conversation`` holds the conversation, one message per line, each starting
 ``User 1:`` or ``User 2:``. Each conversation gives **two** dialogs, one per speaker as the bot
 (User 1's first, then User 2's), each with the bot's persona only and the bot's replies as
-utterances (see :mod:`personachat.readers.turns` for how an opening line is handled).
+utterances (see :mod:`personachat.data.readers.turns` for how an opening line is handled).
 
 The generated text is not always tidy, so the reader follows fixed rules (measured on the
 1,000 validation conversations):
@@ -30,9 +30,9 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from ..data import DataError
-from .files import read_text
-from .turns import dialog_from_turns
+from personachat.data.dialogs import DataError
+from personachat.data.readers.files import read_text
+from personachat.data.readers.turns import dialog_from_turns
 
 __all__ = ["COLUMNS", "WHAT", "dialogs_from_row", "read_synthetic_csv"]
 

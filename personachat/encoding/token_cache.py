@@ -51,7 +51,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .encoding import (
+from personachat.encoding.inputs import (
     LAYOUT_VERSION,
     SpecialIds,
     build_example,

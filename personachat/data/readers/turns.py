@@ -4,7 +4,7 @@ Formats without candidates (plain dialogs, Synthetic-Persona-Chat) all end here,
 one convention, the one Persona-Chat itself follows: every bot turn that answers something
 becomes an utterance whose ``history`` is the conversation so far, *starting with the
 partner*, and whose only candidate is the bot's reply (distractors are added later by
-:mod:`personachat.candidates`).
+:mod:`personachat.data.candidates`).
 
 When the bot speaks first, its opening line answers nothing: it is not made an utterance, and
 it is left out of every history, so histories still start with the partner's first line. This
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..data import _describe
+from personachat.data.dialogs import _describe
 
 __all__ = ["dialog_from_turns", "string_list_problems"]
 

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .encoding import IGNORE_INDEX
-from .modeling import double_heads_loss
+from personachat.encoding.inputs import IGNORE_INDEX
+from personachat.model.loading import double_heads_loss
 
 
 def macro_f1(labels: Sequence[int], preds: Sequence[int]) -> float:

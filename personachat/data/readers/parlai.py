@@ -22,8 +22,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import DataError
-from .files import read_text
+from personachat.data.dialogs import DataError
+from personachat.data.readers.files import read_text
 
 __all__ = ["WHAT", "read_parlai"]
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
-from ..data import DataError, validate_dialogs
-from . import plain, synthetic_csv
+from personachat.data.dialogs import DataError, validate_dialogs
+from personachat.data.readers import plain, synthetic_csv
 
 __all__ = ["dialogs_from_rows", "read_hf"]
 

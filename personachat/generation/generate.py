@@ -16,15 +16,15 @@ from math import inf
 
 import torch
 
-from .decoders import PrefixCache, make_decoder
-from .encoding import (
+from personachat.encoding.inputs import (
     IGNORE_INDEX,
     SpecialIds,
     build_input_from_segments,
     collate,
     truncate_to_fit,
 )
-from .modeling import context_size
+from personachat.generation.decoders import PrefixCache, make_decoder
+from personachat.model.loading import context_size
 
 # Below this many prompt tokens in a batch, prefill_threads is not used: splitting ~100
 # tokens over two cores saves ~1 ms, and on a server the second thread then competes with the

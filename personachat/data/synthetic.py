@@ -28,7 +28,7 @@ Persona-Chat files ignore unknown keys.
 
 Usage::
 
-    python -m personachat.synthetic --out-dir data --num-train 750 --num-valid 100 \\
+    python -m personachat.data.synthetic --out-dir data --num-train 750 --num-valid 100 \\
         --num-unseen 100 --num-candidates 4 --seed 0
 
 Standard library only; the same arguments always give byte-identical files.
@@ -1087,9 +1087,9 @@ def write_splits(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m personachat.synthetic --out-dir data [options]``."""
+    """Command line: ``python -m personachat.data.synthetic --out-dir data [options]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m personachat.synthetic",
+        prog="python -m personachat.data.synthetic",
         description="Write synthetic persona dialogs (Persona-Chat JSON) for the train, valid "
         "and unseen splits.",
     )

@@ -1,7 +1,7 @@
 """``personachat convert`` and ``personachat validate``: the data commands of the CLI.
 
-``convert SRC DST`` reads dialogs in any supported format (:mod:`personachat.readers`),
-optionally samples distractors (:mod:`personachat.candidates`) and writes Persona-Chat JSON
+``convert SRC DST`` reads dialogs in any supported format (:mod:`personachat.data.readers`),
+optionally samples distractors (:mod:`personachat.data.candidates`) and writes Persona-Chat JSON
 atomically: to a temporary file in DST's folder, renamed over DST only once complete, so a
 failure never leaves a partial or half-overwritten DST.
 
@@ -20,10 +20,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from .args import ArgsError, ConvAIArgs
-from .candidates import add_distractors
-from .data import DataError
-from .readers import FORMATS, detect_format, read_dialogs
+from personachat.args import ArgsError, ConvAIArgs
+from personachat.data.candidates import add_distractors
+from personachat.data.dialogs import DataError
+from personachat.data.readers import FORMATS, detect_format, read_dialogs
 
 __all__ = [
     "DATA_COMMANDS",
@@ -166,7 +166,7 @@ def percentile(sorted_values: list[int], q: float) -> int:
 def _load_tokenizer(model_dir: str):
     from transformers import AutoTokenizer
 
-    from .encoding import ATTR_TO_SPECIAL_TOKEN
+    from personachat.encoding.inputs import ATTR_TO_SPECIAL_TOKEN
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -181,7 +181,7 @@ def _load_tokenizer(model_dir: str):
 
 def token_lengths(dialogs: list[dict], tokenizer, max_history: int) -> list[int]:
     """Tokens of each utterance's gold example (persona, last history, reply), untruncated."""
-    from .encoding import SpecialIds, build_example
+    from personachat.encoding.inputs import SpecialIds, build_example
 
     special = SpecialIds.from_tokenizer(tokenizer)
     texts = list(

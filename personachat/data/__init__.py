@@ -1,0 +1,1 @@
+"""Data: reading every dialog format, validating, downloading, candidates, the synthetic benchmark."""

@@ -1,0 +1,1 @@
+"""Evaluation: losses, multiple-choice and generation metrics, persona metrics."""

@@ -1,0 +1,1 @@
+"""Generation: decoding options, sampling, and the incremental decoders."""

@@ -1,0 +1,1 @@
+"""Training: the loop and its state, checkpoints, automatic batch size, torchrun, reporting."""
