@@ -19,11 +19,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from personachat.errors import PersonachatError
+
 ARGS_FILE = "model_args.json"
 CACHE_DIR_ENV = "PERSONACHAT_CACHE_DIR"
 
 
-class ArgsError(ValueError):
+class ArgsError(PersonachatError, ValueError):
     """An option name or value the user gave cannot be used."""
 
 

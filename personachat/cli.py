@@ -16,22 +16,22 @@ import os
 import shlex
 import sys
 import time
+import traceback
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import yaml
 
+from personachat import __version__
 from personachat.args import ArgsError, ConvAIArgs, make_args, unknown_key_message
 from personachat.data.commands import DATA_COMMANDS, add_data_commands, run_data_command
-from personachat.data.dialogs import DataError
 from personachat.data.readers import FORMATS, read_dialogs
-from personachat.encoding.inputs import EncodingError
-from personachat.model.loading import ModelLoadError, resolve_device
+from personachat.errors import PersonachatError
+from personachat.model.loading import resolve_device
 from personachat.model.scratch import ScratchConfig, build_scratch_checkpoint, dialog_texts
 from personachat.serve.command import add_serve_arguments, run_serve
 from personachat.train import distributed
-from personachat.train.checkpoints import CheckpointError
-from personachat.train.loop import TrainingError, TrainingInterrupted
+from personachat.train.loop import TrainingInterrupted
 from personachat.train.reporting import append_evaluation
 
 CONFIG_KEYS = {
@@ -44,16 +44,6 @@ CONFIG_KEYS = {
     "extra_eval_files",
     "ablation_eval",
 }
-USER_ERRORS = (
-    DataError,
-    ArgsError,
-    ModelLoadError,
-    TrainingError,
-    CheckpointError,
-    EncodingError,
-    FileNotFoundError,
-    ValueError,
-)
 
 
 def load_config(path: str | None) -> dict:
@@ -353,12 +343,25 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130 if err.signal_name == "SIGINT" else 143
-    except USER_ERRORS as err:
+    except PersonachatError as err:  # the user's to fix: one line says what and how
         print(f"personachat {options.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
         return 130
+    except Exception:  # anything else is a bug in personachat: show where it happened
+        traceback.print_exc()
+        print(bug_report_line(options.command), file=sys.stderr)
+        return 1
+
+
+def bug_report_line(command: str) -> str:
+    """What the CLI prints under the traceback of an error that is not the user's."""
+    return (
+        f"personachat {command}: this is a bug in personachat {__version__}, not a problem "
+        "with your data or options; please report it with the traceback above and the "
+        "command you ran."
+    )
 
 
 def resume_command(argv: list[str] | None, env: dict[str, str] | None = None) -> str:

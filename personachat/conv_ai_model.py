@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from personachat.args import ConvAIArgs, make_args
+from personachat.args import ArgsError, ConvAIArgs, make_args
 from personachat.data.candidates import add_distractors
 from personachat.data.dialogs import load_personachat_or_file, personalities
 from personachat.data.readers import read_dialogs
@@ -163,7 +163,10 @@ class ConvAIModel:
             check_output_dir(output_dir, self.args.overwrite_output_dir)
         preflight(output_dir, self.model, self.args)
         if self.args.evaluate_during_training and eval_file is None:
-            raise ValueError("evaluate_during_training is enabled but eval_file is not given")
+            raise ArgsError(
+                "evaluate_during_training is enabled but eval_file is not given: pass "
+                "eval_file=... (--eval-file), or set evaluate_during_training=False"
+            )
 
         dialogs = self._load(train_file, "train", self.args.max_train_examples)
         with distributed.main_process_first():  # torchrun: one rank tokenizes, all read

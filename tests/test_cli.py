@@ -176,3 +176,29 @@ def test_extra_eval_files_must_map_labels_to_files(tmp_path, capsys):
 
     assert main(["train", "--config", str(config)]) == 2
     assert "extra_eval_files must map labels to files" in capsys.readouterr().err
+
+
+def test_a_bug_shows_its_traceback_and_asks_for_a_report(monkeypatch, capsys):
+    from personachat import __version__, cli
+
+    def broken(options):
+        raise KeyError("personality")  # an internal bug, not the user's mistake
+
+    monkeypatch.setattr(cli, "run", broken)
+    assert cli.main(["eval", "--model", "whatever"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "KeyError: 'personality'" in err
+    assert f"bug in personachat {__version__}" in err and "please report it" in err
+
+
+def test_a_user_error_is_one_line_without_a_traceback(monkeypatch, capsys):
+    from personachat import cli
+    from personachat.data.dialogs import DataError
+
+    def bad_data(options):
+        raise DataError('data.json: dialog 0: missing field "personality"')
+
+    monkeypatch.setattr(cli, "run", bad_data)
+    assert cli.main(["eval", "--model", "whatever"]) == 2
+    err = capsys.readouterr().err
+    assert err == 'personachat eval: error: data.json: dialog 0: missing field "personality"\n'

@@ -28,6 +28,8 @@ import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
+from personachat.errors import PersonachatError
+
 __all__ = [
     "MAX_FILE_BYTES",
     "MAX_LISTED_PROBLEMS",
@@ -59,7 +61,7 @@ _DIALOG_EXAMPLE = '{"personality": [...], "utterances": [...]}'
 _UTTERANCE_EXAMPLE = '{"history": [...], "candidates": [...]}'
 
 
-class DataError(ValueError):
+class DataError(PersonachatError, ValueError):
     """Raised for unusable input data.
 
     ``problems`` holds every problem found, each a self-contained sentence saying what is

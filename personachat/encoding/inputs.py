@@ -24,6 +24,8 @@ from itertools import chain
 
 import torch
 
+from personachat.errors import PersonachatError
+
 SPECIAL_TOKENS = ["<bos>", "<eos>", "<speaker1>", "<speaker2>", "<pad>"]
 ATTR_TO_SPECIAL_TOKEN = {
     "bos_token": "<bos>",
@@ -37,7 +39,7 @@ IGNORE_INDEX = -100  # label value cross-entropy skips
 LAYOUT_VERSION = 1
 
 
-class EncodingError(ValueError):
+class EncodingError(PersonachatError, ValueError):
     """The data cannot be turned into model inputs with the chosen options."""
 
 

@@ -59,6 +59,7 @@ from personachat.encoding.inputs import (
     example_index,
     example_length,
 )
+from personachat.errors import PersonachatError
 
 CACHE_SUBDIR = "tokens"
 MANIFEST = "manifest.json"
@@ -68,7 +69,7 @@ TOKENIZE_BATCH = 1000  # strings per datasets.map batch (and per Arrow record ba
 Log = Callable[[str], None]
 
 
-class TokenCacheError(RuntimeError):
+class TokenCacheError(PersonachatError, RuntimeError):
     """A cache entry cannot be used (incomplete, damaged or from another version)."""
 
 

@@ -16,6 +16,7 @@ from math import inf
 
 import torch
 
+from personachat.args import ArgsError
 from personachat.encoding.inputs import (
     IGNORE_INDEX,
     SpecialIds,
@@ -23,6 +24,7 @@ from personachat.encoding.inputs import (
     collate,
     truncate_to_fit,
 )
+from personachat.errors import PersonachatError
 from personachat.generation.decoders import PrefixCache, make_decoder
 from personachat.model.loading import context_size
 
@@ -30,6 +32,10 @@ from personachat.model.loading import context_size
 # tokens over two cores saves ~1 ms, and on a server the second thread then competes with the
 # event loop (one-at-a-time serving measured 41-42 replies/s with it, 44-46 without).
 PARALLEL_PREFILL_TOKENS = 1024
+
+
+class DecodingError(PersonachatError, ValueError):
+    """The model's scores cannot be decoded (NaN or infinite: weights from a diverged run)."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +149,7 @@ def generate_replies(
     model.eval()
     max_prompt = context_size(model) - options.max_length
     if max_prompt < 8:
-        raise ValueError(
+        raise ArgsError(
             f"max_length={options.max_length} leaves no room for the conversation in a model "
             f"whose context is {context_size(model)} tokens; lower max_length"
         )
@@ -272,7 +278,7 @@ def sample_rows(probs: torch.Tensor) -> torch.Tensor:
     """
     cumulative = probs.cumsum(dim=-1)
     if not bool(torch.isfinite(cumulative[:, -1]).all()):
-        raise ValueError(
+        raise DecodingError(
             "the model gave NaN or infinite scores, so no token can be drawn: "
             "its weights are broken (a training run that diverged?); retrain "
             "or load another checkpoint"

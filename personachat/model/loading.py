@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from personachat.encoding.inputs import ATTR_TO_SPECIAL_TOKEN, IGNORE_INDEX
+from personachat.errors import PersonachatError
 
 MODEL_TYPES = {
     "gpt2": "GPT2DoubleHeadsModel",
@@ -38,7 +39,7 @@ FINETUNED_ARCHIVES = {
 }
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(PersonachatError, RuntimeError):
     """The model or tokenizer could not be loaded; the message says how to fix it."""
 
 

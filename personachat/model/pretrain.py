@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from personachat.data.dialogs import DataError
 from personachat.encoding.inputs import (
     IGNORE_INDEX,
     SpecialIds,
@@ -73,7 +74,10 @@ def pretrain_language_model(
     special = SpecialIds.from_tokenizer(tokenizer)
     sequences = dialog_sequences(dialogs, tokenizer, special, model.config.n_positions)
     if not sequences:
-        raise ValueError("pretraining needs at least one dialog with an utterance")
+        raise DataError(
+            "pretraining needs at least one dialog with an utterance; the training file has "
+            "none — add dialogs to it, or set scratch: pretrain_steps: 0"
+        )
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
     warmup = max(1, steps // 10)
