@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from personachat.errors import PersonachatError
 from personachat.model.loading import write_model_files
 
 COMPLETE_MARKER = "checkpoint_complete.json"
@@ -49,7 +50,7 @@ TEMP_NAME = re.compile(r"^\.checkpoint-\d+(?:-epoch-\d+)?\.tmp-")
 SAVE_PAUSE_ENV = "PERSONACHAT_TEST_SAVE_PAUSE"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(PersonachatError, RuntimeError):
     """A checkpoint cannot be written, found or resumed from; the message says what to do."""
 
 

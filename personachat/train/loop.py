@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from personachat.args import ConvAIArgs
 from personachat.encoding.batching import LengthGroupedBatchSampler
 from personachat.encoding.inputs import collate
+from personachat.errors import PersonachatError
 from personachat.model.loading import LossOutput, double_heads_loss, save_pretrained_atomic
 from personachat.train import checkpoints, distributed, reporting
 from personachat.train.autobatch import (
@@ -50,7 +51,7 @@ from personachat.train.distributed import DistContext
 CURVES_EVERY_S = 10.0
 
 
-class TrainingError(RuntimeError):
+class TrainingError(PersonachatError, RuntimeError):
     """Training cannot start or go on; the message says why and what to do."""
 
 
