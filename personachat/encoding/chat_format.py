@@ -1,0 +1,202 @@
+"""The ``chat_template`` input format: the tokenizer's own chat template as the input layout.
+
+The persona is the system message (one sentence per line), the history alternates user and
+assistant turns counting back from the reply (the reply is always the assistant's), and LM
+labels cover only the reply's tokens and its end-of-turn token. A model trained this way is a
+plain chat model: any engine that applies the same template serves it.
+
+Like the TransferTransfo layout, inputs are assembled from token ids per sentence, so each
+distinct string is tokenized once. The template's fixed text around each message (the
+"pieces") is found once by rendering the template around sentinel contents; byte-level BPE
+splits at every newline and special token, so piecewise ids equal the ids of the rendered
+conversation (``tests/test_chat_format.py`` checks it on every tokenizer we ship tests for).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from personachat.errors import PersonachatError
+
+IGNORE_INDEX = -100
+_SENTINEL = "\x1fPERSONACHAT{}\x1f"
+
+
+class ChatTemplateError(PersonachatError, ValueError):
+    """The tokenizer has no usable chat template for the ``chat_template`` input format."""
+
+
+@dataclass(frozen=True)
+class RolePieces:
+    """Token ids a template writes before and after one message of a role."""
+
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """Token-id pieces of a chat template, and the layout built from them.
+
+    ``end_of_turn``: the token that closes the assistant's reply (labelled, and where the
+    multiple-choice head reads); ``newline``: ids between persona sentences.
+    """
+
+    system: RolePieces
+    user: RolePieces
+    assistant: RolePieces
+    end_of_turn: int
+    newline: tuple[int, ...]
+    pad: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> ChatFormat:
+        return chat_format_from_tokenizer(tokenizer)
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        """Tokens that end a generated reply."""
+        return frozenset({self.end_of_turn, self.pad})
+
+    def persona_ids(self, persona: Sequence[Sequence[int]]) -> list[int]:
+        """Persona sentences joined by newlines: one sentence per line."""
+        ids: list[int] = []
+        for i, sentence in enumerate(persona):
+            ids += [*self.newline, *sentence] if i else sentence
+        return ids
+
+    def build(
+        self,
+        persona: Sequence[Sequence[int]],
+        history: Sequence[Sequence[int]],
+        reply: Sequence[int],
+        lm_labels: bool = False,
+        with_eos: bool = True,
+    ) -> dict[str, list[int]]:
+        """One (persona, history, reply) as the model sees it; keys as the TransferTransfo
+        layout's (``token_type_ids`` are zeros: this format has no speaker embedding).
+
+        ``with_eos=False`` ends the input right after the reply's own tokens: the prompt a
+        reply is generated from (with an empty ``reply``).
+        """
+        ids = [*self.system.prefix, *self.persona_ids(persona), *self.system.suffix]
+        for i, turn in enumerate(history):
+            role = self.user if (len(history) - 1 - i) % 2 == 0 else self.assistant
+            ids += [*role.prefix, *turn, *role.suffix]
+        ids += self.assistant.prefix
+        reply_segment = [*reply, self.end_of_turn] if with_eos else list(reply)
+        start = len(ids)
+        ids += reply_segment
+        labels = [IGNORE_INDEX] * len(ids)
+        if lm_labels:
+            labels[start:] = reply_segment
+        return {
+            "input_ids": ids,
+            "token_type_ids": [0] * len(ids),
+            "mc_token_ids": len(ids) - 1,
+            "lm_labels": labels,
+        }
+
+    def length(self, persona: Sequence[int], history: Sequence[int], reply: int) -> int:
+        """Tokens of ``build``'s input (with end of turn), from token *counts* alone."""
+        persona_tokens = sum(persona) + len(self.newline) * max(0, len(persona) - 1)
+        fixed = len(self.system.prefix) + len(self.system.suffix)
+        turns = 0
+        for i, n in enumerate(history):
+            role = self.user if (len(history) - 1 - i) % 2 == 0 else self.assistant
+            turns += len(role.prefix) + n + len(role.suffix)
+        return fixed + persona_tokens + turns + len(self.assistant.prefix) + reply + 1
+
+
+def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
+    except Exception as err:  # jinja errors: the template refuses this conversation
+        raise ChatTemplateError(
+            f"the tokenizer's chat template cannot render a persona conversation ({err}); "
+            "use input_format 'transfertransfo' for this model"
+        ) from err
+
+
+def _between(text: str, left: str, right: str) -> str:
+    start = text.index(left) + len(left)
+    return text[start : text.index(right, start)]
+
+
+def chat_format_from_tokenizer(tokenizer) -> ChatFormat:
+    """Find the template's pieces by rendering it around sentinel contents.
+
+    ``[system, user]`` without and with the generation prompt gives the user's suffix and the
+    assistant's prefix; ``[system, user, assistant, user]`` the rest: a message's suffix is
+    what follows it up to where the user's suffix and the text before the next message part.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ChatTemplateError(
+            f"input_format 'chat_template' needs a tokenizer with a chat template, and "
+            f"{name!r} has none; use input_format 'transfertransfo' (speaker tokens), or a "
+            "model whose tokenizer_config.json has a chat_template"
+        )
+    s, u, a, v = (_SENTINEL.format(k) for k in "SUAV")
+    convo = [
+        {"role": "system", "content": s},
+        {"role": "user", "content": u},
+        {"role": "assistant", "content": a},
+        {"role": "user", "content": v},
+    ]
+    full = _render(tokenizer, convo)
+    two = _render(tokenizer, convo[:2])
+    prompt = _render(tokenizer, convo[:2], generation_prompt=True)
+    if not prompt.startswith(two) or any(x not in full for x in (s, u, a, v)):
+        raise ChatTemplateError(
+            "the tokenizer's chat template does not write messages in order with a "
+            "generation prompt; use input_format 'transfertransfo' for this model"
+        )
+    user_suffix = two[two.index(u) + len(u) :]
+    sys_to_user, assistant_to_user = _between(full, s, u), _between(full, a, v)
+    system_suffix = os.path.commonprefix([sys_to_user, user_suffix])
+    user_prefix = sys_to_user[len(system_suffix) :]
+    if not assistant_to_user.endswith(user_prefix):
+        raise ChatTemplateError(
+            "the tokenizer's chat template writes user messages differently after a system "
+            "and an assistant message; use input_format 'transfertransfo' for this model"
+        )
+    return _encode_pieces(
+        tokenizer,
+        system=(full[: full.index(s)], system_suffix),
+        user=(user_prefix, user_suffix),
+        assistant=(
+            prompt[len(two) :],
+            assistant_to_user[: len(assistant_to_user) - len(user_prefix)],
+        ),
+    )
+
+
+def _between(text: str, left: str, right: str) -> str:
+    start = text.index(left) + len(left)
+    return text[start : text.index(right, start)]
+
+
+def _encode_pieces(tokenizer, system, user, assistant) -> ChatFormat:
+    def enc(text: str) -> tuple[int, ...]:
+        return tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else ()
+
+    assistant_suffix = enc(assistant[1])
+    if not assistant_suffix:
+        raise ChatTemplateError(
+            "the tokenizer's chat template writes nothing after an assistant message, so a "
+            "reply has no end-of-turn token; use input_format 'transfertransfo'"
+        )
+    pad = tokenizer.pad_token_id
+    return ChatFormat(
+        system=RolePieces(enc(system[0]), enc(system[1])),
+        user=RolePieces(enc(user[0]), enc(user[1])),
+        assistant=RolePieces(enc(assistant[0]), assistant_suffix),
+        end_of_turn=assistant_suffix[0],
+        newline=enc("\n"),
+        pad=assistant_suffix[0] if pad is None else pad,
+    )
