@@ -1,0 +1,107 @@
+"""LoRA through ``peft``: low-rank adapters on chosen linear layers, everything else frozen
+except the multiple-choice head (and, on request, the token embeddings, for new special
+tokens), which train fully.
+
+``lora_target_modules`` names layers by the last part of their module path (``q_proj``,
+``c_attn``, ...); None picks the attention projections of the family. Saving merges the
+adapters into the weights when ``lora_merge_on_save`` is set (a plain model folder any engine
+reads), else writes the adapter beside the base model's weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from personachat.errors import PersonachatError
+from personachat.model.families import causal_lm, is_double_heads
+
+# Attention projections per family; anything else: every linear layer named like these.
+DEFAULT_TARGETS = {
+    "gpt2": ["c_attn", "c_proj"],
+    "openai-gpt": ["c_attn", "c_proj"],
+}
+ATTENTION_NAMES = ["q_proj", "k_proj", "v_proj", "o_proj", "query_key_value", "dense"]
+
+
+class LoraError(PersonachatError, ValueError):
+    """LoRA options that do not fit the model."""
+
+
+def linear_layer_names(model: nn.Module) -> list[str]:
+    """Distinct last path parts of the model's linear layers (what LoRA can target)."""
+    from transformers.pytorch_utils import Conv1D
+
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear | Conv1D) and "multiple_choice_head" not in name
+    }
+    return sorted(names)
+
+
+def target_modules(model: nn.Module, wanted: Sequence[str] | None) -> list[str]:
+    """The LoRA targets: ``wanted`` (checked against the model), or the family default."""
+    available = linear_layer_names(model)
+    if wanted:
+        missing = [name for name in wanted if name not in available]
+        if missing:
+            raise LoraError(
+                f"lora_target_modules {list(wanted)}: {missing} not found in this "
+                f"{model.config.model_type} model; its linear layers are {available}"
+            )
+        return list(wanted)
+    default = DEFAULT_TARGETS.get(model.config.model_type)
+    return default or [name for name in ATTENTION_NAMES if name in available]
+
+
+def apply_lora(
+    model: nn.Module,
+    r: int,
+    alpha: float,
+    dropout: float,
+    targets: Sequence[str] | None = None,
+    train_embeddings: bool = False,
+) -> nn.Module:
+    """Wrap ``model`` in a peft LoRA model; returns the wrapper (the caller keeps using it
+    in place of the model)."""
+    from peft import LoraConfig, get_peft_model
+
+    lm = causal_lm(model)
+    chosen = target_modules(lm, targets)
+    if not chosen:
+        raise LoraError(
+            f"no default LoRA targets for a {lm.config.model_type} model; set "
+            f"lora_target_modules to some of {linear_layer_names(lm)}"
+        )
+    to_save = ["multiple_choice_head"]
+    if train_embeddings:
+        to_save.append(_embedding_name(lm))
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=chosen,
+        modules_to_save=to_save,
+        fan_in_fan_out=is_double_heads(lm),  # GPT-2's Conv1D stores weights transposed
+    )
+    return get_peft_model(lm, config)
+
+
+def _embedding_name(lm: nn.Module) -> str:
+    embed = lm.get_input_embeddings()
+    for name, module in lm.named_modules():
+        if module is embed:
+            return name.rsplit(".", 1)[-1]
+    raise LoraError("the model's input embedding could not be found for LoRA")
+
+
+def merged(model: nn.Module) -> nn.Module:
+    """A plain model with the adapters folded into its weights (the wrapper stays usable:
+    this works on a copy's state, not in place)."""
+    import copy
+
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    return copy.deepcopy(model).merge_and_unload()
