@@ -113,7 +113,7 @@ def main() -> None:
     special = SpecialIds.from_tokenizer(tokenizer)
     persona = [tokenizer.encode(s) for s in PERSONA]
     history = [tokenizer.encode(s) for s in HISTORY]
-    options = DecodingOptions(
+    options = DecodingOptions.from_args(
         max_length=options_.reply_tokens,
         min_length=options_.reply_tokens,
         do_sample=False,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from personachat.errors import PersonachatError
+from personachat.fs import write_file_atomic
 
 ARGS_FILE = "model_args.json"
 CACHE_DIR_ENV = "PERSONACHAT_CACHE_DIR"
@@ -75,8 +76,27 @@ class ConvAIArgs:
     warmup_ratio: float = 0.06
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
+    # One of OPTIMIZERS and one of SCHEDULERS (below); simpletransformers' names.
     optimizer: str = "AdamW"
     scheduler: str = "linear_schedule_with_warmup"
+    # optimizer="Adafactor" (transformers' Adafactor), simpletransformers' options and
+    # defaults. With adafactor_relative_step=True Adafactor sets its own step size, so
+    # learning_rate and scheduler are not used; set it and adafactor_warmup_init to False to
+    # use them.
+    adafactor_eps: tuple = (1e-30, 1e-3)
+    adafactor_clip_threshold: float = 1.0
+    adafactor_decay_rate: float = -0.8
+    adafactor_beta1: float | None = None
+    adafactor_scale_parameter: bool = True
+    adafactor_relative_step: bool = True
+    adafactor_warmup_init: bool = True
+    # The cosine schedules' number of waves (0.5: one half-wave down to 0); the polynomial
+    # decay's final learning rate and power; reduce_on_plateau halves the learning rate when
+    # eval_loss has not improved for plateau_patience evaluations during training.
+    cosine_schedule_num_cycles: float = 0.5
+    polynomial_decay_schedule_lr_end: float = 1e-7
+    polynomial_decay_schedule_power: float = 1.0
+    plateau_patience: int = 2
     fp16: bool = True
     logging_steps: int = 50
     dataloader_num_workers: int = 0
@@ -126,6 +146,15 @@ class ConvAIArgs:
     data_format: str | None = None
     # Compute word-overlap F1 of generated replies in eval_model (slow: one generation each).
     generation_f1: bool = False
+    # Candidates hits@1 ranks the gold reply among, in eval_model and in evaluation during
+    # training, whatever num_candidates training uses. None: every candidate the data has
+    # (20 on Persona-Chat, as ConvAI2 reports it).
+    eval_num_candidates: int | None = None
+    # Drop invalid dialogs (each printed with its place, plus the counts kept and dropped)
+    # instead of refusing the whole file.
+    skip_invalid: bool = False
+    # Accept dialogs without a persona (plain dialog corpora): their input has no persona.
+    allow_empty_personality: bool = False
     # Decoding that stays in character: penalise/ban what the bot already said, or sample
     # rerank_samples replies and keep the one the MC head + length-normalised LM like best.
     repetition_penalty: float = 1.0
@@ -175,6 +204,13 @@ class ConvAIArgs:
             if not _is_int(value) or value < 1:
                 also = " or 'auto'" if name in AUTO_OPTIONS else ""
                 raise ArgsError(f"{name} must be a positive integer{also}, got {value!r}")
+        if self.eval_num_candidates is not None and (
+            not _is_int(self.eval_num_candidates) or self.eval_num_candidates < 1
+        ):
+            raise ArgsError(
+                "eval_num_candidates must be a positive integer or null (every candidate "
+                f"the data has), got {self.eval_num_candidates!r}"
+            )
         if self.process_count is not None and (
             not _is_int(self.process_count) or self.process_count < 1
         ):
@@ -204,19 +240,39 @@ class ConvAIArgs:
             raise ArgsError(
                 f"min_length ({self.min_length}) is larger than max_length ({self.max_length})"
             )
+        self.validate_optimization()
+
+    def validate_optimization(self) -> None:
+        """The optimizer and schedule options: known names, values the schedules accept."""
+        for name, valid in (("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS)):
+            if getattr(self, name) not in valid:
+                raise ArgsError(
+                    f"{name} {getattr(self, name)!r} is not known; choose one of "
+                    + ", ".join(valid)
+                )
+        adafactor = self.optimizer == "Adafactor"
+        if adafactor and self.adafactor_warmup_init and not self.adafactor_relative_step:
+            raise ArgsError(
+                "adafactor_warmup_init=True needs adafactor_relative_step=True; set "
+                "adafactor_warmup_init=False to use learning_rate and the scheduler"
+            )
+        if len(self.adafactor_eps) != 2:
+            raise ArgsError(
+                f"adafactor_eps must be two numbers (squared-gradient and scale epsilons), "
+                f"got {self.adafactor_eps!r}"
+            )
+        if not _is_int(self.plateau_patience) or self.plateau_patience < 1:
+            raise ArgsError(
+                f"plateau_patience must be a positive integer, got {self.plateau_patience!r}"
+            )
 
     def get_args_for_saving(self) -> dict[str, Any]:
         return asdict(self)
 
     def save(self, output_dir: str | os.PathLike) -> Path:
         """Write ``model_args.json`` into output_dir (atomically: temp file, then rename)."""
-        path = Path(output_dir) / ARGS_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(
-            json.dumps(self.get_args_for_saving(), indent=2, ensure_ascii=False), encoding="utf-8"
-        )
-        os.replace(tmp, path)
-        return path
+        text = json.dumps(self.get_args_for_saving(), indent=2, ensure_ascii=False)
+        return write_file_atomic(Path(output_dir) / ARGS_FILE, text)
 
     def load(self, input_dir: str | os.PathLike) -> ConvAIArgs:
         """Update from ``model_args.json`` in input_dir, if there is one.
@@ -242,6 +298,17 @@ class ConvAIArgs:
             raise ArgsError(f"{path}: {err} (fix or delete that file)") from err
 
 
+OPTIMIZERS = ("AdamW", "Adafactor")
+SCHEDULERS = (
+    "constant_schedule",
+    "constant_schedule_with_warmup",
+    "linear_schedule_with_warmup",
+    "cosine_schedule_with_warmup",
+    "cosine_with_hard_restarts_schedule_with_warmup",
+    "polynomial_decay_schedule_with_warmup",
+    "reduce_on_plateau",
+)
+
 # Options that only the caller may set, never a saved model_args.json.
 NOT_LOADED_FROM_FILES = frozenset({"trust_remote_pickle"})
 
@@ -249,14 +316,6 @@ NOT_LOADED_FROM_FILES = frozenset({"trust_remote_pickle"})
 # Options simpletransformers users may still pass; accepted so old dicts run, but unused here.
 IGNORED_SIMPLETRANSFORMERS_ARGS = frozenset(
     {
-        "adafactor_beta1",
-        "adafactor_clip_threshold",
-        "adafactor_decay_rate",
-        "adafactor_eps",
-        "adafactor_relative_step",
-        "adafactor_scale_parameter",
-        "adafactor_warmup_init",
-        "cosine_schedule_num_cycles",
         "custom_layer_parameters",
         "custom_parameter_groups",
         "dynamic_quantize",
@@ -268,8 +327,6 @@ IGNORED_SIMPLETRANSFORMERS_ARGS = frozenset(
         "multiprocessing_chunksize",
         "n_gpu",
         "not_saved_args",
-        "polynomial_decay_schedule_lr_end",
-        "polynomial_decay_schedule_power",
         "quantized_model",
         "skip_special_tokens",
         "thread_count",
@@ -300,6 +357,7 @@ _EXPECTED = {
     float: "a number",
     str: "a string",
     dict: "a mapping (dict)",
+    tuple: "a list of numbers",
 }
 
 
@@ -380,6 +438,8 @@ def _coerce(key: str, value: Any) -> Any:
         if isinstance(value, os.PathLike | int):  # a Path, or a folder named 2024 in YAML
             return str(value)
         raise wrong
+    if kind is tuple and isinstance(value, list):  # a tuple read back from JSON or YAML
+        return tuple(value)
     if not isinstance(value, kind):
         raise wrong
     return value

@@ -17,7 +17,8 @@ from personachat import ConvAIModel
 from personachat.cli import build_parser, main, resolve
 from personachat.data.candidates import add_distractors
 from personachat.data.commands import write_json_atomic
-from personachat.data.dialogs import DataError, load_dialogs
+from personachat.data.dialogs import DataError
+from personachat.data.files import load_dialogs
 from personachat.data.readers import read_dialogs
 
 from .test_readers import PARLAI_BOTH, PLAIN, SYNTHETIC_CSV

@@ -1,4 +1,5 @@
-"""Reading, validating and downloading Persona-Chat dialogs (personachat.data.dialogs).
+"""Reading, validating and downloading Persona-Chat dialogs (personachat.data.dialogs, .files
+and .download).
 
 Every test writes its own small files under tmp_path; nothing here touches the internet
 (download tests use loopback addresses only).
@@ -17,16 +18,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from personachat.data import dialogs as data
-from personachat.data.dialogs import (
+from personachat.data import download, files
+from personachat.data.dialogs import DataError, personalities, validate_dialogs
+from personachat.data.download import (
     PERSONACHAT_URL,
-    DataError,
     download_personachat,
-    load_dialogs,
     load_personachat_or_file,
-    personalities,
-    validate_dialogs,
 )
+from personachat.data.files import load_dialogs
 
 # An unused loopback port: connecting fails at once, so "offline" is simulated without delay.
 OFFLINE_URL = "http://127.0.0.1:9/personachat.json"
@@ -208,7 +207,7 @@ def test_compressed_file(tmp_path):
 
 def test_too_large_file_is_refused_before_reading(tmp_path, monkeypatch):
     path = write_json(tmp_path / "data.json", [dialog()] * 10)
-    monkeypatch.setattr(data, "MAX_FILE_BYTES", 100)
+    monkeypatch.setattr(files, "MAX_FILE_BYTES", 100)
     with pytest.raises(DataError, match="wrong file"):
         load_dialogs(path)
 
@@ -404,7 +403,7 @@ def test_download_reuses_the_cached_file_without_network(tmp_path, monkeypatch):
 
 
 def test_load_personachat_or_file_prefers_the_given_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "download_personachat", pytest.fail)
+    monkeypatch.setattr(download, "download_personachat", pytest.fail)
     path = write_json(tmp_path / "mine.json", {"valid": [dialog()]})
     assert load_personachat_or_file(path, "valid", tmp_path / "cache") == [dialog()]
 

@@ -159,7 +159,7 @@ def test_greedy_with_kv_cache_matches_re_encoding_every_step(chat, lively_model,
     _, tokenizer, special = chat
     persona = encode(tokenizer, PERSONA)
     history = encode(tokenizer, HISTORY[-history_turns:])
-    options = DecodingOptions(do_sample=False, max_length=15, min_length=5)
+    options = DecodingOptions.from_args(do_sample=False, max_length=15, min_length=5)
 
     with torch.no_grad():
         expected = reference_greedy(lively_model, persona, history, special, options)
@@ -177,7 +177,7 @@ def test_batched_greedy_replies_equal_replies_decoded_alone(chat, lively_model):
         (encode(tokenizer, PERSONA[:1]), encode(tokenizer, HISTORY[-1:])),
         ([], encode(tokenizer, ["any pets ?"])),
     ]
-    options = DecodingOptions(do_sample=False, max_length=10, min_length=4)
+    options = DecodingOptions.from_args(do_sample=False, max_length=10, min_length=4)
 
     together = generate_replies(lively_model, conversations, special, options)
     alone = [generate_reply(lively_model, p, h, special, options) for p, h in conversations]
@@ -195,7 +195,7 @@ def test_replies_with_the_persona_cache_equal_replies_without_it(chat, lively_mo
         (persona[:1], encode(tokenizer, HISTORY[-1:])),
         ([], encode(tokenizer, ["any pets ?"])),
     ]
-    options = DecodingOptions(do_sample=False, max_length=10, min_length=4)
+    options = DecodingOptions.from_args(do_sample=False, max_length=10, min_length=4)
     cache = PrefixCache()
 
     plain = generate_replies(lively_model, conversations, special, options)
@@ -211,7 +211,7 @@ def test_a_persona_cut_to_fit_the_context_is_cached_as_cut(chat):
     model, tokenizer, special = chat
     long_persona = encode(tokenizer, [f"i have {n} cats and {n} dogs ." for n in range(30)])
     conversation = [(long_persona, encode(tokenizer, HISTORY))]
-    options = DecodingOptions(do_sample=False, max_length=6)
+    options = DecodingOptions.from_args(do_sample=False, max_length=6)
     cache = PrefixCache()
     plain = generate_replies(model, conversation, special, options)
     assert generate_replies(model, conversation, special, options, prefix_cache=cache) == plain
@@ -224,7 +224,7 @@ def test_prefill_threads_change_no_reply_and_are_given_back(chat, lively_model):
     conversations = [
         (encode(tokenizer, PERSONA[: 1 + i % 3]), encode(tokenizer, HISTORY)) for i in range(32)
     ]
-    options = DecodingOptions(do_sample=False, max_length=5)
+    options = DecodingOptions.from_args(do_sample=False, max_length=5)
     before = torch.get_num_threads()
     plain = generate_replies(lively_model, conversations, special, options)
     threaded = generate_replies(
@@ -280,7 +280,7 @@ def eos_loving(model, special):
 def test_without_min_length_an_eos_loving_model_says_nothing(chat):
     model, tokenizer, special = chat
     model = eos_loving(model, special)
-    options = DecodingOptions(do_sample=False, max_length=10, min_length=0)
+    options = DecodingOptions.from_args(do_sample=False, max_length=10, min_length=0)
 
     assert (
         generate_reply(
@@ -297,7 +297,9 @@ def test_min_length_forces_that_many_ordinary_tokens(chat, min_length):
 
     for do_sample in (False, True):
         torch.manual_seed(0)
-        options = DecodingOptions(do_sample=do_sample, max_length=12, min_length=min_length)
+        options = DecodingOptions.from_args(
+            do_sample=do_sample, max_length=12, min_length=min_length
+        )
         reply = generate_reply(
             model, encode(tokenizer, PERSONA), encode(tokenizer, HISTORY), special, options
         )
@@ -309,7 +311,7 @@ def test_min_length_forces_that_many_ordinary_tokens(chat, min_length):
 
 def test_min_length_above_max_length_stops_at_max_length(chat):
     model, tokenizer, special = chat
-    options = DecodingOptions(do_sample=False, max_length=3, min_length=8)
+    options = DecodingOptions.from_args(do_sample=False, max_length=3, min_length=8)
 
     reply = generate_reply(
         model, encode(tokenizer, PERSONA), encode(tokenizer, HISTORY), special, options
@@ -323,7 +325,7 @@ def test_min_length_above_max_length_stops_at_max_length(chat):
 def test_max_length_is_honoured(chat, max_length):
     model, tokenizer, special = chat
     # min_length = max_length: no early stop, so the limit itself must end the reply.
-    options = DecodingOptions(
+    options = DecodingOptions.from_args(
         do_sample=True, max_length=max_length, min_length=max_length, top_p=0.9, temperature=0.7
     )
 
@@ -338,7 +340,7 @@ def test_max_length_is_honoured(chat, max_length):
 def test_sampling_with_the_same_seed_gives_the_same_reply(chat):
     model, tokenizer, special = chat
     persona, history = encode(tokenizer, PERSONA), encode(tokenizer, HISTORY)
-    options = DecodingOptions(
+    options = DecodingOptions.from_args(
         do_sample=True, max_length=12, min_length=12, temperature=1.0, top_p=0.0, top_k=0
     )
 
@@ -360,7 +362,9 @@ def test_a_conversation_longer_than_the_context_does_not_crash(chat):
     assert model.config.n_positions == 128
     persona = encode(tokenizer, PERSONA * 20)  # hundreds of tokens
     history = encode(tokenizer, [" ".join(HISTORY * 10)] * 5)
-    options = DecodingOptions(do_sample=False, max_length=20, min_length=20, max_history=10)
+    options = DecodingOptions.from_args(
+        do_sample=False, max_length=20, min_length=20, max_history=10
+    )
 
     reply = generate_reply(model, persona, history, special, options)
 
@@ -376,7 +380,7 @@ def test_max_length_that_fills_the_context_is_refused(chat):
             encode(tokenizer, PERSONA),
             encode(tokenizer, HISTORY),
             special,
-            DecodingOptions(max_length=125, do_sample=False),
+            DecodingOptions.from_args(max_length=125, do_sample=False),
         )
 
 

@@ -8,17 +8,20 @@ import pytest
 import torch
 
 from personachat import ConvAIModel
-from personachat.data.synthetic import generate_dialogs
+from personachat.data.synthetic import SLOTS, generate_dialogs
 from personachat.encoding.inputs import SpecialIds
-from personachat.evaluation.metrics import (
+from personachat.evaluation.metrics import unigram_baseline_loss
+from personachat.evaluation.persona import (
+    contradicts,
     mentions,
     persona_accuracy,
     persona_hits_at_1,
+    persona_scores,
     probe_items,
-    repetition_rate,
-    unigram_baseline_loss,
+    stated_values,
     without_persona,
 )
+from personachat.evaluation.replies import decoding_label, repetition_rate
 from personachat.generation.generate import (
     DecodingOptions,
     banned_ngram_tokens,
@@ -119,7 +122,7 @@ def test_no_repeat_ngram_size_means_no_ngram_appears_twice(tiny, n):
     persona = [tokenizer.encode("i have a cat named tom .")]
     earlier_bot_turn = tokenizer.encode("i am a nurse , i love pizza .")
     history = [tokenizer.encode("hi"), earlier_bot_turn, tokenizer.encode("and you ?")]
-    options = DecodingOptions(
+    options = DecodingOptions.from_args(
         max_length=25, min_length=25, temperature=2.0, top_p=1.0, no_repeat_ngram_size=n
     )
     for seed in range(5):
@@ -142,14 +145,18 @@ def test_reranking_returns_the_best_scored_of_the_samples(tiny):
     scores = score_replies(model, persona, history, replies, special, max_history=2)
     assert len(scores) == 2 and all(isinstance(s, float) for s in scores)
 
-    options = DecodingOptions(max_length=8, rerank_samples=4, temperature=1.5)
+    options = DecodingOptions.from_args(max_length=8, rerank_samples=4, temperature=1.5)
     torch.manual_seed(0)
     best = respond(model, persona, history, special, options)
     torch.manual_seed(0)
     samples = [
         tuple(
             generate_reply(
-                model, persona, history, special, DecodingOptions(max_length=8, temperature=1.5)
+                model,
+                persona,
+                history,
+                special,
+                DecodingOptions.from_args(max_length=8, temperature=1.5),
             )
         )
         for _ in range(4)
@@ -195,7 +202,7 @@ def test_batched_replies_equal_replies_decoded_one_at_a_time(tiny):
     ]
     from personachat.generation.generate import generate_replies
 
-    options = DecodingOptions(max_length=12, do_sample=False, no_repeat_ngram_size=2)
+    options = DecodingOptions.from_args(max_length=12, do_sample=False, no_repeat_ngram_size=2)
     batched = generate_replies(model, conversations, special, options)
     alone = [generate_reply(model, p, h, special, options) for p, h in conversations]
     assert batched == alone
@@ -263,3 +270,65 @@ def test_on_real_dialogs_a_small_model_beats_the_unigram_baseline(tmp_path):
         bot._dataset(train, "train"), bot._dataset(valid, "valid"), len(bot.tokenizer)
     )
     assert results["language_model_loss"] < baseline - 0.5
+
+
+# --- contradiction: a reply that states another value of the probed slot -------------------
+
+
+def test_a_reply_naming_another_value_of_the_slot_contradicts_the_persona():
+    jobs = SLOTS["job"].values
+    assert contradicts("i am a pilot , i love my job .", "nurse", jobs)
+    assert not contradicts("i am a nurse , i love my job .", "nurse", jobs)
+    assert not contradicts("i like pizza .", "nurse", jobs)  # dodging is not contradicting
+    family = SLOTS["family"].values
+    # A value inside a longer stated one is not stated on its own, either way round.
+    assert contradicts("i have two older brothers .", "two brothers", family)
+    assert not contradicts("i have two older brothers .", "two older brothers", family)
+    assert stated_values("i have a twin brother .", family) == {"a twin brother"}
+
+
+def test_contradiction_rate_counts_probe_replies_stating_another_value():
+    def copies_job_but_says_coffee(conversations):
+        return [p[0] if "job" in h[-1] else "i like coffee ." for p, h in conversations]
+
+    # Job probe: "i work as a nurse ." states the value; drink probe: coffee, not tea.
+    assert persona_scores(copies_job_but_says_coffee, PROBED, silent=True) == {
+        "persona_accuracy": 0.5,
+        "persona_contradiction_rate": 0.5,
+    }
+    unknown_slot = [
+        {
+            **PROBED[0],
+            "utterances": [
+                {**u, "probe": {"slot": "mood", "value": "happy"}} if "probe" in u else u
+                for u in PROBED[0]["utterances"]
+            ],
+        }
+    ]
+    scores = persona_scores(copies_job_but_says_coffee, unknown_slot, silent=True)
+    assert scores["persona_contradiction_rate"] is None  # no slot table to compare with
+    assert persona_scores(copies_job_but_says_coffee, without_probes(PROBED), silent=True) == {
+        "persona_accuracy": None,
+        "persona_contradiction_rate": None,
+    }
+
+
+def without_probes(dialogs):
+    return [
+        {**d, "utterances": [{k: v for k, v in u.items() if k != "probe"} for u in d["utterances"]]}
+        for d in dialogs
+    ]
+
+
+def test_decoding_label_names_greedy_or_the_sampling_settings():
+    assert decoding_label(DecodingOptions.from_args(do_sample=False)) == "greedy"
+    assert (
+        decoding_label(
+            DecodingOptions.from_args(do_sample=True, top_k=0, top_p=0.9, temperature=0.7)
+        )
+        == "top_k=0,top_p=0.9,temperature=0.7"
+    )
+    assert (
+        decoding_label(DecodingOptions.from_args(do_sample=False, repetition_penalty=1.2))
+        == "greedy,repetition_penalty=1.2"
+    )

@@ -13,17 +13,16 @@ training example laid out as the model sees it (persona, history, gold reply).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 from personachat.args import ArgsError, ConvAIArgs
 from personachat.data.candidates import add_distractors
 from personachat.data.dialogs import DataError
 from personachat.data.readers import FORMATS, detect_format, read_dialogs
+from personachat.fs import write_file_atomic
 
 __all__ = [
     "DATA_COMMANDS",
@@ -89,31 +88,17 @@ def write_json_atomic(path: Path, value: object) -> None:
     """Write ``value`` as UTF-8 JSON (non-ASCII kept as is) to ``path``, all or nothing."""
     if path.is_dir():
         raise DataError(f"{path}: is a directory — give the path of the JSON file to write")
-    folder = path.parent
-    if not folder.is_dir():
-        raise DataError(f"{folder}: the output folder does not exist — create it first")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    if not path.parent.is_dir():
+        raise DataError(f"{path.parent}: the output folder does not exist — create it first")
+    umask = os.umask(0)
+    os.umask(umask)
+    text = json.dumps(value, ensure_ascii=False) + "\n"
+    try:  # a normal file's mode (what open() would give), not mkstemp's private 0600
+        write_file_atomic(path, text, mode=0o666 & ~umask)
     except OSError as exc:
-        raise DataError(f"{folder}: cannot write there ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(value, out, ensure_ascii=False)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise DataError(
-                f"{path}: cannot write ({exc.strerror or exc}) — nothing was written"
-            ) from None
-        raise
+        raise DataError(
+            f"{path}: cannot write ({exc.strerror or exc}) — nothing was written"
+        ) from None
 
 
 def convert(options: argparse.Namespace) -> int:

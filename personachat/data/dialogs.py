@@ -1,4 +1,4 @@
-"""Reading, validating and downloading Persona-Chat dialogs.
+"""Persona-Chat dialogs: their structure, checked completely, and the one data error.
 
 The training data is the Persona-Chat JSON format used by TransferTransfo and by
 ``simpletransformers.conv_ai``: a list of dialogs, each
@@ -9,55 +9,25 @@ speaker and is an empty list for the first turn. The public file is a dict of sp
 kept untouched, so callers can carry their own annotations through.
 
 Everything here is standard library only and runs before any tokenizer or model is loaded, so
-that a wrong path, a truncated download or a hand-edited file is reported at once, completely
-(every problem, not just the first) and in words that say where the problem is and how to fix
-it, instead of surfacing later as a ``KeyError`` deep inside training.
+that a hand-edited file is reported at once, completely (every problem, not just the first)
+and in words that say where the problem is and how to fix it, instead of surfacing later as a
+``KeyError`` deep inside training. Reading files is ``personachat.data.files``; the public
+download is ``personachat.data.download``.
 """
 
 from __future__ import annotations
 
 import difflib
-import http.client
 import json
-import logging
-import os
-import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterable
-from pathlib import Path
 
 from personachat.errors import PersonachatError
-
-__all__ = [
-    "MAX_FILE_BYTES",
-    "MAX_LISTED_PROBLEMS",
-    "PERSONACHAT_URL",
-    "DataError",
-    "download_personachat",
-    "load_dialogs",
-    "load_personachat_or_file",
-    "personalities",
-    "validate_dialogs",
-]
-
-logger = logging.getLogger(__name__)
-
-PERSONACHAT_URL = (
-    "https://s3.amazonaws.com/datasets.huggingface.co/personachat/personachat_self_original.json"
-)
-
-#: Files larger than this are refused before reading: the public Persona-Chat file is about
-#: 200 MB, so anything past 1 GiB is almost certainly the wrong file (a model, an archive...).
-MAX_FILE_BYTES = 1 << 30
 
 #: ``str(DataError)`` lists at most this many problems, then says how many more there are.
 MAX_LISTED_PROBLEMS = 50
 
-_DOWNLOAD_CHUNK = 1 << 20
-_SPLITS_EXAMPLE = '{"train": [...], "valid": [...]}'
-_DIALOG_EXAMPLE = '{"personality": [...], "utterances": [...]}'
+SPLITS_EXAMPLE = '{"train": [...], "valid": [...]}'
+DIALOG_EXAMPLE = '{"personality": [...], "utterances": [...]}'
 _UTTERANCE_EXAMPLE = '{"history": [...], "candidates": [...]}'
 
 
@@ -192,7 +162,7 @@ def _check_utterance(utterance: object, where: str) -> list[str]:
 def _check_dialog(dialog: object, where: str) -> list[str]:
     if not isinstance(dialog, dict):
         return [
-            f"{where}: expected an object like {_DIALOG_EXAMPLE}, got {_describe(dialog)} — "
+            f"{where}: expected an object like {DIALOG_EXAMPLE}, got {_describe(dialog)} — "
             "each entry of the top-level list must be one dialog"
         ]
     problems = []
@@ -249,347 +219,22 @@ def validate_dialogs(dialogs: object, source: str = "<data>") -> list[str]:
                 else ""
             )
             return [
-                f"{source}: top level: expected a list of dialogs {_DIALOG_EXAMPLE}, "
+                f"{source}: top level: expected a list of dialogs {DIALOG_EXAMPLE}, "
                 f"got {_describe(dialogs)}{hint}"
             ]
         if not isinstance(dialogs, (list, tuple)):
             return [
-                f"{source}: top level: expected a list of dialogs {_DIALOG_EXAMPLE}, "
+                f"{source}: top level: expected a list of dialogs {DIALOG_EXAMPLE}, "
                 f"got {_describe(dialogs)}"
             ]
         if not dialogs:
-            return [
-                f"{source}: no dialogs (empty list) — add at least one dialog {_DIALOG_EXAMPLE}"
-            ]
+            return [f"{source}: no dialogs (empty list) — add at least one dialog {DIALOG_EXAMPLE}"]
         problems: list[str] = []
         for i, dialog in enumerate(dialogs):
             problems += _check_dialog(dialog, f"{source}: dialog {i}")
         return problems
     except Exception as exc:  # pragma: no cover - defensive: the contract is "never raises"
         return [f"{source}: could not be checked ({type(exc).__name__}: {exc})"]
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def _missing_file_message(path: Path) -> str:
-    shown = str(path)
-    if not path.is_absolute():
-        shown += f" (resolved against the current directory to {path.absolute()})"
-    message = f"{shown}: file does not exist — check the path"
-    parent = path.parent if str(path.parent) else Path(".")
-    try:
-        if parent.is_dir():
-            names = sorted(os.listdir(parent))
-            close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.75)
-            if close:
-                message += "; did you mean " + ", ".join(str(parent / c) for c in close) + "?"
-        else:
-            message += f"; its directory {parent} does not exist either"
-    except OSError:
-        pass
-    return message
-
-
-def check_file(path: Path, what: str) -> int:
-    """Raise DataError unless ``path`` is a readable regular file within the size limit.
-
-    Shared by every reader. ``what`` names the expected content ("a ParlAI text file") for
-    the messages. Returns the size in bytes; the limit is :data:`MAX_FILE_BYTES`, read at call
-    time.
-    """
-    try:
-        info = path.stat()
-    except (FileNotFoundError, NotADirectoryError):
-        raise DataError(_missing_file_message(path)) from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot access the file ({exc.strerror or exc})") from None
-    if path.is_dir():
-        message = f"{path}: is a directory, not a file — pass {what} itself"
-        try:
-            found = sorted(p.name for p in path.iterdir() if p.is_file())[:5]
-        except OSError:
-            found = []
-        if found:
-            message += "; it contains " + ", ".join(found)
-        raise DataError(message)
-    if info.st_size > MAX_FILE_BYTES:
-        raise DataError(
-            f"{path}: the file is {info.st_size / 1e9:.1f} GB, more than the "
-            f"{MAX_FILE_BYTES / 1e9:.1f} GB limit for dialog files (the public Persona-Chat "
-            f"file is about 0.2 GB) — this looks like the wrong file (a model, an archive?); "
-            f"pass {what}, or split the data into smaller files"
-        )
-    return info.st_size
-
-
-def check_bytes(path: Path, raw: bytes, what: str) -> None:
-    """Refuse archives, UTF-16 and binary content by their first bytes."""
-    not_text = f"this is not {what}"
-    if raw.startswith(b"\x1f\x8b"):
-        raise DataError(f"{path}: is gzip-compressed — {not_text}; decompress it first (gunzip)")
-    if raw.startswith(b"PK\x03\x04"):
-        raise DataError(f"{path}: is a zip archive — {not_text}; extract the dialog file from it")
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise DataError(f"{path}: is UTF-16 text — re-save it as UTF-8")
-    if b"\x00" in raw[:8192]:
-        raise DataError(f"{path}: is a binary file (it contains NUL bytes) — {not_text}")
-
-
-def read_file_text(path: Path, what: str) -> str:
-    """The whole file as UTF-8 text (a BOM, as some Windows editors write, is tolerated);
-    every way that can fail becomes a DataError naming the file."""
-    check_file(path, what)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
-    check_bytes(path, raw, what)
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}: line {line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset "
-            f"{exc.start}) — if this is text in another encoding, re-save it as UTF-8; "
-            f"otherwise this is not {what}"
-        ) from None
-
-
-def _json_error_message(path: Path, text: str, exc: json.JSONDecodeError) -> str:
-    # json counts lines by "\n" only; splitlines() would also split on \r, \x1c... and drop a
-    # final empty line, so a file cut right after a newline would index past the end.
-    lines = text.split("\n")
-    line_text = lines[exc.lineno - 1].rstrip("\r") if exc.lineno <= len(lines) else ""
-    start = max(0, exc.colno - 1 - 30)
-    snippet = line_text[start : exc.colno - 1 + 30].strip()
-    if exc.pos >= len(text.rstrip()):
-        hint = (
-            "the file ends in the middle of the JSON, so it looks truncated (an interrupted "
-            "download or copy?) — download or copy it again"
-        )
-    elif exc.msg == "Extra data":
-        hint = (
-            "there is more than one JSON value (JSON Lines?) — the file must be a single JSON "
-            "list of dialogs [...] or an object of splits " + _SPLITS_EXAMPLE
-        )
-    else:
-        hint = "fix the JSON syntax there (a missing comma or quote, a trailing comma?)"
-    near = f" near {json.dumps(snippet, ensure_ascii=False)}" if snippet else ""
-    return f"{path}: line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}{near} — {hint}"
-
-
-def load_dialogs(path: str | os.PathLike, split: str = "train") -> list[dict]:
-    """Read a Persona-Chat JSON file, validate it and return its dialogs.
-
-    The file holds either a list of dialogs (``split`` is then ignored) or a dict of splits
-    such as ``{"train": [...], "valid": [...]}``, from which ``split`` is taken. Raises
-    :class:`DataError` listing every problem (missing file, bad JSON with line and column,
-    wrong structure with dialog/utterance index and field) before anything is returned.
-    """
-    if not os.fspath(path):
-        raise DataError(
-            "empty path '' — pass the path of a Persona-Chat JSON file, or None to download "
-            "the public Persona-Chat data"
-        )
-    file = Path(path)
-    text = read_file_text(file, "a Persona-Chat JSON file")
-    if not text.strip():
-        raise DataError(
-            f"{file}: the file is empty — it should hold a JSON list of dialogs "
-            f"{_DIALOG_EXAMPLE} (an interrupted download? then delete it and download again)"
-        )
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(_json_error_message(file, text, exc)) from None
-    except RecursionError:
-        raise DataError(
-            f"{file}: the JSON is nested too deeply to be Persona-Chat data — this looks like "
-            "the wrong file"
-        ) from None
-
-    source = str(file)
-    if isinstance(data, dict):
-        if split in data:
-            dialogs = data[split]
-            source = f'{file} (split "{split}")'
-        elif "personality" in data or "utterances" in data:
-            raise DataError(
-                f"{file}: top level is a single dialog object — wrap it in a list: "
-                f"[{_DIALOG_EXAMPLE}]"
-            )
-        else:
-            names = [str(k) for k in data]
-            message = f'{file}: has no split "{split}"'
-            if names:
-                message += "; the splits in the file are " + ", ".join(f'"{n}"' for n in names[:20])
-                close = difflib.get_close_matches(split, names, n=1, cutoff=0.5)
-                if close:
-                    message += f' — did you mean split="{close[0]}"?'
-                else:
-                    message += " — pass one of those as the split"
-            else:
-                message += (
-                    " (the top-level object is empty) — the file should hold a list of "
-                    f"dialogs or an object of splits {_SPLITS_EXAMPLE}"
-                )
-            raise DataError(message)
-    elif isinstance(data, list):
-        dialogs = data
-    else:
-        raise DataError(
-            f"{file}: top level is {_describe(data)} — expected a list of dialogs "
-            f"[{_DIALOG_EXAMPLE}, ...] or an object of splits {_SPLITS_EXAMPLE}"
-        )
-
-    problems = validate_dialogs(dialogs, source)
-    if problems:
-        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-        raise DataError(
-            problems,
-            f"{source} is not valid Persona-Chat data ({count}; dialog and utterance numbers "
-            "count from 0):",
-        )
-    return dialogs
-
-
-# --------------------------------------------------------------------------- download
-
-
-def _download_failed(url: str, target: Path, reason: str) -> DataError:
-    return DataError(
-        f"could not download Persona-Chat from {url}: {reason}. If this machine is offline or "
-        "the address is blocked, either pass your own Persona-Chat JSON file (train_file=... "
-        "in Python, --train-file on the command line), or download that URL on another "
-        f"machine and put the file at {target} — it is then used without any network access."
-    )
-
-
-def download_personachat(
-    cache_dir: str | os.PathLike, url: str = PERSONACHAT_URL, timeout: float = 60
-) -> Path:
-    """Return the path of the public Persona-Chat JSON in ``cache_dir``, downloading it once.
-
-    A non-empty file already at ``cache_dir/<file name from the URL>`` is reused without any
-    network access, which is also how offline users provide it by hand. The download goes to
-    a temporary file in ``cache_dir`` that is moved into place with ``os.replace`` only when
-    complete, so an interrupted download never leaves a truncated file that later looks valid.
-    Any network or HTTP failure raises :class:`DataError` saying how to proceed without it.
-    """
-    cache = Path(cache_dir)
-    name = Path(urllib.parse.urlparse(url).path).name or "personachat.json"
-    target = cache / name
-    if target.is_dir():
-        raise DataError(
-            f"{target}: is a directory, but the Persona-Chat download should be saved there as "
-            "a file — remove or rename that directory, or use another cache_dir"
-        )
-    try:
-        if target.is_file() and target.stat().st_size > 0:
-            return target
-    except OSError:
-        pass
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(
-            f"{cache}: cannot create the cache directory for the Persona-Chat download "
-            f"({exc.strerror or exc}) — choose a writable cache_dir"
-        ) from None
-
-    logger.info("Downloading Persona-Chat (about 200 MB) from %s to %s", url, target)
-    try:
-        response = urllib.request.urlopen(url, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        raise _download_failed(url, target, f"HTTP error {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        raise _download_failed(url, target, f"{exc.reason}") from None
-    except (OSError, ValueError, http.client.HTTPException) as exc:
-        raise _download_failed(url, target, f"{type(exc).__name__}: {exc}") from None
-
-    tmp_name = ""
-    try:
-        with response:
-            expected = response.headers.get("Content-Length")
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=cache)
-            total = 0
-            first = b""
-            with os.fdopen(fd, "wb") as out:
-                while True:
-                    try:
-                        chunk = response.read(_DOWNLOAD_CHUNK)
-                    except (OSError, http.client.HTTPException) as exc:
-                        raise _download_failed(
-                            url, target, f"the connection failed after {total} bytes ({exc!r})"
-                        ) from None
-                    if not chunk:
-                        break
-                    if not first.strip():
-                        first = (first + chunk)[:64]
-                    total += len(chunk)
-                    if total > MAX_FILE_BYTES:
-                        raise _download_failed(
-                            url, target, f"the server sent more than {MAX_FILE_BYTES} bytes"
-                        )
-                    try:
-                        out.write(chunk)
-                    except OSError as exc:
-                        raise DataError(
-                            f"{cache}: cannot write the Persona-Chat download "
-                            f"({exc.strerror or exc}) — free some disk space or choose another "
-                            "cache_dir"
-                        ) from None
-            if expected is not None and expected.isdigit() and int(expected) != total:
-                raise _download_failed(
-                    url, target, f"the download stopped after {total} of {expected} bytes"
-                )
-            if total == 0:
-                raise _download_failed(url, target, "the server sent an empty file")
-            if not first.lstrip().startswith((b"[", b"{")):
-                raise _download_failed(
-                    url,
-                    target,
-                    "the server sent something that is not JSON (a proxy or login page?), "
-                    f"starting with {first.strip()[:40]!r}",
-                )
-        os.replace(tmp_name, target)
-        tmp_name = ""
-    except OSError as exc:
-        raise DataError(
-            f"{cache}: cannot save the Persona-Chat download ({exc.strerror or exc}) — choose "
-            "a writable cache_dir with free space"
-        ) from None
-    finally:
-        if tmp_name:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
-    return target
-
-
-def load_personachat_or_file(
-    path: str | os.PathLike | None, split: str, cache_dir: str | os.PathLike
-) -> list[dict]:
-    """Load ``split`` of the user's file, or of the public Persona-Chat data when ``path`` is None.
-
-    This mirrors ``simpletransformers``' ``train_file=None`` behaviour: no file means "use
-    Persona-Chat", downloaded once into ``cache_dir`` (see :func:`download_personachat`).
-    """
-    if path is not None:
-        return load_dialogs(path, split)
-    file = download_personachat(cache_dir)
-    try:
-        return load_dialogs(file, split)
-    except DataError as exc:
-        raise DataError(
-            [
-                *exc.problems,
-                f"{file} is the cached Persona-Chat download — delete it to download it again",
-            ],
-            exc.header,
-        ) from None
 
 
 # --------------------------------------------------------------------------- helpers

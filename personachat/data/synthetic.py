@@ -42,11 +42,14 @@ import json
 import math
 import os
 import random
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from personachat.args import ArgsError
+from personachat.errors import PersonachatError
+from personachat.fs import write_file_atomic
 
 SPLITS: tuple[str, ...] = ("train", "valid", "unseen")
 """Names of the splits; ``train`` and ``valid`` share the seen values, ``unseen`` the rest."""
@@ -869,15 +872,15 @@ def persona_split(facts: Sequence[Fact]) -> str:
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        raise ArgsError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
 
 
 def _check_counts(counts: dict[str, int], num_candidates: int) -> None:
     for split, count in counts.items():
         if count < 0:
-            raise ValueError(f"number of {split} dialogs must be >= 0, got {count}")
+            raise ArgsError(f"number of {split} dialogs must be >= 0, got {count}")
     if num_candidates < 1:
-        raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
+        raise ArgsError(f"num_candidates must be >= 1, got {num_candidates}")
 
 
 def _sample_facts(rng: random.Random, split: str, pools: dict[str, tuple[str, ...]]) -> list[Fact]:
@@ -1044,19 +1047,6 @@ def dumps_dialogs(dialogs: Sequence[dict[str, Any]]) -> str:
     return "[\n" + ",\n".join(lines) + "\n]\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same directory and ``os.replace``."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.chmod(tmp_name, 0o644)  # mkstemp makes the file private; data files are not
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def split_path(out_dir: str | os.PathLike[str], split: str) -> Path:
     """Return the file a split is written to: ``<out_dir>/persona_<split>.json``."""
     _check_split(split)
@@ -1082,7 +1072,7 @@ def write_splits(
     for split in SPLITS:
         dialogs = generate_dialogs(counts[split], split, num_candidates, seed)
         paths[split] = split_path(out_dir, split)
-        _write_atomic(paths[split], dumps_dialogs(dialogs))
+        write_file_atomic(paths[split], dumps_dialogs(dialogs))
     return paths
 
 
@@ -1114,7 +1104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.num_candidates,
             args.seed,
         )
-    except ValueError as err:
+    except PersonachatError as err:
         parser.error(str(err))
     for split, path in paths.items():
         print(f"{split}: {path}")

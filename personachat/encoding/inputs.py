@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import chain
+from typing import TypeVar
 
 import torch
 
@@ -33,6 +34,7 @@ ATTR_TO_SPECIAL_TOKEN = {
     "pad_token": "<pad>",
     "additional_special_tokens": ["<speaker1>", "<speaker2>"],
 }
+T = TypeVar("T")
 IGNORE_INDEX = -100  # label value cross-entropy skips
 # Version of the input layout below. Cached tokenized datasets (token_cache) are keyed on it:
 # bump it whenever build_input_from_segments, truncate_to_fit or the example index change.
@@ -73,6 +75,12 @@ class SpecialIds:
     def stop_ids(self) -> frozenset[int]:
         """Tokens that end a generated reply."""
         return frozenset({self.eos, self.speaker1, self.speaker2, self.bos, self.pad})
+
+
+def history_window(history: Sequence[T], max_history: int) -> list[T]:
+    """The turns an input keeps: the last ``2 * max_history + 1`` (``max_history`` exchanges
+    of both speakers, then the message being answered). The one place that window is cut."""
+    return list(history)[-(2 * max_history + 1) :]
 
 
 def build_input_from_segments(
@@ -289,7 +297,7 @@ class PersonaChatDataset(torch.utils.data.Dataset):
         utterance = dialog["utterances"][u]
         return example_length(
             [len(dialog["personality"][i]) for i in order],
-            [len(h) for h in list(utterance["history"])[-(2 * self.max_history + 1) :]],
+            [len(h) for h in history_window(utterance["history"], self.max_history)],
             [len(c) for c in list(utterance["candidates"])[-self.num_candidates :]],
             self.max_tokens,
         )
@@ -367,7 +375,7 @@ def build_example(
     max_tokens: int,
 ) -> dict:
     """All candidates of one utterance laid out; the gold (last) candidate gets LM labels."""
-    history = list(history)[-(2 * max_history + 1) :]
+    history = history_window(history, max_history)
     chosen = list(candidates)[-num_candidates:]
     inputs = []
     for j, candidate in enumerate(chosen):

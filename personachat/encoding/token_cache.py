@@ -58,6 +58,7 @@ from personachat.encoding.inputs import (
     check_num_candidates,
     example_index,
     example_length,
+    history_window,
 )
 from personachat.errors import PersonachatError
 
@@ -83,11 +84,6 @@ class EncodingOptions:
     personality_permutations: int = 1
     lowercase: bool = False
     seed: int = 0
-
-    @property
-    def history_window(self) -> int:
-        """Utterances of history an example keeps (the most recent ones)."""
-        return 2 * self.max_history + 1
 
 
 # ------------------------------------------------------------------------------- the key
@@ -119,11 +115,14 @@ def dialogs_fingerprint(dialogs: Sequence[dict], options: EncodingOptions) -> st
     utterance the history window and the chosen candidates (what lies outside them cannot
     change an example; the window sizes are part of the options, hence of the key)."""
     digest = hashlib.sha256()
-    window, n_cand = options.history_window, options.num_candidates
+    n_cand = options.num_candidates
     for dialog in dialogs:
         part = [
             dialog["personality"],
-            [[u["history"][-window:], u["candidates"][-n_cand:]] for u in dialog["utterances"]],
+            [
+                [history_window(u["history"], options.max_history), u["candidates"][-n_cand:]]
+                for u in dialog["utterances"]
+            ],
         ]
         digest.update(json.dumps(part, ensure_ascii=False).encode("utf-8", "surrogatepass"))
         digest.update(b"\n")
@@ -291,7 +290,7 @@ def _write_tables(
     silent: bool,
 ) -> None:
     """Everything of one entry, manifest last."""
-    window, n_cand = options.history_window, options.num_candidates
+    n_cand = options.num_candidates
     prepare = str.lower if options.lowercase else None
     rows: dict[str, int] = {}  # distinct (prepared) string -> row of texts.arrow
 
@@ -310,7 +309,9 @@ def _write_tables(
         persona_offsets.append(len(persona))
         utterance_counts.append(len(dialog["utterances"]))
         for utterance in dialog["utterances"]:
-            history.extend(row(s) for s in utterance["history"][-window:])
+            history.extend(
+                row(s) for s in history_window(utterance["history"], options.max_history)
+            )
             history_offsets.append(len(history))
             candidates.extend(row(s) for s in utterance["candidates"][-n_cand:])
             candidate_offsets.append(len(candidates))

@@ -16,16 +16,18 @@ from math import inf
 
 import torch
 
-from personachat.args import ArgsError
+from personachat.args import ArgsError, ConvAIArgs
 from personachat.encoding.inputs import (
     IGNORE_INDEX,
     SpecialIds,
     build_input_from_segments,
     collate,
+    history_window,
     truncate_to_fit,
 )
 from personachat.errors import PersonachatError
 from personachat.generation.decoders import PrefixCache, make_decoder
+from personachat.model.device import to_device
 from personachat.model.loading import context_size
 
 # Below this many prompt tokens in a batch, prefill_threads is not used: splitting ~100
@@ -40,23 +42,29 @@ class DecodingError(PersonachatError, ValueError):
 
 @dataclass(frozen=True)
 class DecodingOptions:
-    """The decoding subset of ConvAIArgs (kept separate so generation needs no trainer args)."""
+    """The decoding subset of ConvAIArgs (kept separate so generation needs no trainer args).
 
-    max_length: int = 20
-    min_length: int = 1
-    temperature: float = 0.7
-    top_k: float = 0
-    top_p: float = 0.9
-    do_sample: bool = True
-    max_history: int = 2
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    rerank_samples: int = 0
+    It has no defaults of its own: ``from_args`` takes them from ``ConvAIArgs``, the one
+    place decoding defaults are written.
+    """
+
+    max_length: int
+    min_length: int
+    temperature: float
+    top_k: float
+    top_p: float
+    do_sample: bool
+    max_history: int
+    repetition_penalty: float
+    no_repeat_ngram_size: int
+    rerank_samples: int
 
     @classmethod
-    def from_args(cls, args, **overrides) -> DecodingOptions:
-        names = {f.name for f in fields(cls)}
-        return cls(**{**{n: getattr(args, n) for n in names if hasattr(args, n)}, **overrides})
+    def from_args(cls, args: ConvAIArgs | None = None, **overrides) -> DecodingOptions:
+        """The decoding options of ``args`` (default: ``ConvAIArgs()``), then ``overrides``."""
+        args = ConvAIArgs() if args is None else args
+        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+        return cls(**{**values, **overrides})
 
 
 def top_filtering(
@@ -103,7 +111,7 @@ def build_prompt_and_prefix(
 ) -> tuple[dict[str, list[int]], int]:
     """``build_prompt`` and the length of its ``<bos>`` + persona prefix, the part that stays
     the same from turn to turn (what a ``PrefixCache`` keeps)."""
-    history = list(history)[-(2 * max_history + 1) :]
+    history = history_window(history, max_history)
     persona, history, _ = truncate_to_fit(persona, history, [], max_tokens)
     prompt = build_input_from_segments(persona, history, [], special, with_eos=False)
     return prompt, 1 + sum(map(len, persona))
@@ -330,7 +338,7 @@ def score_replies(
     Length normalisation keeps short replies from winning just by having fewer tokens to pay
     for; the MC head adds the model's judgment of fit with persona and history.
     """
-    history = list(history)[-(2 * max_history + 1) :]
+    history = history_window(history, max_history)
     inputs = [
         build_input_from_segments(
             *truncate_to_fit(persona, history, r, context_size(model)), special, lm_labels=True
@@ -338,7 +346,7 @@ def score_replies(
         for r in replies
     ]
     batch = collate([{"candidates": inputs, "mc_label": 0}], special.pad)
-    batch = {k: v.to(device) for k, v in batch.items()}
+    batch = to_device(batch, torch.device(device))
     hidden = model.transformer(
         input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"]
     ).last_hidden_state

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from personachat.encoding.inputs import ATTR_TO_SPECIAL_TOKEN, IGNORE_INDEX
 from personachat.errors import PersonachatError
+from personachat.fs import write_folder_atomic
 
 MODEL_TYPES = {
     "gpt2": "GPT2DoubleHeadsModel",
@@ -80,32 +81,35 @@ def fetch_finetuned_archive(
     target = Path(target_root) / name
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
+    return write_folder_atomic(target, partial(_unpack_archive, name, url, timeout))
+
+
+def _unpack_archive(name: str, url: str, timeout: float, folder: Path) -> None:
+    """Download ``url`` and unpack its model files straight into ``folder``, weights as
+    safetensors (the archive itself and the unpacking folder are removed)."""
+    archive = folder / ".archive.tar.gz"
     try:
-        archive = tmp / "archive.tar.gz"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response, open(archive, "wb") as f:
-                shutil.copyfileobj(response, f)
-        except (OSError, urllib.error.URLError) as err:
-            raise ModelLoadError(
-                f"Could not download {name} from {url}: {err}. Download and unpack it by "
-                f"hand into ./{name}, or pass another model folder."
-            ) from err
-        unpacked = tmp / "unpacked"
-        try:
-            with tarfile.open(archive, "r:gz") as tar:
-                tar.extractall(unpacked, filter="data")
-        except (tarfile.TarError, OSError) as err:
-            raise ModelLoadError(f"{url} is not a valid .tar.gz archive ({err})") from err
-        # Archives hold the files either at the top level or inside one folder.
-        entries = list(unpacked.iterdir())
-        root = entries[0] if len(entries) == 1 and entries[0].is_dir() else unpacked
-        pickle_to_safetensors(root)
-        os.replace(root, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(archive, "wb") as f:
+            shutil.copyfileobj(response, f)
+    except (OSError, urllib.error.URLError) as err:
+        raise ModelLoadError(
+            f"Could not download {name} from {url}: {err}. Download and unpack it by "
+            f"hand into ./{name}, or pass another model folder."
+        ) from err
+    unpacked = folder / ".unpacked"
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(unpacked, filter="data")
+    except (tarfile.TarError, OSError) as err:
+        raise ModelLoadError(f"{url} is not a valid .tar.gz archive ({err})") from err
+    # Archives hold the files either at the top level or inside one folder.
+    entries = list(unpacked.iterdir())
+    root = entries[0] if len(entries) == 1 and entries[0].is_dir() else unpacked
+    for item in list(root.iterdir()):
+        os.replace(item, folder / item.name)
+    shutil.rmtree(unpacked)
+    archive.unlink()
+    pickle_to_safetensors(folder)
 
 
 def pickle_to_safetensors(folder: Path) -> None:
@@ -325,21 +329,13 @@ def save_pretrained_atomic(
     or TensorBoard runs) gets each file moved in by rename, weights last, so a crash never
     leaves truncated files or weights that do not match their config.
     """
-    target = Path(output_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        write_model_files(tmp, model, tokenizer, args, extra_files)
-        if not target.exists():
-            os.replace(tmp, target)
-            return target
-        files = sorted(tmp.iterdir(), key=lambda p: p.suffix == ".safetensors")
-        for item in files:
-            os.replace(item, target / item.name)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return write_folder_atomic(
+        output_dir,
+        partial(
+            write_model_files, model=model, tokenizer=tokenizer, args=args, extra_files=extra_files
+        ),
+        merge=True,
+    )
 
 
 def unwrap(model):

@@ -24,7 +24,8 @@ import os
 import re
 from pathlib import Path
 
-from personachat.data.dialogs import DataError, load_dialogs, validate_dialogs
+from personachat.data.dialogs import DataError, validate_dialogs
+from personachat.data.files import load_dialogs
 from personachat.data.readers.files import head
 from personachat.data.readers.hf import read_hf
 from personachat.data.readers.parlai import read_parlai

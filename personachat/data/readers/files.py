@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from personachat.data.dialogs import DataError, check_bytes, check_file, read_file_text
+from personachat.data.dialogs import DataError
+from personachat.data.files import check_bytes, check_file, read_file_text
 
 __all__ = ["check_file", "head", "read_text"]
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from personachat.data.dialogs import DataError, _describe, _did_you_mean, _json_error_message
+from personachat.data.dialogs import DataError, _describe, _did_you_mean
+from personachat.data.files import json_error_message
 from personachat.data.readers.files import read_text
 from personachat.data.readers.turns import dialog_from_turns, string_list_problems
 
@@ -100,7 +101,7 @@ def read_plain(path: Path) -> list[dict]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         if stripped.startswith("["):  # a JSON list cut short or broken: one precise location
-            raise DataError(_json_error_message(path, text, exc)) from None
+            raise DataError(json_error_message(path, text, exc)) from None
         objects, problems = _jsonl_objects(path, text)
     except RecursionError:
         raise DataError(f"{path}: JSON nested too deeply to be dialogs") from None
