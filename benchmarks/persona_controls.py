@@ -28,7 +28,8 @@ import torch
 
 from personachat import ConvAIModel
 from personachat.data.readers import read_dialogs
-from personachat.evaluation.metrics import persona_accuracy, repetition_rate
+from personachat.evaluation.persona import persona_accuracy
+from personachat.evaluation.replies import repetition_rate
 from personachat.generation.generate import DecodingOptions
 
 SETTINGS: dict[str, dict] = {

@@ -27,17 +27,20 @@ from personachat.encoding.inputs import SpecialIds, TextEncoder, collate, datase
 from personachat.encoding.token_cache import EncodingOptions, cache_key, cached_dataset
 from personachat.evaluation.metrics import (
     apply_metric_fns,
+    eval_num_candidates,
     evaluation_sums,
     format_results,
-    generation_f1,
     merge_sums,
     metrics_from_sums,
-    persona_accuracy,
+    reply_word_count,
+)
+from personachat.evaluation.persona import (
     persona_hits_at_1,
+    persona_scores,
     probe_items,
-    repetition_rate,
     without_persona,
 )
+from personachat.evaluation.replies import decoding_label, generation_f1, repetition_rate
 from personachat.generation.decoders import PrefixCache
 from personachat.generation.generate import DecodingOptions, generate_replies, respond
 from personachat.model.loading import (
@@ -299,7 +302,26 @@ class ConvAIModel:
         """Metrics of the model on ``dialogs``. ``shard``: under torchrun, every process
         computes the losses of its share of the examples and they are added up (every rank
         must call it then, as training's evaluations do); the results are the same."""
-        dataset = self._dataset(dialogs, source)
+        results, dataset, labels, preds = self._evaluation_losses(dialogs, source, silent, shard)
+        results.update(apply_metric_fns(labels, preds, metric_fns or {}))
+        greedy = DecodingOptions.from_args(self.args, do_sample=False)
+        reply = partial(self.generate_replies, options=greedy)
+        if probe_items(dialogs):
+            results["persona_hits@1"] = persona_hits_at_1(dialogs, dataset.index, labels, preds)
+            scores = persona_scores(reply, dialogs, silent=silent)
+            results.update({k: v for k, v in scores.items() if v is not None})
+        if generation:
+            results["generation_f1"] = generation_f1(reply, dialogs, silent=silent)
+            results["generation_f1_decoding"] = decoding_label(greedy)
+        if repetition:
+            results["repetition_rate"] = repetition_rate(reply, dialogs, silent=silent)
+        return results
+
+    def _evaluation_losses(self, dialogs, source, silent, shard):
+        """LM and multiple-choice metrics over ``dialogs``, the candidates ranked among
+        ``eval_num_candidates`` of each utterance. Returns (results, dataset, labels, preds)."""
+        candidates = eval_num_candidates(dialogs, self.args.eval_num_candidates, source)
+        dataset = self._dataset(dialogs, source, num_candidates=candidates)
         batch_size = resolve_eval_batch_size(
             self.model, dataset, self.args, self.device, self.tokenizer.pad_token_id
         )
@@ -322,19 +344,11 @@ class ConvAIModel:
         )
         if ctx.enabled:
             sums = merge_sums(distributed.gather_objects((list(indexes), sums), ctx), len(dataset))
-        results = metrics_from_sums(sums, self.args.lm_coef, self.args.mc_coef)
+        words = reply_word_count(dialogs, dataset.index)
+        results = metrics_from_sums(sums, self.args.lm_coef, self.args.mc_coef, words)
+        results["eval_num_candidates"] = candidates
         labels, preds = results.pop("_labels"), results.pop("_preds")
-        results.update(apply_metric_fns(labels, preds, metric_fns or {}))
-        greedy = DecodingOptions.from_args(self.args, do_sample=False)
-        reply = partial(self.generate_replies, options=greedy)
-        if probe_items(dialogs):
-            results["persona_hits@1"] = persona_hits_at_1(dialogs, dataset.index, labels, preds)
-            results["persona_accuracy"] = persona_accuracy(reply, dialogs, silent=silent)
-        if generation:
-            results["generation_f1"] = generation_f1(reply, dialogs, silent=silent)
-        if repetition:
-            results["repetition_rate"] = repetition_rate(reply, dialogs, silent=silent)
-        return results
+        return results, dataset, labels, preds
 
     # ---------------------------------------------------------------- chatting
     def interact(self, personality: list[str] | None = None) -> None:
@@ -480,11 +494,12 @@ class ConvAIModel:
                 )
         return dialogs[:limit] if limit else dialogs
 
-    def _dataset(self, dialogs, source: str):
+    def _dataset(self, dialogs, source: str, num_candidates: int | None = None):
         """The examples of ``dialogs``: tokenized once and cached under
-        ``cache_dir/tokens/`` (see ``token_cache``), or in memory only with ``no_cache``."""
+        ``cache_dir/tokens/`` (see ``token_cache``), or in memory only with ``no_cache``.
+        ``num_candidates``: candidates per example (default: the training ``num_candidates``)."""
         options = EncodingOptions(
-            num_candidates=self.args.num_candidates,
+            num_candidates=num_candidates or self.args.num_candidates,
             max_history=self.args.max_history,
             max_tokens=context_size(self.model),
             personality_permutations=self.args.personality_permutations,

@@ -1,4 +1,4 @@
-"""Evaluation metrics (personachat.evaluation.metrics) and the TransferTransfo loss they report
+"""Evaluation metrics (personachat.evaluation) and the TransferTransfo loss they report
 (personachat.model.loading.double_heads_loss)."""
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from personachat.evaluation.metrics import (
     evaluate_batches,
     evaluation_sums,
     format_results,
-    generation_f1,
     macro_f1,
     merge_sums,
     metrics_from_sums,
     normalize_answer,
     word_f1,
 )
+from personachat.evaluation.replies import generation_f1
 from personachat.model.loading import LossOutput, double_heads_loss, load_model_and_tokenizer
 
 from .conftest import make_dialogs
@@ -263,3 +263,106 @@ def test_shares_evaluated_apart_add_up_to_the_whole_evaluation(model_and_example
     assert merged["num_examples"] == len(examples)
     for key in ("language_model_loss", "mc_loss", "eval_loss", "f1_score", "hits@1"):
         assert merged[key] == pytest.approx(whole[key], abs=1e-5), key
+
+
+# --- figures the field reports: hits@1 over 20 candidates, perplexity per word --------------
+
+
+def test_word_perplexity_of_two_replies_by_hand():
+    # Gold replies "I like the cats." (i like cats: 3 words, "the" is an article) and
+    # "Hello, world!" (hello world: 2 words); 10 nats over their 8 tokens in all.
+    dialogs = [
+        {
+            "personality": ["p"],
+            "utterances": [
+                {"history": ["h"], "candidates": ["x", "I like the cats."]},
+                {"history": ["h"], "candidates": ["x", "Hello, world!"]},
+            ],
+        }
+    ]
+    index = [(0, 0, ()), (0, 1, ())]
+    sums = {
+        "lm_sum": 10.0,
+        "lm_tokens": 8,
+        "mc_sum": 0.0,
+        "n_examples": 2,
+        "labels": [1, 1],
+        "preds": [1, 1],
+    }
+
+    words = evaluation.reply_word_count(dialogs, index)
+    results = metrics_from_sums(sums, 2.0, 1.0, reply_words=words)
+
+    assert words == 5
+    assert results["word_perplexity"] == pytest.approx(math.exp(10.0 / 5))
+    assert results["perplexity"] == pytest.approx(math.exp(10.0 / 8))
+    # An utterance evaluated twice (two persona orders) counts its words twice.
+    assert evaluation.reply_word_count(dialogs, [*index, (0, 1, (1, 0))]) == 7
+    assert "word_perplexity" not in metrics_from_sums(sums, 2.0, 1.0)
+
+
+def _ranking_loss(gold_ranks: list[int], candidates: int = 20):
+    """MC logits over ``candidates`` where the gold (last) candidate is ranked as given
+    (1: best) and the others score 0, 1, 2, ... in order."""
+    logits = torch.zeros(len(gold_ranks), candidates)
+    for row, rank in enumerate(gold_ranks):
+        others = torch.arange(candidates - 1, dtype=torch.float)  # 0 .. 18
+        gold = float(candidates - 1 - rank) + 0.5  # above candidates - rank others
+        logits[row, :-1] = others
+        logits[row, -1] = gold
+    out = _fake_loss(1.0, 1, 0.0, [0] * len(gold_ranks))
+    return LossOutput(out.loss, out.lm_loss, out.mc_loss, out.lm_loss_sum, 1, logits)
+
+
+def test_hits_at_1_over_20_candidates_with_a_known_ranking(monkeypatch):
+    # The gold reply (index 19) is ranked 1st, 2nd, 1st, 20th, 3rd: hits@1 = 2/5.
+    monkeypatch.setattr(
+        evaluation, "double_heads_loss", lambda *args: _ranking_loss([1, 2, 1, 20, 3])
+    )
+    batch = {"mc_labels": torch.full((5,), 19)}
+
+    results = evaluate_batches(
+        torch.nn.Identity(), [batch], 2.0, 1.0, torch.device("cpu"), silent=True
+    )
+
+    assert results["_preds"] == [19, 18, 19, 18, 18]
+    assert results["hits@1"] == pytest.approx(2 / 5)
+    assert evaluation.hits_at_1([19] * 5, results["_preds"]) == pytest.approx(2 / 5)
+
+
+def test_eval_num_candidates_defaults_to_every_candidate_the_data_has():
+    twenty = [{"personality": ["p"], "utterances": [{"history": [], "candidates": ["c"] * 20}]}]
+
+    assert evaluation.eval_num_candidates(twenty, None, "valid.json") == 20
+    assert evaluation.eval_num_candidates(twenty, 5, "valid.json") == 5
+    with pytest.raises(evaluation.EncodingError) as err:
+        evaluation.eval_num_candidates(twenty, 25, "valid.json")
+    assert str(err.value).startswith(
+        "valid.json: eval_num_candidates=25 but every utterance has 20 candidates"
+    )
+    assert "\n" not in str(err.value)
+    mixed = [
+        {
+            **twenty[0],
+            "utterances": [*twenty[0]["utterances"], {"history": [], "candidates": ["c"] * 4}],
+        }
+    ]
+    assert evaluation.eval_num_candidates(mixed, None, "v") == 4
+    with pytest.raises(evaluation.EncodingError, match="4 to 20 candidates .dialog 0, utterance 1"):
+        evaluation.eval_num_candidates(mixed, 5, "v")
+
+
+def test_scoring_candidates_in_chunks_gives_the_same_sums(model_and_examples):
+    model, special, examples = model_and_examples
+    batch = collate(examples, special.pad)  # 8 examples x 2 candidates
+    cpu = torch.device("cpu")
+
+    parts = evaluation.split_batch(batch, max_sequences=5)  # 2 examples (4 inputs) a part
+    chunked = evaluation_sums(model, [batch], 2.0, 1.0, cpu, silent=True, max_sequences=5)
+    whole = evaluation_sums(model, [batch], 2.0, 1.0, cpu, silent=True, max_sequences=None)
+
+    assert [p["input_ids"].shape[0] for p in parts] == [2, 2, 2, 2]
+    assert chunked["preds"] == whole["preds"] and chunked["labels"] == whole["labels"]
+    assert chunked["lm_tokens"] == whole["lm_tokens"]
+    assert chunked["lm_sum"] == pytest.approx(whole["lm_sum"], rel=1e-5)
+    assert chunked["mc_sum"] == pytest.approx(whole["mc_sum"], rel=1e-5)

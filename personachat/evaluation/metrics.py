@@ -3,6 +3,17 @@
 Every metric is computed over the whole evaluation set (token-weighted LM loss, MC
 predictions pooled before F1), never as an average of per-batch values, which is what made
 simpletransformers' ``f1_score`` depend on the batch size.
+
+Two figures are the ones the field reports (ConvAI2, TransferTransfo), so they compare:
+
+- ``hits@1`` ranks the gold reply among ``eval_num_candidates`` candidates (every candidate
+  the data has by default: 20 on Persona-Chat), whatever ``num_candidates`` training used;
+- ``word_perplexity`` is the summed negative log-likelihood of the gold replies divided by
+  their number of words (ConvAI2-normalised, :func:`normalize_answer`). ``perplexity`` is
+  the same per BPE token, which depends on the tokenizer and so compares only between
+  models that share one.
+
+Metrics of generated replies live in :mod:`.replies`, those of persona use in :mod:`.persona`.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from personachat.encoding.inputs import IGNORE_INDEX
+from personachat.encoding.inputs import IGNORE_INDEX, EncodingError
 from personachat.model.loading import double_heads_loss
 
 
@@ -58,6 +69,11 @@ def word_f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+# On the CPU a batch is scored at most this many candidate inputs at a time: with 20
+# candidates, eval_batch_size 8 is 160 sequences, whose activations would take gigabytes.
+CPU_MAX_SEQUENCES = 64
+
+
 def evaluate_batches(
     model,
     batches: Iterable[dict[str, torch.Tensor]],
@@ -75,6 +91,23 @@ def evaluate_batches(
     )
 
 
+def split_batch(batch: dict[str, torch.Tensor], max_sequences: int | None) -> list[dict]:
+    """``batch`` cut along its examples so that each part holds at most ``max_sequences``
+    candidate inputs (at least one example each); the whole batch when it fits or when
+    ``max_sequences`` is None. Losses are sums, so the parts add up to the batch."""
+    input_ids = batch.get("input_ids")
+    if max_sequences is None or input_ids is None or input_ids.dim() < 3:
+        return [batch]
+    examples, candidates = input_ids.shape[:2]
+    per_part = max(1, max_sequences // candidates)
+    if examples <= per_part:
+        return [batch]
+    return [
+        {key: value[start : start + per_part] for key, value in batch.items()}
+        for start in range(0, examples, per_part)
+    ]
+
+
 @torch.no_grad()
 def evaluation_sums(
     model,
@@ -84,9 +117,15 @@ def evaluation_sums(
     device: torch.device,
     autocast_dtype=None,
     silent: bool = False,
+    max_sequences: int | None = -1,
 ) -> dict:
     """The additive part of an evaluation (loss sums, counts, labels and predictions in batch
-    order): what processes that each evaluated a share of the data can add up."""
+    order): what processes that each evaluated a share of the data can add up.
+
+    ``max_sequences``: candidate inputs per forward pass (see :func:`split_batch`); the
+    default -1 means :data:`CPU_MAX_SEQUENCES` on the CPU and no limit elsewhere."""
+    if max_sequences == -1:
+        max_sequences = CPU_MAX_SEQUENCES if device.type == "cpu" else None
     model.eval()
     sums = {
         "lm_sum": 0.0,
@@ -96,40 +135,86 @@ def evaluation_sums(
         "labels": [],
         "preds": [],
     }
-    for batch in tqdm(batches, desc="Evaluating", disable=silent, leave=False):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with torch.autocast(
-            device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
-        ):
-            out = double_heads_loss(model, batch, lm_coef, mc_coef)
-        sums["lm_sum"] += float(out.lm_loss_sum)
-        sums["lm_tokens"] += out.lm_tokens
-        batch_size = batch["mc_labels"].numel()
-        sums["mc_sum"] += float(out.mc_loss) * batch_size
-        sums["n_examples"] += batch_size
-        sums["labels"] += batch["mc_labels"].tolist()
-        sums["preds"] += out.mc_logits.argmax(dim=-1).tolist()
+    for whole in tqdm(batches, desc="Evaluating", disable=silent, leave=False):
+        for batch in split_batch(whole, max_sequences):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with torch.autocast(
+                device.type,
+                dtype=autocast_dtype or torch.float32,
+                enabled=autocast_dtype is not None,
+            ):
+                out = double_heads_loss(model, batch, lm_coef, mc_coef)
+            sums["lm_sum"] += float(out.lm_loss_sum)
+            sums["lm_tokens"] += out.lm_tokens
+            batch_size = batch["mc_labels"].numel()
+            sums["mc_sum"] += float(out.mc_loss) * batch_size
+            sums["n_examples"] += batch_size
+            sums["labels"] += batch["mc_labels"].tolist()
+            sums["preds"] += out.mc_logits.argmax(dim=-1).tolist()
     return sums
 
 
-def metrics_from_sums(sums: dict, lm_coef: float, mc_coef: float) -> dict:
-    """The evaluation metrics of ``evaluation_sums`` (or of several added up)."""
+def hits_at_1(labels: Sequence[int], preds: Sequence[int]) -> float:
+    """Share of examples whose top-scored candidate is the gold one."""
+    if not labels:
+        return 0.0
+    return sum(y == p for y, p in zip(labels, preds, strict=True)) / len(labels)
+
+
+def capped_exp(nats: float) -> float:
+    """``exp(nats)``, capped at ``exp(50)`` so that a diverged model still reports a number."""
+    return math.exp(min(nats, 50.0))
+
+
+def metrics_from_sums(
+    sums: dict, lm_coef: float, mc_coef: float, reply_words: int | None = None
+) -> dict:
+    """The evaluation metrics of ``evaluation_sums`` (or of several added up).
+
+    ``reply_words``: the number of words of the evaluated gold replies
+    (:func:`reply_word_count`); with it, ``word_perplexity`` is reported too."""
     n_examples, labels, preds = sums["n_examples"], sums["labels"], sums["preds"]
     if n_examples == 0:
         raise ValueError("the evaluation data holds no utterances")
     lm_loss = sums["lm_sum"] / max(sums["lm_tokens"], 1)
     mc_loss = sums["mc_sum"] / n_examples
-    return {
+    results = {
         "language_model_loss": lm_loss,
-        "perplexity": math.exp(min(lm_loss, 50.0)),
+        "perplexity": capped_exp(lm_loss),
         "mc_loss": mc_loss,
         "eval_loss": lm_coef * lm_loss + mc_coef * mc_loss,
         "f1_score": macro_f1(labels, preds),
-        "hits@1": sum(y == p for y, p in zip(labels, preds, strict=True)) / n_examples,
+        "hits@1": hits_at_1(labels, preds),
         "num_examples": n_examples,
-        "_labels": labels,
-        "_preds": preds,
     }
+    if reply_words:
+        results["word_perplexity"] = word_perplexity(sums["lm_sum"], reply_words)
+    return {**results, "_labels": labels, "_preds": preds}
+
+
+def word_perplexity(nll_sum: float, words: int) -> float:
+    """ConvAI2's perplexity: ``exp(summed NLL of the gold replies / their number of words)``.
+
+    The NLL is summed over every predicted token of the replies (``<eos>`` included, as
+    ParlAI counts its end token), so a tokenizer that cuts words into more pieces pays for
+    each piece but is divided by the same number of words: figures compare across
+    tokenizers."""
+    if words <= 0:
+        raise ValueError("word perplexity needs at least one word")
+    return capped_exp(nll_sum / words)
+
+
+def reply_word_count(dialogs: Sequence[dict], index: Iterable[Sequence]) -> int:
+    """Words of the gold replies of the examples ``index`` lists (``(dialog, utterance,
+    ...)`` each, as a dataset's ``index``), counted after ConvAI2 normalisation."""
+    words: dict[tuple[int, int], int] = {}
+    total = 0
+    for d, u, *_ in index:
+        if (d, u) not in words:
+            gold = dialogs[d]["utterances"][u]["candidates"][-1]
+            words[d, u] = len(normalize_answer(gold).split())
+        total += words[d, u]
+    return total
 
 
 def merge_sums(shares: Sequence[tuple[Sequence[int], dict]], total: int) -> dict:
@@ -180,121 +265,35 @@ def apply_metric_fns(labels: list[int], preds: list[int], metric_fns: dict[str, 
     return {name: fn(labels, preds) for name, fn in metric_fns.items()}
 
 
-RepliesFn = Callable[[list[tuple[list[str], list[str]]]], list[str]]
-"""Answers a batch of (persona, history) conversations with one reply each."""
-
-
-def reply_all(
-    replies_fn: RepliesFn,
-    conversations: Sequence[tuple[list[str], list[str]]],
-    batch_size: int = 32,
-    desc: str = "Generating",
-    silent: bool = False,
-) -> list[str]:
-    """Replies to every conversation, ``batch_size`` at a time (one padded decoding call)."""
-    replies: list[str] = []
-    for start in tqdm(
-        range(0, len(conversations), batch_size), desc=desc, disable=silent, leave=False
-    ):
-        replies += replies_fn(list(conversations[start : start + batch_size]))
-    return replies
-
-
-def generation_f1(
-    replies_fn: RepliesFn, dialogs: Sequence[dict], limit: int | None = None, silent: bool = False
-) -> float:
-    """Mean word F1 of generated replies against the gold reply over the dialogs' utterances.
-
-    ``limit`` caps the number of utterances.
-    """
-    items = [
-        (d["personality"], u["history"], u["candidates"][-1])
-        for d in dialogs
-        for u in d["utterances"]
-    ]
-    items = items[:limit] if limit else items
-    replies = reply_all(replies_fn, [(p, h) for p, h, _ in items], silent=silent)
-    scores = [word_f1(reply, gold) for reply, (_, _, gold) in zip(replies, items, strict=True)]
-    return sum(scores) / len(scores) if scores else 0.0
-
-
 def format_results(results: dict) -> str:
     """simpletransformers' eval_results.txt format: ``key = value`` per line, sorted."""
     return "".join(f"{key} = {results[key]}\n" for key in sorted(results))
 
 
-def mentions(reply: str, value: str) -> bool:
-    """Whether the reply states the value as whole words ("tea" does not match "teacher")."""
-    return re.search(rf"(?<!\w){re.escape(value.lower())}(?!\w)", reply.lower()) is not None
+def eval_num_candidates(dialogs: Sequence[dict], requested: int | None, source: str) -> int:
+    """How many candidates hits@1 ranks the gold reply among: ``requested``, or, when None,
+    every candidate the data has (the fewest any utterance has: batches need one count).
 
-
-def probe_items(dialogs: Sequence[dict]) -> list[tuple[int, int, str]]:
-    """(dialog index, utterance index, expected value) of every annotated persona probe."""
-    return [
-        (d, u, utt["probe"]["value"])
+    A ``requested`` count larger than the data has is an EncodingError saying how many
+    there are."""
+    counts = [
+        (len(u["candidates"]), d, j)
         for d, dialog in enumerate(dialogs)
-        for u, utt in enumerate(dialog["utterances"])
-        if isinstance(utt.get("probe"), dict) and isinstance(utt["probe"].get("value"), str)
+        for j, u in enumerate(dialog["utterances"])
     ]
-
-
-def persona_accuracy(
-    replies_fn: RepliesFn, dialogs: Sequence[dict], silent: bool = False
-) -> float | None:
-    """Share of probes whose reply contains the persona's value (None: no probes in data)."""
-    probes = probe_items(dialogs)
-    if not probes:
-        return None
-    conversations = [
-        (dialogs[d]["personality"], dialogs[d]["utterances"][u]["history"]) for d, u, _ in probes
-    ]
-    replies = reply_all(replies_fn, conversations, desc="Persona probes", silent=silent)
-    return sum(mentions(r, value) for r, (_, _, value) in zip(replies, probes, strict=True)) / len(
-        probes
+    if not counts:
+        raise EncodingError(f"{source}: no utterances to evaluate")
+    fewest, d, j = min(counts)
+    if requested is None or requested <= fewest:
+        return fewest if requested is None else requested
+    most = max(n for n, _, _ in counts)
+    have = (
+        f"every utterance has {fewest} candidates"
+        if most == fewest
+        else f"utterances have {fewest} to {most} candidates (dialog {d}, utterance {j} "
+        f"has {fewest})"
     )
-
-
-def persona_hits_at_1(
-    dialogs: Sequence[dict], index: Sequence[tuple], labels: Sequence[int], preds: Sequence[int]
-) -> float | None:
-    """MC accuracy restricted to probe utterances; ``index[i]`` = (dialog, utterance, …)."""
-    probes = {(d, u) for d, u, _ in probe_items(dialogs)}
-    picks = [
-        y == p for (d, u, *_), y, p in zip(index, labels, preds, strict=True) if (d, u) in probes
-    ]
-    return sum(picks) / len(picks) if picks else None
-
-
-def repetition_rate(replies_fn: RepliesFn, dialogs: Sequence[dict], silent: bool = False) -> float:
-    """Share of the bot's replies that repeat one of its earlier replies in the same dialog.
-
-    The bot talks to each dialog's partner messages with its *own* replies in the history
-    (self-play against a scripted partner), which is where repetition shows up. All dialogs
-    advance turn by turn together, so each turn is one batched decoding call.
-    """
-    histories: list[list[str]] = [[] for _ in dialogs]
-    said: list[set[str]] = [set() for _ in dialogs]
-    repeats = total = 0
-    for turn in range(max((len(d["utterances"]) for d in dialogs), default=0)):
-        active = [i for i, d in enumerate(dialogs) if turn < len(d["utterances"])]
-        for i in active:
-            history = dialogs[i]["utterances"][turn]["history"]
-            histories[i].append(history[-1] if history else "")
-        replies = reply_all(
-            replies_fn,
-            [(dialogs[i]["personality"], histories[i]) for i in active],
-            desc=f"Self-play turn {turn + 1}",
-            silent=silent,
-        )
-        for i, reply in zip(active, replies, strict=True):
-            key = normalize_answer(reply)
-            repeats += key in said[i]
-            total += 1
-            said[i].add(key)
-            histories[i].append(reply)
-    return repeats / total if total else 0.0
-
-
-def without_persona(dialogs: Sequence[dict]) -> list[dict]:
-    """The ablation: the same dialogs with every persona removed from the model's input."""
-    return [{**dialog, "personality": []} for dialog in dialogs]
+    raise EncodingError(
+        f"{source}: eval_num_candidates={requested} but {have} — set eval_num_candidates "
+        f"to at most {fewest}, or leave it unset to rank among every candidate the data has"
+    )
