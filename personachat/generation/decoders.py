@@ -156,6 +156,24 @@ class StaticKVDecoder(Decoder):
         wte = self.body.wte
         return wte(ids) + self.body.wpe(positions) + wte(types)
 
+    def _attn_input(self, block, x: torch.Tensor) -> torch.Tensor:
+        return layer_norm(block.ln_1, x)
+
+    def _final(self, x: torch.Tensor) -> torch.Tensor:
+        return layer_norm(self.body.ln_f, x)
+
+    def _attend(self, block, q, k, v, attn_mask, causal: bool | None = None) -> torch.Tensor:
+        """Attention of queries ``q`` over keys ``k``; causal (no mask) when ``attn_mask`` is
+        None unless ``causal`` says otherwise (a one-token step sees every key)."""
+        return F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=attn_mask is None if causal is None else causal,
+            scale=block.attn.scaling,
+        )
+
     def _split(self, block, hidden: torch.Tensor):
         batch, length, _ = hidden.shape
         attn = block.attn
@@ -218,8 +236,8 @@ class StaticKVDecoder(Decoder):
         x = self._embed(input_ids[:, start:], token_types[:, start:], positions[:, start:])
         self.keys, self.values = [], []
         for layer, block in enumerate(self.blocks):
-            q, k, v = self._split(block, layer_norm(block.ln_1, x))
-            key_buf = k.new_empty(batch, self.heads, self.capacity, k.shape[-1])
+            q, k, v = self._split(block, self._attn_input(block, x))
+            key_buf = k.new_empty(batch, k.shape[1], self.capacity, k.shape[-1])
             value_buf = torch.empty_like(key_buf)
             # Padding is never attended to, but a NaN the allocator left there would still
             # poison the masked sums: zeros before the block, the block's own values in it.
@@ -235,17 +253,12 @@ class StaticKVDecoder(Decoder):
                     value_buf[row, :, at : at + cached_v.shape[1]] = cached_v
             self.keys.append(key_buf)
             self.values.append(value_buf)
-            attended = F.scaled_dot_product_attention(
-                q,
-                key_buf[:, :, :width],
-                value_buf[:, :, :width],
-                attn_mask=attn_mask,
-                is_causal=attn_mask is None,
-                scale=block.attn.scaling,
+            attended = self._attend(
+                block, q, key_buf[:, :, :width], value_buf[:, :, :width], attn_mask
             )
             x = self._finish_block(block, x, attended)
         self.length = width
-        return layer_norm(self.body.ln_f, x[:, -1])
+        return self._final(x[:, -1])
 
     @staticmethod
     def _prefix_keys(
@@ -295,12 +308,10 @@ class StaticKVDecoder(Decoder):
         x = self._embed(ids, types, positions)
         layers = []
         for index, block in enumerate(self.blocks):
-            q, k, v = self._split(block, layer_norm(block.ln_1, x))
+            q, k, v = self._split(block, self._attn_input(block, x))
             layers.append((k, v))
             if index + 1 < len(self.blocks):  # the last block's output is not needed
-                attended = F.scaled_dot_product_attention(
-                    q, k, v, is_causal=True, scale=block.attn.scaling
-                )
+                attended = self._attend(block, q, k, v, None)
                 x = self._finish_block(block, x, attended)
         return [
             [(k[m, :, : len(ids_)].clone(), v[m, :, : len(ids_)].clone()) for k, v in layers]
@@ -315,19 +326,15 @@ class StaticKVDecoder(Decoder):
         attn_mask = None if self.all_ok else self.key_ok[:, :, :, : at + 1]
         x = self._embed(ids, types, positions)
         for block, key_buf, value_buf in zip(self.blocks, self.keys, self.values, strict=True):
-            q, k, v = self._split(block, layer_norm(block.ln_1, x))
+            q, k, v = self._split(block, self._attn_input(block, x))
             key_buf[:, :, at : at + 1] = k
             value_buf[:, :, at : at + 1] = v
-            attended = F.scaled_dot_product_attention(
-                q,
-                key_buf[:, :, : at + 1],
-                value_buf[:, :, : at + 1],
-                attn_mask=attn_mask,
-                scale=block.attn.scaling,
+            attended = self._attend(
+                block, q, key_buf[:, :, : at + 1], value_buf[:, :, : at + 1], attn_mask, False
             )
             x = self._finish_block(block, x, attended)
         self.length = at + 1
-        return layer_norm(self.body.ln_f, x[:, -1])
+        return self._final(x[:, -1])
 
 
 def tanh_gelu_(x: torch.Tensor) -> torch.Tensor:
