@@ -6,11 +6,16 @@ The modules, in the order a request meets them:
 - ``store``: sessions (persona + messages) in SQLite, so a restarted server continues them;
 - ``batcher``: concurrent replies for different sessions gathered into one batched
   ``ConvAIModel.generate_replies`` call, run in a worker thread;
+- ``bodies``: the JSON bodies the API accepts (every string valid Unicode);
+- ``guard``: middleware refusing a request before routing (Host, API key, body size);
+- ``service``: sessions and turns behind the routes; ``responses``: errors as JSON;
 - ``app``: the FastAPI routes and the chat page (``static/``);
-- ``command``: the ``personachat serve`` subcommand (uvicorn).
+- ``server``: uvicorn with the socket options and the header timeout it lacks;
+- ``command``: the ``personachat serve`` subcommand.
 
-Only ``app`` and ``command`` need FastAPI and uvicorn (the ``serve`` extra), and they are
-imported only when a server is started, so ``import personachat`` works without them.
+``settings``, ``store`` and ``batcher`` are plain Python; the others need FastAPI and uvicorn
+(the ``serve`` extra) and are imported only when a server is started, so ``import personachat``
+works without them.
 """
 
 from personachat.serve.settings import ServeSettings

@@ -7,6 +7,10 @@ arrival for others to join (less once ``max_batch_size`` are there); the batch t
 worker thread, and the requests arriving meanwhile form the next batch, which starts as soon
 as the model is free. Requests with different decoding options
 cannot share a decoding loop, so a gathered batch is split into one call per set of options.
+A batch never fails as a whole for one member: when a batched call raises, each of its
+requests is run again alone, and only those that fail alone get the error. (A streaming
+request may then see its reply start over: its next ``token`` event's ``text`` is not an
+extension of the previous one.)
 
 The event loop never runs the model: it only collects requests and hands results back.
 ``on_token`` callbacks are called in the worker thread; the app passes them on to the loop
@@ -16,6 +20,7 @@ with ``call_soon_threadsafe``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -23,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from personachat.generation.generate import DecodingOptions
+
+log = logging.getLogger("personachat.serve")
 
 Conversation = tuple[list[str], list[str]]  # (personality, history ending with the message)
 # ConvAIModel.generate_replies(conversations, options, on_token, stream) -> replies; only the
@@ -185,10 +192,17 @@ class Batcher:
                 if not job.future.done():
                     job.future.set_exception(RuntimeError("the server is shutting down"))
             raise
-        except Exception as err:  # the model failed: every request of this batch learns why
+        except Exception as err:
+            if len(group) == 1:  # the model failed on this request: it alone learns why
+                if not group[0].future.done():
+                    group[0].future.set_exception(err)
+                return
+            # One request may have broken the whole batch: each is answered alone instead,
+            # so only a faulty one fails and the others still get their replies.
+            log.warning("a batch of %d failed (%r); answering them one by one", len(group), err)
             for job in group:
                 if not job.future.done():
-                    job.future.set_exception(err)
+                    await self._run_group(loop, options, [job])
             return
         self.stats.record(len(group), seconds, cpu_seconds)
         for job, reply in zip(group, replies, strict=True):

@@ -14,6 +14,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from personachat.errors import PersonachatError
 from personachat.serve.settings import ServeSettings
 
 API_KEY_ENV = "PERSONACHAT_API_KEY"
@@ -57,7 +58,7 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(mallopt(m_trim_threshold, 2**30))
 
 
-class ServeError(ValueError):
+class ServeError(PersonachatError, ValueError):
     """A problem starting the server that the user can fix (the CLI prints it in one line)."""
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from personachat.errors import PersonachatError
 from personachat.generation.generate import DecodingOptions
 
 # Decoding options a request may set. max_history and rerank_samples stay the model's: the
@@ -27,7 +28,7 @@ REQUEST_OPTIONS = (
 )
 
 
-class RequestError(Exception):
+class RequestError(PersonachatError):
     """A request the server refuses: HTTP status, a stable code, a message saying what to do.
 
     ``extra`` carries machine-readable details, e.g. ``{"limit": "max_message_chars",
@@ -103,8 +104,30 @@ class ServeSettings:
         return {k: v for k, v in asdict(self).items() if k != "api_key"}
 
 
+def unicode_problem(text: str) -> str | None:
+    """What makes ``text`` invalid Unicode (a lone surrogate, which JSON can escape as
+    ``"\\ud800"`` but UTF-8 cannot encode), or None when it is valid."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return (
+            f"not valid Unicode: a lone surrogate (\\u{ord(text[err.start]):04x}) at "
+            f"character {err.start}; send text that UTF-8 can encode"
+        )
+    return None
+
+
+def check_unicode(text: str, field: str) -> None:
+    """Refuse ``text`` with a 422 naming ``field`` when it is not valid Unicode."""
+    problem = unicode_problem(text)
+    if problem:
+        raise RequestError(422, "invalid_unicode", f"{field}: {problem}", field=field)
+
+
 def clean_text(text: str, settings: ServeSettings) -> str:
-    """The user's message without surrounding whitespace; refused if empty or too long."""
+    """The user's message without surrounding whitespace; refused if empty, too long or not
+    valid Unicode."""
+    check_unicode(text, "text")
     text = text.strip()
     if not text:
         raise RequestError(422, "empty_text", "text is empty: send a message with some words")
@@ -119,9 +142,11 @@ def clean_text(text: str, settings: ServeSettings) -> str:
 
 
 def clean_personality(sentences: list[str], settings: ServeSettings) -> list[str]:
-    """Persona sentences without surrounding whitespace; refused if empty or too large."""
+    """Persona sentences without surrounding whitespace; refused if empty, too large or not
+    valid Unicode."""
     cleaned = [s.strip() for s in sentences]
     for i, sentence in enumerate(cleaned):
+        check_unicode(sentence, f"personality[{i}]")
         if not sentence:
             raise RequestError(
                 422,

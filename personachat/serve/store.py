@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from personachat.errors import PersonachatError
+
 SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -43,7 +45,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_client_id
 """
 
 
-class StoreError(Exception):
+class StoreError(PersonachatError):
     """The session database cannot be opened or used; the message says which file and why."""
 
 

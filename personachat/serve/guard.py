@@ -1,0 +1,105 @@
+"""The guard: ASGI middleware that refuses a request before routing or parsing it.
+
+Checked in this order: the API key on ``/v1`` routes (401), then the body size (413). The body
+is read here (at most ``max_body_bytes``) and handed on whole, so a huge or endless body is
+refused before any JSON parsing.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+from personachat.serve.settings import RequestError, ServeSettings, limit_error
+
+Headers = dict[str, bytes]
+
+
+class Guard:
+    """ASGI middleware run before routing (see the module doc)."""
+
+    def __init__(self, app, settings: ServeSettings) -> None:
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
+        refusal = self.key_refusal(scope["path"], headers)
+        if refusal is not None:
+            return await send_error(send, refusal, [(b"www-authenticate", b"Bearer")])
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        try:
+            body = await self.read_body(headers, receive)
+        except RequestError as err:
+            return await send_error(send, err)
+        if body is None:  # the client left
+            return
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # then: the disconnect, for streaming responses
+
+        await self.app(scope, replay, send)
+
+    def key_refusal(self, path: str, headers: Headers) -> RequestError | None:
+        """A 401 when ``path`` is a /v1 route and the API key is missing or wrong."""
+        if not self.settings.api_key or not (path + "/").startswith("/v1/"):
+            return None
+        given = headers.get("x-api-key", b"")
+        auth = headers.get("authorization", b"")
+        if auth[:7].lower() == b"bearer ":
+            given = auth[7:].strip()
+        if secrets.compare_digest(given, self.settings.api_key.encode()):
+            return None
+        return RequestError(
+            401,
+            "unauthorized",
+            "this server needs an API key: send it as the X-API-Key "
+            "header or as Authorization: Bearer KEY",
+        )
+
+    async def read_body(self, headers: Headers, receive) -> bytes | None:
+        """The whole body, refused (413) as soon as it is larger than the limit; None when
+        the client disconnected."""
+        limit = self.settings.max_body_bytes
+        too_large = limit_error(413, "max_body_bytes", limit, "the request body is too large")
+        try:
+            if int(headers.get("content-length", b"0")) > limit:
+                raise too_large
+        except ValueError:
+            raise RequestError(400, "bad_request", "Content-Length is not a number") from None
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > limit:
+                raise too_large
+        return body
+
+
+async def send_error(
+    send, error: RequestError, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answer ``error`` as JSON straight from the middleware (no route ran)."""
+    content = json.dumps(error.body()).encode()  # ASCII escapes: always encodable
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(content)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": content})

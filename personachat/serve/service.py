@@ -1,0 +1,326 @@
+"""The chat service behind the routes: sessions, turns, limits (no HTTP here).
+
+A turn (one message and its reply) runs as its own task, apart from the request that started
+it: turns of one session run one after another (each sees the previous reply), turns of
+different sessions meet in the batcher, and a client that disconnects mid-reply does not stop
+its turn, which is stored whole (``GET`` shows it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import replace
+from typing import Any
+
+from personachat.errors import PersonachatError
+from personachat.generation.generate import DecodingOptions
+from personachat.model.loading import context_size
+from personachat.serve.batcher import Batcher
+from personachat.serve.bodies import MessageBody, Options
+from personachat.serve.settings import (
+    RequestError,
+    ServeSettings,
+    clean_personality,
+    clean_text,
+    decoding_options,
+    limit_error,
+    server_defaults,
+)
+from personachat.serve.store import Message, Session, SessionNotFound, SessionStore, Turn
+
+log = logging.getLogger("personachat.serve")
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+DRAIN_SECONDS = 60.0  # how long shutdown waits for replies still being decoded
+
+
+class KeyedLocks:
+    """One asyncio lock per key, forgotten when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, list] = {}  # key -> [lock, users]
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        entry = self._locks.setdefault(key, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._locks[key]
+
+
+class TurnWriter:
+    """Stores finished turns; those that finish together go in one transaction.
+
+    The turns of a batch all finish at the same moment; stored one by one, each would wait
+    for the disk syncs of the others (about 3 ms each), and the clients of a batch of 32
+    would come back 0.1 s apart instead of together.
+    """
+
+    def __init__(self, store: SessionStore, keep: int) -> None:
+        self.store, self.keep = store, keep
+        self._pending: list[tuple[Turn, asyncio.Future]] = []
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="personachat-turn-writer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+
+    async def write(self, turn: Turn) -> tuple[Message, Message]:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((turn, future))
+        self._wakeup.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            while not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            group, self._pending = self._pending, []
+            try:
+                results = await asyncio.to_thread(
+                    self.store.append_turns, [turn for turn, _ in group], self.keep
+                )
+            except Exception as err:  # the database failed: every waiting turn learns why
+                results = [err] * len(group)
+            for (_, future), result in zip(group, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+
+class ChatService:
+    """Sessions, turns and limits; the routes below are thin wrappers around it."""
+
+    def __init__(self, model, store: SessionStore, settings: ServeSettings) -> None:
+        room = context_size(model.model) - 16  # a reply must leave room for the conversation
+        if settings.max_reply_tokens > room:
+            log.warning(
+                "max_reply_tokens lowered to %d: the model's context is %d tokens",
+                max(1, room),
+                room + 16,
+            )
+            settings = replace(settings, max_reply_tokens=max(1, room))
+        self.model, self.store, self.settings = model, store, settings
+        self.defaults = server_defaults(DecodingOptions.from_args(model.args), settings)
+        self.batcher = Batcher(
+            model.generate_replies, settings.max_batch_size, settings.batch_window_ms / 1000
+        )
+        self.writer = TurnWriter(store, settings.max_history_kept)
+        self.locks = KeyedLocks()
+        self.turns: set[asyncio.Task] = set()
+        self.in_flight = 0
+
+    # ---------------------------------------------------------------- sessions
+    async def personality(self, sentences: list[str] | None) -> list[str]:
+        if sentences:
+            return clean_personality(sentences, self.settings)
+        try:  # may read Persona-Chat from disk or the network: not on the event loop
+            return await asyncio.to_thread(self.model.random_personality)
+        except Exception as err:
+            raise RequestError(
+                422,
+                "no_personas",
+                "this model has no personas saved beside it (personas.json) and "
+                f"none could be loaded ({err}); send a personality",
+            ) from err
+
+    async def create(self, sentences: list[str] | None) -> dict:
+        personality = await self.personality(sentences)
+        session = await asyncio.to_thread(self.store.create, secrets.token_urlsafe(24), personality)
+        return session.to_json()
+
+    async def get(self, session_id: str) -> dict:
+        return self._read(session_id).to_json()
+
+    async def set_personality(self, session_id: str, sentences: list[str] | None) -> dict:
+        self._read(session_id, 0)  # 404 before drawing a persona
+        personality = await self.personality(sentences)
+        return (await self._write(self.store.set_personality, session_id, personality)).to_json()
+
+    async def delete(self, session_id: str) -> None:
+        await self._write(self.store.delete, session_id)
+
+    def _read(self, session_id: str, last: int | None = None) -> Session:
+        """A session (with its ``last`` messages); an unknown or malformed id is a 404.
+        Read on the event loop: WAL reads never wait for the writer and take microseconds."""
+        if not SESSION_ID.fullmatch(session_id):
+            raise not_found(session_id)
+        try:
+            return self.store.get(session_id, last)
+        except SessionNotFound:
+            raise not_found(session_id) from None
+
+    async def _write(self, fn: Callable, session_id: str, *args: Any) -> Any:
+        """A store write in a thread (it waits for the disk); an unknown id is a 404."""
+        if not SESSION_ID.fullmatch(session_id):
+            raise not_found(session_id)
+        try:
+            return await asyncio.to_thread(fn, session_id, *args)
+        except SessionNotFound:
+            raise not_found(session_id) from None
+
+    # ---------------------------------------------------------------- turns
+    async def start_turn(
+        self, session_id: str, body: MessageBody, events: asyncio.Queue | None = None
+    ) -> asyncio.Task:
+        """Check the request, then run its turn as a task of its own (see the module doc)."""
+        text = clean_text(body.text, self.settings)
+        options = decoding_options(
+            body.options.model_dump(exclude_none=True) if body.options else None,
+            self.defaults,
+            self.settings,
+        )
+        self._read(session_id, 0)
+        if self.in_flight >= self.settings.max_in_flight:
+            raise limit_error(
+                429,
+                "max_in_flight",
+                self.settings.max_in_flight,
+                "too many requests are being answered; retry in a moment",
+            )
+        self.in_flight += 1
+        task = asyncio.create_task(self._turn(session_id, text, options, body.client_id, events))
+        self.turns.add(task)
+        task.add_done_callback(self._turn_done)
+        return task
+
+    def _turn_done(self, task: asyncio.Task) -> None:
+        self.turns.discard(task)
+        self.in_flight -= 1
+        if not task.cancelled():
+            task.exception()  # retrieved here: its client may be gone
+
+    async def _turn(
+        self,
+        session_id: str,
+        text: str,
+        options: DecodingOptions,
+        client_id: str | None,
+        events: asyncio.Queue | None,
+    ) -> dict:
+        try:
+            result = await self._reply(session_id, text, options, client_id, events)
+        except RequestError as err:
+            if events is not None:
+                events.put_nowait(("error", err.body()))
+            raise
+        except Exception as err:
+            err = reply_error(err)
+            if events is not None:
+                events.put_nowait(("error", err.body()))
+            raise err from None
+        if events is not None:
+            events.put_nowait(("done", result))
+        return result
+
+    async def _reply(
+        self,
+        session_id: str,
+        text: str,
+        options: DecodingOptions,
+        client_id: str | None,
+        events: asyncio.Queue | None,
+    ) -> dict:
+        async with self.locks.hold(session_id):
+            if client_id is not None:
+                stored = self.store.find_turn(session_id, client_id)
+                if stored is not None:
+                    return turn_json(*stored, options, replayed=True)
+            # Only the turns the model reads (max_history) are fetched, not the whole history.
+            session = self._read(session_id, 2 * options.max_history)
+            history = [m.text for m in session.messages] + [text]
+            on_token = None
+            if events is not None:
+                on_token = token_forwarder(asyncio.get_running_loop(), events)
+            reply = await self.batcher.reply(session.personality, history, options, on_token)
+            try:
+                user, bot = await self.writer.write(Turn(session_id, text, reply, client_id))
+            except SessionNotFound:  # deleted while the reply was being decoded
+                raise not_found(session_id) from None
+            except sqlite3.IntegrityError:
+                raise RequestError(
+                    409,
+                    "duplicate_client_id",
+                    "a message with this client_id is already stored in this "
+                    "session; send a new client_id for a new message",
+                ) from None
+            return turn_json(user, bot, options, replayed=False)
+
+    async def drain(self) -> None:
+        """Let the turns being answered finish (and be stored) before the server stops."""
+        if self.turns:
+            log.info("waiting for %d replies to finish", len(self.turns))
+            await asyncio.wait(set(self.turns), timeout=DRAIN_SECONDS)
+
+
+def reply_error(err: Exception) -> RequestError:
+    """A failed reply as its client's error. The batcher re-runs a failed batch one request at
+    a time, so an error here belongs to this request alone: a ``PersonachatError`` or
+    ``ValueError`` (the model refused to encode the conversation) is the input's fault (422);
+    anything else is the server's (500, logged with its traceback)."""
+    if isinstance(err, PersonachatError | ValueError):
+        log.warning("a reply was refused: %s", err)
+        return RequestError(
+            422,
+            "unprocessable_input",
+            f"the model cannot read this conversation ({type(err).__name__}: {err}); "
+            "change the message or the persona",
+        )
+    log.error("reply failed", exc_info=err)
+    return RequestError(500, "generation_failed", f"the model failed to reply: {err}")
+
+
+def turn_json(user: Message, bot: Message, options: DecodingOptions, replayed: bool) -> dict:
+    return {
+        "reply": bot.text,
+        "messages": [user.to_json(), bot.to_json()],
+        "options": {k: getattr(options, k) for k in Options.model_fields},
+        "replayed": replayed,
+    }
+
+
+def token_forwarder(
+    loop: asyncio.AbstractEventLoop, events: asyncio.Queue
+) -> Callable[[str], None]:
+    """An ``on_token(text_so_far)`` for the decoding thread that queues ``token`` events
+    (the new text and the whole text so far) on the event loop."""
+    sent = ""
+
+    def on_token(text: str) -> None:
+        nonlocal sent
+        delta = text[len(sent) :] if text.startswith(sent) else text
+        if text != sent:
+            sent = text
+            loop.call_soon_threadsafe(events.put_nowait, ("token", {"delta": delta, "text": text}))
+
+    return on_token
+
+
+def not_found(session_id: str) -> RequestError:
+    return RequestError(
+        404,
+        "session_not_found",
+        "no session with this id (it never existed or was deleted); "
+        "create one with POST /v1/sessions",
+    )
