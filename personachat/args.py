@@ -2,9 +2,10 @@
 
 Names and defaults follow ``simpletransformers.config.model_args.ConvAIArgs`` so that a user's
 existing ``train_args = {...}`` dict keeps working unchanged. Options simpletransformers had
-but that make no sense here (wandb, quantization, thread counts) are still accepted and
-ignored, so old dicts load; a key neither library knows is an error that names the closest
-valid key.
+but that make no sense here (wandb, quantization, thread counts) are still accepted, so old
+dicts load, and set to anything but their default print one warning that they have no effect
+(``personachat.compat``); a key neither library knows is an error that names the closest
+valid key. Values are coerced to their declared types by ``personachat.option_values``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from personachat.compat import IGNORED_SIMPLETRANSFORMERS_ARGS, warn_if_unused
 from personachat.errors import PersonachatError
 from personachat.fs import write_file_atomic
+from personachat.option_values import EXPECTED, coerce, is_int
 
 ARGS_FILE = "model_args.json"
 CACHE_DIR_ENV = "PERSONACHAT_CACHE_DIR"
@@ -179,11 +182,13 @@ class ConvAIArgs:
             raise ArgsError(f"args must be a dict or ConvAIArgs, got {type(new_values).__name__}")
         known = {f.name: f for f in fields(self)}
         for key, value in new_values.items():
-            if key in IGNORED_SIMPLETRANSFORMERS_ARGS:
-                continue
-            if key not in known:
+            if key in known:
+                warn_if_unused(key, value, _field_default(known[key]))
+                setattr(self, key, _coerce(key, value))
+            elif key in IGNORED_SIMPLETRANSFORMERS_ARGS:
+                warn_if_unused(key, value, IGNORED_SIMPLETRANSFORMERS_ARGS[key])
+            else:
                 raise ArgsError(unknown_key_message(key, list(known)))
-            setattr(self, key, _coerce(key, value))
         self.validate()
         return self
 
@@ -201,18 +206,18 @@ class ConvAIArgs:
             value = getattr(self, name)
             if name in AUTO_OPTIONS and value == "auto":
                 continue
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 also = " or 'auto'" if name in AUTO_OPTIONS else ""
                 raise ArgsError(f"{name} must be a positive integer{also}, got {value!r}")
         if self.eval_num_candidates is not None and (
-            not _is_int(self.eval_num_candidates) or self.eval_num_candidates < 1
+            not is_int(self.eval_num_candidates) or self.eval_num_candidates < 1
         ):
             raise ArgsError(
                 "eval_num_candidates must be a positive integer or null (every candidate "
                 f"the data has), got {self.eval_num_candidates!r}"
             )
         if self.process_count is not None and (
-            not _is_int(self.process_count) or self.process_count < 1
+            not is_int(self.process_count) or self.process_count < 1
         ):
             raise ArgsError(
                 f"process_count must be a positive integer or null (cpu_count() - 2), "
@@ -230,7 +235,7 @@ class ConvAIArgs:
                 "(use do_sample=False for greedy decoding)"
             )
         if self.save_total_limit is not None and (
-            not _is_int(self.save_total_limit) or self.save_total_limit < 1
+            not is_int(self.save_total_limit) or self.save_total_limit < 1
         ):
             raise ArgsError(
                 f"save_total_limit must be a positive integer or null (keep every "
@@ -261,7 +266,7 @@ class ConvAIArgs:
                 f"adafactor_eps must be two numbers (squared-gradient and scale epsilons), "
                 f"got {self.adafactor_eps!r}"
             )
-        if not _is_int(self.plateau_patience) or self.plateau_patience < 1:
+        if not is_int(self.plateau_patience) or self.plateau_patience < 1:
             raise ArgsError(
                 f"plateau_patience must be a positive integer, got {self.plateau_patience!r}"
             )
@@ -313,33 +318,9 @@ SCHEDULERS = (
 NOT_LOADED_FROM_FILES = frozenset({"trust_remote_pickle"})
 
 
-# Options simpletransformers users may still pass; accepted so old dicts run, but unused here.
-IGNORED_SIMPLETRANSFORMERS_ARGS = frozenset(
-    {
-        "custom_layer_parameters",
-        "custom_parameter_groups",
-        "dynamic_quantize",
-        "encoding",
-        "local_rank",
-        "loss_type",
-        "loss_args",
-        "max_seq_length",
-        "multiprocessing_chunksize",
-        "n_gpu",
-        "not_saved_args",
-        "quantized_model",
-        "skip_special_tokens",
-        "thread_count",
-        "tokenizer_type",
-        "train_custom_parameters_only",
-        "use_cached_eval_features",
-        "use_hf_datasets",
-        "use_multiprocessing_for_evaluation",
-        "wandb_kwargs",
-        "wandb_project",
-        "no_sample",
-    }
-)
+def _field_default(spec: dataclasses.Field) -> Any:
+    """The default of a ConvAIArgs option."""
+    return spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
 
 
 def unknown_key_message(key: str, valid: list[str]) -> str:
@@ -350,20 +331,6 @@ def unknown_key_message(key: str, valid: list[str]) -> str:
 
 # Options that also take the string "auto" (a size probed on the GPU) besides an integer.
 AUTO_OPTIONS = frozenset({"train_batch_size", "eval_batch_size"})
-
-_EXPECTED = {
-    bool: "true or false",
-    int: "an integer",
-    float: "a number",
-    str: "a string",
-    dict: "a mapping (dict)",
-    tuple: "a list of numbers",
-}
-
-
-def _is_int(value: Any) -> bool:
-    """An integer, and not a bool (``True`` is an int to Python, never a size to a user)."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @functools.cache
@@ -381,19 +348,17 @@ def _declared_types() -> dict[str, tuple[type, bool]]:
 def _expected(key: str) -> str:
     """What ``key`` takes, in words, for error messages."""
     kind, nullable = _declared_types()[key]
-    words = _EXPECTED.get(kind, kind.__name__)
+    words = EXPECTED.get(kind, kind.__name__)
     if key in AUTO_OPTIONS:
         words += " or 'auto'"
     return words + (" or null" if nullable else "")
 
 
 def _coerce(key: str, value: Any) -> Any:
-    """``value`` as option ``key``'s declared type, or ArgsError naming the key, the value
-    and the type. Values from YAML or the command line are coerced lightly ("16" -> 16,
-    "false" -> False, 2.0 -> 2), so a wrong type is reported here rather than failing later
-    deep inside validation or torch."""
+    """``value`` as option ``key``'s declared type (see ``personachat.option_values``), or
+    ArgsError naming the key, the value and the type, so a wrong type is reported here rather
+    than failing later deep inside validation or torch."""
     kind, nullable = _declared_types()[key]
-    wrong = ArgsError(f"{key} must be {_expected(key)}, got {value!r}")
     if value is None:
         if nullable:
             return None
@@ -404,45 +369,12 @@ def _coerce(key: str, value: Any) -> Any:
         )
     if key in AUTO_OPTIONS and value == "auto":
         return value
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise wrong
-    if isinstance(value, bool):  # True would pass below as the number 1
-        raise wrong
-    if kind is int:
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise wrong
-    if kind is float:
-        if key == "top_k" and isinstance(value, int):
-            return value  # a count; typed float only as simpletransformers types it
-        if isinstance(value, int | float | str):
-            try:
-                return float(value)
-            except (ValueError, OverflowError):
-                pass
-        raise wrong
-    if kind is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, os.PathLike | int):  # a Path, or a folder named 2024 in YAML
-            return str(value)
-        raise wrong
-    if kind is tuple and isinstance(value, list):  # a tuple read back from JSON or YAML
-        return tuple(value)
-    if not isinstance(value, kind):
-        raise wrong
-    return value
+    if key == "top_k" and is_int(value):
+        return value  # a count; typed float only as simpletransformers types it
+    try:
+        return coerce(value, kind)
+    except TypeError:
+        raise ArgsError(f"{key} must be {_expected(key)}, got {value!r}") from None
 
 
 def make_args(args: ConvAIArgs | dict | None = None, **overrides: Any) -> ConvAIArgs:

@@ -284,3 +284,46 @@ def test_saving_into_an_existing_folder_keeps_unrelated_files(tmp_path, model_an
     assert [p.name for p in tmp_path.iterdir()] == ["outputs"]
     reloaded = GPT2DoubleHeadsModel.from_pretrained(target)
     assert reloaded.config.vocab_size == model.config.vocab_size
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch):
+    """Each test starts as a new process would: no option warned about yet."""
+    from personachat import compat
+
+    monkeypatch.setattr(compat, "_WARNED", set())
+
+
+def test_an_unused_option_set_to_another_value_warns_once(fresh_warnings):
+    from personachat.compat import UnusedOptionWarning
+
+    with pytest.warns(UnusedOptionWarning, match="tokenizer_name='gpt2' has no effect") as seen:
+        make_args({"tokenizer_name": "gpt2"})
+        make_args({"tokenizer_name": "gpt2-medium"})  # the same option: no second warning
+
+    assert len(seen) == 1
+    assert "README" in str(seen[0].message)
+
+
+def test_unused_options_at_their_defaults_are_silent(fresh_warnings):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        args = make_args(
+            {
+                "model_class": "ConvAIModel",
+                "config": {},
+                "save_eval_checkpoints": True,
+                "n_gpu": 1,
+                "wandb_project": None,
+            }
+        )
+    assert args.model_class == "ConvAIModel"
+
+
+def test_a_simpletransformers_only_key_off_its_default_warns(fresh_warnings):
+    from personachat.compat import UnusedOptionWarning
+
+    with pytest.warns(UnusedOptionWarning, match="max_seq_length=256"):
+        make_args({"max_seq_length": 256})
