@@ -110,12 +110,24 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
             )
 
 
-def settings_from(options: argparse.Namespace) -> ServeSettings:
-    api_key = options.api_key if options.api_key is not None else os.environ.get(API_KEY_ENV)
-    try:
-        return ServeSettings(
-            api_key=api_key or None, **{name: getattr(options, name) for name in HELP}
+def api_key_from(options: argparse.Namespace) -> str | None:
+    """The key of ``--api-key``, else of the environment, else None (no key). An empty key is
+    an error: ``--api-key "$KEY"`` with ``KEY`` unset must not turn authentication off."""
+    source, key = "--api-key", options.api_key
+    if key is None:
+        source, key = f"the {API_KEY_ENV} environment variable", os.environ.get(API_KEY_ENV)
+    if key is not None and not key.strip():
+        raise ServeError(
+            f"{source} is empty (an unset shell variable?): pass a non-empty key, or leave "
+            f"{source} out to serve without one"
         )
+    return key
+
+
+def settings_from(options: argparse.Namespace) -> ServeSettings:
+    api_key = api_key_from(options)
+    try:
+        return ServeSettings(api_key=api_key, **{name: getattr(options, name) for name in HELP})
     except ValueError as err:
         raise ServeError(str(err)) from err
 
