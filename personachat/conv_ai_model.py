@@ -21,9 +21,16 @@ import torch
 
 from personachat.args import ArgsError, ConvAIArgs, make_args
 from personachat.data.candidates import add_distractors
-from personachat.data.dialogs import load_personachat_or_file, personalities
+from personachat.data.dialogs import personalities
+from personachat.data.download import load_personachat_or_file
 from personachat.data.readers import read_dialogs
-from personachat.encoding.inputs import SpecialIds, TextEncoder, collate, dataset_from_dialogs
+from personachat.encoding.inputs import (
+    SpecialIds,
+    TextEncoder,
+    collate,
+    dataset_from_dialogs,
+    history_window,
+)
 from personachat.encoding.token_cache import EncodingOptions, cache_key, cached_dataset
 from personachat.evaluation.metrics import (
     apply_metric_fns,
@@ -41,8 +48,10 @@ from personachat.evaluation.persona import (
     without_persona,
 )
 from personachat.evaluation.replies import decoding_label, generation_f1, repetition_rate
+from personachat.fs import write_file_atomic
 from personachat.generation.decoders import PrefixCache
 from personachat.generation.generate import DecodingOptions, generate_replies, respond
+from personachat.model.device import autocast_dtype
 from personachat.model.loading import (
     context_size,
     load_model_and_tokenizer,
@@ -55,7 +64,6 @@ from personachat.train.checkpoints import CheckpointError, resolve_resume
 from personachat.train.distributed import is_main_process
 from personachat.train.loop import (
     TrainingError,
-    autocast_dtype,
     check_output_dir,
     preflight,
     resolve_eval_batch_size,
@@ -280,11 +288,8 @@ class ConvAIModel:
             metric_fns=metric_fns,
         )
         output_dir = Path(output_dir or self.args.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "eval_results.txt").write_text(format_results(results), encoding="utf-8")
-        (output_dir / "eval_results.json").write_text(
-            json.dumps(results, indent=2), encoding="utf-8"
-        )
+        write_file_atomic(output_dir / "eval_results.txt", format_results(results))
+        write_file_atomic(output_dir / "eval_results.json", json.dumps(results, indent=2))
         if verbose and not silent:
             print(json.dumps(results, indent=2))
         return results
@@ -393,7 +398,7 @@ class ConvAIModel:
             DecodingOptions.from_args(self.args),
             self.device,
         )
-        history = [*history, reply_ids][-(2 * self.args.max_history + 1) :]
+        history = history_window([*history, reply_ids], self.args.max_history)
         return self.tokenizer.decode(reply_ids, skip_special_tokens=True).strip(), history
 
     def generate_replies(
