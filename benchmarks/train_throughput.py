@@ -48,8 +48,10 @@ import torch
 from personachat.args import ConvAIArgs
 from personachat.encoding.batching import LengthGroupedBatchSampler
 from personachat.encoding.inputs import IGNORE_INDEX, PersonaChatDataset, SpecialIds, collate
+from personachat.model.device import autocast_dtype
 from personachat.train.autobatch import probe_train_micro_batch
-from personachat.train.loop import TrainingObjective, autocast_dtype, make_optimizer
+from personachat.train.optim import make_optimizer
+from personachat.train.setup import TrainingObjective
 
 PERSONA_CHAT_DIALOGS = 17_878
 PERSONA_CHAT_EXAMPLES = 131_438

@@ -31,8 +31,8 @@ from personachat.model.loading import resolve_device
 from personachat.model.scratch import ScratchConfig, build_scratch_checkpoint, dialog_texts
 from personachat.serve.command import add_serve_arguments, run_serve
 from personachat.train import distributed
-from personachat.train.loop import TrainingInterrupted
 from personachat.train.reporting import append_evaluation
+from personachat.train.setup import TrainingInterrupted
 
 CONFIG_KEYS = {
     "model_type",

@@ -62,18 +62,18 @@ from personachat.repl import run_repl
 from personachat.train import distributed
 from personachat.train.checkpoints import CheckpointError, resolve_resume
 from personachat.train.distributed import is_main_process
-from personachat.train.loop import (
-    TrainingError,
-    check_output_dir,
-    preflight,
-    resolve_eval_batch_size,
-    train,
-)
+from personachat.train.loop import train
 from personachat.train.reporting import (
     SAMPLES_FILE,
     SampleWriter,
     probes_from_dialogs,
     write_report,
+)
+from personachat.train.setup import (
+    TrainingError,
+    check_output_dir,
+    preflight,
+    resolve_eval_batch_size,
 )
 
 PERSONAS_FILE = "personas.json"

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from personachat.model.device import autocast, to_device
+
 DEFAULT_MARGIN = 0.10  # share of GPU memory the chosen batch leaves free
 MAX_EVAL_BATCH = 512  # evaluation batches beyond this gain nothing but probing time
 
@@ -131,11 +133,9 @@ def probe_train_micro_batch(
 
     def step(batch_size: int) -> None:
         batch = collate_fn([dataset[i] for i in order[:batch_size]])
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = to_device(batch, device)
         try:
-            with torch.autocast(
-                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-            ):
+            with autocast(device, amp_dtype):
                 loss = objective(batch).loss
             loss.backward()
         finally:
@@ -166,10 +166,8 @@ def probe_eval_batch(
     @torch.no_grad()
     def step(batch_size: int) -> None:
         batch = collate_fn([dataset[i] for i in order[:batch_size]])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with torch.autocast(
-            device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-        ):
+        batch = to_device(batch, device)
+        with autocast(device, amp_dtype):
             objective(batch)
 
     try:

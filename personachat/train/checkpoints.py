@@ -19,24 +19,22 @@ the next run) and never a folder that looks complete.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import random
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from personachat.errors import PersonachatError
+from personachat.fs import write_folder_atomic
 from personachat.model.loading import write_model_files
+from personachat.train.rng import capture_rng_state, rank_rng_restorer, restore_rng_state
 
 COMPLETE_MARKER = "checkpoint_complete.json"
 STATE_FILE = "training_state.json"
@@ -44,7 +42,8 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng_state.safetensors"
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)(?:-epoch-(\d+))?$")
-TEMP_NAME = re.compile(r"^\.checkpoint-\d+(?:-epoch-\d+)?\.tmp-")
+# Temporary folders of a save (and a replaced checkpoint set aside) that a kill left behind.
+TEMP_NAME = re.compile(r"^\.checkpoint-\d+(?:-epoch-\d+)?\.(?:tmp|old)-")
 # Test hook: seconds to sleep inside every checkpoint save, after the weights are written and
 # before the folder is completed, so a test can kill the process in the middle of a save.
 SAVE_PAUSE_ENV = "PERSONACHAT_TEST_SAVE_PAUSE"
@@ -52,50 +51,6 @@ SAVE_PAUSE_ENV = "PERSONACHAT_TEST_SAVE_PAUSE"
 
 class CheckpointError(PersonachatError, RuntimeError):
     """A checkpoint cannot be written, found or resumed from; the message says what to do."""
-
-
-# ----------------------------------------------------------------------------- RNG states
-def capture_rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
-    """Every random generator training uses: (JSON-able part, tensors)."""
-    version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    plain = {
-        "python": [version, list(internal), gauss],
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-    }
-    tensors = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for index, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"torch_cuda_{index}"] = state
-    return plain, tensors
-
-
-def restore_rng_state(plain: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """Put back what ``capture_rng_state`` captured (CUDA states only where the GPUs match)."""
-    version, internal, gauss = plain["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = plain["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(tensors["torch_cpu"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-
-
-def rank_rng_restorer(tensors: dict[str, torch.Tensor], rank: int) -> Callable[[], None] | None:
-    """For a torchrun rank > 0: a function that puts back its own generators as
-    ``distributed.gather_rng_states`` saved them; None if the checkpoint has none for it
-    (written by an older version or with fewer processes)."""
-    cpu, cuda = tensors.get(f"rank{rank}_cpu"), tensors.get(f"rank{rank}_cuda")
-    if cpu is None:
-        return None
-
-    def restore() -> None:
-        torch.set_rng_state(cpu)
-        if cuda is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state(cuda)  # the current device: this rank's GPU
-
-    return restore
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -159,51 +114,47 @@ def save_checkpoint(
     ``rank_rng``: the other torchrun ranks' generators (``distributed.gather_rng_states``),
     saved beside this process's.
     """
-    target = Path(folder)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         write_model_files(tmp, model, tokenizer, args, extra_files)
         pause = float(os.environ.get(SAVE_PAUSE_ENV, "0") or 0)
         if pause > 0:
             time.sleep(pause)
-        resumable = optimizer is not None
-        if resumable:
-            optim_plain, optim_tensors = optimizer_state(optimizer)
-            save_file(optim_tensors, str(tmp / OPTIMIZER_FILE))
-            rng_plain, rng_tensors = capture_rng_state()
-            save_file({**(rank_rng or {}), **rng_tensors}, str(tmp / RNG_FILE))
-            state = {
-                "format_version": FORMAT_VERSION,
-                "training": training,
-                "plan": plan,
-                "optimizer": optim_plain,
-                "scheduler": _json_safe(scheduler.state_dict()),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "rng": rng_plain,
-            }
-            (tmp / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+        if optimizer is not None:
+            write_training_files(tmp, optimizer, scheduler, scaler, training, plan, rank_rng)
         marker = {
             "global_step": training["global_step"],
             "epoch": training["epoch"],
             "batches_done": training["batches_done"],
-            "resumable": resumable,
+            "resumable": optimizer is not None,
         }
         _fsync_tree(tmp)
         # Written last: a folder without it is never loaded or resumed from.
         _write_synced(tmp / COMPLETE_MARKER, json.dumps(marker))
-        if target.exists():
-            old = target.parent / f".{target.name}.tmp-old-{os.getpid()}"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    target = write_folder_atomic(folder, fill)
+    _fsync_dir(target.parent)
     return target
+
+
+def write_training_files(
+    folder: Path, optimizer, scheduler, scaler, training: dict, plan: dict, rank_rng
+) -> None:
+    """What resuming needs besides the weights: optimizer tensors, generators, and the state."""
+    optim_plain, optim_tensors = optimizer_state(optimizer)
+    save_file(optim_tensors, str(folder / OPTIMIZER_FILE))
+    rng_plain, rng_tensors = capture_rng_state()
+    save_file({**(rank_rng or {}), **rng_tensors}, str(folder / RNG_FILE))
+    state = {
+        "format_version": FORMAT_VERSION,
+        "training": training,
+        "plan": plan,
+        "optimizer": optim_plain,
+        "scheduler": _json_safe(scheduler.state_dict()),
+        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+        "rng": rng_plain,
+    }
+    (folder / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
 
 
 def _write_synced(path: Path, text: str) -> None:
@@ -433,63 +384,3 @@ def tied_weight_names(model) -> set[str]:
         else:
             seen[key] = name
     return tied
-
-
-# ----------------------------------------------------------------------------- pre-flight
-def free_bytes(path: str | os.PathLike) -> int:
-    """Free disk space where ``path`` is (or would be created). Tests replace this."""
-    probe = Path(path)
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
-
-
-def checkpoint_bytes(model, with_optimizer: bool) -> int:
-    """About how many bytes one checkpoint takes: the weights, plus two float32 moments per
-    parameter for AdamW, plus a few MB for tokenizer and state files."""
-    params = list(model.parameters())
-    weights = sum(p.numel() * p.element_size() for p in params)
-    moments = 2 * 4 * sum(p.numel() for p in params) if with_optimizer else 0
-    return weights + moments + 8 * 2**20
-
-
-def check_output_writable(output_dir: str | os.PathLike) -> None:
-    """Write a file in output_dir, or raise CheckpointError saying why. Folders created for
-    the test are removed again: a run that then fails on its data leaves nothing behind."""
-    root = Path(output_dir)
-    created = []
-    probe = root
-    while not probe.exists() and probe != probe.parent:
-        created.append(probe)
-        probe = probe.parent
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
-            pass
-        for folder in created:  # deepest first
-            try:
-                folder.rmdir()
-            except OSError as err:
-                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-                break  # another process (a torchrun rank doing the same test) is using it
-    except OSError as err:
-        raise CheckpointError(
-            f"output_dir {str(root)!r} is not writable ({err.strerror or err}); choose "
-            "another output_dir (--output-dir) or fix its permissions. Nothing was trained."
-        ) from err
-
-
-def check_free_space(
-    output_dir: str | os.PathLike,
-    needed: int,
-    free: Callable[[str | os.PathLike], int] | None = None,
-) -> None:
-    """Refuse to start when the disk cannot hold one checkpoint."""
-    available = (free or free_bytes)(output_dir)
-    if available < needed:
-        raise CheckpointError(
-            f"only {available / 2**20:.0f} MB free on the disk of {output_dir}, but one "
-            f"checkpoint needs about {needed / 2**20:.0f} MB; free some space, choose another "
-            "output_dir, or set no_save=True. Nothing was trained."
-        )

@@ -13,32 +13,19 @@ killed mid-write leaves the previous version, never half a file.
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from personachat.fs import write_file_atomic
+
 CURVES_FILE = "training_curves.png"
 SAMPLES_FILE = "samples.md"
 REPORT_FILE = "report.md"
 NUM_PROBES = 4
-
-
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 # ----------------------------------------------------------------------------- curves
@@ -72,76 +59,81 @@ def plot_curves(
     ``lr``, ``grad_norm``); ``history`` the evaluation results (``eval_global_step`` and
     ``eval_*`` lists). Returns None when there is nothing to draw yet.
     """
-    steps = curves.get("step") or []
-    if not steps:
+    if not curves.get("step"):
         return None
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display, no GUI toolkit
     import matplotlib.pyplot as plt
 
-    eval_steps = history.get("eval_global_step") or []
-
-    def drawn(keys: tuple[str, ...]) -> list[str]:
-        return [k for k in keys if eval_steps and len(history.get(k) or []) == len(eval_steps)]
-
-    eval_losses, eval_scores = drawn(EVAL_LOSSES), drawn(EVAL_SCORES)
-    if eval_steps:
+    evaluated = bool(history.get("eval_global_step"))
+    if evaluated:
         fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
         (ax_loss, ax_eval), (ax_score, ax_lr) = axes
         bottom = axes[1]
     else:  # no evaluation during training: two panels, no empty ones
         fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
         bottom = (ax_loss, ax_lr)
+    try:
+        draw_training_losses(ax_loss, curves, evaluated)
+        if evaluated:
+            draw_evaluation(ax_eval, history, EVAL_LOSSES, "evaluation loss")
+            draw_evaluation(ax_score, history, EVAL_SCORES, "evaluation scores")
+        draw_learning_rate(ax_lr, curves)
+        for ax in bottom:
+            ax.set_xlabel("optimizer step")
+        # Fixed margins: tight_layout measures every label and would double the drawing time.
+        fig.subplots_adjust(
+            left=0.07,
+            right=0.93,
+            bottom=0.08 if evaluated else 0.14,
+            top=0.95 if evaluated else 0.91,
+            wspace=0.28,
+            hspace=0.22,
+        )
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=90)
+    finally:
+        plt.close(fig)
+    return write_file_atomic(path, png.getvalue())
+
+
+def draw_training_losses(ax, curves: dict[str, list], evaluated: bool) -> None:
+    """Each training loss, faint as measured and solid smoothed."""
+    steps = curves["step"]
     for key, color in (("loss", "tab:blue"), ("lm_loss", "tab:orange"), ("mc_loss", "tab:green")):
         values = curves.get(key) or []
         if len(values) == len(steps):
-            ax_loss.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
-            ax_loss.plot(steps, ema(values), color=color, label=f"{key} (smoothed)")
-    ax_loss.set_title("training loss" + ("" if eval_steps else " (no evaluation during training)"))
-    ax_loss.legend(fontsize=8)
-    if eval_steps:
-        for ax, keys, title in (
-            (ax_eval, eval_losses, "evaluation loss"),
-            (ax_score, eval_scores, "evaluation scores"),
-        ):
-            for key in keys:
-                ax.plot(eval_steps, history[key], marker="o", label=key.removeprefix("eval_"))
-            ax.set_title(title)
-            if keys:
-                ax.legend(fontsize=8)
+            ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
+            ax.plot(steps, ema(values), color=color, label=f"{key} (smoothed)")
+    ax.set_title("training loss" + ("" if evaluated else " (no evaluation during training)"))
+    ax.legend(fontsize=8)
 
+
+def draw_evaluation(ax, history: dict[str, list], keys: tuple[str, ...], title: str) -> None:
+    """The evaluation results among ``keys`` that every evaluation has, against the step."""
+    eval_steps = history["eval_global_step"]
+    drawn = [k for k in keys if len(history.get(k) or []) == len(eval_steps)]
+    for key in drawn:
+        ax.plot(eval_steps, history[key], marker="o", label=key.removeprefix("eval_"))
+    ax.set_title(title)
+    if drawn:
+        ax.legend(fontsize=8)
+
+
+def draw_learning_rate(ax, curves: dict[str, list]) -> None:
+    """The learning rate, and the gradient norm on a second axis."""
+    steps = curves["step"]
     lr = curves.get("lr") or []
     if len(lr) == len(steps):
-        ax_lr.plot(steps, lr, color="tab:purple", label="learning rate")
-    ax_lr.set_title("learning rate and gradient norm")
-    ax_lr.set_ylabel("learning rate")
+        ax.plot(steps, lr, color="tab:purple", label="learning rate")
+    ax.set_title("learning rate and gradient norm")
+    ax.set_ylabel("learning rate")
     norm = curves.get("grad_norm") or []
     if len(norm) == len(steps):
-        ax_norm = ax_lr.twinx()
+        ax_norm = ax.twinx()
         ax_norm.plot(steps, norm, color="tab:red", alpha=0.5, linewidth=0.8)
         ax_norm.set_ylabel("gradient norm (before clipping)", color="tab:red")
-    for ax in bottom:
-        ax.set_xlabel("optimizer step")
-    # Fixed margins: tight_layout measures every label and would double the drawing time.
-    fig.subplots_adjust(
-        left=0.07,
-        right=0.93,
-        bottom=0.08 if eval_steps else 0.14,
-        top=0.95 if eval_steps else 0.91,
-        wspace=0.28,
-        hspace=0.22,
-    )
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=90)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 # ----------------------------------------------------------------------------- samples
@@ -208,7 +200,7 @@ class SampleWriter:
             text = self.header() + text
         else:
             text = self.path.read_text(encoding="utf-8") + text
-        write_atomic(self.path, text)
+        write_file_atomic(self.path, text)
 
     def header(self) -> str:
         """The probes themselves, once at the top, numbered like the replies below."""
@@ -271,20 +263,12 @@ def write_report(
         "",
         "## Data",
         "",
+        *[f"- {key}: {_cell(value)}" for key, value in data.items()],
+        "",
+        "## Final metrics",
+        "",
     ]
-    lines += [f"- {key}: {_cell(value)}" for key, value in data.items()]
-    lines += ["", "## Final metrics", ""]
-    final = {}
-    for key in ("global_step", "train_loss"):
-        if history.get(key):
-            final[key] = history[key][-1]
-    final.update(
-        {
-            k: v[-1]
-            for k, v in history.items()
-            if k.startswith("eval_") and isinstance(v, list) and v
-        }
-    )
+    final = final_metrics(history)
     lines += metrics_table(final) if final else ["(no step finished)"]
     if (out / CURVES_FILE).is_file():
         lines += ["", "## Curves", "", f"![training curves]({CURVES_FILE})"]
@@ -294,13 +278,32 @@ def write_report(
             f"Replies to fixed probe conversations, epoch by epoch: [{SAMPLES_FILE}]"
             f"({SAMPLES_FILE}).",
         ]
+    lines += configuration_lines(args)
+    return write_file_atomic(out / REPORT_FILE, "\n".join(lines) + "\n")
+
+
+def final_metrics(history: dict) -> dict:
+    """The last step, training loss and evaluation results of a run's history."""
+    final = {key: history[key][-1] for key in ("global_step", "train_loss") if history.get(key)}
+    final.update(
+        {
+            k: v[-1]
+            for k, v in history.items()
+            if k.startswith("eval_") and isinstance(v, list) and v
+        }
+    )
+    return final
+
+
+def configuration_lines(args) -> list[str]:
+    """The options that differ from the defaults, as a table (kept last in the report)."""
     defaults = type(args)()
     changed = {
         f.name: getattr(args, f.name)
         for f in fields(args)
         if getattr(args, f.name) != getattr(defaults, f.name)
     }
-    lines += [
+    return [
         "",
         "## Configuration",
         "",
@@ -308,9 +311,8 @@ def write_report(
         "",
         "| option | value |",
         "|---|---|",
+        *[f"| {k} | {_cell(v)} |" for k, v in changed.items()],
     ]
-    lines += [f"| {k} | {_cell(v)} |" for k, v in changed.items()]
-    return write_atomic(out / REPORT_FILE, "\n".join(lines) + "\n")
 
 
 def append_evaluation(output_dir: str | os.PathLike, title: str, results: dict) -> Path | None:
@@ -323,7 +325,7 @@ def append_evaluation(output_dir: str | os.PathLike, title: str, results: dict) 
     # Keep the configuration table last.
     head, sep, tail = text.partition("\n## Configuration")
     body = head.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
-    return write_atomic(path, body + (f"\n## Configuration{tail}\n" if sep else ""))
+    return write_file_atomic(path, body + (f"\n## Configuration{tail}\n" if sep else ""))
 
 
 __all__ = [

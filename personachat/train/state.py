@@ -1,0 +1,256 @@
+"""What a training run holds while it trains: ``TrainingState`` (saved in every checkpoint)
+and ``Run`` (the live objects of this process: model, optimizer, loader, writers).
+
+The loop's steps are functions of a ``Run``; nothing is shared through closures. The few
+helpers the loop needs around its batches live here too: ``StepSums`` (the statistics of the
+step in progress, kept on the device), ``SkipBatches`` (resume within an epoch) and
+``StopOnSignal`` (Ctrl-C and SIGTERM become a request to stop at the next step boundary).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from personachat.args import ConvAIArgs
+from personachat.encoding.batching import LengthGroupedBatchSampler
+from personachat.model.loading import LossOutput
+from personachat.train import distributed
+from personachat.train.autobatch import BatchPlan
+from personachat.train.distributed import DistContext
+
+
+@dataclass
+class TrainingState:
+    """What the loop tracks between steps; saved in every checkpoint, returned as details.
+
+    ``epoch`` counts finished epochs (their end-of-epoch evaluation and samples included);
+    ``batches_done`` the micro-batches of epoch ``epoch`` already trained on, always at a step
+    boundary, which is where a resumed run picks up.
+    """
+
+    global_step: int = 0
+    epoch: int = 0
+    batches_done: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+    history: dict[str, list] = field(default_factory=lambda: {"global_step": [], "train_loss": []})
+    # Per-step values for training_curves.png (every few steps on long runs).
+    curves: dict[str, list] = field(default_factory=dict)
+    # Running sums between logging steps, tokens seen and time spent (over resumes).
+    running: float = 0.0
+    running_n: int = 0
+    tokens_seen: int = 0
+    train_seconds: float = 0.0
+
+    def record(self, values: dict) -> None:
+        for key, value in values.items():
+            self.history.setdefault(key, []).append(value)
+
+    def record_curve(self, values: dict) -> None:
+        for key, value in values.items():
+            self.curves.setdefault(key, []).append(value)
+
+    def position(self) -> tuple[int, int, int]:
+        """Where training stands: a checkpoint of the same position holds the same weights."""
+        return self.global_step, self.epoch, self.batches_done
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainingState:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """One optimizer step, summed over every micro-batch of every process."""
+
+    loss_sum: float
+    lm_sum: float
+    mc_sum: float
+    micro: int
+    tokens: int
+    # Before clipping; a tensor on the device, read (a GPU sync) only when logged.
+    grad_norm: torch.Tensor | float = math.nan
+
+    def mean(self, value: float) -> float:
+        return value / self.micro
+
+
+class StepSums:
+    """The losses, micro-batches and tokens of the step in progress. The losses stay on the
+    device: no GPU->CPU sync per micro-batch, one all-reduce of 5 numbers per step."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.losses = torch.zeros(3, device=device)  # loss, lm_loss, mc_loss
+        self.micro = 0
+        self.tokens = 0
+
+    def add(self, out: LossOutput, tokens: int) -> None:
+        self.losses += torch.stack([out.loss, out.lm_loss, out.mc_loss]).detach().float()
+        self.micro += 1
+        self.tokens += tokens
+
+    def reduce(self, ctx: DistContext) -> StepStats:
+        """The sums of every process, and a fresh start for the next step."""
+        counts = torch.tensor([self.micro, self.tokens], dtype=torch.float32, device=self.device)
+        totals = distributed.all_reduce_sum(torch.cat([self.losses, counts]), ctx).tolist()
+        self.losses.zero_()
+        self.micro, self.tokens = 0, 0
+        loss_sum, lm_sum, mc_sum, micro, tokens = totals
+        return StepStats(loss_sum, lm_sum, mc_sum, int(micro), int(tokens))
+
+
+class SkipBatches(torch.utils.data.Sampler[list[int]]):
+    """A batch sampler that leaves out the first ``skip`` micro-batches of the epoch: the ones
+    a resumed run already trained on (the epoch's plan itself is seeded, so it is the same)."""
+
+    def __init__(self, sampler: LengthGroupedBatchSampler) -> None:
+        self.sampler = sampler
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.skip
+
+
+class StopOnSignal:
+    """Turn the first SIGINT/SIGTERM into a request to stop at the next step boundary.
+
+    A second signal gets the default behaviour (Ctrl-C twice stops at once). Signal handlers
+    can only be set from the main thread; elsewhere this does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, announce: bool = True) -> None:
+        self.requested: str | None = None
+        self.announce = announce
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = signal.Signals(signum).name
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+        if self.announce:  # tqdm.write: printed above the progress bar, not into it
+            tqdm.write(
+                f"{self.requested}: finishing this step and writing a checkpoint "
+                "(send it again to stop at once) ..."
+            )
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class Hooks:
+    """What the caller adds to the loop: evaluation, the samples writer, extra saved files."""
+
+    evaluate: Callable[[], dict] | None = None
+    on_epoch_end: Callable[..., None] | None = None
+    save_extra: dict[str, str] | None = None
+    show_running_loss: bool = True
+
+
+@dataclass
+class LastCheckpoint:
+    """The newest checkpoint this run wrote (or resumed from), and the position it holds."""
+
+    path: Path | None = None
+    at: tuple[int, int, int] | None = None
+    resumable: bool = False
+
+
+@dataclass
+class Run:
+    """One training run in this process: what it trains, with what, and where it stands.
+
+    ``objective`` is the model and its loss (DDP-wrapped under torchrun); ``forward`` the
+    same, compiled with ``compile=True``. ``model`` stays the plain model that is evaluated,
+    sampled from and saved.
+    """
+
+    model: torch.nn.Module
+    tokenizer: Any
+    args: ConvAIArgs
+    device: torch.device
+    ctx: DistContext
+    out: Path
+    objective: torch.nn.Module
+    forward: Callable[[dict], LossOutput]
+    amp_dtype: torch.dtype | None
+    plan: BatchPlan
+    sampler: LengthGroupedBatchSampler
+    batches: SkipBatches
+    loader: torch.utils.data.DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    run_plan: dict
+    hooks: Hooks
+    sums: StepSums
+    state: TrainingState = field(default_factory=TrainingState)
+    last_checkpoint: LastCheckpoint = field(default_factory=LastCheckpoint)
+    writer: Any = None  # a TensorBoard SummaryWriter on rank 0, if available
+    restore_rng: Callable[[], None] | None = None  # a resumed run's generators, put back once
+    started: float = 0.0  # perf_counter() at the start, less the time of earlier parts
+    last_drawn: float = -math.inf  # when training_curves.png was last drawn
+    bar: Any = None  # the current epoch's progress bar
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.steps_per_epoch
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.args.num_train_epochs
+
+    @property
+    def epoch_micro(self) -> int:
+        """Micro-batches of one epoch in this process."""
+        return len(self.sampler)
+
+    @property
+    def last_step_micro(self) -> int:
+        """The last step of an epoch may hold fewer micro-batches; its loss is averaged over
+        those."""
+        return self.epoch_micro - (self.steps_per_epoch - 1) * self.plan.accumulation_steps
+
+    @property
+    def curve_every(self) -> int:
+        """Per-step curve points: every step on short runs, about 200+ points on long ones."""
+        every = max(1, self.args.logging_steps)
+        return max(1, min(every, self.total_steps // 200))
+
+    @property
+    def announce(self) -> bool:
+        """Whether this process prints progress (rank 0, not silent)."""
+        return self.ctx.is_main and not self.args.silent
+
+    def seconds(self) -> float:
+        """Training time so far, earlier parts of a resumed run included."""
+        return time.perf_counter() - self.started
