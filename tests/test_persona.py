@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from personachat import ConvAIModel
-from personachat.data.synthetic import SLOTS, generate_dialogs
+from personachat.data.synthetic import generate_dialogs
+from personachat.data.synthetic_slots import SLOTS
 from personachat.encoding.inputs import SpecialIds
 from personachat.evaluation.metrics import unigram_baseline_loss
 from personachat.evaluation.persona import (

@@ -10,8 +10,6 @@ import pytest
 
 from personachat.data import synthetic
 from personachat.data.synthetic import (
-    SLOTS,
-    SMALL_TALK,
     SPLITS,
     dumps_dialogs,
     fill,
@@ -20,6 +18,7 @@ from personachat.data.synthetic import (
     split_values,
     write_splits,
 )
+from personachat.data.synthetic_slots import ACKNOWLEDGEMENTS, SLOTS, SMALL_TALK
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
@@ -224,7 +223,7 @@ def test_values_never_hide_inside_other_text():
         t.format(v="", av="") for s in SLOTS.values() for t in s.persona + s.questions + s.replies
     ]
     fixed += [t for talk in SMALL_TALK.values() for t in talk.prompts + talk.replies]
-    fixed += list(synthetic.ACKNOWLEDGEMENTS)
+    fixed += list(ACKNOWLEDGEMENTS)
     for value in values:
         assert not [t for t in fixed if contains_phrase(t, value)], value
         assert not [v for v in values if v != value and contains_phrase(v, value)], value

@@ -7,7 +7,7 @@ replies greedily to the probe's history and the reply is checked for values:
 - ``persona_accuracy``: the share of probe replies that state the persona's value;
 - ``persona_contradiction_rate``: the share that state *another* value of the probed slot
   ("i am a pilot ." from a nurse), over the probes whose slot is one of the benchmark's
-  (:data:`personachat.data.synthetic.SLOTS`, which lists every value of each slot).
+  (:data:`personachat.data.synthetic_slots.SLOTS`, which lists every value of each slot).
 
 A reply can do neither (it dodges the question) or, rarely, both ("i am a nurse , not a
 pilot ."). ``persona_hits@1`` is the multiple-choice accuracy on the probes alone.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from personachat.data.synthetic import SLOTS
+from personachat.data.synthetic_slots import SLOTS
 from personachat.evaluation.replies import RepliesFn, reply_all
 
 
