@@ -47,7 +47,8 @@ import torch
 
 from personachat.args import ConvAIArgs
 from personachat.encoding.batching import LengthGroupedBatchSampler
-from personachat.encoding.inputs import IGNORE_INDEX, PersonaChatDataset, SpecialIds, collate
+from personachat.encoding.dataset import PersonaChatDataset, collate
+from personachat.encoding.inputs import IGNORE_INDEX, SpecialIds
 from personachat.model.device import autocast_dtype
 from personachat.train.autobatch import probe_train_micro_batch
 from personachat.train.optim import make_optimizer

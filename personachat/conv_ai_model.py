@@ -24,13 +24,8 @@ from personachat.data.candidates import add_distractors
 from personachat.data.dialogs import personalities
 from personachat.data.download import load_personachat_or_file
 from personachat.data.readers import read_dialogs
-from personachat.encoding.inputs import (
-    SpecialIds,
-    TextEncoder,
-    collate,
-    dataset_from_dialogs,
-    history_window,
-)
+from personachat.encoding.dataset import collate, dataset_from_dialogs
+from personachat.encoding.inputs import SpecialIds, TextEncoder, history_window
 from personachat.encoding.token_cache import EncodingOptions, cache_key, cached_dataset
 from personachat.evaluation.metrics import (
     apply_metric_fns,

@@ -175,7 +175,8 @@ def test_accumulation_reaches_about_the_asked_effective_batch(fitting, target, w
 
 @pytest.mark.parametrize("max_tokens", [512, 30])
 def test_dataset_lengths_are_the_built_inputs_lengths_without_building_them(max_tokens):
-    from personachat.encoding.inputs import ATTR_TO_SPECIAL_TOKEN, SpecialIds, dataset_from_dialogs
+    from personachat.encoding.dataset import dataset_from_dialogs
+    from personachat.encoding.inputs import ATTR_TO_SPECIAL_TOKEN, SpecialIds
     from personachat.model.scratch import train_tokenizer
 
     from .conftest import make_dialogs

@@ -15,18 +15,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
+from personachat.encoding.dataset import (
+    PersonaChatDataset,
+    collate,
+    dataset_from_dialogs,
+    encode_dialogs,
+)
 from personachat.encoding.inputs import (
     IGNORE_INDEX,
     EncodingError,
-    PersonaChatDataset,
     SpecialIds,
     TextEncoder,
     build_example,
     build_input_from_segments,
     check_num_candidates,
-    collate,
-    dataset_from_dialogs,
-    encode_dialogs,
     persona_orders,
     truncate_to_fit,
 )

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from personachat.encoding.inputs import SpecialIds, collate, dataset_from_dialogs
+from personachat.encoding.dataset import collate, dataset_from_dialogs
+from personachat.encoding.inputs import SpecialIds
 from personachat.evaluation import metrics as evaluation
 from personachat.evaluation.metrics import (
     evaluate_batches,

@@ -19,13 +19,8 @@ import torch
 
 from personachat import ConvAIModel
 from personachat.encoding import token_cache
-from personachat.encoding.inputs import (
-    ATTR_TO_SPECIAL_TOKEN,
-    IGNORE_INDEX,
-    SpecialIds,
-    collate,
-    dataset_from_dialogs,
-)
+from personachat.encoding.dataset import collate, dataset_from_dialogs
+from personachat.encoding.inputs import ATTR_TO_SPECIAL_TOKEN, IGNORE_INDEX, SpecialIds
 from personachat.encoding.token_cache import (
     CACHE_SUBDIR,
     MANIFEST,

@@ -7,10 +7,9 @@ bot) and the message just before it ``<speaker1>`` (the user). Token-type ids re
 segment's speaker token; the persona belongs to the bot, so it carries ``<speaker2>`` too.
 
 Everything here is pure: token-id lists in, token-id lists out. Tokenization happens once per
-distinct string (``TextEncoder``), and a dataset stores only token ids per sentence; padded
-tensors exist for one batch at a time (``collate``), padded to that batch's longest input.
-``token_cache`` stores those token ids on disk (Arrow) so that a file is tokenized only once;
-its dataset yields the same items as ``PersonaChatDataset``.
+distinct string (``TextEncoder``). ``encoding.dataset`` turns dialogs into examples and pads
+one batch at a time; ``token_cache`` stores the token ids on disk (Arrow) so that a file is
+tokenized only once, its dataset yielding the same items.
 """
 
 from __future__ import annotations
@@ -19,11 +18,8 @@ import itertools
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from itertools import chain
 from typing import TypeVar
-
-import torch
 
 from personachat.errors import PersonachatError
 
@@ -195,31 +191,6 @@ class TextEncoder:
                 del self._cache[key]
 
 
-def encode_dialogs(dialogs: Sequence[dict], encoder: TextEncoder) -> list[dict]:
-    """Replace every string of every dialog by its token ids (same structure)."""
-    encoder.prime(chain.from_iterable(_dialog_texts(d) for d in dialogs))
-    return [
-        {
-            "personality": [encoder(s) for s in d["personality"]],
-            "utterances": [
-                {
-                    "history": [encoder(h) for h in u["history"]],
-                    "candidates": [encoder(c) for c in u["candidates"]],
-                }
-                for u in d["utterances"]
-            ],
-        }
-        for d in dialogs
-    ]
-
-
-def _dialog_texts(dialog: dict) -> Iterable[str]:
-    yield from dialog["personality"]
-    for utt in dialog["utterances"]:
-        yield from utt["history"]
-        yield from utt["candidates"]
-
-
 def check_num_candidates(dialogs: Sequence[dict], num_candidates: int, source: str) -> None:
     """Raise an EncodingError listing utterances with fewer candidates than asked for."""
     short = [
@@ -238,75 +209,6 @@ def check_num_candidates(dialogs: Sequence[dict], num_candidates: int, source: s
         f"candidates: {where}{more}. Set num_candidates to at most {fewest} or add "
         "distractor candidates to the data."
     )
-
-
-class PersonaChatDataset(torch.utils.data.Dataset):
-    """Training/eval examples built lazily from token ids: one item per (utterance, permutation).
-
-    Only token ids per sentence are held in memory; an item's input layout is assembled when
-    it is read, so memory does not grow with padding or with the number of candidates.
-    """
-
-    def __init__(
-        self,
-        encoded_dialogs: Sequence[dict],
-        special: SpecialIds,
-        num_candidates: int,
-        max_history: int,
-        max_tokens: int,
-        personality_permutations: int = 1,
-        seed: int = 0,
-    ) -> None:
-        self.dialogs = encoded_dialogs
-        self.special = special
-        self.num_candidates = num_candidates
-        self.max_history = max_history
-        self.max_tokens = max_tokens
-        self.index: list[tuple[int, int, tuple[int, ...]]] = list(
-            example_index(
-                [len(d["personality"]) for d in encoded_dialogs],
-                [len(d["utterances"]) for d in encoded_dialogs],
-                personality_permutations,
-                seed,
-            )
-        )
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, idx: int) -> dict:
-        d, u, order = self.index[idx]
-        dialog = self.dialogs[d]
-        persona = [dialog["personality"][i] for i in order]
-        utterance = dialog["utterances"][u]
-        return build_example(
-            persona,
-            utterance["history"],
-            utterance["candidates"],
-            self.special,
-            self.num_candidates,
-            self.max_history,
-            self.max_tokens,
-        )
-
-    def example_length(self, idx: int) -> int:
-        """Tokens of item ``idx``'s longest candidate input (what padding it costs), from
-        token counts alone: the same truncation as ``__getitem__`` but no input is built."""
-        d, u, order = self.index[idx]
-        dialog = self.dialogs[d]
-        utterance = dialog["utterances"][u]
-        return example_length(
-            [len(dialog["personality"][i]) for i in order],
-            [len(h) for h in history_window(utterance["history"], self.max_history)],
-            [len(c) for c in list(utterance["candidates"])[-self.num_candidates :]],
-            self.max_tokens,
-        )
-
-    @cached_property
-    def lengths(self) -> list[int]:
-        """``example_length`` of every item, computed once: what length-grouped batching
-        and the automatic batch size sort by."""
-        return [self.example_length(i) for i in range(len(self.index))]
 
 
 def example_index(
@@ -382,51 +284,3 @@ def build_example(
         p, h, r = truncate_to_fit(persona, history, candidate, max_tokens)
         inputs.append(build_input_from_segments(p, h, r, special, lm_labels=j == len(chosen) - 1))
     return {"candidates": inputs, "mc_label": len(chosen) - 1}
-
-
-def collate(examples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad a batch to its own longest input: tensors of shape [batch, candidates, length]."""
-    longest = max(len(c["input_ids"]) for ex in examples for c in ex["candidates"])
-    n_cand = len(examples[0]["candidates"])
-    if any(len(ex["candidates"]) != n_cand for ex in examples):
-        raise EncodingError("every example in a batch needs the same number of candidates")
-
-    def pad(key: str, value: int) -> torch.Tensor:
-        return torch.tensor(
-            [
-                [c[key] + [value] * (longest - len(c[key])) for c in ex["candidates"]]
-                for ex in examples
-            ],
-            dtype=torch.long,
-        )
-
-    return {
-        "input_ids": pad("input_ids", pad_id),
-        "token_type_ids": pad("token_type_ids", pad_id),
-        "lm_labels": pad("lm_labels", IGNORE_INDEX),
-        "mc_token_ids": torch.tensor(
-            [[c["mc_token_ids"] for c in ex["candidates"]] for ex in examples], dtype=torch.long
-        ),
-        "mc_labels": torch.tensor([ex["mc_label"] for ex in examples], dtype=torch.long),
-    }
-
-
-def dataset_from_dialogs(
-    dialogs: Sequence[dict],
-    tokenizer,
-    special: SpecialIds,
-    *,
-    num_candidates: int,
-    max_history: int,
-    max_tokens: int,
-    personality_permutations: int = 1,
-    lowercase: bool = False,
-    seed: int = 0,
-    source: str = "<data>",
-) -> PersonaChatDataset:
-    """Tokenize dialogs (each distinct string once) and index their examples."""
-    check_num_candidates(dialogs, num_candidates, source)
-    encoded = encode_dialogs(dialogs, TextEncoder(tokenizer, lowercase=lowercase))
-    return PersonaChatDataset(
-        encoded, special, num_candidates, max_history, max_tokens, personality_permutations, seed
-    )

@@ -17,11 +17,11 @@ from math import inf
 import torch
 
 from personachat.args import ArgsError, ConvAIArgs
+from personachat.encoding.dataset import collate
 from personachat.encoding.inputs import (
     IGNORE_INDEX,
     SpecialIds,
     build_input_from_segments,
-    collate,
     history_window,
     truncate_to_fit,
 )

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from personachat.args import ConvAIArgs
 from personachat.encoding.batching import LengthGroupedBatchSampler
-from personachat.encoding.inputs import collate
+from personachat.encoding.dataset import collate
 from personachat.errors import PersonachatError
 from personachat.model.device import autocast_dtype
 from personachat.model.loading import LossOutput, double_heads_loss
