@@ -123,11 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
                 choices=FORMATS,
                 help="format of the data files (default: detected)",
             )
+            p.add_argument(
+                "--skip-invalid",
+                action="store_true",
+                help="leave out invalid dialogs of the data files (each one printed, with the "
+                "counts kept and dropped) instead of refusing the file",
+            )
         if name == "eval":
             p.add_argument(
                 "--generation-f1",
                 action="store_true",
                 help="also report word F1 of greedy replies (slower)",
+            )
+            p.add_argument(
+                "--ablate-persona",
+                action="store_true",
+                help="evaluate with every persona removed from the input (does the model use it?)",
             )
         if name == "interact":
             p.add_argument(
@@ -154,6 +165,8 @@ def resolve(options: argparse.Namespace) -> tuple[dict, ConvAIArgs]:
         overrides["overwrite_output_dir"] = True
     if getattr(options, "data_format", None):
         overrides["data_format"] = options.data_format
+    if getattr(options, "skip_invalid", False):
+        overrides["skip_invalid"] = True
     args = make_args(overrides)
     settings = {
         "model_type": options.model_type or config.get("model_type") or "gpt2",
@@ -199,7 +212,13 @@ def scratch_model(settings: dict, args: ConvAIArgs) -> str:
     key = hashlib.sha256(json.dumps(asdict(config)).encode() + data).hexdigest()[:16]
     folder = Path(args.cache_dir) / f"scratch-gpt2-{key}"
     if not (folder / "config.json").is_file():
-        dialogs = read_dialogs(settings["train_file"], format=args.data_format)
+        dialogs = read_dialogs(  # invalid dialogs skipped are reported when training reads
+            settings["train_file"],
+            format=args.data_format,
+            skip_invalid=args.skip_invalid,
+            allow_empty_personality=args.allow_empty_personality,
+            report=lambda _: None,
+        )
         print(
             f"Building a small GPT-2 ({config.n_layer} layers, {config.n_embd} wide, "
             f"vocabulary {config.vocab_size}) with a tokenizer trained on "
@@ -216,7 +235,14 @@ def scratch_model(settings: dict, args: ConvAIArgs) -> str:
 
 def demo_conversation(model, eval_file: str, turns: int = 4) -> None:
     """Print a short chat: the first eval dialog's persona and its partner's messages."""
-    dialog = read_dialogs(eval_file, format=model.args.data_format, split="valid")[0]
+    dialog = read_dialogs(  # skipped dialogs were reported by the evaluation
+        eval_file,
+        format=model.args.data_format,
+        split="valid",
+        skip_invalid=model.args.skip_invalid,
+        allow_empty_personality=model.args.allow_empty_personality,
+        report=lambda _: None,
+    )[0]
     print("\nPersona:", " ".join(dialog["personality"]))
     history: list[str] = []
     for utterance in dialog["utterances"][:turns]:
@@ -280,7 +306,10 @@ def run(options: argparse.Namespace) -> int:
     model = ConvAIModel(settings["model_type"], model_name, args=args, use_cuda=use_cuda)
     if options.command == "eval":
         results = model.eval_model(
-            settings["eval_file"], verbose=False, generation_f1=options.generation_f1
+            settings["eval_file"],
+            verbose=False,
+            generation_f1=options.generation_f1,
+            ablate_persona=options.ablate_persona,
         )
         print_results(results)
     elif options.command == "serve":
@@ -309,14 +338,24 @@ def report_persona_use(model, settings: dict, results: dict) -> None:
             silent=True,
             ablate_persona=True,
         )
-    columns = ["persona_accuracy", "persona_hits@1", "hits@1", "language_model_loss"]
+    columns = [
+        "persona_accuracy",
+        "persona_contradiction_rate",
+        "persona_hits@1",
+        "hits@1",
+        "language_model_loss",
+    ]
     if len(rows) == 1 and "persona_accuracy" not in results:
         return
-    print(f"\nPersona use (chance for hits@1: {1 / model.args.num_candidates:.2f}):")
-    print(f"  {'evaluation':50s}" + "".join(f"{c:>20s}" for c in columns))
+    width = {c: max(20, len(c) + 2) for c in columns}
+    candidates = results.get("eval_num_candidates", model.args.num_candidates)
+    print(f"\nPersona use (hits@1 among {candidates} candidates, chance {1 / candidates:.2f}):")
+    print(f"  {'evaluation':50s}" + "".join(f"{c:>{width[c]}s}" for c in columns))
     for name, values in rows.items():
         cells = "".join(
-            f"{values[c]:>20.3f}" if isinstance(values.get(c), float) else f"{'-':>20s}"
+            f"{values[c]:>{width[c]}.3f}"
+            if isinstance(values.get(c), float)
+            else "-".rjust(width[c])
             for c in columns
         )
         print(f"  {name[-50:]:50s}{cells}")

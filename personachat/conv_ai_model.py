@@ -256,14 +256,18 @@ class ConvAIModel:
     # ---------------------------------------------------------------- evaluation
     def eval_model(self, eval_file=None, output_dir=None, verbose=True, silent=False, **metric_fns):
         """Evaluate on ``eval_file`` (None: Persona-Chat valid). Returns a dict with
-        ``language_model_loss``, ``perplexity``, ``f1_score`` (macro F1 of the
-        multiple-choice head), ``hits@1``, ``mc_loss``, ``eval_loss``, ``generation_f1`` when
+        ``language_model_loss``, ``perplexity`` (per BPE token), ``word_perplexity`` (per
+        ConvAI2-normalised word, comparable across tokenizers), ``f1_score`` (macro F1 of the
+        multiple-choice head), ``hits@1`` (the gold reply ranked among ``eval_num_candidates``
+        candidates, reported too: every candidate the data has unless the option is set),
+        ``mc_loss``, ``eval_loss``, ``generation_f1`` and ``generation_f1_decoding`` when
         ``generation_f1=True`` (here or in args), and one entry per extra
         ``metric_fn(labels, preds)``. Also writes eval_results.txt / eval_results.json.
 
         Data with persona probes (``"probe": {"value": …}`` on utterances, as in the bundled
         persona benchmark) adds ``persona_accuracy`` (share of greedy replies stating the
-        persona's value) and ``persona_hits@1``. ``ablate_persona=True`` evaluates with every
+        persona's value), ``persona_contradiction_rate`` (share stating another value of the
+        probed slot) and ``persona_hits@1``. ``ablate_persona=True`` evaluates with every
         persona removed from the input; ``repetition_rate=True`` adds the share of self-play
         replies that repeat an earlier reply of the bot."""
         flags = {
@@ -478,7 +482,13 @@ class ConvAIModel:
         if path is None:
             dialogs = load_personachat_or_file(None, split, self.args.cache_dir)
         else:
-            dialogs = read_dialogs(path, format=self.args.data_format, split=split)
+            dialogs = read_dialogs(
+                path,
+                format=self.args.data_format,
+                split=split,
+                skip_invalid=self.args.skip_invalid,
+                allow_empty_personality=self.args.allow_empty_personality,
+            )
         if any(
             len(u["candidates"]) < self.args.num_candidates
             for d in dialogs

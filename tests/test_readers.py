@@ -173,7 +173,8 @@ def test_csv_problems_have_lines_and_columns(tmp_path):
     )
     problems = problems_of(write(tmp_path / "spc.csv", text))
     assert problems[0].endswith(
-        "empty — each speaker needs at least one persona sentence, one per line"
+        "empty — each speaker needs at least one persona sentence, one per line (or set "
+        "allow_empty_personality to read dialogs without a persona)"
     )
     assert 'line 2 (conversation 0), column "user 2 personas"' in problems[0]
     assert "line 5 (conversation 1), line 5: no line starts with" in problems[1]
@@ -243,7 +244,8 @@ def test_plain_problems_are_all_listed_with_lines_and_fields(tmp_path):
         "delimiter) — the line ends before the JSON does (truncated?); each line must be one "
         'dialog {"personality": [...], "turns": [...]}',
         f'{tmp_path / "mine.jsonl"}: line 3, field "personality": empty list — give at least '
-        'one persona sentence, e.g. ["i like cats ."]',
+        'one persona sentence, e.g. ["i like cats ."] (or set allow_empty_personality to '
+        "read dialogs without a persona)",
         f'{tmp_path / "mine.jsonl"}: line 4: missing field "personality"; found "persona" — '
         'rename it to "personality"?',
         f'{tmp_path / "mine.jsonl"}: line 4, field "turns": empty list — list the messages in '

@@ -72,6 +72,17 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
         parser.add_argument(
             "--split", default="train", help="split of a Persona-Chat dict of splits or hub dataset"
         )
+        parser.add_argument(
+            "--skip-invalid",
+            action="store_true",
+            help="leave out invalid conversations/dialogs (each one printed, with the counts "
+            "kept and dropped) instead of refusing the file",
+        )
+        parser.add_argument(
+            "--allow-empty-personality",
+            action="store_true",
+            help="accept dialogs without a persona (plain dialog corpora)",
+        )
 
 
 def run_data_command(options: argparse.Namespace) -> int:
@@ -103,7 +114,14 @@ def write_json_atomic(path: Path, value: object) -> None:
 
 def convert(options: argparse.Namespace) -> int:
     fmt = options.format or detect_format(options.src)
-    dialogs = read_dialogs(options.src, fmt, options.split, lowercase=options.lowercase)
+    dialogs = read_dialogs(
+        options.src,
+        fmt,
+        options.split,
+        lowercase=options.lowercase,
+        skip_invalid=options.skip_invalid,
+        allow_empty_personality=options.allow_empty_personality,
+    )
     added = 0
     if options.num_candidates is not None:
         dialogs, added = add_distractors(dialogs, options.num_candidates, options.seed)
@@ -200,14 +218,22 @@ def token_lengths(dialogs: list[dict], tokenizer, max_history: int) -> list[int]
 def validate(options: argparse.Namespace) -> int:
     try:
         fmt = options.format or detect_format(options.file)
-        dialogs = read_dialogs(options.file, fmt, options.split)
+        dialogs = read_dialogs(
+            options.file,
+            fmt,
+            options.split,
+            skip_invalid=options.skip_invalid,
+            allow_empty_personality=options.allow_empty_personality,
+            report=print,
+        )
     except DataError as err:
         print(f"{options.file}: {len(err.problems)} problem{'s' * (len(err.problems) != 1)}:")
         for problem in err.problems:
             print(f"  - {problem}")
         return 1
     counts = corpus_counts(dialogs)
-    print(f"{options.file} ({fmt}): valid")
+    skipping = " (what --skip-invalid keeps)" if options.skip_invalid else ""
+    print(f"{options.file} ({fmt}): valid{skipping}")
     print(f"  dialogs                  {counts['dialogs']}")
     print(f"  utterances               {counts['utterances']}")
     print(

@@ -159,7 +159,7 @@ def _check_utterance(utterance: object, where: str) -> list[str]:
     return problems
 
 
-def _check_dialog(dialog: object, where: str) -> list[str]:
+def _check_dialog(dialog: object, where: str, allow_empty_personality: bool = False) -> list[str]:
     if not isinstance(dialog, dict):
         return [
             f"{where}: expected an object like {DIALOG_EXAMPLE}, got {_describe(dialog)} — "
@@ -175,8 +175,9 @@ def _check_dialog(dialog: object, where: str) -> list[str]:
         problems += _check_string_list(
             dialog["personality"],
             f'{where}, field "personality"',
-            fix='give at least one persona sentence, e.g. ["i like cats."]',
-            allow_empty_list=False,
+            fix='give at least one persona sentence, e.g. ["i like cats."] (or set '
+            "allow_empty_personality to read dialogs without a persona)",
+            allow_empty_list=allow_empty_personality,
             allow_empty_strings=False,
         )
     if "utterances" not in dialog:
@@ -202,8 +203,12 @@ def _check_dialog(dialog: object, where: str) -> list[str]:
     return problems
 
 
-def validate_dialogs(dialogs: object, source: str = "<data>") -> list[str]:
+def validate_dialogs(
+    dialogs: object, source: str = "<data>", allow_empty_personality: bool = False
+) -> list[str]:
     """Return every problem found in ``dialogs`` (an empty list means valid).
+
+    ``allow_empty_personality``: a dialog may have ``"personality": []`` (no persona).
 
     Never raises, whatever it is given (this is what lets :func:`load_dialogs` report all
     problems at once). Each problem starts with ``source`` and a location such as
@@ -231,7 +236,7 @@ def validate_dialogs(dialogs: object, source: str = "<data>") -> list[str]:
             return [f"{source}: no dialogs (empty list) — add at least one dialog {DIALOG_EXAMPLE}"]
         problems: list[str] = []
         for i, dialog in enumerate(dialogs):
-            problems += _check_dialog(dialog, f"{source}: dialog {i}")
+            problems += _check_dialog(dialog, f"{source}: dialog {i}", allow_empty_personality)
         return problems
     except Exception as exc:  # pragma: no cover - defensive: the contract is "never raises"
         return [f"{source}: could not be checked ({type(exc).__name__}: {exc})"]

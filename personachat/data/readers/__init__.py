@@ -6,7 +6,7 @@
 ============== =================================================== ===============================
 format         what                                                module
 ============== =================================================== ===============================
-personachat    Persona-Chat JSON (a list, or ``{"train", "valid"}``) :mod:`personachat.data.dialogs`
+personachat    Persona-Chat JSON (a list, or ``{"train", "valid"}``) :mod:`.personachat_json`
 parlai         ParlAI / ConvAI2 text, ``self`` and ``both`` personas  :mod:`.parlai`
 synthetic-csv  Synthetic-Persona-Chat CSV, two dialogs per row       :mod:`.synthetic_csv`
 plain          ``{"personality", "turns"}`` as a JSON list or JSONL  :mod:`.plain`
@@ -16,23 +16,37 @@ hf             ``hf:NAME``, a Hugging Face hub dataset              :mod:`.hf`
 Formats without candidates give one candidate (the gold reply) per utterance; add
 distractors with :func:`personachat.data.candidates.add_distractors`. Without ``format`` the
 format is detected from the content, the extension breaking ties (see :func:`detect_format`).
+
+Every reader reports what it found record by record (:mod:`.records`): by default any problem
+refuses the file, listing every problem; with ``skip_invalid`` the invalid records are left
+out and reported with the counts kept and dropped.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from personachat.data.dialogs import DataError, validate_dialogs
-from personachat.data.files import load_dialogs
 from personachat.data.readers.files import head
-from personachat.data.readers.hf import read_hf
-from personachat.data.readers.parlai import read_parlai
-from personachat.data.readers.plain import read_plain
-from personachat.data.readers.synthetic_csv import read_synthetic_csv
+from personachat.data.readers.hf import load_hf_records
+from personachat.data.readers.parlai import parlai_records
+from personachat.data.readers.personachat_json import personachat_records
+from personachat.data.readers.plain import plain_records
+from personachat.data.readers.records import Reading, print_to_stderr
+from personachat.data.readers.synthetic_csv import synthetic_csv_records
 
-__all__ = ["FORMATS", "DataError", "detect_format", "lowercase_dialogs", "read_dialogs"]
+__all__ = [
+    "FORMATS",
+    "DataError",
+    "Reading",
+    "detect_format",
+    "lowercase_dialogs",
+    "read_dialogs",
+    "read_records",
+]
 
 FORMATS = ("personachat", "parlai", "synthetic-csv", "plain", "hf")
 _HF_PREFIX = "hf:"
@@ -113,6 +127,10 @@ def read_dialogs(
     format: str | None = None,
     split: str = "train",
     lowercase: bool = False,
+    *,
+    skip_invalid: bool = False,
+    allow_empty_personality: bool = False,
+    report: Callable[[str], None] = print_to_stderr,
 ) -> list[dict]:
     """Read dialogs in any supported format as validated Persona-Chat dialogs.
 
@@ -122,9 +140,31 @@ def read_dialogs(
         split: the split of a Persona-Chat JSON dict of splits or of a hub dataset
             ("valid" also finds "validation"); ignored by the other formats.
         lowercase: lowercase all text (Persona-Chat is lowercase; your data need not be).
+        skip_invalid: leave out the invalid records (conversations, dialogs, lines) instead
+            of refusing the file; each problem and the counts kept and dropped go to
+            ``report`` (standard error by default). A file none of whose records is valid,
+            or whose structure is broken, is still an error.
+        allow_empty_personality: accept dialogs without a persona (``"personality": []``).
 
     Raises DataError listing every problem found, with file, line or dialog index and field.
     """
+    reading = read_records(path, format, split, allow_empty_personality)
+    dialogs = reading.dialogs(skip_invalid, report)
+    problems = validate_dialogs(dialogs, reading.source, allow_empty_personality)
+    if problems:  # the readers check as they go; this guards against a reader's oversight
+        raise DataError(
+            problems, f"{reading.source}: read as {reading.what} but not valid dialogs:"
+        )
+    return lowercase_dialogs(dialogs) if lowercase else dialogs
+
+
+def read_records(
+    path: str | os.PathLike,
+    format: str | None = None,
+    split: str = "train",
+    allow_empty_personality: bool = False,
+) -> Reading:
+    """Every record of ``path`` with its dialogs and problems (see :func:`read_dialogs`)."""
     text = os.fspath(path)
     if not text:
         raise DataError("empty path '' — pass the path of a dialog file or hf:NAME")
@@ -133,15 +173,12 @@ def read_dialogs(
     elif format not in FORMATS:
         raise DataError(f"unknown format {format!r} — the formats are {', '.join(FORMATS)}")
     if format == "hf":
-        dialogs = read_hf(text.removeprefix(_HF_PREFIX), split)
-    elif format == "personachat":
-        dialogs = load_dialogs(text, split)
-    else:
-        reader = {"parlai": read_parlai, "synthetic-csv": read_synthetic_csv, "plain": read_plain}[
-            format
-        ]
-        dialogs = reader(Path(text))
-    problems = validate_dialogs(dialogs, text)
-    if problems:  # the readers check as they go; this guards against a reader's oversight
-        raise DataError(problems, f"{text}: read as {format} but not valid dialogs:")
-    return lowercase_dialogs(dialogs) if lowercase else dialogs
+        return load_hf_records(text.removeprefix(_HF_PREFIX), split, allow_empty_personality)
+    if format == "personachat":
+        return personachat_records(Path(text), split, allow_empty_personality)
+    reader = {
+        "parlai": parlai_records,
+        "synthetic-csv": synthetic_csv_records,
+        "plain": plain_records,
+    }[format]
+    return reader(Path(text), allow_empty_personality)

@@ -19,10 +19,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
-from personachat.data.dialogs import DataError, validate_dialogs
+from personachat.data.dialogs import DataError
 from personachat.data.readers import plain, synthetic_csv
+from personachat.data.readers.records import Reading, add_checked
 
-__all__ = ["dialogs_from_rows", "read_hf"]
+__all__ = ["dialogs_from_rows", "hf_records", "load_hf_records"]
 
 _SPLIT_ALIASES = {
     "valid": ("valid", "validation", "val", "dev"),
@@ -60,37 +61,48 @@ def _utterance_rows(rows: Iterable[Mapping]) -> list[dict]:
 
 def dialogs_from_rows(rows: Iterable[Mapping], columns: Sequence[str], source: str) -> list[dict]:
     """Map hub rows to validated Persona-Chat dialogs by their columns (module docstring)."""
+    return hf_records(rows, columns, source).strict()
+
+
+def hf_records(
+    rows: Iterable[Mapping],
+    columns: Sequence[str],
+    source: str,
+    allow_empty_personality: bool = False,
+) -> Reading:
+    """Every row (or, for one-utterance rows, every dialog) of a hub dataset with its
+    dialogs and problems."""
     have = set(columns)
-    problems: list[str] = []
+    allow = allow_empty_personality
     if {"personality", "utterances"} <= have:
-        dialogs = [
-            {
+        reading = Reading(source, "hub dialog", "row")
+        for i, row in enumerate(rows):
+            dialog = {
                 "personality": list(row["personality"]),
                 "utterances": _utterance_list(row["utterances"]),
             }
-            for row in rows
-        ]
+            add_checked(reading, [dialog], f"{source}: row {i}", allow)
     elif {"personality", "history", "candidates"} <= have:
-        dialogs = _utterance_rows(rows)
+        reading = Reading(source, "hub dialog", "dialog")
+        for i, dialog in enumerate(_utterance_rows(rows)):
+            add_checked(reading, [dialog], f"{source}: dialog {i}", allow)
     elif set(synthetic_csv.COLUMNS) <= have:
-        dialogs = []
+        reading = Reading(source, "hub dialog", "conversation")
         for i, row in enumerate(rows):
-            found, found_problems, _ = synthetic_csv.dialogs_from_row(
+            found, problems, _ = synthetic_csv.dialogs_from_row(
                 row[synthetic_csv.PERSONA_1] or "",
                 row[synthetic_csv.PERSONA_2] or "",
                 row[synthetic_csv.CONVERSATION] or "",
                 f"{source}: row {i}",
                 lambda k: f"conversation line {k + 1}",
+                allow,
             )
-            dialogs += found
-            problems += found_problems
+            reading.add(found, problems)
     elif {"personality", "turns"} <= have:
-        dialogs = []
+        reading = Reading(source, "hub dialog", "row")
         for i, row in enumerate(rows):
-            dialog, found = plain.dialog_from_object(dict(row), f"{source}: row {i}")
-            problems += found
-            if dialog is not None:
-                dialogs.append(dialog)
+            dialog, problems = plain.dialog_from_object(dict(row), f"{source}: row {i}", allow)
+            reading.add([dialog] if dialog is not None else [], problems)
     else:
         raise DataError(
             f"{source}: columns {sorted(have)} match no known dialog layout — expected "
@@ -98,14 +110,9 @@ def dialogs_from_rows(rows: Iterable[Mapping], columns: Sequence[str], source: s
             f"the Synthetic-Persona-Chat columns {list(synthetic_csv.COLUMNS)}; download the "
             "data and convert it to one of the file formats instead"
         )
-    problems = problems or validate_dialogs(dialogs, source)
-    if problems:
-        raise DataError(
-            problems,
-            f"{source} is not usable dialog data ({len(problems)} "
-            f"problem{'s' * (len(problems) != 1)}):",
-        )
-    return dialogs
+    if not reading.records:
+        reading.fatal.append(f"{source}: no rows")
+    return reading
 
 
 def _pick_split(loaded: object, split: str, name: str) -> object:
@@ -119,7 +126,9 @@ def _pick_split(loaded: object, split: str, name: str) -> object:
     )
 
 
-def read_hf(name: str, split: str = "train") -> list[dict]:
+def load_hf_records(
+    name: str, split: str = "train", allow_empty_personality: bool = False
+) -> Reading:
     """Load ``split`` of the hub dataset ``name`` and map its rows to dialogs."""
     if not name.strip():
         raise DataError('"hf:" needs a dataset name after it, e.g. hf:bavard/personachat_truecased')
@@ -149,4 +158,6 @@ def read_hf(name: str, split: str = "train") -> list[dict]:
             "JSON/JSONL)"
         ) from None
     dataset = _pick_split(loaded, split, name)
-    return dialogs_from_rows(dataset, list(dataset.column_names), f"hf:{name} (split {split})")
+    return hf_records(
+        dataset, list(dataset.column_names), f"hf:{name} (split {split})", allow_empty_personality
+    )

@@ -22,10 +22,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from personachat.data.dialogs import DataError
 from personachat.data.readers.files import read_text
+from personachat.data.readers.records import Reading
 
-__all__ = ["WHAT", "read_parlai"]
+__all__ = ["WHAT", "parlai_records", "read_parlai"]
 
 WHAT = 'a ParlAI/ConvAI2 text file (lines "N your persona: ..." and "N message<TAB>reply...")'
 _LINE = re.compile(r"([0-9]{1,9}) (.*)", re.DOTALL)
@@ -42,7 +42,8 @@ class _Dialog:
     persona: list[str] = field(default_factory=list)
     utterances: list[dict] = field(default_factory=list)
     history: list[str] = field(default_factory=list)
-    broken: bool = False
+    problems: list[str] = field(default_factory=list)
+    broken: bool = False  # a turn could not be read: later histories would be wrong
 
 
 def _snippet(text: str) -> str:
@@ -50,22 +51,29 @@ def _snippet(text: str) -> str:
     return repr(text)
 
 
-def _finish(dialog: _Dialog | None, path: Path, dialogs: list[dict], problems: list[str]) -> None:
-    if dialog is None or dialog.broken:
+def _finish(
+    dialog: _Dialog | None, path: Path, reading: Reading, allow_empty_personality: bool
+) -> None:
+    """Add the dialog being read to ``reading``, with its problems."""
+    if dialog is None:
         return
     where = f"{path}: line {dialog.line} (dialog {dialog.index})"
-    if not dialog.persona:
+    problems = dialog.problems
+    if dialog.broken:
+        pass  # its turn problem is reported; nothing more can be said about it
+    elif not dialog.persona and not allow_empty_personality:
         problems.append(
             f'{where}: no "your persona:" lines — the bot needs a persona; ConvAI2 '
-            'files with "none" in the name have none, use a "self" or "both" file'
+            'files with "none" in the name have none: use a "self" or "both" file, or set '
+            "allow_empty_personality to read dialogs without a persona"
         )
     elif not dialog.utterances:
         problems.append(
-            f"{where}: persona lines but no turns — add the dialog's "
+            f"{where}: no turns — add the dialog's "
             '"N message<TAB>reply" lines or remove its persona lines'
         )
-    else:
-        dialogs.append({"personality": dialog.persona, "utterances": dialog.utterances})
+    dialog_ = {"personality": dialog.persona, "utterances": dialog.utterances}
+    reading.add([] if problems else [dialog_], problems)
 
 
 def _turn(body: str, where: str, dialog: _Dialog) -> list[str]:
@@ -100,58 +108,68 @@ def _turn(body: str, where: str, dialog: _Dialog) -> list[str]:
     return []
 
 
-def read_parlai(path: Path) -> list[dict]:
+def read_parlai(path: Path, allow_empty_personality: bool = False) -> list[dict]:
     """Read a ParlAI/ConvAI2 text file; every problem is listed in one DataError."""
+    return parlai_records(path, allow_empty_personality).strict()
+
+
+def _unnumbered(line: str, where: str) -> str:
+    hint = (
+        " — this is ParlAI's key:value format (text:...<TAB>labels:...); convert "
+        "it to the numbered format"
+        if line.startswith("text:")
+        else ""
+    )
+    return (
+        f'{where}: expected "N your persona: ..." or "N message<TAB>reply'
+        f'<TAB><TAB>candidates", starting with the line number; found '
+        f"{_snippet(line)}{hint}"
+    )
+
+
+def parlai_records(path: Path, allow_empty_personality: bool = False) -> Reading:
+    """Every dialog of a ParlAI/ConvAI2 text file with its problems (a line that is not
+    numbered belongs to the dialog it is in, or stands alone before the first one)."""
     text = read_text(path, WHAT)
-    dialogs: list[dict] = []
-    problems: list[str] = []
+    reading = Reading(str(path), "ParlAI/ConvAI2", "dialog")
     dialog: _Dialog | None = None
     previous, count = 0, 0
     for n, line in enumerate(text.split("\n"), 1):
         line = line.rstrip("\r")
         if not line.strip():
             continue
-        where = f"{path}: line {n}"
         match = _LINE.fullmatch(line)
         if match is None:
-            hint = (
-                " — this is ParlAI's key:value format (text:...<TAB>labels:...); convert "
-                "it to the numbered format"
-                if line.startswith("text:")
-                else ""
-            )
-            problems.append(
-                f'{where}: expected "N your persona: ..." or "N message<TAB>reply'
-                f'<TAB><TAB>candidates", starting with the line number; found '
-                f"{_snippet(line)}{hint}"
-            )
+            problem = _unnumbered(line, f"{path}: line {n}")
+            if dialog is None:
+                reading.add([], [problem])
+            else:
+                dialog.problems.append(problem)
             continue
         number, body = int(match.group(1)), match.group(2)
         if dialog is None or number <= previous:
-            _finish(dialog, path, dialogs, problems)
+            _finish(dialog, path, reading, allow_empty_personality)
             dialog = _Dialog(index=count, line=n)
             count += 1
         previous = number
-        where = f"{where} (dialog {dialog.index})"
-        lowered = body.lstrip().lower()
-        if lowered.startswith(_YOUR_PERSONA):
-            sentence = body.lstrip()[len(_YOUR_PERSONA) :].strip()
-            if sentence:
-                dialog.persona.append(sentence)
-            else:
-                problems.append(
-                    f'{where}: empty "your persona:" line — write the sentence or remove the line'
-                )
-        elif not lowered.startswith(_PARTNER_PERSONA):
-            found = _turn(body, where, dialog)
-            if found:
-                problems += found
-                dialog.broken = True  # later histories would be wrong; report, don't keep
-    _finish(dialog, path, dialogs, problems)
-    if problems:
-        raise DataError(
-            problems,
-            f"{path} is not valid ParlAI/ConvAI2 data "
-            f"({len(problems)} problem{'s' * (len(problems) != 1)}):",
-        )
-    return dialogs
+        _line(body, f"{path}: line {n} (dialog {dialog.index})", dialog)
+    _finish(dialog, path, reading, allow_empty_personality)
+    return reading
+
+
+def _line(body: str, where: str, dialog: _Dialog) -> None:
+    """Add a numbered line (persona sentence or turn) to the dialog being read."""
+    lowered = body.lstrip().lower()
+    if lowered.startswith(_YOUR_PERSONA):
+        sentence = body.lstrip()[len(_YOUR_PERSONA) :].strip()
+        if sentence:
+            dialog.persona.append(sentence)
+        else:
+            dialog.problems.append(
+                f'{where}: empty "your persona:" line — write the sentence or remove the line'
+            )
+    elif not lowered.startswith(_PARTNER_PERSONA):
+        found = _turn(body, where, dialog)
+        if found:
+            dialog.problems += found
+            dialog.broken = True  # later histories would be wrong; report, don't keep

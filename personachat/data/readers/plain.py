@@ -16,29 +16,44 @@ from pathlib import Path
 from personachat.data.dialogs import DataError, _describe, _did_you_mean
 from personachat.data.files import json_error_message
 from personachat.data.readers.files import read_text
+from personachat.data.readers.records import Reading
 from personachat.data.readers.turns import dialog_from_turns, string_list_problems
 
-__all__ = ["WHAT", "dialog_from_object", "read_plain"]
+__all__ = ["WHAT", "dialog_from_object", "plain_records", "read_plain"]
 
 WHAT = 'plain dialogs (a JSON list or JSONL of {"personality": [...], "turns": [...]})'
 _EXAMPLE = '{"personality": [...], "turns": [...]}'
 
 
-def dialog_from_object(obj: object, where: str) -> tuple[dict | None, list[str]]:
-    """Check one plain dialog object and convert it; returns ``(dialog or None, problems)``."""
+def dialog_from_object(
+    obj: object, where: str, allow_empty_personality: bool = False
+) -> tuple[dict | None, list[str]]:
+    """Check one plain dialog object and convert it; returns ``(dialog or None, problems)``.
+
+    With ``allow_empty_personality`` the ``personality`` field may be empty or missing."""
     if not isinstance(obj, dict):
         return None, [f"{where}: expected a dialog object like {_EXAMPLE}, got {_describe(obj)}"]
+    if allow_empty_personality and not obj.get("personality"):
+        obj = {**obj, "personality": []}
     problems = []
     for field, what, fix in (
         (
             "personality",
             "persona sentence",
-            'give at least one persona sentence, e.g. ["i like cats ."]',
+            'give at least one persona sentence, e.g. ["i like cats ."] (or set '
+            "allow_empty_personality to read dialogs without a persona)",
         ),
         ("turns", "turn", 'list the messages in order, partner first, e.g. ["hi !", "hello !"]'),
     ):
+        if field == "personality" and allow_empty_personality and obj[field] == []:
+            continue
         if field not in obj:
             hint = ""
+            if field == "personality":
+                hint = (
+                    " — add the bot's persona sentences, or set allow_empty_personality to "
+                    "read dialogs without a persona"
+                )
             if field == "turns" and "utterances" in obj:
                 hint = (
                     '; this object has "utterances", so it is Persona-Chat data — write such '
@@ -69,59 +84,62 @@ def dialog_from_object(obj: object, where: str) -> tuple[dict | None, list[str]]
     return dialog, []
 
 
-def _jsonl_objects(path: Path, text: str) -> tuple[list[tuple[str, object]], list[str]]:
-    """(location, object) for each non-blank line, and a problem for each line that is not JSON."""
-    objects, problems = [], []
+def _jsonl_objects(path: Path, text: str) -> list[tuple[str, object, str | None]]:
+    """(location, object, None) for each non-blank line, or (location, None, problem) for a
+    line that is not JSON."""
+    objects: list[tuple[str, object, str | None]] = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
+        where = f"{path}: line {n}"
         try:
-            objects.append((f"{path}: line {n}", json.loads(line)))
+            objects.append((where, json.loads(line), None))
         except json.JSONDecodeError as exc:
             cut = (
                 " — the line ends before the JSON does (truncated?)"
                 if exc.pos >= len(line.rstrip())
                 else ""
             )
-            problems.append(
-                f"{path}: line {n}, column {exc.colno}: not valid JSON "
+            problem = (
+                f"{where}, column {exc.colno}: not valid JSON "
                 f"({exc.msg}){cut}; each line must be one dialog {_EXAMPLE}"
             )
+            objects.append((where, None, problem))
         except RecursionError:
-            problems.append(f"{path}: line {n}: JSON nested too deeply to be a dialog")
-    return objects, problems
+            objects.append((where, None, f"{where}: JSON nested too deeply to be a dialog"))
+    return objects
 
 
-def read_plain(path: Path) -> list[dict]:
+def read_plain(path: Path, allow_empty_personality: bool = False) -> list[dict]:
     """Read a plain-dialogs JSON or JSONL file; every problem is listed in one DataError."""
+    return plain_records(path, allow_empty_personality).strict()
+
+
+def plain_records(path: Path, allow_empty_personality: bool = False) -> Reading:
+    """Every dialog (JSON list) or line (JSONL) of a plain-dialogs file with its problems."""
     text = read_text(path, WHAT)
     stripped = text.lstrip("\ufeff \t\r\n")
-    problems: list[str] = []
+    unit = "dialog"
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         if stripped.startswith("["):  # a JSON list cut short or broken: one precise location
             raise DataError(json_error_message(path, text, exc)) from None
-        objects, problems = _jsonl_objects(path, text)
+        objects, unit = _jsonl_objects(path, text), "line"
     except RecursionError:
         raise DataError(f"{path}: JSON nested too deeply to be dialogs") from None
     else:
         if isinstance(data, list):
-            objects = [(f"{path}: dialog {i}", obj) for i, obj in enumerate(data)]
+            objects = [(f"{path}: dialog {i}", obj, None) for i, obj in enumerate(data)]
         else:  # a single object: one dialog, or a one-line JSONL file
-            objects = [(f"{path}: line 1", data)]
-    if not objects and not problems:
-        problems.append(f"{path}: no dialogs — add at least one {_EXAMPLE}")
-    dialogs = []
-    for where, obj in objects:
-        dialog, found = dialog_from_object(obj, where)
-        problems += found
-        if dialog is not None:
-            dialogs.append(dialog)
-    if problems:
-        raise DataError(
-            problems,
-            f"{path} is not valid plain dialog data "
-            f"({len(problems)} problem{'s' * (len(problems) != 1)}):",
-        )
-    return dialogs
+            objects = [(f"{path}: line 1", data, None)]
+    reading = Reading(str(path), "plain dialog", unit)
+    if not objects:
+        reading.fatal.append(f"{path}: no dialogs — add at least one {_EXAMPLE}")
+    for where, obj, problem in objects:
+        if problem is not None:
+            reading.add([], [problem])
+            continue
+        dialog, found = dialog_from_object(obj, where, allow_empty_personality)
+        reading.add([dialog] if dialog is not None else [], found)
+    return reading

@@ -9,7 +9,8 @@ utterances (see :mod:`personachat.data.readers.turns` for how an opening line is
 The generated text is not always tidy, so the reader follows fixed rules (measured on the
 1,000 validation conversations):
 
-- ``*User 1:* hi``, ``* User 1: hi *`` and ``**User 1**: hi`` are speaker lines too.
+- Speaker prefixes wrapped in markdown emphasis are speaker prefixes: ``*User 1:* hi``,
+  ``**User 1:** hi``, ``* * User 1: * * hi``, ``* User 1: hi *`` and ``**User 1**: hi``.
 - Stage directions — lines in brackets or parentheses (``[A few minutes later]``), wrapped in
   ``*...*`` or ``_..._``, or made only of ``* - _ = ~ # .`` (``* * *``) — are dropped.
 - Any other line without a speaker prefix continues the previous message (a recipe spread
@@ -18,7 +19,9 @@ The generated text is not always tidy, so the reader follows fixed rules (measur
 - Consecutive messages of one speaker are joined into one turn, so turns alternate.
 
 A conversation in which no line starts with ``User 1:``/``User 2:``, or only one of the two
-speaks, is an error: the speakers cannot be told apart.
+speaks, is an error: the speakers cannot be told apart. So is an empty conversation, and an
+empty persona column unless ``allow_empty_personality``. With ``skip_invalid`` such
+conversations are left out (see :mod:`personachat.data.readers.records`).
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ from pathlib import Path
 
 from personachat.data.dialogs import DataError
 from personachat.data.readers.files import read_text
+from personachat.data.readers.records import Reading
 from personachat.data.readers.turns import dialog_from_turns
 
-__all__ = ["COLUMNS", "WHAT", "dialogs_from_row", "read_synthetic_csv"]
+__all__ = ["COLUMNS", "WHAT", "dialogs_from_row", "read_synthetic_csv", "synthetic_csv_records"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +52,11 @@ WHAT = (
     '"Best Generated Conversation")'
 )
 
-_SPEAKER = re.compile(r"\s*([*_]*)\s*user\s*([12])\s*[*_]*\s*:(.*)", re.IGNORECASE | re.DOTALL)
+# Emphasis around the prefix may hold spaces ("* * User 1: * *"); what follows the colon
+# loses the closing emphasis when the prefix had an opening one.
+_SPEAKER = re.compile(
+    r"\s*((?:[*_]\s*)*)user\s*([12])\s*(?:[*_]\s*)*:(.*)", re.IGNORECASE | re.DOTALL
+)
 _STAGE = re.compile(r"\s*(?:[\[(].*|\*.*\*|_.*_|[*\-_=~#.\s]*)", re.DOTALL)
 
 
@@ -101,7 +109,12 @@ def parse_conversation(text: str) -> tuple[list[int], list[str], int, int | None
 
 
 def dialogs_from_row(
-    persona_1: str, persona_2: str, conversation: str, where: str, line: Callable[[int], str]
+    persona_1: str,
+    persona_2: str,
+    conversation: str,
+    where: str,
+    line: Callable[[int], str],
+    allow_empty_personality: bool = False,
 ) -> tuple[list[dict], list[str], int]:
     """The two dialogs (User 1 as the bot, then User 2) of one conversation.
 
@@ -111,10 +124,11 @@ def dialogs_from_row(
     problems = []
     personas = {1: persona_sentences(persona_1), 2: persona_sentences(persona_2)}
     for speaker, column in ((1, PERSONA_1), (2, PERSONA_2)):
-        if not personas[speaker]:
+        if not personas[speaker] and not allow_empty_personality:
             problems.append(
                 f'{where}, column "{column}": empty — each speaker needs at least '
-                "one persona sentence, one per line"
+                "one persona sentence, one per line (or set allow_empty_personality "
+                "to read dialogs without a persona)"
             )
     speakers, texts, dropped, first = parse_conversation(conversation)
     if first is None:
@@ -163,57 +177,39 @@ def _header(path: Path, header: list[str]) -> dict[str, int]:
     return {name: index[_column_key(name)] for name in COLUMNS}
 
 
-def read_synthetic_csv(path: Path) -> list[dict]:
+def read_synthetic_csv(path: Path, allow_empty_personality: bool = False) -> list[dict]:
     """Read a Synthetic-Persona-Chat CSV; every problem is listed in one DataError."""
+    return synthetic_csv_records(path, allow_empty_personality).strict()
+
+
+def synthetic_csv_records(path: Path, allow_empty_personality: bool = False) -> Reading:
+    """Every conversation of a Synthetic-Persona-Chat CSV with its dialogs and problems."""
     text = read_text(path, WHAT)
     reader = csv.reader(io.StringIO(text, newline=""))
-    dialogs: list[dict] = []
-    problems: list[str] = []
-    dropped, conversations = 0, 0
+    reading = Reading(str(path), "Synthetic-Persona-Chat", "conversation")
+    dropped = 0
     try:
         columns = _header(path, next(reader, []))
-        needed = max(columns.values()) + 1
         while True:
             start = reader.line_num + 1
             try:
                 row = next(reader)
             except StopIteration:
                 break
-            if not any(cell.strip() for cell in row):
-                continue
-            where = f"{path}: line {start} (conversation {conversations})"
-            conversations += 1
-            if len(row) < needed:
-                problems.append(
-                    f"{where}: {len(row)} field{'s' * (len(row) != 1)}, expected "
-                    f"{needed} — a quote or comma is missing or the row is cut short"
+            if any(cell.strip() for cell in row):
+                where = f"{path}: line {start} (conversation {len(reading.records)})"
+                dialogs, problems, lost = _conversation(
+                    row, columns, start, where, allow_empty_personality
                 )
-                continue
-            conv_column = columns[CONVERSATION]
-            first = start + sum(cell.count("\n") for cell in row[:conv_column])
-            found, found_problems, lost = dialogs_from_row(
-                row[columns[PERSONA_1]],
-                row[columns[PERSONA_2]],
-                row[conv_column],
-                where,
-                lambda k, first=first: f"line {first + k}",
-            )
-            dialogs += found
-            problems += found_problems
-            dropped += lost
+                reading.add(dialogs, problems)
+                dropped += lost
     except csv.Error as exc:
-        problems.append(
+        reading.fatal.append(
             f"{path}: line {reader.line_num}: not valid CSV ({exc}) — check the "
             "quotes around multi-line cells"
         )
-    if not conversations and not problems:
-        problems.append(f"{path}: no conversations after the header row")
-    if problems:
-        raise DataError(
-            problems,
-            f"{path} is not valid Synthetic-Persona-Chat data "
-            f"({len(problems)} problem{'s' * (len(problems) != 1)}):",
-        )
+    if not reading.records and not reading.fatal:
+        reading.fatal.append(f"{path}: no conversations after the header row")
     if dropped:
         logger.warning(
             '%s: ignored %d line(s) that come before the first "User 1:"/'
@@ -221,4 +217,30 @@ def read_synthetic_csv(path: Path) -> list[dict]:
             path,
             dropped,
         )
-    return dialogs
+    return reading
+
+
+def _conversation(
+    row: list[str], columns: dict[str, int], start: int, where: str, allow_empty: bool
+) -> tuple[list[dict], list[str], int]:
+    """``dialogs_from_row`` of one CSV row starting at line ``start``."""
+    needed = max(columns.values()) + 1
+    if len(row) < needed:
+        return (
+            [],
+            [
+                f"{where}: {len(row)} field{'s' * (len(row) != 1)}, expected "
+                f"{needed} — a quote or comma is missing or the row is cut short"
+            ],
+            0,
+        )
+    conv_column = columns[CONVERSATION]
+    first = start + sum(cell.count("\n") for cell in row[:conv_column])
+    return dialogs_from_row(
+        row[columns[PERSONA_1]],
+        row[columns[PERSONA_2]],
+        row[conv_column],
+        where,
+        lambda k: f"line {first + k}",
+        allow_empty,
+    )
