@@ -44,6 +44,7 @@ EVAL_SCORES = (
     "eval_hits@1",
     "eval_f1_score",
     "eval_persona_accuracy",
+    "eval_persona_contradiction_rate",
     "eval_persona_hits@1",
     "eval_generation_f1",
 )
