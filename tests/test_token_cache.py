@@ -18,16 +18,16 @@ import pytest
 import torch
 
 from personachat import ConvAIModel
-from personachat.encoding import token_cache
+from personachat.encoding import token_cache, token_tables
 from personachat.encoding.dataset import collate, dataset_from_dialogs
 from personachat.encoding.inputs import ATTR_TO_SPECIAL_TOKEN, IGNORE_INDEX, SpecialIds
 from personachat.encoding.token_cache import (
     CACHE_SUBDIR,
-    MANIFEST,
     EncodingOptions,
     cache_key,
     cached_dataset,
 )
+from personachat.encoding.token_tables import MANIFEST
 from personachat.model.scratch import train_tokenizer
 
 from .conftest import make_dialogs
@@ -82,13 +82,13 @@ def special(tokenizer) -> SpecialIds:
 def tokenizations(monkeypatch) -> list[int]:
     """Counts the strings each real tokenization run got (one entry per run)."""
     runs: list[int] = []
-    real = token_cache._tokenize_texts
+    real = token_tables._tokenize_texts
 
     def spy(folder, texts, *args, **kwargs):
         runs.append(len(texts))
         return real(folder, texts, *args, **kwargs)
 
-    monkeypatch.setattr(token_cache, "_tokenize_texts", spy)
+    monkeypatch.setattr(token_tables, "_tokenize_texts", spy)
     return runs
 
 
@@ -336,7 +336,7 @@ def _build_and_die(cache_dir: str, dialogs: list[dict]) -> None:
     def die(*args, **kwargs):
         os._exit(9)
 
-    token_cache._write_bytes = die
+    token_tables._write_bytes = die
     tokenizer = make_tokenizer()
     cached_dataset(dialogs, tokenizer, SpecialIds.from_tokenizer(tokenizer), OPTIONS, cache_dir)
 

@@ -3,7 +3,7 @@
 A dataset stores only token ids per sentence (each distinct string tokenized once by
 ``TextEncoder``); an item's input layout (``inputs.build_example``) is assembled when it is
 read, and padded tensors exist for one batch at a time (``collate``), padded to that batch's
-longest input. ``token_cache.CachedPersonaChatDataset`` yields the same items from disk.
+longest input. ``token_dataset.CachedPersonaChatDataset`` yields the same items from disk.
 """
 
 from __future__ import annotations
