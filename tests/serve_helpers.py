@@ -13,6 +13,7 @@ from pathlib import Path
 import uvicorn
 
 from personachat.serve.app import create_app
+from personachat.serve.server import uvicorn_config
 from personachat.serve.settings import ServeSettings
 from personachat.serve.store import SessionStore
 
@@ -30,7 +31,8 @@ def model_with_personas(tiny_checkpoint: Path, folder: Path) -> Path:
 
 
 class ThreadServer:
-    """``create_app`` under a real uvicorn server on 127.0.0.1 (a free port), in a thread."""
+    """``create_app`` under a real uvicorn server on 127.0.0.1 (a free port), in a thread,
+    configured as ``personachat serve`` configures it."""
 
     def __init__(self, model, db: Path, settings: ServeSettings) -> None:
         self.store = SessionStore(db)
@@ -38,7 +40,7 @@ class ThreadServer:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn_config(self.app, settings, log_level="warning"))
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
         )

@@ -3,17 +3,23 @@ timeout and the socket options; real servers on 127.0.0.1."""
 
 from __future__ import annotations
 
+import socket
+import statistics
+import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from personachat import ConvAIModel
 from personachat.cli import main
+from personachat.serve.settings import ServeSettings
 
 pytest.importorskip("fastapi", reason="the serve extra: pip install -e '.[test]'")
 pytest.importorskip("uvicorn", reason="the serve extra: pip install -e '.[test]'")
 httpx = pytest.importorskip("httpx", reason="the test extra: pip install -e '.[test]'")
 
-from .serve_helpers import model_with_personas  # noqa: E402
+from .serve_helpers import ThreadServer, model_with_personas  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +46,87 @@ def test_an_empty_api_key_is_an_error_not_auth_off(model_dir, tmp_path, capsys, 
     monkeypatch.setenv("PERSONACHAT_API_KEY", " ")
     assert serve(model_dir, tmp_path) == 2
     assert "the PERSONACHAT_API_KEY environment variable is empty" in capsys.readouterr().err
+
+
+def test_a_port_out_of_range_is_a_one_line_error(model_dir, tmp_path, capsys):
+    assert main(["serve", "--model", str(model_dir), "--port", "99999"]) == 2
+    err = capsys.readouterr().err
+    assert "--port 99999 is not a port" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------- one server
+@pytest.fixture(scope="module")
+def model(model_dir) -> ConvAIModel:
+    return ConvAIModel("gpt2", model_dir, use_cuda=False)
+
+
+@pytest.fixture(scope="module")
+def server(model, tmp_path_factory):
+    """A short header timeout, and a collection window longer than it."""
+    settings = ServeSettings(header_timeout=0.5, batch_window_ms=800)
+    with ThreadServer(model, tmp_path_factory.mktemp("db") / "options.sqlite3", settings) as s:
+        yield s
+
+
+def connect(server) -> socket.socket:
+    parts = urlsplit(server.url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def seconds_until_closed(sock: socket.socket) -> float:
+    """How long until the server closes ``sock`` (what it sends meanwhile is dropped)."""
+    started = time.monotonic()
+    while sock.recv(65536):
+        pass
+    return time.monotonic() - started
+
+
+def test_a_client_slow_to_send_its_headers_is_disconnected(server):
+    with connect(server) as silent:  # connects, sends nothing
+        assert 0.3 < seconds_until_closed(silent) < 3
+    with connect(server) as slow:  # half a request line, then nothing
+        slow.sendall(b"GET /hea")
+        assert seconds_until_closed(slow) < 3
+    with connect(server) as kept_alive:  # one request, then half of the next
+        kept_alive.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert kept_alive.recv(65536).startswith(b"HTTP/1.1 200")
+        kept_alive.sendall(b"GET /health HTTP/1.1\r\nHo")
+        assert seconds_until_closed(kept_alive) < 3
+    assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_the_header_timeout_spares_clients_in_time_and_long_replies(server):
+    with connect(server) as client:  # headers in pieces, complete within the timeout
+        for piece in (b"GET /health HT", b"TP/1.1\r\nHost: 127.0.0.1\r\n", b"\r\n"):
+            client.sendall(piece)
+            time.sleep(0.1)
+        assert client.recv(65536).startswith(b"HTTP/1.1 200")
+    with httpx.Client(base_url=server.url, timeout=30) as api:
+        session_id = api.post("/v1/sessions").json()["id"]
+        started = time.monotonic()
+        # The reply waits 0.8 s in the collection window, longer than the header timeout.
+        reply = api.post(f"/v1/sessions/{session_id}/messages", json={"text": "hi"})
+        assert reply.status_code == 200 and time.monotonic() - started > 0.5
+        again = api.post(f"/v1/sessions/{session_id}/messages", json={"text": "hi again"})
+        assert again.status_code == 200  # the same kept-alive connection, still open
+
+
+def test_accepted_connections_have_tcp_nodelay(server):
+    """Without it each request after the first on a kept-alive connection waited ~44 ms
+    for the client's delayed acknowledgement (benchmarks/keepalive_latency.py)."""
+    with httpx.Client(base_url=server.url) as client:
+        times = []
+        for _ in range(20):
+            started = time.perf_counter()
+            assert client.get("/health").status_code == 200
+            times.append(time.perf_counter() - started)
+        options = [
+            protocol.transport.get_extra_info("socket").getsockopt(
+                socket.IPPROTO_TCP, socket.TCP_NODELAY
+            )
+            for protocol in server.server.server_state.connections
+        ]
+    assert options and all(options), options
+    assert statistics.median(times[1:]) < 0.03, times

@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
-import socket
 import sys
 from dataclasses import fields
+from functools import partial
 from pathlib import Path
 
-from personachat.errors import PersonachatError
-from personachat.serve.settings import ServeSettings
+from personachat.serve.settings import LOOPBACK, ServeError, ServeSettings
 
 API_KEY_ENV = "PERSONACHAT_API_KEY"
 KEEP_FREED_MEMORY_ENV = "PERSONACHAT_KEEP_FREED_MEMORY"  # "0": leave glibc's malloc as it is
@@ -34,6 +33,8 @@ HELP = {
     "max_top_k": "upper bound of a request's top_k",
     "max_repetition_penalty": "upper bound of a request's repetition_penalty",
     "max_no_repeat_ngram_size": "upper bound of a request's no_repeat_ngram_size",
+    "header_timeout": "seconds a client may take to send a request's headers; then its "
+    "connection is closed",
 }
 
 
@@ -56,10 +57,6 @@ def keep_freed_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
     return bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(mallopt(m_trim_threshold, 2**30))
-
-
-class ServeError(PersonachatError, ValueError):
-    """A problem starting the server that the user can fix (the CLI prints it in one line)."""
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,20 +134,61 @@ def default_db(model_name: str) -> Path:
     return (folder if folder.is_dir() else Path.cwd()) / DB_NAME
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """Bind the listening socket here, so a taken port is a one-line error."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def check_threads(options: argparse.Namespace) -> None:
+    for flag in ("threads", "prefill_threads"):
+        value = getattr(options, flag)
+        if value is not None and value < 1:
+            raise ServeError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+
+
+def open_store(options: argparse.Namespace, model_name: str):
+    from personachat.serve.store import SessionStore, StoreError
+
     try:
-        sock.bind((host, port))
-    except OSError as err:
-        sock.close()
-        raise ServeError(
-            f"cannot listen on {host}:{port} ({err.strerror}); pick another --port or --host"
-        ) from err
-    sock.set_inheritable(True)
-    return sock
+        return SessionStore(Path(options.db) if options.db else default_db(model_name))
+    except StoreError as err:
+        raise ServeError(str(err)) from err
+
+
+def share_cpu(model, options: argparse.Namespace) -> None:
+    """Set torch's threads for serving on a CPU (the event loop needs a core too)."""
+    if model.device.type != "cpu":
+        return
+    # The decoding thread and the event loop share the cores: torch using every core
+    # makes its worker threads fight the loop (and each other) for them.
+    import torch
+
+    torch.set_num_threads(options.threads or max(1, (os.cpu_count() or 1) - 1))
+    # ... except while a batch's prompts are encoded: one burst of large matrix products
+    # (the loop has little to do then), ~1.7x faster on two cores than on one.
+    model.prefill_threads = options.prefill_threads or os.cpu_count()
+    if os.environ.get(KEEP_FREED_MEMORY_ENV, "1") != "0":
+        keep_freed_memory()
+
+
+def announce(model, model_name: str, settings: ServeSettings, db: Path, address: tuple) -> None:
+    """Where the server listens, and what its user should know before using it."""
+    from personachat.conv_ai_model import PERSONAS_FILE
+
+    host, port = address[:2]
+    shown = f"[{host}]" if ":" in host else host
+    say = partial(print, "personachat serve:", flush=True)
+    say(
+        f"http://{shown}:{port}/ (chat page), /docs (API); sessions in {db}; batches of up "
+        f"to {settings.max_batch_size} on {model.device}"
+        + ("; API key required" if settings.api_key else "")
+    )
+    if not (Path(model_name) / PERSONAS_FILE).is_file():
+        say(
+            f"note: {model_name} has no {PERSONAS_FILE}, so a session started without a "
+            "personality draws one from Persona-Chat (downloaded once); offline, send a "
+            "personality"
+        )
+    if settings.api_key is None and host not in LOOPBACK:
+        say(
+            f"warning: listening on {host} without an API key: anyone who can reach this "
+            "port can use the model; set --api-key"
+        )
 
 
 def run_serve(model, options: argparse.Namespace, model_name: str) -> int:
@@ -160,65 +198,25 @@ def run_serve(model, options: argparse.Namespace, model_name: str) -> int:
         import uvicorn
 
         from personachat.serve.app import create_app
+        from personachat.serve.server import listen, uvicorn_config
     except ImportError as err:
         raise ServeError(
             f"personachat serve needs FastAPI and uvicorn ({err}); install them "
             "with: pip install 'personachat[serve]'"
         ) from err
-    from personachat.conv_ai_model import PERSONAS_FILE
-    from personachat.serve.store import SessionStore, StoreError
-
     settings = settings_from(options)
-    for flag in ("threads", "prefill_threads"):
-        value = getattr(options, flag)
-        if value is not None and value < 1:
-            raise ServeError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    db = Path(options.db) if options.db else default_db(model_name)
-    try:
-        store = SessionStore(db)
-    except StoreError as err:
-        raise ServeError(str(err)) from err
+    check_threads(options)
+    store = open_store(options, model_name)
     try:
         sock = listen(options.host, options.port)
     except ServeError:
         store.close()
         raise
-    host, port = sock.getsockname()[:2]
-    if model.device.type == "cpu":
-        # The decoding thread and the event loop share the cores: torch using every core
-        # makes its worker threads fight the loop (and each other) for them.
-        import torch
-
-        torch.set_num_threads(options.threads or max(1, (os.cpu_count() or 1) - 1))
-        # ... except while a batch's prompts are encoded: one burst of large matrix products
-        # (the loop has little to do then), ~1.7x faster on two cores than on one.
-        model.prefill_threads = options.prefill_threads or os.cpu_count()
-        if os.environ.get(KEEP_FREED_MEMORY_ENV, "1") != "0":
-            keep_freed_memory()
+    share_cpu(model, options)
     app = create_app(model, store, settings)
-    shown = f"[{host}]" if ":" in host else host
-    print(
-        f"personachat serve: http://{shown}:{port}/ (chat page), /docs (API); sessions in "
-        f"{db}; batches of up to {settings.max_batch_size} on {model.device}"
-        + ("; API key required" if settings.api_key else ""),
-        flush=True,
-    )
-    if not (Path(model_name) / PERSONAS_FILE).is_file():
-        print(
-            f"personachat serve: note: {model_name} has no {PERSONAS_FILE}, so a session "
-            "started without a personality draws one from Persona-Chat (downloaded once); "
-            "offline, send a personality",
-            flush=True,
-        )
-    if settings.api_key is None and host not in ("127.0.0.1", "::1", "localhost"):
-        print(
-            f"personachat serve: warning: listening on {host} without an API key: anyone "
-            "who can reach this port can use the model; set --api-key",
-            flush=True,
-        )
-    config = uvicorn.Config(app, log_level=options.log_level, timeout_graceful_shutdown=30)
+    announce(model, model_name, settings, store.path, sock.getsockname())
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        uvicorn.Server(uvicorn_config(app, settings, options.log_level)).run(sockets=[sock])
     finally:
         store.close()
         sock.close()

@@ -8,6 +8,7 @@ web framework, so the checks are tested (and reusable) without a server.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -41,6 +42,13 @@ class RequestError(PersonachatError):
 
     def body(self) -> dict:
         return {"error": {"code": self.code, "message": self.message, **self.extra}}
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")  # addresses only this machine can reach
+
+
+class ServeError(PersonachatError, ValueError):
+    """A problem starting the server that the user can fix (the CLI prints it in one line)."""
 
 
 def limit_error(status: int, limit: str, maximum: int | float, what: str) -> RequestError:
@@ -83,6 +91,8 @@ class ServeSettings:
     max_top_k: int = 1000
     max_repetition_penalty: float = 2.0
     max_no_repeat_ngram_size: int = 6
+    # Seconds a connection may take to send a request's headers (slow clients hold sockets).
+    header_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -91,8 +101,9 @@ class ServeSettings:
                 if value is not None and not value.strip():
                     raise ValueError("api_key is empty: pass a non-empty key or none at all")
                 continue
-            low = 0 if f.name == "batch_window_ms" else 1
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
+            low = {"batch_window_ms": 0, "header_timeout": 0.1}.get(f.name, 1)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or value < low:
                 raise ValueError(
                     f"--{f.name.replace('_', '-')} must be a number >= {low}, got {value!r}"
                 )
