@@ -61,7 +61,11 @@ def is_double_heads(model) -> bool:
 
 
 def uses_token_types(model) -> bool:
-    return getattr(causal_lm(model).config, TOKEN_TYPES_KEY, "embed") != "none"
+    """Whether the model was trained with token types: as its config records, else GPT-2's
+    double heads yes (TransferTransfo) and any other causal LM no (a plain chat model)."""
+    lm = causal_lm(model)
+    default = "embed" if is_double_heads(lm) else "none"
+    return getattr(lm.config, TOKEN_TYPES_KEY, default) != "none"
 
 
 def run_body(model, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None, **kw):
