@@ -13,6 +13,7 @@ from personachat import ConvAIModel
 from personachat.cli import build_parser, main, resolve
 from personachat.data.dialogs import DataError
 from personachat.data.readers import read_dialogs
+from personachat.encoding.inputs import SpecialIds, build_input_from_segments
 
 HEADER = "user 1 personas,user 2 personas,Best Generated Conversation\n"
 GOOD = '"i like tea.","i am a nurse.","User 1: hi\nUser 2: hello\nUser 1: tea?\nUser 2: yes"\n'
@@ -183,3 +184,12 @@ def test_eval_flags_reach_the_options(tmp_path):
     train = build_parser().parse_args(["train", "--skip-invalid"])
     assert resolve(train)[1].skip_invalid
     assert not resolve(build_parser().parse_args(["train"]))[1].skip_invalid  # never the default
+
+
+def test_an_empty_persona_leaves_no_persona_segment():
+    special = SpecialIds(bos=0, eos=1, speaker1=2, speaker2=3, pad=4)
+
+    laid_out = build_input_from_segments([], [[10, 11]], [20], special)
+
+    assert laid_out["input_ids"] == [0, 2, 10, 11, 3, 20, 1]
+    assert laid_out["token_type_ids"] == [3, 2, 2, 2, 3, 3, 3]

@@ -92,6 +92,8 @@ def build_input_from_segments(
     Returns ``input_ids``, ``token_type_ids``, ``mc_token_ids`` (index of the last token, where
     the multiple-choice head reads) and ``lm_labels`` (-100 everywhere except the reply's
     tokens and ``<eos>`` when ``lm_labels`` is true: only the gold reply is learned).
+    An empty persona (dialogs read with ``allow_empty_personality``, the persona ablation)
+    has no persona segment: ``<bos>`` is followed by the history.
     """
     reply_segment = list(reply) + ([special.eos] if with_eos else [])
     utterances = [*history, reply_segment]
