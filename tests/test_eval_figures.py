@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from personachat import ConvAIModel
+from personachat.args import ArgsError, make_args
 from personachat.encoding.inputs import EncodingError
 
 from .conftest import make_dialogs
@@ -72,3 +73,25 @@ def test_probe_data_reports_contradictions_and_generation_f1_its_decoding(
     assert 0.0 <= results["persona_accuracy"] <= 1.0
     assert results["generation_f1_decoding"] == "greedy"
     assert results["eval_num_candidates"] == 4  # the benchmark's own candidates
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"eval_num_candidates": 0}, "eval_num_candidates must be a positive integer or null"),
+        ({"eval_num_candidates": "many"}, "eval_num_candidates must be an integer or null"),
+        ({"eval_num_candidates": True}, "eval_num_candidates must be an integer or null"),
+        ({"skip_invalid": "sometimes"}, "skip_invalid must be true or false"),
+        ({"allow_empty_personality": 2}, "allow_empty_personality must be true or false"),
+    ],
+)
+def test_the_new_options_are_checked_with_one_line_errors(options, message):
+    with pytest.raises(ArgsError, match=message) as err:
+        make_args(options)
+    assert "\n" not in str(err.value)
+
+
+def test_the_new_options_are_off_by_default():
+    args = make_args()
+    assert args.eval_num_candidates is None  # every candidate the data has
+    assert args.skip_invalid is False and args.allow_empty_personality is False
