@@ -12,8 +12,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from personachat import ConvAIModel
-from personachat.cli import main
-from personachat.serve.settings import ServeSettings
+from personachat.cli import build_parser, main
+from personachat.serve.command import settings_from
+from personachat.serve.settings import ServeError, ServeSettings
 
 pytest.importorskip("fastapi", reason="the serve extra: pip install -e '.[test]'")
 pytest.importorskip("uvicorn", reason="the serve extra: pip install -e '.[test]'")
@@ -130,3 +131,51 @@ def test_accepted_connections_have_tcp_nodelay(server):
         ]
     assert options and all(options), options
     assert statistics.median(times[1:]) < 0.03, times
+
+
+# ---------------------------------------------------------------------- the Host check
+def test_a_server_on_loopback_answers_loopback_host_names_only(server):
+    """DNS rebinding: a page at evil.example renamed to 127.0.0.1 sends Host: evil.example."""
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for host in ("localhost", "localhost:8000", "127.0.0.1:1", "[::1]:8000", "LOCALHOST."):
+            assert client.get("/health", headers={"Host": host}).status_code == 200, host
+        for path in ("/health", "/", "/v1/sessions/any-session-id-0000"):
+            for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example"):
+                response = client.get(path, headers={"Host": host})
+                assert response.status_code == 421, (path, host)
+                error = response.json()["error"]
+                assert error["code"] == "host_not_allowed" and "--allowed-hosts" in error["message"]
+        refused = client.post("/v1/sessions", headers={"Host": "evil.example"}, json={})
+        assert refused.status_code == 421
+        assert client.post("/v1/sessions", json={}).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("allowed", "answered", "refused"),
+    [
+        (("chat.example.com",), ["chat.example.com", "Chat.Example.com:8443"], ["localhost"]),
+        (("*",), ["evil.example", "localhost"], []),
+    ],
+)
+def test_allowed_hosts_are_configurable(model, tmp_path, allowed, answered, refused):
+    settings = ServeSettings(allowed_hosts=allowed)
+    with (
+        ThreadServer(model, tmp_path / "hosts.sqlite3", settings) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        for host in answered:
+            assert client.get("/health", headers={"Host": host}).status_code == 200, host
+        for host in refused:
+            assert client.get("/health", headers={"Host": host}).status_code == 421, host
+
+
+def test_the_default_allowed_hosts_follow_the_listening_address():
+    def settings(*flags: str) -> ServeSettings:
+        return settings_from(build_parser().parse_args(["serve", "--model", "m", *flags]))
+
+    assert settings().allowed_hosts == ("127.0.0.1", "::1", "localhost")
+    assert "127.0.0.2" in settings("--host", "127.0.0.2").allowed_hosts
+    assert settings("--host", "0.0.0.0").allowed_hosts == ("*",)  # names unknown: any
+    assert settings("--allowed-hosts", "a.example:80,[::1]").allowed_hosts == ("a.example", "::1")
+    with pytest.raises(ServeError, match="--allowed-hosts ' , ' names no host"):
+        settings("--allowed-hosts", " , ")

@@ -14,7 +14,7 @@ from dataclasses import fields
 from functools import partial
 from pathlib import Path
 
-from personachat.serve.settings import LOOPBACK, ServeError, ServeSettings
+from personachat.serve.settings import LOOPBACK, ServeError, ServeSettings, is_loopback
 
 API_KEY_ENV = "PERSONACHAT_API_KEY"
 KEEP_FREED_MEMORY_ENV = "PERSONACHAT_KEEP_FREED_MEMORY"  # "0": leave glibc's malloc as it is
@@ -79,6 +79,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "the variable keeps the key out of `ps`)",
     )
     parser.add_argument(
+        "--allowed-hosts",
+        help="Host names the server answers to, comma-separated, any port ('*': any host); "
+        "others get 421 (default: " + ",".join(LOOPBACK) + " when --host is a loopback "
+        "address, which stops DNS rebinding; else any)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -121,10 +127,21 @@ def api_key_from(options: argparse.Namespace) -> str | None:
     return key
 
 
+def allowed_hosts_from(options: argparse.Namespace) -> str | tuple[str, ...]:
+    """``--allowed-hosts``; by default the loopback names on loopback, else any host (the
+    names a server on the network is reached by are not known here)."""
+    if options.allowed_hosts is not None:
+        return options.allowed_hosts
+    return (*LOOPBACK, options.host) if is_loopback(options.host) else ("*",)
+
+
 def settings_from(options: argparse.Namespace) -> ServeSettings:
-    api_key = api_key_from(options)
     try:
-        return ServeSettings(api_key=api_key, **{name: getattr(options, name) for name in HELP})
+        return ServeSettings(
+            api_key=api_key_from(options),
+            allowed_hosts=allowed_hosts_from(options),
+            **{name: getattr(options, name) for name in HELP},
+        )
     except ValueError as err:
         raise ServeError(str(err)) from err
 
@@ -184,7 +201,7 @@ def announce(model, model_name: str, settings: ServeSettings, db: Path, address:
             "personality draws one from Persona-Chat (downloaded once); offline, send a "
             "personality"
         )
-    if settings.api_key is None and host not in LOOPBACK:
+    if settings.api_key is None and not is_loopback(host):
         say(
             f"warning: listening on {host} without an API key: anyone who can reach this "
             "port can use the model; set --api-key"

@@ -1,8 +1,14 @@
 """The guard: ASGI middleware that refuses a request before routing or parsing it.
 
-Checked in this order: the API key on ``/v1`` routes (401), then the body size (413). The body
-is read here (at most ``max_body_bytes``) and handed on whole, so a huge or endless body is
-refused before any JSON parsing.
+Checked in this order: the Host header against ``--allowed-hosts`` on every route (421), the
+API key on ``/v1`` routes (401), then the body size (413). The body is read here (at most
+``max_body_bytes``) and handed on whole, so a huge or endless body is refused before any JSON
+parsing.
+
+The Host check defends a server on loopback against DNS rebinding: a web page at
+``evil.example`` has its name resolve to 127.0.0.1, and the browser then lets its scripts
+read this server's answers, because to the browser they come from ``evil.example``. Its
+requests carry ``Host: evil.example``, which is not a loopback name.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
+        refusal = self.host_refusal(headers)
+        if refusal is not None:
+            return await send_error(send, refusal)
         refusal = self.key_refusal(scope["path"], headers)
         if refusal is not None:
             return await send_error(send, refusal, [(b"www-authenticate", b"Bearer")])
@@ -46,6 +55,22 @@ class Guard:
             return await receive()  # then: the disconnect, for streaming responses
 
         await self.app(scope, replay, send)
+
+    def host_refusal(self, headers: Headers) -> RequestError | None:
+        """A 421 when the Host header names a host this server does not answer to."""
+        host = headers.get("host")
+        host = None if host is None else host.decode("latin-1")
+        if self.settings.allows_host(host):
+            return None
+        allowed = ", ".join(self.settings.allowed_hosts)
+        return RequestError(
+            421,
+            "host_not_allowed",
+            f"this server does not answer to the host {host!r} (allowed: {allowed}); open it "
+            "by one of those names, or start it with --allowed-hosts NAME[,NAME...] "
+            "('*': any host; the check stops web pages renamed to this address, DNS "
+            "rebinding, from using it)",
+        )
 
     def key_refusal(self, path: str, headers: Headers) -> RequestError | None:
         """A 401 when ``path`` is a /v1 route and the API key is missing or wrong."""

@@ -8,6 +8,7 @@ web framework, so the checks are tested (and reusable) without a server.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -45,6 +46,14 @@ class RequestError(PersonachatError):
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")  # addresses only this machine can reach
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address to listen on) is reachable from this machine only."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ServeError(PersonachatError, ValueError):
@@ -93,6 +102,9 @@ class ServeSettings:
     max_no_repeat_ngram_size: int = 6
     # Seconds a connection may take to send a request's headers (slow clients hold sockets).
     header_timeout: float = 10.0
+    # Host header names answered (any port); others get 421. A web page whose own name is
+    # made to resolve to 127.0.0.1 (DNS rebinding) sends its name: refused. "*": any.
+    allowed_hosts: tuple[str, ...] = LOOPBACK
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -100,6 +112,9 @@ class ServeSettings:
             if f.name == "api_key":
                 if value is not None and not value.strip():
                     raise ValueError("api_key is empty: pass a non-empty key or none at all")
+                continue
+            if f.name == "allowed_hosts":
+                object.__setattr__(self, f.name, allowed_host_names(value))
                 continue
             low = {"batch_window_ms": 0, "header_timeout": 0.1}.get(f.name, 1)
             number = isinstance(value, int | float) and not isinstance(value, bool)
@@ -113,6 +128,35 @@ class ServeSettings:
     def public(self) -> dict:
         """The limits and bounds (never the API key), for /health and the chat page."""
         return {k: v for k, v in asdict(self).items() if k != "api_key"}
+
+    def allows_host(self, host: str | None) -> bool:
+        """Whether a request with this Host header is answered (none: not from a browser,
+        which always sends one, so not a DNS-rebinding page)."""
+        return host is None or "*" in self.allowed_hosts or host_name(host) in self.allowed_hosts
+
+
+def host_name(host: str) -> str:
+    """The name of a Host header or ``--allowed-hosts`` entry: lowercase, without its port,
+    the brackets of an IPv6 address, or a final dot (``[::1]:8000`` → ``::1``)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        host = host[1 : host.find("]")] if "]" in host else host[1:]
+    elif host.count(":") == 1:
+        host = host.split(":")[0]
+    return host.rstrip(".")
+
+
+def allowed_host_names(hosts: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
+    """``--allowed-hosts`` as names (a comma-separated string or a list), refused if empty."""
+    if isinstance(hosts, str):
+        hosts = hosts.split(",")
+    names = tuple(dict.fromkeys(host_name(h) for h in hosts if h.strip()))
+    if not names or "" in names:
+        raise ValueError(
+            f"--allowed-hosts {','.join(hosts)!r} names no host: give names such as "
+            "localhost,chat.example.com, or '*' to answer any Host"
+        )
+    return names
 
 
 def unicode_problem(text: str) -> str | None:
