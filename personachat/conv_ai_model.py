@@ -44,8 +44,9 @@ from personachat.evaluation.persona import (
 )
 from personachat.evaluation.replies import decoding_label, generation_f1, repetition_rate
 from personachat.fs import write_file_atomic
-from personachat.generation.decoders import PrefixCache
-from personachat.generation.generate import DecodingOptions, generate_replies, respond
+from personachat.generation.generate import DecodingOptions, generate_replies
+from personachat.generation.prefix_cache import PrefixCache
+from personachat.generation.rerank import respond
 from personachat.model.device import autocast_dtype
 from personachat.model.loading import (
     context_size,

@@ -14,7 +14,6 @@ import torch
 from transformers import GPT2Config, GPT2DoubleHeadsModel
 
 from personachat.encoding.inputs import SpecialIds, build_input_from_segments
-from personachat.generation.decoders import PrefixCache
 from personachat.generation.generate import (
     DecodingOptions,
     generate_replies,
@@ -23,6 +22,7 @@ from personachat.generation.generate import (
     sample_rows,
     top_filtering,
 )
+from personachat.generation.prefix_cache import PrefixCache
 from personachat.model.loading import (
     ModelLoadError,
     add_special_tokens_,

@@ -28,9 +28,8 @@ from personachat.generation.generate import (
     banned_ngram_tokens,
     generate_reply,
     penalize_repeats_,
-    respond,
-    score_replies,
 )
+from personachat.generation.rerank import respond, score_replies
 from personachat.model.loading import load_model_and_tokenizer
 
 from .conftest import SYNTHETIC_PERSONA_CHAT

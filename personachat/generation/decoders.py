@@ -27,11 +27,12 @@ every turn, which moves every later token to another position.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from functools import partial
 
 import torch
 import torch.nn.functional as F
+
+from personachat.generation.prefix_cache import PrefixCache, PrefixKV
 
 TANH_GELU = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
 GELU_K = math.sqrt(2 / math.pi)
@@ -67,61 +68,6 @@ def make_decoder(model, capacity: int) -> Decoder:
     if config.model_type == "openai-gpt":
         return ReEncodeDecoder(model)
     return CachedDecoder(model)
-
-
-PrefixKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [heads, P, dim]
-
-
-class PrefixCache:
-    """Keys and values of prompt prefixes, kept between decoding calls (least recently used
-    first out once ``max_bytes`` is passed).
-
-    The entries belong to one set of weights: ``check(model)`` empties the cache when the
-    model's parameters changed since (an optimizer step, a loaded state dict, another model),
-    so a model that is still training never decodes with stale keys.
-    """
-
-    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self.hits = self.misses = 0
-        self._entries: OrderedDict[tuple, PrefixKV] = OrderedDict()
-        self._weights: tuple | None = None
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def check(self, model: torch.nn.Module) -> None:
-        """Forget every entry if ``model``'s weights are not the ones they were computed with.
-        In-place updates bump a tensor's version counter; a replaced tensor has a new address.
-        """
-        weights = (id(model), *((p.data_ptr(), p._version) for p in model.parameters()))
-        if weights != self._weights:
-            self.clear()
-            self._weights = weights
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self.bytes = 0
-
-    def get(self, key: tuple) -> PrefixKV | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._entries.move_to_end(key)
-        return entry
-
-    def put(self, key: tuple, entry: PrefixKV) -> None:
-        size = sum(k.nbytes + v.nbytes for k, v in entry)
-        if size > self.max_bytes or key in self._entries:
-            return
-        self._entries[key] = entry
-        self.bytes += size
-        while self.bytes > self.max_bytes:
-            _, old = self._entries.popitem(last=False)
-            self.bytes -= sum(k.nbytes + v.nbytes for k, v in old)
 
 
 class StaticKVDecoder(Decoder):
@@ -221,30 +167,12 @@ class StaticKVDecoder(Decoder):
             start = width - max(
                 length - prefix for length, prefix in zip(lengths, prefix_lengths, strict=True)
             )
-        self.all_ok = bool(mask.all())  # then the steps need no mask
-        self.key_ok = torch.zeros(batch, 1, 1, self.capacity, dtype=torch.bool, device=device)
-        self.key_ok[:, 0, 0, :width] = mask.bool()
-        attn_mask = None  # plain causal attention: every query sees every key before it
-        if not (self.all_ok and start == 0):
-            column = torch.arange(width, device=device)
-            causal = column.unsqueeze(0) <= column[start:].unsqueeze(1)  # [queries, width]
-            # A padding query would see no key at all (NaN); let it see itself. Its output is
-            # never read: padding keys are hidden from every real query.
-            attn_mask = (causal & self.key_ok[:, :, :, :width]) | (
-                column.unsqueeze(0) == column[start:].unsqueeze(1)
-            )
+        attn_mask = self._prefill_mask(mask, start)
         x = self._embed(input_ids[:, start:], token_types[:, start:], positions[:, start:])
         self.keys, self.values = [], []
         for layer, block in enumerate(self.blocks):
             q, k, v = self._split(block, self._attn_input(block, x))
-            key_buf = k.new_empty(batch, k.shape[1], self.capacity, k.shape[-1])
-            value_buf = torch.empty_like(key_buf)
-            # Padding is never attended to, but a NaN the allocator left there would still
-            # poison the masked sums: zeros before the block, the block's own values in it.
-            key_buf[:, :, :start].zero_()
-            value_buf[:, :, :start].zero_()
-            key_buf[:, :, start:width] = k
-            value_buf[:, :, start:width] = v
+            key_buf, value_buf = self._buffers(k, v, start, width)
             if entries is not None:  # each prefix over whatever the block computed there
                 for row, (length, key) in enumerate(zip(lengths, prefixes, strict=True)):
                     cached_k, cached_v = entries[key][layer]
@@ -259,6 +187,37 @@ class StaticKVDecoder(Decoder):
             x = self._finish_block(block, x, attended)
         self.length = width
         return self._final(x[:, -1])
+
+    def _prefill_mask(self, mask: torch.Tensor, start: int) -> torch.Tensor | None:
+        """Record which key columns are real tokens; the prefill's attention mask for the
+        queries from column ``start`` on, or None for plain causal attention (no padding,
+        every column computed)."""
+        batch, width = mask.shape
+        self.all_ok = bool(mask.all())  # then the steps need no mask
+        self.key_ok = torch.zeros(batch, 1, 1, self.capacity, dtype=torch.bool, device=mask.device)
+        self.key_ok[:, 0, 0, :width] = mask.bool()
+        if self.all_ok and start == 0:
+            return None
+        column = torch.arange(width, device=mask.device)
+        causal = column.unsqueeze(0) <= column[start:].unsqueeze(1)  # [queries, width]
+        # A padding query would see no key at all (NaN); let it see itself. Its output is
+        # never read: padding keys are hidden from every real query.
+        return (causal & self.key_ok[:, :, :, :width]) | (
+            column.unsqueeze(0) == column[start:].unsqueeze(1)
+        )
+
+    def _buffers(self, k: torch.Tensor, v: torch.Tensor, start: int, width: int):
+        """One layer's key and value buffers for the whole reply, the block's columns
+        ``[start, width)`` filled in."""
+        key_buf = k.new_empty(k.shape[0], k.shape[1], self.capacity, k.shape[-1])
+        value_buf = torch.empty_like(key_buf)
+        # Padding is never attended to, but a NaN the allocator left there would still
+        # poison the masked sums: zeros before the block, the block's own values in it.
+        key_buf[:, :, :start].zero_()
+        value_buf[:, :, :start].zero_()
+        key_buf[:, :, start:width] = k
+        value_buf[:, :, start:width] = v
+        return key_buf, value_buf
 
     @staticmethod
     def _prefix_keys(

@@ -11,23 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from math import inf
 
 import torch
 
 from personachat.args import ArgsError, ConvAIArgs
-from personachat.encoding.dataset import collate
 from personachat.encoding.inputs import (
-    IGNORE_INDEX,
     SpecialIds,
     build_input_from_segments,
     history_window,
     truncate_to_fit,
 )
 from personachat.errors import PersonachatError
-from personachat.generation.decoders import PrefixCache, make_decoder
-from personachat.model.device import to_device
+from personachat.generation.decoders import make_decoder
+from personachat.generation.prefix_cache import PrefixCache
 from personachat.model.loading import context_size
 
 # Below this many prompt tokens in a batch, prefill_threads is not used: splitting ~100
@@ -165,70 +163,106 @@ def generate_replies(
         build_prompt_and_prefix(p, h, special, options.max_history, max_prompt)
         for p, h in conversations
     ]
-    prompts = [prompt for prompt, _ in built]
-    # The bot's earlier utterances (history alternates, ending with the user's message): what
-    # repetition_penalty and no_repeat_ngram_size keep the bot from saying again. The persona
-    # and the user's words are not penalised: copying the persona is the point.
-    own_turns = [[list(u) for u in list(h)[-2::-2]] for _, h in conversations]
-    width = max(len(p["input_ids"]) for p in prompts)
-
-    def left_pad(key: str) -> torch.Tensor:
-        return torch.tensor(
-            [[special.pad] * (width - len(p[key])) + p[key] for p in prompts], device=device
-        )
-
-    input_ids, token_types = left_pad("input_ids"), left_pad("token_type_ids")
-    mask = torch.tensor(
-        [[0] * (width - len(p["input_ids"])) + [1] * len(p["input_ids"]) for p in prompts],
-        device=device,
-    )
+    input_ids, token_types, mask = left_pad([prompt for prompt, _ in built], special.pad, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    width = input_ids.shape[1]
     decoder = make_decoder(model, width + options.max_length)
     big = input_ids.numel() >= PARALLEL_PREFILL_TOKENS
     with intra_op_threads(prefill_threads if big else None):
         hidden = decoder.prefill(
             input_ids, token_types, mask, positions, [length for _, length in built], prefix_cache
         )
-    # Added to the logits: start/pad/speaker1 never belong inside a reply (only <eos> or
-    # <speaker2> end one), and before min_length no stop token at all is allowed.
-    allowed = allowed_short = None
-    per_row = options.repetition_penalty != 1.0 or options.no_repeat_ngram_size > 0
-    replies: list[list[int]] = [[] for _ in prompts]
-    finished = [False] * len(prompts)
+    # The bot's earlier utterances (history alternates, ending with the user's message): what
+    # repetition_penalty and no_repeat_ngram_size keep the bot from saying again. The persona
+    # and the user's words are not penalised: copying the persona is the point.
+    own_turns = [[list(u) for u in list(h)[-2::-2]] for _, h in conversations]
+    replies: list[list[int]] = [[] for _ in conversations]
+    finished = [False] * len(conversations)
+    stops = None
     for step in range(options.max_length):
         logits = model.lm_head(hidden).float()
-        if allowed is None:
-            allowed = torch.zeros(logits.shape[-1], device=device)
-            allowed[
-                [t for t in special.stop_ids if t not in (special.eos, special.speaker2)]
-            ] = -inf
-            allowed_short = allowed.clone()
-            allowed_short[sorted(special.stop_ids)] = -inf
-        logits += allowed_short if step < options.min_length else allowed
-        if per_row:  # the repetition controls depend on each row's own words
-            chosen = [
-                None if finished[row] else next_token(logits[row], reply, own_turns[row], options)
-                for row, reply in enumerate(replies)
-            ]
-        else:  # one batched choice, one device->host copy per step
-            chosen = pick_tokens(logits, options).tolist()
-        next_tokens = []
-        for row, reply in enumerate(replies):
-            token = None if finished[row] else chosen[row]
-            if token is None or token in special.stop_ids:
-                finished[row] = True
-                next_tokens.append(special.pad)
-            else:
-                reply.append(token)
-                next_tokens.append(token)
-                if on_step is not None:
-                    on_step(row, list(reply))
+        stops = stops or stop_biases(logits.shape[-1], special, device)
+        logits += stops[0] if step < options.min_length else stops[1]
+        chosen = choose_tokens(logits, replies, finished, own_turns, options)
+        next_tokens = advance(chosen, replies, finished, special, on_step)
         if all(finished) or step + 1 == options.max_length:
             break
         next_ids = torch.tensor(next_tokens, device=device).unsqueeze(1)
         positions = positions[:, -1:] + 1
         hidden = decoder.step(next_ids, torch.full_like(next_ids, special.speaker2), positions)
     return replies
+
+
+def advance(
+    chosen: list[int | None],
+    replies: list[list[int]],
+    finished: list[bool],
+    special: SpecialIds,
+    on_step: Callable[[int, list[int]], None] | None,
+) -> list[int]:
+    """Append each unfinished row's chosen token to its reply (a stop token, or None, ends
+    the row instead); the tokens the next step is fed (padding for finished rows)."""
+    next_tokens = []
+    for row, reply in enumerate(replies):
+        token = None if finished[row] else chosen[row]
+        if token is None or token in special.stop_ids:
+            finished[row] = True
+            next_tokens.append(special.pad)
+        else:
+            reply.append(token)
+            next_tokens.append(token)
+            if on_step is not None:
+                on_step(row, list(reply))
+    return next_tokens
+
+
+def left_pad(
+    prompts: Sequence[dict[str, list[int]]], pad: int, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Input ids, token types and attention mask of prompts padded on the left, so every
+    row's next token sits in the last column."""
+    width = max(len(p["input_ids"]) for p in prompts)
+
+    def padded(key: str) -> torch.Tensor:
+        return torch.tensor(
+            [[pad] * (width - len(p[key])) + p[key] for p in prompts], device=device
+        )
+
+    mask = torch.tensor(
+        [[0] * (width - len(p["input_ids"])) + [1] * len(p["input_ids"]) for p in prompts],
+        device=device,
+    )
+    return padded("input_ids"), padded("token_type_ids"), mask
+
+
+def stop_biases(
+    vocab: int, special: SpecialIds, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What is added to the logits before ``min_length`` tokens, and after: start, pad and
+    speaker1 never belong inside a reply (only ``<eos>`` or ``<speaker2>`` end one), and
+    before min_length no stop token at all is allowed."""
+    allowed = torch.zeros(vocab, device=device)
+    allowed[[t for t in special.stop_ids if t not in (special.eos, special.speaker2)]] = -inf
+    allowed_short = allowed.clone()
+    allowed_short[sorted(special.stop_ids)] = -inf
+    return allowed_short, allowed
+
+
+def choose_tokens(
+    logits: torch.Tensor,
+    replies: list[list[int]],
+    finished: list[bool],
+    own_turns: list[list[list[int]]],
+    options: DecodingOptions,
+) -> list[int | None]:
+    """The next token of every row (None for a finished row or one with nothing left)."""
+    if options.repetition_penalty != 1.0 or options.no_repeat_ngram_size > 0:
+        # the repetition controls depend on each row's own words
+        return [
+            None if finished[row] else next_token(logits[row], reply, own_turns[row], options)
+            for row, reply in enumerate(replies)
+        ]
+    return pick_tokens(logits, options).tolist()  # one batched choice, one device->host copy
 
 
 @contextmanager
@@ -321,61 +355,3 @@ def banned_ngram_tokens(
             if tuple(seq[i : i + n - 1]) == prefix:
                 banned.add(int(seq[i + n - 1]))
     return banned
-
-
-@torch.no_grad()
-def score_replies(
-    model,
-    persona: Sequence[Sequence[int]],
-    history: Sequence[Sequence[int]],
-    replies: Sequence[Sequence[int]],
-    special: SpecialIds,
-    max_history: int,
-    device: torch.device | str = "cpu",
-) -> list[float]:
-    """Multiple-choice logit + mean log-likelihood per token of each reply (with ``<eos>``).
-
-    Length normalisation keeps short replies from winning just by having fewer tokens to pay
-    for; the MC head adds the model's judgment of fit with persona and history.
-    """
-    history = history_window(history, max_history)
-    inputs = [
-        build_input_from_segments(
-            *truncate_to_fit(persona, history, r, context_size(model)), special, lm_labels=True
-        )
-        for r in replies
-    ]
-    batch = collate([{"candidates": inputs, "mc_label": 0}], special.pad)
-    batch = to_device(batch, torch.device(device))
-    hidden = model.transformer(
-        input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"]
-    ).last_hidden_state
-    mc_logits = model.multiple_choice_head(hidden, batch["mc_token_ids"]).squeeze(-1)[0].float()
-    log_probs = torch.log_softmax(model.lm_head(hidden[0, :, :-1]).float(), dim=-1)
-    targets = batch["lm_labels"][0, :, 1:]
-    mask = targets != IGNORE_INDEX
-    token_ll = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
-    mean_ll = token_ll.sum(-1) / mask.sum(-1).clamp(min=1)
-    return (mc_logits + mean_ll).tolist()
-
-
-def respond(
-    model,
-    persona: Sequence[Sequence[int]],
-    history: Sequence[Sequence[int]],
-    special: SpecialIds,
-    options: DecodingOptions,
-    device: torch.device | str = "cpu",
-) -> list[int]:
-    """The bot's reply: one decoding pass, or with ``rerank_samples=N`` the best of N samples."""
-    if options.rerank_samples <= 1:
-        return generate_reply(model, persona, history, special, options, device)
-    sampling = replace(options, do_sample=True, rerank_samples=0)
-    samples = list(
-        dict.fromkeys(
-            tuple(generate_reply(model, persona, history, special, sampling, device))
-            for _ in range(options.rerank_samples)
-        )
-    )
-    scores = score_replies(model, persona, history, samples, special, options.max_history, device)
-    return list(samples[max(range(len(samples)), key=scores.__getitem__)])
