@@ -189,14 +189,20 @@ def optimizer_step(run: Run, i: int) -> StepStats:
 
 
 def after_step(run: Run, stats: StepStats, stop: StopOnSignal) -> bool:
-    """Log, save, evaluate, react to a signal; True if early stopping ends training."""
+    """Log, evaluate, save, react to a signal; True if early stopping ends training.
+
+    The evaluation comes before the checkpoint of the same step: the checkpoint then holds
+    its result (best metric, early-stopping and plateau counts) and the random generators
+    after it, and a run resumed from it goes on exactly as the uninterrupted one.
+    """
     args, step = run.args, run.state.global_step
     log_step(run, stats)
-    if args.save_steps > 0 and step % args.save_steps == 0:
-        save_checkpoint(run, f"checkpoint-{step}")
     every = args.evaluate_during_training_steps
     evaluating = run.hooks.evaluate and args.evaluate_during_training and every > 0
-    if evaluating and step % every == 0 and evaluate_now(run):
+    stopping = bool(evaluating and step % every == 0 and evaluate_now(run))
+    if args.save_steps > 0 and step % args.save_steps == 0:
+        save_checkpoint(run, f"checkpoint-{step}")
+    if stopping:
         return True
     react_to_signal(run, stop)
     return False
