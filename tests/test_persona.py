@@ -281,10 +281,13 @@ def test_a_reply_naming_another_value_of_the_slot_contradicts_the_persona():
     assert not contradicts("i am a nurse , i love my job .", "nurse", jobs)
     assert not contradicts("i like pizza .", "nurse", jobs)  # dodging is not contradicting
     family = SLOTS["family"].values
-    # A value inside a longer stated one is not stated on its own, either way round.
     assert contradicts("i have two older brothers .", "two brothers", family)
     assert not contradicts("i have two older brothers .", "two older brothers", family)
-    assert stated_values("i have a twin brother .", family) == {"a twin brother"}
+    # A value inside a longer stated one is not stated on its own, either way round.
+    drinks = ["orange", "orange juice", "tea"]
+    assert stated_values("i drink orange juice .", drinks) == {"orange juice"}
+    assert not contradicts("i drink orange juice .", "orange juice", drinks)
+    assert contradicts("i drink orange juice .", "orange", drinks)
 
 
 def test_contradiction_rate_counts_probe_replies_stating_another_value():
