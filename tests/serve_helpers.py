@@ -1,5 +1,6 @@
 """Helpers for the serve tests: a model folder with personas, a real uvicorn server in a
-thread (one loaded model shared by several apps) or in a subprocess (the CLI)."""
+thread (one loaded model shared by several apps), the settings and small client helpers the
+test modules share."""
 
 from __future__ import annotations
 
@@ -20,6 +21,20 @@ from personachat.serve.store import SessionStore
 from .conftest import make_dialogs
 
 PERSONAS = [d["personality"] for d in make_dialogs()]
+KEY = "test-key-0123456789"
+AUTH = {"X-API-Key": KEY}
+SETTINGS = ServeSettings(
+    api_key=KEY,
+    max_message_chars=200,
+    max_persona_sentences=4,
+    max_persona_chars=80,
+    max_history_kept=6,
+    max_body_bytes=4096,
+    max_reply_tokens=16,
+    batch_window_ms=5,
+)
+# Forced reply length: replies of a random model may otherwise end after one token.
+LONG = {"max_length": 12, "min_length": 12}
 
 
 def model_with_personas(tiny_checkpoint: Path, folder: Path) -> Path:
@@ -59,3 +74,25 @@ class ThreadServer:
         self.thread.join(timeout=30)
         self.sock.close()
         self.store.close()
+
+
+def new_session(api, personality=None) -> str:
+    response = api.post("/v1/sessions", json={"personality": personality})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def error(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    return response.json()["error"]
+
+
+def sse_events(lines) -> list[tuple[str, dict]]:
+    """(event, data) pairs from the lines of a text/event-stream body."""
+    events, name = [], None
+    for line in lines:
+        if line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            events.append((name, json.loads(line[5:])))
+    return events

@@ -1,53 +1,35 @@
-"""``personachat serve`` against real uvicorn servers on 127.0.0.1 with a tiny model.
+"""``personachat serve``'s API against a real uvicorn server on 127.0.0.1 with a tiny model:
+routes, bad input, sessions, streaming.
 
-Most tests share one in-thread server (API key on, small limits); a second one has a long
-collection window and a small in-flight limit (batching, 429, disconnects); the restart test
-runs the CLI in a subprocess, kills it and starts it again on the same database.
+The tests share one in-thread server (API key on, small limits). Batching, load and shutdown
+are in ``test_serve_batching.py``; the CLI and restarts in ``test_serve_cli.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import platform
-import signal
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from personachat import ConvAIModel
-from personachat.cli import main
-from personachat.serve.settings import ServeSettings
-from personachat.serve.store import SessionNotFound, SessionStore, Turn
 
 pytest.importorskip("fastapi", reason="the serve extra: pip install -e '.[test]'")
 pytest.importorskip("uvicorn", reason="the serve extra: pip install -e '.[test]'")
 httpx = pytest.importorskip("httpx", reason="the test extra: pip install -e '.[test]'")
 
-from .serve_helpers import PERSONAS, ThreadServer, model_with_personas  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from serve_load import run_load, start_server  # noqa: E402
-
-KEY = "test-key-0123456789"
-AUTH = {"X-API-Key": KEY}
-SETTINGS = ServeSettings(
-    api_key=KEY,
-    max_message_chars=200,
-    max_persona_sentences=4,
-    max_persona_chars=80,
-    max_history_kept=6,
-    max_body_bytes=4096,
-    max_reply_tokens=16,
-    batch_window_ms=5,
+from .serve_helpers import (  # noqa: E402
+    AUTH,
+    KEY,
+    LONG,
+    PERSONAS,
+    SETTINGS,
+    ThreadServer,
+    error,
+    model_with_personas,
+    new_session,
+    sse_events,
 )
-# Forced reply length: replies of a random model may otherwise end after one token.
-LONG = {"max_length": 12, "min_length": 12}
 
 
 @pytest.fixture(scope="module")
@@ -66,40 +48,10 @@ def server(model, tmp_path_factory):
         yield s
 
 
-@pytest.fixture(scope="module")
-def slow_server(model, tmp_path_factory):
-    """No key; a 300 ms window so concurrent requests surely meet; at most 4 in flight."""
-    settings = ServeSettings(batch_window_ms=300, max_in_flight=4, max_batch_size=8)
-    with ThreadServer(model, tmp_path_factory.mktemp("db") / "slow.sqlite3", settings) as s:
-        yield s
-
-
 @pytest.fixture()
 def api(server):
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as client:
         yield client
-
-
-def new_session(api, personality=None) -> str:
-    response = api.post("/v1/sessions", json={"personality": personality})
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
-
-
-def error(response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    return response.json()["error"]
-
-
-def sse_events(lines) -> list[tuple[str, dict]]:
-    """(event, data) pairs from the lines of a text/event-stream body."""
-    events, name = [], None
-    for line in lines:
-        if line.startswith("event:"):
-            name = line[6:].strip()
-        elif line.startswith("data:"):
-            events.append((name, json.loads(line[5:])))
-    return events
 
 
 # ---------------------------------------------------------------------- routes
@@ -405,235 +357,3 @@ def test_stream_errors_before_streaming_are_plain_json(api):
         ]
         == "empty_text"
     )
-
-
-def test_a_client_disconnecting_mid_stream_loses_and_duplicates_nothing(slow_server):
-    with httpx.Client(base_url=slow_server.url, timeout=30) as api:
-        session_id = new_session(api)
-        # The reply waits 300 ms in the collection window: the client leaves during it...
-        with api.stream(
-            "POST",
-            f"/v1/sessions/{session_id}/messages/stream",
-            json={"text": "first", "options": LONG},
-        ) as response:
-            lines = response.iter_lines()
-            assert next(lines).startswith("event: start")
-        # ...and after the first token of the next reply.
-        with api.stream(
-            "POST",
-            f"/v1/sessions/{session_id}/messages/stream",
-            json={"text": "second", "options": {"max_length": 60, "min_length": 60}},
-        ) as response:
-            for line in response.iter_lines():
-                if line.startswith("event: token"):
-                    break
-        # The turns finish and are stored once each; the session goes on normally.
-        third = api.post(f"/v1/sessions/{session_id}/messages", json={"text": "third"})
-        assert third.status_code == 200
-        messages = api.get(f"/v1/sessions/{session_id}").json()["messages"]
-        assert [(m["role"], m["text"]) for m in messages if m["role"] == "user"] == [
-            ("user", "first"),
-            ("user", "second"),
-            ("user", "third"),
-        ]
-        assert [m["role"] for m in messages] == ["user", "bot"] * 3
-        assert [m["seq"] for m in messages] == [1, 2, 3, 4, 5, 6]
-
-
-# ---------------------------------------------------------------------- batching and load
-def test_concurrent_sessions_share_batches_and_excess_requests_get_429(slow_server):
-    with httpx.Client(base_url=slow_server.url, timeout=30) as api:
-        sessions = [new_session(api) for _ in range(10)]
-        before = api.get("/health").json()["batching"]
-        with ThreadPoolExecutor(10) as pool:
-            responses = list(
-                pool.map(
-                    lambda s: api.post(f"/v1/sessions/{s}/messages", json={"text": "hi"}), sessions
-                )
-            )
-        codes = sorted(r.status_code for r in responses)
-        assert codes.count(200) >= 1 and codes.count(429) >= 1 and set(codes) <= {200, 429}
-        busy = next(r for r in responses if r.status_code == 429)
-        assert busy.json()["error"]["limit"] == "max_in_flight"
-        assert busy.headers["retry-after"] == "1"
-        after = api.get("/health").json()["batching"]
-        assert after["largest_batch"] >= 2  # requests of different sessions shared a call
-        assert after["replies"] - before["replies"] == codes.count(200)
-
-        # Different decoding options in one window: one model call per set of options.
-        before = after
-        jobs = [(sessions[i], {"max_length": 2 + i % 2}) for i in range(4)]
-        with ThreadPoolExecutor(4) as pool:
-            responses = list(
-                pool.map(
-                    lambda j: api.post(
-                        f"/v1/sessions/{j[0]}/messages", json={"text": "hi", "options": j[1]}
-                    ),
-                    jobs,
-                )
-            )
-        assert [r.status_code for r in responses] == [200] * 4
-        after = api.get("/health").json()["batching"]
-        assert after["replies"] - before["replies"] == 4
-        assert after["batches"] - before["batches"] == 2
-
-
-def test_small_load_has_no_errors_and_complete_ordered_histories(server):
-    result = asyncio.run(
-        run_load(
-            server.url,
-            clients=8,
-            messages=3,
-            options={"max_length": 4, "min_length": 4},
-            headers=AUTH,
-        )
-    )
-    assert result.errors == [] and result.history_errors == []
-    assert result.replies == 24
-
-
-def test_stopping_the_server_finishes_and_stores_the_replies_in_progress(model, tmp_path):
-    db = tmp_path / "stop.sqlite3"
-    with (
-        ThreadServer(model, db, ServeSettings(batch_window_ms=300)) as server,
-        ThreadPoolExecutor(1) as pool,
-    ):
-        session_id = httpx.post(server.url + "/v1/sessions").json()["id"]
-        pending = pool.submit(
-            httpx.post,
-            f"{server.url}/v1/sessions/{session_id}/messages",
-            json={"text": "goodbye"},
-            timeout=30,
-        )
-        time.sleep(0.1)  # the message now waits in the collection window
-        server.server.should_exit = True
-        assert pending.result().status_code == 200
-    store = SessionStore(db)
-    assert [m.text for m in store.get(session_id).messages][:1] == ["goodbye"]
-    store.close()
-
-
-def test_turns_stored_together_stand_alone(tmp_path):
-    store = SessionStore(tmp_path / "turns.sqlite3")
-    store.create("session-a-0123456789", ["i am a.", "x"])
-    store.create("session-b-0123456789", ["i am b."])
-    store.delete("session-b-0123456789")
-    results = store.append_turns(
-        [
-            Turn("session-a-0123456789", "hi", "hello"),
-            Turn("session-b-0123456789", "hi", "hello"),
-            Turn("session-a-0123456789", "again", "yes"),
-        ],
-        keep=10,
-    )
-    assert isinstance(results[1], SessionNotFound)
-    assert [(m.seq, m.text) for m in store.get("session-a-0123456789").messages] == [
-        (1, "hi"),
-        (2, "hello"),
-        (3, "again"),
-        (4, "yes"),
-    ]
-    store.close()
-
-
-# ---------------------------------------------------------------------- the CLI, restarts
-def test_restart_continues_the_conversation(model_dir, model, tmp_path):
-    """The CLI server (API key from the environment) is killed outright; a new server on
-    the same database has the conversation and continues it."""
-    db = tmp_path / "sessions.sqlite3"
-    process, url = start_server(model_dir, db, env={"PERSONACHAT_API_KEY": KEY})
-    try:
-        assert httpx.get(url + "/v1/sessions/any-session-id-000000").status_code == 401
-        with httpx.Client(base_url=url, headers=AUTH, timeout=30) as api:
-            session_id = new_session(api, ["i work as a nurse ."])
-            first = api.post(f"/v1/sessions/{session_id}/messages", json={"text": "hi"}).json()
-    finally:
-        process.send_signal(signal.SIGKILL)  # no clean shutdown
-        process.wait(timeout=30)
-
-    with (
-        ThreadServer(model, db, SETTINGS) as again,
-        httpx.Client(base_url=again.url, headers=AUTH, timeout=30) as api,
-    ):
-        session = api.get(f"/v1/sessions/{session_id}").json()
-        assert session["personality"] == ["i work as a nurse ."]
-        assert session["messages"] == first["messages"]
-        second = api.post(f"/v1/sessions/{session_id}/messages", json={"text": "and you ?"})
-        assert [m["seq"] for m in second.json()["messages"]] == [3, 4]
-
-
-def test_cli_reports_a_taken_port_in_one_line(model_dir, tmp_path, capsys):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        code = main(
-            [
-                "serve",
-                "--model",
-                str(model_dir),
-                "--device",
-                "cpu",
-                "--port",
-                str(taken.getsockname()[1]),
-                "--db",
-                str(tmp_path / "x.db"),
-            ]
-        )
-    assert code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("personachat serve: error: cannot listen on 127.0.0.1:")
-    assert "Traceback" not in err and "--port" in err
-
-
-def test_cli_rejects_bad_server_options_in_one_line(model_dir, tmp_path, capsys):
-    code = main(
-        [
-            "serve",
-            "--model",
-            str(model_dir),
-            "--device",
-            "cpu",
-            "--port",
-            "0",
-            "--db",
-            str(tmp_path / "x.db"),
-            "--max-batch-size",
-            "0",
-        ]
-    )
-    assert code == 2
-    assert "--max-batch-size must be a number >= 1" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("flag", ["--threads", "--prefill-threads"])
-def test_cli_rejects_zero_threads_in_one_line(model_dir, tmp_path, capsys, flag):
-    code = main(
-        [
-            "serve",
-            "--model",
-            str(model_dir),
-            "--device",
-            "cpu",
-            "--port",
-            "0",
-            "--db",
-            str(tmp_path / "x.db"),
-            flag,
-            "0",
-        ]
-    )
-    assert code == 2
-    assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
-
-
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
-    reason="glibc's mallopt",
-)
-def test_the_server_process_can_keep_freed_memory_for_reuse():
-    # In a child process: the setting is process-wide, and this one runs the rest of the suite.
-    check = (
-        "from personachat.serve.command import keep_freed_memory; "
-        "import sys; sys.exit(0 if keep_freed_memory() is True else 1)"
-    )
-    assert subprocess.run([sys.executable, "-c", check], timeout=60).returncode == 0
