@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import random
-import time
 from collections.abc import Callable, Collection
 from functools import partial
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from personachat.args import ArgsError, ConvAIArgs, make_args
+from personachat.args import ConvAIArgs, make_args
 from personachat.data.candidates import add_distractors
 from personachat.data.dialogs import personalities
 from personachat.data.download import load_personachat_or_file
@@ -56,21 +55,15 @@ from personachat.model.loading import (
 )
 from personachat.repl import run_repl
 from personachat.train import distributed
-from personachat.train.checkpoints import CheckpointError, resolve_resume
 from personachat.train.distributed import is_main_process
 from personachat.train.loop import train
 from personachat.train.reporting import (
     SAMPLES_FILE,
     SampleWriter,
     probes_from_dialogs,
-    write_report,
+    train_reported,
 )
-from personachat.train.setup import (
-    TrainingError,
-    check_output_dir,
-    preflight,
-    resolve_eval_batch_size,
-)
+from personachat.train.setup import check_before_training, resolve_eval_batch_size
 
 PERSONAS_FILE = "personas.json"
 MAX_SAVED_PERSONAS = 1000
@@ -162,62 +155,26 @@ class ConvAIModel:
                 args.get_args_for_saving() if isinstance(args, ConvAIArgs) else args
             )
         output_dir = str(output_dir or self.args.output_dir)
-        try:
-            resume = resolve_resume(resume_from_checkpoint, output_dir)
-        except CheckpointError as err:
-            raise TrainingError(str(err)) from err
-        if resume is None:
-            check_output_dir(output_dir, self.args.overwrite_output_dir)
-        preflight(output_dir, self.model, self.args)
-        if self.args.evaluate_during_training and eval_file is None:
-            raise ArgsError(
-                "evaluate_during_training is enabled but eval_file is not given: pass "
-                "eval_file=... (--eval-file), or set evaluate_during_training=False"
-            )
+        resume = check_before_training(
+            output_dir, resume_from_checkpoint, self.model, self.args, eval_file
+        )
 
         dialogs = self._load(train_file, "train", self.args.max_train_examples)
         with distributed.main_process_first():  # torchrun: one rank tokenizes, all read
             dataset = self._dataset(dialogs, str(train_file or "Persona-Chat train"))
-        eval_dialogs = (
-            self._load(eval_file, "valid", self.args.max_eval_examples)
-            if eval_file is not None
-            else None
-        )
-        # Every process evaluates during training (its share of the losses under torchrun).
-        evaluate = (
-            partial(
-                self._evaluate,
-                eval_dialogs,
-                str(eval_file),
-                silent=self.args.evaluate_during_training_silent,
-                shard=True,
-            )
-            if eval_dialogs is not None
-            else None
-        )
+        eval_dialogs = evaluate = None
+        if eval_file is not None:  # every process evaluates (its share under torchrun)
+            eval_dialogs = self._load(eval_file, "valid", self.args.max_eval_examples)
+            silent = self.args.evaluate_during_training_silent
+            evaluate = partial(self._evaluate, eval_dialogs, str(eval_file), silent, shard=True)
         self._personas = personalities(dialogs)[:MAX_SAVED_PERSONAS]
         probe_dialogs = (
             self._load(samples_file, "valid", None) if samples_file else eval_dialogs or dialogs
         )
         samples = self._samples_writer(output_dir, probe_dialogs)
-        report = partial(
-            write_report,
-            output_dir,
-            model=f"{self.args.model_type} {self.args.model_name}",
-            device=str(self.device),
-            args=self.args,
-            started=time.time(),
-            data={
-                "train file": str(train_file or "Persona-Chat train"),
-                "train dialogs": len(dialogs),
-                "train examples (utterances)": len(dataset),
-                "eval file during training": str(eval_file) if eval_file else "none",
-                "resumed from": str(resume) if resume else "no (fresh run)",
-            },
-        )
-        write = not self.args.no_save and is_main_process()
-        try:
-            global_step, details = train(
+        global_step, details = train_reported(
+            partial(
+                train,
                 self.model,
                 self.tokenizer,
                 dataset,
@@ -229,16 +186,19 @@ class ConvAIModel:
                 save_extra={PERSONAS_FILE: json.dumps(self._personas, ensure_ascii=False)},
                 resume_from=resume,
                 on_epoch_end=samples,
-            )
-        except TrainingError as err:
-            if write:
-                report(details=getattr(err, "details", {}), status=f"stopped: {err}")
-            raise
-        if write:
-            report(
-                details=details,
-                status="finished" + (" (early stopping)" if details.get("stopped_early") else ""),
-            )
+            ),
+            output_dir,
+            self.args,
+            self.device,
+            data={
+                "train file": str(train_file or "Persona-Chat train"),
+                "train dialogs": len(dialogs),
+                "train examples (utterances)": len(dataset),
+                "eval file during training": str(eval_file) if eval_file else "none",
+                "resumed from": str(resume) if resume else "no (fresh run)",
+            },
+            write=not self.args.no_save and is_main_process(),
+        )
         if verbose and not self.args.silent:
             print(f"Training of {self.args.model_type} model complete. Saved to {output_dir}.")
         return global_step, details

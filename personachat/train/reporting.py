@@ -18,9 +18,11 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from functools import partial
 from pathlib import Path
 
 from personachat.fs import write_file_atomic
+from personachat.train.setup import TrainingError
 
 CURVES_FILE = "training_curves.png"
 SAMPLES_FILE = "samples.md"
@@ -281,6 +283,40 @@ def write_report(
         ]
     lines += configuration_lines(args)
     return write_file_atomic(out / REPORT_FILE, "\n".join(lines) + "\n")
+
+
+def train_reported(
+    train: Callable[[], tuple[int, dict]],
+    output_dir: str | os.PathLike,
+    args,
+    device,
+    data: dict,
+    write: bool = True,
+) -> tuple[int, dict]:
+    """Run ``train`` and write report.md however it ends: finished, stopped early, or stopped
+    by an error (with what was done until then). ``data``: what was trained on, for the
+    report; ``write=False`` (no_save, or not rank 0) writes nothing."""
+    report = partial(
+        write_report,
+        output_dir,
+        model=f"{args.model_type} {args.model_name}",
+        device=str(device),
+        args=args,
+        started=time.time(),
+        data=data,
+    )
+    if not write:
+        report = None
+    try:
+        global_step, details = train()
+    except TrainingError as err:
+        if report:
+            report(details=getattr(err, "details", {}), status=f"stopped: {err}")
+        raise
+    if report:
+        early = " (early stopping)" if details.get("stopped_early") else ""
+        report(details=details, status=f"finished{early}")
+    return global_step, details
 
 
 def final_metrics(history: dict) -> dict:

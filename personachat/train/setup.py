@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from personachat.args import ConvAIArgs
+from personachat.args import ArgsError, ConvAIArgs
 from personachat.encoding.batching import LengthGroupedBatchSampler
 from personachat.encoding.dataset import collate
 from personachat.errors import PersonachatError
 from personachat.model.device import autocast_dtype
 from personachat.model.loading import LossOutput, double_heads_loss
-from personachat.train import distributed, optim
+from personachat.train import checkpoints, distributed, optim
 from personachat.train.autobatch import (
     DEFAULT_MARGIN,
     BatchPlan,
@@ -60,6 +60,27 @@ class TrainingInterrupted(TrainingError):
 
 
 # ----------------------------------------------------------------------------- output_dir
+def check_before_training(
+    output_dir: str | Path, resume_from_checkpoint, model, args: ConvAIArgs, eval_file
+) -> Path | None:
+    """The checks that fail fast, before any data is read; returns the checkpoint that
+    ``resume_from_checkpoint`` means (None: a fresh run, into an empty or overwritten
+    output_dir)."""
+    try:
+        resume = checkpoints.resolve_resume(resume_from_checkpoint, output_dir)
+    except checkpoints.CheckpointError as err:
+        raise TrainingError(str(err)) from err
+    if resume is None:
+        check_output_dir(output_dir, args.overwrite_output_dir)
+    preflight(output_dir, model, args)
+    if args.evaluate_during_training and eval_file is None:
+        raise ArgsError(
+            "evaluate_during_training is enabled but eval_file is not given: pass "
+            "eval_file=... (--eval-file), or set evaluate_during_training=False"
+        )
+    return resume
+
+
 def check_output_dir(output_dir: str | Path, overwrite: bool) -> None:
     """Refuse a non-empty output folder (hidden files such as .gitkeep do not count)."""
     path = Path(output_dir)
