@@ -34,8 +34,9 @@ def error_json(error: RequestError) -> ErrorResponse:
 
 
 def sse(event: str, data: dict) -> str:
-    """One server-sent event (``data`` is valid Unicode: it was checked on the way in)."""
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+    """One server-sent event; its JSON in ASCII, as the error bodies (an ``error`` event may
+    quote an exception's message)."""
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
 def validation_message(errors: list[dict]) -> tuple[str, str]:
