@@ -1,7 +1,8 @@
 """``personachat train | eval | interact | serve``: the command line over ConvAIModel.
 
 A YAML config (``--config configs/NAME.yaml``) names the model and data files and overrides
-``ConvAIArgs`` defaults under ``args:``; flags override the config. With ``model_name: null``
+``ConvAIArgs`` defaults under ``args:``; flags override the config (``personachat.config``).
+With ``model_name: null``
 (the offline quick config) ``train`` first builds a small GPT-2-architecture model from the
 ``scratch:`` section and a tokenizer trained on the training file, then fine-tunes it; ``eval``
 and ``interact`` then default to the trained model in ``output_dir``.
@@ -10,136 +11,49 @@ and ``interact`` then default to the trained model in ``output_dir``.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import shlex
 import sys
 import time
 import traceback
-from dataclasses import asdict, fields
 from pathlib import Path
 
-import yaml
+import torch
 
 from personachat import __version__
-from personachat.args import ArgsError, ConvAIArgs, make_args, unknown_key_message
+from personachat.args import ArgsError, ConvAIArgs
+from personachat.config import resolve
 from personachat.data.commands import DATA_COMMANDS, add_data_commands, run_data_command
 from personachat.data.readers import FORMATS, read_dialogs
 from personachat.errors import PersonachatError
 from personachat.model.loading import resolve_device
-from personachat.model.scratch import ScratchConfig, build_scratch_checkpoint, dialog_texts
+from personachat.model.scratch import cached_scratch_checkpoint
 from personachat.serve.command import add_serve_arguments, run_serve
 from personachat.train import distributed
+from personachat.train.errors import TrainingInterrupted
 from personachat.train.reporting import append_evaluation
-from personachat.train.setup import TrainingInterrupted
 
-CONFIG_KEYS = {
-    "model_type",
-    "model_name",
-    "train_file",
-    "eval_file",
-    "args",
-    "scratch",
-    "extra_eval_files",
-    "ablation_eval",
+COMMANDS = {
+    "train": "fine-tune a model (and evaluate it if an eval file is set)",
+    "eval": "evaluate a trained model",
+    "interact": "chat with a model in the terminal",
+    "serve": "chat with a model over HTTP and in the browser",
 }
 
 
-def load_config(path: str | None) -> dict:
-    """Read a YAML config; unknown top-level keys are errors naming the closest one."""
-    if path is None:
-        return {}
-    file = Path(path)
-    if not file.is_file():
-        raise ArgsError(f"config file {path!r} does not exist (see the configs/ folder)")
-    try:
-        config = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ArgsError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(config, dict):
-        raise ArgsError(f"{path}: a config must be a mapping of keys to values")
-    for key in config:
-        if key not in CONFIG_KEYS:
-            raise ArgsError(f"{path}: {unknown_key_message(key, sorted(CONFIG_KEYS))}")
-    return config
-
-
-def parse_set(pairs: list[str]) -> dict:
-    """``--set key=value`` pairs; values parsed as YAML scalars (numbers, true/false, null)."""
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ArgsError(f"--set expects key=value, got {pair!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """Every command and flag: the model commands, then ``convert`` and ``validate``."""
     parser = argparse.ArgumentParser(prog="personachat", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in [
-        ("train", "fine-tune a model (and evaluate it if an eval file is set)"),
-        ("eval", "evaluate a trained model"),
-        ("interact", "chat with a model in the terminal"),
-        ("serve", "chat with a model over HTTP and in the browser"),
-    ]:
+    for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", help="YAML config, e.g. configs/quick.yaml")
-        p.add_argument("--model", help="model folder or hub id (overrides model_name)")
-        p.add_argument("--model-type", choices=["gpt2", "gpt"], help="default: gpt2")
-        p.add_argument("--output-dir", help="where results go (overrides args.output_dir)")
-        p.add_argument(
-            "--device",
-            default="auto",
-            choices=["auto", "cpu", "cuda"],
-            help="auto: CUDA when available",
-        )
-        p.add_argument(
-            "--set",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override any ConvAIArgs option, e.g. --set num_train_epochs=2",
-        )
+        add_model_arguments(p)
         if name == "train":
-            p.add_argument("--train-file", help="dialog file, any --format (default: from config)")
-            p.add_argument("--overwrite-output-dir", action="store_true", default=None)
-            p.add_argument(
-                "--resume",
-                nargs="?",
-                const=True,
-                default=None,
-                metavar="PATH",
-                help="go on from the newest checkpoint in the output folder, or "
-                "from the checkpoint folder PATH",
-            )
+            add_train_arguments(p)
         if name in ("train", "eval"):
-            p.add_argument("--eval-file", help="dialog file to evaluate on (any --format)")
-            p.add_argument(
-                "--format",
-                dest="data_format",
-                choices=FORMATS,
-                help="format of the data files (default: detected)",
-            )
-            p.add_argument(
-                "--skip-invalid",
-                action="store_true",
-                help="leave out invalid dialogs of the data files (each one printed, with the "
-                "counts kept and dropped) instead of refusing the file",
-            )
+            add_data_arguments(p)
         if name == "eval":
-            p.add_argument(
-                "--generation-f1",
-                action="store_true",
-                help="also report word F1 of greedy replies (slower)",
-            )
-            p.add_argument(
-                "--ablate-persona",
-                action="store_true",
-                help="evaluate with every persona removed from the input (does the model use it?)",
-            )
+            add_eval_arguments(p)
         if name == "interact":
             p.add_argument(
                 "--persona",
@@ -154,83 +68,79 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve(options: argparse.Namespace) -> tuple[dict, ConvAIArgs]:
-    """Config file + flags → (settings, args)."""
-    config = load_config(options.config)
-    overrides = dict(config.get("args") or {})
-    overrides.update(parse_set(options.set))
-    if options.output_dir:
-        overrides["output_dir"] = options.output_dir
-    if getattr(options, "overwrite_output_dir", None):
-        overrides["overwrite_output_dir"] = True
-    if getattr(options, "data_format", None):
-        overrides["data_format"] = options.data_format
-    if getattr(options, "skip_invalid", False):
-        overrides["skip_invalid"] = True
-    args = make_args(overrides)
-    settings = {
-        "model_type": options.model_type or config.get("model_type") or "gpt2",
-        "model_name": options.model or config.get("model_name"),
-        "train_file": getattr(options, "train_file", None) or config.get("train_file"),
-        "eval_file": getattr(options, "eval_file", None) or config.get("eval_file"),
-        "scratch": config.get("scratch") or {},
-        # More held-out files evaluated after training ({label: path}), and whether to also
-        # evaluate eval_file with every persona removed (the persona ablation).
-        "extra_eval_files": extra_eval_files(config.get("extra_eval_files"), options.config),
-        "ablation_eval": bool(config.get("ablation_eval", False)),
-    }
-    return settings, args
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """What every model command takes: config, model, output folder, device, options."""
+    p.add_argument("--config", help="YAML config, e.g. configs/quick.yaml")
+    p.add_argument("--model", help="model folder or hub id (overrides model_name)")
+    p.add_argument("--model-type", choices=["gpt2", "gpt"], help="default: gpt2")
+    p.add_argument("--output-dir", help="where results go (overrides args.output_dir)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="auto: CUDA when available",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any ConvAIArgs option, e.g. --set num_train_epochs=2",
+    )
 
 
-def extra_eval_files(value, path: str | None) -> dict[str, str]:
-    """The config's ``extra_eval_files``: a mapping of labels to data files."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise ArgsError(
-            f"{path}: extra_eval_files must map labels to files, e.g. "
-            "{unseen: data/persona_unseen.json}"
-        )
-    return {str(label): file for label, file in value.items()}
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train-file", help="dialog file, any --format (default: from config)")
+    p.add_argument("--overwrite-output-dir", action="store_true", default=None)
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="PATH",
+        help="go on from the newest checkpoint in the output folder, or "
+        "from the checkpoint folder PATH",
+    )
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The evaluation file and how data files are read (train and eval)."""
+    p.add_argument("--eval-file", help="dialog file to evaluate on (any --format)")
+    p.add_argument(
+        "--format",
+        dest="data_format",
+        choices=FORMATS,
+        help="format of the data files (default: detected)",
+    )
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="leave out invalid dialogs of the data files (each one printed, with the "
+        "counts kept and dropped) instead of refusing the file",
+    )
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--generation-f1",
+        action="store_true",
+        help="also report word F1 of greedy replies (slower)",
+    )
+    p.add_argument(
+        "--ablate-persona",
+        action="store_true",
+        help="evaluate with every persona removed from the input (does the model use it?)",
+    )
 
 
 def scratch_model(settings: dict, args: ConvAIArgs) -> str:
-    """Build (once, cached by config and data) the small model the quick config starts from."""
+    """The small model the quick config starts from (built once, cached by config and data)."""
     if not settings["train_file"]:
         raise ArgsError(
             "model_name is null, so a model is built from scratch; that needs a "
             "train_file to train its tokenizer on (--train-file)"
         )
-    known = {f.name for f in fields(ScratchConfig)}
-    for key in settings["scratch"]:
-        if key not in known:
-            raise ArgsError(f"scratch: {unknown_key_message(key, sorted(known))}")
-    config = ScratchConfig(**settings["scratch"])
-    data = (
-        Path(settings["train_file"]).read_bytes() if Path(settings["train_file"]).is_file() else b""
-    )
-    key = hashlib.sha256(json.dumps(asdict(config)).encode() + data).hexdigest()[:16]
-    folder = Path(args.cache_dir) / f"scratch-gpt2-{key}"
-    if not (folder / "config.json").is_file():
-        dialogs = read_dialogs(  # invalid dialogs skipped are reported when training reads
-            settings["train_file"],
-            format=args.data_format,
-            skip_invalid=args.skip_invalid,
-            allow_empty_personality=args.allow_empty_personality,
-            report=lambda _: None,
-        )
-        print(
-            f"Building a small GPT-2 ({config.n_layer} layers, {config.n_embd} wide, "
-            f"vocabulary {config.vocab_size}) with a tokenizer trained on "
-            f"{settings['train_file']} → {folder}"
-        )
-        if config.pretrain_steps:
-            print(
-                f"Pretraining it as a language model on the training dialogs for "
-                f"{config.pretrain_steps} steps (see personachat/pretrain.py)"
-            )
-        build_scratch_checkpoint(folder, dialog_texts(dialogs), config, dialogs=dialogs)
-    return str(folder)
+    return str(cached_scratch_checkpoint(settings["train_file"], settings["scratch"], args))
 
 
 def demo_conversation(model, eval_file: str, turns: int = 4) -> None:
@@ -252,57 +162,18 @@ def demo_conversation(model, eval_file: str, turns: int = 4) -> None:
 
 
 def run(options: argparse.Namespace) -> int:
+    """Run one command; returns the exit code."""
     if options.command in DATA_COMMANDS:
         return run_data_command(options)
-    from personachat.conv_ai_model import ConvAIModel
-
     settings, args = resolve(options)
     device = resolve_device("auto" if options.device == "auto" else options.device == "cuda")
-    use_cuda = device.type == "cuda"
-    model_name = settings["model_name"]
-
     if options.command == "train":
-        # Under torchrun: join the process group before the model goes to "cuda" (so each
-        # process lands on its own GPU), build the scratch model on rank 0 only (the others
-        # then find it cached), and evaluate and print on rank 0 only.
-        ctx = distributed.setup(device.type)
-        try:
-            if model_name is None and ctx.is_main:
-                model_name = scratch_model(settings, args)
-            distributed.barrier(ctx)
-            if model_name is None:
-                model_name = scratch_model(settings, args)
-            model = ConvAIModel(settings["model_type"], model_name, args=args, use_cuda=use_cuda)
-            started = time.perf_counter()
-            # The eval file is evaluated after training in any case; during training only
-            # with evaluate_during_training (then early stopping and the best model use it).
-            during = settings["eval_file"] if args.evaluate_during_training else None
-            global_step, _ = model.train_model(
-                settings["train_file"],
-                eval_file=during,
-                verbose=ctx.is_main,
-                resume_from_checkpoint=options.resume,
-                samples_file=settings["eval_file"],
-            )
-        finally:
-            distributed.teardown(ctx)
-        if not ctx.is_main:
-            return 0
-        print(
-            f"Trained {global_step} steps in {time.perf_counter() - started:.0f} s on "
-            f"{device}; model saved to {args.output_dir}"
-        )
-        if settings["eval_file"]:
-            results = model.eval_model(settings["eval_file"], verbose=False)
-            print_results(results)
-            append_evaluation(args.output_dir, settings["eval_file"], results)
-            report_persona_use(model, settings, results)
-            demo_conversation(model, settings["eval_file"])
-        return 0
+        return train_command(options, settings, args, device)
+    from personachat.conv_ai_model import ConvAIModel
 
-    # eval / interact: the trained model in output_dir unless a model is named.
-    if model_name is None:
-        model_name = args.output_dir
+    # eval / interact / serve: the trained model in output_dir unless a model is named.
+    model_name = settings["model_name"] or args.output_dir
+    use_cuda = device.type == "cuda"
     model = ConvAIModel(settings["model_type"], model_name, args=args, use_cuda=use_cuda)
     if options.command == "eval":
         results = model.eval_model(
@@ -316,6 +187,53 @@ def run(options: argparse.Namespace) -> int:
         return run_serve(model, options, str(model_name))
     else:
         model.interact(personality=options.persona or None)
+    return 0
+
+
+def train_command(
+    options: argparse.Namespace, settings: dict, args: ConvAIArgs, device: torch.device
+) -> int:
+    """``personachat train``: fine-tune, then evaluate, report persona use and show a chat.
+
+    Under torchrun: join the process group before the model goes to "cuda" (so each process
+    lands on its own GPU), build the scratch model on rank 0 only (the others then find it
+    cached), and evaluate and print on rank 0 only."""
+    from personachat.conv_ai_model import ConvAIModel
+
+    ctx = distributed.setup(device.type)
+    try:
+        model_name = settings["model_name"]
+        if model_name is None and ctx.is_main:
+            model_name = scratch_model(settings, args)
+        distributed.barrier(ctx)
+        model_name = model_name or scratch_model(settings, args)
+        use_cuda = device.type == "cuda"
+        model = ConvAIModel(settings["model_type"], model_name, args=args, use_cuda=use_cuda)
+        started = time.perf_counter()
+        # The eval file is evaluated after training in any case; during training only with
+        # evaluate_during_training (then early stopping and the best model use it).
+        during = settings["eval_file"] if args.evaluate_during_training else None
+        global_step, _ = model.train_model(
+            settings["train_file"],
+            eval_file=during,
+            verbose=ctx.is_main,
+            resume_from_checkpoint=options.resume,
+            samples_file=settings["eval_file"],
+        )
+    finally:
+        distributed.teardown(ctx)
+    if not ctx.is_main:
+        return 0
+    print(
+        f"Trained {global_step} steps in {time.perf_counter() - started:.0f} s on "
+        f"{device}; model saved to {args.output_dir}"
+    )
+    if settings["eval_file"]:
+        results = model.eval_model(settings["eval_file"], verbose=False)
+        print_results(results)
+        append_evaluation(args.output_dir, settings["eval_file"], results)
+        report_persona_use(model, settings, results)
+        demo_conversation(model, settings["eval_file"])
     return 0
 
 

@@ -162,7 +162,7 @@ def test_a_config_without_a_model_builds_one_from_scratch(tmp_path):
 
 def test_the_shipped_configs_are_valid():
     from personachat.args import make_args
-    from personachat.cli import load_config
+    from personachat.config import load_config
 
     for path in Path(__file__).resolve().parents[1].glob("configs/*.yaml"):
         config = load_config(str(path))

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from personachat import ConvAIModel
-from personachat.cli import build_parser, main, resolve
+from personachat.cli import build_parser, main
+from personachat.config import resolve
 from personachat.data.candidates import add_distractors
 from personachat.data.commands import write_json_atomic
 from personachat.data.dialogs import DataError

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from personachat import ConvAIModel
-from personachat.cli import build_parser, main, resolve
+from personachat.cli import build_parser, main
+from personachat.config import resolve
 from personachat.data.dialogs import DataError
 from personachat.data.readers import read_dialogs
 from personachat.encoding.inputs import SpecialIds, build_input_from_segments

@@ -8,13 +8,17 @@ weights, and both are saved as an ordinary folder. Everything downstream then lo
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 
+from personachat.args import ArgsError, unknown_key_message
+from personachat.data.readers import read_dialogs
 from personachat.encoding.inputs import ATTR_TO_SPECIAL_TOKEN
 from personachat.model.loading import save_pretrained_atomic
 
@@ -119,3 +123,37 @@ def build_scratch_checkpoint(
         )
     model.config.scratch = asdict(config)
     return save_pretrained_atomic(output_dir, model, tokenizer)
+
+
+def cached_scratch_checkpoint(train_file: str, scratch: dict, args) -> Path:
+    """The scratch checkpoint for ``train_file`` and the ``scratch:`` options of a config,
+    built under ``args.cache_dir`` the first time and found there afterwards (the folder is
+    named by a hash of the options and of the file's bytes)."""
+    known = {f.name for f in fields(ScratchConfig)}
+    for key in scratch:
+        if key not in known:
+            raise ArgsError(f"scratch: {unknown_key_message(key, sorted(known))}")
+    config = ScratchConfig(**scratch)
+    data = Path(train_file).read_bytes() if Path(train_file).is_file() else b""
+    key = hashlib.sha256(json.dumps(asdict(config)).encode() + data).hexdigest()[:16]
+    folder = Path(args.cache_dir) / f"scratch-gpt2-{key}"
+    if (folder / "config.json").is_file():
+        return folder
+    dialogs = read_dialogs(  # invalid dialogs skipped are reported when training reads
+        train_file,
+        format=args.data_format,
+        skip_invalid=args.skip_invalid,
+        allow_empty_personality=args.allow_empty_personality,
+        report=lambda _: None,
+    )
+    print(
+        f"Building a small GPT-2 ({config.n_layer} layers, {config.n_embd} wide, "
+        f"vocabulary {config.vocab_size}) with a tokenizer trained on {train_file} → {folder}"
+    )
+    if config.pretrain_steps:
+        print(
+            f"Pretraining it as a language model on the training dialogs for "
+            f"{config.pretrain_steps} steps (see personachat/model/pretrain.py)"
+        )
+    build_scratch_checkpoint(folder, dialog_texts(dialogs), config, dialogs=dialogs)
+    return folder
