@@ -57,13 +57,14 @@ from personachat.repl import run_repl
 from personachat.train import distributed
 from personachat.train.distributed import is_main_process
 from personachat.train.loop import train
+from personachat.train.preflight import check_before_training
 from personachat.train.reporting import (
     SAMPLES_FILE,
     SampleWriter,
     probes_from_dialogs,
     train_reported,
 )
-from personachat.train.setup import check_before_training, resolve_eval_batch_size
+from personachat.train.setup import resolve_eval_batch_size
 
 PERSONAS_FILE = "personas.json"
 MAX_SAVED_PERSONAS = 1000

@@ -12,7 +12,7 @@ import torch
 
 from personachat import ConvAIArgs, ConvAIModel
 from personachat.model.loading import ModelLoadError
-from personachat.train.setup import TrainingError
+from personachat.train.errors import TrainingError
 
 from .conftest import PERSONA
 

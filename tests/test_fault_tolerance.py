@@ -24,10 +24,10 @@ from personachat import ConvAIModel, cli
 from personachat.args import ArgsError
 from personachat.model.loading import ModelLoadError
 from personachat.model.scratch import ScratchConfig, build_scratch_checkpoint
-from personachat.train import checkpoints
-from personachat.train import setup as training_setup
+from personachat.train import checkpoints, preflight
+from personachat.train.errors import TrainingError, TrainingInterrupted
 from personachat.train.reporting import SampleWriter
-from personachat.train.setup import TrainingError, TrainingInterrupted, TrainingObjective
+from personachat.train.setup import TrainingObjective
 from personachat.train.state import StopOnSignal
 
 from .conftest import make_dialogs
@@ -413,7 +413,7 @@ def test_an_unwritable_output_dir_fails_before_training(tiny_checkpoint, dialogs
 def test_too_little_free_disk_fails_before_training(
     tiny_checkpoint, dialogs_file, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(training_setup, "free_bytes", lambda path: 1024)
+    monkeypatch.setattr(preflight, "free_bytes", lambda path: 1024)
     model = ConvAIModel(
         "gpt2", tiny_checkpoint, use_cuda=False, args={**ARGS, "output_dir": str(tmp_path / "out")}
     )

@@ -13,8 +13,8 @@ from transformers.optimization import Adafactor
 
 from personachat import ConvAIModel
 from personachat.args import SCHEDULERS, ArgsError, make_args
+from personachat.train.errors import TrainingError
 from personachat.train.optim import make_optimizer, make_scheduler
-from personachat.train.setup import TrainingError
 
 BASE = {
     "train_batch_size": 4,

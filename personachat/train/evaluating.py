@@ -9,8 +9,8 @@ at different steps would hang.
 from __future__ import annotations
 
 from personachat.train import distributed, optim
+from personachat.train.errors import TrainingError
 from personachat.train.outputs import draw_curves, rotate, save_model
-from personachat.train.setup import TrainingError
 from personachat.train.state import Run
 
 

@@ -12,7 +12,7 @@ Runs survive faults: checkpoints hold everything needed to go on exactly where a
 stopped, down to the micro-batch within the epoch and the random generators, so a resumed
 run ends with the weights an uninterrupted one would have. Ctrl-C or SIGTERM finishes the
 step, writes such a checkpoint and stops; a NaN loss stops before it can reach a
-checkpoint; a full disk or an unwritable folder is found before the first step (``setup``).
+checkpoint; a full disk or an unwritable folder is found before the first step (``preflight``).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from personachat.args import ConvAIArgs
 from personachat.fs import write_file_atomic
 from personachat.model.device import autocast, to_device
 from personachat.train import checkpoints, distributed
+from personachat.train.errors import TrainingError, TrainingInterrupted
 from personachat.train.evaluating import evaluate_now
 from personachat.train.outputs import (
     draw_curves,
@@ -41,12 +42,7 @@ from personachat.train.outputs import (
     write_samples,
 )
 from personachat.train.resume import resume, start_clean
-from personachat.train.setup import (
-    TrainingError,
-    TrainingInterrupted,
-    set_up,
-    tensorboard_writer,
-)
+from personachat.train.setup import set_up, tensorboard_writer
 from personachat.train.state import Hooks, Run, StepStats, StopOnSignal
 
 

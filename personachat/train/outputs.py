@@ -10,8 +10,8 @@ from pathlib import Path
 
 from personachat.model.loading import save_pretrained_atomic
 from personachat.train import checkpoints, distributed, reporting
+from personachat.train.errors import TrainingError
 from personachat.train.rng import capture_rng_state, restore_rng_state
-from personachat.train.setup import TrainingError
 from personachat.train.state import Run, StepStats
 
 # training_curves.png is redrawn after an evaluation only if the last drawing is older.

@@ -22,7 +22,7 @@ from functools import partial
 from pathlib import Path
 
 from personachat.fs import write_file_atomic
-from personachat.train.setup import TrainingError
+from personachat.train.errors import TrainingError
 
 CURVES_FILE = "training_curves.png"
 SAMPLES_FILE = "samples.md"

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from personachat.train import checkpoints, optim
-from personachat.train.setup import TrainingError
+from personachat.train.errors import TrainingError
 from personachat.train.state import Run, TrainingState
 
 

@@ -1,32 +1,26 @@
-"""Before the first step: the checks that fail fast, and the ``Run`` the loop steps through.
+"""Setting a run up: the ``Run`` the loop steps through.
 
-A full disk, an unwritable folder, a non-empty output_dir or a batch that cannot fit are
-found here, before any data is read or step taken. ``set_up`` then puts the model on its
-device, plans the micro-batches (probing the GPU for ``train_batch_size="auto"``), builds the
-length-grouped loader, wraps the loss for DDP and ``torch.compile``, and makes the optimizer,
-schedule and grad scaler.
+``set_up`` puts the model on its device, plans the micro-batches (probing the GPU for
+``train_batch_size="auto"``), builds the length-grouped loader, wraps the loss for DDP and
+``torch.compile``, and makes the optimizer, schedule and grad scaler. (The checks that fail
+fast, before any data is read, are in ``preflight``.)
 """
 
 from __future__ import annotations
 
-import errno
 import math
-import shutil
-import tempfile
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from personachat.args import ArgsError, ConvAIArgs
+from personachat.args import ConvAIArgs
 from personachat.encoding.batching import LengthGroupedBatchSampler
 from personachat.encoding.dataset import collate
-from personachat.errors import PersonachatError
 from personachat.model.device import autocast_dtype
 from personachat.model.loading import LossOutput, double_heads_loss
-from personachat.train import checkpoints, distributed, optim
+from personachat.train import distributed, optim
 from personachat.train.autobatch import (
     DEFAULT_MARGIN,
     BatchPlan,
@@ -35,129 +29,8 @@ from personachat.train.autobatch import (
     probe_train_micro_batch,
 )
 from personachat.train.distributed import DistContext
+from personachat.train.errors import TrainingError
 from personachat.train.state import Hooks, Run, SkipBatches, StepSums
-
-
-class TrainingError(PersonachatError, RuntimeError):
-    """Training cannot start or go on; the message says why and what to do."""
-
-
-class TrainingInterrupted(TrainingError):
-    """Training stopped on SIGINT/SIGTERM after writing a checkpoint it can resume from."""
-
-    def __init__(self, signal_name: str, step: int, checkpoint: Path | None) -> None:
-        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
-        where = (
-            f"resumable checkpoint saved to {checkpoint}"
-            if checkpoint
-            else "no checkpoint written (no_save=True)"
-        )
-        super().__init__(
-            f"stopped by {signal_name} after step {step}; {where}. Resume with "
-            "train_model(..., resume_from_checkpoint=True) or "
-            "`personachat train ... --resume`."
-        )
-
-
-# ----------------------------------------------------------------------------- output_dir
-def check_before_training(
-    output_dir: str | Path, resume_from_checkpoint, model, args: ConvAIArgs, eval_file
-) -> Path | None:
-    """The checks that fail fast, before any data is read; returns the checkpoint that
-    ``resume_from_checkpoint`` means (None: a fresh run, into an empty or overwritten
-    output_dir)."""
-    try:
-        resume = checkpoints.resolve_resume(resume_from_checkpoint, output_dir)
-    except checkpoints.CheckpointError as err:
-        raise TrainingError(str(err)) from err
-    if resume is None:
-        check_output_dir(output_dir, args.overwrite_output_dir)
-    preflight(output_dir, model, args)
-    if args.evaluate_during_training and eval_file is None:
-        raise ArgsError(
-            "evaluate_during_training is enabled but eval_file is not given: pass "
-            "eval_file=... (--eval-file), or set evaluate_during_training=False"
-        )
-    return resume
-
-
-def check_output_dir(output_dir: str | Path, overwrite: bool) -> None:
-    """Refuse a non-empty output folder (hidden files such as .gitkeep do not count)."""
-    path = Path(output_dir)
-    if path.exists() and not path.is_dir():
-        raise TrainingError(f"output_dir {str(path)!r} is a file, not a folder")
-    if path.is_dir() and any(not p.name.startswith(".") for p in path.iterdir()) and not overwrite:
-        raise TrainingError(
-            f"Output directory ({path}) already exists and is not empty. "
-            "Set overwrite_output_dir=True (--overwrite-output-dir) to overwrite it, "
-            "or choose another output_dir."
-        )
-
-
-def preflight(
-    output_dir: str | Path, model, args: ConvAIArgs, free: Callable[[str | Path], int] | None = None
-) -> None:
-    """Before any data is read or step taken: output_dir must be writable, and its disk must
-    hold one checkpoint (``free`` gives the free bytes; ``free_bytes`` by default). Only the
-    main process writes there, so only it checks: two torchrun ranks testing one new folder
-    at once would remove it from under each other.
-    """
-    if not distributed.is_main_process():
-        return
-    check_output_writable(output_dir)
-    if not args.no_save:
-        needed = checkpoint_bytes(model, args.save_optimizer_and_scheduler)
-        available = (free or free_bytes)(output_dir)
-        if available < needed:
-            raise TrainingError(
-                f"only {available / 2**20:.0f} MB free on the disk of {output_dir}, but one "
-                f"checkpoint needs about {needed / 2**20:.0f} MB; free some space, choose "
-                "another output_dir, or set no_save=True. Nothing was trained."
-            )
-
-
-def free_bytes(path: str | Path) -> int:
-    """Free disk space where ``path`` is (or would be created). Tests replace this."""
-    probe = Path(path)
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
-
-
-def checkpoint_bytes(model, with_optimizer: bool) -> int:
-    """About how many bytes one checkpoint takes: the weights, plus two float32 moments per
-    parameter for AdamW, plus a few MB for tokenizer and state files."""
-    params = list(model.parameters())
-    weights = sum(p.numel() * p.element_size() for p in params)
-    moments = 2 * 4 * sum(p.numel() for p in params) if with_optimizer else 0
-    return weights + moments + 8 * 2**20
-
-
-def check_output_writable(output_dir: str | Path) -> None:
-    """Write a file in output_dir, or raise TrainingError saying why. Folders created for the
-    test are removed again: a run that then fails on its data leaves nothing behind."""
-    root = Path(output_dir)
-    created = []
-    probe = root
-    while not probe.exists() and probe != probe.parent:
-        created.append(probe)
-        probe = probe.parent
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
-            pass
-        for folder in created:  # deepest first
-            try:
-                folder.rmdir()
-            except OSError as err:
-                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-                break  # another process (a torchrun rank doing the same test) is using it
-    except OSError as err:
-        raise TrainingError(
-            f"output_dir {str(root)!r} is not writable ({err.strerror or err}); choose "
-            "another output_dir (--output-dir) or fix its permissions. Nothing was trained."
-        ) from err
 
 
 # ----------------------------------------------------------------------------- the loss
