@@ -18,9 +18,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from personachat.encoding.inputs import IGNORE_INDEX, Overheads, layout_length
 from personachat.errors import PersonachatError
 
-IGNORE_INDEX = -100
 _SENTINEL = "\x1fPERSONACHAT{}\x1f"
 
 
@@ -57,8 +57,34 @@ class ChatFormat:
 
     @property
     def stop_ids(self) -> frozenset[int]:
-        """Tokens that end a generated reply."""
-        return frozenset({self.end_of_turn, self.pad})
+        """Tokens that end a generated reply: the end of turn, padding, and the first token
+        of a message header (a model that starts a new message has finished its reply)."""
+        headers = {p.prefix[0] for p in (self.system, self.user, self.assistant) if p.prefix}
+        return frozenset({self.end_of_turn, self.pad, *headers})
+
+    @property
+    def reply_enders(self) -> frozenset[int]:
+        return frozenset({self.end_of_turn})
+
+    @property
+    def reply_type(self) -> int:
+        return 0
+
+    @property
+    def overheads(self) -> Overheads:
+        return Overheads(
+            fixed=len(self.system.prefix)
+            + len(self.system.suffix)
+            + len(self.assistant.prefix)
+            + 1,
+            between_sentences=len(self.newline),
+            user_turn=len(self.user.prefix) + len(self.user.suffix),
+            assistant_turn=len(self.assistant.prefix) + len(self.assistant.suffix),
+        )
+
+    def prefix_length(self, persona: Sequence[Sequence[int]]) -> int:
+        """Tokens of the input's start that depend on the persona alone: the system message."""
+        return len(self.system.prefix) + len(self.persona_ids(persona)) + len(self.system.suffix)
 
     def persona_ids(self, persona: Sequence[Sequence[int]]) -> list[int]:
         """Persona sentences joined by newlines: one sentence per line."""
@@ -101,13 +127,7 @@ class ChatFormat:
 
     def length(self, persona: Sequence[int], history: Sequence[int], reply: int) -> int:
         """Tokens of ``build``'s input (with end of turn), from token *counts* alone."""
-        persona_tokens = sum(persona) + len(self.newline) * max(0, len(persona) - 1)
-        fixed = len(self.system.prefix) + len(self.system.suffix)
-        turns = 0
-        for i, n in enumerate(history):
-            role = self.user if (len(history) - 1 - i) % 2 == 0 else self.assistant
-            turns += len(role.prefix) + n + len(role.suffix)
-        return fixed + persona_tokens + turns + len(self.assistant.prefix) + reply + 1
+        return layout_length(self.overheads, persona, history, reply)
 
 
 def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:

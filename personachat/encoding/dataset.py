@@ -112,6 +112,7 @@ class PersonaChatDataset(torch.utils.data.Dataset):
             [len(h) for h in history_window(utterance["history"], self.max_history)],
             [len(c) for c in list(utterance["candidates"])[-self.num_candidates :]],
             self.max_tokens,
+            self.special.overheads,
         )
 
     @cached_property
@@ -160,8 +161,12 @@ def dataset_from_dialogs(
     lowercase: bool = False,
     seed: int = 0,
     source: str = "<data>",
+    overheads: object = None,
 ) -> PersonaChatDataset:
-    """Tokenize dialogs (each distinct string once) and index their examples."""
+    """Tokenize dialogs (each distinct string once) and index their examples.
+
+    ``overheads`` is accepted so that every ``EncodingOptions`` field can be passed; the
+    dataset reads them from ``special``, the input format it lays inputs out with."""
     check_num_candidates(dialogs, num_candidates, source)
     encoded = encode_dialogs(dialogs, TextEncoder(tokenizer, lowercase=lowercase))
     return PersonaChatDataset(

@@ -19,7 +19,7 @@ import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from personachat.errors import PersonachatError
 
@@ -35,6 +35,58 @@ IGNORE_INDEX = -100  # label value cross-entropy skips
 # Version of the input layout below. Cached tokenized datasets (token_cache) are keyed on it:
 # bump it whenever build_input_from_segments, truncate_to_fit or the example index change.
 LAYOUT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Overheads:
+    """Tokens an input format writes around the content: what every input length (for
+    truncation, length-grouped batching and the token cache) is computed from. The defaults
+    are TransferTransfo's: ``<bos>``, the reply's speaker token and ``<eos>``, and one speaker
+    token per history utterance."""
+
+    fixed: int = 3
+    between_sentences: int = 0
+    user_turn: int = 1
+    assistant_turn: int = 1
+
+
+TRANSFERTRANSFO = Overheads()
+
+
+class InputFormat(Protocol):
+    """How (persona, history, reply) token ids become one input: ``SpecialIds`` (the
+    TransferTransfo layout) or ``chat_format.ChatFormat`` (the tokenizer's chat template)."""
+
+    pad: int
+
+    @property
+    def overheads(self) -> Overheads: ...
+
+    @property
+    def stop_ids(self) -> frozenset[int]: ...
+
+    @property
+    def reply_enders(self) -> frozenset[int]: ...
+
+    @property
+    def reply_type(self) -> int: ...
+
+    def build(self, persona, history, reply, lm_labels=False, with_eos=True) -> dict: ...
+
+    def prefix_length(self, persona: Sequence[Sequence[int]]) -> int: ...
+
+
+def layout_length(
+    overheads: Overheads, persona: Sequence[int], history: Sequence[int], reply: int
+) -> int:
+    """Tokens of one input from token *counts*: persona sentences, history utterances (the
+    last one the user's) and the reply (with its end token)."""
+    turns = sum(
+        overheads.user_turn if (len(history) - 1 - i) % 2 == 0 else overheads.assistant_turn
+        for i in range(len(history))
+    )
+    between = overheads.between_sentences * max(0, len(persona) - 1)
+    return overheads.fixed + sum(persona) + between + sum(history) + turns + reply
 
 
 class EncodingError(PersonachatError, ValueError):
@@ -71,6 +123,35 @@ class SpecialIds:
     def stop_ids(self) -> frozenset[int]:
         """Tokens that end a generated reply."""
         return frozenset({self.eos, self.speaker1, self.speaker2, self.bos, self.pad})
+
+    @property
+    def reply_enders(self) -> frozenset[int]:
+        """The stop tokens that may end a reply (the others never belong in one)."""
+        return frozenset({self.eos, self.speaker2})
+
+    @property
+    def reply_type(self) -> int:
+        """Token type of the reply's tokens: the bot's speaker token."""
+        return self.speaker2
+
+    @property
+    def overheads(self) -> Overheads:
+        return TRANSFERTRANSFO
+
+    def build(
+        self,
+        persona: Sequence[Sequence[int]],
+        history: Sequence[Sequence[int]],
+        reply: Sequence[int],
+        lm_labels: bool = False,
+        with_eos: bool = True,
+    ) -> dict[str, list[int]]:
+        """The TransferTransfo input (``build_input_from_segments``)."""
+        return build_input_from_segments(persona, history, reply, self, lm_labels, with_eos)
+
+    def prefix_length(self, persona: Sequence[Sequence[int]]) -> int:
+        """Tokens of the input's start that depend on the persona alone: ``<bos>`` + persona."""
+        return 1 + sum(map(len, persona))
 
 
 def history_window(history: Sequence[T], max_history: int) -> list[T]:
@@ -124,11 +205,13 @@ def build_input_from_segments(
 
 
 def input_length(
-    persona: Sequence[Sequence[int]], history: Sequence[Sequence[int]], reply: Sequence[int]
+    persona: Sequence[Sequence[int]],
+    history: Sequence[Sequence[int]],
+    reply: Sequence[int],
+    overheads: Overheads = TRANSFERTRANSFO,
 ) -> int:
-    """Tokens of ``build_input_from_segments``' layout (with ``<eos>``), without building it:
-    ``<bos>`` + persona, one speaker token per utterance, the reply's ``<eos>``."""
-    return 1 + sum(map(len, persona)) + sum(len(u) + 1 for u in history) + len(reply) + 2
+    """Tokens of an input (with its end token) without building it."""
+    return layout_length(overheads, list(map(len, persona)), list(map(len, history)), len(reply))
 
 
 def truncate_to_fit(
@@ -136,23 +219,24 @@ def truncate_to_fit(
     history: Sequence[Sequence[int]],
     reply: Sequence[int],
     max_tokens: int,
+    overheads: Overheads = TRANSFERTRANSFO,
 ) -> tuple[list[Sequence[int]], list[Sequence[int]], Sequence[int]]:
     """Drop the oldest history first, then persona sentences from the end, to fit max_tokens.
 
-    Overhead per input: ``<bos>``, one speaker token per utterance, ``<eos>``. Only when the
+    ``overheads``: what the input format adds (TransferTransfo's by default). Only when the
     reply alone cannot fit is the reply itself cut (keeping its start). Never raises.
     """
     persona, history = list(persona), list(history)
 
     def length() -> int:
-        return input_length(persona, history, reply)
+        return input_length(persona, history, reply, overheads)
 
     while length() > max_tokens and history:
         history.pop(0)
     while length() > max_tokens and persona:
         persona.pop()
     if length() > max_tokens:
-        reply = reply[: max(0, max_tokens - 3)]
+        reply = reply[: max(0, max_tokens - overheads.fixed)]
     return persona, history, reply
 
 
@@ -232,7 +316,11 @@ def example_index(
 
 
 def example_length(
-    persona: Sequence[int], history: Sequence[int], candidates: Sequence[int], max_tokens: int
+    persona: Sequence[int],
+    history: Sequence[int],
+    candidates: Sequence[int],
+    max_tokens: int,
+    overheads: Overheads = TRANSFERTRANSFO,
 ) -> int:
     """Tokens of an example's longest candidate input, from token *counts* alone.
 
@@ -241,13 +329,15 @@ def example_length(
     and the answer is a sum; otherwise the exact ``truncate_to_fit`` rule runs on stand-in
     sequences of those lengths.
     """
-    fixed = 1 + sum(persona) + sum(history) + len(history) + 2
-    longest = max(candidates)
-    if fixed + longest <= max_tokens:
-        return fixed + longest
+    longest = layout_length(overheads, persona, history, max(candidates))
+    if longest <= max_tokens:
+        return longest
     persona_, history_ = [range(n) for n in persona], [range(n) for n in history]
     return max(
-        input_length(*truncate_to_fit(persona_, history_, range(n), max_tokens)) for n in candidates
+        input_length(
+            *truncate_to_fit(persona_, history_, range(n), max_tokens, overheads), overheads
+        )
+        for n in candidates
     )
 
 
@@ -283,6 +373,6 @@ def build_example(
     chosen = list(candidates)[-num_candidates:]
     inputs = []
     for j, candidate in enumerate(chosen):
-        p, h, r = truncate_to_fit(persona, history, candidate, max_tokens)
-        inputs.append(build_input_from_segments(p, h, r, special, lm_labels=j == len(chosen) - 1))
+        p, h, r = truncate_to_fit(persona, history, candidate, max_tokens, special.overheads)
+        inputs.append(special.build(p, h, r, lm_labels=j == len(chosen) - 1))
     return {"candidates": inputs, "mc_label": len(chosen) - 1}

@@ -54,6 +54,8 @@ from pathlib import Path
 
 from personachat.encoding.inputs import (
     LAYOUT_VERSION,
+    TRANSFERTRANSFO,
+    Overheads,
     SpecialIds,
     check_num_candidates,
     history_window,
@@ -75,6 +77,8 @@ class EncodingOptions:
     personality_permutations: int = 1
     lowercase: bool = False
     seed: int = 0
+    # What the input format adds around the text (the examples' lengths depend on it).
+    overheads: Overheads = TRANSFERTRANSFO
 
 
 # ------------------------------------------------------------------------------- the key

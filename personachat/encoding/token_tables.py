@@ -147,6 +147,7 @@ def _write_examples(folder: Path, rows: _Rows, counts: list[int], options: Encod
                 [counts[r] for r in history],
                 [counts[r] for r in chosen],
                 options.max_tokens,
+                options.overheads,
             )
         )
         dialog_col.append(d)
