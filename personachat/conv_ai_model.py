@@ -7,7 +7,6 @@ written for ``simpletransformers.conv_ai.ConvAIModel`` runs unchanged but for th
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import random
@@ -19,37 +18,23 @@ import numpy as np
 import torch
 
 from personachat.args import ConvAIArgs, make_args
-from personachat.data.candidates import add_distractors
 from personachat.data.dialogs import personalities
 from personachat.data.download import load_personachat_or_file
-from personachat.data.readers import read_dialogs
-from personachat.encoding.dataset import collate, dataset_from_dialogs
+from personachat.data.prepare import prepare_dialogs
+from personachat.encoding.examples import ExampleBuilder
 from personachat.encoding.inputs import SpecialIds, TextEncoder, history_window
-from personachat.encoding.token_cache import EncodingOptions, cache_key, cached_dataset
-from personachat.evaluation.metrics import (
-    apply_metric_fns,
-    eval_num_candidates,
-    evaluation_sums,
-    format_results,
-    merge_sums,
-    metrics_from_sums,
-    reply_word_count,
-)
-from personachat.evaluation.persona import (
-    persona_hits_at_1,
-    persona_scores,
-    probe_items,
-    without_persona,
-)
-from personachat.evaluation.replies import decoding_label, generation_f1, repetition_rate
+from personachat.evaluation.evaluate import evaluation_losses, reply_metrics
+from personachat.evaluation.metrics import apply_metric_fns, eval_num_candidates, format_results
+from personachat.evaluation.persona import without_persona
 from personachat.fs import write_file_atomic
 from personachat.generation.generate import DecodingOptions, generate_replies
 from personachat.generation.prefix_cache import PrefixCache
 from personachat.generation.rerank import respond
-from personachat.model.device import autocast_dtype
 from personachat.model.loading import (
+    PERSONAS_FILE,
     context_size,
     load_model_and_tokenizer,
+    read_personas,
     resolve_device,
     save_pretrained_atomic,
 )
@@ -64,9 +49,7 @@ from personachat.train.reporting import (
     probes_from_dialogs,
     train_reported,
 )
-from personachat.train.setup import resolve_eval_batch_size
 
-PERSONAS_FILE = "personas.json"
 MAX_SAVED_PERSONAS = 1000
 CHAT_ENCODER_ENTRIES = 20_000  # strings whose token ids the chat path keeps
 
@@ -126,7 +109,7 @@ class ConvAIModel:
         # CPU threads for encoding prompts in generate_replies (None: torch's setting); the
         # server sets all cores while decoding steps use fewer.
         self.prefill_threads: int | None = None
-        self._retokenized: set[str] = set()  # cache keys reprocess_input_data already redid
+        self._examples = ExampleBuilder(self.tokenizer, self.special, self.args)
 
     # ------------------------------------------------------------------ training
     def train_model(
@@ -265,56 +248,22 @@ class ConvAIModel:
         metric_fns=None,
         shard=False,
     ):
-        """Metrics of the model on ``dialogs``. ``shard``: under torchrun, every process
-        computes the losses of its share of the examples and they are added up (every rank
-        must call it then, as training's evaluations do); the results are the same."""
-        results, dataset, labels, preds = self._evaluation_losses(dialogs, source, silent, shard)
+        """Metrics of the model on ``dialogs`` (see ``evaluation.evaluate``); ``shard``: each
+        torchrun process computes the losses of its share of the examples."""
+        candidates = eval_num_candidates(dialogs, self.args.eval_num_candidates, source)
+        dataset = self._dataset(dialogs, source, num_candidates=candidates)
+        pad_id = self.tokenizer.pad_token_id
+        results, labels, preds = evaluation_losses(
+            self.model, dataset, dialogs, self.args, self.device, pad_id, silent=silent, shard=shard
+        )
+        results["eval_num_candidates"] = candidates
         results.update(apply_metric_fns(labels, preds, metric_fns or {}))
         greedy = DecodingOptions.from_args(self.args, do_sample=False)
         reply = partial(self.generate_replies, options=greedy)
-        if probe_items(dialogs):
-            results["persona_hits@1"] = persona_hits_at_1(dialogs, dataset.index, labels, preds)
-            scores = persona_scores(reply, dialogs, silent=silent)
-            results.update({k: v for k, v in scores.items() if v is not None})
-        if generation:
-            results["generation_f1"] = generation_f1(reply, dialogs, silent=silent)
-            results["generation_f1_decoding"] = decoding_label(greedy)
-        if repetition:
-            results["repetition_rate"] = repetition_rate(reply, dialogs, silent=silent)
+        index = dataset.index
+        flags = {"silent": silent, "generation": generation, "repetition": repetition}
+        results.update(reply_metrics(reply, greedy, dialogs, index, labels, preds, **flags))
         return results
-
-    def _evaluation_losses(self, dialogs, source, silent, shard):
-        """LM and multiple-choice metrics over ``dialogs``, the candidates ranked among
-        ``eval_num_candidates`` of each utterance. Returns (results, dataset, labels, preds)."""
-        candidates = eval_num_candidates(dialogs, self.args.eval_num_candidates, source)
-        dataset = self._dataset(dialogs, source, num_candidates=candidates)
-        batch_size = resolve_eval_batch_size(
-            self.model, dataset, self.args, self.device, self.tokenizer.pad_token_id
-        )
-        ctx = distributed.joined_context() if shard else distributed.DistContext()
-        indexes = range(ctx.rank, len(dataset), ctx.world_size)
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(dataset, indexes) if ctx.enabled else dataset,
-            batch_size=batch_size,
-            pin_memory=self.device.type == "cuda",
-            collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id),
-        )
-        sums = evaluation_sums(
-            self.model,
-            loader,
-            self.args.lm_coef,
-            self.args.mc_coef,
-            self.device,
-            autocast_dtype(self.device, self.args.fp16),
-            silent=silent,
-        )
-        if ctx.enabled:
-            sums = merge_sums(distributed.gather_objects((list(indexes), sums), ctx), len(dataset))
-        words = reply_word_count(dialogs, dataset.index)
-        results = metrics_from_sums(sums, self.args.lm_coef, self.args.mc_coef, words)
-        results["eval_num_candidates"] = candidates
-        labels, preds = results.pop("_labels"), results.pop("_preds")
-        return results, dataset, labels, preds
 
     # ---------------------------------------------------------------- chatting
     def interact(self, personality: list[str] | None = None) -> None:
@@ -338,27 +287,15 @@ class ConvAIModel:
         """
         personality = personality or self.random_personality()
         persona_ids = [self._encode(s) for s in personality]
+        options = DecodingOptions.from_args(self.args)
         if encode_history:
             history = [*history, message]
-            reply_ids = respond(
-                self.model,
-                persona_ids,
-                [self._encode(h) for h in history],
-                self.special,
-                DecodingOptions.from_args(self.args),
-                self.device,
-            )
+            ids = [self._encode(h) for h in history]
+            reply_ids = respond(self.model, persona_ids, ids, self.special, options, self.device)
             reply = self.tokenizer.decode(reply_ids, skip_special_tokens=True).strip()
             return reply, [*history, reply]
         history = [*history, self._encode(message)]
-        reply_ids = respond(
-            self.model,
-            persona_ids,
-            history,
-            self.special,
-            DecodingOptions.from_args(self.args),
-            self.device,
-        )
+        reply_ids = respond(self.model, persona_ids, history, self.special, options, self.device)
         history = history_window([*history, reply_ids], self.args.max_history)
         return self.tokenizer.decode(reply_ids, skip_special_tokens=True).strip(), history
 
@@ -441,81 +378,12 @@ class ConvAIModel:
     def _load(self, path, split: str, limit: int | None) -> list[dict]:
         """Dialogs of any supported format (None: public Persona-Chat), with distractors
         sampled from other dialogs where an utterance has fewer than num_candidates."""
-        if path is None:
-            dialogs = load_personachat_or_file(None, split, self.args.cache_dir)
-        else:
-            dialogs = read_dialogs(
-                path,
-                format=self.args.data_format,
-                split=split,
-                skip_invalid=self.args.skip_invalid,
-                allow_empty_personality=self.args.allow_empty_personality,
-            )
-        if any(
-            len(u["candidates"]) < self.args.num_candidates
-            for d in dialogs
-            for u in d["utterances"]
-        ):
-            dialogs, added = add_distractors(
-                dialogs, self.args.num_candidates, seed=self.args.manual_seed or 0
-            )
-            if not self.args.silent:
-                print(
-                    f"{path}: added {added} distractor candidates sampled from other "
-                    f"dialogs (num_candidates={self.args.num_candidates})"
-                )
-        return dialogs[:limit] if limit else dialogs
+        return prepare_dialogs(path, split, self.args, limit)
 
     def _dataset(self, dialogs, source: str, num_candidates: int | None = None):
-        """The examples of ``dialogs``: tokenized once and cached under
-        ``cache_dir/tokens/`` (see ``token_cache``), or in memory only with ``no_cache``.
-        ``num_candidates``: candidates per example (default: the training ``num_candidates``)."""
-        options = EncodingOptions(
-            num_candidates=num_candidates or self.args.num_candidates,
-            max_history=self.args.max_history,
-            max_tokens=context_size(self.model),
-            personality_permutations=self.args.personality_permutations,
-            lowercase=self.args.do_lower_case,
-            seed=self.args.manual_seed or 0,
-        )
-        if self.args.no_cache:
-            return dataset_from_dialogs(
-                dialogs, self.tokenizer, self.special, source=source, **dataclasses.asdict(options)
-            )
-        key = cache_key(dialogs, self.tokenizer, options)
-        # reprocess_input_data tokenizes again once per model object, not at each evaluation
-        # of a training run (which reads the same eval dialogs every time).
-        reprocess = self.args.reprocess_input_data and key not in self._retokenized
-        self._retokenized.add(key)
-        num_proc = (
-            (self.args.process_count or max((os.cpu_count() or 1) - 2, 1))
-            if self.args.use_multiprocessing
-            else 1
-        )
-        return cached_dataset(
-            dialogs,
-            self.tokenizer,
-            self.special,
-            options,
-            self.args.cache_dir,
-            reprocess=reprocess,
-            num_proc=num_proc,
-            key=key,
-            source=source,
-            log=None if self.args.silent else print,
-        )
-
-
-def read_personas(model_name) -> list[list[str]]:
-    """Personas saved beside a model by personachat (empty for hub models)."""
-    path = Path(str(model_name)) / PERSONAS_FILE
-    if not path.is_file():
-        return []
-    try:
-        personas = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return []
-    return [p for p in personas if isinstance(p, list) and p and all(isinstance(s, str) for s in p)]
+        """The examples of ``dialogs`` (cached or in memory: ``encoding.examples``);
+        ``num_candidates``: per example (default: the training ``num_candidates``)."""
+        return self._examples(dialogs, source, context_size(self.model), num_candidates)
 
 
 def set_seed(seed: int) -> None:

@@ -9,6 +9,7 @@ personachat or simpletransformers.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tarfile
@@ -38,6 +39,9 @@ FINETUNED_ARCHIVES = {
     "gpt_personachat_cache": "https://s3.amazonaws.com/models.huggingface.co/"
     "transfer-learning-chatbot/gpt_personachat_cache.tar.gz",
 }
+
+# The training personas, saved beside the weights: what interact() picks a persona from.
+PERSONAS_FILE = "personas.json"
 
 
 class ModelLoadError(PersonachatError, RuntimeError):
@@ -342,3 +346,15 @@ def unwrap(model):
     """The plain model inside DDP or torch.compile wrappers."""
     model = getattr(model, "module", model)
     return getattr(model, "_orig_mod", model)
+
+
+def read_personas(model_name: str | os.PathLike) -> list[list[str]]:
+    """Personas saved beside a model by personachat (empty for hub models)."""
+    path = Path(str(model_name)) / PERSONAS_FILE
+    if not path.is_file():
+        return []
+    try:
+        personas = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return []
+    return [p for p in personas if isinstance(p, list) and p and all(isinstance(s, str) for s in p)]

@@ -185,7 +185,7 @@ def share_cpu(model, options: argparse.Namespace) -> None:
 
 def announce(model, model_name: str, settings: ServeSettings, db: Path, address: tuple) -> None:
     """Where the server listens, and what its user should know before using it."""
-    from personachat.conv_ai_model import PERSONAS_FILE
+    from personachat.model.loading import PERSONAS_FILE
 
     host, port = address[:2]
     shown = f"[{host}]" if ":" in host else host

@@ -1,0 +1,96 @@
+"""A model's evaluation on a set of examples: every figure ``eval_model`` reports.
+
+The losses, perplexities and multiple-choice figures from one pass over the examples
+(``metrics``; shared out over torchrun processes during training), then what needs replies:
+persona figures on probed utterances (``persona``), generation F1 and repetition
+(``replies``). The model facade builds the examples and the reply function; nothing here
+tokenizes or decodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+
+import torch
+
+from personachat.encoding.dataset import collate
+from personachat.evaluation.metrics import (
+    evaluation_sums,
+    merge_sums,
+    metrics_from_sums,
+    reply_word_count,
+)
+from personachat.evaluation.persona import persona_hits_at_1, persona_scores, probe_items
+from personachat.evaluation.replies import decoding_label, generation_f1, repetition_rate
+from personachat.model.device import autocast_dtype
+from personachat.train import distributed
+from personachat.train.setup import resolve_eval_batch_size
+
+
+def evaluation_losses(
+    model,
+    dataset,
+    dialogs: Sequence[dict],
+    args,
+    device: torch.device,
+    pad_id: int,
+    *,
+    silent: bool = True,
+    shard: bool = False,
+) -> tuple[dict, list[int], list[int]]:
+    """LM and multiple-choice metrics over ``dataset`` (the examples of ``dialogs``).
+    Returns (results, labels, preds). ``shard``: under torchrun, every process computes the
+    losses of its share of the examples and they are added up (every rank must call it then,
+    as training's evaluations do); the results are the same."""
+    batch_size = resolve_eval_batch_size(model, dataset, args, device, pad_id)
+    ctx = distributed.joined_context() if shard else distributed.DistContext()
+    indexes = range(ctx.rank, len(dataset), ctx.world_size)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, indexes) if ctx.enabled else dataset,
+        batch_size=batch_size,
+        pin_memory=device.type == "cuda",
+        collate_fn=partial(collate, pad_id=pad_id),
+    )
+    sums = evaluation_sums(
+        model,
+        loader,
+        args.lm_coef,
+        args.mc_coef,
+        device,
+        autocast_dtype(device, args.fp16),
+        silent=silent,
+    )
+    if ctx.enabled:
+        sums = merge_sums(distributed.gather_objects((list(indexes), sums), ctx), len(dataset))
+    words = reply_word_count(dialogs, dataset.index)
+    results = metrics_from_sums(sums, args.lm_coef, args.mc_coef, words)
+    return results, results.pop("_labels"), results.pop("_preds")
+
+
+def reply_metrics(
+    reply: Callable[[list], list[str]],
+    decoding,
+    dialogs: Sequence[dict],
+    index,
+    labels,
+    preds,
+    *,
+    silent: bool = True,
+    generation: bool = False,
+    repetition: bool = False,
+) -> dict:
+    """The figures that need replies (``reply``, decoding with options ``decoding``):
+    persona figures when the dialogs have probes, generation F1 and repetition on request.
+    ``index``, ``labels`` and ``preds``: the examples' index and multiple-choice results."""
+    results = {}
+    if probe_items(dialogs):
+        results["persona_hits@1"] = persona_hits_at_1(dialogs, index, labels, preds)
+        scores = persona_scores(reply, dialogs, silent=silent)
+        results.update({k: v for k, v in scores.items() if v is not None})
+    if generation:
+        results["generation_f1"] = generation_f1(reply, dialogs, silent=silent)
+        results["generation_f1_decoding"] = decoding_label(decoding)
+    if repetition:
+        results["repetition_rate"] = repetition_rate(reply, dialogs, silent=silent)
+    return results
