@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from personachat.generation.prefix_cache import PrefixCache, PrefixKV
+from personachat.model.families import causal_lm, run_body
 
 TANH_GELU = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
 GELU_K = math.sqrt(2 / math.pi)
@@ -62,9 +63,14 @@ class Decoder:
 
 def make_decoder(model, capacity: int) -> Decoder:
     """The fastest decoder that is exact for ``model``; ``capacity``: prompt + reply tokens."""
-    config = model.config
+    from personachat.generation.llama_decoder import LLAMA_LIKE, LlamaStaticDecoder
+
+    lm = causal_lm(model)  # LoRA layers are inside it: the static decoders run them too
+    config = lm.config
     if config.model_type == "gpt2" and not getattr(config, "add_cross_attention", False):
-        return StaticKVDecoder(model, capacity)
+        return StaticKVDecoder(lm, capacity)
+    if config.model_type in LLAMA_LIKE:
+        return LlamaStaticDecoder(lm, capacity)
     if config.model_type == "openai-gpt":
         return ReEncodeDecoder(model)
     return CachedDecoder(model)
@@ -318,7 +324,7 @@ class CachedDecoder(Decoder):
     """The model's own forward pass with its KV cache."""
 
     def __init__(self, model) -> None:
-        self.body = model.transformer
+        self.model = model
         self.past = None
         self.mask: torch.Tensor | None = None
 
@@ -333,9 +339,10 @@ class CachedDecoder(Decoder):
         return self._run(ids, types, positions)
 
     def _run(self, ids, types, positions) -> torch.Tensor:
-        out = self.body(
-            input_ids=ids,
-            token_type_ids=types,
+        out = run_body(
+            self.model,
+            ids,
+            types,
             attention_mask=self.mask,
             position_ids=positions,
             past_key_values=self.past,
@@ -349,7 +356,7 @@ class ReEncodeDecoder(Decoder):
     """Runs the whole sequence at every step (for models without a KV cache)."""
 
     def __init__(self, model) -> None:
-        self.body = model.transformer
+        self.model = model
         self.seq: dict[str, torch.Tensor] = {}
 
     def prefill(
@@ -374,4 +381,6 @@ class ReEncodeDecoder(Decoder):
         return self._run()
 
     def _run(self) -> torch.Tensor:
-        return self.body(**self.seq).last_hidden_state[:, -1]
+        seq = dict(self.seq)
+        ids, types = seq.pop("input_ids"), seq.pop("token_type_ids")
+        return run_body(self.model, ids, types, **seq).last_hidden_state[:, -1]

@@ -18,14 +18,14 @@ import torch
 
 from personachat.args import ArgsError, ConvAIArgs
 from personachat.encoding.inputs import (
-    SpecialIds,
-    build_input_from_segments,
+    InputFormat,
     history_window,
     truncate_to_fit,
 )
 from personachat.errors import PersonachatError
 from personachat.generation.decoders import make_decoder
 from personachat.generation.prefix_cache import PrefixCache
+from personachat.model.families import lm_head
 from personachat.model.loading import context_size
 
 # Below this many prompt tokens in a batch, prefill_threads is not used: splitting ~100
@@ -92,7 +92,7 @@ def top_filtering(
 def build_prompt(
     persona: Sequence[Sequence[int]],
     history: Sequence[Sequence[int]],
-    special: SpecialIds,
+    special: InputFormat,
     max_history: int,
     max_tokens: int,
 ) -> dict[str, list[int]]:
@@ -103,16 +103,16 @@ def build_prompt(
 def build_prompt_and_prefix(
     persona: Sequence[Sequence[int]],
     history: Sequence[Sequence[int]],
-    special: SpecialIds,
+    special: InputFormat,
     max_history: int,
     max_tokens: int,
 ) -> tuple[dict[str, list[int]], int]:
     """``build_prompt`` and the length of its ``<bos>`` + persona prefix, the part that stays
     the same from turn to turn (what a ``PrefixCache`` keeps)."""
     history = history_window(history, max_history)
-    persona, history, _ = truncate_to_fit(persona, history, [], max_tokens)
-    prompt = build_input_from_segments(persona, history, [], special, with_eos=False)
-    return prompt, 1 + sum(map(len, persona))
+    persona, history, _ = truncate_to_fit(persona, history, [], max_tokens, special.overheads)
+    prompt = special.build(persona, history, [], with_eos=False)
+    return prompt, special.prefix_length(persona)
 
 
 @torch.no_grad()
@@ -120,7 +120,7 @@ def generate_reply(
     model,
     persona: Sequence[Sequence[int]],
     history: Sequence[Sequence[int]],
-    special: SpecialIds,
+    special: InputFormat,
     options: DecodingOptions,
     device: torch.device | str = "cpu",
 ) -> list[int]:
@@ -132,7 +132,7 @@ def generate_reply(
 def generate_replies(
     model,
     conversations: Sequence[tuple[Sequence[Sequence[int]], Sequence[Sequence[int]]]],
-    special: SpecialIds,
+    special: InputFormat,
     options: DecodingOptions,
     device: torch.device | str = "cpu",
     on_step: Callable[[int, list[int]], None] | None = None,
@@ -180,7 +180,7 @@ def generate_replies(
     finished = [False] * len(conversations)
     stops = None
     for step in range(options.max_length):
-        logits = model.lm_head(hidden).float()
+        logits = lm_head(model)(hidden).float()
         stops = stops or stop_biases(logits.shape[-1], special, device)
         logits += stops[0] if step < options.min_length else stops[1]
         chosen = choose_tokens(logits, replies, finished, own_turns, options)
@@ -189,7 +189,7 @@ def generate_replies(
             break
         next_ids = torch.tensor(next_tokens, device=device).unsqueeze(1)
         positions = positions[:, -1:] + 1
-        hidden = decoder.step(next_ids, torch.full_like(next_ids, special.speaker2), positions)
+        hidden = decoder.step(next_ids, torch.full_like(next_ids, special.reply_type), positions)
     return replies
 
 
@@ -197,7 +197,7 @@ def advance(
     chosen: list[int | None],
     replies: list[list[int]],
     finished: list[bool],
-    special: SpecialIds,
+    special: InputFormat,
     on_step: Callable[[int, list[int]], None] | None,
 ) -> list[int]:
     """Append each unfinished row's chosen token to its reply (a stop token, or None, ends
@@ -236,13 +236,14 @@ def left_pad(
 
 
 def stop_biases(
-    vocab: int, special: SpecialIds, device: torch.device | str
+    vocab: int, special: InputFormat, device: torch.device | str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What is added to the logits before ``min_length`` tokens, and after: start, pad and
-    speaker1 never belong inside a reply (only ``<eos>`` or ``<speaker2>`` end one), and
-    before min_length no stop token at all is allowed."""
+    speaker1 never belong inside a reply (only the format's ``reply_enders``, ``<eos>`` or
+    ``<speaker2>`` in TransferTransfo, end one), and before min_length no stop token at all is
+    allowed."""
     allowed = torch.zeros(vocab, device=device)
-    allowed[[t for t in special.stop_ids if t not in (special.eos, special.speaker2)]] = -inf
+    allowed[[t for t in special.stop_ids if t not in special.reply_enders]] = -inf
     allowed_short = allowed.clone()
     allowed_short[sorted(special.stop_ids)] = -inf
     return allowed_short, allowed

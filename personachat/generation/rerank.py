@@ -14,13 +14,13 @@ import torch
 from personachat.encoding.dataset import collate
 from personachat.encoding.inputs import (
     IGNORE_INDEX,
-    SpecialIds,
-    build_input_from_segments,
+    InputFormat,
     history_window,
     truncate_to_fit,
 )
 from personachat.generation.generate import DecodingOptions, generate_reply
 from personachat.model.device import to_device
+from personachat.model.families import choice_head, lm_head, run_body
 from personachat.model.loading import context_size
 
 
@@ -30,7 +30,7 @@ def score_replies(
     persona: Sequence[Sequence[int]],
     history: Sequence[Sequence[int]],
     replies: Sequence[Sequence[int]],
-    special: SpecialIds,
+    special: InputFormat,
     max_history: int,
     device: torch.device | str = "cpu",
 ) -> list[float]:
@@ -40,19 +40,16 @@ def score_replies(
     for; the MC head adds the model's judgment of fit with persona and history.
     """
     history = history_window(history, max_history)
+    fit = context_size(model)
     inputs = [
-        build_input_from_segments(
-            *truncate_to_fit(persona, history, r, context_size(model)), special, lm_labels=True
-        )
+        special.build(*truncate_to_fit(persona, history, r, fit, special.overheads), lm_labels=True)
         for r in replies
     ]
     batch = collate([{"candidates": inputs, "mc_label": 0}], special.pad)
     batch = to_device(batch, torch.device(device))
-    hidden = model.transformer(
-        input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"]
-    ).last_hidden_state
-    mc_logits = model.multiple_choice_head(hidden, batch["mc_token_ids"]).squeeze(-1)[0].float()
-    log_probs = torch.log_softmax(model.lm_head(hidden[0, :, :-1]).float(), dim=-1)
+    hidden = run_body(model, batch["input_ids"], batch["token_type_ids"]).last_hidden_state
+    mc_logits = choice_head(model)(hidden, batch["mc_token_ids"]).squeeze(-1)[0].float()
+    log_probs = torch.log_softmax(lm_head(model)(hidden[0, :, :-1]).float(), dim=-1)
     targets = batch["lm_labels"][0, :, 1:]
     mask = targets != IGNORE_INDEX
     token_ll = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
@@ -64,7 +61,7 @@ def respond(
     model,
     persona: Sequence[Sequence[int]],
     history: Sequence[Sequence[int]],
-    special: SpecialIds,
+    special: InputFormat,
     options: DecodingOptions,
     device: torch.device | str = "cpu",
 ) -> list[int]:
