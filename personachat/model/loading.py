@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from personachat.encoding.inputs import ATTR_TO_SPECIAL_TOKEN, IGNORE_INDEX
 from personachat.errors import PersonachatError
 from personachat.fs import write_folder_atomic
+from personachat.model.families import choice_head, lm_head, run_body
 
 MODEL_TYPES = {
     "gpt2": "GPT2DoubleHeadsModel",
@@ -267,10 +268,9 @@ def double_heads_loss(
     whose next token is labelled (the gold reply), which gives the same loss as the full
     computation at a fraction of the FLOPs and memory.
     """
-    hidden = model.transformer(
-        input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"]
-    ).last_hidden_state  # [batch, candidates, length, hidden]
-    mc_logits = model.multiple_choice_head(hidden, batch["mc_token_ids"]).squeeze(-1)
+    # [batch, candidates, length, hidden]; the one call that differs between model families
+    hidden = run_body(model, batch["input_ids"], batch["token_type_ids"]).last_hidden_state
+    mc_logits = choice_head(model)(hidden, batch["mc_token_ids"]).squeeze(-1)
     mc_loss = F.cross_entropy(mc_logits.float(), batch["mc_labels"])
 
     # Hidden state at t predicts token t+1.
@@ -278,7 +278,7 @@ def double_heads_loss(
     mask = targets != IGNORE_INDEX
     lm_tokens = int(mask.sum())
     if lm_tokens:
-        logits = model.lm_head(hidden[..., :-1, :][mask]).float()
+        logits = lm_head(model)(hidden[..., :-1, :][mask]).float()
         lm_loss_sum = F.cross_entropy(logits, targets[mask], reduction="sum")
     else:
         lm_loss_sum = hidden.sum() * 0.0  # keeps the graph; no labelled token in this batch
