@@ -1,5 +1,5 @@
 """Evaluation metrics (personachat.evaluation) and the TransferTransfo loss they report
-(personachat.model.loading.double_heads_loss)."""
+(personachat.model.heads.double_heads_loss)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from personachat.evaluation.metrics import (
     word_f1,
 )
 from personachat.evaluation.replies import generation_f1
-from personachat.model.loading import LossOutput, double_heads_loss, load_model_and_tokenizer
+from personachat.model.heads import LossOutput, double_heads_loss
+from personachat.model.loading import load_model_and_tokenizer
 
 from .conftest import make_dialogs
 

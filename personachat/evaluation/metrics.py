@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from personachat.encoding.inputs import IGNORE_INDEX, EncodingError
-from personachat.model.loading import double_heads_loss
+from personachat.model.heads import double_heads_loss
 
 
 def macro_f1(labels: Sequence[int], preds: Sequence[int]) -> float:

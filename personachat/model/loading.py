@@ -15,23 +15,22 @@ import shutil
 import tarfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from personachat.encoding.inputs import ATTR_TO_SPECIAL_TOKEN, IGNORE_INDEX
+from personachat.encoding.inputs import ATTR_TO_SPECIAL_TOKEN
 from personachat.errors import PersonachatError
 from personachat.fs import write_folder_atomic
-from personachat.model.families import choice_head, lm_head, run_body
+from personachat.model.families import (
+    FamilyError,
+    attach_choice_head,
+    is_double_heads,
+    model_class_for,
+)
+from personachat.model.gguf import gguf_folder, resolve_gguf_name
 
-MODEL_TYPES = {
-    "gpt2": "GPT2DoubleHeadsModel",
-    "gpt": "OpenAIGPTDoubleHeadsModel",
-    "openai-gpt": "OpenAIGPTDoubleHeadsModel",
-}
 # Hub ids simpletransformers users pass for model_type "gpt".
 HUB_ALIASES = {"openai-gpt": "openai-community/openai-gpt"}
 # HuggingFace's Persona-Chat fine-tuned OpenAI GPT, which the classic notebook fetched with
@@ -63,15 +62,23 @@ def resolve_device(use_cuda: bool | str, cuda_device: int = -1) -> torch.device:
     return torch.device("cuda" if cuda_device == -1 else f"cuda:{cuda_device}")
 
 
-def model_class(model_type: str):
-    import transformers
+def model_class(model_type: str, config_type: str | None = None):
+    """The class that loads a checkpoint asked for as ``model_type``: GPT-2 / OpenAI GPT's
+    double-heads models, or ``AutoModelForCausalLM`` for "auto" and any transformers
+    causal-LM type; ``config_type`` is the checkpoint's own (read from its config.json)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
-    if model_type not in MODEL_TYPES:
+    wanted = {"gpt": "openai-gpt"}.get(model_type, model_type)
+    if wanted != "auto" and wanted not in CONFIG_MAPPING_NAMES:
         raise ModelLoadError(
             f"Unknown model_type {model_type!r}; use 'gpt2' (GPT-2 and GPT-2-architecture "
-            "models such as distilgpt2 or ruGPT-3-small) or 'gpt' (OpenAI GPT)."
+            "models such as distilgpt2 or ruGPT-3-small), 'gpt' (OpenAI GPT), 'auto' (read "
+            "from the checkpoint's config.json) or a causal-LM type such as 'llama' or 'qwen2'."
         )
-    return getattr(transformers, MODEL_TYPES[model_type])
+    try:
+        return model_class_for(model_type, config_type or ("gpt2" if wanted == "auto" else wanted))
+    except FamilyError as err:
+        raise ModelLoadError(str(err)) from err
 
 
 def fetch_finetuned_archive(
@@ -193,21 +200,70 @@ def refuse_pickle_message(name: str) -> str:
 
 
 def load_model_and_tokenizer(
-    model_type: str, model_name: str | os.PathLike, trust_remote_pickle: bool = False, **kwargs
+    model_type: str,
+    model_name: str | os.PathLike,
+    trust_remote_pickle: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    input_format: str = "auto",
+    **kwargs,
 ):
-    """Load the double-heads model and its tokenizer; add the special tokens if missing.
+    """Load the model and its tokenizer, ready for ``input_format``.
+
+    ``model_name``: a hub id, a local folder, a ``.gguf`` file or ``smollm2`` (converted once
+    to a safetensors folder under ``cache_dir``). GPT-2 / OpenAI GPT load as double-heads
+    models; any other causal LM gets a multiple-choice head (``families``). The special tokens
+    ``<bos> <eos> <speaker1> <speaker2> <pad>`` are added only for the TransferTransfo format.
 
     Weights come from safetensors only: a local folder (or hub repository) that has only a
     pickle ``pytorch_model.bin`` is refused with ``UnsafeCheckpointError`` unless
     ``trust_remote_pickle=True``. Extra ``kwargs`` go to the model's ``from_pretrained``
     (e.g. ``revision``).
     """
-    cls = model_class(model_type)
-    name = str(model_name)
+    name = resolve_model_name(str(model_name), cache_dir)
+    local = Path(name).expanduser()
+    check_weights(local, name, trust_remote_pickle, kwargs)
+    cls = model_class(model_type, checkpoint_type(name, model_type))
+    try:
+        tokenizer = load_tokenizer(model_type, name)
+        model = _quiet_from_pretrained(cls, name, kwargs)
+    except OSError as err:
+        hint = (
+            ""
+            if trust_remote_pickle
+            else " If it only has pytorch_model.bin weights, see "
+            "trust_remote_pickle (ConvAIModel's docstring)."
+        )
+        raise ModelLoadError(
+            f"Could not load {name!r}: {err}\nPass a local folder with config.json, weights "
+            f"and a tokenizer, or a hub id such as 'gpt2' when you are online.{hint}"
+        ) from err
+    attach_choice_head(model, local if local.is_dir() else None)
+    if resolve_input_format(input_format, model, tokenizer) == "transfertransfo":
+        add_special_tokens_(model, tokenizer)
+    elif tokenizer.pad_token is None:  # batches need a pad id; never a new token here
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def resolve_model_name(name: str, cache_dir: str | os.PathLike | None) -> str:
+    """Hub aliases, the classic fine-tuned archives (fetched once) and GGUF files (converted
+    once under ``cache_dir``) resolved to what ``from_pretrained`` reads."""
     name = HUB_ALIASES.get(name, name)
     if name in FINETUNED_ARCHIVES and not Path(name).exists():
-        name = str(fetch_finetuned_archive(name))
-    local = Path(name).expanduser()
+        return str(fetch_finetuned_archive(name))
+    gguf = resolve_gguf_name(name)
+    if gguf is not None:
+        if cache_dir is None:
+            from personachat.args import ConvAIArgs
+
+            cache_dir = ConvAIArgs().cache_dir
+        return str(gguf_folder(gguf, cache_dir))
+    return name
+
+
+def check_weights(local: Path, name: str, trust_remote_pickle: bool, kwargs: dict) -> None:
+    """Refuse what cannot be loaded safely before anything is read; steer ``from_pretrained``
+    to the safetensors weights."""
     if local.exists() and not local.is_dir():
         raise ModelLoadError(f"model_name {name!r} is a file; pass the folder that holds it")
     if not local.exists() and name.startswith((".", "/", "~")):
@@ -220,22 +276,41 @@ def load_model_and_tokenizer(
             kwargs.setdefault("use_safetensors", found == "safetensors")
     elif not trust_remote_pickle:
         kwargs.setdefault("use_safetensors", True)  # a hub repo without safetensors fails
+
+
+def checkpoint_type(name: str, model_type: str) -> str | None:
+    """The ``model_type`` of the checkpoint's config.json; None where it cannot be read
+    (then ``model_type`` decides: old folders predate the key)."""
+    from transformers import AutoConfig
+
     try:
-        tokenizer = load_tokenizer(model_type, name)
-        model = cls.from_pretrained(name, **kwargs)
-    except OSError as err:
-        hint = (
-            ""
-            if trust_remote_pickle
-            else " If it only has pytorch_model.bin weights, see "
-            "trust_remote_pickle (ConvAIModel's docstring)."
-        )
-        raise ModelLoadError(
-            f"Could not load {name!r}: {err}\nPass a local folder with config.json, weights "
-            f"and a tokenizer, or a hub id such as 'gpt2' when you are online.{hint}"
-        ) from err
-    add_special_tokens_(model, tokenizer)
-    return model, tokenizer
+        return AutoConfig.from_pretrained(name).model_type
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _quiet_from_pretrained(cls, name: str, kwargs: dict):
+    """``from_pretrained`` without transformers' load report: the multiple-choice head's keys
+    in a personachat folder are "unexpected" to ``AutoModelForCausalLM`` by design (they are
+    restored by ``attach_choice_head``)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return cls.from_pretrained(name, **kwargs)
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def resolve_input_format(requested: str, model, tokenizer) -> str:
+    """``"transfertransfo"`` or ``"chat_template"``: as requested, or for ``"auto"`` the
+    classic layout on GPT-2 / OpenAI GPT and the tokenizer's own template where it has one."""
+    if requested != "auto":
+        return requested
+    if is_double_heads(model) or not getattr(tokenizer, "chat_template", None):
+        return "transfertransfo"
+    return "chat_template"
 
 
 def add_special_tokens_(model, tokenizer) -> int:
@@ -245,46 +320,6 @@ def add_special_tokens_(model, tokenizer) -> int:
     if added > 0 or model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(max(before + added, len(tokenizer)))
     return added
-
-
-@dataclass
-class LossOutput:
-    """Losses of one batch. Sums and counts are kept so a whole set can be averaged exactly."""
-
-    loss: torch.Tensor
-    lm_loss: torch.Tensor
-    mc_loss: torch.Tensor
-    lm_loss_sum: torch.Tensor
-    lm_tokens: int
-    mc_logits: torch.Tensor
-
-
-def double_heads_loss(
-    model, batch: dict[str, torch.Tensor], lm_coef: float, mc_coef: float
-) -> LossOutput:
-    """``lm_coef * lm_loss + mc_coef * mc_loss`` with the LM head only where labels exist.
-
-    The transformer body runs on every candidate; the 50k-wide LM head runs only on positions
-    whose next token is labelled (the gold reply), which gives the same loss as the full
-    computation at a fraction of the FLOPs and memory.
-    """
-    # [batch, candidates, length, hidden]; the one call that differs between model families
-    hidden = run_body(model, batch["input_ids"], batch["token_type_ids"]).last_hidden_state
-    mc_logits = choice_head(model)(hidden, batch["mc_token_ids"]).squeeze(-1)
-    mc_loss = F.cross_entropy(mc_logits.float(), batch["mc_labels"])
-
-    # Hidden state at t predicts token t+1.
-    targets = batch["lm_labels"][..., 1:]
-    mask = targets != IGNORE_INDEX
-    lm_tokens = int(mask.sum())
-    if lm_tokens:
-        logits = lm_head(model)(hidden[..., :-1, :][mask]).float()
-        lm_loss_sum = F.cross_entropy(logits, targets[mask], reduction="sum")
-    else:
-        lm_loss_sum = hidden.sum() * 0.0  # keeps the graph; no labelled token in this batch
-    lm_loss = lm_loss_sum / max(lm_tokens, 1)
-    loss = lm_coef * lm_loss + mc_coef * mc_loss
-    return LossOutput(loss, lm_loss, mc_loss, lm_loss_sum.detach(), lm_tokens, mc_logits)
 
 
 def context_size(model) -> int:

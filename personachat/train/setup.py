@@ -19,7 +19,7 @@ from personachat.args import ConvAIArgs
 from personachat.encoding.batching import LengthGroupedBatchSampler
 from personachat.encoding.dataset import collate
 from personachat.model.device import autocast_dtype
-from personachat.model.loading import LossOutput, double_heads_loss
+from personachat.model.heads import LossOutput, double_heads_loss
 from personachat.train import distributed, optim
 from personachat.train.autobatch import (
     DEFAULT_MARGIN,

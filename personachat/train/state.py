@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from personachat.args import ConvAIArgs
 from personachat.encoding.batching import LengthGroupedBatchSampler
-from personachat.model.loading import LossOutput
+from personachat.model.heads import LossOutput
 from personachat.train import distributed
 from personachat.train.autobatch import BatchPlan
 from personachat.train.distributed import DistContext
