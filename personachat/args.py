@@ -26,6 +26,8 @@ from personachat.fs import write_file_atomic
 from personachat.option_values import EXPECTED, coerce, is_int
 
 ARGS_FILE = "model_args.json"
+INPUT_FORMATS = ("auto", "transfertransfo", "chat_template")
+TOKEN_TYPES = ("auto", "embed", "none")
 CACHE_DIR_ENV = "PERSONACHAT_CACHE_DIR"
 
 
@@ -170,6 +172,26 @@ class ConvAIArgs:
     group_by_length: bool = True
     auto_batch_target: int = 32
     compile: bool = False
+    # --- any causal LM (personachat.model.families) ---
+    # The input layout: "transfertransfo" (speaker tokens; GPT-2 / OpenAI GPT), "chat_template"
+    # (the tokenizer's own template, the persona as the system message) or "auto" (the template
+    # where the tokenizer has one and the model is not GPT-2 / OpenAI GPT).
+    input_format: str = "auto"
+    # Speaker embeddings added to the input: "embed" (TransferTransfo's token types), "none"
+    # (a plain causal LM that standard engines serve), "auto": embed for transfertransfo,
+    # none for chat_template.
+    token_types: str = "auto"
+    # LoRA through peft when lora_r > 0 (the MC head trains fully). lora_target_modules:
+    # comma-separated layer names ("q_proj,v_proj"; None: the family's attention layers).
+    # lora_merge_on_save: saved models hold merged weights (a plain model folder).
+    lora_r: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    lora_target_modules: str | None = None
+    lora_merge_on_save: bool = True
+    # bf16 autocast on the CPU for training, evaluation and decoding (fast on CPUs with
+    # AVX-512 BF16 / AMX; rounding changes results slightly). fp16 is the CUDA switch.
+    cpu_bf16: bool = False
     # Load weights from a pickle pytorch_model.bin (old simpletransformers / classic folders).
     # Unpickling can run code, so only for folders you trust; never read from model_args.json.
     trust_remote_pickle: bool = False
@@ -223,6 +245,7 @@ class ConvAIArgs:
                 f"process_count must be a positive integer or null (cpu_count() - 2), "
                 f"got {self.process_count!r}"
             )
+        self._validate_families()
         if self.max_history < 0:
             raise ArgsError(f"max_history must be >= 0, got {self.max_history}")
         if self.num_train_epochs < 0:
@@ -270,6 +293,33 @@ class ConvAIArgs:
             raise ArgsError(
                 f"plateau_patience must be a positive integer, got {self.plateau_patience!r}"
             )
+
+    def _validate_families(self) -> None:
+        for name, valid in (
+            ("input_format", INPUT_FORMATS),
+            ("token_types", TOKEN_TYPES),
+        ):
+            if getattr(self, name) not in valid:
+                raise ArgsError(f"{name} must be one of {list(valid)}, got {getattr(self, name)!r}")
+        if self.input_format == "chat_template" and self.token_types == "embed":
+            raise ArgsError(
+                "token_types 'embed' needs speaker tokens, which input_format 'chat_template' "
+                "does not have; use token_types 'none' (or 'auto'), or input_format "
+                "'transfertransfo'"
+            )
+        if not is_int(self.lora_r) or self.lora_r < 0:
+            raise ArgsError(f"lora_r must be an integer >= 0 (0: no LoRA), got {self.lora_r!r}")
+        if not self.lora_alpha > 0:
+            raise ArgsError(f"lora_alpha must be > 0, got {self.lora_alpha!r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ArgsError(f"lora_dropout must be within [0, 1), got {self.lora_dropout!r}")
+
+    @property
+    def lora_targets(self) -> list[str] | None:
+        """``lora_target_modules`` as a list (None: the family's default)."""
+        if not self.lora_target_modules:
+            return None
+        return [name.strip() for name in self.lora_target_modules.split(",") if name.strip()]
 
     def get_args_for_saving(self) -> dict[str, Any]:
         return asdict(self)
