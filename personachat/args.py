@@ -205,8 +205,9 @@ class ConvAIArgs:
         known = {f.name: f for f in fields(self)}
         for key, value in new_values.items():
             if key in known:
+                value = _coerce(key, value)  # a wrong type is an error, not a warning
                 warn_if_unused(key, value, _field_default(known[key]))
-                setattr(self, key, _coerce(key, value))
+                setattr(self, key, value)
             elif key in IGNORED_SIMPLETRANSFORMERS_ARGS:
                 warn_if_unused(key, value, IGNORED_SIMPLETRANSFORMERS_ARGS[key])
             else:
