@@ -22,7 +22,7 @@ from personachat.data.dialogs import personalities
 from personachat.data.download import load_personachat_or_file
 from personachat.data.prepare import prepare_dialogs
 from personachat.encoding.examples import ExampleBuilder
-from personachat.encoding.inputs import SpecialIds, TextEncoder, history_window
+from personachat.encoding.inputs import TextEncoder, history_window
 from personachat.evaluation.evaluate import evaluation_losses, reply_metrics
 from personachat.evaluation.metrics import apply_metric_fns, eval_num_candidates, format_results
 from personachat.evaluation.persona import without_persona
@@ -34,10 +34,12 @@ from personachat.model.loading import (
     PERSONAS_FILE,
     context_size,
     load_model_and_tokenizer,
+    make_input_format,
     read_personas,
     resolve_device,
     save_pretrained_atomic,
 )
+from personachat.model.lora import apply_lora
 from personachat.repl import run_repl
 from personachat.train import distributed
 from personachat.train.distributed import is_main_process
@@ -94,10 +96,16 @@ class ConvAIModel:
             set_seed(self.args.manual_seed)
         self.device = resolve_device(use_cuda, cuda_device)
         self.model, self.tokenizer = load_model_and_tokenizer(
-            model_type, model_name, trust_remote_pickle=self.args.trust_remote_pickle, **kwargs
+            model_type,
+            model_name,
+            trust_remote_pickle=self.args.trust_remote_pickle,
+            cache_dir=self.args.cache_dir,
+            input_format=self.args.input_format,
+            **kwargs,
         )
         self.model.to(self.device)
-        self.special = SpecialIds.from_tokenizer(self.tokenizer)
+        # TransferTransfo's speaker tokens, or the tokenizer's chat template (input_format).
+        self.special = make_input_format(self.args, self.model, self.tokenizer)
         # Bounded: a server answering messages for weeks must not keep every one it saw.
         self._encode = TextEncoder(
             self.tokenizer, lowercase=self.args.do_lower_case, max_entries=CHAT_ENCODER_ENTRIES
@@ -139,6 +147,14 @@ class ConvAIModel:
                 args.get_args_for_saving() if isinstance(args, ConvAIArgs) else args
             )
         output_dir = str(output_dir or self.args.output_dir)
+        if self.args.lora_r and not hasattr(self.model, "peft_config"):
+            self.model = apply_lora(
+                self.model,
+                self.args.lora_r,
+                self.args.lora_alpha,
+                self.args.lora_dropout,
+                self.args.lora_targets,
+            )
         resume = check_before_training(
             output_dir, resume_from_checkpoint, self.model, self.args, eval_file
         )
@@ -183,6 +199,8 @@ class ConvAIModel:
             },
             write=not self.args.no_save and is_main_process(),
         )
+        if self.args.lora_merge_on_save and hasattr(self.model, "merge_and_unload"):
+            self.model = self.model.merge_and_unload()  # as saved: plain weights, fast decoding
         if verbose and not self.args.silent:
             print(f"Training of {self.args.model_type} model complete. Saved to {output_dir}.")
         return global_step, details

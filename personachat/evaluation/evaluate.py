@@ -58,7 +58,7 @@ def evaluation_losses(
         args.lm_coef,
         args.mc_coef,
         device,
-        autocast_dtype(device, args.fp16),
+        autocast_dtype(device, args.fp16, args.cpu_bf16),
         silent=silent,
     )
     if ctx.enabled:

@@ -12,8 +12,11 @@ def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[s
     return {k: v.to(device, non_blocking=device.type == "cuda") for k, v in batch.items()}
 
 
-def autocast_dtype(device: torch.device, fp16: bool) -> torch.dtype | None:
-    """bf16 where the GPU supports it, else fp16; None (full precision) on CPU or fp16=False."""
+def autocast_dtype(device: torch.device, fp16: bool, cpu_bf16: bool = False) -> torch.dtype | None:
+    """On CUDA with ``fp16``: bf16 where the GPU supports it, else fp16. On the CPU with
+    ``cpu_bf16``: bf16 (fast where the CPU has AVX-512 BF16 / AMX). Else None: full precision."""
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_bf16 else None
     if device.type != "cuda" or not fp16:
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

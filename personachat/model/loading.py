@@ -24,12 +24,15 @@ from personachat.encoding.inputs import ATTR_TO_SPECIAL_TOKEN
 from personachat.errors import PersonachatError
 from personachat.fs import write_folder_atomic
 from personachat.model.families import (
+    TOKEN_TYPES_KEY,
     FamilyError,
     attach_choice_head,
+    causal_lm,
     is_double_heads,
     model_class_for,
 )
 from personachat.model.gguf import gguf_folder, resolve_gguf_name
+from personachat.model.lora import merged
 
 # Hub ids simpletransformers users pass for model_type "gpt".
 HUB_ALIASES = {"openai-gpt": "openai-community/openai-gpt"}
@@ -303,6 +306,22 @@ def _quiet_from_pretrained(cls, name: str, kwargs: dict):
         hf_logging.set_verbosity(level)
 
 
+def make_input_format(args, model, tokenizer):
+    """The input format object for ``args.input_format`` ("auto" resolved), which is written
+    back into ``args`` (so model_args.json records it); the model's config records whether it
+    uses token types (``args.token_types``, "auto": with TransferTransfo only)."""
+    from personachat.encoding.chat_format import ChatFormat
+    from personachat.encoding.inputs import SpecialIds
+
+    args.input_format = resolve_input_format(args.input_format, model, tokenizer)
+    if args.token_types == "auto":
+        args.token_types = "embed" if args.input_format == "transfertransfo" else "none"
+    setattr(causal_lm(model).config, TOKEN_TYPES_KEY, args.token_types)
+    if args.input_format == "chat_template":
+        return ChatFormat.from_tokenizer(tokenizer)
+    return SpecialIds.from_tokenizer(tokenizer)
+
+
 def resolve_input_format(requested: str, model, tokenizer) -> str:
     """``"transfertransfo"`` or ``"chat_template"``: as requested, or for ``"auto"`` the
     classic layout on GPT-2 / OpenAI GPT and the tokenizer's own template where it has one."""
@@ -343,7 +362,10 @@ def write_model_files(
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        unwrap(model).save_pretrained(folder, safe_serialization=True)
+        plain = unwrap(model)
+        if hasattr(plain, "merge_and_unload"):  # LoRA: adapters folded in, a plain folder
+            plain = merged(plain)
+        plain.save_pretrained(folder, safe_serialization=True)
     finally:
         if bar:
             hf_logging.enable_progress_bar()

@@ -108,7 +108,9 @@ def resolve_eval_batch_size(
         raise TrainingError("eval_batch_size='auto' needs a CUDA device; pass a number on CPU")
     objective = TrainingObjective(model, args.lm_coef, args.mc_coef)
     pad = partial(collate, pad_id=pad_id)
-    size = probe_eval_batch(objective, dataset, pad, device, autocast_dtype(device, args.fp16))
+    size = probe_eval_batch(
+        objective, dataset, pad, device, autocast_dtype(device, args.fp16, args.cpu_bf16)
+    )
     if size < 1:
         raise TrainingError(
             "not even one evaluation example of the longest input fits in GPU "
@@ -126,7 +128,7 @@ def set_up(
     """Everything the loop needs in this process, before resuming or starting clean."""
     check_options(args, hooks)
     device = place(model, args, device, ctx)
-    amp_dtype = autocast_dtype(device, args.fp16)
+    amp_dtype = autocast_dtype(device, args.fp16, args.cpu_bf16)
     objective = TrainingObjective(model, args.lm_coef, args.mc_coef)
     pad = partial(collate, pad_id=tokenizer.pad_token_id)
     plan = batch_plan(objective, dataset, args, device, amp_dtype, ctx, pad)
