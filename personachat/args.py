@@ -285,11 +285,16 @@ class ConvAIArgs:
                 "adafactor_warmup_init=True needs adafactor_relative_step=True; set "
                 "adafactor_warmup_init=False to use learning_rate and the scheduler"
             )
-        if len(self.adafactor_eps) != 2:
+        try:  # YAML reads 1e-30 (no dot) as a string
+            eps = tuple(float(value) for value in self.adafactor_eps)
+        except (TypeError, ValueError):
+            eps = ()
+        if len(eps) != 2:
             raise ArgsError(
                 f"adafactor_eps must be two numbers (squared-gradient and scale epsilons), "
                 f"got {self.adafactor_eps!r}"
             )
+        self.adafactor_eps = eps
         if not is_int(self.plateau_patience) or self.plateau_patience < 1:
             raise ArgsError(
                 f"plateau_patience must be a positive integer, got {self.plateau_patience!r}"

@@ -90,7 +90,7 @@ def test_adafactor_takes_simpletransformers_options():
             "adafactor_warmup_init": False,
             "adafactor_beta1": 0.9,
             "adafactor_clip_threshold": 0.5,
-            "adafactor_eps": [1e-29, 1e-3],  # a list, as JSON and YAML give it
+            "adafactor_eps": ["1e-29", 1e-3],  # a list, as YAML gives it (1e-29 as a string)
         }
     )
     optimizer = make_optimizer(model, fixed, torch.device("cpu"))
