@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from math import inf
 
 import torch
@@ -25,6 +25,7 @@ from personachat.encoding.inputs import (
 from personachat.errors import PersonachatError
 from personachat.generation.decoders import make_decoder
 from personachat.generation.prefix_cache import PrefixCache
+from personachat.model.device import autocast
 from personachat.model.families import lm_head
 from personachat.model.loading import context_size
 
@@ -56,6 +57,7 @@ class DecodingOptions:
     repetition_penalty: float
     no_repeat_ngram_size: int
     rerank_samples: int
+    cpu_bf16: bool
 
     @classmethod
     def from_args(cls, args: ConvAIArgs | None = None, **overrides) -> DecodingOptions:
@@ -152,6 +154,12 @@ def generate_replies(
     are one burst of large matrix products that parallelises well; one prompt is too little
     work to split, and the decoding steps are many small products that do not split well.
     """
+    if options.cpu_bf16 and torch.device(device).type == "cpu":  # the same loop in bf16
+        with autocast(torch.device("cpu"), torch.bfloat16):
+            plain = replace(options, cpu_bf16=False)
+            return generate_replies(
+                model, conversations, special, plain, device, on_step, prefix_cache, prefill_threads
+            )
     model.eval()
     max_prompt = context_size(model) - options.max_length
     if max_prompt < 8:
