@@ -209,6 +209,7 @@ def train_command(
         model_name = model_name or scratch_model(settings, args)
         use_cuda = device.type == "cuda"
         model = ConvAIModel(settings["model_type"], model_name, args=args, use_cuda=use_cuda)
+        before = zero_shot(model, settings) if ctx.is_main else None
         started = time.perf_counter()
         # The eval file is evaluated after training in any case; during training only with
         # evaluate_during_training (then early stopping and the best model use it).
@@ -232,30 +233,56 @@ def train_command(
         results = model.eval_model(settings["eval_file"], verbose=False)
         print_results(results)
         append_evaluation(args.output_dir, settings["eval_file"], results)
-        report_persona_use(model, settings, results)
+        report_persona_use(model, settings, results, before)
         demo_conversation(model, settings["eval_file"])
     return 0
 
 
-def report_persona_use(model, settings: dict, results: dict) -> None:
-    """Evaluate the extra held-out files and the persona ablation, then print the persona
-    metrics of every evaluation side by side (written to OUTPUT_DIR/eval_<label>/ too)."""
-    rows = {f"{settings['eval_file']}": results}
-    for label, path in settings["extra_eval_files"].items():
-        rows[f"{path} ({label})"] = model.eval_model(
+def zero_shot(model, settings: dict) -> dict[str, dict] | None:
+    """With ``zero_shot: true``: the model's persona figures before any fine-tuning."""
+    if not (settings["zero_shot"] and settings["eval_file"]):
+        return None
+    started = time.perf_counter()
+    rows = persona_rows(model, settings, None)
+    print(f"Zero-shot persona evaluation: {time.perf_counter() - started:.0f} s")
+    return rows
+
+
+def persona_rows(model, settings: dict, results: dict | None) -> dict[str, dict]:
+    """Persona figures of every evaluation the config names: ``eval_file`` (``results``, or
+    replies only when None), the extra held-out files and the persona ablation (full
+    evaluations written to OUTPUT_DIR/eval_<label>/, or replies only with ``persona_only``)."""
+    out = Path(model.args.output_dir)
+    only = settings["persona_only"] or results is None
+
+    def evaluate(path: str, label: str, ablate: bool = False) -> dict:
+        if only:
+            return model.persona_eval(path, ablate_persona=ablate)
+        return model.eval_model(
             path,
-            output_dir=str(Path(model.args.output_dir) / f"eval_{label}"),
+            output_dir=str(out / f"eval_{label}"),
             verbose=False,
             silent=True,
+            ablate_persona=ablate,
         )
+
+    eval_file = settings["eval_file"]
+    rows = {eval_file: results if results is not None else model.persona_eval(eval_file)}
+    for label, path in settings["extra_eval_files"].items():
+        rows[f"{path} ({label})"] = evaluate(path, label)
     if settings["ablation_eval"]:
-        rows[f"{settings['eval_file']} with the persona removed"] = model.eval_model(
-            settings["eval_file"],
-            output_dir=str(Path(model.args.output_dir) / "eval_ablation"),
-            verbose=False,
-            silent=True,
-            ablate_persona=True,
-        )
+        rows[f"{eval_file} with the persona removed"] = evaluate(eval_file, "ablation", True)
+    return rows
+
+
+def report_persona_use(
+    model, settings: dict, results: dict, before: dict[str, dict] | None = None
+) -> None:
+    """Print the persona metrics of every evaluation side by side; ``before``: the same
+    model's figures before fine-tuning (the zero-shot column)."""
+    rows = persona_rows(model, settings, results)
+    if len(rows) == 1 and "persona_accuracy" not in results:
+        return
     columns = [
         "persona_accuracy",
         "persona_contradiction_rate",
@@ -263,8 +290,10 @@ def report_persona_use(model, settings: dict, results: dict) -> None:
         "hits@1",
         "language_model_loss",
     ]
-    if len(rows) == 1 and "persona_accuracy" not in results:
-        return
+    if before:
+        columns.insert(0, "zero-shot accuracy")
+        for name, values in rows.items():
+            values["zero-shot accuracy"] = before.get(name, {}).get("persona_accuracy")
     width = {c: max(20, len(c) + 2) for c in columns}
     candidates = results.get("eval_num_candidates", model.args.num_candidates)
     print(f"\nPersona use (hits@1 among {candidates} candidates, chance {1 / candidates:.2f}):")

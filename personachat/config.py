@@ -21,6 +21,8 @@ CONFIG_KEYS = {
     "eval_file",
     "args",
     "scratch",
+    "zero_shot",
+    "persona_only",
     "extra_eval_files",
     "ablation_eval",
 }
@@ -80,6 +82,11 @@ def resolve(options: argparse.Namespace) -> tuple[dict, ConvAIArgs]:
         # evaluate eval_file with every persona removed (the persona ablation).
         "extra_eval_files": extra_eval_files(config.get("extra_eval_files"), options.config),
         "ablation_eval": bool(config.get("ablation_eval", False)),
+        # Evaluate persona use before fine-tuning too (printed beside the fine-tuned figures),
+        # and evaluate the extra files and the ablation on their probes' replies only (no
+        # losses over every candidate: what keeps a pretrained model's main job in budget).
+        "zero_shot": bool(config.get("zero_shot", False)),
+        "persona_only": bool(config.get("persona_only", False)),
     }
     return settings, args
 

@@ -25,7 +25,7 @@ from personachat.encoding.examples import ExampleBuilder
 from personachat.encoding.inputs import TextEncoder, history_window
 from personachat.evaluation.evaluate import evaluation_losses, reply_metrics
 from personachat.evaluation.metrics import apply_metric_fns, eval_num_candidates, format_results
-from personachat.evaluation.persona import without_persona
+from personachat.evaluation.persona import persona_scores, without_persona
 from personachat.fs import write_file_atomic
 from personachat.generation.generate import DecodingOptions, generate_replies
 from personachat.generation.prefix_cache import PrefixCache
@@ -282,6 +282,17 @@ class ConvAIModel:
         flags = {"silent": silent, "generation": generation, "repetition": repetition}
         results.update(reply_metrics(reply, greedy, dialogs, index, labels, preds, **flags))
         return results
+
+    def persona_eval(self, eval_file, ablate_persona: bool = False) -> dict:
+        """``persona_accuracy`` and ``persona_contradiction_rate`` of greedy replies to the
+        persona probes of ``eval_file``: replies only, no losses (what the main job compares
+        before and after fine-tuning; ``eval_model`` reports the same figures among others)."""
+        dialogs = self._load(eval_file, "valid", self.args.max_eval_examples)
+        if ablate_persona:
+            dialogs = without_persona(dialogs)
+        greedy = DecodingOptions.from_args(self.args, do_sample=False)
+        reply = partial(self.generate_replies, options=greedy)
+        return persona_scores(reply, dialogs, silent=self.args.silent)
 
     # ---------------------------------------------------------------- chatting
     def interact(self, personality: list[str] | None = None) -> None:
