@@ -72,7 +72,11 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """What every model command takes: config, model, output folder, device, options."""
     p.add_argument("--config", help="YAML config, e.g. configs/quick.yaml")
     p.add_argument("--model", help="model folder or hub id (overrides model_name)")
-    p.add_argument("--model-type", choices=["gpt2", "gpt"], help="default: gpt2")
+    p.add_argument(
+        "--model-type",
+        help="gpt2, gpt (OpenAI GPT), a causal-LM type such as llama or qwen2, or auto "
+        "(default: read from the checkpoint's config.json)",
+    )
     p.add_argument("--output-dir", help="where results go (overrides args.output_dir)")
     p.add_argument(
         "--device",

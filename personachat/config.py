@@ -73,7 +73,7 @@ def resolve(options: argparse.Namespace) -> tuple[dict, ConvAIArgs]:
         overrides["skip_invalid"] = True
     args = make_args(overrides)
     settings = {
-        "model_type": options.model_type or config.get("model_type") or "gpt2",
+        "model_type": options.model_type or config.get("model_type") or "auto",
         "model_name": options.model or config.get("model_name"),
         "train_file": getattr(options, "train_file", None) or config.get("train_file"),
         "eval_file": getattr(options, "eval_file", None) or config.get("eval_file"),
