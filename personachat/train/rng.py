@@ -10,6 +10,13 @@ import numpy as np
 import torch
 
 
+def set_seed(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (simpletransformers' manual_seed)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def capture_rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
     """Every random generator training uses: (JSON-able part, tensors)."""
     version, internal, gauss = random.getstate()
