@@ -1,6 +1,8 @@
-"""Atomic writes: a reader (or a crash) never sees a half-written file or folder.
+"""Files on disk: what kind a path is, and atomic writes that a reader (or a crash) never
+sees half-written.
 
-One helper for files, one for folders. Both write next to the target (same filesystem, so the
+``file_kind`` tells a regular file from a pipe or a device, which no reader may open. One
+writer for files, one for folders. Both write next to the target (same filesystem, so the
 final ``os.replace`` is a rename) and clean up their temporary on any failure.
 """
 
@@ -8,9 +10,37 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+
+def file_kind(path: Path) -> str | None:
+    """What ``path`` is when it is not a regular file ("a named pipe (FIFO)", "a folder"...),
+    None for a regular file (or a link to one) or a missing path. Files are read whole: a
+    pipe would block forever and a device could never end, so callers refuse both."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return f"unreadable ({err.strerror or err})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {
+        stat.S_ISDIR: "a folder",
+        stat.S_ISFIFO: "a named pipe (FIFO)",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISSOCK: "a socket",
+    }
+    return next((kind for test, kind in kinds.items() if test(mode)), "not a regular file")
 
 
 def write_file_atomic(path: str | os.PathLike, data: str | bytes, mode: int = 0o644) -> Path:
@@ -18,10 +48,19 @@ def write_file_atomic(path: str | os.PathLike, data: str | bytes, mode: int = 0o
 
     The file is flushed and fsynced before the rename, so after a power cut ``path`` holds the
     old content or the new one. ``mode`` is applied explicitly: ``mkstemp`` creates 0600 files.
+    A temporary left by a killed writer of the same ``path`` is removed first (see
+    ``_claim``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prefix = f".{path.name}."
+    remove_stale(path.parent, f"{prefix}*.tmp")
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+        lock = _claim(tmp)
+        if lock is not False:
+            break
+        os.close(fd)  # a cleaner removed it between its creation and the lock: again
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
@@ -32,6 +71,7 @@ def write_file_atomic(path: str | os.PathLike, data: str | bytes, mode: int = 0o
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        _release(lock)
     return path
 
 
@@ -44,14 +84,22 @@ def write_folder_atomic(
     A new ``target`` appears by one rename. An existing one is either replaced whole (the old
     folder is renamed aside first and removed after) or, with ``merge=True``, receives each
     file by rename, ``.safetensors`` last, so its other contents (checkpoints, eval results)
-    stay and weights never precede the config they belong to.
+    stay and weights never precede the config they belong to. Files get mode 0644 and folders
+    0755 (safetensors and ``mkdtemp`` create private 0600 / 0700 ones); a temporary folder
+    left by a killed writer of the same target is removed first.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp creates 0700 folders
+    prefix = f".{target.name}.tmp-"
+    remove_stale(target.parent, f"{prefix}*")
+    while True:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+        lock = _claim(tmp)
+        if lock is not False:
+            break
     try:
         fill(tmp)
+        _make_readable(tmp)
         if not target.exists():
             os.replace(tmp, target)
         elif merge:
@@ -65,4 +113,60 @@ def write_folder_atomic(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        _release(lock)
     return target
+
+
+def _make_readable(folder: Path) -> None:
+    """Mode 0755 for ``folder`` and the folders in it, 0644 for its files: what a user's
+    ``save_pretrained`` or ``cp`` gives, so a model saved here can be served by another user."""
+    os.chmod(folder, 0o755)
+    for item in folder.rglob("*"):
+        if item.is_symlink():
+            continue
+        os.chmod(item, 0o755 if item.is_dir() else 0o644)
+
+
+# A writer holds an exclusive lock on its temporary (file or folder) until it is in place;
+# a process that dies loses its locks. So a temporary nobody holds a lock on was left by a
+# killed writer (SIGKILL, a power cut), and the next writer of the same target removes it.
+
+
+def _claim(tmp: str | os.PathLike):
+    """Lock the fresh temporary ``tmp``: the lock's descriptor, None where there are no
+    locks (Windows; stale temporaries then stay), or False when a cleaner removed ``tmp``
+    before the lock was taken (the caller makes another)."""
+    if fcntl is None:
+        return None
+    fd = os.open(tmp, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # waits only while a cleaner looks at it
+    if os.fstat(fd).st_nlink == 0:
+        os.close(fd)
+        return False
+    return fd
+
+
+def _release(lock) -> None:
+    if isinstance(lock, int) and not isinstance(lock, bool):
+        os.close(lock)
+
+
+def remove_stale(folder: Path, pattern: str) -> None:
+    """Remove the temporaries matching ``pattern`` in ``folder`` that no writer holds."""
+    if fcntl is None:
+        return
+    for path in folder.glob(pattern):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if path.is_dir():  # removed while locked, so its writer cannot adopt it after
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError:
+            pass  # a live writer holds it
+        finally:
+            os.close(fd)

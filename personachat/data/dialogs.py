@@ -93,6 +93,20 @@ def _describe(value: object) -> str:
         return "an unprintable value"
 
 
+def unicode_problem(text: str) -> str | None:
+    """What makes ``text`` invalid Unicode, or None. JSON can escape a lone surrogate
+    (``"\\ud800"``) that no UTF-8 text holds and no tokenizer takes, so text is checked where
+    it enters: a located problem here, never a tokenizer exception in the middle of training."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return (
+            f"not valid Unicode: a lone surrogate (\\u{ord(text[err.start]):04x}) at "
+            f"character {err.start} (a \\u escape without its pair?) — fix or remove it"
+        )
+    return None
+
+
 def _did_you_mean(wanted: str, keys: Iterable[object]) -> str:
     """' (found "persona" — rename it to "personality"?)' when a key looks like a typo."""
     names = [k for k in keys if isinstance(k, str)]
@@ -120,6 +134,8 @@ def _check_string_list(
             )
         elif not item and not allow_empty_strings:
             problems.append(f"{where}, item {k}: empty string — remove it or write the text")
+        elif unicode_problem(item):
+            problems.append(f"{where}, item {k}: {unicode_problem(item)}")
     return problems
 
 

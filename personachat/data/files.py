@@ -1,7 +1,7 @@
 """Reading a dialog file from disk: checks every reader shares, and Persona-Chat JSON.
 
-A wrong path, a directory, an archive, UTF-16, binary content or a file far too big is
-refused before anything is parsed, each with a message naming the file and the fix; broken
+A wrong path, a directory, a named pipe or device, an archive, UTF-16, binary content or a
+file far too big is refused before anything is parsed, each with a message naming the file and the fix; broken
 JSON is reported by line and column with a hint (truncated? JSON Lines? a missing comma?).
 """
 
@@ -19,6 +19,7 @@ from personachat.data.dialogs import (
     _describe,
     validate_dialogs,
 )
+from personachat.fs import file_kind
 
 #: Files larger than this are refused before reading: the public Persona-Chat file is about
 #: 200 MB, so anything past 1 GiB is almost certainly the wrong file (a model, an archive...).
@@ -45,7 +46,8 @@ def _missing_file_message(path: Path) -> str:
 
 
 def check_file(path: Path, what: str) -> int:
-    """Raise DataError unless ``path`` is a readable regular file within the size limit.
+    """Raise DataError unless ``path`` is a readable regular file within the size limit (a
+    named pipe or a device is refused before it is opened).
 
     Shared by every reader. ``what`` names the expected content ("a ParlAI text file") for
     the messages. Returns the size in bytes; the limit is :data:`MAX_FILE_BYTES`, read at call
@@ -66,6 +68,12 @@ def check_file(path: Path, what: str) -> int:
         if found:
             message += "; it contains " + ", ".join(found)
         raise DataError(message)
+    kind = file_kind(path)
+    if kind is not None:  # read whole, a pipe would block forever and a device never end
+        raise DataError(
+            f"{path}: is {kind}, not a regular file — save the data to a file and pass "
+            f"{what} itself"
+        )
     if info.st_size > MAX_FILE_BYTES:
         raise DataError(
             f"{path}: the file is {info.st_size / 1e9:.1f} GB, more than the "

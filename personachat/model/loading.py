@@ -1,28 +1,27 @@
-"""The double-heads model: loading, special tokens, the TransferTransfo loss, saving.
+"""Loading a model and its tokenizer for persona chat, its special tokens, saving it.
 
 GPT-2 (``GPT2DoubleHeadsModel``) and OpenAI GPT (``OpenAIGPTDoubleHeadsModel``) carry a
 language-model head and a multiple-choice head that scores each candidate from the hidden
-state of its last token. Both come from ``from_pretrained``: a hub id (downloaded by
-transformers for a user who is online) or a local folder, including folders written by
-personachat or simpletransformers.
+state of its last token; any other causal LM gets a multiple-choice head (``families``). All
+come from ``from_pretrained``: a hub id (downloaded by transformers for a user who is online)
+or a local folder, including folders written by personachat or simpletransformers. A local
+folder is checked before anything is read (``weights``): safetensors files inside it only,
+complete, and a config.json that fits them; the classic fine-tuned archive is fetched by
+``archives``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tarfile
-import urllib.error
-import urllib.request
 from functools import partial
 from pathlib import Path
 
 import torch
 
+from personachat.data.dialogs import unicode_problem
 from personachat.encoding.inputs import ATTR_TO_SPECIAL_TOKEN
-from personachat.errors import PersonachatError
 from personachat.fs import write_folder_atomic
+from personachat.model.archives import FINETUNED_ARCHIVES, fetch_finetuned_archive
 from personachat.model.families import (
     TOKEN_TYPES_KEY,
     FamilyError,
@@ -33,22 +32,19 @@ from personachat.model.families import (
 )
 from personachat.model.gguf import gguf_folder, resolve_gguf_name
 from personachat.model.lora import merged
+from personachat.model.weights import (
+    ModelLoadError,
+    check_config_sizes,
+    check_model_folder,
+    read_json_file,
+    safetensors_elements,
+    weights_format,
+)
 
 # Hub ids simpletransformers users pass for model_type "gpt".
 HUB_ALIASES = {"openai-gpt": "openai-community/openai-gpt"}
-# HuggingFace's Persona-Chat fine-tuned OpenAI GPT, which the classic notebook fetched with
-# wget + tar as the folder "gpt_personachat_cache"; we fetch it when that folder is missing.
-FINETUNED_ARCHIVES = {
-    "gpt_personachat_cache": "https://s3.amazonaws.com/models.huggingface.co/"
-    "transfer-learning-chatbot/gpt_personachat_cache.tar.gz",
-}
-
 # The training personas, saved beside the weights: what interact() picks a persona from.
 PERSONAS_FILE = "personas.json"
-
-
-class ModelLoadError(PersonachatError, RuntimeError):
-    """The model or tokenizer could not be loaded; the message says how to fix it."""
 
 
 def resolve_device(use_cuda: bool | str, cuda_device: int = -1) -> torch.device:
@@ -84,80 +80,6 @@ def model_class(model_type: str, config_type: str | None = None):
         raise ModelLoadError(str(err)) from err
 
 
-def fetch_finetuned_archive(
-    name: str, target_root: str | os.PathLike = ".", url: str | None = None, timeout: float = 120
-) -> Path:
-    """Download and unpack a known fine-tuned archive into ``target_root/name`` (atomically).
-
-    Only regular files and folders are unpacked (``tarfile``'s "data" filter), so an archive
-    cannot write outside the target or create links.
-    """
-    url = url or FINETUNED_ARCHIVES[name]
-    target = Path(target_root) / name
-    if target.is_dir():
-        return target
-    return write_folder_atomic(target, partial(_unpack_archive, name, url, timeout))
-
-
-def _unpack_archive(name: str, url: str, timeout: float, folder: Path) -> None:
-    """Download ``url`` and unpack its model files straight into ``folder``, weights as
-    safetensors (the archive itself and the unpacking folder are removed)."""
-    archive = folder / ".archive.tar.gz"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(archive, "wb") as f:
-            shutil.copyfileobj(response, f)
-    except (OSError, urllib.error.URLError) as err:
-        raise ModelLoadError(
-            f"Could not download {name} from {url}: {err}. Download and unpack it by "
-            f"hand into ./{name}, or pass another model folder."
-        ) from err
-    unpacked = folder / ".unpacked"
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(unpacked, filter="data")
-    except (tarfile.TarError, OSError) as err:
-        raise ModelLoadError(f"{url} is not a valid .tar.gz archive ({err})") from err
-    # Archives hold the files either at the top level or inside one folder.
-    entries = list(unpacked.iterdir())
-    root = entries[0] if len(entries) == 1 and entries[0].is_dir() else unpacked
-    for item in list(root.iterdir()):
-        os.replace(item, folder / item.name)
-    shutil.rmtree(unpacked)
-    archive.unlink()
-    pickle_to_safetensors(folder)
-
-
-def pickle_to_safetensors(folder: Path) -> None:
-    """Replace a known archive's ``pytorch_model.bin`` by ``model.safetensors``, once.
-
-    Only for the archives of ``FINETUNED_ARCHIVES`` (fixed, known URLs): their weights are
-    read with torch's restricted ``weights_only`` unpickler (tensors and plain containers
-    only) at download time, so that every later load is safetensors and the classic notebook
-    needs no ``trust_remote_pickle``. Tied tensors are stored as separate copies;
-    ``from_pretrained`` ties them again.
-    """
-    from safetensors.torch import save_file
-
-    source = folder / "pytorch_model.bin"
-    if not source.is_file() or (folder / "model.safetensors").exists():
-        return
-    try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad archive
-        raise ModelLoadError(
-            f"the downloaded weights in {source.name} cannot be read "
-            f"as plain tensors ({err}); the archive is not the expected one"
-        ) from err
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelLoadError(f"the downloaded {source.name} is not a state dict of tensors")
-    save_file(
-        {k: v.detach().clone().contiguous() for k, v in state.items()},
-        str(folder / "model.safetensors"),
-        metadata={"format": "pt"},
-    )
-    source.unlink()
-
-
 def load_tokenizer(model_type: str, name: str):
     """AutoTokenizer, falling back to the model type's own class for old folders whose
     config.json predates the ``model_type`` key (e.g. gpt_personachat_cache)."""
@@ -168,38 +90,6 @@ def load_tokenizer(model_type: str, name: str):
     except (ValueError, KeyError):
         fallback = "OpenAIGPTTokenizer" if model_type in ("gpt", "openai-gpt") else "GPT2Tokenizer"
         return getattr(transformers, fallback).from_pretrained(name)
-
-
-# Weight files ``from_pretrained`` reads, by how they are stored. Pickle files can run any code
-# when they are unpickled, so they are loaded only when the caller says it trusts them.
-SAFE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
-PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-
-
-class UnsafeCheckpointError(ModelLoadError):
-    """The checkpoint's weights are a pickle and the caller did not pass trust_remote_pickle."""
-
-
-def weights_format(folder: str | os.PathLike) -> str | None:
-    """``"safetensors"``, ``"pickle"`` or None: which weights a local model folder holds
-    (safetensors win when both are there, as ``from_pretrained`` would pick them too)."""
-    folder = Path(folder)
-    if any((folder / name).is_file() for name in SAFE_WEIGHT_FILES):
-        return "safetensors"
-    if any((folder / name).is_file() for name in PICKLE_WEIGHT_FILES):
-        return "pickle"
-    return None
-
-
-def refuse_pickle_message(name: str) -> str:
-    return (
-        f"{name!r} holds its weights only as a pickle (pytorch_model.bin). personachat loads "
-        "weights from safetensors only, because unpickling a file can run any code it "
-        "contains. If you trust where this folder comes from, pass trust_remote_pickle=True "
-        "(ConvAIModel(..., trust_remote_pickle=True), args={'trust_remote_pickle': True} or "
-        "--set trust_remote_pickle=true); save the model once (model.save_model(DIR)) to get "
-        "a safetensors copy that loads without it."
-    )
 
 
 def load_model_and_tokenizer(
@@ -224,8 +114,11 @@ def load_model_and_tokenizer(
     """
     name = resolve_model_name(str(model_name), cache_dir)
     local = Path(name).expanduser()
-    check_weights(local, name, trust_remote_pickle, kwargs)
+    weight_files = check_weights(local, name, trust_remote_pickle, kwargs)
     cls = model_class(model_type, checkpoint_type(name, model_type))
+    if weight_files and all(f.suffix == ".safetensors" for f in weight_files):
+        # complete safetensors files whose sizes the config must fit, before any allocation
+        check_config_sizes(cls, local, name, safetensors_elements(weight_files))
     try:
         tokenizer = load_tokenizer(model_type, name)
         model = _quiet_from_pretrained(cls, name, kwargs)
@@ -239,6 +132,11 @@ def load_model_and_tokenizer(
         raise ModelLoadError(
             f"Could not load {name!r}: {err}\nPass a local folder with config.json, weights "
             f"and a tokenizer, or a hub id such as 'gpt2' when you are online.{hint}"
+        ) from err
+    except (RuntimeError, ValueError) as err:  # weights that do not fit config.json
+        raise ModelLoadError(
+            f"Could not load {name!r}: its files do not fit together ({_first_line(err)}); "
+            "restore the folder as it was saved (config.json, weights and tokenizer)"
         ) from err
     attach_choice_head(model, local if local.is_dir() else None)
     if resolve_input_format(input_format, model, tokenizer) == "transfertransfo":
@@ -264,21 +162,28 @@ def resolve_model_name(name: str, cache_dir: str | os.PathLike | None) -> str:
     return name
 
 
-def check_weights(local: Path, name: str, trust_remote_pickle: bool, kwargs: dict) -> None:
-    """Refuse what cannot be loaded safely before anything is read; steer ``from_pretrained``
-    to the safetensors weights."""
+def check_weights(local: Path, name: str, trust_remote_pickle: bool, kwargs: dict) -> list[Path]:
+    """Refuse what cannot be loaded safely before anything is read (``weights.py``); steer
+    ``from_pretrained`` to the safetensors weights. Returns a local folder's safetensors
+    files (none for a hub id or a trusted pickle folder)."""
     if local.exists() and not local.is_dir():
         raise ModelLoadError(f"model_name {name!r} is a file; pass the folder that holds it")
     if not local.exists() and name.startswith((".", "/", "~")):
         raise ModelLoadError(f"model folder {name!r} does not exist")
-    if local.is_dir():
-        found = weights_format(local)
-        if found == "pickle" and not trust_remote_pickle:
-            raise UnsafeCheckpointError(refuse_pickle_message(name))
-        if found is not None:
-            kwargs.setdefault("use_safetensors", found == "safetensors")
-    elif not trust_remote_pickle:
-        kwargs.setdefault("use_safetensors", True)  # a hub repo without safetensors fails
+    if not local.is_dir():
+        if not trust_remote_pickle:
+            kwargs.setdefault("use_safetensors", True)  # a hub repo without safetensors fails
+        return []
+    files = check_model_folder(local, name, trust_remote_pickle)
+    found = weights_format(local)
+    if found is not None:
+        kwargs.setdefault("use_safetensors", found == "safetensors")
+    return files
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().split("\n")[0]
+    return text[:300]
 
 
 def checkpoint_type(name: str, model_type: str) -> str | None:
@@ -406,12 +311,32 @@ def unwrap(model):
 
 
 def read_personas(model_name: str | os.PathLike) -> list[list[str]]:
-    """Personas saved beside a model by personachat (empty for hub models)."""
+    """Personas saved beside a model by personachat (empty for hub models): a JSON list of
+    personas, each a list of sentences. A file in any other shape is a ModelLoadError naming
+    the place, not a persona drawn later from whatever it holds."""
     path = Path(str(model_name)) / PERSONAS_FILE
-    if not path.is_file():
+    if not path.exists():
         return []
-    try:
-        personas = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return []
-    return [p for p in personas if isinstance(p, list) and p and all(isinstance(s, str) for s in p)]
+    personas = read_json_file(path, "the list of personas")
+    if not isinstance(personas, list):
+        raise ModelLoadError(
+            f"{path} must be a JSON list of personas (each a list of sentences), got a "
+            f"{type(personas).__name__}; fix it, or delete it to draw personas from Persona-Chat"
+        )
+    for index, persona in enumerate(personas):
+        problem = persona_problem(persona)
+        if problem:
+            raise ModelLoadError(f"{path}: persona {index} {problem}; fix or delete that file")
+    return [persona for persona in personas if persona]  # [] : trained without a persona
+
+
+def persona_problem(persona: object) -> str | None:
+    """What is wrong with one saved persona, or None."""
+    if not isinstance(persona, list):
+        return "must be a list of sentences"
+    for sentence in persona:
+        if not isinstance(sentence, str) or not sentence.strip():
+            return "has a sentence that is not text"
+        if unicode_problem(sentence):
+            return f"has a sentence that is {unicode_problem(sentence)}"
+    return None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from personachat.data.dialogs import _describe
+from personachat.data.dialogs import _describe, unicode_problem
 
 __all__ = ["dialog_from_turns", "string_list_problems"]
 
@@ -57,4 +57,6 @@ def string_list_problems(value: object, where: str, what: str, fix: str) -> list
             )
         elif not item.strip():
             problems.append(f"{where}, item {k}: empty {what} — remove it or write the text")
+        elif unicode_problem(item):
+            problems.append(f"{where}, item {k}: {unicode_problem(item)}")
     return problems
