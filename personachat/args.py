@@ -21,18 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from personachat.compat import IGNORED_SIMPLETRANSFORMERS_ARGS, warn_if_unused
-from personachat.errors import PersonachatError
 from personachat.fs import write_file_atomic
+from personachat.option_checks import AUTO_OPTIONS, ArgsError, check_options, shown
+from personachat.option_checks import OPTIMIZERS as OPTIMIZERS  # re-exported
+from personachat.option_checks import SCHEDULERS as SCHEDULERS  # re-exported
 from personachat.option_values import EXPECTED, coerce, is_int
 
 ARGS_FILE = "model_args.json"
-INPUT_FORMATS = ("auto", "transfertransfo", "chat_template")
-TOKEN_TYPES = ("auto", "embed", "none")
 CACHE_DIR_ENV = "PERSONACHAT_CACHE_DIR"
-
-
-class ArgsError(PersonachatError, ValueError):
-    """An option name or value the user gave cannot be used."""
 
 
 @dataclass
@@ -216,109 +212,9 @@ class ConvAIArgs:
         return self
 
     def validate(self) -> None:
-        """Reject values that would fail later deep inside torch."""
-        positive = (
-            "train_batch_size",
-            "eval_batch_size",
-            "gradient_accumulation_steps",
-            "num_candidates",
-            "personality_permutations",
-            "max_length",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if name in AUTO_OPTIONS and value == "auto":
-                continue
-            if not is_int(value) or value < 1:
-                also = " or 'auto'" if name in AUTO_OPTIONS else ""
-                raise ArgsError(f"{name} must be a positive integer{also}, got {value!r}")
-        if self.eval_num_candidates is not None and (
-            not is_int(self.eval_num_candidates) or self.eval_num_candidates < 1
-        ):
-            raise ArgsError(
-                "eval_num_candidates must be a positive integer or null (every candidate "
-                f"the data has), got {self.eval_num_candidates!r}"
-            )
-        if self.process_count is not None and (
-            not is_int(self.process_count) or self.process_count < 1
-        ):
-            raise ArgsError(
-                f"process_count must be a positive integer or null (cpu_count() - 2), "
-                f"got {self.process_count!r}"
-            )
-        self._validate_families()
-        if self.max_history < 0:
-            raise ArgsError(f"max_history must be >= 0, got {self.max_history}")
-        if self.num_train_epochs < 0:
-            raise ArgsError(f"num_train_epochs must be >= 0, got {self.num_train_epochs}")
-        if not 0 <= self.top_p <= 1:
-            raise ArgsError(f"top_p must be within [0, 1], got {self.top_p}")
-        if self.temperature <= 0 and self.do_sample:
-            raise ArgsError(
-                f"temperature must be > 0 when do_sample=True, got {self.temperature} "
-                "(use do_sample=False for greedy decoding)"
-            )
-        if self.save_total_limit is not None and (
-            not is_int(self.save_total_limit) or self.save_total_limit < 1
-        ):
-            raise ArgsError(
-                f"save_total_limit must be a positive integer or null (keep every "
-                f"checkpoint), got {self.save_total_limit!r}"
-            )
-        if self.min_length > self.max_length:
-            raise ArgsError(
-                f"min_length ({self.min_length}) is larger than max_length ({self.max_length})"
-            )
-        self.validate_optimization()
-
-    def validate_optimization(self) -> None:
-        """The optimizer and schedule options: known names, values the schedules accept."""
-        for name, valid in (("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS)):
-            if getattr(self, name) not in valid:
-                raise ArgsError(
-                    f"{name} {getattr(self, name)!r} is not known; choose one of "
-                    + ", ".join(valid)
-                )
-        adafactor = self.optimizer == "Adafactor"
-        if adafactor and self.adafactor_warmup_init and not self.adafactor_relative_step:
-            raise ArgsError(
-                "adafactor_warmup_init=True needs adafactor_relative_step=True; set "
-                "adafactor_warmup_init=False to use learning_rate and the scheduler"
-            )
-        try:  # YAML reads 1e-30 (no dot) as a string
-            eps = tuple(float(value) for value in self.adafactor_eps)
-        except (TypeError, ValueError):
-            eps = ()
-        if len(eps) != 2:
-            raise ArgsError(
-                f"adafactor_eps must be two numbers (squared-gradient and scale epsilons), "
-                f"got {self.adafactor_eps!r}"
-            )
-        self.adafactor_eps = eps
-        if not is_int(self.plateau_patience) or self.plateau_patience < 1:
-            raise ArgsError(
-                f"plateau_patience must be a positive integer, got {self.plateau_patience!r}"
-            )
-
-    def _validate_families(self) -> None:
-        for name, valid in (
-            ("input_format", INPUT_FORMATS),
-            ("token_types", TOKEN_TYPES),
-        ):
-            if getattr(self, name) not in valid:
-                raise ArgsError(f"{name} must be one of {list(valid)}, got {getattr(self, name)!r}")
-        if self.input_format == "chat_template" and self.token_types == "embed":
-            raise ArgsError(
-                "token_types 'embed' needs speaker tokens, which input_format 'chat_template' "
-                "does not have; use token_types 'none' (or 'auto'), or input_format "
-                "'transfertransfo'"
-            )
-        if not is_int(self.lora_r) or self.lora_r < 0:
-            raise ArgsError(f"lora_r must be an integer >= 0 (0: no LoRA), got {self.lora_r!r}")
-        if not self.lora_alpha > 0:
-            raise ArgsError(f"lora_alpha must be > 0, got {self.lora_alpha!r}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ArgsError(f"lora_dropout must be within [0, 1), got {self.lora_dropout!r}")
+        """Refuse values that would fail later deep inside torch, or silently do something
+        else than asked (``personachat.option_checks``: every range, name and pairing)."""
+        check_options(self)
 
     @property
     def lora_targets(self) -> list[str] | None:
@@ -359,17 +255,6 @@ class ConvAIArgs:
             raise ArgsError(f"{path}: {err} (fix or delete that file)") from err
 
 
-OPTIMIZERS = ("AdamW", "Adafactor")
-SCHEDULERS = (
-    "constant_schedule",
-    "constant_schedule_with_warmup",
-    "linear_schedule_with_warmup",
-    "cosine_schedule_with_warmup",
-    "cosine_with_hard_restarts_schedule_with_warmup",
-    "polynomial_decay_schedule_with_warmup",
-    "reduce_on_plateau",
-)
-
 # Options that only the caller may set, never a saved model_args.json.
 NOT_LOADED_FROM_FILES = frozenset({"trust_remote_pickle"})
 
@@ -383,10 +268,6 @@ def unknown_key_message(key: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return f"Unknown option {key!r}.{hint} See personachat.ConvAIArgs for every option."
-
-
-# Options that also take the string "auto" (a size probed on the GPU) besides an integer.
-AUTO_OPTIONS = frozenset({"train_batch_size", "eval_batch_size"})
 
 
 @functools.cache
@@ -430,7 +311,7 @@ def _coerce(key: str, value: Any) -> Any:
     try:
         return coerce(value, kind)
     except TypeError:
-        raise ArgsError(f"{key} must be {_expected(key)}, got {value!r}") from None
+        raise ArgsError(f"{key} must be {_expected(key)}, got {shown(value)}") from None
 
 
 def make_args(args: ConvAIArgs | dict | None = None, **overrides: Any) -> ConvAIArgs:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from personachat.option_checks import shown
+
 # Options of ConvAIArgs that personachat accepts (old dicts and saved folders load) but does
 # not use, and what it does instead: a value other than the default prints one warning.
 UNUSED_OPTIONS = {
@@ -73,7 +75,7 @@ def warn_if_unused(key: str, value: Any, default: Any) -> None:
         return
     _WARNED.add(key)
     warnings.warn(
-        f"{key}={value!r} has no effect: {instead}. It is accepted only so simpletransformers "
+        f"{key}={shown(value)} has no effect: {instead}. It is accepted only so simpletransformers "
         "code runs (see 'Options accepted but not used' in the README).",
         UnusedOptionWarning,
         stacklevel=4,
