@@ -125,17 +125,24 @@ def build_scratch_checkpoint(
     return save_pretrained_atomic(output_dir, model, tokenizer)
 
 
+# Part of the cached scratch model's key: bump it whenever building or pretraining the scratch
+# model changes what it produces, so an older cached model is never reused (a cached model
+# from before a change made the main job's figures differ between machines).
+SCRATCH_VERSION = 2
+
+
 def cached_scratch_checkpoint(train_file: str, scratch: dict, args) -> Path:
     """The scratch checkpoint for ``train_file`` and the ``scratch:`` options of a config,
     built under ``args.cache_dir`` the first time and found there afterwards (the folder is
-    named by a hash of the options and of the file's bytes)."""
+    named by a hash of the options, the file's bytes and ``SCRATCH_VERSION``)."""
     known = {f.name for f in fields(ScratchConfig)}
     for key in scratch:
         if key not in known:
             raise ArgsError(f"scratch: {unknown_key_message(key, sorted(known))}")
     config = ScratchConfig(**scratch)
     data = Path(train_file).read_bytes() if Path(train_file).is_file() else b""
-    key = hashlib.sha256(json.dumps(asdict(config)).encode() + data).hexdigest()[:16]
+    options = json.dumps({**asdict(config), "version": SCRATCH_VERSION}).encode()
+    key = hashlib.sha256(options + data).hexdigest()[:16]
     folder = Path(args.cache_dir) / f"scratch-gpt2-{key}"
     if (folder / "config.json").is_file():
         return folder
