@@ -7,13 +7,12 @@ without evaluation data: each is found here, in a second, with a message saying 
 
 from __future__ import annotations
 
-import errno
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from personachat.args import ArgsError, ConvAIArgs
+from personachat.fs import UnwritableFolderError, check_writable_folder
 from personachat.train import checkpoints, distributed
 from personachat.train.errors import TrainingError
 
@@ -94,25 +93,7 @@ def checkpoint_bytes(model, with_optimizer: bool) -> int:
 def check_output_writable(output_dir: str | Path) -> None:
     """Write a file in output_dir, or raise TrainingError saying why. Folders created for the
     test are removed again: a run that then fails on its data leaves nothing behind."""
-    root = Path(output_dir)
-    created = []
-    probe = root
-    while not probe.exists() and probe != probe.parent:
-        created.append(probe)
-        probe = probe.parent
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
-            pass
-        for folder in created:  # deepest first
-            try:
-                folder.rmdir()
-            except OSError as err:
-                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-                break  # another process (a torchrun rank doing the same test) is using it
-    except OSError as err:
-        raise TrainingError(
-            f"output_dir {str(root)!r} is not writable ({err.strerror or err}); choose "
-            "another output_dir (--output-dir) or fix its permissions. Nothing was trained."
-        ) from err
+        check_writable_folder(output_dir, "output_dir", " (--output-dir). Nothing was trained.")
+    except UnwritableFolderError as err:
+        raise TrainingError(str(err)) from err
