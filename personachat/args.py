@@ -16,18 +16,20 @@ import functools
 import json
 import os
 import typing
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from personachat.compat import IGNORED_SIMPLETRANSFORMERS_ARGS, warn_if_unused
-from personachat.fs import write_file_atomic
+from personachat.fs import check_writable_folder, write_file_atomic
 from personachat.option_checks import AUTO_OPTIONS, ArgsError, check_options, shown
 from personachat.option_checks import OPTIMIZERS as OPTIMIZERS  # re-exported
 from personachat.option_checks import SCHEDULERS as SCHEDULERS  # re-exported
 from personachat.option_values import EXPECTED, coerce, is_int
 
 ARGS_FILE = "model_args.json"
+MAX_ARGS_FILE_BYTES = 16 * 2**20
 CACHE_DIR_ENV = "PERSONACHAT_CACHE_DIR"
 
 
@@ -216,6 +218,14 @@ class ConvAIArgs:
         else than asked (``personachat.option_checks``: every range, name and pairing)."""
         check_options(self)
 
+    def check_folders(self, output_dir: str | os.PathLike | None = None) -> None:
+        """The cache (unless no_cache) and ``output_dir`` must be writable: checked before
+        data is read, so that a run never computes results it then cannot keep."""
+        if not self.no_cache:
+            check_writable_folder(self.cache_dir, "cache_dir", " (or set no_cache)", keep=True)
+        if output_dir is not None:
+            check_writable_folder(output_dir, "output_dir", " (--output-dir)")
+
     @property
     def lora_targets(self) -> list[str] | None:
         """``lora_target_modules`` as a list (None: the family's default)."""
@@ -231,8 +241,9 @@ class ConvAIArgs:
         text = json.dumps(self.get_args_for_saving(), indent=2, ensure_ascii=False)
         return write_file_atomic(Path(output_dir) / ARGS_FILE, text)
 
-    def load(self, input_dir: str | os.PathLike) -> ConvAIArgs:
-        """Update from ``model_args.json`` in input_dir, if there is one.
+    def load(self, input_dir: str | os.PathLike, exclude: Collection[str] = ()) -> ConvAIArgs:
+        """Update from ``model_args.json`` in input_dir, if there is one (but the options
+        named in ``exclude``).
 
         Folders saved by simpletransformers carry keys we do not use; those are ignored
         rather than refused, since the user did not write them. ``trust_remote_pickle`` is
@@ -240,15 +251,17 @@ class ConvAIArgs:
         reported with the file's path.
         """
         path = Path(input_dir) / ARGS_FILE
-        if not path.is_file():
+        if not path.is_file():  # (a pipe or device there is not read: it could block)
             return self
+        if path.stat().st_size > MAX_ARGS_FILE_BYTES:
+            raise ArgsError(f"{path} is far too large for a file of options; delete or fix it")
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
             raise ArgsError(f"{path} is not valid JSON ({err}); delete or fix it") from err
         if not isinstance(saved, dict):
             raise ArgsError(f"{path} must hold a JSON object of options")
-        known = {f.name for f in fields(self)} - NOT_LOADED_FROM_FILES
+        known = {f.name for f in fields(self)} - NOT_LOADED_FROM_FILES - set(exclude)
         try:
             return self.update_from_dict({k: v for k, v in saved.items() if k in known})
         except ArgsError as err:

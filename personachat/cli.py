@@ -11,21 +11,24 @@ and ``interact`` then default to the trained model in ``output_dir``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
 import shlex
 import sys
 import time
 import traceback
-from pathlib import Path
 
 import torch
 
 from personachat import __version__
 from personachat.args import ArgsError, ConvAIArgs
-from personachat.config import resolve
+from personachat.cli_reports import demo_conversation, print_results, report_persona_use, zero_shot
+from personachat.config import args_for_model, resolve
 from personachat.data.commands import DATA_COMMANDS, add_data_commands, run_data_command
-from personachat.data.readers import FORMATS, read_dialogs
+from personachat.data.readers import FORMATS
 from personachat.errors import PersonachatError
+from personachat.fs import check_writable_folder
 from personachat.model.loading import resolve_device
 from personachat.model.scratch import cached_scratch_checkpoint
 from personachat.serve.command import add_serve_arguments, run_serve
@@ -144,25 +147,8 @@ def scratch_model(settings: dict, args: ConvAIArgs) -> str:
             "model_name is null, so a model is built from scratch; that needs a "
             "train_file to train its tokenizer on (--train-file)"
         )
+    check_writable_folder(args.cache_dir, "cache_dir", keep=True)  # built there
     return str(cached_scratch_checkpoint(settings["train_file"], settings["scratch"], args))
-
-
-def demo_conversation(model, eval_file: str, turns: int = 4) -> None:
-    """Print a short chat: the first eval dialog's persona and its partner's messages."""
-    dialog = read_dialogs(  # skipped dialogs were reported by the evaluation
-        eval_file,
-        format=model.args.data_format,
-        split="valid",
-        skip_invalid=model.args.skip_invalid,
-        allow_empty_personality=model.args.allow_empty_personality,
-        report=lambda _: None,
-    )[0]
-    print("\nPersona:", " ".join(dialog["personality"]))
-    history: list[str] = []
-    for utterance in dialog["utterances"][:turns]:
-        message = utterance["history"][-1]
-        reply, history = model.interact_single(message, history, dialog["personality"])
-        print(f"  user: {message}\n  bot:  {reply}")
 
 
 def run(options: argparse.Namespace) -> int:
@@ -175,8 +161,10 @@ def run(options: argparse.Namespace) -> int:
         return train_command(options, settings, args, device)
     from personachat.conv_ai_model import ConvAIModel
 
-    # eval / interact / serve: the trained model in output_dir unless a model is named.
+    # eval / interact / serve: the trained model in output_dir unless a model is named, with
+    # the options it was saved with under the config's and the flags'.
     model_name = settings["model_name"] or args.output_dir
+    args = args_for_model(model_name, settings["overrides"])
     use_cuda = device.type == "cuda"
     model = ConvAIModel(settings["model_type"], model_name, args=args, use_cuda=use_cuda)
     if options.command == "eval":
@@ -242,85 +230,11 @@ def train_command(
     return 0
 
 
-def zero_shot(model, settings: dict) -> dict[str, dict] | None:
-    """With ``zero_shot: true``: the model's persona figures before any fine-tuning."""
-    if not (settings["zero_shot"] and settings["eval_file"]):
-        return None
-    started = time.perf_counter()
-    rows = persona_rows(model, settings, None)
-    print(f"Zero-shot persona evaluation: {time.perf_counter() - started:.0f} s")
-    return rows
-
-
-def persona_rows(model, settings: dict, results: dict | None) -> dict[str, dict]:
-    """Persona figures of every evaluation the config names: ``eval_file`` (``results``, or
-    replies only when None), the extra held-out files and the persona ablation (full
-    evaluations written to OUTPUT_DIR/eval_<label>/, or replies only with ``persona_only``)."""
-    out = Path(model.args.output_dir)
-    only = settings["persona_only"] or results is None
-
-    def evaluate(path: str, label: str, ablate: bool = False) -> dict:
-        if only:
-            return model.persona_eval(path, ablate_persona=ablate)
-        return model.eval_model(
-            path,
-            output_dir=str(out / f"eval_{label}"),
-            verbose=False,
-            silent=True,
-            ablate_persona=ablate,
-        )
-
-    eval_file = settings["eval_file"]
-    rows = {eval_file: results if results is not None else model.persona_eval(eval_file)}
-    for label, path in settings["extra_eval_files"].items():
-        rows[f"{path} ({label})"] = evaluate(path, label)
-    if settings["ablation_eval"]:
-        rows[f"{eval_file} with the persona removed"] = evaluate(eval_file, "ablation", True)
-    return rows
-
-
-def report_persona_use(
-    model, settings: dict, results: dict, before: dict[str, dict] | None = None
-) -> None:
-    """Print the persona metrics of every evaluation side by side; ``before``: the same
-    model's figures before fine-tuning (the zero-shot column)."""
-    rows = persona_rows(model, settings, results)
-    if len(rows) == 1 and "persona_accuracy" not in results:
-        return
-    columns = [
-        "persona_accuracy",
-        "persona_contradiction_rate",
-        "persona_hits@1",
-        "hits@1",
-        "language_model_loss",
-    ]
-    if before:
-        columns.insert(0, "zero-shot accuracy")
-        for name, values in rows.items():
-            values["zero-shot accuracy"] = before.get(name, {}).get("persona_accuracy")
-    width = {c: max(20, len(c) + 2) for c in columns}
-    candidates = results.get("eval_num_candidates", model.args.num_candidates)
-    print(f"\nPersona use (hits@1 among {candidates} candidates, chance {1 / candidates:.2f}):")
-    print(f"  {'evaluation':50s}" + "".join(f"{c:>{width[c]}s}" for c in columns))
-    for name, values in rows.items():
-        cells = "".join(
-            f"{values[c]:>{width[c]}.3f}"
-            if isinstance(values.get(c), float)
-            else "-".rjust(width[c])
-            for c in columns
-        )
-        print(f"  {name[-50:]:50s}{cells}")
-
-
-def print_results(results: dict) -> None:
-    print("Evaluation:")
-    for key, value in results.items():
-        print(f"  {key:22s} {value:.4f}" if isinstance(value, float) else f"  {key:22s} {value}")
-
-
 def main(argv: list[str] | None = None) -> int:
     options = build_parser().parse_args(argv)
     quiet_transformers()
+    with contextlib.suppress(AttributeError, ValueError):  # text from user files always prints
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         return run(options)
     except TrainingInterrupted as err:
@@ -339,10 +253,36 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
         return 130
-    except Exception:  # anything else is a bug in personachat: show where it happened
-        traceback.print_exc()
+    except Exception as err:
+        line = filesystem_error_line(err)
+        if line is not None:  # the filesystem's answer about a path the user gave
+            print(f"personachat {options.command}: error: {line}", file=sys.stderr)
+            return 2
+        traceback.print_exc()  # anything else is a bug in personachat: show where it happened
         print(bug_report_line(options.command), file=sys.stderr)
         return 1
+
+
+# What to do about the filesystem errors a user can fix, by errno.
+FILESYSTEM_HINTS = {
+    errno.ENOSPC: "free some disk space, or write elsewhere",
+    errno.EDQUOT: "free some space within your quota, or write elsewhere",
+    errno.EACCES: "fix its permissions, or use another path",
+    errno.EPERM: "fix its permissions, or use another path",
+    errno.EROFS: "that filesystem is read-only: use another path",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: use another path",
+    errno.EISDIR: "that is a folder: name a file",
+    errno.ENOENT: "check the path",
+    errno.ENAMETOOLONG: "use a shorter path",
+}
+
+
+def filesystem_error_line(err: BaseException) -> str | None:
+    """One line for an OSError about a path the user can fix (a full disk, permissions, a
+    file where a folder should be), naming the path; None for any other error."""
+    if not isinstance(err, OSError) or err.errno not in FILESYSTEM_HINTS or not err.filename:
+        return None
+    return f"{err.filename}: {err.strerror or err} — {FILESYSTEM_HINTS[err.errno]}"
 
 
 def bug_report_line(command: str) -> str:

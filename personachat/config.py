@@ -13,38 +13,117 @@ from pathlib import Path
 import yaml
 
 from personachat.args import ArgsError, ConvAIArgs, make_args, unknown_key_message
+from personachat.data.dialogs import unicode_problem
+from personachat.fs import file_kind
+from personachat.option_checks import shown
 
-CONFIG_KEYS = {
-    "model_type",
-    "model_name",
-    "train_file",
-    "eval_file",
-    "args",
-    "scratch",
-    "zero_shot",
-    "persona_only",
-    "extra_eval_files",
-    "ablation_eval",
+# Each top-level key of a config: the types it takes and, for errors, in words.
+CONFIG_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "model_type": ((str,), "a model type such as auto, gpt2 or llama"),
+    "model_name": ((str,), "a model folder or hub id, or null (a model built from scratch)"),
+    "train_file": ((str,), "a data file"),
+    "eval_file": ((str,), "a data file"),
+    "args": ((dict,), "a mapping of options, e.g. {num_train_epochs: 2}"),
+    "scratch": ((dict,), "a mapping of the scratch model's sizes, e.g. {n_layer: 2}"),
+    "zero_shot": ((bool,), "true or false"),
+    "persona_only": ((bool,), "true or false"),
+    "extra_eval_files": ((dict,), "a mapping of labels to files"),
+    "ablation_eval": ((bool,), "true or false"),
 }
+# A config is a page of settings: larger files, or documents that aliases expand to more
+# values than this, are refused before they are built (a "billion laughs" file of a few
+# lines would otherwise expand to gigabytes wherever it is copied, compared or printed).
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 10_000
 
 
 def load_config(path: str | None) -> dict:
-    """Read a YAML config; unknown top-level keys are errors naming the closest one."""
+    """Read a YAML config: a regular file of at most MAX_CONFIG_BYTES, aliases bounded, each
+    top-level key known (else an error naming the closest one) and of its type."""
     if path is None:
         return {}
     file = Path(path)
+    kind = file_kind(file)
+    if kind is not None:
+        raise ArgsError(f"config file {path!r} is {kind}, not a regular file")
     if not file.is_file():
         raise ArgsError(f"config file {path!r} does not exist (see the configs/ folder)")
+    if file.stat().st_size > MAX_CONFIG_BYTES:
+        raise ArgsError(
+            f"config file {path!r} is {file.stat().st_size / 2**20:.0f} MB; a config is a page "
+            "of settings (this looks like the wrong file)"
+        )
     try:
-        config = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ArgsError(f"{path}: not valid YAML: {err}") from err
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ArgsError(f"{path}: cannot be read as UTF-8 text ({err})") from err
+    config = load_yaml(text, path)
+    if config is None:
+        return {}
     if not isinstance(config, dict):
         raise ArgsError(f"{path}: a config must be a mapping of keys to values")
-    for key in config:
+    for key, value in config.items():
         if key not in CONFIG_KEYS:
-            raise ArgsError(f"{path}: {unknown_key_message(key, sorted(CONFIG_KEYS))}")
+            raise ArgsError(f"{path}: {unknown_key_message(str(key), sorted(CONFIG_KEYS))}")
+        types, words = CONFIG_KEYS[key]
+        if value is not None and not isinstance(value, types):
+            raise ArgsError(f"{path}: {key} must be {words}, got {shown(value)}")
     return config
+
+
+def load_yaml(text: str, where: str) -> object:
+    """A YAML document as Python values (YAML's safe subset), refused when aliases expand it
+    past MAX_CONFIG_VALUES values, when it refers to itself, and when a string in it is not
+    valid Unicode; checked on the document's nodes, before any value is built."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}, set(), where) > MAX_CONFIG_VALUES:
+            raise ArgsError(
+                f"{where}: the YAML holds more than {MAX_CONFIG_VALUES} values once its "
+                "aliases (*name) are expanded; write the settings out, with fewer aliases"
+            )
+        return loader.construct_document(node)
+    except yaml.YAMLError as err:
+        raise ArgsError(f"{where}: not valid YAML: {_one_line(err)}") from err
+    except RecursionError:
+        raise ArgsError(f"{where}: the YAML is nested too deeply to be settings") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict, open_nodes: set, where: str) -> int:
+    """How many values ``node`` stands for with every alias expanded (stops counting past
+    MAX_CONFIG_VALUES); an alias inside its own anchor is an ArgsError."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:
+        raise ArgsError(f"{where}: the YAML refers to itself (an alias inside its own anchor)")
+    if isinstance(node, yaml.ScalarNode):
+        problem = unicode_problem(node.value)
+        if problem:
+            raise ArgsError(f"{where}: line {node.start_mark.line + 1}: {problem}")
+        return 1
+    open_nodes.add(id(node))
+    children = (
+        node.value
+        if isinstance(node, yaml.SequenceNode)
+        else [part for pair in node.value for part in pair]
+    )
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes, open_nodes, where)
+        if total > MAX_CONFIG_VALUES:
+            break
+    open_nodes.discard(id(node))
+    sizes[id(node)] = total
+    return total
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
 
 
 def parse_set(pairs: list[str]) -> dict:
@@ -53,8 +132,8 @@ def parse_set(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise ArgsError(f"--set expects key=value, got {pair!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
+            raise ArgsError(f"--set expects key=value, got {shown(pair)}")
+        overrides[key.strip()] = load_yaml(value, f"--set {key.strip()}")
     return overrides
 
 
@@ -62,6 +141,10 @@ def resolve(options: argparse.Namespace) -> tuple[dict, ConvAIArgs]:
     """Config file + flags → (settings, args)."""
     config = load_config(options.config)
     overrides = dict(config.get("args") or {})
+    try:
+        make_args(overrides)
+    except ArgsError as err:  # say where the value came from
+        raise ArgsError(f"{options.config}: args: {err}") from err
     overrides.update(parse_set(options.set))
     if options.output_dir:
         overrides["output_dir"] = options.output_dir
@@ -71,8 +154,9 @@ def resolve(options: argparse.Namespace) -> tuple[dict, ConvAIArgs]:
         overrides["data_format"] = options.data_format
     if getattr(options, "skip_invalid", False):
         overrides["skip_invalid"] = True
-    args = make_args(overrides)
+    args = make_args(overrides)  # checked now, before any model or data is read
     settings = {
+        "overrides": overrides,
         "model_type": options.model_type or config.get("model_type") or "auto",
         "model_name": options.model or config.get("model_name"),
         "train_file": getattr(options, "train_file", None) or config.get("train_file"),
@@ -89,6 +173,22 @@ def resolve(options: argparse.Namespace) -> tuple[dict, ConvAIArgs]:
         "persona_only": bool(config.get("persona_only", False)),
     }
     return settings, args
+
+
+def args_for_model(model_name: str, overrides: dict) -> ConvAIArgs:
+    """The options a saved model runs with: its ``model_args.json`` (as the Python API reads
+    it), then the config's ``args:`` and the flags (``overrides``) over it. Where this run
+    writes and caches (``RUN_OPTIONS``) is never taken from the model's file: it names
+    folders of the run that trained it, perhaps on another machine."""
+    args = ConvAIArgs()
+    if Path(model_name).is_dir():
+        args.load(model_name, exclude=RUN_OPTIONS)
+    return args.update_from_dict(overrides)
+
+
+RUN_OPTIONS = frozenset(
+    {"output_dir", "best_model_dir", "cache_dir", "tensorboard_dir", "overwrite_output_dir"}
+)
 
 
 def extra_eval_files(value, path: str | None) -> dict[str, str]:

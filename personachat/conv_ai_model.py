@@ -148,6 +148,7 @@ class ConvAIModel:
             )
         output_dir = str(output_dir or self.args.output_dir)
         self.model = with_lora(self.model, self.args)  # as it is when lora_r is 0
+        self.args.check_folders()
         resume = check_before_training(
             output_dir, resume_from_checkpoint, self.model, self.args, eval_file
         )
@@ -230,6 +231,7 @@ class ConvAIModel:
             for name in ("generation_f1", "ablate_persona", "repetition_rate")
             if isinstance(metric_fns.get(name), bool)
         }
+        self.args.check_folders(output_dir or self.args.output_dir)  # before any work
         dialogs = self._load(eval_file, "valid", self.args.max_eval_examples)
         if flags.get("ablate_persona"):
             dialogs = without_persona(dialogs)

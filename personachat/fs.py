@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from personachat.errors import PersonachatError
+
 try:
     import fcntl
 except ImportError:  # Windows
@@ -41,6 +43,39 @@ def file_kind(path: Path) -> str | None:
         stat.S_ISSOCK: "a socket",
     }
     return next((kind for test, kind in kinds.items() if test(mode)), "not a regular file")
+
+
+class UnwritableFolderError(PersonachatError, OSError):
+    """A folder an option names cannot be written; the message names the option."""
+
+
+def check_writable_folder(
+    folder: str | os.PathLike, option: str, fix: str = "", keep: bool = False
+) -> None:
+    """Create ``folder`` if needed and write a file in it, or raise UnwritableFolderError
+    naming ``option`` (and ``fix``, how else to proceed): before work whose results would be
+    lost. Folders created only for the test are removed again, unless ``keep`` (a cache that
+    several processes may be testing at once)."""
+    root = Path(folder)
+    created = []
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        created.append(probe)
+        probe = probe.parent
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise UnwritableFolderError(
+            f"{option} {str(root)!r} is not writable ({err.strerror or err}); choose another "
+            f"{option} or fix its permissions{fix}"
+        ) from err
+    for made in [] if keep else created:  # deepest first; one another process uses stays
+        try:
+            made.rmdir()
+        except OSError:
+            break
 
 
 def write_file_atomic(path: str | os.PathLike, data: str | bytes, mode: int = 0o644) -> Path:

@@ -158,7 +158,13 @@ def resolve_model_name(name: str, cache_dir: str | os.PathLike | None) -> str:
             from personachat.args import ConvAIArgs
 
             cache_dir = ConvAIArgs().cache_dir
-        return str(gguf_folder(gguf, cache_dir))
+        try:
+            return str(gguf_folder(gguf, cache_dir))
+        except OSError as err:
+            raise ModelLoadError(
+                f"cannot convert {gguf.name} under cache_dir {str(cache_dir)!r} "
+                f"({err.strerror or err}); choose another cache_dir or fix its permissions"
+            ) from err
     return name
 
 
