@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from personachat.compat import IGNORED_SIMPLETRANSFORMERS_ARGS, warn_if_unused
-from personachat.fs import check_writable_folder, write_file_atomic
+from personachat.fs import check_writable_folder, file_kind, write_file_atomic
 from personachat.option_checks import AUTO_OPTIONS, ArgsError, check_options, shown
 from personachat.option_checks import OPTIMIZERS as OPTIMIZERS  # re-exported
 from personachat.option_checks import SCHEDULERS as SCHEDULERS  # re-exported
@@ -251,7 +251,10 @@ class ConvAIArgs:
         reported with the file's path.
         """
         path = Path(input_dir) / ARGS_FILE
-        if not path.is_file():  # (a pipe or device there is not read: it could block)
+        kind = file_kind(path)
+        if kind is not None:  # never opened: a pipe would block, a device never end
+            raise ArgsError(f"{path} is {kind}, not a file of options; delete or replace it")
+        if not path.is_file():
             return self
         if path.stat().st_size > MAX_ARGS_FILE_BYTES:
             raise ArgsError(f"{path} is far too large for a file of options; delete or fix it")

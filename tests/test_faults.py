@@ -33,6 +33,7 @@ from personachat import ConvAIModel
 from personachat.args import ArgsError, ConvAIArgs
 from personachat.cli import build_parser, filesystem_error_line
 from personachat.config import args_for_model, load_config, resolve
+from personachat.errors import PersonachatError
 from personachat.model.loading import ModelLoadError, load_model_and_tokenizer
 
 from .conftest import make_dialogs
@@ -151,6 +152,11 @@ BROKEN_FOLDERS = {
         lambda f: ((f / "config.json").unlink(), os.mkfifo(f / "config.json")),
         "named pipe",
     ),
+    "tokenizer.json as a pipe": (
+        lambda f: ((f / "tokenizer.json").unlink(), os.mkfifo(f / "tokenizer.json")),
+        "regular files only",
+    ),
+    "model_args.json as a pipe": (lambda f: os.mkfifo(f / "model_args.json"), "named pipe"),
     "absurd sizes": (_absurd_config, "cannot be built"),
     "sizes far beyond the weights": (_large_config, "parameters, but the weights"),
     "personas.json not a list": (
@@ -170,7 +176,7 @@ def test_a_broken_model_folder_is_a_one_line_error(fault, tiny_checkpoint, tmp_p
     breaks, message = BROKEN_FOLDERS[fault]
     breaks(folder)
     started = time.perf_counter()
-    with pytest.raises(ModelLoadError, match=message):
+    with pytest.raises(PersonachatError, match=message):
         ConvAIModel("gpt2", folder, use_cuda=False)
     assert time.perf_counter() - started < 30  # refused, not allocated or read without end
 

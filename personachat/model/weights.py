@@ -84,6 +84,10 @@ def check_model_folder(folder: Path, name: str, trust_remote_pickle: bool) -> li
     """Refuse a folder that cannot be loaded safely and completely; returns the weight files
     ``from_pretrained`` will read from it (none for a trusted pickle-only folder, whose
     ``pytorch_model.bin`` it finds itself)."""
+    for entry in folder.iterdir():  # from_pretrained opens what it finds: never a pipe
+        kind = file_kind(entry)
+        if kind not in (None, "a folder"):
+            raise ModelLoadError(f"{entry} is {kind}; a model folder holds regular files only")
     config = folder / CONFIG_FILE
     if not config.exists():
         raise ModelLoadError(
