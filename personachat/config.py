@@ -17,18 +17,18 @@ from personachat.data.dialogs import unicode_problem
 from personachat.fs import file_kind
 from personachat.option_checks import shown
 
-# Each top-level key of a config: the types it takes and, for errors, in words.
+# Each top-level key of a config: the types it takes and, for errors, the rule in words.
 CONFIG_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
-    "model_type": ((str,), "a model type such as auto, gpt2 or llama"),
-    "model_name": ((str,), "a model folder or hub id, or null (a model built from scratch)"),
-    "train_file": ((str,), "a data file"),
-    "eval_file": ((str,), "a data file"),
-    "args": ((dict,), "a mapping of options, e.g. {num_train_epochs: 2}"),
-    "scratch": ((dict,), "a mapping of the scratch model's sizes, e.g. {n_layer: 2}"),
-    "zero_shot": ((bool,), "true or false"),
-    "persona_only": ((bool,), "true or false"),
-    "extra_eval_files": ((dict,), "a mapping of labels to files"),
-    "ablation_eval": ((bool,), "true or false"),
+    "model_type": ((str,), "must be a model type such as auto, gpt2 or llama"),
+    "model_name": ((str,), "must be a model folder or hub id, or null (built from scratch)"),
+    "train_file": ((str,), "must be a data file"),
+    "eval_file": ((str,), "must be a data file"),
+    "args": ((dict,), "must be a mapping of options, e.g. {num_train_epochs: 2}"),
+    "scratch": ((dict,), "must be a mapping of the scratch model's sizes, e.g. {n_layer: 2}"),
+    "zero_shot": ((bool,), "must be true or false"),
+    "persona_only": ((bool,), "must be true or false"),
+    "extra_eval_files": ((dict,), "must map labels to files, e.g. {unseen: data/unseen.json}"),
+    "ablation_eval": ((bool,), "must be true or false"),
 }
 # A config is a page of settings: larger files, or documents that aliases expand to more
 # values than this, are refused before they are built (a "billion laughs" file of a few
@@ -65,9 +65,9 @@ def load_config(path: str | None) -> dict:
     for key, value in config.items():
         if key not in CONFIG_KEYS:
             raise ArgsError(f"{path}: {unknown_key_message(str(key), sorted(CONFIG_KEYS))}")
-        types, words = CONFIG_KEYS[key]
+        types, rule = CONFIG_KEYS[key]
         if value is not None and not isinstance(value, types):
-            raise ArgsError(f"{path}: {key} must be {words}, got {shown(value)}")
+            raise ArgsError(f"{path}: {key} {rule}, got {shown(value)}")
     return config
 
 

@@ -338,7 +338,7 @@ def test_aliases_within_the_bound_still_work(tmp_path):
         ("scratch: 5", "scratch must be a mapping"),
         ("model_name: [a]", "model_name must be a model folder or hub id"),
         ("ablation_eval: maybe", "ablation_eval must be true or false, got 'maybe'"),
-        ("extra_eval_files: [a.json]", "extra_eval_files must be a mapping of labels to files"),
+        ("extra_eval_files: [a.json]", "extra_eval_files must map labels to files"),
         ("args: &x {config: *x}", "refers to itself"),
         ('train_file: "data\\ud800.json"', "not valid Unicode"),
         ("args:\n  learning_rate: .inf", "args: learning_rate must be a finite number >= 0"),
