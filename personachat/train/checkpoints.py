@@ -26,14 +26,15 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from personachat.errors import PersonachatError
 from personachat.fs import write_folder_atomic
 from personachat.model.loading import write_model_files
+from personachat.train.optim import json_safe, load_optimizer_state, optimizer_state
 from personachat.train.rng import capture_rng_state, rank_rng_restorer, restore_rng_state
 
 COMPLETE_MARKER = "checkpoint_complete.json"
@@ -51,45 +52,6 @@ SAVE_PAUSE_ENV = "PERSONACHAT_TEST_SAVE_PAUSE"
 
 class CheckpointError(PersonachatError, RuntimeError):
     """A checkpoint cannot be written, found or resumed from; the message says what to do."""
-
-
-# ----------------------------------------------------------------------------- optimizer
-def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The optimizer's ``state_dict`` split into a JSON-able part and named tensors."""
-    full = optimizer.state_dict()
-    tensors, plain_state = {}, {}
-    for index, values in full["state"].items():
-        plain_state[str(index)] = {}
-        for name, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
-            else:
-                plain_state[str(index)][name] = value
-    return {"param_groups": full["param_groups"], "state": plain_state}, tensors
-
-
-def load_optimizer_state(
-    optimizer: torch.optim.Optimizer, plain: dict, tensors: dict[str, torch.Tensor]
-) -> None:
-    """Inverse of ``optimizer_state``; ``load_state_dict`` moves tensors to the parameters'
-    device and dtype."""
-    state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in plain["state"].items()}
-    for key, value in tensors.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": plain["param_groups"]})
-
-
-def _json_safe(values: dict) -> dict:
-    """Keep only entries JSON can hold (a LambdaLR's functions are not saved by torch either)."""
-    safe = {}
-    for key, value in values.items():
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError):
-            continue
-        safe[key] = value
-    return safe
 
 
 # ----------------------------------------------------------------------------- writing
@@ -150,7 +112,7 @@ def write_training_files(
         "training": training,
         "plan": plan,
         "optimizer": optim_plain,
-        "scheduler": _json_safe(scheduler.state_dict()),
+        "scheduler": json_safe(scheduler.state_dict()),
         "scaler": scaler.state_dict() if scaler.is_enabled() else {},
         "rng": rng_plain,
     }
@@ -226,20 +188,27 @@ def latest_checkpoint(output_dir: str | os.PathLike, resumable: bool = True) -> 
 
 
 def resolve_resume(
-    resume: bool | str | os.PathLike | None, output_dir: str | os.PathLike
+    resume: bool | str | os.PathLike | None,
+    output_dir: str | os.PathLike,
+    report: Callable[[str], None] = print,
 ) -> Path | None:
     """Which checkpoint ``resume_from_checkpoint`` means: None (a fresh run), the newest
-    resumable one in output_dir (True, or a folder holding checkpoints), or the one named."""
+    complete, readable and resumable one in output_dir (True, or a folder holding
+    checkpoints), or the one named. Newer checkpoints that cannot be read (a truncated or
+    damaged file) are skipped, each with one line through ``report``."""
     if resume is None or resume is False:
         return None
     if resume is True:
-        found = latest_checkpoint(output_dir)
+        found, skipped = newest_readable(output_dir)
+        for path, why in skipped:
+            report(f"resume: skipping {path} ({why}); trying the one before it")
         if found is None:
             raise CheckpointError(
                 f"resume: no complete, resumable checkpoint in {output_dir}. Checkpoints are "
                 "written every save_steps steps, every epoch (save_model_every_epoch) and on "
                 "Ctrl-C; start without --resume / resume_from_checkpoint to train from the "
                 "beginning."
+                + (f" ({len(skipped)} damaged checkpoint(s) skipped.)" if skipped else "")
             )
         return found
     path = Path(resume)
@@ -252,7 +221,7 @@ def resolve_resume(
     if marker is None:
         inner = latest_checkpoint(path)
         if inner is not None:
-            return inner
+            return resolve_resume(True, path, report)
         raise CheckpointError(
             f"resume: {path} is not a complete checkpoint (no {COMPLETE_MARKER}; it may have "
             "been cut off while being written). Pass another checkpoint-* folder, or use "
@@ -265,6 +234,39 @@ def resolve_resume(
             "load it as a model instead (--model / model_name)."
         )
     return path
+
+
+def newest_readable(output_dir: str | os.PathLike) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest resumable checkpoint of output_dir whose files can all be read, and the
+    newer ones skipped, each with why (``unreadable``)."""
+    skipped = []
+    for path in reversed(list_checkpoints(output_dir)):
+        if not (read_marker(path) or {}).get("resumable"):
+            continue
+        why = unreadable(path)
+        if why is None:
+            return path, skipped
+        skipped.append((path, why))
+    return None, skipped
+
+
+def unreadable(folder: Path) -> str | None:
+    """Why ``folder``'s files cannot be resumed from (None: they can): its state file must be
+    JSON of this format, and every safetensors file complete (the header's tensors within the
+    file; reading the header is cheap, the tensors are not read)."""
+    try:
+        state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+            return f"{STATE_FILE} is not a training state of format {FORMAT_VERSION}"
+    except (OSError, ValueError) as err:
+        return f"{STATE_FILE} cannot be read: {err}"
+    for name in ("model.safetensors", OPTIMIZER_FILE, RNG_FILE):
+        try:
+            with safe_open(str(folder / name), "pt") as f:
+                f.keys()
+        except (OSError, SafetensorError) as err:
+            return f"{name} cannot be read: {err}"
+    return None
 
 
 def checkpoints_after(output_dir: str | os.PathLike, checkpoint: Path) -> list[Path]:
@@ -344,7 +346,7 @@ def load_checkpoint(
         weights = load_file(str(folder / "model.safetensors"))
         optim_tensors = load_file(str(folder / OPTIMIZER_FILE))
         rng_tensors = load_file(str(folder / RNG_FILE))
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, SafetensorError) as err:
         raise CheckpointError(
             f"resume: {folder} cannot be read ({err}); pass another checkpoint-* folder with "
             "--resume PATH / resume_from_checkpoint=PATH"

@@ -9,8 +9,10 @@ checkpoint and a resumed run goes on with the learning rate an uninterrupted one
 
 from __future__ import annotations
 
+import json
 import math
 from functools import partial
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -211,3 +213,42 @@ def adopt_learning_rate(optimizer, scheduler, learning_rate: float, announce: bo
     for group in optimizer.param_groups:
         group["initial_lr"] = learning_rate
     refresh_lr(optimizer, scheduler)
+
+
+# ----------------------------------------------------------------------------- saved state
+def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The optimizer's ``state_dict`` split into a JSON-able part and named tensors."""
+    full = optimizer.state_dict()
+    tensors, plain_state = {}, {}
+    for index, values in full["state"].items():
+        plain_state[str(index)] = {}
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                plain_state[str(index)][name] = value
+    return {"param_groups": full["param_groups"], "state": plain_state}, tensors
+
+
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, plain: dict, tensors: dict[str, torch.Tensor]
+) -> None:
+    """Inverse of ``optimizer_state``; ``load_state_dict`` moves tensors to the parameters'
+    device and dtype."""
+    state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in plain["state"].items()}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": plain["param_groups"]})
+
+
+def json_safe(values: dict) -> dict:
+    """Keep only entries JSON can hold (a LambdaLR's functions are not saved by torch either)."""
+    safe = {}
+    for key, value in values.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        safe[key] = value
+    return safe

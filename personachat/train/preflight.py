@@ -8,6 +8,7 @@ without evaluation data: each is found here, in a second, with a message saying 
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def check_before_training(
     ``resume_from_checkpoint`` means (None: a fresh run, into an empty or overwritten
     output_dir)."""
     try:
-        resume = checkpoints.resolve_resume(resume_from_checkpoint, output_dir)
+        resume = checkpoints.resolve_resume(resume_from_checkpoint, output_dir, warn)
     except checkpoints.CheckpointError as err:
         raise TrainingError(str(err)) from err
     if resume is None:
@@ -36,6 +37,13 @@ def check_before_training(
             "eval_file=... (--eval-file), or set evaluate_during_training=False"
         )
     return resume
+
+
+def warn(line: str) -> None:
+    """A warning the user must see even with silent=True (a damaged checkpoint skipped), from
+    the main process only."""
+    if distributed.is_main_process():
+        print(line, file=sys.stderr)
 
 
 def check_output_dir(output_dir: str | Path, overwrite: bool) -> None:
