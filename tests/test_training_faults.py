@@ -5,20 +5,15 @@ unwritable best_model_dir, a signal during an evaluation, a full disk during a c
 
 from __future__ import annotations
 
-import errno
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from personachat import ConvAIModel
-from personachat.train import checkpoints
+from personachat.train import checkpoints, guard, loop
 from personachat.train.errors import TrainingError
 
 ARGS = {
@@ -75,3 +70,42 @@ def test_resume_with_every_checkpoint_damaged_is_one_error(tiny_checkpoint, dial
     (only / checkpoints.OPTIMIZER_FILE).write_bytes(b"\x00" * 16)
     with pytest.raises(TrainingError, match=r"no complete, resumable checkpoint.*1 damaged"):
         model_for(tiny_checkpoint, out).train_model(dialogs_file, resume_from_checkpoint=True)
+
+
+def test_weights_gone_nan_at_the_last_step_end_in_an_error_not_a_saved_model(
+    tiny_checkpoint, dialogs_file, tmp_path, monkeypatch
+):
+    # The loss of the last step is still finite, but its update ruined a weight: the run
+    # must not "finish" and write that model.
+    step = loop.optimizer_step
+
+    def ruin_the_last_update(run, i):
+        stats = step(run, i)
+        if run.state.global_step == 6:
+            with torch.no_grad():
+                next(run.model.parameters()).fill_(float("nan"))
+        return stats
+
+    monkeypatch.setattr(loop, "optimizer_step", ruin_the_last_update)
+    out = tmp_path / "out"
+    with pytest.raises(TrainingError) as caught:
+        model_for(tiny_checkpoint, out, save_steps=4).train_model(dialogs_file)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "became non-finite at step 6" in message
+    assert f"The last good checkpoint is {out / 'checkpoint-4'} (step 4)" in message
+    assert not (out / "model.safetensors").exists()
+
+
+def test_a_checkpoint_with_nan_weights_is_never_called_the_last_good_one(
+    tiny_checkpoint, dialogs_file, tmp_path, monkeypatch
+):
+    out = tmp_path / "out"
+    model_for(tiny_checkpoint, out).train_model(dialogs_file)
+    # checkpoint-6 as an older version wrote it from diverged weights.
+    path = out / "checkpoint-6" / "model.safetensors"
+    weights = load_file(str(path))
+    weights = {k: torch.full_like(v, float("nan")) for k, v in weights.items()}
+    save_file(weights, str(path))
+    run = SimpleNamespace(out=out)
+    assert guard.last_good_checkpoint(run) == out / "checkpoint-4"

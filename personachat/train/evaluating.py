@@ -8,7 +8,7 @@ at different steps would hang.
 
 from __future__ import annotations
 
-from personachat.train import distributed, optim
+from personachat.train import distributed, guard, optim
 from personachat.train.errors import TrainingError
 from personachat.train.outputs import draw_curves, rotate, save_model
 from personachat.train.state import Run
@@ -45,6 +45,7 @@ def evaluate_and_decide(run: Run) -> bool:
         state.best_step = state.global_step
         state.evals_without_improvement = 0
         if args.save_best_model and not args.no_save:
+            guard.check_weights(run, f"writing the best model to {args.best_model_dir}")
             save_model(run, args.best_model_dir)
         return False
     state.evals_without_improvement += 1

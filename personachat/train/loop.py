@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from personachat.args import ConvAIArgs
 from personachat.fs import write_file_atomic
 from personachat.model.device import autocast, to_device
-from personachat.train import checkpoints, distributed
+from personachat.train import distributed, guard
 from personachat.train.errors import TrainingError, TrainingInterrupted
 from personachat.train.evaluating import evaluate_now
 from personachat.train.outputs import (
@@ -238,21 +238,7 @@ def react_to_signal(run: Run, stop: StopOnSignal) -> None:
 def stop_non_finite(run: Run, what: str) -> None:
     """Stop on a NaN/inf before the optimizer step, so no checkpoint ever holds its damage."""
     draw_curves(run, final=True)  # the curves up to the last good step
-    state, last = run.state, run.last_checkpoint.path
-    kept = (
-        f"The last good checkpoint is {last} (step "
-        f"{(checkpoints.read_marker(last) or {}).get('global_step')}); resume "
-        "from it with a lower learning rate (--resume --set learning_rate=...; "
-        "resume_from_checkpoint=True in Python), or start again with one if the loss "
-        "was already climbing there."
-        if last
-        else "No checkpoint had been written yet."
-    )
-    raise TrainingError(
-        f"{what} at step {state.global_step + 1} (epoch {state.epoch + 1}); training stopped "
-        f"before that step changed any weight. Lower learning_rate (now "
-        f"{run.args.learning_rate}) or check the data. {kept}"
-    )
+    raise guard.diverged(run, what)
 
 
 @contextmanager
@@ -281,6 +267,7 @@ def finish(run: Run) -> tuple[int, dict]:
     state = run.state
     state.train_seconds = run.seconds()
     draw_curves(run, final=True)
+    guard.check_weights(run, "writing the final model")  # a diverged run never "finishes"
     if not run.args.no_save and run.ctx.is_main:
         save_model(run, run.out)
         write_file_atomic(

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from personachat.model.loading import save_pretrained_atomic
-from personachat.train import checkpoints, distributed, reporting
+from personachat.train import checkpoints, distributed, guard, reporting
 from personachat.train.errors import TrainingError
 from personachat.train.rng import capture_rng_state, restore_rng_state
 from personachat.train.state import Run, StepStats
@@ -33,6 +33,7 @@ def save_checkpoint(run: Run, name: str, resumable: bool | None = None) -> Path 
     args, state, last = run.args, run.state, run.last_checkpoint
     if args.no_save:
         return None
+    guard.check_weights(run, f"writing {name}")  # every rank: all stop together
     resumable = args.save_optimizer_and_scheduler if resumable is None else resumable
     rank_rng = distributed.gather_rng_states(run.ctx) if resumable else {}
     if not run.ctx.is_main:
