@@ -33,7 +33,7 @@ from personachat.model.loading import resolve_device
 from personachat.model.scratch import cached_scratch_checkpoint
 from personachat.serve.command import add_serve_arguments, run_serve
 from personachat.train import distributed
-from personachat.train.errors import TrainingInterrupted
+from personachat.train.errors import CheckpointWriteError, TrainingInterrupted
 from personachat.train.reporting import append_evaluation
 
 COMMANDS = {
@@ -247,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130 if err.signal_name == "SIGINT" else 143
+    except CheckpointWriteError as err:  # one line, with the command that goes on
+        again = f" Resume with: {resume_command(argv)}" if err.last else ""
+        print(f"personachat train: error: {err}{again}", file=sys.stderr)
+        return 2
     except PersonachatError as err:  # the user's to fix: one line says what and how
         print(f"personachat {options.command}: error: {err}", file=sys.stderr)
         return 2

@@ -5,6 +5,9 @@ unwritable best_model_dir, a signal during an evaluation, a full disk during a c
 
 from __future__ import annotations
 
+import errno
+import os
+import shlex
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from personachat import ConvAIModel
+from personachat import ConvAIModel, cli
 from personachat.train import checkpoints, guard, loop
 from personachat.train.errors import TrainingError
 
@@ -109,3 +112,32 @@ def test_a_checkpoint_with_nan_weights_is_never_called_the_last_good_one(
     save_file(weights, str(path))
     run = SimpleNamespace(out=out)
     assert guard.last_good_checkpoint(run) == out / "checkpoint-4"
+
+
+def test_a_full_disk_during_a_checkpoint_write_is_one_line_with_the_resume_command(
+    tiny_checkpoint, dialogs_file, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "out"
+    write = checkpoints.write_training_files
+
+    def disk_full_at_step_4(folder, optimizer, scheduler, scaler, training, *rest):
+        if training["global_step"] == 4:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / "optimizer"))
+        write(folder, optimizer, scheduler, scaler, training, *rest)
+
+    monkeypatch.setattr(checkpoints, "write_training_files", disk_full_at_step_4)
+    sets = [arg for key, value in ARGS.items() for arg in ("--set", f"{key}={value}")]
+    argv = ["train", "--model", str(tiny_checkpoint), "--train-file", str(dialogs_file)]
+    argv += ["--output-dir", str(out), "--device", "cpu", *sets]
+    assert cli.main(argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"personachat train: error: could not write checkpoint {out}/")
+    assert "checkpoint-4 at step 4 (No space left on device)" in line
+    assert f"the last complete checkpoint {out / 'checkpoint-2'}" in line
+    command = line.split("Resume with: ", 1)[1]
+    words = shlex.split(command)
+    assert words[0] == "personachat" and words[-1] == "--resume"
+
+    monkeypatch.setattr(checkpoints, "write_training_files", write)
+    assert cli.main(words[1:]) == 0  # the printed command, run as is, goes on from step 2
+    assert checkpoints.latest_checkpoint(out) == out / "checkpoint-6"

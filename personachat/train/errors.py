@@ -26,3 +26,21 @@ class TrainingInterrupted(TrainingError):
             "train_model(..., resume_from_checkpoint=True) or "
             "`personachat train ... --resume`."
         )
+
+
+class CheckpointWriteError(TrainingError):
+    """A checkpoint could not be written (a full disk, say); ``last`` is the newest complete
+    checkpoint, which the failed write left intact (None: none was written yet)."""
+
+    def __init__(self, path: Path, step: int, err: OSError, last: Path | None) -> None:
+        self.path, self.step, self.last = path, step, last
+        then = (
+            f"then resume from the last complete checkpoint {last} (resume_from_checkpoint="
+            "True; --resume)"
+            if last
+            else "then start again: no complete checkpoint had been written yet"
+        )
+        super().__init__(
+            f"could not write checkpoint {path} at step {step} "
+            f"({err.strerror or err}); free disk space or choose another output_dir, {then}."
+        )

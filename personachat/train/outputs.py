@@ -10,7 +10,7 @@ from pathlib import Path
 
 from personachat.model.loading import save_pretrained_atomic
 from personachat.train import checkpoints, distributed, guard, reporting
-from personachat.train.errors import TrainingError
+from personachat.train.errors import CheckpointWriteError
 from personachat.train.rng import capture_rng_state, restore_rng_state
 from personachat.train.state import Run, StepStats
 
@@ -57,11 +57,7 @@ def save_checkpoint(run: Run, name: str, resumable: bool | None = None) -> Path 
             rank_rng,
         )
     except OSError as err:
-        raise TrainingError(
-            f"could not write checkpoint {path} at step {state.global_step} ({err}); free "
-            f"disk space or choose another output_dir. The last complete checkpoint "
-            f"({last.path or 'none written yet'}) is intact."
-        ) from err
+        raise CheckpointWriteError(path, state.global_step, err, last.path) from err
     last.path, last.at, last.resumable = path, state.position(), resumable
     rotate(run)
     return path
