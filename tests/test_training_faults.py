@@ -8,6 +8,9 @@ from __future__ import annotations
 import errno
 import os
 import shlex
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -141,3 +144,48 @@ def test_a_full_disk_during_a_checkpoint_write_is_one_line_with_the_resume_comma
     monkeypatch.setattr(checkpoints, "write_training_files", write)
     assert cli.main(words[1:]) == 0  # the printed command, run as is, goes on from step 2
     assert checkpoints.latest_checkpoint(out) == out / "checkpoint-6"
+
+
+def train_process(model_dir: Path, data: Path, out: Path, *extra: str, pause: float = 0):
+    """``personachat train`` in a subprocess; every checkpoint save sleeps ``pause`` seconds
+    half-way (the test hook), so the test can act while it runs."""
+    sets = [arg for key, value in ARGS.items() for arg in ("--set", f"{key}={value}")]
+    command = [sys.executable, "-m", "personachat.cli", "train", "--model", str(model_dir)]
+    command += ["--train-file", str(data), "--output-dir", str(out), "--device", "cpu"]
+    return subprocess.Popen(
+        [*command, *sets, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, checkpoints.SAVE_PAUSE_ENV: str(pause)},
+    )
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"training ended first:\n{proc.stderr.read()}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_second_run_on_the_same_folder_is_refused_until_the_first_is_killed(
+    tiny_checkpoint, dialogs_file, tmp_path
+):
+    out = tmp_path / "out"
+    first = train_process(tiny_checkpoint, dialogs_file, out, pause=30)
+    wait_for(lambda: any(out.glob(".checkpoint-2.tmp-*/model.safetensors")), first)
+
+    second = train_process(tiny_checkpoint, dialogs_file, out, "--overwrite-output-dir")
+    _, stderr = second.communicate(timeout=120)
+    assert second.returncode == 2
+    assert stderr.strip() == (
+        f"personachat train: error: output_dir {out} is in use by another training run "
+        f"(process {first.pid}, holding .personachat.lock); wait for it to end or stop it, "
+        "or choose another output_dir. Nothing was changed."
+    )
+
+    first.kill()  # the kernel drops the lock with the process
+    first.communicate()
+    model = model_for(tiny_checkpoint, out, overwrite_output_dir=True)
+    assert model.train_model(dialogs_file)[0] == 6

@@ -34,6 +34,7 @@ from personachat.model.device import autocast, to_device
 from personachat.train import distributed, guard
 from personachat.train.errors import TrainingError, TrainingInterrupted
 from personachat.train.evaluating import evaluate_now
+from personachat.train.lock import unlock_output_dir
 from personachat.train.outputs import (
     draw_curves,
     log_step,
@@ -78,6 +79,7 @@ def train(
         return run_training(run, resume_from)
     finally:
         distributed.teardown(ctx)
+        unlock_output_dir(output_dir)  # taken by preflight (check_before_training)
 
 
 def run_training(run: Run, resume_from: str | Path | None) -> tuple[int, dict]:

@@ -16,6 +16,7 @@ from personachat.args import ArgsError, ConvAIArgs
 from personachat.fs import UnwritableFolderError, check_writable_folder
 from personachat.train import checkpoints, distributed
 from personachat.train.errors import TrainingError
+from personachat.train.lock import lock_output_dir
 
 
 def check_before_training(
@@ -28,6 +29,9 @@ def check_before_training(
         resume = checkpoints.resolve_resume(resume_from_checkpoint, output_dir, warn)
     except checkpoints.CheckpointError as err:
         raise TrainingError(str(err)) from err
+    if not args.no_save and distributed.is_main_process():
+        check_output_writable(output_dir)
+        lock_output_dir(output_dir)  # before anything looks at what is in the folder
     if resume is None:
         check_output_dir(output_dir, args.overwrite_output_dir)
     preflight(output_dir, model, args)

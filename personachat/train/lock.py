@@ -1,0 +1,61 @@
+"""One training run per output folder: ``OUTPUT_DIR/.personachat.lock``, held with
+``fcntl.flock`` (non-blocking) from the preflight checks to the end of training.
+
+Two runs on one folder would delete each other's checkpoints (a fresh run clears an
+overwritten folder's) and interleave their saves; the second is refused at once, naming the
+process that holds the folder. The kernel releases a flock when its process ends, however it
+ends (SIGKILL included), so a lock never outlives its run: the file may stay, the lock does
+not. Under torchrun only the main process takes it (the others write nothing there).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+from personachat.train.errors import TrainingError
+
+LOCK_FILE = ".personachat.lock"
+
+# Folders whose lock this process holds (resolved path -> open file descriptor): a process
+# that trains twice on one folder takes its own lock again rather than refusing itself.
+_held: dict[Path, int] = {}
+
+
+def lock_output_dir(output_dir: str | os.PathLike) -> Path:
+    """Take the lock of ``output_dir`` (created if needed) for this process, or raise
+    TrainingError naming the folder and the process that holds it. Returns the lock file."""
+    folder = Path(output_dir).resolve()
+    path = folder / LOCK_FILE
+    if folder in _held:
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        raise TrainingError(
+            f"output_dir {folder} is in use by another training run (process {holder}, "
+            f"holding {LOCK_FILE}); wait for it to end or stop it, or choose another "
+            "output_dir. Nothing was changed."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[folder] = fd
+    return path
+
+
+def unlock_output_dir(output_dir: str | os.PathLike) -> None:
+    """Release this process's lock of ``output_dir`` (nothing if it holds none). The file
+    stays: removing it could race with a run that has just opened it."""
+    fd = _held.pop(Path(output_dir).resolve(), None)
+    if fd is not None:
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
