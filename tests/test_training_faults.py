@@ -189,3 +189,21 @@ def test_a_second_run_on_the_same_folder_is_refused_until_the_first_is_killed(
     first.communicate()
     model = model_for(tiny_checkpoint, out, overwrite_output_dir=True)
     assert model.train_model(dialogs_file)[0] == 6
+
+
+def test_an_unwritable_best_model_dir_fails_before_any_data_is_read(
+    tiny_checkpoint, dialogs_file, tmp_path, monkeypatch
+):
+    blocker = tmp_path / "a-file"  # no one can create a folder under a regular file
+    blocker.write_text("not a folder")
+    model = model_for(
+        tiny_checkpoint,
+        tmp_path / "out",
+        evaluate_during_training=True,
+        best_model_dir=str(blocker / "best"),
+    )
+    monkeypatch.setattr(ConvAIModel, "_load", lambda *a: pytest.fail("data was read"))
+    with pytest.raises(TrainingError) as caught:
+        model.train_model(dialogs_file, eval_file=dialogs_file)
+    assert str(caught.value).startswith(f"best_model_dir '{blocker / 'best'}' is not writable")
+    assert "save_best_model=False" in str(caught.value)

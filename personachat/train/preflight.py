@@ -74,6 +74,7 @@ def preflight(
     if not distributed.is_main_process():
         return
     check_output_writable(output_dir)
+    check_other_folders(args)
     if not args.no_save:
         needed = checkpoint_bytes(model, args.save_optimizer_and_scheduler)
         available = (free or free_bytes)(output_dir)
@@ -109,3 +110,18 @@ def check_output_writable(output_dir: str | Path) -> None:
         check_writable_folder(output_dir, "output_dir", " (--output-dir). Nothing was trained.")
     except UnwritableFolderError as err:
         raise TrainingError(str(err)) from err
+
+
+def check_other_folders(args: ConvAIArgs) -> None:
+    """The other folders the run will write, checked like output_dir: best_model_dir (where
+    the best model is saved at an evaluation, possibly hours in) and tensorboard_dir."""
+    folders = []
+    if args.save_best_model and args.evaluate_during_training and not args.no_save:
+        folders.append((args.best_model_dir, "best_model_dir", " (or set save_best_model=False)"))
+    if args.tensorboard_dir:
+        folders.append((args.tensorboard_dir, "tensorboard_dir", ""))
+    for folder, option, fix in folders:
+        try:
+            check_writable_folder(folder, option, f"{fix}. Nothing was trained.")
+        except UnwritableFolderError as err:
+            raise TrainingError(str(err)) from err
