@@ -6,8 +6,10 @@ unwritable best_model_dir, a signal during an evaluation, a full disk during a c
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -20,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from personachat import ConvAIModel, cli
 from personachat.train import checkpoints, guard, loop
-from personachat.train.errors import TrainingError
+from personachat.train.errors import TrainingError, TrainingInterrupted
 
 ARGS = {
     "train_batch_size": 4,
@@ -207,3 +209,62 @@ def test_an_unwritable_best_model_dir_fails_before_any_data_is_read(
         model.train_model(dialogs_file, eval_file=dialogs_file)
     assert str(caught.value).startswith(f"best_model_dir '{blocker / 'best'}' is not writable")
     assert "save_best_model=False" in str(caught.value)
+
+
+def test_sigterm_during_an_evaluation_stops_it_at_the_next_batch_then_checkpoints(
+    tiny_checkpoint, dialogs_file, tmp_path, monkeypatch
+):
+    from personachat.evaluation import evaluate
+
+    seen = []
+    sums = evaluate.evaluation_sums
+
+    def sigterm_at_the_first_batch(model, batches, *args, **kwargs):
+        def counted():
+            for batch in batches:
+                seen.append(batch)
+                if len(seen) == 1:
+                    signal.raise_signal(signal.SIGTERM)
+                yield batch
+
+        return sums(model, counted(), *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluation_sums", sigterm_at_the_first_batch)
+    out = tmp_path / "out"
+    model = model_for(
+        tiny_checkpoint,
+        out,
+        evaluate_during_training=True,
+        evaluate_during_training_steps=2,
+        eval_batch_size=1,
+        save_best_model=False,
+    )
+    with pytest.raises(TrainingInterrupted) as stopped:
+        model.train_model(dialogs_file, eval_file=dialogs_file)
+    assert len(seen) == 1  # of 12 batches: the rest were never evaluated
+    assert stopped.value.signal_name == "SIGTERM" and stopped.value.step == 2
+    assert checkpoints.latest_checkpoint(out) == out / "checkpoint-2"
+    state = json.loads((out / "checkpoint-2" / checkpoints.STATE_FILE).read_text())
+    assert "eval_global_step" not in state["training"]["history"]  # nothing half-recorded
+
+
+def test_a_second_sigterm_stops_at_once_saying_what_was_saved(
+    tiny_checkpoint, dialogs_file, tmp_path
+):
+    out = tmp_path / "out"
+    proc = train_process(tiny_checkpoint, dialogs_file, out, pause=30)
+    # checkpoint-2 is complete; checkpoint-4 is being written (30 s pause in the save).
+    wait_for(lambda: any(out.glob(".checkpoint-4.tmp-*/model.safetensors")), proc)
+    proc.send_signal(signal.SIGTERM)  # a stop request: the save goes on
+    time.sleep(0.5)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)  # stop at once
+    _, stderr = proc.communicate(timeout=60)
+    assert time.monotonic() - started < 20  # not after the 30 s save
+    assert proc.returncode == -signal.SIGTERM
+    assert stderr.strip().splitlines()[-1] == (
+        f"SIGTERM again: stopping at once without a checkpoint. Saved: {out / 'checkpoint-2'} "
+        "(step 2), which --resume (resume_from_checkpoint=True) goes on from. Not saved: the "
+        "training after step 2 (now at step 4)."
+    )
+    assert checkpoints.resolve_resume(True, out) == out / "checkpoint-2"

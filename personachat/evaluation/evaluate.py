@@ -30,7 +30,9 @@ from personachat.evaluation.persona import (
 from personachat.evaluation.replies import decoding_label, generation_f1, repetition_rate
 from personachat.model.device import autocast_dtype
 from personachat.train import distributed
+from personachat.train.errors import EvaluationInterrupted
 from personachat.train.setup import resolve_eval_batch_size
+from personachat.train.state import stop_requested
 
 
 def evaluation_losses(
@@ -59,7 +61,7 @@ def evaluation_losses(
     )
     sums = evaluation_sums(
         model,
-        loader,
+        StopBetweenBatches(loader, ctx, device, len(dataset) // ctx.world_size, batch_size),
         args.lm_coef,
         args.mc_coef,
         device,
@@ -71,6 +73,29 @@ def evaluation_losses(
     words = reply_word_count(dialogs, dataset.index)
     results = metrics_from_sums(sums, args.lm_coef, args.mc_coef, words)
     return results, results.pop("_labels"), results.pop("_preds")
+
+
+class StopBetweenBatches:
+    """The loader's batches, until a signal asks the training in progress to stop
+    (``stop_requested``): then EvaluationInterrupted at the next batch instead of waiting
+    for the whole evaluation. Under torchrun the processes agree on it at each batch they
+    all have (``least`` examples each, in batches of ``batch_size``), so all stop together."""
+
+    def __init__(self, loader, ctx, device: torch.device, least: int, batch_size: int) -> None:
+        self.loader, self.ctx, self.device = loader, ctx, device
+        self.shared = -(-least // batch_size)  # batches every process has
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            stop = stop_requested()
+            if self.ctx.enabled:
+                stop = i < self.shared and distributed.broadcast_flag(stop, self.ctx, self.device)
+            if stop:
+                raise EvaluationInterrupted("evaluation interrupted by a signal")
+            yield batch
 
 
 def reply_metrics(
@@ -88,6 +113,8 @@ def reply_metrics(
     """The figures that need replies (``reply``, decoding with options ``decoding``):
     persona figures when the dialogs have probes, generation F1 and repetition on request.
     ``index``, ``labels`` and ``preds``: the examples' index and multiple-choice results."""
+    if stop_requested() and not distributed.joined_context().enabled:
+        raise EvaluationInterrupted("evaluation interrupted by a signal")
     results = {}
     if probe_items(dialogs):
         results["persona_hits@1"] = persona_hits_at_1(dialogs, index, labels, preds)

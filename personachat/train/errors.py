@@ -44,3 +44,8 @@ class CheckpointWriteError(TrainingError):
             f"could not write checkpoint {path} at step {step} "
             f"({err.strerror or err}); free disk space or choose another output_dir, {then}."
         )
+
+
+class EvaluationInterrupted(TrainingError):
+    """A signal stopped an evaluation during training at a batch boundary; its results are
+    not recorded, and training stops with a checkpoint as at any other step."""

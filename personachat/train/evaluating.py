@@ -9,7 +9,7 @@ at different steps would hang.
 from __future__ import annotations
 
 from personachat.train import distributed, guard, optim
-from personachat.train.errors import TrainingError
+from personachat.train.errors import EvaluationInterrupted, TrainingError
 from personachat.train.outputs import draw_curves, rotate, save_model
 from personachat.train.state import Run
 
@@ -17,7 +17,16 @@ from personachat.train.state import Run
 def evaluate_now(run: Run) -> bool:
     """Evaluate at this step; True if early stopping ends training here."""
     best_before = run.state.best_step
-    stop = evaluate_and_decide(run)
+    try:
+        stop = evaluate_and_decide(run)
+    except EvaluationInterrupted:
+        run.model.train()
+        if run.announce:
+            print(
+                f"The evaluation at step {run.state.global_step} was interrupted; its results "
+                "are not recorded."
+            )
+        return False  # the loop checkpoints and stops at its next signal check
     stop = distributed.broadcast_flag(stop, run.ctx, run.device)
     run.state.stopped_early = stop
     if run.state.best_step != best_before:

@@ -23,6 +23,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 from personachat.args import ConvAIArgs
 from personachat.fs import write_file_atomic
 from personachat.model.device import autocast, to_device
-from personachat.train import distributed, guard
+from personachat.train import checkpoints, distributed, guard
 from personachat.train.errors import TrainingError, TrainingInterrupted
 from personachat.train.evaluating import evaluate_now
 from personachat.train.lock import unlock_output_dir
@@ -96,7 +97,8 @@ def run_training(run: Run, resume_from: str | Path | None) -> tuple[int, dict]:
     if resume_from is None:
         write_samples(run, "Before training (step 0)", fresh=True)
     run.started = time.perf_counter() - run.state.train_seconds
-    with StopOnSignal(announce=run.announce) as stop, failures_explained(run):
+    stopper = StopOnSignal(announce=run.announce, saved=partial(saved_so_far, run))
+    with stopper as stop, failures_explained(run):
         while run.state.epoch < args.num_train_epochs and not run.state.stopped_early:
             train_epoch(run, stop)
             if not run.state.stopped_early:
@@ -235,6 +237,18 @@ def react_to_signal(run: Run, stop: StopOnSignal) -> None:
         run.bar.close()  # cleared (leave=False), so the message that follows reads well
     distributed.barrier(run.ctx)
     raise TrainingInterrupted(stop.requested or "SIGTERM", run.state.global_step, path)
+
+
+def saved_so_far(run: Run) -> str:
+    """What a run stopped at once has saved, and what it has not (the second signal's line)."""
+    last, step = run.last_checkpoint, run.state.global_step
+    if run.args.no_save or last.path is None:
+        return f"Nothing of this run is saved (no checkpoint written; step {step} reached)."
+    at = last.at[0] if last.at else (checkpoints.read_marker(last.path) or {}).get("global_step")
+    return (
+        f"Saved: {last.path} (step {at}), which --resume (resume_from_checkpoint=True) goes "
+        f"on from. Not saved: the training after step {at} (now at step {step})."
+    )
 
 
 def stop_non_finite(run: Run, what: str) -> None:

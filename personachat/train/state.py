@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -133,37 +135,63 @@ class SkipBatches(torch.utils.data.Sampler[list[int]]):
 
 
 class StopOnSignal:
-    """Turn the first SIGINT/SIGTERM into a request to stop at the next step boundary.
+    """Turn the first SIGINT/SIGTERM into a request to stop at the next step boundary (or at
+    the next batch of an evaluation: ``stop_requested``).
 
-    A second signal gets the default behaviour (Ctrl-C twice stops at once). Signal handlers
-    can only be set from the main thread; elsewhere this does nothing.
+    A second signal stops at once, after one line on stderr saying what was saved and what
+    was not (``saved()`` gives it). Signal handlers can only be set from the main thread;
+    elsewhere this does nothing.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, announce: bool = True) -> None:
+    def __init__(self, announce: bool = True, saved: Callable[[], str] | None = None) -> None:
         self.requested: str | None = None
         self.announce = announce
+        self.saved = saved
         self._previous: dict = {}
 
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            _active.append(self)
         return self
 
     def _handle(self, signum, frame) -> None:
         self.requested = signal.Signals(signum).name
-        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+        signal.signal(signum, self._stop_now)
         if self.announce:  # tqdm.write: printed above the progress bar, not into it
             tqdm.write(
-                f"{self.requested}: finishing this step and writing a checkpoint "
-                "(send it again to stop at once) ..."
+                f"{self.requested}: finishing this step (or evaluation batch) and writing a "
+                "checkpoint (send it again to stop at once) ..."
             )
+
+    def _stop_now(self, signum, frame) -> None:
+        """The second signal: say what is saved, then end the process by that signal."""
+        name = signal.Signals(signum).name
+        if self.announce or self.saved is not None:
+            what = self.saved() if self.saved is not None else "see output_dir"
+            sys.stderr.write(f"\n{name} again: stopping at once without a checkpoint. {what}\n")
+            sys.stderr.flush()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self in _active:
+            _active.remove(self)
+
+
+# The StopOnSignal of the training in progress (innermost last): what evaluations check.
+_active: list[StopOnSignal] = []
+
+
+def stop_requested() -> bool:
+    """Whether a signal asked the training in progress to stop (evaluations check it between
+    batches, so that a stop never waits for a whole evaluation)."""
+    return bool(_active) and _active[-1].requested is not None
 
 
 @dataclass
