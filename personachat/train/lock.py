@@ -10,6 +10,7 @@ not. Under torchrun only the main process takes it (the others write nothing the
 
 from __future__ import annotations
 
+import atexit
 import errno
 import fcntl
 import os
@@ -19,9 +20,10 @@ from personachat.train.errors import TrainingError
 
 LOCK_FILE = ".personachat.lock"
 
-# Folders whose lock this process holds (resolved path -> open file descriptor): a process
-# that trains twice on one folder takes its own lock again rather than refusing itself.
-_held: dict[Path, int] = {}
+# Folders whose lock this process holds (resolved path -> open file descriptor, and the
+# folders created for it): a process that trains twice on one folder takes its own lock
+# again rather than refusing itself.
+_held: dict[Path, tuple[int, list[Path]]] = {}
 
 
 def lock_output_dir(output_dir: str | os.PathLike) -> Path:
@@ -31,6 +33,7 @@ def lock_output_dir(output_dir: str | os.PathLike) -> Path:
     path = folder / LOCK_FILE
     if folder in _held:
         return path
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -47,15 +50,30 @@ def lock_output_dir(output_dir: str | os.PathLike) -> Path:
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    _held[folder] = fd
+    _held[folder] = (fd, created)
     return path
 
 
 def unlock_output_dir(output_dir: str | os.PathLike) -> None:
     """Release this process's lock of ``output_dir`` (nothing if it holds none). The file
     stays: removing it could race with a run that has just opened it."""
-    fd = _held.pop(Path(output_dir).resolve(), None)
-    if fd is not None:
-        os.ftruncate(fd, 0)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    held = _held.pop(Path(output_dir).resolve(), None)
+    if held is not None:
+        os.ftruncate(held[0], 0)
+        fcntl.flock(held[0], fcntl.LOCK_UN)
+        os.close(held[0])
+
+
+@atexit.register
+def _clean_up_unused() -> None:
+    """At exit, a lock still held belongs to a run that failed before training (on its data,
+    say): the folders created for it go again, so such a run leaves nothing behind."""
+    for folder, (_fd, created) in list(_held.items()):
+        unlock_output_dir(folder)
+        if created:
+            (folder / LOCK_FILE).unlink(missing_ok=True)
+        for made in created:  # deepest first; stops at one that is not empty
+            try:
+                made.rmdir()
+            except OSError:
+                break
