@@ -9,8 +9,6 @@ re-sampled, so decoding can never loop.
 
 from __future__ import annotations
 
-import copy
-import weakref
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -26,6 +24,7 @@ from personachat.encoding.inputs import (
 )
 from personachat.errors import PersonachatError
 from personachat.generation.decoders import make_decoder
+from personachat.generation.precision import bf16_copy
 from personachat.generation.prefix_cache import PrefixCache
 from personachat.model.families import lm_head
 from personachat.model.loading import context_size
@@ -196,26 +195,6 @@ def generate_replies(
         positions = positions[:, -1:] + 1
         hidden = decoder.step(next_ids, torch.full_like(next_ids, special.reply_type), positions)
     return replies
-
-
-_BF16_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def bf16_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A bf16 copy of ``model`` for decoding (``cpu_bf16``), kept while its weights stay the
-    same: made again after an optimizer step or a loaded state dict changes them.
-
-    Why a copy and not autocast: under ``inference_mode`` autocast does not cache its casts,
-    so every decoding step would convert every weight matrix to bf16 again (measured 5x
-    slower than fp32 on SmolLM2); the copy converts them once.
-    """
-    weights = tuple((p.data_ptr(), p._version) for p in model.parameters())
-    kept = _BF16_COPIES.get(model)
-    if kept is None or kept[0] != weights:
-        with torch.inference_mode(False), torch.no_grad():  # normal tensors: versions tracked
-            kept = (weights, copy.deepcopy(model).to(torch.bfloat16).eval())
-        _BF16_COPIES[model] = kept
-    return kept[1]
 
 
 def text_streamer(
