@@ -40,6 +40,7 @@ from personachat.model.lora import merged_after_training, with_lora
 from personachat.repl import run_repl
 from personachat.train import distributed
 from personachat.train.distributed import is_main_process
+from personachat.train.lock import abandoned_on_error
 from personachat.train.loop import train
 from personachat.train.preflight import check_before_training
 from personachat.train.reporting import (
@@ -153,46 +154,47 @@ class ConvAIModel:
             output_dir, resume_from_checkpoint, self.model, self.args, eval_file
         )
 
-        dialogs = self._load(train_file, "train", self.args.max_train_examples)
-        with distributed.main_process_first():  # torchrun: one rank tokenizes, all read
-            dataset = self._dataset(dialogs, str(train_file or "Persona-Chat train"))
-        eval_dialogs = evaluate = None
-        if eval_file is not None:  # every process evaluates (its share under torchrun)
-            eval_dialogs = self._load(eval_file, "valid", self.args.max_eval_examples)
-            silent = self.args.evaluate_during_training_silent
-            evaluate = partial(self._evaluate, eval_dialogs, str(eval_file), silent, shard=True)
-        self._personas = personalities(dialogs)[:MAX_SAVED_PERSONAS]
-        probe_dialogs = (
-            self._load(samples_file, "valid", None) if samples_file else eval_dialogs or dialogs
-        )
-        samples = self._samples_writer(output_dir, probe_dialogs)
-        global_step, details = train_reported(
-            partial(
-                train,
-                self.model,
-                self.tokenizer,
-                dataset,
+        with abandoned_on_error(output_dir):  # bad data: the folder and its lock go
+            dialogs = self._load(train_file, "train", self.args.max_train_examples)
+            with distributed.main_process_first():  # torchrun: one rank tokenizes, all read
+                dataset = self._dataset(dialogs, str(train_file or "Persona-Chat train"))
+            eval_dialogs = evaluate = None
+            if eval_file is not None:  # every process evaluates (its share under torchrun)
+                eval_dialogs = self._load(eval_file, "valid", self.args.max_eval_examples)
+                silent = self.args.evaluate_during_training_silent
+                evaluate = partial(self._evaluate, eval_dialogs, str(eval_file), silent, shard=True)
+            self._personas = personalities(dialogs)[:MAX_SAVED_PERSONAS]
+            probe_dialogs = (
+                self._load(samples_file, "valid", None) if samples_file else eval_dialogs or dialogs
+            )
+            samples = self._samples_writer(output_dir, probe_dialogs)
+            global_step, details = train_reported(
+                partial(
+                    train,
+                    self.model,
+                    self.tokenizer,
+                    dataset,
+                    self.args,
+                    self.device,
+                    output_dir,
+                    evaluate=evaluate,
+                    show_running_loss=show_running_loss,
+                    save_extra={PERSONAS_FILE: json.dumps(self._personas, ensure_ascii=False)},
+                    resume_from=resume,
+                    on_epoch_end=samples,
+                ),
+                output_dir,
                 self.args,
                 self.device,
-                output_dir,
-                evaluate=evaluate,
-                show_running_loss=show_running_loss,
-                save_extra={PERSONAS_FILE: json.dumps(self._personas, ensure_ascii=False)},
-                resume_from=resume,
-                on_epoch_end=samples,
-            ),
-            output_dir,
-            self.args,
-            self.device,
-            data={
-                "train file": str(train_file or "Persona-Chat train"),
-                "train dialogs": len(dialogs),
-                "train examples (utterances)": len(dataset),
-                "eval file during training": str(eval_file) if eval_file else "none",
-                "resumed from": str(resume) if resume else "no (fresh run)",
-            },
-            write=not self.args.no_save and is_main_process(),
-        )
+                data={
+                    "train file": str(train_file or "Persona-Chat train"),
+                    "train dialogs": len(dialogs),
+                    "train examples (utterances)": len(dataset),
+                    "eval file during training": str(eval_file) if eval_file else "none",
+                    "resumed from": str(resume) if resume else "no (fresh run)",
+                },
+                write=not self.args.no_save and is_main_process(),
+            )
         self.model = merged_after_training(self.model, self.args)
         if verbose and not self.args.silent:
             print(f"Training of {self.args.model_type} model complete. Saved to {output_dir}.")

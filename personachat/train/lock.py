@@ -14,6 +14,8 @@ import atexit
 import errno
 import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from personachat.train.errors import TrainingError
@@ -64,16 +66,34 @@ def unlock_output_dir(output_dir: str | os.PathLike) -> None:
         os.close(held[0])
 
 
+def abandon_output_dir(output_dir: str | os.PathLike) -> None:
+    """Release the lock of a run that failed (on its data, say) and remove the folders created
+    for it while they are empty, so such a run leaves nothing behind."""
+    folder = Path(output_dir).resolve()
+    created = _held.get(folder, (None, []))[1]
+    unlock_output_dir(folder)
+    if created:
+        (folder / LOCK_FILE).unlink(missing_ok=True)
+    for made in created:  # deepest first; stops at one that is not empty
+        try:
+            made.rmdir()
+        except OSError:
+            break
+
+
+@contextmanager
+def abandoned_on_error(output_dir: str | os.PathLike) -> Iterator[None]:
+    """Within: an exception gives the lock back at once (``abandon_output_dir``): a Python
+    user who fixes the data and trains again in the same process is not refused."""
+    try:
+        yield
+    except BaseException:
+        abandon_output_dir(output_dir)
+        raise
+
+
 @atexit.register
 def _clean_up_unused() -> None:
-    """At exit, a lock still held belongs to a run that failed before training (on its data,
-    say): the folders created for it go again, so such a run leaves nothing behind."""
-    for folder, (_fd, created) in list(_held.items()):
-        unlock_output_dir(folder)
-        if created:
-            (folder / LOCK_FILE).unlink(missing_ok=True)
-        for made in created:  # deepest first; stops at one that is not empty
-            try:
-                made.rmdir()
-            except OSError:
-                break
+    """At exit, a lock still held belongs to a run that failed before training."""
+    for folder in list(_held):
+        abandon_output_dir(folder)
