@@ -138,7 +138,7 @@ def test_repl_in_a_real_subprocess(tiny_checkpoint, tmp_path):
     script = (
         "from personachat import ConvAIModel\n"
         f"model = ConvAIModel('gpt2', {str(tiny_checkpoint)!r}, use_cuda=False,"
-        " args={'max_length': 5})\n"
+        " args={'max_length': 5, 'do_sample': False})\n"
         f"model.interact(personality={PERSONA!r})\n"
     )
     done = subprocess.run(
