@@ -1,0 +1,263 @@
+"""``personachat export MODEL OUT``: a plain ``*ForCausalLM`` folder any engine serves.
+
+A personachat model folder holds more than standard engines expect: GPT-2's weights are a
+``GPT2DoubleHeadsModel``, other families carry the multiple-choice head inside
+``model.safetensors``, and a LoRA model in memory is a peft wrapper. The export is the
+language model alone (GPT-2 → ``GPT2LMHeadModel``, others their own ``*ForCausalLM``; LoRA
+merged; personachat's config keys dropped), with the tokenizer and its chat template,
+``generation_config.json`` and a model card (``conventions``), written atomically. Decoded
+greedily with ``apply_chat_template`` + ``generate`` it gives personachat's greedy reply.
+
+A model trained with token types (``token_types: embed``, GPT-2's TransferTransfo default)
+adds a speaker embedding to every input position. No standard engine passes token types, so
+such a model cannot be exported exactly: the export refuses (``--allow-inexact`` exports it
+anyway and says what is lost). ``--gguf`` adds a llama.cpp file (``gguf_export``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from personachat.args import ConvAIArgs
+from personachat.config import RUN_OPTIONS
+from personachat.errors import PersonachatError
+from personachat.fs import write_folder_atomic
+from personachat.model.conventions import (
+    chat_template_for_saving,
+    include_files,
+    input_format,
+    write_conventions,
+)
+from personachat.model.families import (
+    HEAD_PREFIX,
+    TOKEN_TYPES_KEY,
+    causal_lm,
+    is_double_heads,
+    uses_token_types,
+)
+from personachat.model.loading import (
+    load_model_and_tokenizer,
+    make_input_format,
+    resolve_input_format,
+    unwrap,
+)
+from personachat.model.lora import merged
+
+LM_CLASSES = {"gpt2": "GPT2LMHeadModel", "openai-gpt": "OpenAIGPTLMHeadModel"}
+PERSONACHAT_CONFIG_KEYS = (TOKEN_TYPES_KEY, "scratch")
+REPORT_COMPANIONS = ("training_curves.png", "samples.md")
+TOKEN_TYPES_LOSS = (
+    "exported inexactly: the speaker embeddings (token types) this model adds to every input "
+    "position are dropped, so the exported model's replies differ from personachat's"
+)
+
+
+class ExportError(PersonachatError, ValueError):
+    """The model cannot be exported as asked; the message says why and what to do."""
+
+
+def token_types_refusal(name: str) -> str:
+    """Why a model trained with token types is not exported, and how to train one that is."""
+    return (
+        f"{name} was trained with token types (token_types: embed, GPT-2's TransferTransfo "
+        "default): every input position also gets the embedding of its speaker token. "
+        "Standard engines (transformers' generate with a chat template, vLLM, TGI, llama.cpp) "
+        "never pass token_type_ids, so the exported model would see different inputs and "
+        "give different replies than personachat. Train a model that exports exactly with "
+        "`--set token_types=none` (the speaker tokens stay in the text; no extra embedding) "
+        "or `--set input_format=chat_template` (a model whose tokenizer has a chat "
+        "template), or pass --allow-inexact to export this one without its token types."
+    )
+
+
+def plain_causal_lm(model) -> torch.nn.Module:
+    """The language model alone, on the CPU: GPT-2 / OpenAI GPT double heads as their
+    ``*LMHeadModel``, other families without ``multiple_choice_head``; LoRA merged. The
+    model passed in is left as it was."""
+    import transformers
+
+    lora = hasattr(unwrap(model), "merge_and_unload")
+    lm = causal_lm(merged(unwrap(model)))  # a merged copy for LoRA, else the model itself
+    config = copy.deepcopy(lm.config)
+    for key in PERSONACHAT_CONFIG_KEYS:
+        if hasattr(config, key):
+            delattr(config, key)
+    if is_double_heads(lm):
+        plain = getattr(transformers, LM_CLASSES[config.model_type])(config)
+        state = {k: v for k, v in lm.state_dict().items() if not k.startswith(HEAD_PREFIX)}
+        plain.load_state_dict(state, strict=True)
+        plain.to(next(lm.parameters()).dtype)
+    else:
+        plain = lm if lora else copy.deepcopy(lm)
+        if hasattr(plain, "multiple_choice_head"):
+            del plain.multiple_choice_head
+        plain.config = config
+    return plain.to("cpu").eval()
+
+
+def export_model(
+    model,
+    tokenizer,
+    args: ConvAIArgs,
+    out: str | os.PathLike,
+    *,
+    gguf: bool = False,
+    gguf_half: bool = False,
+    overwrite: bool = False,
+    allow_inexact: bool = False,
+    source: str | os.PathLike | None = None,
+) -> tuple[Path, list[str]]:
+    """Write the plain folder of a loaded model (``ConvAIModel``'s ``model``, ``tokenizer``
+    and ``args``) to ``out``; ``source``: the folder whose report and evaluation results the
+    card shows. Returns the folder and the notes about what was lost (empty when exact)."""
+    out = Path(out)
+    check_target(out, overwrite)
+    notes = []
+    if uses_token_types(model):
+        if not allow_inexact:
+            raise ExportError(token_types_refusal(str(source or "this model")))
+        notes.append(TOKEN_TYPES_LOSS)
+    layout = resolve_input_format(args.input_format, model, tokenizer)
+    plain = plain_causal_lm(model)
+    if gguf:
+        from personachat.model.gguf_export import check_gguf_exportable
+
+        check_gguf_exportable(plain.config)  # before anything is written
+
+    def fill(tmp: Path) -> None:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        with chat_template_for_saving(tokenizer, layout, args):
+            tokenizer.save_pretrained(tmp)
+            if gguf:
+                write_checked_gguf(tmp / f"{out.name}.gguf", plain, tokenizer, layout, gguf_half)
+        write_conventions(tmp, tokenizer, args, layout, source, name=out.name, exported=True)
+        if notes:
+            with open(tmp / "README.md", "a", encoding="utf-8") as card:
+                card.write("\n## Export\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+        if source is not None and Path(source).is_dir():
+            include_files(Path(source), tmp, REPORT_COMPANIONS)
+
+    write_folder_atomic(out, fill)
+    return out, notes
+
+
+def write_checked_gguf(path: Path, plain, tokenizer, layout: str, half: bool) -> None:
+    """The GGUF file, kept only if it reads back as ``plain`` (``gguf_export.verify_gguf``):
+    compared on chat prompts rendered with the exported template, and on random ids."""
+    from personachat.model.gguf_export import verify_gguf, write_gguf
+
+    special = input_format(layout, tokenizer)
+    ends = sorted(special.reply_enders)
+    prompts = [
+        tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+        for messages in SAMPLE_CONVERSATIONS
+    ]
+    reference = rounded_to_half(plain) if half else plain
+    try:
+        write_gguf(path, plain, tokenizer, eos_id=ends[0], half=half)
+        verify_gguf(path, reference, tokenizer, prompts)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+SAMPLE_CONVERSATIONS = (
+    [
+        {"role": "system", "content": "i have a cat named tom .\ni work as a nurse ."},
+        {"role": "user", "content": "hi , what do you do ?"},
+    ],
+    [
+        {"role": "system", "content": "i love pizza ."},
+        {"role": "user", "content": "hello !"},
+        {"role": "assistant", "content": "hi there , how are you ?"},
+        {"role": "user", "content": "fine . any pets ?"},
+    ],
+)
+
+
+def rounded_to_half(model) -> torch.nn.Module:
+    """A copy whose matrices are rounded to float16 (as a float16 GGUF stores them)."""
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for param in rounded.parameters():
+            if param.ndim > 1:
+                param.copy_(param.half().float())
+    return rounded
+
+
+def check_target(out: Path, overwrite: bool) -> None:
+    """OUT must be a new or empty folder, or ``overwrite`` given."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} is a file; name a folder to export into")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ExportError(
+            f"{out} is not empty; choose a new folder, or pass --overwrite to replace it"
+        )
+
+
+def load_for_export(name: str):
+    """Model, tokenizer and options of a saved model (its ``model_args.json``), loaded on
+    the CPU the way personachat runs it."""
+    args = ConvAIArgs()
+    if Path(name).is_dir():
+        args.load(name, exclude=RUN_OPTIONS)
+    args.model_name = args.model_name or name
+    model, tokenizer = load_model_and_tokenizer(
+        "auto", name, cache_dir=args.cache_dir, input_format=args.input_format
+    )
+    if args.token_types == "auto":  # a folder without model_args.json: its config says
+        args.token_types = getattr(causal_lm(model).config, TOKEN_TYPES_KEY, "auto")
+    make_input_format(args, model, tokenizer)
+    return model, tokenizer, args
+
+
+def export_folder(
+    name: str | os.PathLike, out: str | os.PathLike, **options
+) -> tuple[Path, list[str]]:
+    """Export the saved model ``name`` (a folder, or any name personachat loads) to ``out``
+    (options as ``export_model``'s)."""
+    check_target(Path(out), options.get("overwrite", False))
+    model, tokenizer, args = load_for_export(str(name))
+    return export_model(model, tokenizer, args, out, source=name, **options)
+
+
+def add_export_command(sub: argparse._SubParsersAction) -> None:
+    """The ``export`` subcommand of the CLI."""
+    p = sub.add_parser("export", help="write a plain causal-LM folder that standard engines serve")
+    p.add_argument("model", metavar="MODEL", help="a model folder saved by personachat")
+    p.add_argument("out", metavar="OUT", help="the folder to write (new or empty)")
+    p.add_argument(
+        "--gguf",
+        action="store_true",
+        help="also write OUT/OUT.gguf for llama.cpp / Ollama (Llama and Qwen2 models; float32)",
+    )
+    p.add_argument("--gguf-f16", action="store_true", help="the GGUF file's matrices in float16")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    p.add_argument(
+        "--allow-inexact",
+        action="store_true",
+        help="export a model trained with token types anyway (its replies will differ)",
+    )
+
+
+def run_export_command(options: argparse.Namespace) -> int:
+    """``personachat export``: write the folder, print where and what was lost (if anything)."""
+    out, notes = export_folder(
+        options.model,
+        options.out,
+        gguf=options.gguf or options.gguf_f16,
+        gguf_half=options.gguf_f16,
+        overwrite=options.overwrite,
+        allow_inexact=options.allow_inexact,
+    )
+    for note in notes:
+        print(f"personachat export: warning: {note}", file=sys.stderr)
+    gguf = f" and {out.name}.gguf" if options.gguf or options.gguf_f16 else ""
+    print(f"Exported {options.model} to {out} (a plain causal-LM folder{gguf})")
+    return 0
