@@ -70,6 +70,10 @@ class ConvAIArgs:
 
     # --- optimisation ---
     num_train_epochs: int = 1
+    # simpletransformers' max_steps: > 0 stops after that many optimizer steps (and runs as
+    # many epochs as they need), overriding num_train_epochs; -1: num_train_epochs decides.
+    # With a large shuffled training file, a few steps see examples of every dialog.
+    max_steps: int = -1
     train_batch_size: int = 8
     eval_batch_size: int = 8
     gradient_accumulation_steps: int = 1
@@ -187,9 +191,10 @@ class ConvAIArgs:
     lora_dropout: float = 0.05
     lora_target_modules: str | None = None
     lora_merge_on_save: bool = True
-    # bf16 autocast on the CPU for training, evaluation and decoding (fast on CPUs with
-    # AVX-512 BF16 / AMX; rounding changes results slightly). fp16 is the CUDA switch.
-    cpu_bf16: bool = False
+    # bf16 on the CPU for training, evaluation and decoding: fast on CPUs with AVX-512 BF16 /
+    # AMX, emulated and many times slower without; "auto": only where the CPU has it.
+    # Rounding changes results slightly. fp16 is the CUDA switch.
+    cpu_bf16: bool | str = False
     # Load weights from a pickle pytorch_model.bin (old simpletransformers / classic folders).
     # Unpickling can run code, so only for folders you trust; never read from model_args.json.
     trust_remote_pickle: bool = False

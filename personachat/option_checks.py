@@ -29,8 +29,9 @@ SCHEDULERS = (
     "polynomial_decay_schedule_with_warmup",
     "reduce_on_plateau",
 )
-# Options that also take the string "auto" (a size probed on the GPU) besides an integer.
-AUTO_OPTIONS = frozenset({"train_batch_size", "eval_batch_size"})
+# Options that also take the string "auto" besides their type: a size probed on the GPU;
+# bf16 where the CPU has it in hardware.
+AUTO_OPTIONS = frozenset({"train_batch_size", "eval_batch_size", "cpu_bf16"})
 
 
 class ArgsError(PersonachatError, ValueError):
@@ -106,6 +107,11 @@ BOUNDS: dict[str, Bound] = {
         "an integer within [0, 4294967295] or null", 0, 2**32 - 1, integer=True, nullable=True
     ),
     "num_train_epochs": _count(0, AT_LEAST_0),
+    "max_steps": Bound(
+        "an integer: a positive step count, or -1 or 0 (off: num_train_epochs decides)",
+        low=-1,
+        integer=True,
+    ),
     "max_history": _count(0, AT_LEAST_0),
     "warmup_steps": _count(0, AT_LEAST_0),
     "dataloader_num_workers": _count(0, AT_LEAST_0),

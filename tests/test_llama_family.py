@@ -19,6 +19,7 @@ from personachat.generation.decoders import make_decoder
 from personachat.generation.generate import DecodingOptions, generate_replies
 from personachat.generation.llama_decoder import LlamaStaticDecoder
 from personachat.generation.prefix_cache import PrefixCache
+from personachat.model.lora import merged
 from personachat.train import checkpoints
 from tests.conftest import PERSONA, make_dialogs
 from tests.test_fault_tolerance import ARGS, assert_same_weights, wait_for
@@ -164,14 +165,31 @@ def test_lora_trains_adapters_and_saves_merged_weights_that_reload_to_the_same_r
     assert reloaded.interact_single("hi", [], PERSONA) == model.interact_single("hi", [], PERSONA)
 
 
-def test_sigkill_then_resume_gives_the_uninterrupted_weights_on_llama(llama, data, tmp_path):
+def test_lora_adapters_saved_unmerged_reload_to_the_same_reply(llama, data, tmp_path):
+    args = {**TRAIN, "output_dir": str(tmp_path), "lora_r": 4, "lora_alpha": 8}
+    model = ConvAIModel("auto", llama, use_cuda=False, args={**args, "lora_merge_on_save": False})
+    model.train_model(data)
+    reply = model.interact_single("hi", [], PERSONA)
+
+    # The folder holds the base weights and peft's adapter files beside them.
+    assert (tmp_path / "lora" / "adapter_config.json").is_file()
+    assert not any("lora_" in k for k in load_file(str(tmp_path / "model.safetensors")))
+    reloaded = ConvAIModel("auto", tmp_path, use_cuda=False)
+    assert hasattr(reloaded.model, "peft_config")
+    assert reloaded.interact_single("hi", [], PERSONA) == reply
+    assert merged(reloaded.model).state_dict().keys() == merged(model.model).state_dict().keys()
+
+
+@pytest.mark.parametrize("lora", [{}, {"lora_r": 4, "lora_alpha": 8}], ids=["full", "lora"])
+def test_sigkill_then_resume_gives_the_uninterrupted_weights_on_llama(llama, data, tmp_path, lora):
+    args = {**ARGS, **lora}
     reference = ConvAIModel(
-        "auto", llama, use_cuda=False, args={**ARGS, "no_save": True, "output_dir": str(tmp_path)}
+        "auto", llama, use_cuda=False, args={**args, "no_save": True, "output_dir": str(tmp_path)}
     )
     reference.train_model(data)
     weights = {k: v.detach().clone() for k, v in reference.model.state_dict().items()}
     out = tmp_path / "out"
-    sets = [arg for key, value in ARGS.items() for arg in ("--set", f"{key}={value}")]
+    sets = [arg for key, value in args.items() for arg in ("--set", f"{key}={value}")]
     proc = subprocess.Popen(
         [sys.executable, "-m", "personachat.cli", "train", "--model", str(llama)]
         + ["--train-file", str(data), "--output-dir", str(out), "--device", "cpu", *sets],
@@ -186,7 +204,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights_on_llama(llama, dat
     proc.stdout.close()
     proc.stderr.close()
 
-    model = ConvAIModel("auto", llama, use_cuda=False, args={**ARGS, "output_dir": str(out)})
+    model = ConvAIModel("auto", llama, use_cuda=False, args={**args, "output_dir": str(out)})
     step, _ = model.train_model(data, resume_from_checkpoint=True)
 
     assert step == 6

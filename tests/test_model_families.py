@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from personachat import ConvAIModel
 from personachat.encoding.chat_format import IGNORE_INDEX, ChatFormat, ChatTemplateError
 from personachat.model.families import (
     FamilyError,
@@ -18,7 +19,7 @@ from personachat.model.families import (
     run_body,
 )
 from personachat.model.gguf import GGUFError, resolve_gguf_name
-from personachat.model.lora import LoraError, apply_lora
+from personachat.model.lora import LoraError, apply_lora, merged
 from tests.conftest import PERSONA, make_dialogs
 from tests.tiny_models import build_tiny_chat_model
 
@@ -150,3 +151,31 @@ def test_gguf_names_resolve_or_say_what_to_install(tmp_path):
             resolve_gguf_name("smollm2")
     else:
         assert resolve_gguf_name("SmolLM2").name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_gpt2_with_unmerged_lora_decodes_through_its_adapters(
+    tiny_checkpoint, dialogs_file, tmp_path
+):
+    args = {
+        "num_train_epochs": 3,
+        "train_batch_size": 4,
+        "learning_rate": 5e-2,
+        "manual_seed": 1,
+        "lora_r": 4,
+        "lora_alpha": 16,
+        "lora_merge_on_save": False,
+        "do_sample": False,
+        "max_length": 8,
+        "silent": True,
+        "output_dir": str(tmp_path / "out"),
+    }
+    model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False, args=args)
+    before = model.interact_single("hi , what do you do ?", [], PERSONA)[0]
+    model.train_model(dialogs_file)
+    unmerged = model.interact_single("hi , what do you do ?", [], PERSONA)[0]
+    model.model = merged(model.model)
+
+    assert unmerged != before  # the adapters changed what it says...
+    assert (
+        model.interact_single("hi , what do you do ?", [], PERSONA)[0] == unmerged
+    )  # ...as merged

@@ -46,6 +46,11 @@ REFUSED = [
     ("adafactor_beta1", 1.0, "within [0, 1) or null"),
     ("adafactor_clip_threshold", math.inf, "a finite number > 0"),
     ("polynomial_decay_schedule_power", -1, "a finite number >= 0"),
+    (
+        "max_steps",
+        -2,
+        "an integer: a positive step count, or -1 or 0 (off: num_train_epochs decides)",
+    ),
 ]
 
 
@@ -116,3 +121,16 @@ def test_the_cli_refuses_such_values_in_one_line_before_loading_anything(flag, m
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("personachat eval: error: ")
     assert message in lines[0]
+
+
+def test_cpu_bf16_is_true_false_or_auto():
+    from personachat.model.device import autocast_dtype, cpu_has_native_bf16
+
+    assert make_args({"cpu_bf16": "auto"}).cpu_bf16 == "auto"
+    with pytest.raises(ArgsError, match="cpu_bf16 must be .* or 'auto', got 'maybe'"):
+        make_args({"cpu_bf16": "maybe"})
+    # "auto" is bf16 exactly where the CPU computes it in hardware (emulated bf16 is slow).
+    cpu = __import__("torch").device("cpu")
+    expected = __import__("torch").bfloat16 if cpu_has_native_bf16() else None
+    assert autocast_dtype(cpu, fp16=False, cpu_bf16="auto") == expected
+    assert autocast_dtype(cpu, fp16=False, cpu_bf16=False) is None

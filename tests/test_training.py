@@ -102,6 +102,28 @@ def test_gradient_accumulation_gives_the_same_weights_as_a_bigger_batch(
     assert torch.allclose(big, small, atol=1e-5)
 
 
+@pytest.mark.parametrize("max_steps, epochs, expected", [(4, 5, 4), (9, 1, 9), (-1, 2, 12)])
+def test_max_steps_overrides_the_number_of_epochs(
+    tiny_checkpoint, dialogs_file, tmp_path, max_steps, epochs, expected
+):
+    # 12 dialogs x 2 utterances in batches of 4: 6 steps an epoch. As in simpletransformers,
+    # max_steps > 0 stops there, mid-epoch or after as many epochs as it needs.
+    model = ConvAIModel(
+        "gpt2",
+        tiny_checkpoint,
+        use_cuda=False,
+        args={
+            **BASE,
+            "num_train_epochs": epochs,
+            "max_steps": max_steps,
+            "output_dir": str(tmp_path / "out"),
+            "no_save": True,
+        },
+    )
+    global_step, _ = model.train_model(dialogs_file)
+    assert global_step == expected
+
+
 def test_a_folder_saved_by_simpletransformers_loads(tiny_checkpoint, tmp_path):
     """simpletransformers saved pytorch_model.bin, vocab.json/merges.txt and its own args."""
     from transformers import GPT2DoubleHeadsModel, GPT2TokenizerFast

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from personachat.generation.prefix_cache import PrefixCache, PrefixKV
 from personachat.model.families import causal_lm, run_body
+from personachat.model.lora import has_lora
 
 TANH_GELU = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
 GELU_K = math.sqrt(2 / math.pi)
@@ -67,7 +68,9 @@ def make_decoder(model, capacity: int) -> Decoder:
 
     lm = causal_lm(model)  # LoRA layers are inside it: the static decoders run them too
     config = lm.config
-    if config.model_type == "gpt2" and not getattr(config, "add_cross_attention", False):
+    # The GPT-2 decoder reads the weight matrices itself: unmerged adapters need the modules.
+    plain = not getattr(config, "add_cross_attention", False) and not has_lora(lm)
+    if config.model_type == "gpt2" and plain:
         return StaticKVDecoder(lm, capacity)
     if config.model_type in LLAMA_LIKE:
         return LlamaStaticDecoder(lm, capacity)

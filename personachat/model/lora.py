@@ -11,11 +11,18 @@ reads), else writes the adapter beside the base model's weights.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
+import torch
 from torch import nn
 
 from personachat.errors import PersonachatError
 from personachat.model.families import causal_lm, is_double_heads
+
+ADAPTER_DIR = "lora"  # a saved folder's unmerged adapter (peft's own files), beside the base
+# A checkpoint's trainable tensors (adapters, MC head, trained embeddings): the base weights
+# stay those of model_name, so these restore a LoRA run exactly.
+LORA_STATE_FILE = "lora_state.safetensors"
 
 # Attention projections per family; anything else: every linear layer named like these.
 DEFAULT_TARGETS = {
@@ -120,3 +127,65 @@ def merged_after_training(model: nn.Module, args) -> nn.Module:
     if args.lora_merge_on_save and hasattr(model, "merge_and_unload"):
         return model.merge_and_unload()
     return model
+
+
+def has_lora(model: nn.Module) -> bool:
+    """Whether ``model`` (or the model inside it) has unmerged LoRA layers."""
+    return any("lora_A" in name for name, _ in model.named_modules())
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a LoRA run trains, by parameter name (what a checkpoint must restore)."""
+    return {
+        name: p.detach().contiguous().cpu()
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
+
+
+def base_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The plain model's tensors under the plain names: the frozen base weights without the
+    adapters, and the trained copy of every fully trained module (peft's modules_to_save)."""
+    plain = {}
+    for name, tensor in model.get_base_model().state_dict().items():
+        if "lora_" in name or ".original_module." in name:
+            continue
+        name = name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
+        plain[name] = tensor
+    return plain
+
+
+def save_weights(model: nn.Module, folder: Path, merge: bool = True) -> None:
+    """The model's weights into ``folder``: a plain model; a LoRA model merged (``merge``),
+    else its base weights plus the adapter in ``folder/lora`` (peft's files), which
+    ``load_adapter`` puts back on load."""
+    if not hasattr(model, "merge_and_unload"):
+        model.save_pretrained(folder, safe_serialization=True)
+    elif merge:
+        merged(model).save_pretrained(folder, safe_serialization=True)
+    else:
+        base = model.get_base_model()
+        base.save_pretrained(folder, state_dict=base_state(model), safe_serialization=True)
+        model.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True)
+
+
+def load_adapter(model: nn.Module, folder: Path | None) -> nn.Module:
+    """``model`` with the adapter saved in ``folder/lora`` (trainable: training goes on with
+    it), or ``model`` as it is when the folder has none."""
+    if folder is None or not (folder / ADAPTER_DIR / "adapter_config.json").is_file():
+        return model
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, folder / ADAPTER_DIR, is_trainable=True)
+
+
+def load_trainable_state(model, weights: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Copy a LoRA checkpoint's trainable tensors into ``model``; (missing, unexpected)."""
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    missing = [name for name in params if name not in weights]
+    unexpected = [name for name in weights if name not in params]
+    if not missing and not unexpected:
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(weights[name])
+    return missing, unexpected

@@ -201,3 +201,16 @@ def check_config_sizes(cls, folder: Path, name: str, stored: int) -> None:
             "n_layer, vocab_size...) do not belong to these weights; restore the "
             "config.json saved with them"
         )
+
+
+def tied_weight_names(model) -> set[str]:
+    """Parameter names that share storage with an earlier one (saved once by safetensors)."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        key = tensor.data_ptr()
+        if key in seen:
+            tied.add(name)
+        else:
+            seen[key] = name
+    return tied

@@ -33,7 +33,14 @@ from safetensors.torch import load_file, save_file
 
 from personachat.errors import PersonachatError
 from personachat.fs import write_folder_atomic
-from personachat.model.loading import write_model_files
+from personachat.model.loading import unwrap, write_model_files
+from personachat.model.lora import (
+    LORA_STATE_FILE,
+    has_lora,
+    load_trainable_state,
+    trainable_state,
+)
+from personachat.model.weights import tied_weight_names
 from personachat.train.optim import json_safe, load_optimizer_state, optimizer_state
 from personachat.train.rng import capture_rng_state, rank_rng_restorer, restore_rng_state
 
@@ -84,6 +91,8 @@ def save_checkpoint(
             time.sleep(pause)
         if optimizer is not None:
             write_training_files(tmp, optimizer, scheduler, scaler, training, plan, rank_rng)
+            if has_lora(model):  # the base stays model_name's: these restore the run exactly
+                save_file(trainable_state(unwrap(model)), str(tmp / LORA_STATE_FILE))
         marker = {
             "global_step": training["global_step"],
             "epoch": training["epoch"],
@@ -132,6 +141,8 @@ def _fsync_tree(folder: Path) -> None:
         if path.is_file():
             with open(path, "rb") as f:
                 os.fsync(f.fileno())
+        elif path.is_dir():  # an unmerged LoRA adapter's folder
+            _fsync_tree(path)
     _fsync_dir(folder)
 
 
@@ -343,7 +354,11 @@ def load_checkpoint(
         if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"unknown {STATE_FILE} format")
         training, plan = state["training"], state["plan"]
-        weights = load_file(str(folder / "model.safetensors"))
+        target = unwrap(getattr(model, "_orig_mod", model))
+        lora = has_lora(target)
+        if lora and not (folder / LORA_STATE_FILE).is_file():
+            raise ValueError(f"no {LORA_STATE_FILE}: written by a run without LoRA")
+        weights = load_file(str(folder / (LORA_STATE_FILE if lora else "model.safetensors")))
         optim_tensors = load_file(str(folder / OPTIMIZER_FILE))
         rng_tensors = load_file(str(folder / RNG_FILE))
     except (OSError, ValueError, KeyError, SafetensorError) as err:
@@ -351,10 +366,12 @@ def load_checkpoint(
             f"resume: {folder} cannot be read ({err}); pass another checkpoint-* folder with "
             "--resume PATH / resume_from_checkpoint=PATH"
         ) from err
-    target = getattr(model, "_orig_mod", model)
-    missing, unexpected = target.load_state_dict(weights, strict=False)
-    # Tied weights (lm_head = wte) are saved once; anything else missing is a wrong model.
-    missing = [k for k in missing if k not in tied_weight_names(target)]
+    if lora:
+        missing, unexpected = load_trainable_state(target, weights)
+    else:
+        missing, unexpected = target.load_state_dict(weights, strict=False)
+        # Tied weights (lm_head = wte) are saved once; anything else missing is a wrong model.
+        missing = [k for k in missing if k not in tied_weight_names(target)]
     if missing or unexpected:
         raise CheckpointError(
             f"resume: {folder} was written for another model (missing {missing[:3]}, "
@@ -373,16 +390,3 @@ def load_checkpoint(
     if rank > 0:
         return training, plan, rank_rng_restorer(rng_tensors, rank)
     return training, plan, lambda: restore_rng_state(state["rng"], rng_tensors)
-
-
-def tied_weight_names(model) -> set[str]:
-    """Parameter names that share storage with an earlier one (saved once by safetensors)."""
-    seen: dict[int, str] = {}
-    tied = set()
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        key = tensor.data_ptr()
-        if key in seen:
-            tied.add(name)
-        else:
-            seen[key] = name
-    return tied

@@ -99,11 +99,18 @@ def run_training(run: Run, resume_from: str | Path | None) -> tuple[int, dict]:
     run.started = time.perf_counter() - run.state.train_seconds
     stopper = StopOnSignal(announce=run.announce, saved=partial(saved_so_far, run))
     with stopper as stop, failures_explained(run):
-        while run.state.epoch < args.num_train_epochs and not run.state.stopped_early:
+        while not finished(run):
             train_epoch(run, stop)
             if not run.state.stopped_early:
                 end_epoch(run, stop)
     return finish(run)
+
+
+def finished(run: Run) -> bool:
+    """Every epoch done, max_steps reached, or stopped early."""
+    state = run.state
+    done = state.epoch >= run.num_epochs or state.global_step >= run.total_steps
+    return done or state.stopped_early
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -114,7 +121,7 @@ def train_epoch(run: Run, stop: StopOnSignal) -> None:
         if not micro_step(run, i, batch):
             continue
         stats = optimizer_step(run, i)
-        if after_step(run, stats, stop):
+        if after_step(run, stats, stop) or run.state.global_step >= run.total_steps:
             break
     run.bar.close()
 
@@ -137,7 +144,7 @@ def open_epoch(run: Run) -> tqdm:
         run.restore_rng = None
     return tqdm(
         batches,
-        desc=f"Epoch {state.epoch + 1}/{args.num_train_epochs}",
+        desc=f"Epoch {state.epoch + 1}/{run.num_epochs}",
         initial=state.batches_done,
         total=run.epoch_micro,
         disable=args.silent or not run.ctx.is_main,

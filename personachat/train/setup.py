@@ -30,7 +30,7 @@ from personachat.train.autobatch import (
 )
 from personachat.train.distributed import DistContext
 from personachat.train.errors import TrainingError
-from personachat.train.state import Hooks, Run, SkipBatches, StepSums
+from personachat.train.state import Hooks, Run, SkipBatches, StepSums, total_steps
 
 
 # ----------------------------------------------------------------------------- the loss
@@ -143,9 +143,7 @@ def set_up(
             "per step"
         )
     optimizer = optim.make_optimizer(model, args, device)
-    scheduler = optim.make_scheduler(
-        optimizer, args, sampler.steps_per_epoch * args.num_train_epochs
-    )
+    scheduler = optim.make_scheduler(optimizer, args, total_steps(args, sampler.steps_per_epoch))
     # What must not change between a run and its resumption (else the batches differ).
     run_plan = {
         "examples": len(dataset),
@@ -155,6 +153,7 @@ def set_up(
         "seed": args.manual_seed or 0,
         "group_by_length": args.group_by_length,
         "num_train_epochs": args.num_train_epochs,
+        "max_steps": max(args.max_steps, 0),
     }
     return Run(
         model=model,

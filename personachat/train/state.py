@@ -255,7 +255,12 @@ class Run:
 
     @property
     def total_steps(self) -> int:
-        return self.steps_per_epoch * self.args.num_train_epochs
+        return total_steps(self.args, self.steps_per_epoch)
+
+    @property
+    def num_epochs(self) -> int:
+        """Epochs the run starts: num_train_epochs, or as many as max_steps needs."""
+        return math.ceil(self.total_steps / max(1, self.steps_per_epoch))
 
     @property
     def epoch_micro(self) -> int:
@@ -282,3 +287,10 @@ class Run:
     def seconds(self) -> float:
         """Training time so far, earlier parts of a resumed run included."""
         return time.perf_counter() - self.started
+
+
+def total_steps(args, steps_per_epoch: int) -> int:
+    """The optimizer steps of the run: ``max_steps`` when set (> 0), else every epoch's."""
+    if args.max_steps and args.max_steps > 0:
+        return args.max_steps
+    return steps_per_epoch * args.num_train_epochs
