@@ -25,6 +25,7 @@ from personachat import __version__
 from personachat.args import ArgsError, ConvAIArgs
 from personachat.cli_reports import demo_conversation, print_results, report_persona_use, zero_shot
 from personachat.config import args_for_model, resolve
+from personachat.data.cards import read_card
 from personachat.data.commands import DATA_COMMANDS, add_data_commands, run_data_command
 from personachat.data.readers import FORMATS
 from personachat.errors import PersonachatError
@@ -58,12 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "eval":
             add_eval_arguments(p)
         if name == "interact":
-            p.add_argument(
+            persona = p.add_mutually_exclusive_group()
+            persona.add_argument(
                 "--persona",
                 action="append",
                 default=[],
                 metavar="SENTENCE",
                 help="a persona sentence (repeat); default: a random persona",
+            )
+            persona.add_argument(
+                "--persona-card",
+                metavar="FILE",
+                help="a character card (Character Card V2 .json, or .png with the card "
+                "inside): its persona, and its first message as the bot's opening line",
             )
         if name == "serve":
             add_serve_arguments(p)
@@ -161,6 +169,9 @@ def run(options: argparse.Namespace) -> int:
         return train_command(options, settings, args, device)
     from personachat.conv_ai_model import ConvAIModel
 
+    # interact: a broken card is refused before the model loads (a minute on a large model).
+    interact_card = options.command == "interact" and options.persona_card
+    card = read_card(options.persona_card) if interact_card else None
     # eval / interact / serve: the trained model in output_dir unless a model is named, with
     # the options it was saved with under the config's and the flags'.
     model_name = settings["model_name"] or args.output_dir
@@ -178,6 +189,7 @@ def run(options: argparse.Namespace) -> int:
     elif options.command == "serve":
         return run_serve(model, options, str(model_name))
     else:
+        model.persona_card = card  # as load_persona_card leaves it: interact opens as the card
         model.interact(personality=options.persona or None)
     return 0
 

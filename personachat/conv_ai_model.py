@@ -15,15 +15,15 @@ from functools import partial
 from pathlib import Path
 
 from personachat.args import ConvAIArgs, make_args
+from personachat.data.cards import PersonaCard, persona_and_opening, read_card
 from personachat.data.dialogs import personalities
 from personachat.data.download import load_personachat_or_file
 from personachat.data.prepare import prepare_dialogs
 from personachat.encoding.examples import ExampleBuilder
 from personachat.encoding.inputs import TextEncoder, history_window
 from personachat.evaluation.evaluate import evaluation_losses, persona_only, reply_metrics
-from personachat.evaluation.metrics import apply_metric_fns, eval_num_candidates, format_results
+from personachat.evaluation.metrics import apply_metric_fns, eval_num_candidates, write_results
 from personachat.evaluation.persona import without_persona
-from personachat.fs import write_file_atomic
 from personachat.generation.generate import DecodingOptions, generate_replies, text_streamer
 from personachat.generation.prefix_cache import PrefixCache
 from personachat.generation.rerank import respond
@@ -43,12 +43,7 @@ from personachat.train.distributed import is_main_process
 from personachat.train.lock import abandoned_on_error
 from personachat.train.loop import train
 from personachat.train.preflight import check_before_training
-from personachat.train.reporting import (
-    SAMPLES_FILE,
-    SampleWriter,
-    probes_from_dialogs,
-    train_reported,
-)
+from personachat.train.reporting import samples_writer, train_reported
 from personachat.train.rng import set_seed
 
 MAX_SAVED_PERSONAS = 1000
@@ -73,6 +68,8 @@ class ConvAIModel:
             folders you trust; also settable as the ``trust_remote_pickle`` option.
         **kwargs: passed to the model's ``from_pretrained``.
     """
+
+    persona_card: PersonaCard | None = None  # the last card of load_persona_card
 
     def __init__(
         self,
@@ -167,7 +164,10 @@ class ConvAIModel:
             probe_dialogs = (
                 self._load(samples_file, "valid", None) if samples_file else eval_dialogs or dialogs
             )
-            samples = self._samples_writer(output_dir, probe_dialogs)
+            reply = partial(self.generate_replies, options=self._greedy())  # for samples.md
+            samples = (
+                None if self.args.no_save else samples_writer(output_dir, probe_dialogs, reply)
+            )
             global_step, details = train_reported(
                 partial(
                     train,
@@ -199,17 +199,6 @@ class ConvAIModel:
         if verbose and not self.args.silent:
             print(f"Training of {self.args.model_type} model complete. Saved to {output_dir}.")
         return global_step, details
-
-    def _samples_writer(self, output_dir: str, probe_dialogs: list[dict]):
-        """What writes samples.md: greedy replies to probes taken from ``probe_dialogs``."""
-        if self.args.no_save:
-            return None
-        greedy = self._greedy()
-        return SampleWriter(
-            Path(output_dir) / SAMPLES_FILE,
-            probes_from_dialogs(probe_dialogs),
-            partial(self.generate_replies, options=greedy),
-        )
 
     # ---------------------------------------------------------------- evaluation
     def eval_model(self, eval_file=None, output_dir=None, verbose=True, silent=False, **metric_fns):
@@ -245,9 +234,7 @@ class ConvAIModel:
             repetition=flags.get("repetition_rate", False),
             metric_fns=metric_fns,
         )
-        output_dir = Path(output_dir or self.args.output_dir)
-        write_file_atomic(output_dir / "eval_results.txt", format_results(results))
-        write_file_atomic(output_dir / "eval_results.json", json.dumps(results, indent=2))
+        write_results(output_dir or self.args.output_dir, results)
         if verbose and not silent:
             print(json.dumps(results, indent=2))
         return results
@@ -287,12 +274,21 @@ class ConvAIModel:
         return persona_only(greedy, dialogs, self.args.silent, ablate_persona)
 
     # ---------------------------------------------------------------- chatting
-    def interact(self, personality: list[str] | None = None) -> None:
-        """Chat in the terminal. Without a personality, a random persona from the data."""
+    def interact(self, personality: list[str] | None = None, opening: str | None = None) -> None:
+        """Chat in the terminal; the bot speaks first when given an ``opening`` line. Without
+        a personality: the card of ``load_persona_card`` (opening with its first message),
+        else a random persona from the data."""
+        personality, opening = persona_and_opening(self.persona_card, personality, opening)
         if not personality:
             personality = self.random_personality()
             print("Selected personality:", " ".join(personality))
-        run_repl(lambda message, history: self.interact_single(message, history, personality))
+        run_repl(partial(self.interact_single, personality=personality), opening=opening)
+
+    def load_persona_card(self, path: str | os.PathLike, user: str = "User") -> list[str]:
+        """A character card's persona sentences (V2 JSON or PNG: ``data.cards``), remembered
+        with its first message for ``interact()``; a broken card is a ``CardError``."""
+        self.persona_card = read_card(path, user)
+        return self.persona_card.personality
 
     def interact_single(
         self,

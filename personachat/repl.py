@@ -21,9 +21,12 @@ def run_repl(
     reply_fn: Callable[[str, list[str]], tuple[str, list[str]]],
     input_fn: Callable[[str], str] | None = None,
     print_fn: Callable[..., None] | None = None,
+    opening: str | None = None,
 ) -> list[str]:
     """Chat until end of input; ``reply_fn(message, history) -> (reply, history)``.
 
+    ``opening``: the bot's first line (a character card's first message), printed before the
+    first prompt and kept as the first entry of the history, so the model sees it said.
     Returns the conversation history (useful to tests and callers that log it).
     """
     if input_fn is None:
@@ -32,6 +35,9 @@ def run_repl(
     input_fn = input_fn or builtins.input
     print_fn = print_fn or builtins.print
     history: list[str] = []
+    if opening:
+        print_fn(opening)
+        history.append(opening)
     while True:
         try:
             message = read_message(input_fn, print_fn)

@@ -174,6 +174,17 @@ def persona_sentences(text: str) -> list[str]:
     return [p for p in pieces if any(c.isalnum() for c in p)]
 
 
+def persona_and_opening(
+    card: PersonaCard | None, personality: list[str] | None, opening: str | None
+) -> tuple[list[str] | None, str | None]:
+    """The persona to chat with and the bot's opening line: the card's persona and first
+    message (unless another opening is given) when no personality is given or the card's own
+    is; otherwise ``personality`` and ``opening`` as they are."""
+    if card is None or (personality and list(personality) != card.personality):
+        return personality, opening
+    return card.personality, opening or card.first_message
+
+
 def check_limits(card: PersonaCard, source: str, limits: CardLimits) -> None:
     """Refuse a card with more persona than the server takes, saying how to shorten it."""
     fix = (

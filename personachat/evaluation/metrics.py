@@ -18,16 +18,20 @@ Metrics of generated replies live in :mod:`.replies`, those of persona use in :m
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
 import string
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from personachat.encoding.inputs import IGNORE_INDEX, EncodingError
+from personachat.fs import write_file_atomic
 from personachat.model.heads import double_heads_loss
 
 
@@ -268,6 +272,13 @@ def apply_metric_fns(labels: list[int], preds: list[int], metric_fns: dict[str, 
 def format_results(results: dict) -> str:
     """simpletransformers' eval_results.txt format: ``key = value`` per line, sorted."""
     return "".join(f"{key} = {results[key]}\n" for key in sorted(results))
+
+
+def write_results(output_dir: str | os.PathLike, results: dict) -> None:
+    """``eval_results.txt`` (simpletransformers' format) and ``eval_results.json``."""
+    output_dir = Path(output_dir)
+    write_file_atomic(output_dir / "eval_results.txt", format_results(results))
+    write_file_atomic(output_dir / "eval_results.json", json.dumps(results, indent=2))
 
 
 def eval_num_candidates(dialogs: Sequence[dict], requested: int | None, source: str) -> int:

@@ -224,6 +224,14 @@ class SampleWriter:
         return "\n".join(lines) + "\n\n"
 
 
+def samples_writer(
+    output_dir: str | os.PathLike, probe_dialogs: Sequence[dict], reply: Callable[[list], list[str]]
+) -> SampleWriter:
+    """What writes ``samples.md`` in ``output_dir``: ``reply``'s answers to the probes taken
+    from ``probe_dialogs``."""
+    return SampleWriter(Path(output_dir) / SAMPLES_FILE, probes_from_dialogs(probe_dialogs), reply)
+
+
 # ----------------------------------------------------------------------------- report
 def _cell(value) -> str:
     if isinstance(value, float):
