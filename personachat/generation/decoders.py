@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from personachat.generation.prefix_cache import PrefixCache, PrefixKV
-from personachat.model.families import causal_lm, run_body
+from personachat.model.families import causal_lm, run_body, uses_token_types
 from personachat.model.lora import has_lora
 
 TANH_GELU = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
@@ -100,6 +100,7 @@ class StaticKVDecoder(Decoder):
             else partial(F.gelu, approximate="tanh")
         )
         self.width = model.config.n_embd
+        self.token_types = uses_token_types(model)  # token_types: none adds no speaker rows
         self.capacity = capacity
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
@@ -109,7 +110,8 @@ class StaticKVDecoder(Decoder):
 
     def _embed(self, ids, types, positions) -> torch.Tensor:
         wte = self.body.wte
-        return wte(ids) + self.body.wpe(positions) + wte(types)
+        x = wte(ids) + self.body.wpe(positions)
+        return x + wte(types) if self.token_types else x
 
     def _attn_input(self, block, x: torch.Tensor) -> torch.Tensor:
         return layer_norm(block.ln_1, x)
