@@ -1,12 +1,16 @@
-"""Load test of ``personachat serve`` on loopback: batched serving against one at a time.
+"""Load test of ``personachat serve`` on loopback: batched serving against one at a time, and
+the OpenAI-compatible route against the session route.
 
 The script builds a small random-weight GPT-2 (or takes ``--model DIR``), starts the real
 server (``personachat serve`` in a subprocess, port chosen by the OS) twice — with batches of
 up to ``--max-batch-size`` replies, then with ``--max-batch-size 1`` — and each time runs
 ``--clients`` concurrent clients, each in its own session, sending ``--messages`` messages one
 after another. It checks that no request failed and that every session's stored history is
-complete and in order (each user message once, followed by the reply that client received),
-then prints p50/p95 latency, replies/s and the ratio of the two.
+complete and in order (each user message once, followed by the reply that client received).
+On the batched server the same clients then hold the same conversations through
+``POST /v1/chat/completions`` (``serve_load_chat``: stateless, each request carries the
+history). It prints p50/p95 latency and replies/s of each run, and two ratios: batched
+against one at a time, and chat completions against sessions.
 
 Replies are forced to exactly ``--reply-tokens`` tokens (``min_length = max_length``), so
 both servers decode the same amount; a random model would otherwise stop at random lengths.
@@ -29,112 +33,13 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
+from serve_load_chat import run_chat_load
+from serve_load_common import PARTNER_LINES, PERSONAS, Connection, LoadResult, message_text
 
 from personachat.serve.settings import ServeSettings
-
-PARTNER_LINES = [
-    "hi , how are you today ?",
-    "what do you do for a living ?",
-    "do you have any pets ?",
-    "where do you live ?",
-    "what food do you like ?",
-    "that sounds fun . anything else ?",
-    "i love hiking on weekends .",
-    "what music do you listen to ?",
-    "do you have kids ?",
-    "nice talking to you !",
-]
-PERSONAS = [
-    ["i work as a nurse .", "i have two cats .", "i love sushi ."],
-    ["i am a pilot .", "i live in paris .", "my dog is called max ."],
-    ["i bake bread every morning .", "i have three kids .", "i play the guitar ."],
-    ["i am a teacher .", "i like rock music .", "i run marathons ."],
-]
-
-
-@dataclass
-class LoadResult:
-    """What one load run measured and found."""
-
-    clients: int
-    messages: int
-    wall_seconds: float
-    latencies: list[float] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    history_errors: list[str] = field(default_factory=list)
-
-    @property
-    def replies(self) -> int:
-        return len(self.latencies)
-
-    @property
-    def replies_per_second(self) -> float:
-        return self.replies / self.wall_seconds if self.wall_seconds else 0.0
-
-    def percentile(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def message_text(client: int, index: int) -> str:
-    """A partner line, tagged so a message that lands in the wrong session is noticed."""
-    return f"{PARTNER_LINES[index % len(PARTNER_LINES)]} #{client}.{index}"
-
-
-class Connection:
-    """A minimal HTTP/1.1 keep-alive JSON client, one per simulated user.
-
-    The load generator shares the machine's cores with the server; httpx spends ~2.5 ms of CPU
-    per request, which would be charged to the server being measured. This costs a fraction
-    of that. Only what the server sends is handled: Content-Length bodies, JSON or nothing.
-    """
-
-    def __init__(self, base_url: str, headers: dict | None = None) -> None:
-        url = urlsplit(base_url)
-        self.host, self.port = url.hostname, url.port or 80
-        self.extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        data = b"" if body is None else json.dumps(body).encode()
-        head = (
-            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-            f"{self.extra}\r\n"
-        )
-        self.writer.write(head.encode() + data)
-        await self.writer.drain()
-        status_line = await self.reader.readline()
-        if not status_line:
-            await self.close()
-            raise ConnectionError("the server closed the connection")
-        status, length, close = int(status_line.split()[1]), 0, False
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            if name.lower() == "content-length":
-                length = int(value)
-            elif name.lower() == "connection" and value.strip().lower() == "close":
-                close = True
-        content = await self.reader.readexactly(length) if length else b""
-        if close:
-            await self.close()
-        return status, json.loads(content) if content else None
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.reader = self.writer = None
 
 
 async def create_session(http: Connection, client: int, result: LoadResult) -> str | None:
@@ -332,7 +237,11 @@ def stop_server(process: subprocess.Popen) -> int:
         return process.wait()
 
 
-def measure(model: Path, workdir: Path, label: str, max_batch_size: int, args) -> dict:
+def measure(
+    model: Path, workdir: Path, label: str, max_batch_size: int, args, routes: tuple[str, ...]
+) -> list[dict]:
+    """One server (batches of up to ``max_batch_size``) and a load run per route in
+    ``routes`` ("sessions", "chat completions"), one after the other."""
     db = workdir / f"{label.replace(' ', '_')}.sqlite3"
     extra = ["--threads", str(args.threads)] if args.threads else []
     if args.prefill_threads:
@@ -347,20 +256,60 @@ def measure(model: Path, workdir: Path, label: str, max_batch_size: int, args) -
         *extra,
     )
     try:
-        options = {"max_length": args.reply_tokens, "min_length": args.reply_tokens}
-        asyncio.run(run_load(url, clients=2, messages=2, options=options))  # warm-up
-        before = httpx.get(url + "/health").json()["batching"]
-        result = asyncio.run(run_load(url, args.clients, args.messages, options))
-        after = httpx.get(url + "/health").json()["batching"]
+        return [measure_route(url, label, max_batch_size, route, args) for route in routes]
     finally:
         stop_server(process)
+
+
+def measure_route(url: str, label: str, max_batch_size: int, route: str, args) -> dict:
+    """A warm-up, then the load of ``args.clients`` x ``args.messages`` on ``route``."""
+
+    def load(clients: int, messages: int) -> LoadResult:
+        if route == "chat completions":
+            return asyncio.run(run_chat_load(url, clients, messages, args.reply_tokens))
+        options = {"max_length": args.reply_tokens, "min_length": args.reply_tokens}
+        return asyncio.run(run_load(url, clients, messages, options))
+
+    load(2, 2)  # warm-up
+    before = httpx.get(url + "/health").json()["batching"]
+    result = load(args.clients, args.messages)
+    after = httpx.get(url + "/health").json()["batching"]
     batches = after["batches"] - before["batches"]
     return {
-        "label": label,
+        "label": f"{label}, {route}",
+        "route": route,
         "max_batch_size": max_batch_size,
         "result": result,
         "mean_batch": (after["replies"] - before["replies"]) / batches if batches else 0.0,
     }
+
+
+def print_table(runs: list[dict]) -> None:
+    """The runs as a Markdown table, with the two ratios: batched sessions against one at a
+    time, and chat completions against sessions on the same batched server."""
+    print(
+        "\n| serving | max batch | mean batch | replies | errors | history | p50 latency "
+        "| p95 latency | replies/s |"
+    )
+    print("|---|---:|---:|---:|---:|---|---:|---:|---:|")
+    for run in runs:
+        r: LoadResult = run["result"]
+        history = "complete, in order" if not r.history_errors else "PROBLEMS"
+        if run["route"] == "chat completions":
+            history = "none stored (stateless)"
+        print(
+            f"| {run['label']} | {run['max_batch_size']} | {run['mean_batch']:.1f} | "
+            f"{r.replies} | {len(r.errors)} | {history} | "
+            f"{r.percentile(0.5) * 1000:.0f} ms | {r.percentile(0.95) * 1000:.0f} ms | "
+            f"{r.replies_per_second:.1f} |"
+        )
+    rate = {run["label"]: run["result"].replies_per_second for run in runs}
+    ratios = [
+        ("batched / one at a time (sessions)", "batched, sessions", "one at a time, sessions"),
+        ("chat completions / sessions (batched)", "batched, chat completions", "batched, sessions"),
+    ]
+    for title, top, bottom in ratios:
+        print(f"| **{title}** | | | | | | | | **{rate[top] / max(rate[bottom], 1e-9):.2f}x** |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -400,8 +349,15 @@ def main(argv: list[str] | None = None) -> int:
             else build_model(workdir / "model", args.n_layer, args.n_embd)
         )
         runs = [
-            measure(model, workdir, "batched", args.max_batch_size, args),
-            measure(model, workdir, "one at a time", 1, args),
+            *measure(
+                model,
+                workdir,
+                "batched",
+                args.max_batch_size,
+                args,
+                ("sessions", "chat completions"),
+            ),
+            *measure(model, workdir, "one at a time", 1, args, ("sessions",)),
         ]
 
     import torch
@@ -412,22 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         f"; {args.clients} clients x {args.messages} messages, replies of "
         f"{args.reply_tokens} tokens, window {args.window_ms:g} ms"
     )
-    print(
-        "\n| serving | max batch | mean batch | replies | errors | history | p50 latency "
-        "| p95 latency | replies/s |"
-    )
-    print("|---|---:|---:|---:|---:|---|---:|---:|---:|")
-    for run in runs:
-        r: LoadResult = run["result"]
-        print(
-            f"| {run['label']} | {run['max_batch_size']} | {run['mean_batch']:.1f} | "
-            f"{r.replies} | {len(r.errors)} | "
-            f"{'complete, in order' if not r.history_errors else 'PROBLEMS'} | "
-            f"{r.percentile(0.5) * 1000:.0f} ms | {r.percentile(0.95) * 1000:.0f} ms | "
-            f"{r.replies_per_second:.1f} |"
-        )
-    ratio = runs[0]["result"].replies_per_second / max(runs[1]["result"].replies_per_second, 1e-9)
-    print(f"| **batched / one at a time** | | | | | | | | **{ratio:.1f}x** |")
+    print_table(runs)
     failed = False
     for run in runs:
         for problem in (run["result"].errors + run["result"].history_errors)[:10]:

@@ -8,11 +8,14 @@ Routes (every ``/v1`` route needs the API key when one is set)::
     DELETE /v1/sessions/{id}
     POST   /v1/sessions/{id}/messages        {"text": …} → the reply
     POST   /v1/sessions/{id}/messages/stream the same, as server-sent events, token by token
+    POST   /v1/chat/completions              OpenAI-compatible chat, stateless (openai_api)
+    GET    /v1/models                        the served model, OpenAI-compatible
     GET    /health, /docs (OpenAPI), /       (the chat page)
 
 The routes are thin: ``service.ChatService`` does the work, ``bodies`` describes what they
 accept, ``guard`` refuses requests before routing, ``responses`` writes errors. Every error is
-JSON, ``{"error": {"code", "message", …}}``, and never stops the server.
+JSON, ``{"error": {"code", "message", …}}`` (on the OpenAI-compatible routes OpenAI's
+``{"error": {"message", "type", "param", "code"}}``), and never stops the server.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Response, Security
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from fastapi.security import APIKeyHeader
+from fastapi.security import APIKeyHeader, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
 from personachat.serve.bodies import MessageBody, Options, PersonaBody
 from personachat.serve.guard import Guard
+from personachat.serve.openai_api import ChatCompletions, openai_routes
 from personachat.serve.responses import install_error_handlers, sse
 from personachat.serve.service import ChatService
 from personachat.serve.settings import ServeSettings
@@ -61,7 +65,9 @@ def create_app(model, store: SessionStore, settings: ServeSettings | None = None
     app.add_middleware(Guard, settings=settings)
     app.include_router(session_routes(service))
     app.include_router(message_routes(service))
-    add_page_routes(app, service, model_name=Path(str(model.args.model_name)).name)
+    model_name = Path(str(model.args.model_name)).name
+    app.include_router(openai_routes(ChatCompletions(service, model_name), v1_router()))
+    add_page_routes(app, service, model_name=model_name)
     return app
 
 
@@ -72,7 +78,8 @@ def v1_router() -> APIRouter:
         auto_error=False,
         description="needed when the server was started with --api-key",
     )
-    return APIRouter(prefix="/v1", dependencies=[Security(api_key)])
+    bearer = HTTPBearer(auto_error=False, description="the same key, as OpenAI clients send it")
+    return APIRouter(prefix="/v1", dependencies=[Security(api_key), Security(bearer)])
 
 
 def session_routes(service: ChatService) -> APIRouter:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import secrets
 
+from personachat.serve.openai_shapes import is_openai_path, openai_error_body
 from personachat.serve.settings import RequestError, ServeSettings, limit_error
 
 Headers = dict[str, bytes]
@@ -32,17 +33,18 @@ class Guard:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
         refusal = self.host_refusal(headers)
+        openai = is_openai_path(scope["path"])  # errors in OpenAI's shape there
         if refusal is not None:
-            return await send_error(send, refusal)
+            return await send_error(send, refusal, openai=openai)
         refusal = self.key_refusal(scope["path"], headers)
         if refusal is not None:
-            return await send_error(send, refusal, [(b"www-authenticate", b"Bearer")])
+            return await send_error(send, refusal, [(b"www-authenticate", b"Bearer")], openai)
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         try:
             body = await self.read_body(headers, receive)
         except RequestError as err:
-            return await send_error(send, err)
+            return await send_error(send, err, openai=openai)
         if body is None:  # the client left
             return
         replayed = False
@@ -112,10 +114,15 @@ class Guard:
 
 
 async def send_error(
-    send, error: RequestError, headers: list[tuple[bytes, bytes]] | None = None
+    send,
+    error: RequestError,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    openai: bool = False,
 ) -> None:
-    """Answer ``error`` as JSON straight from the middleware (no route ran)."""
-    content = json.dumps(error.body()).encode()  # ASCII escapes: always encodable
+    """Answer ``error`` as JSON straight from the middleware (no route ran); ``openai``: in
+    OpenAI's error shape."""
+    body = openai_error_body(error) if openai else error.body()
+    content = json.dumps(body).encode()  # ASCII escapes: always encodable
     await send(
         {
             "type": "http.response.start",

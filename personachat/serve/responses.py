@@ -1,4 +1,5 @@
-"""How the API answers: every error as JSON ``{"error": {"code", "message", …}}``, and events.
+"""How the API answers: every error as JSON ``{"error": {"code", "message", …}}`` (in OpenAI's
+shape on the OpenAI-compatible routes: ``openai_shapes``), and events.
 
 Error bodies may quote what the client sent (an unknown field's name, say), which may hold a
 lone surrogate; they are written with ASCII escapes, so quoting bad input can never fail
@@ -16,6 +17,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from personachat.serve.openai_shapes import (
+    is_openai_path,
+    openai_error_body,
+    openai_status,
+    param_name,
+)
 from personachat.serve.settings import RequestError, unicode_problem
 
 log = logging.getLogger("personachat.serve")
@@ -28,9 +35,20 @@ class ErrorResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, allow_nan=False).encode("ascii")
 
 
-def error_json(error: RequestError) -> ErrorResponse:
-    headers = {"Retry-After": "1"} if error.status == 429 else None
+def error_json(
+    error: RequestError, openai: bool = False, headers: dict | None = None
+) -> ErrorResponse:
+    """``error`` as its response; ``openai``: in OpenAI's shape and status."""
+    if error.status == 429:
+        headers = {**(headers or {}), "Retry-After": "1"}
+    if openai:
+        body, status = openai_error_body(error), openai_status(error.status)
+        return ErrorResponse(body, status_code=status, headers=headers)
     return ErrorResponse(error.body(), status_code=error.status, headers=headers)
+
+
+def on_openai_route(request: Request) -> bool:
+    return is_openai_path(request.scope["path"])
 
 
 def sse(event: str, data: dict) -> str:
@@ -69,22 +87,28 @@ def install_error_handlers(app: FastAPI) -> None:
     """Every error the app can meet, answered as JSON; none stops the server."""
 
     @app.exception_handler(RequestError)
-    async def request_error(_: Request, err: RequestError) -> JSONResponse:
-        return error_json(err)
+    async def request_error(request: Request, err: RequestError) -> JSONResponse:
+        return error_json(err, on_openai_route(request))
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         errors = list(err.errors())
         code, message = validation_message(errors)
+        if on_openai_route(request):  # OpenAI's shape: a 400 naming the first bad field
+            param = param_name(errors[0]["loc"]) if errors else None
+            return error_json(RequestError(400, code, message, param=param), openai=True)
         details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
         return ErrorResponse(
             {"error": {"code": code, "message": message, "details": details}}, status_code=422
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed"}
         code = codes.get(err.status_code, "http_error")
+        if on_openai_route(request):
+            error = RequestError(err.status_code, code, str(err.detail))
+            return error_json(error, openai=True, headers=err.headers)
         return ErrorResponse(
             {"error": {"code": code, "message": str(err.detail)}},
             status_code=err.status_code,
@@ -92,8 +116,11 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, err: Exception) -> JSONResponse:
+    async def unexpected(request: Request, err: Exception) -> JSONResponse:
         log.exception("unexpected error")
+        if on_openai_route(request):
+            message = f"{type(err).__name__}: {err}"
+            return error_json(RequestError(500, "internal_error", message), openai=True)
         return ErrorResponse(
             {"error": {"code": "internal_error", "message": f"{type(err).__name__}: {err}"}},
             status_code=500,

@@ -23,6 +23,7 @@ from personachat.generation.generate import DecodingOptions
 from personachat.model.loading import context_size
 from personachat.serve.batcher import Batcher
 from personachat.serve.bodies import MessageBody, Options
+from personachat.serve.chat_decoding import batch_generate
 from personachat.serve.settings import (
     RequestError,
     ServeSettings,
@@ -123,8 +124,9 @@ class ChatService:
             settings = replace(settings, max_reply_tokens=max(1, room))
         self.model, self.store, self.settings = model, store, settings
         self.defaults = server_defaults(DecodingOptions.from_args(model.args), settings)
+        # Session turns and chat requests (/v1/chat/completions) share one batcher.
         self.batcher = Batcher(
-            model.generate_replies, settings.max_batch_size, settings.batch_window_ms / 1000
+            batch_generate(model), settings.max_batch_size, settings.batch_window_ms / 1000
         )
         self.writer = TurnWriter(store, settings.max_history_kept)
         self.locks = KeyedLocks()
@@ -192,6 +194,15 @@ class ChatService:
             self.settings,
         )
         self._read(session_id, 0)
+        self.admit()
+        task = asyncio.create_task(self._turn(session_id, text, options, body.client_id, events))
+        self.turns.add(task)
+        task.add_done_callback(self._turn_done)
+        return task
+
+    def admit(self) -> None:
+        """Count one more request being answered (a turn or a chat request), or refuse it
+        (429) when ``max_in_flight`` are; ``release()`` when it is answered."""
         if self.in_flight >= self.settings.max_in_flight:
             raise limit_error(
                 429,
@@ -200,14 +211,13 @@ class ChatService:
                 "too many requests are being answered; retry in a moment",
             )
         self.in_flight += 1
-        task = asyncio.create_task(self._turn(session_id, text, options, body.client_id, events))
-        self.turns.add(task)
-        task.add_done_callback(self._turn_done)
-        return task
+
+    def release(self) -> None:
+        self.in_flight -= 1
 
     def _turn_done(self, task: asyncio.Task) -> None:
         self.turns.discard(task)
-        self.in_flight -= 1
+        self.release()
         if not task.cancelled():
             task.exception()  # retrieved here: its client may be gone
 
