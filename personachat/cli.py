@@ -1,4 +1,4 @@
-"""``personachat train | eval | interact | serve``: the command line over ConvAIModel.
+"""``personachat train | eval | interact | serve | telegram``: the command line over ConvAIModel.
 
 A YAML config (``--config configs/NAME.yaml``) names the model and data files and overrides
 ``ConvAIArgs`` defaults under ``args:``; flags override the config (``personachat.config``).
@@ -33,6 +33,7 @@ from personachat.fs import check_writable_folder
 from personachat.model.loading import resolve_device
 from personachat.model.scratch import cached_scratch_checkpoint
 from personachat.serve.command import add_serve_arguments, run_serve
+from personachat.telegram.command import add_telegram_arguments, check_telegram, run_telegram
 from personachat.train import distributed
 from personachat.train.errors import CheckpointWriteError, TrainingInterrupted
 from personachat.train.reporting import append_evaluation
@@ -42,6 +43,7 @@ COMMANDS = {
     "eval": "evaluate a trained model",
     "interact": "chat with a model in the terminal",
     "serve": "chat with a model over HTTP and in the browser",
+    "telegram": "chat with a model in Telegram (token in TELEGRAM_BOT_TOKEN)",
 }
 
 
@@ -75,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name == "serve":
             add_serve_arguments(p)
+        if name == "telegram":
+            add_telegram_arguments(p)
     add_data_commands(sub)
     return parser
 
@@ -169,6 +173,8 @@ def run(options: argparse.Namespace) -> int:
         return train_command(options, settings, args, device)
     from personachat.conv_ai_model import ConvAIModel
 
+    if options.command == "telegram":
+        check_telegram(options)  # the extra and the token, before the model loads
     # interact: a broken card is refused before the model loads (a minute on a large model).
     interact_card = options.command == "interact" and options.persona_card
     card = read_card(options.persona_card) if interact_card else None
@@ -188,6 +194,8 @@ def run(options: argparse.Namespace) -> int:
         print_results(results)
     elif options.command == "serve":
         return run_serve(model, options, str(model_name))
+    elif options.command == "telegram":
+        return run_telegram(model, options, str(model_name))
     else:
         model.persona_card = card  # as load_persona_card leaves it: interact opens as the card
         model.interact(personality=options.persona or None)

@@ -188,6 +188,35 @@ class SessionStore:
                 raise SessionNotFound(session_id)
         return self.get(session_id)
 
+    def start_over(
+        self, session_id: str, personality: list[str], opening: str | None = None
+    ) -> Session:
+        """Begin the session's conversation again, in one transaction: this persona and no
+        messages but the bot's ``opening`` line, if any (a character card's first message);
+        the session is created if it does not exist. For front ends that keep one session per
+        chat (the Telegram bot's ``/reset`` and ``/card``). Numbering starts again at 1."""
+        now = time.time()
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(
+                    "INSERT INTO sessions VALUES (?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                    "personality = excluded.personality, updated_at = excluded.updated_at",
+                    (session_id, json.dumps(personality, ensure_ascii=False), now, now),
+                )
+                self._db.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
+                if opening:
+                    self._db.execute(
+                        "INSERT INTO messages VALUES (?, 1, 'bot', ?, NULL, ?)",
+                        (session_id, opening, now),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        return self.get(session_id)
+
     def delete(self, session_id: str) -> None:
         with self._lock:
             cursor = self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))

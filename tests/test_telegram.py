@@ -1,0 +1,351 @@
+"""``personachat telegram`` end to end: the bot long-polls a stand-in of the Bot API on
+127.0.0.1 (``telegram_standin``), the test plays the users and reads what the bot sent.
+
+Decoding is greedy, so every reply can be checked against ``interact_single`` for the same
+persona and history: chats answered together keep their histories apart, a restarted bot
+continues each conversation, and a chat sending junk changes nothing for the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+from personachat import ConvAIModel
+from personachat.cli import main
+from personachat.serve.settings import ServeSettings
+from personachat.serve.store import SessionStore
+
+pytest.importorskip("telegram", reason="the telegram extra: pip install -e '.[test]'")
+pytest.importorskip("pydantic", reason="the telegram extra: pip install -e '.[test]'")
+
+from personachat.telegram.bot import session_id  # noqa: E402
+from personachat.telegram.command import TOKEN_ENV, BotConfig, run_bot  # noqa: E402
+
+from .serve_helpers import model_with_personas  # noqa: E402
+from .telegram_standin import BotApiStandIn  # noqa: E402
+
+TOKEN = "123456:stand-in-token"
+# Greedy, and at least 4 tokens: a random model's reply may otherwise end at once.
+GREEDY = {"do_sample": False, "min_length": 4, "max_length": 8}
+SETTINGS = ServeSettings(
+    max_message_chars=200,
+    max_persona_sentences=4,
+    max_persona_chars=80,
+    max_history_kept=6,
+    max_reply_tokens=16,
+    batch_window_ms=200,  # generous: the chats' messages must meet in one batch
+)
+NURSE = ["i work as a nurse .", "i have a cat ."]
+PILOT = ["i am a pilot .", "i love pizza ."]
+BAKER = ["i am a baker .", "i have a dog ."]
+CARD = {
+    "spec": "chara_card_v2",
+    "spec_version": "2.0",
+    "data": {
+        "name": "Ada",
+        "description": "{{char}} is a farmer. She has two goats.",
+        "personality": "cheerful",
+        "first_mes": "hello {{user}} , welcome to my farm .",
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_checkpoint, tmp_path_factory) -> Path:
+    return model_with_personas(tiny_checkpoint, tmp_path_factory.mktemp("telegram") / "model")
+
+
+@pytest.fixture(scope="module")
+def model(model_dir) -> ConvAIModel:
+    return ConvAIModel("gpt2", model_dir, args=GREEDY, use_cuda=False)
+
+
+@pytest.fixture()
+def api():
+    with BotApiStandIn(TOKEN) as api:
+        yield api
+
+
+class BotThread:
+    """``run_bot`` in a thread with its own event loop, as the CLI runs it; stopped (and
+    joined, within 60 s) when the ``with`` block ends."""
+
+    def __init__(self, model, db: Path, api: BotApiStandIn) -> None:
+        self.model, self.api, self.store = model, api, SessionStore(db)
+        self.config = BotConfig(TOKEN, api.url, poll_timeout=1)
+        self.started = threading.Event()
+        self.error: BaseException | None = None
+        self.stats = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        async def bot() -> None:
+            self.loop, self.stop = asyncio.get_running_loop(), asyncio.Event()
+            self.started.set()
+            self.stats = await run_bot(self.model, self.store, SETTINGS, self.config, self.stop)
+
+        try:
+            asyncio.run(bot())
+        except BaseException as err:  # the test reads it
+            self.error = err
+            self.started.set()
+
+    def __enter__(self) -> BotThread:
+        polls = self.api.calls.count("getUpdates")
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while self.api.calls.count("getUpdates") == polls:  # polling: ready for messages
+            assert self.error is None and self.thread.is_alive(), self.error
+            assert time.monotonic() < deadline, "the bot did not start polling"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(timeout=60)
+        self.store.close()
+        assert not self.thread.is_alive(), "the bot did not stop"
+        assert self.error is None, self.error
+
+
+def greedy(model, message: str, history: list[str], persona: list[str]) -> str:
+    return model.interact_single(message, history, persona)[0]
+
+
+def set_persona(api: BotApiStandIn, chat: int, persona: list[str]) -> None:
+    api.send_text(chat, "/persona " + " ".join(persona))
+    (answer,) = api.wait_replies(chat, 1)
+    assert answer.startswith("My new persona") and persona[0] in answer
+
+
+def history(db: Path, chat: int) -> tuple[list[str], list[str]]:
+    """A chat's persona and stored messages, read from the database as serve would."""
+    store = SessionStore(db)
+    try:
+        session = store.get(session_id(chat))
+    finally:
+        store.close()
+    return session.personality, [m.text for m in session.messages]
+
+
+# ---------------------------------------------------------------------- chats at once
+def test_chats_at_once_are_decoded_together_and_kept_apart(model, api, tmp_path):
+    db = tmp_path / "sessions.sqlite3"
+    personas = {101: NURSE, 102: PILOT, 103: BAKER}
+    texts = ["hi , what do you do ?", "any pets ?"]
+    with BotThread(model, db, api) as bot:
+        for chat, persona in personas.items():
+            set_persona(api, chat, persona)
+        for round_, text in enumerate(texts):
+            api.send_texts({chat: text for chat in personas})  # one getUpdates brings all
+            for chat in personas:
+                api.wait_replies(chat, 2 + round_)
+    assert bot.stats.largest >= 2  # several chats' messages were decoded in one call
+    assert "sendChatAction" in api.calls
+    for chat, persona in personas.items():
+        first, second = api.replies(chat)[1:]  # after the /persona answer
+        assert first == greedy(model, texts[0], [], persona)
+        assert second == greedy(model, texts[1], [texts[0], first], persona)
+        assert history(db, chat) == (persona, [texts[0], first, texts[1], second])
+
+
+def test_a_restarted_bot_continues_every_conversation(model, api, tmp_path):
+    db = tmp_path / "sessions.sqlite3"
+    with BotThread(model, db, api):
+        set_persona(api, 201, NURSE)
+        api.send_text(201, "hi")
+        first = api.wait_replies(201, 2)[-1]
+    with BotThread(model, db, api):  # a new bot process on the same database
+        api.send_text(201, "and you ?")
+        second = api.wait_replies(201, 3)[-1]
+        api.send_text(201, "/start")
+        greeting = api.wait_replies(201, 4)[-1]
+    assert first == greedy(model, "hi", [], NURSE)
+    assert second == greedy(model, "and you ?", ["hi", first], NURSE)
+    assert history(db, 201) == (NURSE, ["hi", first, "and you ?", second])
+    assert NURSE[0] in greeting and "/persona" in greeting
+
+
+# ---------------------------------------------------------------------- junk
+def test_a_chat_sending_junk_gets_clear_answers_and_others_go_on(model, api, tmp_path):
+    db = tmp_path / "sessions.sqlite3"
+    junk, calm = 301, 302
+    with BotThread(model, db, api):
+        set_persona(api, calm, PILOT)
+        api.send_text(junk, "x" * 300)  # over max_message_chars=200
+        api.send_sticker(junk)
+        api.send_text(junk, "/dance now")
+        api.send_document(junk, b"{not a card", "broken.json", caption="/card")
+        api.send_text(junk, "bad \ud800 unicode")
+        api.send_text(junk, "/persona " + "i like tea . " * 5)  # 5 sentences, max 4
+        api.send_text(calm, "hi , what do you do ?")
+        answers = api.wait_replies(junk, 6)
+        reply = api.wait_replies(calm, 2)[-1]
+        api.send_text(junk, "hello")  # the junk chat itself still works
+        after = api.wait_replies(junk, 7)[-1]
+    too_long, sticker, command, card, surrogate, persona = answers
+    assert "300 characters" in too_long and "max_message_chars=200" in too_long
+    assert "only read text messages" in sticker
+    assert "I do not know the command /dance" in command and "/persona" in command
+    assert (
+        "cannot use that card" in card and "broken.json" in card and "not a character card" in card
+    )
+    assert "not valid Unicode" in surrogate
+    assert "max_persona_sentences=4" in persona
+    assert reply == greedy(model, "hi , what do you do ?", [], PILOT)
+    junk_persona, junk_messages = history(db, junk)
+    assert junk_messages == ["hello", after]  # none of the junk was stored
+    assert after == greedy(model, "hello", [], junk_persona)
+
+
+# ---------------------------------------------------------------------- persona, card, reset
+def test_card_file_then_reset(model, api, tmp_path):
+    db = tmp_path / "sessions.sqlite3"
+    chat, persona = 401, ["Ada is a farmer.", "She has two goats.", "cheerful"]
+    opening = f"hello User{chat} , welcome to my farm ."
+    with BotThread(model, db, api):
+        api.send_document(chat, json.dumps(CARD).encode(), "ada.json", caption="/card")
+        intro, first = api.wait_replies(chat, 2)
+        api.send_text(chat, "hi")
+        reply = api.wait_replies(chat, 3)[-1]
+        api.send_text(chat, "/reset")
+        reset = api.wait_replies(chat, 4)[-1]
+        api.send_text(chat, "hi")
+        fresh = api.wait_replies(chat, 5)[-1]
+    assert intro.startswith("I am Ada now") and all(s in intro for s in persona)
+    assert first == opening
+    assert reply == greedy(model, "hi", [opening], persona)
+    assert reset.startswith("I forgot our conversation") and persona[0] in reset
+    assert fresh == greedy(model, "hi", [], persona)
+    assert history(db, chat) == (persona, ["hi", fresh])
+
+
+def test_a_png_card_and_card_usage(model, api, tmp_path):
+    chat = 501
+    with BotThread(model, tmp_path / "sessions.sqlite3", api):
+        api.send_text(chat, "/card")
+        usage = api.wait_replies(chat, 1)[-1]
+        api.send_document(chat, b"plain notes", "notes.txt")  # no /card caption
+        hint = api.wait_replies(chat, 2)[-1]
+        api.send_document(chat, png_card(CARD), "ada.png", caption="/card")
+        intro, first = api.wait_replies(chat, 4)[-2:]
+    assert "caption /card" in usage and "as a file" in usage
+    assert "caption /card" in hint
+    assert intro.startswith("I am Ada now") and first.startswith(f"hello User{chat}")
+
+
+def png_card(card: dict) -> bytes:
+    """A 1x1 PNG carrying ``card`` in a ``chara`` tEXt chunk, as card editors save them."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
+    text = b"chara\0" + base64.b64encode(json.dumps(card).encode())
+    pixels = zlib.compress(b"\0\0")
+    return b"\x89PNG\r\n\x1a\n" + b"".join(
+        [chunk(b"IHDR", header), chunk(b"tEXt", text), chunk(b"IDAT", pixels), chunk(b"IEND", b"")]
+    )
+
+
+# ---------------------------------------------------------------------- the command line
+def start_cli_bot(model_dir: Path, db: Path, api: BotApiStandIn) -> subprocess.Popen:
+    """``personachat telegram`` in a subprocess, token from the environment; returns once it
+    polls the stand-in."""
+    polls = api.calls.count("getUpdates")
+    command = [sys.executable, "-m", "personachat.cli", "telegram", "--model", str(model_dir)]
+    command += ["--db", str(db), "--base-url", api.url, "--device", "cpu"]
+    command += ["--threads", "1", "--prefill-threads", "1"]
+    command += [arg for key, value in GREEDY.items() for arg in ("--set", f"{key}={value}")]
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, TOKEN_ENV: TOKEN},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while api.calls.count("getUpdates") == polls:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the bot did not start polling: {process.communicate()[1]}")
+        time.sleep(0.05)
+    return process
+
+
+def test_the_cli_bot_finishes_its_replies_on_sigterm_and_a_new_bot_goes_on(
+    model, model_dir, api, tmp_path
+):
+    """SIGTERM while a reply is being decoded: the reply is still sent and stored, the bot
+    exits 0, and a new bot on the same database continues the conversation."""
+    db = tmp_path / "sessions.sqlite3"
+    process = start_cli_bot(model_dir, db, api)
+    try:
+        set_persona(api, 601, BAKER)
+        api.send_text(601, "hi")
+        first = api.wait_replies(601, 2)[-1]
+        typing = api.calls.count("sendChatAction")
+        api.send_text(601, "and you ?")
+        wait_until(lambda: api.calls.count("sendChatAction") > typing)  # its turn started
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+    assert process.returncode == 0, err
+    second = api.replies(601)[2]  # sent before the bot exited
+    with BotThread(model, db, api):
+        api.send_text(601, "bye")
+        third = api.wait_replies(601, 4)[-1]
+    assert first == greedy(model, "hi", [], BAKER)
+    assert second == greedy(model, "and you ?", ["hi", first], BAKER)
+    assert third == greedy(model, "bye", ["hi", first, "and you ?", second], BAKER)
+
+
+def wait_until(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_the_cli_refuses_a_missing_token_or_extra_in_one_line(model_dir, monkeypatch, capsys):
+    argv = ["telegram", "--model", str(model_dir), "--device", "cpu"]
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("personachat telegram: error: no bot token") and TOKEN_ENV in err
+    assert err.count("\n") == 1
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    monkeypatch.setitem(sys.modules, "telegram", None)  # as if the extra were not installed
+    assert main(argv) == 2
+    assert "pip install 'personachat[telegram]'" in capsys.readouterr().err
+
+
+def test_the_cli_refuses_a_token_the_api_rejects(model_dir, api, monkeypatch, capsys, tmp_path):
+    import torch
+
+    monkeypatch.setenv(TOKEN_ENV, "999:wrong-token")
+    monkeypatch.setenv("PERSONACHAT_KEEP_FREED_MEMORY", "0")  # this test process's malloc
+    argv = ["telegram", "--model", str(model_dir), "--device", "cpu", "--base-url", api.url]
+    argv += ["--db", str(tmp_path / "sessions.sqlite3")]
+    assert main([*argv, "--threads", str(torch.get_num_threads())]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"personachat telegram: error: the Bot API at {api.url} refused")
+    assert "Traceback" not in err
