@@ -196,11 +196,6 @@ def chat_format_from_tokenizer(tokenizer) -> ChatFormat:
     )
 
 
-def _between(text: str, left: str, right: str) -> str:
-    start = text.index(left) + len(left)
-    return text[start : text.index(right, start)]
-
-
 def _encode_pieces(tokenizer, system, user, assistant) -> ChatFormat:
     def enc(text: str) -> tuple[int, ...]:
         return tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else ()
