@@ -1,1 +1,1 @@
-"""Data: reading every dialog format, validating, downloading, candidates, the synthetic benchmark."""
+"""Data: reading every dialog format, validating, downloading, candidates, character cards, the synthetic benchmark."""
