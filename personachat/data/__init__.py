@@ -1,1 +1,2 @@
-"""Data: reading every dialog format, validating, downloading, candidates, character cards, the synthetic benchmark."""
+"""Data: reading every dialog format, validating, downloading, candidates, character cards,
+the synthetic benchmark."""
