@@ -30,6 +30,7 @@ from personachat.data.commands import DATA_COMMANDS, add_data_commands, run_data
 from personachat.data.readers import FORMATS
 from personachat.errors import PersonachatError
 from personachat.fs import check_writable_folder
+from personachat.model.export import add_export_command, run_export_command
 from personachat.model.loading import resolve_device
 from personachat.model.scratch import cached_scratch_checkpoint
 from personachat.serve.command import add_serve_arguments, run_serve
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "telegram":
             add_telegram_arguments(p)
     add_data_commands(sub)
+    add_export_command(sub)
     return parser
 
 
@@ -167,6 +169,8 @@ def run(options: argparse.Namespace) -> int:
     """Run one command; returns the exit code."""
     if options.command in DATA_COMMANDS:
         return run_data_command(options)
+    if options.command == "export":
+        return run_export_command(options)
     settings, args = resolve(options)
     device = resolve_device("auto" if options.device == "auto" else options.device == "cuda")
     if options.command == "train":

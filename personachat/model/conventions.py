@@ -32,8 +32,8 @@ from pathlib import Path
 import yaml
 
 from personachat.args import ConvAIArgs
-from personachat.encoding.chat_format import ChatFormat
-from personachat.encoding.inputs import InputFormat, SpecialIds
+from personachat.encoding.chat_format import ChatFormat, ChatTemplateError
+from personachat.encoding.inputs import EncodingError, InputFormat, SpecialIds
 from personachat.errors import PersonachatError
 from personachat.fs import write_file_atomic
 from personachat.model.gguf import SMOLLM2_HUB_ID, SMOLLM2_NAMES
@@ -90,11 +90,22 @@ def input_format(format_name: str, tokenizer) -> InputFormat:
     return SpecialIds.from_tokenizer(tokenizer)
 
 
+def usable_format(format_name: str | None, tokenizer) -> InputFormat | None:
+    """``input_format``, or None where the tokenizer cannot build it (a model saved before
+    its special tokens were added): such a folder gets no template or generation config."""
+    if format_name is None:
+        return None
+    try:
+        return input_format(format_name, tokenizer)
+    except (EncodingError, ChatTemplateError):
+        return None
+
+
 @contextmanager
 def chat_template_for_saving(tokenizer, format_name: str | None, args) -> Iterator[None]:
     """Within the block the tokenizer carries the template its folder should have: the
     TransferTransfo one for a ``transfertransfo`` model, its own otherwise (restored after)."""
-    if format_name != "transfertransfo":
+    if format_name != "transfertransfo" or usable_format(format_name, tokenizer) is None:
         yield
         return
     before = getattr(tokenizer, "chat_template", None)
@@ -323,8 +334,9 @@ def write_conventions(
     saved with the tokenizer: ``chat_template_for_saving``). ``source``: the folder whose
     ``report.md`` and ``eval_results.json`` the card reads (default ``folder``)."""
     folder = Path(folder)
-    special = input_format(format_name, tokenizer)
-    write_generation_config(folder, args, special, tokenizer)
+    special = usable_format(format_name, tokenizer)
+    if special is not None:
+        write_generation_config(folder, args, special, tokenizer)
     source = Path(source) if source is not None else folder
     if exported or is_ours(source / CARD_FILE):
         card = model_card(name or source.resolve().name, args, format_name, source, exported)

@@ -223,6 +223,8 @@ def export_folder(
     """Export the saved model ``name`` (a folder, or any name personachat loads) to ``out``
     (options as ``export_model``'s)."""
     check_target(Path(out), options.get("overwrite", False))
+    if Path(out).resolve() == Path(name).expanduser().resolve():
+        raise ExportError(f"OUT {str(out)!r} is the model folder itself; export into another")
     model, tokenizer, args = load_for_export(str(name))
     return export_model(model, tokenizer, args, out, source=name, **options)
 

@@ -22,6 +22,7 @@ from personachat.data.dialogs import unicode_problem
 from personachat.encoding.inputs import ATTR_TO_SPECIAL_TOKEN
 from personachat.fs import write_folder_atomic
 from personachat.model.archives import FINETUNED_ARCHIVES, fetch_finetuned_archive
+from personachat.model.conventions import chat_template_for_saving, write_conventions
 from personachat.model.families import (
     TOKEN_TYPES_KEY,
     FamilyError,
@@ -263,9 +264,13 @@ def write_model_files(
     tokenizer,
     args=None,
     extra_files: dict[str, str] | None = None,
+    card_source: str | os.PathLike | None = None,
 ) -> None:
     """Weights (safetensors), config, tokenizer, ``model_args.json`` and extra text files,
-    written straight into ``folder`` (callers write into a temporary folder first)."""
+    written straight into ``folder`` (callers write into a temporary folder first). With
+    ``args``, also the conventions other tools read (``conventions``): the chat template,
+    ``generation_config.json`` and a model card from ``card_source``'s report (default
+    ``folder``)."""
     from transformers.utils import logging as hf_logging
 
     folder = Path(folder)
@@ -280,9 +285,12 @@ def write_model_files(
     finally:
         if bar:
             hf_logging.enable_progress_bar()
-    tokenizer.save_pretrained(folder)
+    layout = resolve_input_format(args.input_format, unwrap(model), tokenizer) if args else None
+    with chat_template_for_saving(tokenizer, layout, args):
+        tokenizer.save_pretrained(folder)
     if args is not None:
         args.save(folder)
+        write_conventions(folder, tokenizer, args, layout, source=card_source or folder)
     for name, text in (extra_files or {}).items():
         (folder / name).write_text(text, encoding="utf-8")
 
@@ -299,15 +307,18 @@ def save_pretrained_atomic(
     Everything is written into a temporary folder beside the target first. A fresh target is
     then created by one rename; an existing folder (which may hold checkpoints, eval results
     or TensorBoard runs) gets each file moved in by rename, weights last, so a crash never
-    leaves truncated files or weights that do not match their config.
+    leaves truncated files or weights that do not match their config. The model card reads
+    the ``report.md`` and ``eval_results.json`` already in output_dir.
     """
-    return write_folder_atomic(
-        output_dir,
-        partial(
-            write_model_files, model=model, tokenizer=tokenizer, args=args, extra_files=extra_files
-        ),
-        merge=True,
+    fill = partial(
+        write_model_files,
+        model=model,
+        tokenizer=tokenizer,
+        args=args,
+        extra_files=extra_files,
+        card_source=output_dir,
     )
+    return write_folder_atomic(output_dir, fill, merge=True)
 
 
 def unwrap(model):

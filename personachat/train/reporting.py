@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 
 from personachat.fs import write_file_atomic
+from personachat.model.conventions import refresh_model_card
 from personachat.train.errors import TrainingError
 
 CURVES_FILE = "training_curves.png"
@@ -290,7 +291,9 @@ def write_report(
             f"({SAMPLES_FILE}).",
         ]
     lines += configuration_lines(args)
-    return write_file_atomic(out / REPORT_FILE, "\n".join(lines) + "\n")
+    path = write_file_atomic(out / REPORT_FILE, "\n".join(lines) + "\n")
+    refresh_model_card(out)  # the saved model's card (README.md) shows the report
+    return path
 
 
 def train_reported(
@@ -370,7 +373,9 @@ def append_evaluation(output_dir: str | os.PathLike, title: str, results: dict) 
     # Keep the configuration table last.
     head, sep, tail = text.partition("\n## Configuration")
     body = head.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
-    return write_file_atomic(path, body + (f"\n## Configuration{tail}\n" if sep else ""))
+    written = write_file_atomic(path, body + (f"\n## Configuration{tail}\n" if sep else ""))
+    refresh_model_card(output_dir)  # with eval_results.json's metrics, if written there
+    return written
 
 
 __all__ = [

@@ -1,0 +1,206 @@
+"""``personachat export``: a plain causal-LM folder that transformers' own
+``apply_chat_template`` + ``generate`` decode to exactly personachat's greedy reply; the
+refusal of models trained with token types; ``--gguf`` read back through transformers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from gguf import GGUFReader
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from personachat import ConvAIModel
+from personachat.cli import main
+from personachat.model import gguf_export
+from personachat.model.export import ExportError, export_folder, export_model
+from personachat.model.gguf_export import GGUFExportError
+from personachat.model.lora import with_lora
+from tests.conftest import PERSONA, make_dialogs
+from tests.test_saved_conventions import messages_of
+from tests.tiny_models import build_tiny_chat_model
+
+GREEDY = {"do_sample": False, "max_length": 12, "silent": True}
+TALKS = [
+    ("hi , what do you do ?", []),
+    ("fine . any pets ?", ["hello !", "hi , how are you ?"]),
+]
+TEXTS = [s for d in make_dialogs() for u in d["utterances"] for s in u["history"] + u["candidates"]]
+
+
+def standard_reply(model, tokenizer, persona, history, message, generation=None) -> str:
+    """The reply of the exported folder through transformers alone, greedily."""
+    ids = tokenizer.apply_chat_template(
+        messages_of(persona, [*history, message]),
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=False,
+    )
+    mask = torch.ones_like(ids)
+    out = model.generate(ids, attention_mask=mask, generation_config=generation, do_sample=False)
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+
+
+def gguf_metadata(path, key: str) -> str:
+    """A text value of a GGUF file's metadata, read with the gguf package."""
+    field = GGUFReader(path).fields[key]
+    return bytes(field.parts[field.data[0]]).decode("utf-8")
+
+
+def assert_decodes_like_personachat(ours: ConvAIModel, folder, gguf_file=None) -> None:
+    """transformers' reply equals personachat's on each talk; a GGUF file (read through
+    transformers) decodes with the folder's generation_config.json, as an engine would."""
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+    if gguf_file:  # transformers 5.24 drops the file's template; llama.cpp reads this key
+        tokenizer.chat_template = gguf_metadata(folder / gguf_file, "tokenizer.chat_template")
+    generation = GenerationConfig.from_pretrained(folder)
+    for message, history in TALKS:
+        expected, _ = ours.interact_single(message, history, personality=PERSONA)
+        got = standard_reply(model, tokenizer, PERSONA, history, message, generation)
+        assert got == expected
+
+
+@pytest.fixture(scope="module")
+def gpt2_without_token_types(tiny_checkpoint, tmp_path_factory):
+    model = ConvAIModel(
+        "gpt2", tiny_checkpoint, use_cuda=False, args={**GREEDY, "token_types": "none"}
+    )
+    saved = model.save_model(tmp_path_factory.mktemp("gpt2") / "saved")
+    return model, saved
+
+
+def saved_chat_model(folder, family: str):
+    """A tiny chat model of ``family`` as personachat loads it, and the folder it saves."""
+    build_tiny_chat_model(folder / "base", TEXTS + PERSONA, family)
+    model = ConvAIModel("auto", folder / "base", use_cuda=False, args=GREEDY)
+    return model, model.save_model(folder / "saved")
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    return saved_chat_model(tmp_path_factory.mktemp("llama"), "llama")
+
+
+@pytest.fixture(scope="module")
+def qwen2(tmp_path_factory):
+    return saved_chat_model(tmp_path_factory.mktemp("qwen2"), "qwen2")
+
+
+def test_an_exported_gpt2_decodes_like_personachat(gpt2_without_token_types, tmp_path):
+    ours, saved = gpt2_without_token_types
+
+    assert main(["export", str(saved), str(tmp_path / "out")]) == 0
+
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["architectures"] == ["GPT2LMHeadModel"]
+    assert "personachat_token_types" not in config
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), framework="pt") as f:
+        assert not [k for k in f.keys() if k.startswith("multiple_choice_head")]
+    assert (tmp_path / "out" / "generation_config.json").is_file()
+    assert (tmp_path / "out" / "README.md").read_text().startswith("---\n")
+    assert not (tmp_path / "out" / "model_args.json").exists()  # a plain folder
+    assert_decodes_like_personachat(ours, tmp_path / "out")
+
+
+def test_an_exported_llama_decodes_like_personachat(llama, tmp_path):
+    ours, saved = llama
+
+    export_folder(saved, tmp_path / "out")
+
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), framework="pt") as f:
+        assert not [k for k in f.keys() if k.startswith("multiple_choice_head")]
+    assert_decodes_like_personachat(ours, tmp_path / "out")
+
+
+def test_a_lora_model_in_memory_exports_with_its_adapters_merged(llama, tmp_path):
+    _, saved = llama
+    ours = ConvAIModel("auto", saved, use_cuda=False, args={**GREEDY, "lora_r": 4})
+    ours.model = with_lora(ours.model, ours.args)
+    torch.manual_seed(0)
+    with torch.no_grad():  # adapters that change the replies (peft starts them at zero)
+        for name, param in ours.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+
+    export_model(ours.model, ours.tokenizer, ours.args, tmp_path / "out")
+
+    assert hasattr(ours.model, "merge_and_unload")  # the model exported stays as it was
+    assert_decodes_like_personachat(ours, tmp_path / "out")
+
+
+def test_a_model_with_token_types_is_refused_with_the_reason_and_the_fix(
+    tiny_checkpoint, tmp_path, capsys
+):
+    saved = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False).save_model(tmp_path / "tt")
+
+    with pytest.raises(ExportError, match="token types") as refused:
+        export_folder(saved, tmp_path / "out")
+    assert "token_types=none" in str(refused.value)
+    assert "input_format=chat_template" in str(refused.value)
+    assert not (tmp_path / "out").exists()
+
+    assert main(["export", str(saved), str(tmp_path / "out")]) == 2
+    assert "never pass token_type_ids" in capsys.readouterr().err
+
+    assert main(["export", str(saved), str(tmp_path / "out"), "--allow-inexact"]) == 0
+    assert "speaker embeddings" in capsys.readouterr().err
+    assert "exported inexactly" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_a_non_empty_folder_is_replaced_only_with_overwrite(gpt2_without_token_types, tmp_path):
+    _, saved = gpt2_without_token_types
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+
+    with pytest.raises(ExportError, match="not empty"):
+        export_folder(saved, out)
+    assert (out / "keep.txt").is_file()
+
+    export_folder(saved, out, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_gguf_reads_back_through_transformers_and_decodes_like_personachat(
+    family, request, tmp_path
+):
+    ours, saved = request.getfixturevalue(family)
+
+    assert main(["export", str(saved), str(tmp_path / "out"), "--gguf"]) == 0
+
+    assert (tmp_path / "out" / "out.gguf").is_file()
+    assert_decodes_like_personachat(ours, tmp_path / "out", gguf_file="out.gguf")
+
+
+def test_a_float16_gguf_is_written_and_checked_too(llama, tmp_path):
+    _, saved = llama
+    export_folder(saved, tmp_path / "f32", gguf=True)
+    export_folder(saved, tmp_path / "f16", gguf=True, gguf_half=True)
+
+    f32, f16 = (tmp_path / n / f"{n}.gguf" for n in ("f32", "f16"))
+    assert f16.stat().st_size < f32.stat().st_size
+
+
+def test_a_gguf_that_reads_back_differently_is_not_kept(llama, tmp_path, monkeypatch):
+    _, saved = llama
+    # a writer that forgets llama.cpp's row order of the query/key projections
+    monkeypatch.setattr(gguf_export, "permute_rotary_rows", lambda weight, heads: weight)
+
+    with pytest.raises(GGUFExportError, match="differ"):
+        export_folder(saved, tmp_path / "out", gguf=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_gguf_of_a_gpt2_model_names_what_works(gpt2_without_token_types, tmp_path):
+    _, saved = gpt2_without_token_types
+
+    with pytest.raises(GGUFExportError, match="llama, qwen2"):
+        export_folder(saved, tmp_path / "out", gguf=True)
+    assert not (tmp_path / "out").exists()
