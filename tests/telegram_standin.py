@@ -62,10 +62,11 @@ class BotApiStandIn:
             message["entities"] = [{"type": "bot_command", "offset": 0, "length": length}]
         return self._deliver(chat_id, message)
 
-    def send_texts(self, texts: dict[int, str]) -> None:
-        """Users of several chats write at the same moment: one getUpdates brings them all."""
+    def send_texts(self, texts: list[tuple[int, str]]) -> None:
+        """Messages (chat id, text) written at the same moment: one getUpdates brings them
+        all."""
         with self.changed:  # a poll waiting for updates wakes once they are all queued
-            for chat_id, text in texts.items():
+            for chat_id, text in texts:
                 self.send_text(chat_id, text)
 
     def send_sticker(self, chat_id: int) -> dict:

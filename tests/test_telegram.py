@@ -31,7 +31,7 @@ from personachat.serve.store import SessionStore
 pytest.importorskip("telegram", reason="the telegram extra: pip install -e '.[test]'")
 pytest.importorskip("pydantic", reason="the telegram extra: pip install -e '.[test]'")
 
-from personachat.telegram.bot import session_id  # noqa: E402
+from personachat.telegram.bot import MAX_WAITING_PER_CHAT, session_id  # noqa: E402
 from personachat.telegram.command import TOKEN_ENV, BotConfig, run_bot  # noqa: E402
 
 from .serve_helpers import model_with_personas  # noqa: E402
@@ -150,7 +150,7 @@ def test_chats_at_once_are_decoded_together_and_kept_apart(model, api, tmp_path)
         for chat, persona in personas.items():
             set_persona(api, chat, persona)
         for round_, text in enumerate(texts):
-            api.send_texts({chat: text for chat in personas})  # one getUpdates brings all
+            api.send_texts([(chat, text) for chat in personas])  # one getUpdates brings all
             for chat in personas:
                 api.wait_replies(chat, 2 + round_)
     assert bot.stats.largest >= 2  # several chats' messages were decoded in one call
@@ -211,6 +211,20 @@ def test_a_chat_sending_junk_gets_clear_answers_and_others_go_on(model, api, tmp
     assert after == greedy(model, "hello", [], junk_persona)
 
 
+def test_a_flooding_chat_is_told_to_slow_down_and_others_are_answered(model, api, tmp_path):
+    flood, calm = 311, 312
+    with BotThread(model, tmp_path / "sessions.sqlite3", api):
+        set_persona(api, calm, NURSE)
+        texts = [f"message {i}" for i in range(20)]
+        api.send_texts([*((flood, text) for text in texts), (calm, "hi")])
+        answers = api.wait_replies(flood, 20)
+        reply = api.wait_replies(calm, 2)[-1]
+    waiting = MAX_WAITING_PER_CHAT + 1  # the one being answered and those queued behind it
+    slow_down = [a for a in answers if a.startswith("I am still answering")]
+    assert len(slow_down) == len(texts) - waiting
+    assert reply == greedy(model, "hi", [], NURSE)
+
+
 # ---------------------------------------------------------------------- persona, card, reset
 def test_card_file_then_reset(model, api, tmp_path):
     db = tmp_path / "sessions.sqlite3"
@@ -238,12 +252,15 @@ def test_a_png_card_and_card_usage(model, api, tmp_path):
     with BotThread(model, tmp_path / "sessions.sqlite3", api):
         api.send_text(chat, "/card")
         usage = api.wait_replies(chat, 1)[-1]
-        api.send_document(chat, b"plain notes", "notes.txt")  # no /card caption
+        notes = api.send_document(chat, b"plain notes", "notes.txt")  # no /card caption
         hint = api.wait_replies(chat, 2)[-1]
+        api.send_text(chat, "/card", reply_to_message=notes)  # /card as the answer to it
+        refused = api.wait_replies(chat, 3)[-1]
         api.send_document(chat, png_card(CARD), "ada.png", caption="/card")
-        intro, first = api.wait_replies(chat, 4)[-2:]
+        intro, first = api.wait_replies(chat, 5)[-2:]
     assert "caption /card" in usage and "as a file" in usage
     assert "caption /card" in hint
+    assert refused.startswith("I cannot use that card: notes.txt: not a character card")
     assert intro.startswith("I am Ada now") and first.startswith(f"hello User{chat}")
 
 
