@@ -176,6 +176,45 @@ def test_a_persona_card_comes_before_the_system_message(client):
     assert with_card.usage.prompt_tokens > ask(client, temperature=0).usage.prompt_tokens
 
 
+def test_a_session_takes_a_card_and_opens_with_its_first_message(server, client):
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as api:
+        created = api.post("/v1/sessions", json={"card": CARD})
+        assert created.status_code == 201, created.text
+        session = created.json()
+        assert session["personality"] == ["Ada works as a baker.", "She has a dog."]
+        opening = [(m["seq"], m["role"], m["text"]) for m in session["messages"]]
+        assert opening == [(1, "bot", "hello User , i am Ada .")]
+        turn = api.post(
+            f"/v1/sessions/{session['id']}/messages",
+            json={"text": "hi", "options": {"do_sample": False}},
+        ).json()
+        assert [m["seq"] for m in turn["messages"]] == [2, 3]
+        # The same card through the chat route: the same conversation, the same reply.
+        chat = ask(
+            client,
+            temperature=0,
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body={"persona_card": CARD},
+        )
+        assert turn["reply"] == chat.choices[0].message.content
+
+        changed = api.put(
+            f"/v1/sessions/{session['id']}",
+            json={
+                "card": {**CARD, "data": {**CARD["data"], "description": "{{char}} is a pilot."}}
+            },
+        )
+        assert changed.json()["personality"] == ["Ada is a pilot."]
+        assert len(changed.json()["messages"]) == 3  # the history stays
+
+        broken = api.post("/v1/sessions", json={"card": {"spec": "chara_card_v2", "data": {}}})
+        assert broken.status_code == 422
+        assert broken.json()["error"]["code"] == "invalid_card"
+        assert broken.json()["error"]["field"] == "card"
+        both = api.post("/v1/sessions", json={"card": CARD, "personality": ["i am ."]})
+        assert both.status_code == 422 and both.json()["error"]["field"] == "card"
+
+
 # ---------------------------------------------------------------------- keys and errors
 def test_the_api_key_goes_as_bearer_or_x_api_key(server):
     wrong = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)

@@ -2,7 +2,8 @@
 
 Routes (every ``/v1`` route needs the API key when one is set)::
 
-    POST   /v1/sessions                      new session (a personality, or none: a random one)
+    POST   /v1/sessions                      new session (a personality or a character card,
+                                             or none: a random persona)
     GET    /v1/sessions/{id}                 persona and history
     PUT    /v1/sessions/{id}                 change the persona (history kept)
     DELETE /v1/sessions/{id}
@@ -87,7 +88,8 @@ def session_routes(service: ChatService) -> APIRouter:
 
     @v1.post("/sessions", status_code=201, summary="Start a session")
     async def create_session(body: PersonaBody | None = None) -> dict:
-        return await service.create(body.personality if body else None)
+        body = body or PersonaBody()
+        return await service.create(body.personality, body.card)
 
     @v1.get("/sessions/{session_id}", summary="Persona and history of a session")
     async def get_session(session_id: str) -> dict:
@@ -95,7 +97,7 @@ def session_routes(service: ChatService) -> APIRouter:
 
     @v1.put("/sessions/{session_id}", summary="Change the persona (the history is kept)")
     async def put_session(session_id: str, body: PersonaBody) -> dict:
-        return await service.set_personality(session_id, body.personality)
+        return await service.set_personality(session_id, body.personality, body.card)
 
     @v1.delete("/sessions/{session_id}", status_code=204, summary="Delete a session")
     async def delete_session(session_id: str) -> Response:

@@ -62,6 +62,12 @@ class PersonaBody(BaseModel):
         description="persona sentences; none or empty: a persona from the model's data",
         examples=[["i work as a nurse .", "i have two cats ."]],
     )
+    card: dict | None = Field(
+        None,
+        description="instead of a personality: a Character Card V2 JSON object; its "
+        "description and personality become the persona, and on POST its first message is "
+        "the bot's opening line, stored as the session's first message",
+    )
 
 
 class MessageBody(BaseModel):

@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import replace
 from typing import Any
 
+from personachat.data.cards import CardError, CardLimits, PersonaCard, card_from_json
 from personachat.errors import PersonachatError
 from personachat.generation.generate import DecodingOptions
 from personachat.model.loading import context_size
@@ -147,17 +148,31 @@ class ChatService:
                 f"none could be loaded ({err}); send a personality",
             ) from err
 
-    async def create(self, sentences: list[str] | None) -> dict:
+    async def create(self, sentences: list[str] | None, card: dict | None = None) -> dict:
+        """A new session; with a character card, its persona and its first message as the
+        bot's opening line (the session's first message)."""
+        session_id = secrets.token_urlsafe(24)
+        if card is not None:
+            persona = session_card(card, sentences, self.settings)
+            session = await asyncio.to_thread(
+                self.store.start_over, session_id, persona.personality, persona.first_message
+            )
+            return session.to_json()
         personality = await self.personality(sentences)
-        session = await asyncio.to_thread(self.store.create, secrets.token_urlsafe(24), personality)
+        session = await asyncio.to_thread(self.store.create, session_id, personality)
         return session.to_json()
 
     async def get(self, session_id: str) -> dict:
         return self._read(session_id).to_json()
 
-    async def set_personality(self, session_id: str, sentences: list[str] | None) -> dict:
+    async def set_personality(
+        self, session_id: str, sentences: list[str] | None, card: dict | None = None
+    ) -> dict:
         self._read(session_id, 0)  # 404 before drawing a persona
-        personality = await self.personality(sentences)
+        if card is not None:
+            personality = session_card(card, sentences, self.settings).personality
+        else:
+            personality = await self.personality(sentences)
         return (await self._write(self.store.set_personality, session_id, personality)).to_json()
 
     async def delete(self, session_id: str) -> None:
@@ -282,6 +297,22 @@ class ChatService:
         if self.turns:
             log.info("waiting for %d replies to finish", len(self.turns))
             await asyncio.wait(set(self.turns), timeout=DRAIN_SECONDS)
+
+
+def session_card(card: dict, sentences: list[str] | None, settings: ServeSettings) -> PersonaCard:
+    """The ``card`` field of a session request as a persona; a broken card, or a card sent
+    with a personality, is a 422 naming the field."""
+    if sentences:
+        raise RequestError(
+            422,
+            "invalid_request",
+            "card: send a personality or a card, not both",
+            field="card",
+        )
+    try:
+        return card_from_json(card, "card", limits=CardLimits.from_settings(settings))
+    except CardError as err:
+        raise RequestError(422, "invalid_card", str(err), field="card") from None
 
 
 def reply_error(err: Exception) -> RequestError:
