@@ -146,7 +146,7 @@ def open_epoch(run: Run) -> tqdm:
         batches,
         desc=f"Epoch {state.epoch + 1}/{run.num_epochs}",
         initial=state.batches_done,
-        total=run.epoch_micro,
+        total=min(run.epoch_micro, state.batches_done + run.micro_left()),
         disable=args.silent or not run.ctx.is_main,
         leave=False,
     )

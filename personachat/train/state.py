@@ -257,6 +257,10 @@ class Run:
     def total_steps(self) -> int:
         return total_steps(self.args, self.steps_per_epoch)
 
+    def micro_left(self) -> int:
+        """Micro-batches this process has left to run (max_steps may end within an epoch)."""
+        return (self.total_steps - self.state.global_step) * self.plan.accumulation_steps
+
     @property
     def num_epochs(self) -> int:
         """Epochs the run starts: num_train_epochs, or as many as max_steps needs."""
