@@ -11,9 +11,11 @@ import yaml
 from transformers import AutoTokenizer, GenerationConfig
 
 from personachat import ConvAIModel
+from personachat.args import ConvAIArgs
 from personachat.encoding.inputs import SpecialIds, TextEncoder, build_input_from_segments
 from personachat.generation.generate import build_prompt
-from personachat.model.conventions import CARD_MARKER
+from personachat.model.conventions import CARD_MARKER, base_model_of, model_card
+from personachat.model.gguf import SMOLLM2_HUB_ID
 from personachat.train.reporting import append_evaluation
 from tests.conftest import PERSONA, make_dialogs
 from tests.tiny_models import CHATML, build_tiny_chat_model
@@ -175,3 +177,21 @@ def test_base_model_and_license_come_from_the_hub_id_trained_from(tiny_checkpoin
     front, _ = card_parts(tmp_path / "saved" / "README.md")
 
     assert (front["base_model"], front["license"]) == ("openai-community/gpt2", "mit")
+
+
+def test_the_base_model_is_followed_back_through_personachat_folders(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, source in ((first, "smollm2"), (second, str(first))):
+        folder.mkdir()
+        (folder / "model_args.json").write_text(json.dumps({"model_name": source}))
+    args = ConvAIArgs()
+    args.model_name = str(second)  # fine-tuned from a folder fine-tuned from smollm2
+
+    card = model_card("again", args, "chat_template", tmp_path)
+    front = yaml.safe_load(card.split("---\n")[1])
+
+    assert base_model_of(str(second)) == front["base_model"] == SMOLLM2_HUB_ID
+    assert front["license"] == "apache-2.0"
+    assert "Q4_1-quantized" in card  # SmolLM2's packaged weights are named as what they are
+    assert base_model_of("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert base_model_of(str(tmp_path / "a-folder-that-is-not-there")) is None

