@@ -7,6 +7,7 @@ greedy reply (a model loaded with ``do_sample: False``) for the same persona and
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -313,3 +314,32 @@ def test_concurrent_chat_requests_and_session_turns_share_the_batcher(model, gre
     assert batching["largest_batch"] >= 2, batching
     for persona, reply in zip(personas, replies, strict=True):
         assert reply == greedy.interact_single(HISTORY[-1], HISTORY[:-1], persona)[0]
+
+
+def test_excess_requests_get_429_and_a_client_leaving_mid_stream_frees_its_place(model, tmp_path):
+    settings = ServeSettings(batch_window_ms=1000, max_in_flight=2, max_reply_tokens=MAX)
+    with ThreadServer(model, tmp_path / "busy.sqlite3", settings) as server:
+        chat = openai.OpenAI(base_url=server.url + "/v1", api_key="-", max_retries=0, timeout=60)
+
+        def attempt(_: int) -> str:
+            try:
+                return ask(chat, temperature=0).choices[0].message.content
+            except openai.RateLimitError as err:
+                assert err.body["type"] == "rate_limit_error" and "max_in_flight" in str(err)
+                return "429"
+
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(attempt, range(6)))
+        assert results.count("429") >= 1 and len(results) - results.count("429") >= 1
+        # A client that reads the first chunk and leaves: its reply is dropped and its place
+        # freed (within the second its request waits for others to join).
+        with ask(chat, stream=True, temperature=0) as stream:
+            assert next(iter(stream)).choices[0].delta.role == "assistant"
+        with httpx.Client(base_url=server.url, timeout=30) as api:
+            deadline = time.monotonic() + 0.8
+            while api.get("/health").json()["in_flight"] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert api.get("/health").json()["in_flight"] == 0
+            assert api.get("/health").json()["batching"]["replies"] == 6 - results.count("429")
+        with ThreadPoolExecutor(2) as pool:
+            assert "429" not in list(pool.map(attempt, range(2)))
