@@ -25,7 +25,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -140,9 +141,9 @@ def generation_defaults(args, special: InputFormat, tokenizer) -> dict:
     bos = tokenizer.bos_token_id if bos is None else bos
     if bos is not None:
         values["bos_token_id"] = int(bos)
-    if args.do_sample:
-        values.update(temperature=float(args.temperature), top_p=float(args.top_p))
-        values["top_k"] = int(args.top_k)
+    if args.do_sample:  # personachat filters by top_p only strictly between 0 and 1
+        top_p = float(args.top_p) if 0.0 < args.top_p < 1.0 else 1.0
+        values.update(temperature=float(args.temperature), top_p=top_p, top_k=int(args.top_k))
     return values
 
 
@@ -150,7 +151,12 @@ def write_generation_config(folder: Path, args, special: InputFormat, tokenizer)
     """``generation_config.json`` of ``generation_defaults`` (checked by transformers)."""
     from transformers import GenerationConfig
 
-    GenerationConfig(**generation_defaults(args, special, tokenizer)).save_pretrained(folder)
+    try:
+        GenerationConfig(**generation_defaults(args, special, tokenizer)).save_pretrained(folder)
+    except ValueError as err:  # never let this convenience file fail a model's save
+        warnings.warn(
+            f"generation_config.json not written: transformers refused it ({err})", stacklevel=2
+        )
 
 
 def lineage(name: str | None, depth: int = 0) -> list[str]:
@@ -385,11 +391,3 @@ def refresh_model_card(folder: str | os.PathLike) -> Path | None:
     format_name = "chat_template" if args.input_format == "chat_template" else "transfertransfo"
     text = model_card(folder.resolve().name, args, format_name, folder)
     return write_file_atomic(card, text)
-
-
-def include_files(source: Path, target: Path, names: Sequence[str]) -> None:
-    """Copy the report's companion files (curves, samples) that exist in ``source``."""
-    for name in names:
-        path = source / name
-        if path.is_file() and path.stat().st_size <= 16 * MAX_INCLUDED_BYTES:
-            (target / name).write_bytes(path.read_bytes())

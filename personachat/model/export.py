@@ -20,6 +20,7 @@ import argparse
 import copy
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -29,8 +30,8 @@ from personachat.config import RUN_OPTIONS
 from personachat.errors import PersonachatError
 from personachat.fs import write_folder_atomic
 from personachat.model.conventions import (
+    MAX_INCLUDED_BYTES,
     chat_template_for_saving,
-    include_files,
     input_format,
     write_conventions,
 )
@@ -263,3 +264,11 @@ def run_export_command(options: argparse.Namespace) -> int:
     gguf = f" and {out.name}.gguf" if options.gguf or options.gguf_f16 else ""
     print(f"Exported {options.model} to {out} (a plain causal-LM folder{gguf})")
     return 0
+
+
+def include_files(source: Path, target: Path, names: Sequence[str]) -> None:
+    """Copy the report's companion files (curves, samples) that exist in ``source``."""
+    for name in names:
+        path = source / name
+        if path.is_file() and path.stat().st_size <= 16 * MAX_INCLUDED_BYTES:
+            (target / name).write_bytes(path.read_bytes())
