@@ -221,12 +221,16 @@ def persona_limit(param: str, count: int, settings: ServeSettings) -> RequestErr
     )
 
 
-def check_range(name: str, value: float | None, low: float, high: float) -> None:
+def check_range(
+    name: str, value: float | None, low: float, high: float, flag: str | None = None
+) -> None:
+    """Refuse ``value`` outside [low, high] (``flag``: the server option that sets ``high``)."""
     if value is not None and not (math.isfinite(value) and low <= value <= high):
+        where = f" (the upper bound is the server's {flag})" if flag else ""
         raise bad_request(
             name,
             "invalid_value",
-            f"{name}={value} is outside the server's bounds [{low}, {high}]",
+            f"{name}={value} is outside the server's bounds [{low}, {high}]{where}",
         )
 
 
@@ -234,8 +238,8 @@ def chat_options(body, defaults: DecodingOptions, settings: ServeSettings) -> Ch
     """The decoding options of a request (see the module doc for the mapping)."""
     max_name = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     max_tokens = getattr(body, max_name)
-    check_range(max_name, max_tokens, 1, settings.max_reply_tokens)
-    check_range("temperature", body.temperature, 0, settings.max_temperature)
+    check_range(max_name, max_tokens, 1, settings.max_reply_tokens, "--max-reply-tokens")
+    check_range("temperature", body.temperature, 0, settings.max_temperature, "--max-temperature")
     check_range("top_p", body.top_p, 0, 1)
     requested: dict[str, Any] = {}
     if max_tokens is not None:

@@ -123,7 +123,7 @@ class ChatCompletions:
             raise reply_error(err) from None
 
     async def complete(self, request: ChatRequest) -> dict:
-        """The ``chat.completion`` object (a client that leaves cancels its reply)."""
+        """The ``chat.completion`` object."""
         self.service.admit()
         try:
             completion = await self._completion(request)
