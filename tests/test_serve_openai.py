@@ -22,6 +22,7 @@ httpx = pytest.importorskip("httpx", reason="the test extra: pip install -e '.[t
 openai = pytest.importorskip("openai", reason="the test extra: pip install -e '.[test]'")
 
 from .serve_helpers import AUTH, KEY, SETTINGS, ThreadServer, model_with_personas  # noqa: E402
+from .tiny_models import build_tiny_chat_model  # noqa: E402
 
 MAX = 12  # the model's max_length: replies of at most 12 tokens
 PERSONA = ["i work as a nurse .", "i have a cat ."]
@@ -343,3 +344,26 @@ def test_excess_requests_get_429_and_a_client_leaving_mid_stream_frees_its_place
             assert api.get("/health").json()["batching"]["replies"] == 6 - results.count("429")
         with ThreadPoolExecutor(2) as pool:
             assert "429" not in list(pool.map(attempt, range(2)))
+
+
+def test_a_chat_template_model_reads_the_system_message_as_its_persona(tmp_path):
+    """A Llama-family model with a chat template: the request's messages are the template's
+    messages (persona sentences one per line in the system message), and the reply is
+    ``interact_single``'s."""
+    texts = PERSONA + HISTORY
+    folder = build_tiny_chat_model(tmp_path / "tiny-llama", texts, "llama")
+    served = ConvAIModel("auto", folder, args={"max_length": MAX}, use_cuda=False)
+    greedy = ConvAIModel(
+        "auto", folder, args={"max_length": MAX, "do_sample": False}, use_cuda=False
+    )
+    with ThreadServer(served, tmp_path / "llama.sqlite3", SETTINGS) as server:
+        chat = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+        reply = ask(chat, model="tiny-llama", temperature=0)
+    expected, _ = greedy.interact_single(HISTORY[-1], HISTORY[:-1], PERSONA)
+    assert reply.choices[0].message.content == expected
+    layout = greedy.tokenizer.apply_chat_template(
+        messages(), add_generation_prompt=True, tokenize=False
+    )
+    assert reply.usage.prompt_tokens == len(
+        greedy.tokenizer(layout, add_special_tokens=False).input_ids
+    )
