@@ -9,6 +9,10 @@ The modules, in the order a request meets them:
 - ``bodies``: the JSON bodies the API accepts (every string valid Unicode);
 - ``guard``: middleware refusing a request before routing (Host, API key, body size);
 - ``service``: sessions and turns behind the routes; ``responses``: errors as JSON;
+- the OpenAI-compatible chat: ``chat_completions`` (what a request means: persona, history,
+  options, stop strings), ``chat_decoding`` (its replies with their token ids, seeded
+  sampling, in the same batcher), ``openai_shapes`` (OpenAI's error shape) and
+  ``openai_api`` (its bodies and routes);
 - ``app``: the FastAPI routes and the chat page (``static/``);
 - ``server``: uvicorn with the socket options and the header timeout it lacks;
 - ``command``: the ``personachat serve`` subcommand.
