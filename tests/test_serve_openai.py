@@ -162,6 +162,25 @@ def test_stop_strings_end_the_reply(client):
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
+def test_text_parts_developer_messages_and_consecutive_turns_read_as_plain_ones(client):
+    plain = ask(client, temperature=0)
+    parts = [
+        {"role": "developer", "content": [{"type": "text", "text": SYSTEM}]},
+        {"role": "user", "content": [{"type": "text", "text": HISTORY[0]}]},
+        {"role": "assistant", "content": HISTORY[1]},
+        {"role": "user", "content": [{"type": "text", "text": HISTORY[2]}]},
+    ]
+    assert ask(client, messages=parts, temperature=0).usage == plain.usage
+    # Two user messages in a row are one utterance: one speaker token less than apart.
+    split = [*messages(history=HISTORY[:2]), {"role": "user", "content": "any"}]
+    split.append({"role": "user", "content": "pets ?"})
+    joined = messages(history=[*HISTORY[:2], "any pets ?"])
+    assert (
+        ask(client, messages=split, temperature=0).usage
+        == ask(client, messages=joined, temperature=0).usage
+    )
+
+
 def test_a_persona_card_comes_before_the_system_message(client):
     """The card's persona first, then the system message's; the card's first message opens
     the conversation when the client's does not begin with the bot."""
