@@ -28,7 +28,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from personachat.data.cards import CardError, CardLimits, card_from_json, persona_sentences
+from personachat.data.cards import (
+    CardError,
+    CardLimits,
+    PersonaCard,
+    card_from_json,
+    persona_sentences,
+)
 from personachat.generation.generate import DecodingOptions
 from personachat.serve.chat_decoding import ChatDecoding
 from personachat.serve.openai_shapes import bad_request
@@ -108,7 +114,7 @@ def check_unsupported(body) -> None:
         )
 
 
-def read_card(card: dict | None, settings: ServeSettings) -> Any:
+def read_card(card: dict | None, settings: ServeSettings) -> PersonaCard | None:
     """The ``persona_card`` extension as a ``PersonaCard`` (None without one)."""
     if card is None:
         return None
@@ -118,7 +124,9 @@ def read_card(card: dict | None, settings: ServeSettings) -> Any:
         raise bad_request("persona_card", "invalid_card", str(err)) from None
 
 
-def conversation(messages: list, settings: ServeSettings, card=None) -> tuple[list, list]:
+def conversation(
+    messages: list, settings: ServeSettings, card: PersonaCard | None = None
+) -> tuple[list[str], list[str]]:
     """(persona sentences, history utterances) of ``messages`` (see the module doc)."""
     if not messages:
         raise bad_request("messages", "empty_messages", "messages is empty: send a user message")
