@@ -233,7 +233,11 @@ def export_folder(
 def add_export_command(sub: argparse._SubParsersAction) -> None:
     """The ``export`` subcommand of the CLI."""
     p = sub.add_parser("export", help="write a plain causal-LM folder that standard engines serve")
-    p.add_argument("model", metavar="MODEL", help="a model folder saved by personachat")
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a model folder saved by personachat (or any model it loads: a hub id, smollm2)",
+    )
     p.add_argument("out", metavar="OUT", help="the folder to write (new or empty)")
     p.add_argument(
         "--gguf",
