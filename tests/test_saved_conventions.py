@@ -15,6 +15,7 @@ from personachat.args import ConvAIArgs
 from personachat.encoding.inputs import SpecialIds, TextEncoder, build_input_from_segments
 from personachat.generation.generate import build_prompt
 from personachat.model.conventions import CARD_MARKER, base_model_of, model_card
+from personachat.model.export import export_folder
 from personachat.model.gguf import SMOLLM2_HUB_ID
 from personachat.train.reporting import append_evaluation
 from tests.conftest import PERSONA, make_dialogs
@@ -195,3 +196,15 @@ def test_the_base_model_is_followed_back_through_personachat_folders(tmp_path):
     assert "Q4_1-quantized" in card  # SmolLM2's packaged weights are named as what they are
     assert base_model_of("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
     assert base_model_of(str(tmp_path / "a-folder-that-is-not-there")) is None
+
+
+def test_an_export_carries_the_card_with_the_report_and_its_files(trained, tmp_path):
+    _, out, _ = trained
+
+    export_folder(out, tmp_path / "exported")
+
+    front, body = card_parts(tmp_path / "exported" / "README.md")
+    assert "## Training report" in body and "personachat export" not in body
+    for name in ("training_curves.png", "samples.md"):
+        assert (tmp_path / "exported" / name).is_file() == (out / name).is_file()
+    assert (out / "samples.md").is_file()  # the report links it: it came along
