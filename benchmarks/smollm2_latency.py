@@ -27,6 +27,7 @@ import torch
 from personachat import ConvAIModel
 from personachat.generation.generate import DecodingOptions, generate_replies
 from personachat.generation.prefix_cache import PrefixCache
+from personachat.model.device import cpu_has_native_bf16
 
 PERSONA = [
     "i work as a nurse at the children's hospital .",
@@ -41,6 +42,11 @@ HISTORY = [
     "up the hills near my house , there is a lake at the top . it is lovely .",
     "that sounds wonderful . what do you do for a living , if you don't mind me asking ?",
 ]
+
+
+# bf16 only where the CPU computes it in hardware: emulated (AVX2-only CPUs) it is ~70x slower
+# than fp32 and says nothing about the decoder.
+PRECISIONS = (False, True) if cpu_has_native_bf16() else (False,)
 
 
 def conversations(batch: int) -> list[tuple[list[str], list[str]]]:
@@ -111,7 +117,7 @@ def main() -> None:
         convs = conversations(batch)
         ref = timed(lambda c=convs: reference(model, c, n), options.repeats)
         rows = [("model.generate (fp32)", ref)]
-        for bf16 in (False, True):
+        for bf16 in PRECISIONS:
             cache = PrefixCache()  # each call after the warm-up finds its personas cached
             label = f"personachat static decoder ({'bf16' if bf16 else 'fp32'})"
             rows.append(
