@@ -17,6 +17,7 @@ from personachat.generation.generate import build_prompt
 from personachat.model.conventions import CARD_MARKER, base_model_of, model_card
 from personachat.model.export import export_folder
 from personachat.model.gguf import SMOLLM2_HUB_ID
+from personachat.model.loading import load_model_and_tokenizer, resolve_input_format
 from personachat.train.reporting import append_evaluation
 from tests.conftest import PERSONA, make_dialogs
 from tests.tiny_models import CHATML, build_tiny_chat_model
@@ -208,3 +209,23 @@ def test_an_export_carries_the_card_with_the_report_and_its_files(trained, tmp_p
     for name in ("training_curves.png", "samples.md"):
         assert (tmp_path / "exported" / name).is_file() == (out / name).is_file()
     assert (out / "samples.md").is_file()  # the report links it: it came along
+
+
+def test_a_llama_trained_with_speaker_tokens_keeps_that_layout_when_reloaded(tmp_path):
+    texts = [s for d in make_dialogs() for u in d["utterances"] for s in u["history"]]
+    folder = build_tiny_chat_model(tmp_path / "llama", texts + PERSONA)
+    args = {"input_format": "transfertransfo", "token_types": "none"}
+    ConvAIModel("auto", folder, use_cuda=False, args=args).save_model(tmp_path / "saved")
+
+    model, tokenizer = load_model_and_tokenizer("auto", tmp_path / "saved")
+
+    assert resolve_input_format("auto", model, tokenizer) == "transfertransfo"
+    special, encode = SpecialIds.from_tokenizer(tokenizer), TextEncoder(tokenizer)
+    persona, history = CONVERSATIONS[1]
+    prompt = tokenizer.apply_chat_template(
+        messages_of(persona, history), add_generation_prompt=True, return_dict=False
+    )
+    expected = build_prompt(
+        [encode(s) for s in persona], [encode(h) for h in history], special, 10, 10_000
+    )
+    assert prompt == expected["input_ids"]

@@ -84,6 +84,11 @@ def transfertransfo_template(lowercase: bool = False) -> str:
     return TRANSFERTRANSFO_TEMPLATE.replace(" | LOWER", " | lower" if lowercase else "")
 
 
+def is_transfertransfo_template(template: object) -> bool:
+    """Whether ``template`` is the one personachat saves with a TransferTransfo model."""
+    return template in (transfertransfo_template(False), transfertransfo_template(True))
+
+
 def input_format(format_name: str, tokenizer) -> InputFormat:
     """The input format object of a resolved ``input_format`` name."""
     if format_name == "chat_template":

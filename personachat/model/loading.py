@@ -22,7 +22,11 @@ from personachat.data.dialogs import unicode_problem
 from personachat.encoding.inputs import ATTR_TO_SPECIAL_TOKEN
 from personachat.fs import write_folder_atomic
 from personachat.model.archives import FINETUNED_ARCHIVES, fetch_finetuned_archive
-from personachat.model.conventions import chat_template_for_saving, write_conventions
+from personachat.model.conventions import (
+    chat_template_for_saving,
+    is_transfertransfo_template,
+    write_conventions,
+)
 from personachat.model.families import (
     TOKEN_TYPES_KEY,
     FamilyError,
@@ -239,8 +243,9 @@ def resolve_input_format(requested: str, model, tokenizer) -> str:
     classic layout on GPT-2 / OpenAI GPT and the tokenizer's own template where it has one."""
     if requested != "auto":
         return requested
-    if is_double_heads(model) or not getattr(tokenizer, "chat_template", None):
-        return "transfertransfo"
+    template = getattr(tokenizer, "chat_template", None)
+    if is_double_heads(model) or not template or is_transfertransfo_template(template):
+        return "transfertransfo"  # a TransferTransfo folder's own template writes that layout
     return "chat_template"
 
 
