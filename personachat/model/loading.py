@@ -36,7 +36,7 @@ from personachat.model.families import (
     model_class_for,
 )
 from personachat.model.gguf import gguf_folder, resolve_gguf_name
-from personachat.model.lora import merged
+from personachat.model.lora import load_adapter, save_weights
 from personachat.model.weights import (
     ModelLoadError,
     check_config_sizes,
@@ -144,6 +144,7 @@ def load_model_and_tokenizer(
             "restore the folder as it was saved (config.json, weights and tokenizer)"
         ) from err
     attach_choice_head(model, local if local.is_dir() else None)
+    model = load_adapter(model, local if local.is_dir() else None)  # saved unmerged LoRA
     if resolve_input_format(input_format, model, tokenizer) == "transfertransfo":
         add_special_tokens_(model, tokenizer)
     elif tokenizer.pad_token is None:  # batches need a pad id; never a new token here
@@ -283,10 +284,8 @@ def write_model_files(
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        plain = unwrap(model)
-        if hasattr(plain, "merge_and_unload"):  # LoRA: adapters folded in, a plain folder
-            plain = merged(plain)
-        plain.save_pretrained(folder, safe_serialization=True)
+        # LoRA: merged into a plain folder, or the base weights plus the adapter
+        save_weights(unwrap(model), folder, merge=getattr(args, "lora_merge_on_save", True))
     finally:
         if bar:
             hf_logging.enable_progress_bar()
