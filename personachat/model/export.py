@@ -242,7 +242,8 @@ def add_export_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--gguf",
         action="store_true",
-        help="also write OUT/OUT.gguf for llama.cpp / Ollama (Llama and Qwen2 models; float32)",
+        help="also write OUT/NAME.gguf (NAME: OUT's folder name) for llama.cpp / Ollama "
+        "(Llama and Qwen2 models; float32)",
     )
     p.add_argument("--gguf-f16", action="store_true", help="the GGUF file's matrices in float16")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
