@@ -134,6 +134,25 @@ def test_a_lora_model_in_memory_exports_with_its_adapters_merged(llama, tmp_path
     assert_decodes_like_personachat(ours, tmp_path / "out")
 
 
+def test_a_folder_saved_with_its_lora_adapter_unmerged_exports_merged(llama, tmp_path):
+    _, saved = llama
+    args = {**GREEDY, "lora_r": 4, "lora_merge_on_save": False}
+    ours = ConvAIModel("auto", saved, use_cuda=False, args=args)
+    ours.model = with_lora(ours.model, ours.args)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in ours.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    lora_saved = ours.save_model(tmp_path / "lora_saved")
+    assert (lora_saved / "lora").is_dir()  # base weights + adapter, as asked
+
+    export_folder(lora_saved, tmp_path / "out")
+
+    assert not (tmp_path / "out" / "lora").exists()  # one plain folder, adapters folded in
+    assert_decodes_like_personachat(ours, tmp_path / "out")
+
+
 def test_a_model_with_token_types_is_refused_with_the_reason_and_the_fix(
     tiny_checkpoint, tmp_path, capsys
 ):
