@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
 
 from telegram import Document, Message, Update
 from telegram.constants import ChatAction, MessageLimit
@@ -31,7 +31,7 @@ from telegram.ext import BaseHandler, CommandHandler, ContextTypes, MessageHandl
 from personachat.data.cards import MAX_CARD_BYTES, CardError, CardLimits, parse_card
 from personachat.data.cards import persona_sentences as split_sentences
 from personachat.serve.bodies import MessageBody
-from personachat.serve.service import ChatService
+from personachat.serve.service import ChatService, KeyedLocks
 from personachat.serve.settings import RequestError, clean_personality, clean_text
 from personachat.serve.store import Session, SessionNotFound
 
@@ -73,28 +73,16 @@ def addressed_elsewhere(text: str, username: str | None) -> bool:
     return bool(at) and username is not None and name.lower() != username.lower()
 
 
-class ChatQueues:
-    """One lock per chat, held while one of its messages is answered, and a count of the
-    messages waiting for it (forgotten when none is)."""
+class ChatQueues(KeyedLocks):
+    """One lock per chat (serve's ``KeyedLocks``), held while one of its messages is answered,
+    that also says when more than ``limit`` messages hold or wait for it."""
 
     def __init__(self, limit: int) -> None:
+        super().__init__()
         self.limit = limit
-        self._chats: dict[str, list] = {}  # session id -> [lock, messages holding or waiting]
 
     def full(self, key: str) -> bool:
-        return key in self._chats and self._chats[key][1] > self.limit
-
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        entry = self._chats.setdefault(key, [asyncio.Lock(), 0])
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self._chats[key]
+        return key in self._locks and self._locks[key][1] > self.limit
 
 
 class PersonaBot:
