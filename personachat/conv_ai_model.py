@@ -161,13 +161,7 @@ class ConvAIModel:
                 silent = self.args.evaluate_during_training_silent
                 evaluate = partial(self._evaluate, eval_dialogs, str(eval_file), silent, shard=True)
             self._personas = personalities(dialogs)[:MAX_SAVED_PERSONAS]
-            probe_dialogs = (
-                self._load(samples_file, "valid", None) if samples_file else eval_dialogs or dialogs
-            )
-            reply = partial(self.generate_replies, options=self._greedy())  # for samples.md
-            samples = (
-                None if self.args.no_save else samples_writer(output_dir, probe_dialogs, reply)
-            )
+            samples = self._samples_writer(output_dir, samples_file, eval_dialogs or dialogs)
             global_step, details = train_reported(
                 partial(
                     train,
@@ -381,6 +375,15 @@ class ConvAIModel:
     def _greedy(self) -> DecodingOptions:
         """This model's decoding options, greedy: what every evaluation decodes with."""
         return DecodingOptions.from_args(self.args, do_sample=False)
+
+    def _samples_writer(self, output_dir: str, samples_file, fallback: list[dict]):
+        """What writes samples.md (None with no_save): greedy replies to the probes of
+        ``samples_file`` (default: the ``fallback`` dialogs)."""
+        if self.args.no_save:
+            return None
+        probes = self._load(samples_file, "valid", None) if samples_file else fallback
+        reply = partial(self.generate_replies, options=self._greedy())
+        return samples_writer(output_dir, probes, reply)
 
     def _load(self, path, split: str, limit: int | None) -> list[dict]:
         """Dialogs of any supported format (None: public Persona-Chat), with distractors
