@@ -325,36 +325,37 @@ class ConvAIModel:
         to conversation ``index`` grows; ``text_so_far`` always extends the previous one (a
         token that ends inside a multi-byte character waits for the rest of it). With
         ``rerank_samples`` > 1 it is called once per conversation, with the chosen reply.
-        ``stream``: the indexes to call ``on_token`` for (default: all); the others are not
-        decoded to text until the end. Each persona is encoded once and its keys and values
-        kept for later calls (GPT-2 models; forgotten when training changes the weights).
-        """
+        ``stream``: the indexes to call ``on_token`` for (default: all). Each persona's keys
+        and values are kept for later calls (forgotten when training changes the weights)."""
         options = options or DecodingOptions.from_args(self.args)
         pairs = [
             (c["personality"], c["history"]) if isinstance(c, dict) else c for c in conversations
         ]
         encoded = [([self._encode(s) for s in p], [self._encode(h) for h in h_]) for p, h_ in pairs]
         decode = partial(self.tokenizer.decode, skip_special_tokens=True)
+        ids = self.reply_ids(encoded, options, text_streamer(decode, on_token, stream))
+        return [decode(i).strip() for i in ids]
+
+    def reply_ids(self, encoded: list, options: DecodingOptions, on_step=None) -> list[list[int]]:
+        """Reply ids of encoded ``(persona, history)`` pairs (best-of-N each with rerank_samples);
+        ``on_step(row, ids)`` as replies grow. The chat route shares it, and the persona cache."""
         if options.rerank_samples > 1:  # sampling + scoring is per conversation
             ids = [
                 respond(self.model, p, h, self.special, options, self.device) for p, h in encoded
             ]
-            for index, reply in enumerate(ids):
-                if on_token is not None and (stream is None or index in stream):
-                    on_token(index, decode(reply).strip())
-        else:
-            on_step = text_streamer(decode, on_token, stream)
-            ids = generate_replies(
-                self.model,
-                encoded,
-                self.special,
-                options,
-                self.device,
-                on_step=on_step,
-                prefix_cache=self._prefix_cache,
-                prefill_threads=self.prefill_threads,
-            )
-        return [decode(i).strip() for i in ids]
+            for row, reply in enumerate(ids if on_step is not None else ()):
+                on_step(row, reply)
+            return ids
+        return generate_replies(
+            self.model,
+            encoded,
+            self.special,
+            options,
+            self.device,
+            on_step=on_step,
+            prefix_cache=self._prefix_cache,
+            prefill_threads=self.prefill_threads,
+        )
 
     def random_personality(self) -> list[str]:
         """A persona from the model's training data (saved beside the weights), or, for a

@@ -26,11 +26,8 @@ from personachat.encoding.inputs import TextEncoder
 from personachat.generation.generate import (
     DecodingOptions,
     build_prompt,
-    generate_replies,
     text_streamer,
 )
-from personachat.generation.prefix_cache import PrefixCache
-from personachat.generation.rerank import respond
 from personachat.model.loading import context_size
 
 ENCODER_ENTRIES = 20_000  # strings whose token ids the chat path keeps (as the facade's)
@@ -62,8 +59,8 @@ class Completion:
 class ChatDecoder:
     """Decodes groups of chat requests for one ``ConvAIModel`` (see the module doc).
 
-    It keeps its own token-id cache and persona key/value cache (the facade's are private);
-    a persona used by both a session and chat requests is encoded once for each.
+    It keeps its own token-id cache; the persona key/value cache is the model's
+    (``ConvAIModel.reply_ids``), shared with the session routes.
     """
 
     def __init__(self, model) -> None:
@@ -71,7 +68,6 @@ class ChatDecoder:
         self.encode = TextEncoder(
             model.tokenizer, lowercase=model.args.do_lower_case, max_entries=ENCODER_ENTRIES
         )
-        self.prefix_cache = PrefixCache()
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.model.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
@@ -94,9 +90,9 @@ class ChatDecoder:
             ids = []
             for row, conversation in enumerate(encoded):
                 with seeded(options.seed, self.model.device):
-                    ids += self._ids([conversation], plain, shifted(on_step, row))
+                    ids += self.model.reply_ids([conversation], plain, shifted(on_step, row))
         else:
-            ids = self._ids(encoded, plain, on_step)
+            ids = self.model.reply_ids(encoded, plain, on_step)
         room = context_size(self.model.model) - plain.max_length
         return [
             Completion(
@@ -106,34 +102,6 @@ class ChatDecoder:
             )
             for (p, h), reply in zip(encoded, ids, strict=True)
         ]
-
-    def _ids(
-        self,
-        encoded: list[tuple[list[list[int]], list[list[int]]]],
-        options: DecodingOptions,
-        on_step: Callable[[int, list[int]], None] | None,
-    ) -> list[list[int]]:
-        """Reply ids as ``ConvAIModel.generate_replies`` decodes them (one batched loop, or
-        best-of-N per conversation with ``rerank_samples``)."""
-        model = self.model
-        if options.rerank_samples > 1:
-            replies = [
-                respond(model.model, p, h, model.special, options, model.device) for p, h in encoded
-            ]
-            if on_step is not None:
-                for row, reply in enumerate(replies):
-                    on_step(row, reply)
-            return replies
-        return generate_replies(
-            model.model,
-            encoded,
-            model.special,
-            options,
-            model.device,
-            on_step=on_step,
-            prefix_cache=self.prefix_cache,
-            prefill_threads=model.prefill_threads,
-        )
 
 
 def shifted(
