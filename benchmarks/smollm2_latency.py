@@ -5,9 +5,12 @@ a persona of 4 sentences and a history whose chat-template prompt is ~150 tokens
 is forced to exactly ``--reply-tokens`` tokens (40) so both paths decode the same amount.
 
 - personachat: ``generate_replies`` (``LlamaStaticDecoder``: preallocated key/value buffers,
-  the persona's keys and values cached between calls), float32 and with ``cpu_bf16``;
+  the persona's keys and values cached between calls), float32, and where the CPU has bf16
+  in hardware also with ``cpu_bf16`` and with ``cpu_quantize`` int8 / int4 (weight-only
+  quantized layers, bf16 activations; int4 keeps the Q4_1 codes the package ships);
 - reference:   ``model.generate(..., do_sample=False, min_new_tokens=n, max_new_tokens=n)``
-  on the same prompt, float32: what a user of transformers would write.
+  on the same prompt, float32: what a user of transformers would write; where bf16 runs in
+  hardware also on a bf16 copy of the weights (ratios stay against the float32 call).
 
 Single replies and batches of 8 (left-padded prompts, for both).
 
@@ -26,6 +29,7 @@ import torch
 
 from personachat import ConvAIModel
 from personachat.generation.generate import DecodingOptions, generate_replies
+from personachat.generation.precision import decoding_copy
 from personachat.generation.prefix_cache import PrefixCache
 from personachat.model.device import cpu_has_native_bf16
 
@@ -44,9 +48,14 @@ HISTORY = [
 ]
 
 
-# bf16 only where the CPU computes it in hardware: emulated (AVX2-only CPUs) it is ~70x slower
-# than fp32 and says nothing about the decoder.
-PRECISIONS = (False, True) if cpu_has_native_bf16() else (False,)
+# (label, cpu_bf16, cpu_quantize). bf16 (and the quantized layers, whose kernels take bf16
+# activations) only where the CPU computes bf16 in hardware: emulated (AVX2-only CPUs) it is
+# ~70x slower than fp32 and says nothing about the decoder.
+PRECISIONS = [("fp32", False, "none")] + (
+    [("bf16", True, "none"), ("bf16, int8", True, "int8"), ("bf16, int4", True, "int4")]
+    if cpu_has_native_bf16()
+    else []
+)
 
 
 def conversations(batch: int) -> list[tuple[list[str], list[str]]]:
@@ -54,15 +63,20 @@ def conversations(batch: int) -> list[tuple[list[str], list[str]]]:
     return [([f"{s} ({i})" if i else s for s in PERSONA], HISTORY) for i in range(batch)]
 
 
-def ours(model: ConvAIModel, convs, n: int, bf16: bool, cache: PrefixCache) -> None:
+def ours(model: ConvAIModel, convs, n: int, bf16: bool, quantize: str, cache: PrefixCache) -> None:
     options = DecodingOptions.from_args(
-        model.args, do_sample=False, max_length=n, min_length=n, cpu_bf16=bf16
+        model.args,
+        do_sample=False,
+        max_length=n,
+        min_length=n,
+        cpu_bf16=bf16,
+        cpu_quantize=quantize,
     )
     encoded = [([model._encode(s) for s in p], [model._encode(h) for h in h_]) for p, h_ in convs]
     generate_replies(model.model, encoded, model.special, options, prefix_cache=cache)
 
 
-def reference(model: ConvAIModel, convs, n: int) -> None:
+def reference(model: ConvAIModel, convs, n: int, bf16: bool = False) -> None:
     prompts = [
         model.tokenizer.apply_chat_template(
             [{"role": "system", "content": "\n".join(p)}]
@@ -77,10 +91,9 @@ def reference(model: ConvAIModel, convs, n: int) -> None:
     ]
     model.tokenizer.padding_side = "left"
     batch = model.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    lm = decoding_copy(model.model) if bf16 else model.model
     with torch.inference_mode():
-        model.model.generate(
-            **batch, do_sample=False, min_new_tokens=n, max_new_tokens=n, pad_token_id=2
-        )
+        lm.generate(**batch, do_sample=False, min_new_tokens=n, max_new_tokens=n, pad_token_id=2)
 
 
 def timed(fn, repeats: int) -> float:
@@ -112,25 +125,24 @@ def main() -> None:
         f", {torch.get_num_threads()} threads; prompt {len(prompt['input_ids'])} tokens, "
         f"reply {n} tokens, median of {options.repeats}"
     )
-    print(f"{'batch':>5}  {'path':38s} {'s/call':>8} {'replies/s':>10} {'vs generate':>12}")
+    print(f"{'batch':>5}  {'path':46s} {'s/call':>8} {'replies/s':>10} {'vs generate':>12}")
     for batch in (1, 8):
         convs = conversations(batch)
         ref = timed(lambda c=convs: reference(model, c, n), options.repeats)
         rows = [("model.generate (fp32)", ref)]
-        for bf16 in PRECISIONS:
+        if len(PRECISIONS) > 1:  # what a transformers user with bf16 would reach for
+            bf16_ref = timed(lambda c=convs: reference(model, c, n, True), options.repeats)
+            rows.append(("model.generate (bf16 weights)", bf16_ref))
+        for name, bf16, quantize in PRECISIONS:
             cache = PrefixCache()  # each call after the warm-up finds its personas cached
-            label = f"personachat static decoder ({'bf16' if bf16 else 'fp32'})"
-            rows.append(
-                (
-                    label,
-                    timed(
-                        lambda c=convs, b=bf16, k=cache: ours(model, c, n, b, k), options.repeats
-                    ),
-                )
+            seconds = timed(
+                lambda c=convs, b=bf16, q=quantize, k=cache: ours(model, c, n, b, q, k),
+                options.repeats,
             )
+            rows.append((f"personachat static decoder ({name})", seconds))
         for label, seconds in rows:
             print(
-                f"{batch:>5}  {label:38s} {seconds:8.3f} {batch / seconds:10.1f} {ref / seconds:11.2f}x"
+                f"{batch:>5}  {label:46s} {seconds:8.3f} {batch / seconds:10.1f} {ref / seconds:11.2f}x"
             )
 
 

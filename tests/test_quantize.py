@@ -37,12 +37,13 @@ def q4_1_linear(rows: int, inputs: int) -> nn.Linear:
 
 def test_int4_finds_the_4_bit_codes_of_q4_1_weights_again():
     layer = q4_1_linear(64, 96)
-    x = torch.randn(5, 96)
-    exact = x.bfloat16().float() @ layer.weight.detach().T
-    out = Int4Linear(layer)(x).float()
-    # Only the block's scale and zero point are rounded (to bf16): about 0.4% of a weight.
-    assert (out - exact).abs().max() < 0.01 * exact.abs().max()
-    assert out.shape == (5, 64)
+    for rows in (5, 30):  # the int4 kernel for a few rows, a bf16 product for many
+        x = torch.randn(rows, 96)
+        exact = x.bfloat16().float() @ layer.weight.detach().T
+        out = Int4Linear(layer)(x).float()
+        # Only the block's scale and zero point are rounded (to bf16): ~0.4% of a weight.
+        assert (out - exact).abs().max() < 0.01 * exact.abs().max()
+        assert out.shape == (rows, 64)
 
 
 def test_int8_rounds_each_weight_to_a_step_of_its_row_and_multiplies_by_that():
@@ -53,9 +54,10 @@ def test_int8_rounds_each_weight_to_a_step_of_its_row_and_multiplies_by_that():
     step = quantized.scale.float()[:, None]  # the row's largest weight / 127, in bf16
     assert (step >= weight.abs().amax(dim=1, keepdim=True) / 127).all()
     assert ((quantized.dequantized() - weight).abs() <= step / 2 * 1.0001).all()
-    x = torch.randn(2, 3, 64)
-    expected = x @ quantized.dequantized().T + layer.bias.detach()
-    torch.testing.assert_close(quantized(x).float(), expected, atol=0.05, rtol=0.02)
+    for rows in (1, 3, 40):  # the kernel for a few rows, a bf16 product for a prompt's many
+        x = torch.randn(rows, 64)
+        expected = x @ quantized.dequantized().T + layer.bias.detach()
+        torch.testing.assert_close(quantized(x).float(), expected, atol=0.05, rtol=0.02)
 
 
 def test_only_the_causal_lms_whole_group_layers_are_quantized_the_head_to_int8(tmp_path):

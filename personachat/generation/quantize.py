@@ -35,11 +35,45 @@ from personachat.option_checks import CPU_QUANTIZE
 GROUP = 32  # int4: inputs per scale / zero point (Q4_1's block)
 
 
-class Int8Linear(nn.Module):
-    """``nn.Linear`` with int8 weights, one symmetric scale per output row."""
+class QuantizedLinear(nn.Module):
+    """An ``nn.Linear`` replaced for decoding: up to ``max_rows`` rows at a time (the decoding
+    steps) through the quantized kernel, more (a prompt) as one bf16 product over the same
+    weights dequantized: the kernels gain by reading fewer bytes, which matters only while
+    each weight is used for a few rows; for a prompt's hundreds of rows they are slower than
+    bf16's matrix product (measured in ``benchmarks/RESULTS.md``)."""
+
+    max_rows = 8
+
+    def __init__(self, linear: nn.Linear, dense: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("dense", dense.to(torch.bfloat16))
+        self.register_buffer("bias", _bf16_or_none(linear.bias))
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight matrix the kernel multiplies by, in float32 (for tests and checks)."""
+        return self.dense.float()
+
+    def kernel(self, flat: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        if flat.shape[0] <= self.max_rows:
+            out = self.kernel(flat)
+            if self.bias is not None:
+                out = out + self.bias
+        else:
+            out = nn.functional.linear(flat, self.dense, self.bias)
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+class Int8Linear(QuantizedLinear):
+    """int8 weights, one symmetric scale per output row."""
+
+    max_rows = 4  # int8's kernel is slower than bf16 from ~8 rows on (RESULTS.md)
 
     def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
         weight = linear.weight.detach().float()
         scale = (weight.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.bfloat16).tiny)
         # The kernel takes bf16 scales: round up to one (codes then stay within ±127) and
@@ -47,45 +81,40 @@ class Int8Linear(nn.Module):
         stored = scale.to(torch.bfloat16)
         stored = torch.where(stored.float() < scale, torch.nextafter(stored, stored + 1), stored)
         codes = (weight / stored.float()[:, None]).round().clamp(-127, 127)
+        super().__init__(linear, codes * stored.float()[:, None])
         self.register_buffer("qweight", codes.to(torch.int8))
         self.register_buffer("scale", stored)
-        self.register_buffer("bias", _bf16_or_none(linear.bias))
-        self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def dequantized(self) -> torch.Tensor:
-        """The weight matrix this layer multiplies by, in float32 (for tests and checks)."""
-        return self.qweight.float() * self.scale.float()[:, None]
+        return self.qweight.float() * self.scale.float()[:, None]  # the dense copy: in bf16
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        out = torch._weight_int8pack_mm(flat, self.qweight, self.scale)
-        return _finish(out, self.bias, x.shape)
+    def kernel(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int8pack_mm(flat, self.qweight, self.scale)
 
 
-class Int4Linear(nn.Module):
-    """``nn.Linear`` with 4-bit weights: per group of ``GROUP`` inputs a scale and a zero
-    point taken from the group's minimum and maximum (Q4_1's scheme: ``w = scale * (q - 8) +
-    zero`` with codes ``q`` in 0..15)."""
+class Int4Linear(QuantizedLinear):
+    """4-bit weights: per group of ``GROUP`` inputs a scale and a zero point taken from the
+    group's minimum and maximum (Q4_1's scheme: ``w = scale * (q - 8) + zero`` with codes
+    ``q`` in 0..15)."""
 
     def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
         weight = linear.weight.detach().float()
         rows, inputs = weight.shape
         groups = weight.view(rows, inputs // GROUP, GROUP)
         low, high = groups.amin(dim=-1), groups.amax(dim=-1)
         scale = ((high - low) / 15).clamp(min=torch.finfo(torch.float32).tiny)
         codes = ((groups - low[..., None]) / scale[..., None]).round().clamp(0, 15)
-        codes = codes.to(torch.int32).view(rows, inputs)
-        scales_zeros = torch.stack((scale.t(), (low + 8 * scale).t()), dim=-1)
-        self.register_buffer("packed", torch._convert_weight_to_int4pack_for_cpu(codes, 1))
+        # The kernel takes bf16 scales and zero points; the dense copy uses the same values.
+        scale, zero = scale.bfloat16().float(), (low + 8 * scale).bfloat16().float()
+        dense = (codes - 8) * scale[..., None] + zero[..., None]
+        super().__init__(linear, dense.view(rows, inputs))
+        packed = torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).view(rows, -1), 1)
+        self.register_buffer("packed", packed)
+        scales_zeros = torch.stack((scale.t(), zero.t()), dim=-1)
         self.register_buffer("scales_zeros", scales_zeros.to(torch.bfloat16).contiguous())
-        self.register_buffer("bias", _bf16_or_none(linear.bias))
-        self.in_features, self.out_features = linear.in_features, linear.out_features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        out = torch._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP, self.scales_zeros)
-        return _finish(out, self.bias, x.shape)
+    def kernel(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP, self.scales_zeros)
 
 
 LAYERS = {"int8": Int8Linear, "int4": Int4Linear}
@@ -93,12 +122,6 @@ LAYERS = {"int8": Int8Linear, "int4": Int4Linear}
 
 def _bf16_or_none(bias: torch.Tensor | None) -> torch.Tensor | None:
     return None if bias is None else bias.detach().to(torch.bfloat16)
-
-
-def _finish(out: torch.Tensor, bias: torch.Tensor | None, shape: torch.Size) -> torch.Tensor:
-    if bias is not None:
-        out = out + bias
-    return out.view(*shape[:-1], out.shape[-1])
 
 
 def quantizable(name: str, module: nn.Module) -> bool:
