@@ -138,3 +138,23 @@ def test_the_real_smollm2_in_int4_picks_the_next_tokens_its_fp32_weights_pick():
     clear = best - second > 0.5
     assert clear.sum() >= len(clear) // 2
     assert (int4.argmax(-1) == reference.argmax(-1))[clear].all()
+
+
+def test_int4_keeps_unmerged_lora_adapters_in_bf16_beside_the_4_bit_base(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    folder = build_tiny_chat_model(tmp_path, TEXTS)
+    base = AutoModelForCausalLM.from_pretrained(folder).eval()
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder).eval(), config)
+    copy = decoding_copy(model, "int4")
+    q_proj = copy.base_model.model.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj.base_layer, Int4Linear)  # the frozen base: 4-bit
+    assert isinstance(q_proj.lora_A["default"], nn.Linear)  # the adapter: as trained (bf16)
+    ids = torch.randint(3, 300, (1, 7))
+    with torch.inference_mode():
+        unmerged = copy(input_ids=ids).logits.float()
+        base_only = decoding_copy(base, "int4")(input_ids=ids).logits.float()
+    assert not torch.allclose(unmerged, base_only, atol=1e-3)  # the adapters still count
