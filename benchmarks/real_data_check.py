@@ -45,6 +45,49 @@ DEFAULT_FILE = (
 )
 
 
+def train_scratch_gpt2(
+    tmp: Path,
+    train: list[dict],
+    epochs: int = 1,
+    num_candidates: int = 2,
+    vocab_size: int = 2000,
+    learning_rate: float = 2e-3,
+) -> tuple[ConvAIModel, int, float]:
+    """A 4 x 128 GPT-2 with a byte-level BPE built from ``train`` alone, trained on it under
+    ``tmp``; returns the model, its optimizer steps and the training seconds."""
+    folder = tmp / "scratch"
+    build_scratch_checkpoint(
+        folder,
+        dialog_texts(train),
+        ScratchConfig(vocab_size=vocab_size, n_layer=4, n_embd=128, n_head=4, n_positions=256),
+    )
+    (tmp / "train.json").write_text(json.dumps(train), encoding="utf-8")
+    bot = ConvAIModel(
+        "gpt2",
+        folder,
+        use_cuda=False,
+        args={
+            "output_dir": str(tmp / "out"),
+            "num_train_epochs": epochs,
+            "train_batch_size": 16,
+            "eval_batch_size": 32,
+            "num_candidates": num_candidates,
+            "learning_rate": learning_rate,
+            "warmup_ratio": 0.05,
+            "manual_seed": 42,
+            "save_steps": 0,
+            "save_model_every_epoch": False,
+            "silent": True,
+            "max_history": 2,
+            "do_sample": False,
+            "max_length": 24,
+        },
+    )
+    started = time.perf_counter()
+    steps, _ = bot.train_model(str(tmp / "train.json"), show_running_loss=False)
+    return bot, steps, time.perf_counter() - started
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--file", type=Path, default=DEFAULT_FILE)
@@ -73,38 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     train, valid = train[: options.train_dialogs], valid[: options.eval_dialogs]
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "scratch"
-        build_scratch_checkpoint(
-            folder,
-            dialog_texts(train),
-            ScratchConfig(
-                vocab_size=options.vocab_size, n_layer=4, n_embd=128, n_head=4, n_positions=256
-            ),
+        (Path(tmp) / "valid.json").write_text(json.dumps(valid), encoding="utf-8")
+        bot, steps, seconds = train_scratch_gpt2(
+            Path(tmp),
+            train,
+            epochs=options.epochs,
+            num_candidates=options.num_candidates,
+            vocab_size=options.vocab_size,
+            learning_rate=options.learning_rate,
         )
-        for name, data in (("train", train), ("valid", valid)):
-            (Path(tmp) / f"{name}.json").write_text(json.dumps(data), encoding="utf-8")
-        bot = ConvAIModel(
-            "gpt2",
-            folder,
-            use_cuda=False,
-            args={
-                "output_dir": str(Path(tmp) / "out"),
-                "num_train_epochs": options.epochs,
-                "train_batch_size": 16,
-                "eval_batch_size": 32,
-                "num_candidates": options.num_candidates,
-                "learning_rate": options.learning_rate,
-                "warmup_ratio": 0.05,
-                "manual_seed": 42,
-                "save_steps": 0,
-                "save_model_every_epoch": False,
-                "silent": True,
-                "max_history": 2,
-            },
-        )
-        started = time.perf_counter()
-        steps, _ = bot.train_model(str(Path(tmp) / "train.json"), show_running_loss=False)
-        seconds = time.perf_counter() - started
         results = bot.eval_model(
             str(Path(tmp) / "valid.json"),
             output_dir=str(Path(tmp) / "ev"),

@@ -16,7 +16,8 @@ there int4 rounds the fine-tuning too (measure it: ``benchmarks/RESULTS.md``), w
 adapters kept unmerged (``lora_merge_on_save: false``) avoid, as the adapters stay bf16.
 
 Only ``nn.Linear`` layers of the transformer blocks and the LM head (int8 in either case) are
-quantized, and only those the kernels take; LoRA's own small matrices stay as they are.
+quantized, and only those the kernels take; LoRA's own small matrices stay as they are, and
+so do GPT-2's ``Conv1D`` layers (its static decoder reads their matrices itself).
 The kernels want bf16 activations: without bf16 in hardware they are slower than fp32, so
 quantization is used only where decoding runs in bf16 (``cpu_bf16``).
 """
