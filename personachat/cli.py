@@ -5,7 +5,9 @@ A YAML config (``--config configs/NAME.yaml``) names the model and data files an
 With ``model_name: null``
 (the offline quick config) ``train`` first builds a small GPT-2-architecture model from the
 ``scratch:`` section and a tokenizer trained on the training file, then fine-tunes it; ``eval``
-and ``interact`` then default to the trained model in ``output_dir``.
+and ``interact`` then default to the trained model in ``output_dir`` — with any config: its
+``model_name`` is where training starts, and once ``output_dir`` holds the trained model,
+``eval`` / ``interact`` / ``serve`` load that one (``--model`` names another).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import shlex
 import sys
 import time
 import traceback
+from pathlib import Path
 
 import torch
 
@@ -182,9 +185,9 @@ def run(options: argparse.Namespace) -> int:
     # interact: a broken card is refused before the model loads (a minute on a large model).
     interact_card = options.command == "interact" and options.persona_card
     card = read_card(options.persona_card) if interact_card else None
-    # eval / interact / serve: the trained model in output_dir unless a model is named, with
-    # the options it was saved with under the config's and the flags'.
-    model_name = settings["model_name"] or args.output_dir
+    # eval / interact / serve: the model the config trains, with the options it was saved
+    # with under the config's and the flags'.
+    model_name = model_to_load(getattr(options, "model", None), settings["model_name"], args)
     args = args_for_model(model_name, settings["overrides"])
     use_cuda = device.type == "cuda"
     model = ConvAIModel(settings["model_type"], model_name, args=args, use_cuda=use_cuda)
@@ -204,6 +207,24 @@ def run(options: argparse.Namespace) -> int:
         model.persona_card = card  # as load_persona_card leaves it: interact opens as the card
         model.interact(personality=options.persona or None)
     return 0
+
+
+def model_to_load(flag: str | None, config_model: str | None, args: ConvAIArgs) -> str:
+    """The model ``eval`` / ``interact`` / ``serve`` / ``telegram`` load: ``--model`` when
+    given; else the model the config trains, in ``output_dir``, once it holds one (the
+    config's ``model_name`` is where training starts, not what a user wants to talk to after
+    ``train``); before any training, the config's ``model_name`` as it is, saying so."""
+    if flag:
+        return flag
+    trained = Path(args.output_dir)
+    if (trained / "config.json").is_file() or not config_model:
+        return str(trained)
+    print(
+        f"No trained model in {trained} yet (run `personachat train` with this config): "
+        f"using {config_model} as it is.",
+        file=sys.stderr,
+    )
+    return config_model
 
 
 def train_command(

@@ -84,6 +84,29 @@ def test_eval_and_interact_use_the_trained_model(trained):
     assert "Traceback" not in chat.stderr
 
 
+def test_after_train_a_config_with_a_base_model_talks_to_the_trained_one(
+    trained, tiny_checkpoint, tmp_path, capsys
+):
+    from personachat.args import ConvAIArgs
+    from personachat.cli import model_to_load
+
+    _, out, _ = trained
+    base = str(tiny_checkpoint)
+    # The config names the model training starts from (as configs/quick.yaml: smollm2).
+    assert model_to_load(None, base, ConvAIArgs(output_dir=str(out))) == str(out)
+    assert model_to_load("other", base, ConvAIArgs(output_dir=str(out))) == "other"
+    assert model_to_load(None, base, ConvAIArgs(output_dir=str(tmp_path))) == base
+    assert f"No trained model in {tmp_path} yet" in capsys.readouterr().err
+
+    config = tmp_path / "base.yaml"
+    config.write_text(
+        yaml.safe_dump({"model_type": "gpt2", "model_name": base, "args": {"output_dir": str(out)}})
+    )
+    chat = personachat("interact", "--config", str(config), "--set", "max_length=5", stdin="hi\n")
+    assert chat.returncode == 0, chat.stderr
+    assert "No trained model" not in chat.stderr and chat.stdout.count(">>> ") == 2
+
+
 def test_bad_data_is_a_one_line_error_not_a_traceback(tiny_checkpoint, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('[{"personality": ["i am tall ."], "utterances": [{"history": []}]}]')
