@@ -4,7 +4,9 @@ refusal of models trained with token types; ``--gguf`` read back through transfo
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 
 import pytest
 import torch
@@ -172,7 +174,16 @@ def test_a_model_with_token_types_is_refused_with_the_reason_and_the_fix(
     assert "exported inexactly" in (tmp_path / "out" / "README.md").read_text()
 
 
-def test_a_non_empty_folder_is_replaced_only_with_overwrite(gpt2_without_token_types, tmp_path):
+def tree_digest(folder) -> dict[str, str]:
+    """Every file under ``folder`` (relative path → sha256 of its bytes)."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_a_folder_it_did_not_write_is_never_replaced(gpt2_without_token_types, tmp_path):
     _, saved = gpt2_without_token_types
     out = tmp_path / "out"
     out.mkdir()
@@ -180,10 +191,47 @@ def test_a_non_empty_folder_is_replaced_only_with_overwrite(gpt2_without_token_t
 
     with pytest.raises(ExportError, match="not empty"):
         export_folder(saved, out)
-    assert (out / "keep.txt").is_file()
+    with pytest.raises(ExportError, match="not written by personachat export"):
+        export_folder(saved, out, overwrite=True)
+    assert tree_digest(out) == {"keep.txt": hashlib.sha256(b"mine").hexdigest()}
 
-    export_folder(saved, out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+    (out / "keep.txt").unlink()  # an empty folder is fine
+    export_folder(saved, out)
+    assert (out / "config.json").is_file()
+    (out / "notes.txt").write_text("added after the export")
+    export_folder(saved, out, overwrite=True)  # a folder it exported: replaced whole
+    assert not (out / "notes.txt").exists() and (out / "config.json").is_file()
+
+
+def test_export_next_to_and_around_its_source_keeps_every_byte(
+    gpt2_without_token_types, tmp_path, capsys
+):
+    _, saved = gpt2_without_token_types
+    home = tmp_path / "home"
+    model = home / "model"
+    shutil.copytree(saved, model)
+    (home / "notes.txt").write_text("beside the model")
+    before = tree_digest(home)
+
+    for out in (home, tmp_path, model):  # holds MODEL, holds it further up, MODEL itself
+        assert main(["export", str(model), str(out), "--overwrite"]) == 2
+        assert "Traceback" not in capsys.readouterr().err
+        assert tree_digest(home) == before
+    (model / "sub").mkdir()
+    (model / "sub" / "x.txt").write_text("inside")
+    with pytest.raises(ExportError, match="inside the model folder"):
+        export_folder(model, model / "sub", overwrite=True)
+    (model / "sub" / "x.txt").unlink()
+    (model / "sub").rmdir()
+    assert tree_digest(home) == before
+
+    export_folder(model, home / "beside")  # new folders next to it and in it are fine
+    export_folder(model, model / "plain")
+    after = tree_digest(home)
+    assert {k: v for k, v in after.items() if k.startswith(("model/", "notes"))} == {
+        **before,
+        **{k: v for k, v in after.items() if k.startswith("model/plain/")},
+    }
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -53,6 +54,8 @@ from personachat.model.lora import merged
 LM_CLASSES = {"gpt2": "GPT2LMHeadModel", "openai-gpt": "OpenAIGPTLMHeadModel"}
 PERSONACHAT_CONFIG_KEYS = (TOKEN_TYPES_KEY, "scratch")
 REPORT_COMPANIONS = ("training_curves.png", "samples.md")
+# Written into every exported folder: --overwrite replaces only a folder that holds it.
+EXPORT_MARKER = ".personachat-export.json"
 TOKEN_TYPES_LOSS = (
     "exported inexactly: the speaker embeddings (token types) this model adds to every input "
     "position are dropped, so the exported model's replies differ from personachat's"
@@ -118,7 +121,7 @@ def export_model(
     and ``args``) to ``out``; ``source``: the folder whose report and evaluation results the
     card shows. Returns the folder and the notes about what was lost (empty when exact)."""
     out = Path(out)
-    check_target(out, overwrite)
+    check_target(out, overwrite, source)
     notes = []
     if uses_token_types(model):
         if not allow_inexact:
@@ -143,6 +146,9 @@ def export_model(
                 card.write("\n## Export\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
         if source is not None and Path(source).is_dir():
             include_files(Path(source), tmp, REPORT_COMPANIONS)
+        (tmp / EXPORT_MARKER).write_text(
+            json.dumps({"exported_from": str(source) if source else None}) + "\n"
+        )
 
     write_folder_atomic(out, fill)
     return out, notes
@@ -192,13 +198,44 @@ def rounded_to_half(model) -> torch.nn.Module:
     return rounded
 
 
-def check_target(out: Path, overwrite: bool) -> None:
-    """OUT must be a new or empty folder, or ``overwrite`` given."""
+def check_target(out: Path, overwrite: bool, source: str | os.PathLike | None = None) -> None:
+    """OUT must be a new or empty folder, or one personachat exported before (its
+    ``EXPORT_MARKER``) with ``overwrite``: the export replaces OUT whole, so it never
+    replaces a folder it did not write. Around a local MODEL folder, OUT may not be MODEL,
+    hold MODEL, or be a folder already inside MODEL (only a fresh one there)."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} is a file; name a folder to export into")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if source is not None and Path(source).expanduser().is_dir():
+        check_apart(out, Path(source).expanduser())
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
         raise ExportError(
-            f"{out} is not empty; choose a new folder, or pass --overwrite to replace it"
+            f"{out} is not empty; choose a new folder, or pass --overwrite to replace a "
+            "folder personachat exported before"
+        )
+    if not (out / EXPORT_MARKER).is_file():
+        raise ExportError(
+            f"{out} is not empty and was not written by personachat export (it has no "
+            f"{EXPORT_MARKER}); --overwrite only replaces a folder personachat exported, so "
+            "nothing of yours is deleted: choose a new folder, or empty this one yourself"
+        )
+
+
+def check_apart(out: Path, model: Path) -> None:
+    """Refuse an OUT that is the model folder, holds it, or already exists inside it."""
+    out_real, model_real = out.resolve(), model.resolve()
+    if out_real == model_real:
+        raise ExportError(f"OUT {str(out)!r} is the model folder itself; export into another")
+    if out_real in model_real.parents:
+        raise ExportError(
+            f"OUT {str(out)!r} holds the model folder {str(model)!r}: exporting there would "
+            "replace the model it reads; export into a new folder beside it"
+        )
+    if model_real in out_real.parents and out.exists() and any(out.iterdir()):
+        raise ExportError(
+            f"OUT {str(out)!r} is a folder inside the model folder {str(model)!r} that holds "
+            "files already; export into a new folder"
         )
 
 
@@ -223,9 +260,7 @@ def export_folder(
 ) -> tuple[Path, list[str]]:
     """Export the saved model ``name`` (a folder, or any name personachat loads) to ``out``
     (options as ``export_model``'s)."""
-    check_target(Path(out), options.get("overwrite", False))
-    if Path(out).resolve() == Path(name).expanduser().resolve():
-        raise ExportError(f"OUT {str(out)!r} is the model folder itself; export into another")
+    check_target(Path(out), options.get("overwrite", False), source=name)
     model, tokenizer, args = load_for_export(str(name))
     return export_model(model, tokenizer, args, out, source=name, **options)
 
@@ -246,7 +281,11 @@ def add_export_command(sub: argparse._SubParsersAction) -> None:
         "(Llama and Qwen2 models; float32)",
     )
     p.add_argument("--gguf-f16", action="store_true", help="the GGUF file's matrices in float16")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an OUT that personachat exported before (never any other folder)",
+    )
     p.add_argument(
         "--allow-inexact",
         action="store_true",
