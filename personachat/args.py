@@ -113,6 +113,11 @@ class ConvAIArgs:
     mc_coef: float = 1.0
     num_candidates: int = 2
     max_history: int = 2
+    # Replies from chat-template models read the whole conversation up to this many tokens
+    # (oldest messages dropped first; the persona is never cut for it); there max_history
+    # only bounds the training examples' window. TransferTransfo (GPT-2) replies keep
+    # max_history's window and then this budget too. 0: no token budget.
+    max_history_tokens: int = 1024
     personality_permutations: int = 1
     do_lower_case: bool = False
 

@@ -20,7 +20,7 @@ from personachat.data.dialogs import personalities
 from personachat.data.download import load_personachat_or_file
 from personachat.data.prepare import prepare_dialogs
 from personachat.encoding.examples import ExampleBuilder
-from personachat.encoding.inputs import TextEncoder, history_window
+from personachat.encoding.inputs import TextEncoder, reply_history
 from personachat.evaluation.evaluate import evaluation_losses, persona_only, reply_metrics
 from personachat.evaluation.metrics import apply_metric_fns, eval_num_candidates, write_results
 from personachat.evaluation.persona import without_persona
@@ -294,7 +294,8 @@ class ConvAIModel:
         """One reply to ``message``. Returns ``(reply, history)``; history includes both.
 
         With ``encode_history=False`` the history holds token-id lists (as simpletransformers
-        did) and is cut to the last ``2*max_history+1`` entries.
+        did) and is cut to the window a reply reads: the last ``2*max_history+1`` entries
+        (TransferTransfo), or the newest within ``max_history_tokens`` (chat templates).
         """
         personality = personality or self.random_personality()
         persona_ids = [self._encode(s) for s in personality]
@@ -307,7 +308,12 @@ class ConvAIModel:
             return reply, [*history, reply]
         history = [*history, self._encode(message)]
         reply_ids = respond(self.model, persona_ids, history, self.special, options, self.device)
-        history = history_window([*history, reply_ids], self.args.max_history)
+        history = reply_history(
+            [*history, reply_ids],
+            self.special,
+            self.args.max_history,
+            self.args.max_history_tokens,
+        )
         return self.tokenizer.decode(reply_ids, skip_special_tokens=True).strip(), history
 
     def generate_replies(

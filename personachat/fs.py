@@ -3,16 +3,21 @@ sees half-written.
 
 ``file_kind`` tells a regular file from a pipe or a device, which no reader may open. One
 writer for files, one for folders. Both write next to the target (same filesystem, so the
-final ``os.replace`` is a rename) and clean up their temporary on any failure.
+final ``os.replace`` is a rename) and clean up their temporary on any failure. Both are
+durable: every file is fsynced before the rename, and the folder holding the rename after
+it, so "saved" survives a power cut. A full disk during either is a ``DiskFullError`` naming
+the path, how much was written and how much space is left.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from personachat.errors import PersonachatError
@@ -97,12 +102,13 @@ def write_file_atomic(path: str | os.PathLike, data: str | bytes, mode: int = 0o
             break
         os.close(fd)  # a cleaner removed it between its creation and the lock: again
     try:
-        with os.fdopen(fd, "wb") as f:
+        with disk_full_named(path, Path(tmp)), os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -121,7 +127,8 @@ def write_folder_atomic(
     file by rename, ``.safetensors`` last, so its other contents (checkpoints, eval results)
     stay and weights never precede the config they belong to. Files get mode 0644 and folders
     0755 (safetensors and ``mkdtemp`` create private 0600 / 0700 ones); a temporary folder
-    left by a killed writer of the same target is removed first.
+    left by a killed writer of the same target is removed first. Every file and folder is
+    fsynced before the rename and the folders renamed into after it.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -133,23 +140,113 @@ def write_folder_atomic(
         if lock is not False:
             break
     try:
-        fill(tmp)
-        _make_readable(tmp)
+        with disk_full_named(target, tmp):
+            fill(tmp)
+            _make_readable(tmp)
+            fsync_tree(tmp)
         if not target.exists():
             os.replace(tmp, target)
         elif merge:
             for item in sorted(tmp.iterdir(), key=lambda p: p.suffix == ".safetensors"):
                 os.replace(item, target / item.name)
+            fsync_dir(target)
         else:
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
+        fsync_dir(target.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
         _release(lock)
     return target
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file under ``folder``, and the folders themselves, to disk: a rename
+    must never publish a folder whose data is still only in memory."""
+    for path in folder.iterdir():
+        if path.is_symlink():
+            continue
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        elif path.is_dir():  # an unmerged LoRA adapter's folder, a tokenizer's subfolder
+            fsync_tree(path)
+    fsync_dir(folder)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush ``folder``'s entries (the names a rename created) to disk, where the platform
+    can open folders."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # Windows cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno in DISK_FULL:
+            raise
+    finally:
+        os.close(fd)
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(PersonachatError, OSError):
+    """The disk filled while a file or folder was written; the message says which path,
+    how much had been written and how much space is left."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+@contextmanager
+def disk_full_named(target: Path, tmp: Path) -> Iterator[None]:
+    """Turn a full disk (ENOSPC / EDQUOT, as an OSError or as the message of a library's own
+    error, e.g. safetensors') while ``tmp`` is written for ``target`` into a DiskFullError."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as err:
+        full = isinstance(err, OSError) and err.errno in DISK_FULL
+        if not full and "No space left on device" not in str(err):
+            raise
+        written = _size(tmp)
+        where = getattr(err, "filename", None) or tmp
+        try:
+            free = f"{_human(shutil.disk_usage(target.parent).free)} free there now"
+        except OSError:
+            free = "the free space there is unknown"
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"No space left on device writing {where} (for {target}): "
+            f"{_human(written)} written before the disk filled, {free}; nothing was "
+            "replaced. Free some disk space (or write elsewhere) and run it again",
+            str(target),
+        ) from err
+
+
+def _size(path: Path) -> int:
+    """Bytes in the file ``path`` or the files under the folder ``path`` (0 if gone)."""
+    try:
+        if path.is_file():
+            return path.stat().st_size
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    except OSError:
+        return 0
+
+
+def _human(size: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:,} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
 
 
 def _make_readable(folder: Path) -> None:

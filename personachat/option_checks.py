@@ -114,6 +114,7 @@ BOUNDS: dict[str, Bound] = {
         integer=True,
     ),
     "max_history": _count(0, AT_LEAST_0),
+    "max_history_tokens": _count(0, ">= 0 (an integer; 0: no token budget)"),
     "warmup_steps": _count(0, AT_LEAST_0),
     "dataloader_num_workers": _count(0, AT_LEAST_0),
     "early_stopping_patience": _count(0, AT_LEAST_0),

@@ -4,8 +4,10 @@ refusal of models trained with token types; ``--gguf`` read back through transfo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import shutil
 
 import pytest
@@ -16,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from personachat import ConvAIModel
 from personachat.cli import main
-from personachat.model import gguf_export
+from personachat.model import export, gguf_export
 from personachat.model.export import ExportError, export_folder, export_model
 from personachat.model.gguf_export import GGUFExportError
 from personachat.model.lora import with_lora
@@ -271,3 +273,20 @@ def test_gguf_of_a_gpt2_model_names_what_works(gpt2_without_token_types, tmp_pat
     with pytest.raises(GGUFExportError, match="llama, qwen2"):
         export_folder(saved, tmp_path / "out", gguf=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_export_onto_a_full_disk_is_one_line_naming_the_path(
+    gpt2_without_token_types, tmp_path, monkeypatch, capsys
+):
+    _, saved = gpt2_without_token_types
+
+    def disk_full(folder, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / "README.md"))
+
+    monkeypatch.setattr(export, "write_conventions", disk_full)
+    assert main(["export", str(saved), str(tmp_path / "out")]) == 2
+
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("personachat export: error: No space left on device writing ")
+    assert "README.md" in line and "written before the disk filled" in line
+    assert list(tmp_path.iterdir()) == []  # no half folder, no temporary

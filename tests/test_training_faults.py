@@ -137,7 +137,8 @@ def test_a_full_disk_during_a_checkpoint_write_is_one_line_with_the_resume_comma
     assert cli.main(argv) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"personachat train: error: could not write checkpoint {out}/")
-    assert "checkpoint-4 at step 4 (No space left on device)" in line
+    assert "checkpoint-4 at step 4 (No space left on device writing " in line
+    assert "free there now" in line  # how much space is left
     assert f"the last complete checkpoint {out / 'checkpoint-2'}" in line
     command = line.split("Resume with: ", 1)[1]
     words = shlex.split(command)

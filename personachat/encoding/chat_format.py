@@ -71,6 +71,11 @@ class ChatFormat:
         return 0
 
     @property
+    def window_by_tokens(self) -> bool:
+        """True: replies read the whole conversation within ``max_history_tokens``."""
+        return True
+
+    @property
     def overheads(self) -> Overheads:
         return Overheads(
             fixed=len(self.system.prefix)

@@ -71,6 +71,9 @@ class InputFormat(Protocol):
     @property
     def reply_type(self) -> int: ...
 
+    @property
+    def window_by_tokens(self) -> bool: ...
+
     def build(self, persona, history, reply, lm_labels=False, with_eos=True) -> dict: ...
 
     def prefix_length(self, persona: Sequence[Sequence[int]]) -> int: ...
@@ -135,6 +138,11 @@ class SpecialIds:
         return self.speaker2
 
     @property
+    def window_by_tokens(self) -> bool:
+        """False: replies read the last ``2*max_history+1`` messages (simpletransformers)."""
+        return False
+
+    @property
     def overheads(self) -> Overheads:
         return TRANSFERTRANSFO
 
@@ -158,6 +166,42 @@ def history_window(history: Sequence[T], max_history: int) -> list[T]:
     """The turns an input keeps: the last ``2 * max_history + 1`` (``max_history`` exchanges
     of both speakers, then the message being answered). The one place that window is cut."""
     return list(history)[-(2 * max_history + 1) :]
+
+
+def history_within_budget(
+    history: Sequence[Sequence[int]], overheads: Overheads, max_tokens: int
+) -> list[Sequence[int]]:
+    """The newest messages of ``history`` whose tokens, with the tokens the format writes
+    around each turn, come to at most ``max_tokens``: the oldest are dropped first, a message
+    is kept whole or not at all, and the message being answered (the last) is always kept
+    (the context limit cuts it later if it alone is too long). The persona is not counted:
+    the budget is the history's own, so a long conversation never pushes the persona out."""
+    kept: list[Sequence[int]] = []
+    used = 0
+    for back, message in enumerate(reversed(history)):
+        cost = len(message) + (overheads.user_turn if back % 2 == 0 else overheads.assistant_turn)
+        if kept and used + cost > max_tokens:
+            break
+        kept.append(message)
+        used += cost
+    return kept[::-1]
+
+
+def reply_history(
+    history: Sequence[Sequence[int]],
+    special: InputFormat,
+    max_history: int,
+    max_history_tokens: int,
+) -> list[Sequence[int]]:
+    """The history a reply is generated from: for a chat-template format the whole
+    conversation within ``max_history_tokens`` (oldest messages dropped first); for the
+    TransferTransfo layout the last ``2 * max_history + 1`` messages, as simpletransformers
+    kept them, then the same token budget (0: none)."""
+    if not special.window_by_tokens:
+        history = history_window(history, max_history)
+    if max_history_tokens > 0:
+        history = history_within_budget(history, special.overheads, max_history_tokens)
+    return list(history)
 
 
 def build_input_from_segments(

@@ -17,11 +17,7 @@ from math import inf
 import torch
 
 from personachat.args import ArgsError, ConvAIArgs
-from personachat.encoding.inputs import (
-    InputFormat,
-    history_window,
-    truncate_to_fit,
-)
+from personachat.encoding.inputs import InputFormat, reply_history, truncate_to_fit
 from personachat.errors import PersonachatError
 from personachat.generation.decoders import make_decoder
 from personachat.generation.precision import decoding_model
@@ -54,6 +50,7 @@ class DecodingOptions:
     top_p: float
     do_sample: bool
     max_history: int
+    max_history_tokens: int
     repetition_penalty: float
     no_repeat_ngram_size: int
     rerank_samples: int
@@ -98,9 +95,12 @@ def build_prompt(
     special: InputFormat,
     max_history: int,
     max_tokens: int,
+    max_history_tokens: int = 0,
 ) -> dict[str, list[int]]:
     """The model input up to and including the reply's ``<speaker2>`` token."""
-    return build_prompt_and_prefix(persona, history, special, max_history, max_tokens)[0]
+    return build_prompt_and_prefix(
+        persona, history, special, max_history, max_tokens, max_history_tokens
+    )[0]
 
 
 def build_prompt_and_prefix(
@@ -109,10 +109,13 @@ def build_prompt_and_prefix(
     special: InputFormat,
     max_history: int,
     max_tokens: int,
+    max_history_tokens: int = 0,
 ) -> tuple[dict[str, list[int]], int]:
     """``build_prompt`` and the length of its ``<bos>`` + persona prefix, the part that stays
-    the same from turn to turn (what a ``PrefixCache`` keeps)."""
-    history = history_window(history, max_history)
+    the same from turn to turn (what a ``PrefixCache`` keeps). The history is the window a
+    reply reads (``reply_history``: messages, or tokens for chat templates), then cut oldest
+    first to fit ``max_tokens``."""
+    history = reply_history(history, special, max_history, max_history_tokens)
     persona, history, _ = truncate_to_fit(persona, history, [], max_tokens, special.overheads)
     prompt = special.build(persona, history, [], with_eos=False)
     return prompt, special.prefix_length(persona)
@@ -164,7 +167,9 @@ def generate_replies(
             f"whose context is {context_size(model)} tokens; lower max_length"
         )
     built = [
-        build_prompt_and_prefix(p, h, special, options.max_history, max_prompt)
+        build_prompt_and_prefix(
+            p, h, special, options.max_history, max_prompt, options.max_history_tokens
+        )
         for p, h in conversations
     ]
     input_ids, token_types, mask = left_pad([prompt for prompt, _ in built], special.pad, device)

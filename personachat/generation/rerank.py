@@ -15,7 +15,7 @@ from personachat.encoding.dataset import collate
 from personachat.encoding.inputs import (
     IGNORE_INDEX,
     InputFormat,
-    history_window,
+    reply_history,
     truncate_to_fit,
 )
 from personachat.generation.generate import DecodingOptions, generate_reply
@@ -33,13 +33,14 @@ def score_replies(
     special: InputFormat,
     max_history: int,
     device: torch.device | str = "cpu",
+    max_history_tokens: int = 0,
 ) -> list[float]:
     """Multiple-choice logit + mean log-likelihood per token of each reply (with ``<eos>``).
 
     Length normalisation keeps short replies from winning just by having fewer tokens to pay
     for; the MC head adds the model's judgment of fit with persona and history.
     """
-    history = history_window(history, max_history)
+    history = reply_history(history, special, max_history, max_history_tokens)
     fit = context_size(model)
     inputs = [
         special.build(*truncate_to_fit(persona, history, r, fit, special.overheads), lm_labels=True)
@@ -75,5 +76,14 @@ def respond(
             for _ in range(options.rerank_samples)
         )
     )
-    scores = score_replies(model, persona, history, samples, special, options.max_history, device)
+    scores = score_replies(
+        model,
+        persona,
+        history,
+        samples,
+        special,
+        options.max_history,
+        device,
+        options.max_history_tokens,
+    )
     return list(samples[max(range(len(samples)), key=scores.__getitem__)])

@@ -98,7 +98,7 @@ class ChatDecoder:
             Completion(
                 self.decode(reply),
                 reply,
-                len(build_prompt(p, h, self.model.special, plain.max_history, room)["input_ids"]),
+                prompt_tokens(p, h, self.model.special, plain, room),
             )
             for (p, h), reply in zip(encoded, ids, strict=True)
         ]
@@ -143,3 +143,11 @@ def batch_generate(model) -> Callable:
         return model.generate_replies(conversations, options, on_token, stream)
 
     return generate
+
+
+def prompt_tokens(persona, history, special, options: DecodingOptions, room: int) -> int:
+    """Tokens of the prompt a reply was decoded from (the usage a chat response reports)."""
+    prompt = build_prompt(
+        persona, history, special, options.max_history, room, options.max_history_tokens
+    )
+    return len(prompt["input_ids"])

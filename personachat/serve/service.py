@@ -178,6 +178,13 @@ class ChatService:
     async def delete(self, session_id: str) -> None:
         await self._write(self.store.delete, session_id)
 
+    def history_read(self, options: DecodingOptions) -> int:
+        """How many stored messages a reply may read: the ``max_history`` window (the new
+        message completes it), or every kept one when the model reads by tokens."""
+        if self.model.special.window_by_tokens:
+            return self.settings.max_history_kept
+        return 2 * options.max_history
+
     def _read(self, session_id: str, last: int | None = None) -> Session:
         """A session (with its ``last`` messages); an unknown or malformed id is a 404.
         Read on the event loop: WAL reads never wait for the writer and take microseconds."""
@@ -272,8 +279,9 @@ class ChatService:
                 stored = self.store.find_turn(session_id, client_id)
                 if stored is not None:
                     return turn_json(*stored, options, replayed=True)
-            # Only the turns the model reads (max_history) are fetched, not the whole history.
-            session = self._read(session_id, 2 * options.max_history)
+            # Only the turns the model can read are fetched, not the whole history: the
+            # max_history window, or for chat templates (a token budget) every stored turn.
+            session = self._read(session_id, self.history_read(options))
             history = [m.text for m in session.messages] + [text]
             on_token = None
             if events is not None:

@@ -32,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from personachat.errors import PersonachatError
-from personachat.fs import write_folder_atomic
+from personachat.fs import fsync_tree, write_folder_atomic
 from personachat.model.loading import unwrap, write_model_files
 from personachat.model.lora import (
     LORA_STATE_FILE,
@@ -99,13 +99,11 @@ def save_checkpoint(
             "batches_done": training["batches_done"],
             "resumable": optimizer is not None,
         }
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         # Written last: a folder without it is never loaded or resumed from.
         _write_synced(tmp / COMPLETE_MARKER, json.dumps(marker))
 
-    target = write_folder_atomic(folder, fill)
-    _fsync_dir(target.parent)
-    return target
+    return write_folder_atomic(folder, fill)  # fsyncs the marker and the folders too
 
 
 def write_training_files(
@@ -133,30 +131,6 @@ def _write_synced(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Flush every file of ``folder`` to disk so the rename never publishes unwritten data."""
-    for path in folder.iterdir():
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-        elif path.is_dir():  # an unmerged LoRA adapter's folder
-            _fsync_tree(path)
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- finding
