@@ -162,6 +162,10 @@ class ConvAIArgs:
     # training, whatever num_candidates training uses. None: every candidate the data has
     # (20 on Persona-Chat, as ConvAI2 reports it).
     eval_num_candidates: int | None = None
+    # How hits@1 ranks the candidates: "mc" (the multiple-choice head), "lm" (the language
+    # model: mean log-probability of each candidate's reply tokens after the context, for any
+    # model), "auto" (the head when the model was trained with one, else the language model).
+    eval_ranking: str = "auto"
     # Drop invalid dialogs (each printed with its place, plus the counts kept and dropped)
     # instead of refusing the whole file.
     skip_invalid: bool = False

@@ -21,12 +21,19 @@ from personachat.data.download import load_personachat_or_file
 from personachat.data.prepare import prepare_dialogs
 from personachat.encoding.examples import ExampleBuilder
 from personachat.encoding.inputs import TextEncoder, reply_history
-from personachat.evaluation.evaluate import evaluation_losses, persona_only, reply_metrics
-from personachat.evaluation.metrics import apply_metric_fns, eval_num_candidates, write_results
+from personachat.evaluation.evaluate import (
+    evaluation_losses,
+    persona_only,
+    ranked_results,
+    reply_metrics,
+)
+from personachat.evaluation.metrics import eval_num_candidates, write_results
 from personachat.evaluation.persona import without_persona
+from personachat.evaluation.ranking import choice_head_trained, lm_ranking, resolve_ranking
 from personachat.generation.generate import DecodingOptions, generate_replies, text_streamer
 from personachat.generation.prefix_cache import PrefixCache
 from personachat.generation.rerank import respond
+from personachat.model.device import autocast_dtype
 from personachat.model.loading import (
     PERSONAS_FILE,
     context_size,
@@ -116,6 +123,8 @@ class ConvAIModel:
         # server sets all cores while decoding steps use fewer.
         self.prefill_threads: int | None = None
         self._examples = ExampleBuilder(self.tokenizer, self.special, self.args)
+        # Whether hits@1 can rank with the multiple-choice head (eval_ranking "auto").
+        self._choice_head_trained = choice_head_trained(model_name)
 
     # ------------------------------------------------------------------ training
     def train_model(
@@ -146,6 +155,8 @@ class ConvAIModel:
             )
         output_dir = str(output_dir or self.args.output_dir)
         self.model = with_lora(self.model, self.args)  # as it is when lora_r is 0
+        trains_head = self.args.mc_coef > 0 and self.args.num_candidates > 1
+        self._choice_head_trained = self._choice_head_trained or trains_head
         self.args.check_folders()
         resume = check_before_training(
             output_dir, resume_from_checkpoint, self.model, self.args, eval_file
@@ -252,13 +263,35 @@ class ConvAIModel:
             self.model, dataset, dialogs, self.args, self.device, pad_id, silent=silent, shard=shard
         )
         results["eval_num_candidates"] = candidates
-        results.update(apply_metric_fns(labels, preds, metric_fns or {}))
+        trained = self._choice_head_trained
+        ranking = resolve_ranking(self.args.eval_ranking, trained, candidates)
+        if ranking == "lm":
+            labels, preds = self._lm_ranking(dialogs, dataset.index, candidates, silent)
+        results = ranked_results(results, labels, preds, ranking, trained, metric_fns)
+        labels, preds = (labels, preds) if ranking else (None, None)
         greedy = self._greedy()
         reply = partial(self.generate_replies, options=greedy)
         index = dataset.index
         flags = {"silent": silent, "generation": generation, "repetition": repetition}
         results.update(reply_metrics(reply, greedy, dialogs, index, labels, preds, **flags))
         return results
+
+    def _lm_ranking(self, dialogs, index, candidates: int, silent: bool):
+        """(labels, preds) of the language model's ranking (``evaluation.ranking``)."""
+        dtype = autocast_dtype(self.device, self.args.fp16, self.args.cpu_bf16)
+        return lm_ranking(
+            self.model,
+            self.special,
+            self._encode,
+            dialogs,
+            index,
+            self.args,
+            self.device,
+            context_size(self.model),
+            candidates,
+            dtype=dtype,
+            silent=silent,
+        )
 
     def persona_eval(self, eval_file, ablate_persona: bool = False) -> dict:
         """``persona_accuracy`` and ``persona_contradiction_rate`` of greedy replies to the

@@ -20,6 +20,7 @@ from personachat.errors import PersonachatError
 INPUT_FORMATS = ("auto", "transfertransfo", "chat_template")
 TOKEN_TYPES = ("auto", "embed", "none")
 CPU_QUANTIZE = ("none", "int8", "int4")
+EVAL_RANKINGS = ("auto", "mc", "lm")
 OPTIMIZERS = ("AdamW", "Adafactor")
 SCHEDULERS = (
     "constant_schedule",
@@ -178,6 +179,7 @@ def check_names(args: Any) -> None:
         ("input_format", INPUT_FORMATS),
         ("token_types", TOKEN_TYPES),
         ("cpu_quantize", CPU_QUANTIZE),
+        ("eval_ranking", EVAL_RANKINGS),
     ):
         if getattr(args, name) not in valid:
             raise ArgsError(

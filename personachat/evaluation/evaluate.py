@@ -16,7 +16,9 @@ import torch
 
 from personachat.encoding.dataset import collate
 from personachat.evaluation.metrics import (
+    apply_metric_fns,
     evaluation_sums,
+    hits_at_1,
     merge_sums,
     metrics_from_sums,
     reply_word_count,
@@ -75,6 +77,41 @@ def evaluation_losses(
     return results, results.pop("_labels"), results.pop("_preds")
 
 
+# Figures of a ranking of the candidates (all of them: of the multiple-choice head).
+RANKING_FIGURES = ("hits@1", "f1_score", "mc_loss")
+MC_HEAD_FIGURES = ("f1_score", "mc_loss")
+
+
+def ranked_results(
+    results: dict,
+    labels: list[int],
+    preds: list[int],
+    ranking: str | None,
+    head_trained: bool,
+    metric_fns: dict[str, Callable] | None = None,
+) -> dict:
+    """``results`` with the ranking figures that mean something.
+
+    ``ranking`` (``ranking.resolve_ranking``): None when each utterance had one candidate:
+    nothing was ranked, so hits@1, ``f1_score``, ``mc_loss`` and the ``metric_fns`` (which
+    read the rankings) are left out rather than reported as 1.0 and 0 by construction.
+    ``"lm"``: hits@1 of the language model's ranking (``labels``/``preds``); the head's own
+    figures only when it was trained. ``"mc"``: the head's, as simpletransformers reported
+    them. The ranking used is recorded as ``results["ranking"]``."""
+    results = dict(results)
+    if ranking is None:
+        for key in RANKING_FIGURES:
+            results.pop(key, None)
+        return results
+    results["ranking"] = ranking
+    results["hits@1"] = hits_at_1(labels, preds)
+    if ranking == "lm" and not head_trained:
+        for key in MC_HEAD_FIGURES:
+            results.pop(key, None)
+    results.update(apply_metric_fns(labels, preds, metric_fns or {}))
+    return results
+
+
 class StopBetweenBatches:
     """The loader's batches, until a signal asks the training in progress to stop
     (``stop_requested``): then EvaluationInterrupted at the next batch instead of waiting
@@ -112,12 +149,14 @@ def reply_metrics(
 ) -> dict:
     """The figures that need replies (``reply``, decoding with options ``decoding``):
     persona figures when the dialogs have probes, generation F1 and repetition on request.
-    ``index``, ``labels`` and ``preds``: the examples' index and multiple-choice results."""
+    ``index``, ``labels`` and ``preds``: the examples' index and ranking results (None when
+    nothing was ranked)."""
     if stop_requested() and not distributed.joined_context().enabled:
         raise EvaluationInterrupted("evaluation interrupted by a signal")
     results = {}
     if probe_items(dialogs):
-        results["persona_hits@1"] = persona_hits_at_1(dialogs, index, labels, preds)
+        if preds is not None:  # None: nothing was ranked
+            results["persona_hits@1"] = persona_hits_at_1(dialogs, index, labels, preds)
         scores = persona_scores(reply, dialogs, silent=silent)
         results.update({k: v for k, v in scores.items() if v is not None})
     if generation:
