@@ -176,6 +176,10 @@ class ConvAIArgs:
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     rerank_samples: int = 0
+    # Character cards (personachat.data.cards): the most tokens a card's persona (system
+    # prompt, description, personality, scenario, example chats) takes in the model's input,
+    # at most half the context; beyond it example chats are left out first.
+    card_prompt_tokens: int = 2048
     # Speed (see personachat.encoding.batching / autobatch): batch inputs of similar length together
     # (less padding); with train_batch_size="auto" (CUDA), the effective batch per optimizer
     # step that the probed micro-batch x gradient accumulation x processes should reach;

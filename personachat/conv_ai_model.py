@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 from collections.abc import Callable, Collection
 from functools import partial
 from pathlib import Path
 
 from personachat.args import ConvAIArgs, make_args
-from personachat.data.cards import PersonaCard, persona_and_opening, read_card
+from personachat.data.cards import PersonaCard, model_limits, persona_and_opening, read_card
 from personachat.data.dialogs import personalities
 from personachat.data.download import load_personachat_or_file
 from personachat.data.prepare import prepare_dialogs
@@ -27,7 +28,7 @@ from personachat.evaluation.evaluate import (
     ranked_results,
     reply_metrics,
 )
-from personachat.evaluation.metrics import eval_num_candidates, write_results
+from personachat.evaluation.metrics import eval_num_candidates, evaluation_folder, write_results
 from personachat.evaluation.persona import without_persona
 from personachat.evaluation.ranking import choice_head_trained, lm_ranking, resolve_ranking
 from personachat.generation.generate import DecodingOptions, generate_replies, text_streamer
@@ -227,7 +228,8 @@ class ConvAIModel:
             for name in ("generation_f1", "ablate_persona", "repetition_rate")
             if isinstance(metric_fns.get(name), bool)
         }
-        self.args.check_folders(output_dir or self.args.output_dir)  # before any work
+        output_dir = evaluation_folder(output_dir, eval_file, self.args.output_dir)
+        self.args.check_folders(output_dir)  # before any work
         dialogs = self._load(eval_file, "valid", self.args.max_eval_examples)
         if flags.get("ablate_persona"):
             dialogs = without_persona(dialogs)
@@ -239,7 +241,7 @@ class ConvAIModel:
             repetition=flags.get("repetition_rate", False),
             metric_fns=metric_fns,
         )
-        write_results(output_dir or self.args.output_dir, results)
+        write_results(output_dir, results)
         if verbose and not silent:
             print(json.dumps(results, indent=2))
         return results
@@ -305,16 +307,32 @@ class ConvAIModel:
         """Chat in the terminal; the bot speaks first when given an ``opening`` line. Without
         a personality: the card of ``load_persona_card`` (opening with its first message),
         else a random persona from the data."""
-        personality, opening = persona_and_opening(self.persona_card, personality, opening)
+        card = self.persona_card
+        personality, opening = persona_and_opening(card, personality, opening)
         if not personality:
             personality = self.random_personality()
             print("Selected personality:", " ".join(personality))
-        run_repl(partial(self.interact_single, personality=personality), opening=opening)
+        if card is None or personality != card.personality:
+            run_repl(partial(self.interact_single, personality=personality), opening=opening)
+            return
+        if card.left_out:
+            print(
+                f"({card.name}: {card.left_out} pieces of the card left out to fit "
+                f"card_prompt_tokens={self.args.card_prompt_tokens}; raise it to keep them)",
+                file=sys.stderr,
+            )
+
+        def reply(message: str, history: list) -> tuple[str, list]:  # lorebook: per turn
+            persona = card.persona_for([*history, message])
+            return self.interact_single(message, history, personality=persona)
+
+        run_repl(reply, opening=opening)
 
     def load_persona_card(self, path: str | os.PathLike, user: str = "User") -> list[str]:
-        """A character card's persona sentences (V2 JSON or PNG: ``data.cards``), remembered
-        with its first message for ``interact()``; a broken card is a ``CardError``."""
-        self.persona_card = read_card(path, user)
+        """A character card's persona (V2 JSON or PNG: ``data.cards``), within this model's
+        ``card_prompt_tokens``, remembered with its first message and lorebook for
+        ``interact()``; a broken card is a ``CardError``."""
+        self.persona_card = read_card(path, user, model_limits(self))
         return self.persona_card.personality
 
     def interact_single(

@@ -123,6 +123,7 @@ BOUNDS: dict[str, Bound] = {
     "top_k": _count(0, ">= 0 (an integer; 0: off)"),
     "no_repeat_ngram_size": _count(0, ">= 0 (an integer; 0: off)"),
     "rerank_samples": _count(0, ">= 0 (an integer; 0 or 1: off)"),
+    "card_prompt_tokens": _count(1, POSITIVE),
     "lora_r": _count(0, "an integer >= 0 (0: no LoRA)"),
     "save_steps": _count(None, "an integer (<= 0: no checkpoints by steps)"),
     "evaluate_during_training_steps": _count(None, "an integer (<= 0: no evaluation by steps)"),

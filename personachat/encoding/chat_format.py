@@ -18,10 +18,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from personachat.bounded import BudgetExceeded, render_bounded
 from personachat.encoding.inputs import IGNORE_INDEX, Overheads, layout_length
 from personachat.errors import PersonachatError
 
 _SENTINEL = "\x1fPERSONACHAT{}\x1f"
+# A template renders a four-message conversation in milliseconds and a few hundred characters.
+TEMPLATE_SECONDS = 5.0
+TEMPLATE_MAX_CHARS = 100_000
 
 
 class ChatTemplateError(PersonachatError, ValueError):
@@ -136,10 +140,22 @@ class ChatFormat:
 
 
 def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
+    """The template applied to ``messages``, under a time and output budget: the template
+    comes with the model file, and the sandbox bounds what it reaches, not how long it runs."""
     try:
-        return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=generation_prompt
+        return render_bounded(
+            lambda: tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=generation_prompt
+            ),
+            "the tokenizer's chat template",
+            seconds=TEMPLATE_SECONDS,
+            max_chars=TEMPLATE_MAX_CHARS,
         )
+    except BudgetExceeded as err:
+        raise ChatTemplateError(
+            f"{err}; the model's template is broken or hostile: use input_format "
+            "'transfertransfo', or a model with a sound chat template"
+        ) from None
     except Exception as err:  # jinja errors: the template refuses this conversation
         raise ChatTemplateError(
             f"the tokenizer's chat template cannot render a persona conversation ({err}); "

@@ -153,7 +153,10 @@ class ChatService:
         bot's opening line (the session's first message)."""
         session_id = secrets.token_urlsafe(24)
         if card is not None:
-            persona = session_card(card, sentences, self.settings)
+            # Parsing and tokenizing a card is CPU work: in a worker thread, not the loop.
+            persona = await asyncio.to_thread(
+                session_card, card, sentences, self.settings, self.model
+            )
             session = await asyncio.to_thread(
                 self.store.start_over, session_id, persona.personality, persona.first_message
             )
@@ -170,7 +173,10 @@ class ChatService:
     ) -> dict:
         self._read(session_id, 0)  # 404 before drawing a persona
         if card is not None:
-            personality = session_card(card, sentences, self.settings).personality
+            persona = await asyncio.to_thread(
+                session_card, card, sentences, self.settings, self.model
+            )
+            personality = persona.personality
         else:
             personality = await self.personality(sentences)
         return (await self._write(self.store.set_personality, session_id, personality)).to_json()
@@ -307,9 +313,12 @@ class ChatService:
             await asyncio.wait(set(self.turns), timeout=DRAIN_SECONDS)
 
 
-def session_card(card: dict, sentences: list[str] | None, settings: ServeSettings) -> PersonaCard:
-    """The ``card`` field of a session request as a persona; a broken card, or a card sent
-    with a personality, is a 422 naming the field."""
+def session_card(
+    card: dict, sentences: list[str] | None, settings: ServeSettings, model=None
+) -> PersonaCard:
+    """The ``card`` field of a session request as a persona (within ``model``'s
+    ``card_prompt_tokens`` when given); a broken card, or a card sent with a personality, is
+    a 422 naming the field."""
     if sentences:
         raise RequestError(
             422,
@@ -318,7 +327,7 @@ def session_card(card: dict, sentences: list[str] | None, settings: ServeSetting
             field="card",
         )
     try:
-        return card_from_json(card, "card", limits=CardLimits.from_settings(settings))
+        return card_from_json(card, "card", limits=CardLimits.from_settings(settings, model))
     except CardError as err:
         raise RequestError(422, "invalid_card", str(err), field="card") from None
 
