@@ -31,6 +31,15 @@ Usage::
     python -m personachat.data.synthetic --out-dir data --num-train 750 --num-valid 100 \\
         --num-unseen 100 --num-candidates 4 --seed 0
 
+Two more kinds build on this one and write natural-cased text (``--kind``, see ``KINDS``):
+personas as prose character descriptions (:mod:`personachat.data.synthetic_prose`) and
+questions whose answer is in the history, 3-6 messages back
+(:mod:`personachat.data.synthetic_history`). Each writes a training file and a held-out probe
+set with held-out phrasings and values; the bundled ones are exactly::
+
+    python -m personachat.data.synthetic --out-dir data --kind prose    # prose_{train,valid}.json
+    python -m personachat.data.synthetic --out-dir data --kind history  # history_{train,valid}.json
+
 The slots, small talk and openers are tables in ``personachat.data.synthetic_slots``.
 Standard library only; the same arguments always give byte-identical files.
 """
@@ -39,16 +48,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import math
 import os
 import random
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from personachat.args import ArgsError
-from personachat.data.synthetic_slots import ACKNOWLEDGEMENTS, SLOTS, SMALL_TALK
+from personachat.data.synthetic_slots import ACKNOWLEDGEMENTS, PROPER_NOUNS, SLOTS, SMALL_TALK
 from personachat.errors import PersonachatError
 from personachat.fs import write_file_atomic
 
@@ -93,21 +104,73 @@ def fill(template: str, value: str) -> str:
     return template.format(v=value, av=with_article(value))
 
 
+def states(text: str, value: str) -> bool:
+    """Whether ``text`` contains ``value`` as whole words, in any case ("tea" is not in
+    "teacher"): the test ``personachat.evaluation.persona.mentions`` applies to replies."""
+    pattern = rf"(?<!\w){re.escape(value.lower())}(?!\w)"
+    return re.search(pattern, text.lower()) is not None
+
+
+def build_utterances(exchanges: Sequence[tuple[str, list[str], str, dict | None]]) -> list[dict]:
+    """Persona-Chat utterances from (partner message, distractors, gold reply, probe) in order:
+    each history is the previous one plus the previous gold reply and the partner's message,
+    the gold reply is the last candidate, and a probe (when not None) is kept as ``probe``."""
+    history: list[str] = []
+    utterances: list[dict[str, Any]] = []
+    for prompt, distractors, gold, probe in exchanges:
+        if utterances:
+            history = history + [utterances[-1]["candidates"][-1]]
+        history = history + [prompt]
+        utterance: dict[str, Any] = {"history": history, "candidates": [*distractors, gold]}
+        if probe is not None:
+            utterance["probe"] = probe
+        utterances.append(utterance)
+    return utterances
+
+
+_SPACED_PUNCTUATION = re.compile(r" +([.,?!:;])")
+_LONE_I = re.compile(r"(?<![\w'])i(?=\W|$)")
+_SENTENCE_START = re.compile(r"(^|[.?!] +)([a-z])")
+_PROPER = re.compile(
+    r"(?<!\w)(" + "|".join(sorted(map(re.escape, PROPER_NOUNS), key=len, reverse=True)) + r")(?!\w)"
+)
+
+
+def naturalise(text: str) -> str:
+    """Persona-Chat style text in natural casing: "i live in new york , i love it ." →
+    "I live in New York, I love it."
+
+    Punctuation loses its leading space, "i" and sentence starts get a capital, and values
+    that are proper nouns are capitalised (``PROPER_NOUNS``). Natural text is left as it is,
+    so the natural-cased kinds can pass everything they write through it.
+    """
+    text = _SPACED_PUNCTUATION.sub(r"\1", text)
+    text = _LONE_I.sub("I", text)
+    text = _PROPER.sub(lambda match: PROPER_NOUNS[match.group(1)], text)
+    return _SENTENCE_START.sub(lambda match: match.group(1) + match.group(2).upper(), text)
+
+
+def held_out_split(values: Sequence[str], key: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Split ``values`` into (seen, unseen): ``UNSEEN_FRACTION`` of them (at least one) held
+    out, chosen by a shuffle seeded with ``key`` alone, never with a generation seed, so a
+    held-out value is the same for every generated file."""
+    shuffled = sorted(values)
+    random.Random(f"personachat-synthetic:unseen:{key}").shuffle(shuffled)
+    held_out = max(1, round(len(shuffled) * UNSEEN_FRACTION))
+    return tuple(sorted(shuffled[held_out:])), tuple(sorted(shuffled[:held_out]))
+
+
 def _partition_values() -> dict[str, dict[str, tuple[str, ...]]]:
     """Split each slot's values into ``seen`` (train, valid) and ``unseen`` ones.
 
     The partition depends only on the value lists, never on the seed, so "unseen" means the
     same values for every generated file.
     """
-    seen: dict[str, tuple[str, ...]] = {}
-    unseen: dict[str, tuple[str, ...]] = {}
-    for name, slot in SLOTS.items():
-        values = sorted(slot.values)
-        random.Random(f"personachat-synthetic:unseen:{name}").shuffle(values)
-        held_out = max(1, round(len(values) * UNSEEN_FRACTION))
-        unseen[name] = tuple(sorted(values[:held_out]))
-        seen[name] = tuple(sorted(values[held_out:]))
-    return {"seen": seen, "unseen": unseen}
+    parts = {name: held_out_split(slot.values, name) for name, slot in SLOTS.items()}
+    return {
+        "seen": {name: seen for name, (seen, _) in parts.items()},
+        "unseen": {name: unseen for name, (_, unseen) in parts.items()},
+    }
 
 
 _PARTITION = _partition_values()
@@ -194,6 +257,41 @@ def _probe_distractors(
             distractors.append(text)
     rng.shuffle(distractors)
     return distractors
+
+
+def pad_distractors(
+    rng: random.Random,
+    pools: dict[str, tuple[str, ...]],
+    distractors: list[str],
+    gold: str,
+    num_candidates: int,
+) -> list[str]:
+    """``distractors`` topped up to ``num_candidates - 1`` with natural-cased replies about a
+    random slot (never the gold, never twice): for pools too small for many candidates."""
+    padded = list(distractors)
+    while len(padded) < num_candidates - 1:
+        text = naturalise(_random_slot_reply(rng, pools))
+        if text != gold and text not in padded:
+            padded.append(text)
+    return padded
+
+
+def natural_probe(
+    rng: random.Random,
+    fact: Fact,
+    pools: dict[str, tuple[str, ...]],
+    num_candidates: int,
+) -> tuple[str, list[str], str, dict[str, str]]:
+    """A question on a persona fact with its replies, natural-cased, for the natural-cased
+    kinds: (question, distractors, gold reply, probe). The distractors are as in the
+    list-persona dialogs (:func:`_probe_distractors`)."""
+    slot, value = fact
+    template = rng.choice(SLOTS[slot].replies)
+    question = rng.choice(SLOTS[slot].questions)
+    gold = fill(template, value)
+    wrong = _probe_distractors(rng, pools, slot, value, template, gold, num_candidates - 1)
+    probe = {"slot": slot, "value": value}
+    return naturalise(question), [naturalise(text) for text in wrong], naturalise(gold), probe
 
 
 def _small_talk_distractors(
@@ -339,17 +437,79 @@ def write_splits(
     return paths
 
 
+KINDS: tuple[str, ...] = ("persona", "prose", "history")
+"""What the generator writes: list personas (``persona_<split>.json``, this module), prose
+character descriptions (:mod:`.synthetic_prose`) and history recall
+(:mod:`.synthetic_history`), the last two as ``<kind>_train.json`` and ``<kind>_valid.json``."""
+KIND_SPLITS: tuple[str, ...] = ("train", "valid")
+"""The splits of the prose and history kinds: training file and held-out probe set."""
+
+
+def check_kind_split(split: str) -> None:
+    """Refuse a split the prose and history kinds do not have."""
+    if split not in KIND_SPLITS:
+        raise ArgsError(f"unknown split {split!r}; expected one of {', '.join(KIND_SPLITS)}")
+
+
+def write_kind(
+    out_dir: str | os.PathLike[str],
+    kind: str,
+    num_train: int | None = None,
+    num_valid: int | None = None,
+    num_candidates: int = DEFAULT_NUM_CANDIDATES,
+    seed: int = DEFAULT_SEED,
+) -> dict[str, Path]:
+    """Generate the ``train`` and ``valid`` files of ``kind`` ("prose" or "history") and
+    write them atomically as ``<out_dir>/<kind>_<split>.json``; a count left None takes the
+    kind's default (its module's ``DEFAULT_NUM``). Returns the path of each split."""
+    if kind not in KINDS[1:]:
+        raise ArgsError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS[1:])}")
+    # Imported here, not at the top: the kind modules build on this one.
+    module = importlib.import_module(f"personachat.data.synthetic_{kind}")
+    generate = getattr(module, f"generate_{kind}_dialogs")
+    wanted = {"train": num_train, "valid": num_valid}
+    counts = {split: module.DEFAULT_NUM[split] if n is None else n for split, n in wanted.items()}
+    _check_counts(counts, num_candidates)  # fail before any file is written
+    paths: dict[str, Path] = {}
+    for split, count in counts.items():
+        paths[split] = Path(out_dir) / f"{kind}_{split}.json"
+        write_file_atomic(paths[split], dumps_dialogs(generate(count, split, num_candidates, seed)))
+    return paths
+
+
+def _write(args: argparse.Namespace) -> dict[str, Path]:
+    """The files the command line asks for."""
+    if args.kind != "persona":
+        return write_kind(
+            args.out_dir, args.kind, args.num_train, args.num_valid, args.num_candidates, args.seed
+        )
+    counts = (
+        DEFAULT_NUM_TRAIN if args.num_train is None else args.num_train,
+        DEFAULT_NUM_VALID if args.num_valid is None else args.num_valid,
+        args.num_unseen,
+    )
+    return write_splits(args.out_dir, *counts, args.num_candidates, args.seed)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m personachat.data.synthetic --out-dir data [options]``."""
     parser = argparse.ArgumentParser(
         prog="python -m personachat.data.synthetic",
-        description="Write synthetic persona dialogs (Persona-Chat JSON) for the train, valid "
-        "and unseen splits.",
+        description="Write synthetic persona dialogs (Persona-Chat JSON): list personas "
+        "(train, valid and unseen splits), prose character descriptions or history recall "
+        "(train and valid).",
     )
-    parser.add_argument("--out-dir", required=True, help="directory for persona_<split>.json")
-    parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN)
-    parser.add_argument("--num-valid", type=int, default=DEFAULT_NUM_VALID)
-    parser.add_argument("--num-unseen", type=int, default=DEFAULT_NUM_UNSEEN)
+    parser.add_argument("--out-dir", required=True, help="directory for the files")
+    parser.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="persona",
+        help="persona: persona_<split>.json; prose, history: <kind>_train.json and "
+        "<kind>_valid.json (default: %(default)s)",
+    )
+    parser.add_argument("--num-train", type=int, help="default: the kind's own")
+    parser.add_argument("--num-valid", type=int, help="default: the kind's own")
+    parser.add_argument("--num-unseen", type=int, default=DEFAULT_NUM_UNSEEN, help="persona only")
     parser.add_argument(
         "--num-candidates",
         type=int,
@@ -359,14 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     args = parser.parse_args(argv)
     try:
-        paths = write_splits(
-            args.out_dir,
-            args.num_train,
-            args.num_valid,
-            args.num_unseen,
-            args.num_candidates,
-            args.seed,
-        )
+        paths = _write(args)
     except PersonachatError as err:
         parser.error(str(err))
     for split, path in paths.items():

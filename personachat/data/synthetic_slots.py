@@ -372,3 +372,52 @@ ACKNOWLEDGEMENTS: tuple[str, ...] = (
     "interesting .",
 )
 """Openers the partner sometimes puts before a probe question, after the bot has spoken."""
+
+
+# --- the natural-cased kinds (prose personas, history recall) -------------------------------
+
+
+@dataclass(frozen=True)
+class Phrasings:
+    """Ways to write one thing, in two disjoint sets: ``train`` for the training files and
+    ``valid`` for the held-out probe sets, so that a held-out score measures generalisation
+    to new wording rather than memory of the training templates."""
+
+    train: tuple[str, ...]
+    valid: tuple[str, ...]
+
+    def of(self, split: str) -> tuple[str, ...]:
+        """The phrasings a file of ``split`` ("train" or "valid") may use."""
+        return self.valid if split == "valid" else self.train
+
+
+def phrasings(train: str, valid: str) -> Phrasings:
+    """A :class:`Phrasings` from two ``|``-separated lists (see ``_texts``)."""
+    return Phrasings(_texts(train), _texts(valid))
+
+
+PERSON_NAMES: dict[str, tuple[str, ...]] = {
+    "f": _values(
+        "Mara, Elena, Priya, Sofia, Hannah, Naomi, Leila, Grace, Ingrid, Yuki, Amara, Chloe, "
+        "Rosa, Tessa, Fiona, Nadia, Mei, Clara, Zoe, Lucia, Ava, Freya, Alma, Bianca, Dana"
+    ),
+    "m": _values(
+        "Tomas, Daniel, Ravi, Marcus, Felix, Omar, Jonah, Kenji, Lars, Mateo, Owen, Samuel, "
+        "Theo, Viktor, Andre, Hugo, Nico, Emil, Caleb, Isaac, Joel, Milo, Rafael, Simon, Wes"
+    ),
+}
+"""First names of the characters of prose personas and of the user's relatives, by the
+pronouns that go with them; a share of them is held out for the held-out files."""
+
+PRONOUNS: dict[str, dict[str, str]] = {
+    "f": {"subj": "she", "obj": "her", "poss": "her", "noun": "woman"},
+    "m": {"subj": "he", "obj": "him", "poss": "his", "noun": "man"},
+}
+
+PROPER_NOUNS: dict[str, str] = {
+    **{city: city.title() for city in SLOTS["city"].values},
+    "edm": "EDM",
+    "motown": "Motown",
+    "latin": "Latin",
+}
+"""Slot values written with capitals in natural-cased text ("new york" → "New York")."""
