@@ -80,7 +80,8 @@ def test_train_eval_save_reload_reply(tiny_checkpoint, dialogs_file, tmp_path):
     for key in ("language_model_loss", "perplexity", "f1_score", "hits@1", "mc_loss"):
         assert key in after
 
-    # Saved: safetensors weights, args, tokenizer, persona list, simpletransformers-style results.
+    # Saved: safetensors weights, args, tokenizer, persona list; the evaluation's
+    # simpletransformers-style results in their own folder, never over the model's.
     names = {p.name for p in out.iterdir()}
     assert {
         "model.safetensors",
@@ -88,11 +89,11 @@ def test_train_eval_save_reload_reply(tiny_checkpoint, dialogs_file, tmp_path):
         "model_args.json",
         "tokenizer.json",
         "personas.json",
-        "eval_results.txt",
-        "eval_results.json",
     } <= names
     assert not any(name.endswith(".bin") for name in names)
-    assert "language_model_loss = " in (out / "eval_results.txt").read_text()
+    results = out / "eval" / "dialogs"
+    assert {"eval_results.txt", "eval_results.json"} <= {p.name for p in results.iterdir()}
+    assert "language_model_loss = " in (results / "eval_results.txt").read_text()
 
     reloaded = ConvAIModel("gpt2", out, use_cuda=False, args={"do_sample": False})
     assert reloaded.args.learning_rate == QUICK_ARGS["learning_rate"], "model_args.json restored"
@@ -306,7 +307,7 @@ def test_eval_results_carry_generation_f1_and_custom_metrics(
     results = model.eval_model(dialogs_file, verbose=False, generation_f1=True, acc=accuracy)
     assert 0.0 <= results["generation_f1"] <= 1.0
     assert results["acc"] == pytest.approx(results["hits@1"])
-    saved = json.loads((Path(tmp_path) / "eval_results.json").read_text())
+    saved = json.loads((Path(tmp_path) / "eval" / "dialogs" / "eval_results.json").read_text())
     assert saved["acc"] == results["acc"]
 
 

@@ -274,6 +274,21 @@ def format_results(results: dict) -> str:
     return "".join(f"{key} = {results[key]}\n" for key in sorted(results))
 
 
+def evaluation_folder(
+    output_dir: str | os.PathLike | None, eval_file: str | os.PathLike | None, model_dir: str
+) -> Path:
+    """Where ``eval_model`` writes its results: ``output_dir`` when given, else
+    ``<model_dir>/eval/<eval file's stem>/``. A folder holding a saved model (its
+    ``config.json``) gets them in its own ``eval/<stem>/``: a model's ``eval_results.json`` is
+    what its training measured, the figures its card publishes, and is never overwritten by a
+    later evaluation."""
+    stem = Path(str(eval_file)).stem if eval_file else "personachat-valid"
+    folder = Path(output_dir) if output_dir else Path(model_dir) / "eval" / stem
+    if (folder / "config.json").is_file():
+        folder = folder / "eval" / stem
+    return folder
+
+
 def write_results(output_dir: str | os.PathLike, results: dict) -> None:
     """``eval_results.txt`` (simpletransformers' format) and ``eval_results.json``."""
     output_dir = Path(output_dir)

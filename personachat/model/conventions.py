@@ -239,12 +239,26 @@ def train_source(report: str) -> str | None:
     return match.group(1).strip() if match else None
 
 
+# Figures of a ranking of the candidates: 1.0 and 0 by construction with one candidate.
+RANKING_METRICS = frozenset({"hits@1", "f1_score", "mc_loss", "persona_hits@1"})
+
+
+def meaningful_metrics(results: dict) -> dict:
+    """``results`` without what means nothing: the ranking figures of an evaluation with one
+    candidate per utterance (``eval_num_candidates: 1``, nothing ranked; results written
+    before personachat left them out still carry them)."""
+    if results.get("eval_num_candidates") != 1:
+        return dict(results)
+    return {k: v for k, v in results.items() if k.removeprefix("eval_") not in RANKING_METRICS}
+
+
 def eval_metrics(results: object) -> list[dict]:
-    """``model-index`` metrics of an ``eval_results.json`` object: every finite number."""
+    """``model-index`` metrics of an ``eval_results.json`` object: every finite number that
+    means something (``meaningful_metrics``)."""
     if not isinstance(results, dict):
         return []
     metrics = []
-    for key, value in results.items():
+    for key, value in meaningful_metrics(results).items():
         if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
             continue
         if key == "eval_num_candidates" or abs(value) == float("inf"):

@@ -14,6 +14,7 @@ killed mid-write leaves the previous version, never half a file.
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +23,11 @@ from functools import partial
 from pathlib import Path
 
 from personachat.fs import write_file_atomic
-from personachat.model.conventions import refresh_model_card
+from personachat.model.conventions import (
+    EVAL_RESULTS_FILE,
+    meaningful_metrics,
+    refresh_model_card,
+)
 from personachat.train.errors import TrainingError
 
 CURVES_FILE = "training_curves.png"
@@ -241,9 +246,12 @@ def _cell(value) -> str:
 
 
 def metrics_table(results: dict) -> list[str]:
+    """The figures of ``results`` that mean something (``meaningful_metrics``), as a table."""
     rows = ["| metric | value |", "|---|---|"]
     rows += [
-        f"| {k} | {_cell(v)} |" for k, v in results.items() if isinstance(v, int | float | str)
+        f"| {k} | {_cell(v)} |"
+        for k, v in meaningful_metrics(results).items()
+        if isinstance(v, int | float | str)
     ]
     return rows
 
@@ -364,12 +372,17 @@ def configuration_lines(args) -> list[str]:
 
 
 def append_evaluation(output_dir: str | os.PathLike, title: str, results: dict) -> Path | None:
-    """Add an evaluation done after training to ``report.md`` (if the run wrote one)."""
+    """Record the evaluation done after training as the model's own: its figures that mean
+    something (``meaningful_metrics``) become ``eval_results.json`` beside the model (what
+    the card publishes) and a section of ``report.md`` (if the run wrote one)."""
+    meaningful = meaningful_metrics(results)
+    write_file_atomic(Path(output_dir) / EVAL_RESULTS_FILE, json.dumps(meaningful, indent=2))
     path = Path(output_dir) / REPORT_FILE
     if not path.is_file():
+        refresh_model_card(output_dir)
         return None
     text = path.read_text(encoding="utf-8").rstrip("\n")
-    section = [f"## Evaluation: {title}", "", *metrics_table(results)]
+    section = [f"## Evaluation: {title}", "", *metrics_table(meaningful)]
     # Keep the configuration table last.
     head, sep, tail = text.partition("\n## Configuration")
     body = head.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
