@@ -8,6 +8,7 @@ config. Unknown keys are errors naming the closest valid one.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import yaml
@@ -15,6 +16,7 @@ import yaml
 from personachat.args import ArgsError, ConvAIArgs, make_args, unknown_key_message
 from personachat.data.dialogs import unicode_problem
 from personachat.fs import file_kind
+from personachat.json_limits import MAX_NUMBER_CHARS
 from personachat.option_checks import shown
 
 # Each top-level key of a config: the types it takes and, for errors, the rule in words.
@@ -35,6 +37,7 @@ CONFIG_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
 # lines would otherwise expand to gigabytes wherever it is copied, compared or printed).
 MAX_CONFIG_BYTES = 1 << 20
 MAX_CONFIG_VALUES = 10_000
+INT_TAG, FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 
 
 def load_config(path: str | None) -> dict:
@@ -102,7 +105,7 @@ def _expanded_size(node: yaml.Node, sizes: dict, open_nodes: set, where: str) ->
     if id(node) in open_nodes:
         raise ArgsError(f"{where}: the YAML refers to itself (an alias inside its own anchor)")
     if isinstance(node, yaml.ScalarNode):
-        problem = unicode_problem(node.value)
+        problem = unicode_problem(node.value) or number_problem(node)
         if problem:
             raise ArgsError(f"{where}: line {node.start_mark.line + 1}: {problem}")
         return 1
@@ -120,6 +123,20 @@ def _expanded_size(node: yaml.Node, sizes: dict, open_nodes: set, where: str) ->
     open_nodes.discard(id(node))
     sizes[id(node)] = total
     return total
+
+
+def number_problem(node: yaml.ScalarNode) -> str | None:
+    """Why a YAML number cannot be a setting: more than MAX_NUMBER_CHARS characters (Python
+    refuses to convert 4,300 digits, with a traceback), or too large for a float."""
+    if node.tag not in (INT_TAG, FLOAT_TAG):
+        return None
+    if len(node.value) > MAX_NUMBER_CHARS:
+        return f"a number of {len(node.value):,} characters (at most {MAX_NUMBER_CHARS})"
+    if node.tag == FLOAT_TAG and "inf" not in node.value.lower():
+        value = yaml.safe_load(node.value)
+        if isinstance(value, float) and math.isinf(value):
+            return f"the number {node.value} is too large for a float"
+    return None
 
 
 def _one_line(err: Exception) -> str:

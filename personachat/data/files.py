@@ -20,6 +20,7 @@ from personachat.data.dialogs import (
     validate_dialogs,
 )
 from personachat.fs import file_kind
+from personachat.json_limits import JSONLimitError, loads_bounded
 
 #: Files larger than this are refused before reading: the public Persona-Chat file is about
 #: 200 MB, so anything past 1 GiB is almost certainly the wrong file (a model, an archive...).
@@ -175,13 +176,12 @@ def _parse_json(file: Path) -> object:
             f"{DIALOG_EXAMPLE} (an interrupted download? then delete it and download again)"
         )
     try:
-        return json.loads(text)
+        return loads_bounded(text, max_depth=None)
     except json.JSONDecodeError as exc:
         raise DataError(json_error_message(file, text, exc)) from None
-    except RecursionError:
+    except JSONLimitError as err:  # nested past the parser's limit, a 5,000-digit number
         raise DataError(
-            f"{file}: the JSON is nested too deeply to be Persona-Chat data — this looks like "
-            "the wrong file"
+            f"{file}: {err} — this cannot be Persona-Chat data; is it the wrong file?"
         ) from None
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import secrets
 
+from personachat.json_limits import JSONLimitError, loads_bounded
 from personachat.serve.openai_shapes import is_openai_path, openai_error_body
 from personachat.serve.settings import RequestError, ServeSettings, limit_error
 
@@ -47,6 +48,9 @@ class Guard:
             return await send_error(send, err, openai=openai)
         if body is None:  # the client left
             return
+        refusal = json_refusal(headers, body)
+        if refusal is not None:
+            return await send_error(send, refusal, openai=openai)
         replayed = False
 
         async def replay():
@@ -111,6 +115,22 @@ class Guard:
             if len(body) > limit:
                 raise too_large
         return body
+
+
+def json_refusal(headers: Headers, body: bytes) -> RequestError | None:
+    """A 400 naming the field when a JSON body nests too deep or holds a number too long,
+    too large for a float, or NaN/Infinity (``json_limits``): refused before FastAPI parses
+    it and before any route does arithmetic with it. Malformed JSON is left to FastAPI."""
+    kind = headers.get("content-type", b"application/json").split(b";")[0].strip().lower()
+    if not body.strip() or not (kind == b"application/json" or kind.endswith(b"+json")):
+        return None
+    try:
+        loads_bounded(body)
+    except JSONLimitError as err:
+        return RequestError(400, "invalid_json", str(err), field=err.field or None)
+    except ValueError:  # malformed JSON or UTF-8: FastAPI's own answer names the place
+        pass
+    return None
 
 
 async def send_error(

@@ -18,6 +18,7 @@ from personachat.data.files import json_error_message
 from personachat.data.readers.files import read_text
 from personachat.data.readers.records import Reading
 from personachat.data.readers.turns import dialog_from_turns, string_list_problems
+from personachat.json_limits import JSONLimitError, loads_bounded
 
 __all__ = ["WHAT", "dialog_from_object", "plain_records", "read_plain"]
 
@@ -93,7 +94,7 @@ def _jsonl_objects(path: Path, text: str) -> list[tuple[str, object, str | None]
             continue
         where = f"{path}: line {n}"
         try:
-            objects.append((where, json.loads(line), None))
+            objects.append((where, loads_bounded(line, max_depth=None), None))
         except json.JSONDecodeError as exc:
             cut = (
                 " — the line ends before the JSON does (truncated?)"
@@ -105,8 +106,8 @@ def _jsonl_objects(path: Path, text: str) -> list[tuple[str, object, str | None]
                 f"({exc.msg}){cut}; each line must be one dialog {_EXAMPLE}"
             )
             objects.append((where, None, problem))
-        except RecursionError:
-            objects.append((where, None, f"{where}: JSON nested too deeply to be a dialog"))
+        except JSONLimitError as err:  # nested past the parser's limit, a huge number
+            objects.append((where, None, f"{where}: {err}; a dialog holds neither"))
     return objects
 
 
@@ -121,13 +122,13 @@ def plain_records(path: Path, allow_empty_personality: bool = False) -> Reading:
     stripped = text.lstrip("\ufeff \t\r\n")
     unit = "dialog"
     try:
-        data = json.loads(text)
+        data = loads_bounded(text, max_depth=None)
     except json.JSONDecodeError as exc:
         if stripped.startswith("["):  # a JSON list cut short or broken: one precise location
             raise DataError(json_error_message(path, text, exc)) from None
         objects, unit = _jsonl_objects(path, text), "line"
-    except RecursionError:
-        raise DataError(f"{path}: JSON nested too deeply to be dialogs") from None
+    except JSONLimitError as err:  # nested past the parser's limit, a huge number
+        raise DataError(f"{path}: {err}; dialogs hold neither") from None
     else:
         if isinstance(data, list):
             objects = [(f"{path}: dialog {i}", obj, None) for i, obj in enumerate(data)]
