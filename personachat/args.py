@@ -175,6 +175,10 @@ class ConvAIArgs:
     # rerank_samples replies and keep the one the MC head + length-normalised LM like best.
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    # OpenAI's penalties over the reply so far, within [-2, 2]: a token's logit less
+    # frequency_penalty x its count, less presence_penalty once it occurs (0: off).
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
     rerank_samples: int = 0
     # Character cards (personachat.data.cards): the most tokens a card's persona (system
     # prompt, description, personality, scenario, example chats) takes in the model's input,

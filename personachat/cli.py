@@ -204,7 +204,8 @@ def run(options: argparse.Namespace) -> int:
     elif options.command == "telegram":
         return run_telegram(model, options, str(model_name))
     else:
-        model.persona_card = card  # as load_persona_card leaves it: interact opens as the card
+        if card is not None:  # read again within the model's card_prompt_tokens
+            model.load_persona_card(options.persona_card)
         model.interact(personality=options.persona or None)
     return 0
 

@@ -146,6 +146,8 @@ BOUNDS: dict[str, Bound] = {
     "adafactor_beta1": _number("within [0, 1) or null", high=1, open_high=True, nullable=True),
     "warmup_ratio": _number("within [0, 1]", high=1),
     "top_p": _number("within [0, 1]", high=1),
+    "frequency_penalty": _number("within [-2, 2]", low=-2, high=2),
+    "presence_penalty": _number("within [-2, 2]", low=-2, high=2),
     "lora_dropout": _number("within [0, 1)", high=1, open_high=True),
 }
 

@@ -28,6 +28,7 @@ SETTINGS = ServeSettings(
     max_message_chars=200,
     max_persona_sentences=4,
     max_persona_chars=80,
+    max_card_chars=400,
     max_history_kept=6,
     max_body_bytes=4096,
     max_reply_tokens=16,

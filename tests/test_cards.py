@@ -56,7 +56,9 @@ ARIA_PERSONA = [
     "Aria is a nurse.",
     "She has a cat named Tom!",
     "She calls Sam 'dear.'",
-    "kind, shy",
+    "Aria's personality: kind, shy",
+    "Scenario: Aria meets Sam in a park.",
+    "[Example chat]\nSam: hi\nAria: hello",
 ]
 
 
@@ -98,16 +100,21 @@ def refused(data: bytes | dict, source: str = "aria.png", **kwargs) -> str:
 def test_a_v2_json_card_becomes_persona_sentences_and_an_opening_line(tmp_path):
     path = tmp_path / "aria.json"
     path.write_text(json.dumps(ARIA), encoding="utf-8")
-    assert read_card(path, user="Sam") == PersonaCard("Aria", ARIA_PERSONA, "Hello Sam, I am Aria.")
-    # The user's name defaults to "User"; scenario and example messages are not persona.
+    aria = read_card(path, user="Sam")
+    assert (aria.name, aria.personality) == ("Aria", ARIA_PERSONA)
+    assert aria.first_message == "Hello Sam, I am Aria."
+    assert aria.alternate_greetings == ("Hi there.",)
+    assert aria.examples == ((("Sam", "hi"), ("Aria", "hello")),)
+    # The user's name defaults to "User"; example messages are a block, never sentences.
     default = read_card(path)
     assert default.first_message == "Hello User, I am Aria."
-    assert not any("park" in s or "START" in s for s in default.personality)
+    assert not any("START" in s or s.startswith("User:") for s in default.personality)
 
 
 def test_a_v1_card_has_its_fields_at_the_top_level():
     v1 = {"name": "Bo", "description": "<BOT> fixes bikes.", "first_mes": "Yo <user>!"}
-    assert card_from_json(v1, "bo.json", "Sam") == PersonaCard("Bo", ["Bo fixes bikes."], "Yo Sam!")
+    bo = card_from_json(v1, "bo.json", "Sam")
+    assert (bo.name, bo.personality, bo.first_message) == ("Bo", ["Bo fixes bikes."], "Yo Sam!")
 
 
 def test_a_v3_card_is_read_like_v2():
@@ -118,7 +125,7 @@ def test_a_v3_card_is_read_like_v2():
 def test_macros_are_filled_in_whatever_their_case():
     text = "{{Char}} <bot> {{ CHAR }} {{char}}'s; {{USER}} <User> {{ user }}."
     got = card_from_json(card(description=text, personality=""), "a.json", "Sam")
-    assert got.personality == ["Aria Aria Aria Aria's; Sam Sam Sam."]
+    assert got.personality[0] == "Aria Aria Aria Aria's; Sam Sam Sam."
 
 
 def test_persona_text_is_split_per_line_and_per_sentence_end():
@@ -128,7 +135,8 @@ def test_persona_text_is_split_per_line_and_per_sentence_end():
         "---\n"
         '   "I live alone." I am 40 (almost.) Yes\n'
     )
-    got = card_from_json(card(description=description, personality="\n\n"), "a.json")
+    plain = card(description=description, personality="\n\n", scenario="", mes_example="")
+    got = card_from_json(plain, "a.json")
     assert got.personality == [
         "I work at a zoo.",
         "I feed the lions!Really.",  # no space: not a sentence end
@@ -150,7 +158,8 @@ def test_without_first_mes_the_first_alternate_greeting_opens_or_nothing_does():
 def test_a_png_card_in_a_text_chunk_is_read(tmp_path):
     path = tmp_path / "aria.png"
     path.write_bytes(png_with(png_chunk(b"tEXt", b"Software\0paint"), text_chunk(ARIA)))
-    assert read_card(path, "Sam") == PersonaCard("Aria", ARIA_PERSONA, "Hello Sam, I am Aria.")
+    assert read_card(path, "Sam") == card_from_json(ARIA, "aria.json", "Sam")
+    assert read_card(path, "Sam").personality == ARIA_PERSONA
 
 
 def test_a_png_card_in_a_compressed_itxt_or_ztxt_chunk_is_read():
@@ -262,7 +271,7 @@ def test_a_truncated_png_or_a_damaged_chunk_is_refused():
 
 def test_a_compressed_chunk_inflating_past_the_limit_is_refused():
     bomb = png_chunk(b"zTXt", b"chara\0\x00" + zlib.compress(b"A" * (MAX_CARD_BYTES + 1)))
-    assert "inflates to more than" in refused(png_with(bomb))
+    assert "inflate to more than" in refused(png_with(bomb))
 
 
 def test_a_wrong_spec_or_missing_data_is_refused():
@@ -288,22 +297,84 @@ def test_fields_that_are_not_text_are_refused():
     assert "lone surrogate" in refused(card(personality="\ud800 shy"))
 
 
-def test_more_persona_than_the_server_takes_is_refused_with_its_limits():
-    limits = ServeSettings()
-    many = " ".join(f"Fact {i}." for i in range(limits.max_persona_sentences + 1))
-    message = refused(card(description=many, personality=""))
-    assert f"gives {limits.max_persona_sentences + 1} persona sentences" in message
-    assert f"the {limits.max_persona_sentences} allowed (max_persona_sentences)" in message
-    assert "shorten the card's description and personality" in message
-    long = "She " + "really " * (limits.max_persona_chars // 7) + "likes tea."
-    message = refused(card(description=long))
-    assert "persona sentence 1 ('She really" in message
-    assert f"more than the {limits.max_persona_chars} allowed (max_persona_chars)" in message
-    greeting = "Hi! " * (limits.max_message_chars // 4 + 1)
-    assert '"first_mes" has' in refused(card(first_mes=greeting))
-    # A server started with larger limits takes the same card.
-    roomy = CardLimits.from_settings(ServeSettings(max_persona_sentences=20))
-    assert len(card_from_json(card(description=many), "a.json", limits=roomy).personality) == 12
+def test_a_card_is_bounded_by_characters_after_its_macros_are_filled():
+    roomy = card(description="{{char}} likes tea. " * 100)
+    assert len(card_from_json(roomy, "a.json").personality) > 100  # no sentence count
+    # 64 KB of <bot> under a 200-character name would fill to 13 million characters: refused
+    # before it is expanded, naming the field and the limit.
+    bomb = card(name="N" * 200, description="<bot>" * 13_000)
+    message = refused(bomb, "bomb.json")
+    assert '"description" takes its text to 2,600,000 characters' in message
+    assert f"more than the {ServeSettings().max_card_chars:,} a card may have" in message
+    assert "(max_card_chars)" in message
+    assert '"name" has 201 characters' in refused(card(name="N" * 201), "a.json")
+    # A server started with a larger max_card_chars takes it; every field counts.
+    big = CardLimits.from_settings(ServeSettings(max_card_chars=3_000_000))
+    assert card_from_json(bomb, "bomb.json", limits=big).personality[0].startswith("NNN")
+    tight = CardLimits(prompt_chars=300)
+    assert card_from_json(card(), "a.json", limits=tight).name == "Aria"
+    long_greeting = card(first_mes="Hello {{user}}! " * 20)
+    assert '"first_mes" takes its text to' in refused(long_greeting, "a.json", limits=tight)
+
+
+def words(texts: list[str]) -> list[int]:
+    """A token counter for tests: one token per word."""
+    return [len(t.split()) for t in texts]
+
+
+def test_card_prompt_tokens_leaves_out_example_chats_first_then_late_sentences():
+    full = card_from_json(ARIA, "a.json", "Sam")
+    assert full.left_out == 0
+    budget = sum(words(ARIA_PERSONA[:5])) + 5  # everything but the example chat
+    fit = card_from_json(
+        ARIA, "a.json", "Sam", CardLimits(prompt_tokens=budget, count_tokens=words)
+    )
+    assert fit.personality == ARIA_PERSONA[:5] and fit.left_out == 1
+    small = CardLimits(prompt_tokens=18, count_tokens=words)  # 5 + 8, then 5 of 4 sentences
+    kept = card_from_json(ARIA, "a.json", "Sam", small).personality
+    # personality and scenario come before the description's later sentences
+    assert kept == ["Aria is a nurse.", "Aria's personality: kind, shy", ARIA_PERSONA[4]]
+
+
+def test_json_nested_too_deep_or_numbers_too_long_are_one_line_errors():
+    deep = b'{"name": "x", "data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    message = refused(deep, "deep.json")
+    assert "nests JSON arrays and objects 100,001 levels deep" in message
+    assert "more than the 64 a character card may" in message
+    assert "\n" not in message
+    strings_only = json.dumps(card(description="[[[[{{{{" * 100)).encode()
+    assert parse_card(strings_only, "brackets.json").name == "Aria"  # brackets in text are text
+    number = json.dumps(card()).replace(
+        '"character_book": {"entries": []}', '"character_book": {"scan_depth": ' + "9" * 5000 + "}"
+    )
+    message = refused(number.encode(), "big.json")
+    assert '"character_book.scan_depth" must be a number within' in message
+    assert "got a 5000-digit number" in message
+    text_number = json.dumps(card()).replace(
+        '"personality": "kind, shy"', '"personality": ' + "7" * 5000
+    )
+    assert '"personality" must be text, got a 5000-digit number' in refused(text_number.encode())
+
+
+def test_a_png_of_many_compressed_chunks_inflates_within_one_budget():
+    """The issue's case: many small zTXt chunks, each inflating to megabytes. Chunks other
+    than the card's are never inflated, and the card's inflate within one total budget."""
+    import tracemalloc
+
+    filler = zlib.compress(b"\0" * (4 * 1024 * 1024))  # 4 MB each, ~4 KB compressed
+    many = [png_chunk(b"zTXt", b"note%d\0\0" % i + filler) for i in range(250)]  # ~1 MB
+    data = png_with(*many, text_chunk(ARIA))
+    assert 0.9e6 < len(data) < 1.3e6
+    tracemalloc.start()
+    assert parse_card(data, "many.png", "Sam").personality == ARIA_PERSONA
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 10 * len(data)  # was ~1 GB (250 chunks x 4 MB) before the fix
+    both = png_with(
+        png_chunk(b"zTXt", b"ccv3\0\0" + zlib.compress(b"A" * (MAX_CARD_BYTES - 10))),
+        png_chunk(b"zTXt", b"chara\0\0" + zlib.compress(b"A" * 20)),
+    )
+    assert "inflate to more than 10,485,760 bytes in all" in refused(both)
 
 
 def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
@@ -344,11 +415,16 @@ def test_load_persona_card_gives_the_persona_and_interact_opens_with_it(
     path = tmp_path / "aria.png"
     path.write_bytes(png_with(text_chunk(ARIA)))
     model = ConvAIModel("gpt2", tiny_checkpoint, use_cuda=False, args={"max_length": 4})
-    assert model.load_persona_card(path, user="Sam") == ARIA_PERSONA
+    persona = model.load_persona_card(path, user="Sam")
+    # The tiny model's context is 128 tokens: the card keeps what fits in half of it.
+    assert persona == [p for p in ARIA_PERSONA if p in persona]
+    assert "Aria's personality: kind, shy" in persona and ARIA_PERSONA[-1] not in persona
+    assert model.persona_card.left_out == len(ARIA_PERSONA) - len(persona)
     monkeypatch.setattr("builtins.input", scripted(["hi"]))
     model.interact()
-    out = capsys.readouterr().out.splitlines()
-    assert out[0] == "Hello Sam, I am Aria." and "Selected personality" not in "".join(out)
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0] == "Hello Sam, I am Aria." and "Selected personality" not in out
+    assert "pieces of the card left out to fit card_prompt_tokens=2048" in err
 
 
 def test_interact_with_a_persona_card_opens_with_its_first_message(tiny_checkpoint, tmp_path):

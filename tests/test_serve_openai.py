@@ -251,14 +251,12 @@ def test_the_api_key_goes_as_bearer_or_x_api_key(server):
         assert api.get("/v1/sessions/x").json()["error"]["code"] == "unauthorized"
 
 
-LONG_SENTENCE = "i like " + "very " * 20 + "long walks ."
 BAD_REQUESTS = [
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "tool", "content": "hi"}]}, "messages[0].role"),
     ({"messages": [{"content": "hi"}]}, "messages[0].role"),
     ({"messages": messages(history=HISTORY[:2])}, "messages[2].role"),
-    ({"messages": messages(["a b ."] * 5)}, "messages[0].content"),
-    ({"messages": messages([LONG_SENTENCE])}, "messages[0].content"),
+    ({"messages": messages(["a b ."] * 101)}, "messages[0].content"),  # > max_card_chars
     ({"messages": [{"role": "system", "content": "***"}, *messages(None)]}, "messages[0].content"),
     ({"messages": [{"role": "user", "content": "  "}]}, "messages[0].content"),
     ({"messages": [{"role": "user", "content": "x" * 201}]}, "messages[0].content"),
@@ -270,12 +268,13 @@ BAD_REQUESTS = [
     ({"temperature": "hot"}, "temperature"),
     ({"top_p": 1.5}, "top_p"),
     ({"max_tokens": 0}, "max_tokens"),
-    ({"max_tokens": 17}, "max_tokens"),
-    ({"max_completion_tokens": 100}, "max_completion_tokens"),
+    ({"max_tokens": 129}, "max_tokens"),  # more than the model's context
+    ({"max_completion_tokens": 1000}, "max_completion_tokens"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"stop": ""}, "stop"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),
-    ({"presence_penalty": 1.0}, "presence_penalty"),
+    ({"presence_penalty": 2.5}, "presence_penalty"),
+    ({"logit_bias": {"5": 1}}, "logit_bias"),
     ({"extra_body": {"top_k": -1}}, "top_k"),
     ({"max_tokens": 4, "extra_body": {"min_tokens": 5}}, "min_tokens"),
     ({"extra_body": {"persona_card": {"spec": "chara_card_v2", "data": {}}}}, "persona_card"),

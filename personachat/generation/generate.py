@@ -53,6 +53,8 @@ class DecodingOptions:
     max_history_tokens: int
     repetition_penalty: float
     no_repeat_ngram_size: int
+    frequency_penalty: float
+    presence_penalty: float
     rerank_samples: int
     cpu_bf16: bool | str
     cpu_quantize: str
@@ -287,7 +289,12 @@ def choose_tokens(
     options: DecodingOptions,
 ) -> list[int | None]:
     """The next token of every row (None for a finished row or one with nothing left)."""
-    if options.repetition_penalty != 1.0 or options.no_repeat_ngram_size > 0:
+    if (
+        options.repetition_penalty != 1.0
+        or options.no_repeat_ngram_size > 0
+        or options.frequency_penalty
+        or options.presence_penalty
+    ):
         # the repetition controls depend on each row's own words
         return [
             None if finished[row] else next_token(logits[row], reply, own_turns[row], options)
@@ -320,6 +327,9 @@ def next_token(
     if options.repetition_penalty != 1.0:
         logits = logits.clone()
         penalize_repeats_(logits, own_turns, reply, options.repetition_penalty)
+    if (options.frequency_penalty or options.presence_penalty) and reply:
+        logits = logits.clone()
+        penalize_counts_(logits, reply, options.frequency_penalty, options.presence_penalty)
     if options.no_repeat_ngram_size > 0:
         banned = banned_ngram_tokens([*own_turns, reply], reply, options.no_repeat_ngram_size)
         if banned:
@@ -371,6 +381,18 @@ def penalize_repeats_(
     idx = torch.tensor(used, device=logits.device)
     values = logits[idx]
     logits[idx] = torch.where(values > 0, values / penalty, values * penalty)
+
+
+def penalize_counts_(
+    logits: torch.Tensor, reply: Sequence[int], frequency: float, presence: float
+) -> None:
+    """OpenAI's frequency and presence penalties, in place, over the reply so far (as vLLM
+    applies them): each token's logit less ``frequency`` times its count, less ``presence``
+    once it occurs at all. Negative values encourage repeats instead."""
+    tokens, counts = torch.unique(
+        torch.tensor(list(reply), device=logits.device), return_counts=True
+    )
+    logits[tokens] -= frequency * counts.to(logits.dtype) + presence
 
 
 def banned_ngram_tokens(

@@ -3,20 +3,30 @@
 - ``system`` (or ``developer``) messages are the persona: each is split into persona
   sentences, one per line and per sentence end, as character cards are
   (``data.cards.persona_sentences``); several system messages add their sentences in order.
+  All together they may have ``max_card_chars`` characters (a SillyTavern prompt is a whole
+  card), and what is beyond the model's ``card_prompt_tokens`` is left out from the end.
   No system message: no persona (the session routes draw a random one; a stateless request
   gets the same reply every time instead).
 - ``user`` and ``assistant`` messages, in order, are the history; the last message must be the
   user's. Consecutive messages of one role are joined into one utterance (the input format
   alternates speakers).
 - ``persona_card`` (an extension field: a Character Card V2 JSON object) adds the card's
-  persona *before* the system messages' sentences, and its first message as the bot's opening
-  line when the conversation does not already begin with an assistant message.
+  persona *before* the system messages' sentences (with the lorebook entries the last
+  messages call up), and its first message as the bot's opening line when the conversation
+  does not already begin with an assistant message.
 - Decoding: ``temperature: 0`` (or ``top_p: 0``) is greedy decoding (what ``interact_single``
   does with ``do_sample=False``); any other ``temperature`` or ``top_p`` samples with it; with
   neither, the model's own decoding options apply, as on the session routes.
-  ``max_tokens`` / ``max_completion_tokens`` is the reply's length bound; the extension fields
-  ``min_tokens``, ``top_k``, ``repetition_penalty`` and ``no_repeat_ngram_size`` set the
-  model's other options. Everything is checked against the server's limits and bounds.
+  ``max_tokens`` / ``max_completion_tokens`` is an upper bound, as vLLM, llama.cpp and Ollama
+  take it: anything up to the model's context is accepted, the reply ends at the end of its
+  turn and at the latest after ``min(max_tokens, max_reply_tokens)`` tokens
+  (``finish_reason: "length"`` then). ``frequency_penalty`` / ``presence_penalty`` (within
+  [-2, 2]) are OpenAI's penalties over the reply so far, applied by the decoder.
+  ``logit_bias`` is refused unless empty (``{}``, as SillyTavern sends it): the decoder has
+  no per-token bias, and ignoring one would change the reply behind the client's back. The
+  extension fields ``min_tokens``, ``top_k``, ``repetition_penalty`` and
+  ``no_repeat_ngram_size`` set the model's other options. Everything is checked against the
+  server's limits and bounds.
 
 Every refusal is a 400 naming the field (``param``); see ``openai_shapes``.
 """
@@ -25,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from personachat.data.cards import (
@@ -33,6 +43,7 @@ from personachat.data.cards import (
     CardLimits,
     PersonaCard,
     card_from_json,
+    fit_pieces,
     persona_sentences,
 )
 from personachat.generation.generate import DecodingOptions
@@ -55,6 +66,8 @@ EXTENSIONS = {
     "top_k": "top_k",
     "repetition_penalty": "repetition_penalty",
     "no_repeat_ngram_size": "no_repeat_ngram_size",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
 }
 
 
@@ -69,11 +82,17 @@ class ChatRequest:
     include_usage: bool
 
 
-def read_request(body, defaults: DecodingOptions, settings: ServeSettings) -> ChatRequest:
-    """``body`` (an ``openai_api.ChatCompletionBody``) checked and turned into a request."""
+def read_request(
+    body, defaults: DecodingOptions, settings: ServeSettings, model=None
+) -> ChatRequest:
+    """``body`` (an ``openai_api.ChatCompletionBody``) checked and turned into a request;
+    ``model``: the served ``ConvAIModel`` (its tokenizer counts ``card_prompt_tokens``, its
+    context bounds ``max_tokens``). CPU work (a card, tokenizing): call it in a worker
+    thread."""
     check_unsupported(body)
-    card = read_card(body.persona_card, settings)
-    persona, history = conversation(body.messages, settings, card)
+    limits = CardLimits.from_settings(settings, model)
+    card = read_card(body.persona_card, limits)
+    persona, history = conversation(body.messages, settings, card, limits)
     if body.stream_options is not None and not body.stream:
         raise bad_request(
             "stream_options", "invalid_value", "stream_options is only allowed with stream: true"
@@ -81,7 +100,7 @@ def read_request(body, defaults: DecodingOptions, settings: ServeSettings) -> Ch
     return ChatRequest(
         persona,
         history,
-        chat_options(body, defaults, settings),
+        chat_options(body, defaults, settings, model_context(model)),
         stop_strings(body.stop),
         bool(body.stream and body.stream_options and body.stream_options.include_usage),
     )
@@ -93,14 +112,7 @@ def check_unsupported(body) -> None:
         raise bad_request(
             "n", "unsupported_value", f"n={body.n}: this server returns one choice; send n: 1"
         )
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(body, name) not in (None, 0):
-            raise bad_request(
-                name,
-                "unsupported_parameter",
-                f"{name} is not supported; send 0, or use the extension field "
-                "repetition_penalty (>1 discourages the bot's own words)",
-            )
+    check_unsupported_bias(body)
     if body.logprobs:
         raise bad_request("logprobs", "unsupported_parameter", "logprobs are not supported")
     if body.tools:
@@ -114,31 +126,35 @@ def check_unsupported(body) -> None:
         )
 
 
-def read_card(card: dict | None, settings: ServeSettings) -> PersonaCard | None:
+def read_card(card: dict | None, limits: CardLimits) -> PersonaCard | None:
     """The ``persona_card`` extension as a ``PersonaCard`` (None without one)."""
     if card is None:
         return None
     try:
-        return card_from_json(card, "persona_card", limits=CardLimits.from_settings(settings))
+        return card_from_json(card, "persona_card", limits=limits)
     except CardError as err:
         raise bad_request("persona_card", "invalid_card", str(err)) from None
 
 
 def conversation(
-    messages: list, settings: ServeSettings, card: PersonaCard | None = None
+    messages: list,
+    settings: ServeSettings,
+    card: PersonaCard | None = None,
+    limits: CardLimits | None = None,
 ) -> tuple[list[str], list[str]]:
     """(persona sentences, history utterances) of ``messages`` (see the module doc)."""
     if not messages:
         raise bad_request("messages", "empty_messages", "messages is empty: send a user message")
-    persona = list(card.personality) if card else []
+    system: list[str] = []
     turns: list[list[str]] = []  # [role, text]
     for i, message in enumerate(messages):
+        param = f"messages[{i}].content"
         if message.role in SYSTEM_ROLES:
-            persona += system_sentences(message.content, f"messages[{i}].content", settings)
-            if len(persona) > settings.max_persona_sentences:
-                raise persona_limit(f"messages[{i}].content", len(persona), settings)
+            system += system_sentences(message.content, param)
+            if sum(map(len, system)) > settings.max_card_chars:
+                raise persona_limit(param, sum(map(len, system)), settings)
         elif message.role in HISTORY_ROLES:
-            text = utterance(message.content, f"messages[{i}].content", settings)
+            text = utterance(message.content, param, settings)
             if turns and turns[-1][0] == message.role:
                 turns[-1][1] += " " + text
             else:
@@ -159,7 +175,19 @@ def conversation(
         )
     if card and card.first_message and turns[0][0] != "assistant":
         turns.insert(0, ["assistant", card.first_message])
-    return persona, [text for _, text in turns]
+    history = [text for _, text in turns]
+    persona = card.persona_for(history) if card else []
+    return persona + fitted(system, persona, limits or CardLimits()), history
+
+
+def fitted(sentences: list[str], before: list[str], limits: CardLimits) -> list[str]:
+    """The system messages' ``sentences`` within what ``card_prompt_tokens`` leaves after
+    the card's persona ``before`` (all of them without a token counter), cut from the end."""
+    if limits.count_tokens is None or limits.prompt_tokens is None or not sentences:
+        return sentences
+    used = sum(limits.count_tokens(before)) + len(before) if before else 0
+    rest = replace(limits, prompt_tokens=max(0, limits.prompt_tokens - used))
+    return [text for _, text in fit_pieces([("description", s) for s in sentences], rest)]
 
 
 def content_text(content: Any, param: str) -> str:
@@ -198,8 +226,8 @@ def utterance(content: Any, param: str, settings: ServeSettings) -> str:
     return text
 
 
-def system_sentences(content: Any, param: str, settings: ServeSettings) -> list[str]:
-    """A system message as persona sentences, each within ``max_persona_chars``."""
+def system_sentences(content: Any, param: str) -> list[str]:
+    """A system message as persona sentences (``max_card_chars`` bounds them all)."""
     sentences = persona_sentences(content_text(content, param))
     if not sentences:
         raise bad_request(
@@ -207,34 +235,32 @@ def system_sentences(content: Any, param: str, settings: ServeSettings) -> list[
             "empty_content",
             f"{param} has no persona sentence: write the persona, one sentence per line",
         )
-    for sentence in sentences:
-        if len(sentence) > settings.max_persona_chars:
-            raise bad_request(
-                param,
-                "limit_exceeded",
-                f"{param}: the persona sentence {sentence[:40]!r}… has {len(sentence)} "
-                f"characters (server limit max_persona_chars={settings.max_persona_chars}, "
-                "set with --max-persona-chars); split it into shorter sentences",
-            )
     return sentences
 
 
-def persona_limit(param: str, count: int, settings: ServeSettings) -> RequestError:
+def persona_limit(param: str, chars: int, settings: ServeSettings) -> RequestError:
     return bad_request(
         param,
         "limit_exceeded",
-        f"{param}: the persona has {count} sentences (system messages and persona_card; "
-        f"server limit max_persona_sentences={settings.max_persona_sentences}, set with "
-        "--max-persona-sentences); keep the few facts that matter",
+        f"{param}: the system messages have {chars:,} characters of persona (server limit "
+        f"max_card_chars={settings.max_card_chars:,}, set with --max-card-chars); keep what "
+        "matters",
     )
 
 
 def check_range(
-    name: str, value: float | None, low: float, high: float, flag: str | None = None
+    name: str,
+    value: float | None,
+    low: float,
+    high: float,
+    flag: str | None = None,
+    what: str | None = None,
 ) -> None:
-    """Refuse ``value`` outside [low, high] (``flag``: the server option that sets ``high``)."""
+    """Refuse ``value`` outside [low, high] (``flag``: the server option that sets ``high``;
+    ``what``: what else sets it)."""
     if value is not None and not (math.isfinite(value) and low <= value <= high):
         where = f" (the upper bound is the server's {flag})" if flag else ""
+        where = f" (the upper bound is {what})" if what else where
         raise bad_request(
             name,
             "invalid_value",
@@ -242,16 +268,31 @@ def check_range(
         )
 
 
-def chat_options(body, defaults: DecodingOptions, settings: ServeSettings) -> ChatDecoding:
-    """The decoding options of a request (see the module doc for the mapping)."""
+def model_context(model) -> int | None:
+    """The served model's context in tokens (None without a model: no upper bound)."""
+    if model is None:
+        return None
+    from personachat.model.loading import context_size
+
+    return context_size(model.model)
+
+
+def chat_options(
+    body, defaults: DecodingOptions, settings: ServeSettings, context: int | None = None
+) -> ChatDecoding:
+    """The decoding options of a request (see the module doc for the mapping); ``context``:
+    the model's, the largest ``max_tokens`` accepted."""
     max_name = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     max_tokens = getattr(body, max_name)
-    check_range(max_name, max_tokens, 1, settings.max_reply_tokens, "--max-reply-tokens")
+    check_range(max_name, max_tokens, 1, context or math.inf, None, "the model's context")
     check_range("temperature", body.temperature, 0, settings.max_temperature, "--max-temperature")
     check_range("top_p", body.top_p, 0, 1)
+    check_range("frequency_penalty", body.frequency_penalty, -2, 2)
+    check_range("presence_penalty", body.presence_penalty, -2, 2)
     requested: dict[str, Any] = {}
-    if max_tokens is not None:
-        requested.update(max_length=max_tokens, min_length=min(defaults.min_length, max_tokens))
+    if max_tokens is not None:  # an upper bound: the reply ends at its turn's end anyway
+        longest = min(max_tokens, settings.max_reply_tokens)
+        requested.update(max_length=longest, min_length=min(defaults.min_length, longest))
     if body.temperature == 0 or body.top_p == 0:
         requested["do_sample"] = False
     elif body.temperature is not None or body.top_p is not None:
@@ -358,3 +399,54 @@ class StreamedText:
 
     def finish(self, content: str) -> str:
         return content[len(self.sent) :] if content.startswith(self.sent) else ""
+
+
+def read_text_request(body, service) -> ChatRequest:
+    """A ``/v1/completions`` body (``openai_api.CompletionBody``) checked and turned into a
+    request for the batcher: no persona, the prompt as the only history entry, decoded by
+    ``text_completions`` (``TextDecoding``). Tokenizes the prompt: a worker thread's job."""
+    from personachat.serve.text_completions import check_prompt, text_options
+
+    for name, value, allowed in (
+        ("n", body.n, 1),
+        ("best_of", body.best_of, 1),
+        ("echo", body.echo, False),
+        ("suffix", body.suffix, None),
+        ("logprobs", body.logprobs, None),
+    ):
+        if value is not None and value != allowed:
+            raise bad_request(
+                name, "unsupported_value", f"{name}={value!r} is not supported; leave it out"
+            )
+    check_unsupported_bias(body)
+    prompt = (
+        body.prompt[0] if isinstance(body.prompt, list) and len(body.prompt) == 1 else body.prompt
+    )
+    if not isinstance(prompt, str):
+        raise bad_request(
+            "prompt", "invalid_prompt", "prompt must be a string (or a list of one string)"
+        )
+    problem = unicode_problem(prompt)
+    if problem:
+        raise bad_request("prompt", "invalid_unicode", f"prompt: {problem}")
+    model = service.model
+    options = text_options(
+        chat_options(body, service.defaults, service.settings, model_context(model))
+    )
+    check_prompt(model, prompt, options.max_length)
+    if body.stream_options is not None and not body.stream:
+        raise bad_request(
+            "stream_options", "invalid_value", "stream_options is only allowed with stream: true"
+        )
+    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+    return ChatRequest([], [prompt], options, stop_strings(body.stop), include_usage)
+
+
+def check_unsupported_bias(body) -> None:
+    if body.logit_bias:
+        raise bad_request(
+            "logit_bias",
+            "unsupported_parameter",
+            "logit_bias is not supported (this decoder has no per-token bias); send {} or "
+            "leave it out",
+        )

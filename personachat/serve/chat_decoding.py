@@ -138,6 +138,12 @@ def batch_generate(model) -> Callable:
         on_token: Callable[[int, str], None] | None,
         stream: Collection[int],
     ) -> list:
+        if getattr(options, "raw_prompt", False):  # /v1/completions: the prompt as given
+            from personachat.serve.text_completions import complete_texts
+
+            return complete_texts(
+                model, [h[-1] for _, h in conversations], options, on_token, stream
+            )
         if isinstance(options, ChatDecoding):
             return chat(conversations, options, on_token, stream)
         return model.generate_replies(conversations, options, on_token, stream)

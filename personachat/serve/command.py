@@ -26,6 +26,8 @@ HELP = {
     "max_message_chars": "longest user message; longer gets 413",
     "max_persona_sentences": "most persona sentences; more gets 413",
     "max_persona_chars": "longest persona sentence; longer gets 413",
+    "max_card_chars": "most characters of a character card (macros filled) or of a chat "
+    "request's system messages; more is refused",
     "max_history_kept": "messages stored per session; older turns are dropped",
     "max_body_bytes": "largest request body; larger gets 413",
     "max_reply_tokens": "upper bound of a request's max_length",

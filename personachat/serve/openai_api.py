@@ -1,4 +1,5 @@
-"""The OpenAI-compatible routes: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+"""The OpenAI-compatible routes: ``POST /v1/chat/completions``, ``POST /v1/completions``
+(text completion: the prompt continued as given, ``text_completions``) and ``GET /v1/models``.
 
 Any OpenAI client (the ``openai`` package, LangChain, SillyTavern…) talks to the persona bot
 with ``base_url="http://HOST:PORT/v1"`` and the server's API key (``Authorization: Bearer``).
@@ -27,11 +28,18 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from personachat.serve.chat_completions import ChatRequest, StreamedText, answer, read_request
+from personachat.serve.chat_completions import (
+    ChatRequest,
+    StreamedText,
+    answer,
+    read_request,
+    read_text_request,
+)
 from personachat.serve.chat_decoding import Completion
 from personachat.serve.openai_shapes import openai_error_body
 from personachat.serve.service import ChatService, reply_error
 from personachat.serve.settings import RequestError
+from personachat.serve.text_completions import TextDecoding
 
 EVENT_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -62,15 +70,18 @@ class ChatCompletionBody(BaseModel):
     model: StrictStr | None = Field(None, description="the served model's id (GET /v1/models)")
     temperature: float | None = number("0: greedy decoding; none: the model's own options")
     top_p: float | None = number("nucleus sampling; 0: greedy")
-    max_tokens: StrictInt | None = Field(None, description="most tokens in the reply")
+    max_tokens: StrictInt | None = Field(
+        None, description="most tokens in the reply: an upper bound, up to the model's context"
+    )
     max_completion_tokens: StrictInt | None = Field(None, description="as max_tokens")
     stop: Any = Field(None, description="a string or up to 4: the reply ends before one")
     seed: StrictInt | None = Field(None, description="same seed, same request: same reply")
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     n: StrictInt | None = None
-    presence_penalty: float | None = number("unsupported: 0 only")
-    frequency_penalty: float | None = number("unsupported: 0 only")
+    presence_penalty: float | None = number("[-2, 2]: less of any token the reply has used")
+    frequency_penalty: float | None = number("[-2, 2]: less of a token, by its count")
+    logit_bias: dict | None = Field(None, description="unsupported: {} only")
     logprobs: StrictBool | None = None
     tools: list | None = None
     response_format: dict | None = None
@@ -84,6 +95,39 @@ class ChatCompletionBody(BaseModel):
     )
 
 
+class CompletionBody(BaseModel):
+    """OpenAI's text-completion request (``/v1/completions``): the prompt is continued as
+    given. Unknown fields are ignored; known features this server lacks are refused."""
+
+    model_config = ConfigDict(extra="ignore")
+    prompt: Any = Field(description="the text to continue (a string, or a list of one)")
+    model: StrictStr | None = Field(None, description="the served model's id (GET /v1/models)")
+    temperature: float | None = number("0: greedy decoding; none: the model's own options")
+    top_p: float | None = number("nucleus sampling; 0: greedy")
+    max_tokens: StrictInt | None = Field(
+        None, description="most tokens in the completion: an upper bound, up to the context"
+    )
+    stop: Any = Field(None, description="a string or up to 4: the completion ends before one")
+    seed: StrictInt | None = Field(None, description="same seed, same request: same text")
+    stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
+    n: StrictInt | None = None
+    best_of: StrictInt | None = None
+    echo: StrictBool | None = None
+    suffix: StrictStr | None = None
+    logprobs: StrictInt | None = None
+    presence_penalty: float | None = number("[-2, 2]: less of any token already used")
+    frequency_penalty: float | None = number("[-2, 2]: less of a token, by its count")
+    logit_bias: dict | None = Field(None, description="unsupported: {} only")
+    min_tokens: StrictInt | None = Field(None, description="fewest tokens in the completion")
+    top_k: StrictInt | None = Field(None, description="top-k sampling (0: off)")
+    repetition_penalty: float | None = number(">1 discourages repeats")
+    no_repeat_ngram_size: StrictInt | None = Field(None, description="ban repeated n-grams")
+    max_completion_tokens: None = Field(None, exclude=True)  # chat's name; not taken here
+    tools: None = Field(None, exclude=True)
+    response_format: None = Field(None, exclude=True)
+
+
 class ChatCompletions:
     """Chat requests answered through a ``ChatService``'s batcher, limits and counters."""
 
@@ -94,6 +138,9 @@ class ChatCompletions:
         self.decode: Callable[[list[int]], str] = lambda ids: tokenizer.decode(
             ids, skip_special_tokens=True
         ).strip()
+        self.decode_raw: Callable[[list[int]], str] = lambda ids: tokenizer.decode(
+            ids, skip_special_tokens=True
+        )  # a text completion keeps its leading space
 
     def model_json(self) -> dict:
         return {
@@ -107,7 +154,29 @@ class ChatCompletions:
         """The checked request; an unknown ``model`` is a 404 as OpenAI answers it."""
         if body.model is not None and body.model != self.model_id:
             raise model_not_found(body.model, self.model_id)
-        return read_request(body, self.service.defaults, self.service.settings)
+        service = self.service
+        return read_request(body, service.defaults, service.settings, service.model)
+
+    def read_text(self, body: CompletionBody) -> ChatRequest:
+        """A checked text-completion request (CPU work: call it in a worker thread)."""
+        if body.model is not None and body.model != self.model_id:
+            raise model_not_found(body.model, self.model_id)
+        return read_text_request(body, self.service)
+
+    async def complete_text(self, request: ChatRequest) -> dict:
+        """The ``text_completion`` object."""
+        self.service.admit()
+        try:
+            completion = await self._completion(request)
+        finally:
+            self.service.release()
+        done = answer(completion, request, self.decode_raw)
+        choice = {"text": done.content, "index": 0, "logprobs": None}
+        return {
+            **self._head("text_completion", "cmpl-"),
+            "choices": [{**choice, "finish_reason": done.finish_reason}],
+            "usage": done.usage(),
+        }
 
     async def _completion(
         self, request: ChatRequest, on_token: Callable[[str], None] | None = None
@@ -161,6 +230,8 @@ class ChatCompletions:
 
         task = asyncio.create_task(self._completion(request, on_token))
         task.add_done_callback(finished)
+        if isinstance(request.options, TextDecoding):
+            return self._text_events(request, task, texts)
         return self._events(request, task, texts)
 
     async def _events(
@@ -194,9 +265,37 @@ class ChatCompletions:
         finally:
             task.cancel()  # the client left before the end: nobody waits for the reply
 
-    def _head(self, kind: str) -> dict:
+    async def _text_events(
+        self, request: ChatRequest, task: asyncio.Task, texts: asyncio.Queue
+    ) -> AsyncIterator[str]:
+        """A streamed text completion: ``text_completion`` chunks of text, the last with
+        ``finish_reason`` (then usage, when asked), then ``[DONE]``."""
+        head = self._head("text_completion", "cmpl-")
+
+        def chunk(text: str, finish_reason: str | None = None) -> str:
+            choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}
+            return event({**head, "choices": [choice]})
+
+        try:
+            streamed = StreamedText(request.stops)
+            while (text := await texts.get()) is not None:
+                if delta := streamed.push(text):
+                    yield chunk(delta)
+            try:
+                done = answer(task.result(), request, self.decode_raw)
+            except RequestError as err:
+                yield event(openai_error_body(err))
+                return
+            yield chunk(streamed.finish(done.content), done.finish_reason)
+            if request.include_usage:
+                yield event({**head, "choices": [], "usage": done.usage()})
+            yield "data: [DONE]\n\n"
+        finally:
+            task.cancel()
+
+    def _head(self, kind: str, prefix: str = "chatcmpl-") -> dict:
         return {
-            "id": "chatcmpl-" + secrets.token_urlsafe(18),
+            "id": prefix + secrets.token_urlsafe(18),
             "object": kind,
             "created": int(time.time()),
             "model": self.model_id,
@@ -225,9 +324,19 @@ def openai_routes(chat: ChatCompletions, router: APIRouter) -> APIRouter:
         "/chat/completions", summary="OpenAI-compatible chat (stateless)", response_model=None
     )
     async def chat_completions(body: ChatCompletionBody) -> JSONResponse | StreamingResponse:
-        request = chat.read(body)
+        # A card to parse, messages to split and count: CPU work, kept off the event loop.
+        request = await asyncio.to_thread(chat.read, body)
         if not body.stream:
             return JSONResponse(await chat.complete(request))
+        return StreamingResponse(
+            chat.stream(request), media_type="text/event-stream", headers=EVENT_STREAM_HEADERS
+        )
+
+    @router.post("/completions", summary="OpenAI-compatible text completion", response_model=None)
+    async def completions(body: CompletionBody) -> JSONResponse | StreamingResponse:
+        request = await asyncio.to_thread(chat.read_text, body)  # tokenizes: off the loop
+        if not body.stream:
+            return JSONResponse(await chat.complete_text(request))
         return StreamingResponse(
             chat.stream(request), media_type="text/event-stream", headers=EVENT_STREAM_HEADERS
         )

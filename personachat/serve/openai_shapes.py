@@ -1,5 +1,5 @@
 """OpenAI's error shape, for the OpenAI-compatible routes (``/v1/chat/completions``,
-``/v1/models``): ``{"error": {"message", "type", "param", "code"}}``.
+``/v1/completions``, ``/v1/models``): ``{"error": {"message", "type", "param", "code"}}``.
 
 The session routes keep their own shape (``{"error": {"code", "message", …}}``); a refusal on
 an OpenAI route, wherever it is made (the guard, FastAPI's validation, the route), is written
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from personachat.serve.settings import RequestError
 
-OPENAI_ROUTES = ("/v1/chat/completions", "/v1/models")
+OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models")
 # Codes the session routes use that OpenAI spells otherwise.
 OPENAI_CODES = {"unauthorized": "invalid_api_key"}
 

@@ -13,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from personachat.data.cards import DEFAULT_CARD_CHARS
 from personachat.errors import PersonachatError
 from personachat.generation.generate import DecodingOptions
 
@@ -27,6 +28,8 @@ REQUEST_OPTIONS = (
     "do_sample",
     "repetition_penalty",
     "no_repeat_ngram_size",
+    "frequency_penalty",
+    "presence_penalty",
 )
 
 
@@ -93,6 +96,9 @@ class ServeSettings:
     max_message_chars: int = 1000  # one user message; beyond: 413
     max_persona_sentences: int = 10  # beyond: 413
     max_persona_chars: int = 300  # one persona sentence; beyond: 413
+    # A character card's text after {{char}}/{{user}} are filled, or the system messages of
+    # a chat request, all together (data.cards); beyond: 422 (400 on the OpenAI routes).
+    max_card_chars: int = DEFAULT_CARD_CHARS
     max_history_kept: int = 200  # messages stored per session; older turns are dropped
     max_body_bytes: int = 64 * 1024  # one request body; beyond: 413
     max_reply_tokens: int = 64  # upper bound of max_length
@@ -235,6 +241,8 @@ def option_bounds(settings: ServeSettings) -> dict[str, tuple[float, float]]:
         "top_k": (0, settings.max_top_k),
         "repetition_penalty": (1.0, settings.max_repetition_penalty),
         "no_repeat_ngram_size": (0, settings.max_no_repeat_ngram_size),
+        "frequency_penalty": (-2.0, 2.0),  # OpenAI's range
+        "presence_penalty": (-2.0, 2.0),
     }
 
 
