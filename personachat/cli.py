@@ -145,10 +145,38 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    """``eval``'s flags: what to measure beyond the losses, and on how much data. Results go
+    to --output-dir when given, else OUTPUT_DIR/eval/EVAL_FILE_NAME/."""
     p.add_argument(
         "--generation-f1",
         action="store_true",
         help="also report word F1 of greedy replies (slower)",
+    )
+    p.add_argument(
+        "--repetition",
+        action="store_true",
+        help="also report how often self-play replies repeat an earlier reply and the "
+        "previous one (repetition_rate, repeat_previous_rate)",
+    )
+    p.add_argument(
+        "--ranking",
+        choices=["auto", "mc", "lm"],
+        help="how hits@1 ranks the candidates: the multiple-choice head (mc), the language "
+        "model's likelihood (lm), or auto: the head if the model was trained with one",
+    )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        metavar="N",
+        help="rank the gold reply among N candidates (eval_num_candidates; default: every "
+        "candidate the file has, or 20 for a file of conversations such as a "
+        "Synthetic-Persona-Chat CSV, the others sampled from its other dialogs)",
+    )
+    p.add_argument(
+        "--max-eval-examples",
+        type=int,
+        metavar="N",
+        help="evaluate the first N dialogs of the file only (max_eval_examples)",
     )
     p.add_argument(
         "--ablate-persona",
@@ -188,17 +216,19 @@ def run(options: argparse.Namespace) -> int:
     # eval / interact / serve: the model the config trains, with the options it was saved
     # with under the config's and the flags'.
     model_name = model_to_load(getattr(options, "model", None), settings["model_name"], args)
-    args = args_for_model(model_name, settings["overrides"])
+    args = args_for_model(model_name, {**settings["overrides"], **eval_overrides(options)})
     use_cuda = device.type == "cuda"
     model = ConvAIModel(settings["model_type"], model_name, args=args, use_cuda=use_cuda)
     if options.command == "eval":
         results = model.eval_model(
             settings["eval_file"],
+            output_dir=options.output_dir,
             verbose=False,
             generation_f1=options.generation_f1,
             ablate_persona=options.ablate_persona,
+            repetition_rate=options.repetition,
         )
-        print_results(results)
+        print_results(results, settings["eval_file"])
     elif options.command == "serve":
         return run_serve(model, options, str(model_name))
     elif options.command == "telegram":
@@ -208,6 +238,16 @@ def run(options: argparse.Namespace) -> int:
             model.load_persona_card(options.persona_card)
         model.interact(personality=options.persona or None)
     return 0
+
+
+def eval_overrides(options: argparse.Namespace) -> dict:
+    """The options ``eval``'s flags set (none for the other commands)."""
+    values = {
+        "eval_ranking": getattr(options, "ranking", None),
+        "eval_num_candidates": getattr(options, "candidates", None),
+        "max_eval_examples": getattr(options, "max_eval_examples", None),
+    }
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def model_to_load(flag: str | None, config_model: str | None, args: ConvAIArgs) -> str:

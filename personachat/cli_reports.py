@@ -80,6 +80,8 @@ def report_persona_use(
         "hits@1",
         "language_model_loss",
     ]
+    if any("history_recall" in values for values in rows.values()):
+        columns.insert(1, "history_recall")
     if before:
         columns.insert(0, "zero-shot accuracy")
         for name, values in rows.items():
@@ -102,7 +104,37 @@ def report_persona_use(
         print(f"  {name[-50:]:50s}{cells}")
 
 
-def print_results(results: dict) -> None:
-    print("Evaluation:")
+def headline_rows(results: dict) -> list[tuple[str, str]]:
+    """The figures a conversation model is judged by, as (label, value) rows: ConvAI2's
+    triple (per-word perplexity, hits@1, generation F1), then persona accuracy, history
+    recall and repetition, each where the evaluation measured it."""
+    candidates = results.get("eval_num_candidates")
+    ranking = {"lm": "language model", "mc": "multiple-choice head"}.get(results.get("ranking"))
+    decoding = results.get("generation_f1_decoding", "")
+    labels = {
+        "word_perplexity": "perplexity per word",
+        "hits@1": f"hits@1 among {candidates} ({ranking})",
+        "generation_f1": f"generation F1 ({decoding})",
+        "persona_accuracy": "persona accuracy",
+        "history_recall": "history recall",
+        "repetition_rate": "replies repeating an earlier one",
+        "repeat_previous_rate": "replies repeating the previous one",
+    }
+    return [(label, f"{results[key]:.3f}") for key, label in labels.items() if key in results]
+
+
+def print_results(results: dict, eval_file: str | None = None) -> None:
+    """The headline figures as a table, then every result."""
+    rows = headline_rows(results)
+    if rows:
+        print(
+            f"\nEvaluation of {eval_file or 'the eval file'} ({results.get('num_examples')} "
+            "utterances):"
+        )
+        width = max(len(label) for label, _ in rows)
+        print(f"  | {'figure':{width}s} | value |\n  |{'-' * (width + 2)}|------:|")
+        for label, value in rows:
+            print(f"  | {label:{width}s} | {value} |")
+    print("\nAll results:" if rows else "Evaluation:")
     for key, value in results.items():
         print(f"  {key:22s} {value:.4f}" if isinstance(value, float) else f"  {key:22s} {value}")

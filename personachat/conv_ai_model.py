@@ -7,6 +7,7 @@ written for ``simpletransformers.conv_ai.ConvAIModel`` runs unchanged but for th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -30,7 +31,12 @@ from personachat.evaluation.evaluate import (
 )
 from personachat.evaluation.metrics import eval_num_candidates, evaluation_folder, write_results
 from personachat.evaluation.persona import without_persona
-from personachat.evaluation.ranking import choice_head_trained, lm_ranking, resolve_ranking
+from personachat.evaluation.ranking import (
+    choice_head_trained,
+    lm_ranking,
+    resolve_ranking,
+    with_candidates_to_rank,
+)
 from personachat.generation.generate import DecodingOptions, generate_replies, text_streamer
 from personachat.generation.prefix_cache import PrefixCache
 from personachat.generation.rerank import respond
@@ -169,7 +175,7 @@ class ConvAIModel:
                 dataset = self._dataset(dialogs, str(train_file or "Persona-Chat train"))
             eval_dialogs = evaluate = None
             if eval_file is not None:  # every process evaluates (its share under torchrun)
-                eval_dialogs = self._load(eval_file, "valid", self.args.max_eval_examples)
+                eval_dialogs = self._eval_dialogs(eval_file)
                 silent = self.args.evaluate_during_training_silent
                 evaluate = partial(self._evaluate, eval_dialogs, str(eval_file), silent, shard=True)
             self._personas = personalities(dialogs)[:MAX_SAVED_PERSONAS]
@@ -208,21 +214,32 @@ class ConvAIModel:
 
     # ---------------------------------------------------------------- evaluation
     def eval_model(self, eval_file=None, output_dir=None, verbose=True, silent=False, **metric_fns):
-        """Evaluate on ``eval_file`` (None: Persona-Chat valid). Returns a dict with
+        """Evaluate on ``eval_file`` (any format; None: Persona-Chat valid). Returns a dict with
         ``language_model_loss``, ``perplexity`` (per BPE token), ``word_perplexity`` (per
-        ConvAI2-normalised word, comparable across tokenizers), ``f1_score`` (macro F1 of the
-        multiple-choice head), ``hits@1`` (the gold reply ranked among ``eval_num_candidates``
-        candidates, reported too: every candidate the data has unless the option is set),
-        ``mc_loss``, ``eval_loss``, ``generation_f1`` and ``generation_f1_decoding`` when
-        ``generation_f1=True`` (here or in args), and one entry per extra
-        ``metric_fn(labels, preds)``. Also writes eval_results.txt / eval_results.json.
+        ConvAI2-normalised word, comparable across tokenizers), ``eval_loss``, and, when each
+        utterance has several candidates, ``hits@1`` (the gold reply ranked among
+        ``eval_num_candidates`` candidates, by ``ranking``: the multiple-choice head or the
+        language model, option ``eval_ranking``), ``f1_score`` and ``mc_loss`` (the head's,
+        as simpletransformers reported them) and one entry per extra
+        ``metric_fn(labels, preds)``. With one candidate nothing is ranked and none of these
+        is reported. A file of conversations (one reply per turn: a Synthetic-Persona-Chat
+        CSV) gets 19 distractors per turn from its other dialogs (``eval_num_candidates``
+        sets the count). ``generation_f1=True`` (here or in args) adds ``generation_f1`` and
+        ``generation_f1_decoding``.
 
         Data with persona probes (``"probe": {"value": …}`` on utterances, as in the bundled
         persona benchmark) adds ``persona_accuracy`` (share of greedy replies stating the
         persona's value), ``persona_contradiction_rate`` (share stating another value of the
-        probed slot) and ``persona_hits@1``. ``ablate_persona=True`` evaluates with every
-        persona removed from the input; ``repetition_rate=True`` adds the share of self-play
-        replies that repeat an earlier reply of the bot."""
+        probed slot) and ``persona_hits@1``; probes marked ``"from": "history"`` (the answer
+        was said earlier in the conversation) add ``history_recall`` instead.
+        ``ablate_persona=True`` evaluates with every persona removed from the input;
+        ``repetition_rate=True`` adds the share of self-play replies that repeat an earlier
+        reply of the bot (``repetition_rate``) and the bot's previous one
+        (``repeat_previous_rate``).
+
+        The results are also written (eval_results.txt / eval_results.json) to
+        ``output_dir``, by default ``<args.output_dir>/eval/<eval file name>/``; never into a
+        saved model's folder, whose eval_results.json is its training's own."""
         flags = {
             name: metric_fns.pop(name)
             for name in ("generation_f1", "ablate_persona", "repetition_rate")
@@ -230,7 +247,7 @@ class ConvAIModel:
         }
         output_dir = evaluation_folder(output_dir, eval_file, self.args.output_dir)
         self.args.check_folders(output_dir)  # before any work
-        dialogs = self._load(eval_file, "valid", self.args.max_eval_examples)
+        dialogs = self._eval_dialogs(eval_file)
         if flags.get("ablate_persona"):
             dialogs = without_persona(dialogs)
         results = self._evaluate(
@@ -298,9 +315,19 @@ class ConvAIModel:
     def persona_eval(self, eval_file, ablate_persona: bool = False) -> dict:
         """``persona_accuracy`` and ``persona_contradiction_rate`` of greedy replies to the
         probes of ``eval_file``: replies only, no losses (the main job's zero-shot figures)."""
-        dialogs = self._load(eval_file, "valid", self.args.max_eval_examples)
+        dialogs = self._eval_dialogs(eval_file)
         greedy = partial(self.generate_replies, options=self._greedy())
         return persona_only(greedy, dialogs, self.args.silent, ablate_persona)
+
+    def _eval_dialogs(self, path) -> list[dict]:
+        """The dialogs an evaluation reads (the first ``max_eval_examples``): a file of
+        conversations gets distractors to rank from ``eval_num_candidates`` (default 20),
+        not from training's ``num_candidates`` (``evaluation.ranking``)."""
+        dialogs = prepare_dialogs(path, "valid", dataclasses.replace(self.args, num_candidates=1))
+        seed = self.args.manual_seed or 0
+        dialogs = with_candidates_to_rank(dialogs, self.args.eval_num_candidates, seed)
+        limit = self.args.max_eval_examples
+        return dialogs[:limit] if limit else dialogs
 
     # ---------------------------------------------------------------- chatting
     def interact(self, personality: list[str] | None = None, opening: str | None = None) -> None:

@@ -136,6 +136,7 @@ def test_auto_ranks_with_the_head_only_where_training_gave_the_model_one(tmp_pat
     (trained / "model_args.json").write_text(json.dumps({"mc_coef": 1.0, "num_candidates": 1}))
     assert not choice_head_trained(trained)  # one candidate: its loss was always 0
     assert not choice_head_trained("smollm2")
+    assert not choice_head_trained(tiny_checkpoint)  # a scratch checkpoint, never fine-tuned
 
     assert resolve_ranking("auto", True) == "mc"
     assert resolve_ranking("auto", False) == "lm"

@@ -24,12 +24,13 @@ from personachat.evaluation.metrics import (
     reply_word_count,
 )
 from personachat.evaluation.persona import (
+    history_recall,
     persona_hits_at_1,
     persona_scores,
     probe_items,
     without_persona,
 )
-from personachat.evaluation.replies import decoding_label, generation_f1, repetition_rate
+from personachat.evaluation.replies import decoding_label, generation_f1, repetition_rates
 from personachat.model.device import autocast_dtype
 from personachat.train import distributed
 from personachat.train.errors import EvaluationInterrupted
@@ -162,14 +163,23 @@ def reply_metrics(
     if generation:
         results["generation_f1"] = generation_f1(reply, dialogs, silent=silent)
         results["generation_f1_decoding"] = decoding_label(decoding)
+    recall = history_recall(reply, dialogs, silent=silent)
+    if recall is not None:
+        results["history_recall"] = recall
     if repetition:
-        results["repetition_rate"] = repetition_rate(reply, dialogs, silent=silent)
+        results.update(repetition_rates(reply, dialogs, silent=silent))
     return results
 
 
 def persona_only(
     reply: Callable[[list], list[str]], dialogs: Sequence[dict], silent: bool, ablate: bool
 ) -> dict:
-    """Persona figures of the replies ``reply(conversations)`` gives to the probes of
-    ``dialogs`` (every persona removed with ``ablate``): no losses."""
-    return persona_scores(reply, without_persona(dialogs) if ablate else dialogs, silent=silent)
+    """Persona figures (and ``history_recall`` where the data has history probes) of the
+    replies ``reply(conversations)`` gives to the probes of ``dialogs`` (every persona
+    removed with ``ablate``): no losses."""
+    dialogs = without_persona(dialogs) if ablate else dialogs
+    results = persona_scores(reply, dialogs, silent=silent)
+    recall = history_recall(reply, dialogs, silent=silent)
+    if recall is not None:
+        results["history_recall"] = recall
+    return results

@@ -10,7 +10,13 @@ replies greedily to the probe's history and the reply is checked for values:
   (:data:`personachat.data.synthetic_slots.SLOTS`, which lists every value of each slot).
 
 A reply can do neither (it dodges the question) or, rarely, both ("i am a nurse , not a
-pilot ."). ``persona_hits@1`` is the multiple-choice accuracy on the probes alone.
+pilot ."). ``persona_hits@1`` is the ranking accuracy on the persona probes alone.
+
+A probe whose answer is in the *history* (something the user or the bot said earlier in the
+conversation, not the persona) carries ``"from": "history"``:
+``{"slot": "pet_name", "value": "rex", "from": "history"}``. Those are not persona probes:
+
+- ``history_recall``: the share of history probes whose greedy reply states the value.
 """
 
 from __future__ import annotations
@@ -50,14 +56,37 @@ def contradicts(reply: str, value: str, slot_values: Iterable[str]) -> bool:
     return bool(stated_values(reply, [*slot_values, value]) - {value.lower()})
 
 
-def probe_items(dialogs: Sequence[dict]) -> list[tuple[int, int, str]]:
-    """(dialog index, utterance index, expected value) of every annotated persona probe."""
+PERSONA, HISTORY = "persona", "history"  # where a probe's answer is: its "from"
+
+
+def probe_items(dialogs: Sequence[dict], source: str = PERSONA) -> list[tuple[int, int, str]]:
+    """(dialog index, utterance index, expected value) of every annotated probe whose answer
+    is in ``source``: the persona (probes without ``"from"``, or ``"from": "persona"``) or
+    the history (``"from": "history"``)."""
     return [
         (d, u, utt["probe"]["value"])
         for d, dialog in enumerate(dialogs)
         for u, utt in enumerate(dialog["utterances"])
-        if isinstance(utt.get("probe"), dict) and isinstance(utt["probe"].get("value"), str)
+        if isinstance(utt.get("probe"), dict)
+        and isinstance(utt["probe"].get("value"), str)
+        and utt["probe"].get("from", PERSONA) == source
     ]
+
+
+def history_recall(
+    replies_fn: RepliesFn, dialogs: Sequence[dict], silent: bool = False
+) -> float | None:
+    """Share of history probes (``"from": "history"``) whose greedy reply states the value
+    said earlier in the conversation; None when the data has none."""
+    probes = probe_items(dialogs, HISTORY)
+    if not probes:
+        return None
+    conversations = [
+        (dialogs[d]["personality"], dialogs[d]["utterances"][u]["history"]) for d, u, _ in probes
+    ]
+    replies = reply_all(replies_fn, conversations, desc="History probes", silent=silent)
+    stated = sum(mentions(r, value) for r, (_, _, value) in zip(replies, probes, strict=True))
+    return stated / len(probes)
 
 
 def slot_values(probe: dict) -> tuple[str, ...] | None:

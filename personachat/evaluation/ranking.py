@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from personachat.data.candidates import add_distractors, normalise
 from personachat.encoding.inputs import IGNORE_INDEX, InputFormat, reply_history, truncate_to_fit
 from personachat.model.conventions import read_json
 from personachat.model.device import autocast
@@ -39,14 +40,19 @@ MAX_CANDIDATES_PER_PASS = 32  # candidates continued from one context in one for
 # ----------------------------------------------------------------------------- which ranking
 def choice_head_trained(model_name: str | Path) -> bool:
     """Whether the model saved in folder ``model_name`` has a trained multiple-choice head:
-    its weights hold the head and its ``model_args.json`` (when there is one) trained it
-    (``mc_coef`` > 0 over at least two candidates). A hub id, a GGUF or ``smollm2`` get a
-    freshly initialised head: False. simpletransformers' pickle folders trained theirs."""
+    its weights hold the head and its ``model_args.json`` trained it (``mc_coef`` > 0 over at
+    least two candidates); without that file, a folder that is not an untrained scratch
+    checkpoint (simpletransformers' pickle folders and TransferTransfo checkpoints trained
+    theirs). A hub id, a GGUF or ``smollm2`` get a freshly initialised head: False."""
     folder = Path(str(model_name)).expanduser()
     if not folder.is_dir():
         return False
     saved = read_json(folder / "model_args.json")
-    if isinstance(saved, dict):
+    if not isinstance(saved, dict):
+        config = read_json(folder / "config.json")
+        if isinstance(config, dict) and "scratch" in config:  # built here, never fine-tuned
+            return False
+    else:
         mc_coef, candidates = saved.get("mc_coef", 1.0), saved.get("num_candidates", 2)
         if not isinstance(mc_coef, int | float) or mc_coef <= 0:
             return False
@@ -63,6 +69,35 @@ def resolve_ranking(requested: str, head_trained: bool, candidates: int = 2) -> 
     if requested == "auto":
         return "mc" if head_trained else "lm"
     return requested
+
+
+# ----------------------------------------------------------------------------- candidates
+CONVAI2_CANDIDATES = 20  # hits@1 ranks the gold reply among 20 in ConvAI2
+
+
+def distractor_capacity(dialogs: Sequence[dict]) -> int:
+    """How many distractors every utterance can get from the other dialogs' gold replies
+    (``add_distractors`` never takes a dialog's own replies)."""
+    golds = [{normalise(u["candidates"][-1]) for u in d["utterances"]} - {""} for d in dialogs]
+    pool = set().union(*golds) if golds else set()
+    return min((len(pool - own) for own in golds), default=0)
+
+
+def with_candidates_to_rank(
+    dialogs: Sequence[dict], requested: int | None, seed: int = 0
+) -> list[dict]:
+    """A file of conversations (one candidate per utterance, the gold reply: a
+    Synthetic-Persona-Chat CSV, chat logs) gets distractors to rank the gold reply among:
+    ``requested`` candidates (``eval_num_candidates``), or, when None, 20 as ConvAI2 ranks
+    them (fewer when the file has not 19 other replies to offer). They are other dialogs'
+    gold replies, sampled with ``seed`` (``data.candidates.add_distractors``): the same file
+    gives the same candidates every time. Dialogs that come with candidates, and
+    ``requested`` 1, are returned as they are."""
+    single = all(len(u["candidates"]) == 1 for d in dialogs for u in d["utterances"])
+    if not single or requested == 1:
+        return list(dialogs)
+    count = requested or min(CONVAI2_CANDIDATES, 1 + distractor_capacity(dialogs))
+    return add_distractors(dialogs, count, seed=seed)[0] if count > 1 else list(dialogs)
 
 
 # ----------------------------------------------------------------------------- inputs

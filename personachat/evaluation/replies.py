@@ -75,15 +75,29 @@ def decoding_label(options) -> str:
 
 
 def repetition_rate(replies_fn: RepliesFn, dialogs: Sequence[dict], silent: bool = False) -> float:
-    """Share of the bot's replies that repeat one of its earlier replies in the same dialog.
+    """Share of the bot's replies that repeat one of its earlier replies in the same dialog
+    (``repetition_rates``)."""
+    return repetition_rates(replies_fn, dialogs, silent)["repetition_rate"]
 
-    The bot talks to each dialog's partner messages with its *own* replies in the history
-    (self-play against a scripted partner), which is where repetition shows up. All dialogs
-    advance turn by turn together, so each turn is one batched decoding call.
+
+def repetition_rates(
+    replies_fn: RepliesFn, dialogs: Sequence[dict], silent: bool = False
+) -> dict[str, float]:
+    """How often the bot repeats itself, in one self-play pass:
+
+    - ``repetition_rate``: share of replies equal to *any* earlier reply of the bot in the
+      same dialog;
+    - ``repeat_previous_rate``: share of replies (from the second on) equal to the bot's
+      *previous* reply: the loop users see ("the same reply three turns in a row").
+
+    Replies compare after ConvAI2 normalisation (``normalize_answer``). The bot talks to each
+    dialog's partner messages with its *own* replies in the history (self-play against a
+    scripted partner), which is where repetition shows up. All dialogs advance turn by turn
+    together, so each turn is one batched decoding call.
     """
     histories: list[list[str]] = [[] for _ in dialogs]
-    said: list[set[str]] = [set() for _ in dialogs]
-    repeats = total = 0
+    said: list[list[str]] = [[] for _ in dialogs]
+    repeats = previous = total = followed = 0
     for turn in range(max((len(d["utterances"]) for d in dialogs), default=0)):
         active = [i for i, d in enumerate(dialogs) if turn < len(d["utterances"])]
         for i in active:
@@ -98,7 +112,13 @@ def repetition_rate(replies_fn: RepliesFn, dialogs: Sequence[dict], silent: bool
         for i, reply in zip(active, replies, strict=True):
             key = normalize_answer(reply)
             repeats += key in said[i]
+            if said[i]:
+                followed += 1
+                previous += key == said[i][-1]
             total += 1
-            said[i].add(key)
+            said[i].append(key)
             histories[i].append(reply)
-    return repeats / total if total else 0.0
+    return {
+        "repetition_rate": repeats / total if total else 0.0,
+        "repeat_previous_rate": previous / followed if followed else 0.0,
+    }
