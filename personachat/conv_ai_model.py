@@ -276,14 +276,17 @@ class ConvAIModel:
         """Metrics of the model on ``dialogs`` (see ``evaluation.evaluate``); ``shard``: each
         torchrun process computes the losses of its share of the examples."""
         candidates = eval_num_candidates(dialogs, self.args.eval_num_candidates, source)
-        dataset = self._dataset(dialogs, source, num_candidates=candidates)
+        trained = self._choice_head_trained
+        ranking = resolve_ranking(self.args.eval_ranking, trained, candidates)
+        # Ranked by the LM, the losses need the gold reply only: running the multiple-choice
+        # head over every candidate would cost num_candidates forward passes per utterance.
+        in_losses = 1 if ranking == "lm" else candidates
+        dataset = self._dataset(dialogs, source, num_candidates=in_losses)
         pad_id = self.tokenizer.pad_token_id
         results, labels, preds = evaluation_losses(
             self.model, dataset, dialogs, self.args, self.device, pad_id, silent=silent, shard=shard
         )
         results["eval_num_candidates"] = candidates
-        trained = self._choice_head_trained
-        ranking = resolve_ranking(self.args.eval_ranking, trained, candidates)
         if ranking == "lm":
             labels, preds = self._lm_ranking(dialogs, dataset.index, candidates, silent)
         results = ranked_results(results, labels, preds, ranking, trained, metric_fns)
@@ -339,6 +342,10 @@ class ConvAIModel:
         if not personality:
             personality = self.random_personality()
             print("Selected personality:", " ".join(personality))
+        # One short greedy reply first: the decoding copy, the persona's cache and torch's
+        # lazy set-up are made now, so the first real reply is as fast as the later ones.
+        warm_up = dataclasses.replace(self._greedy(), max_length=2, min_length=0)
+        self.generate_replies([(personality, [opening or "hello"])], options=warm_up)
         if card is None or personality != card.personality:
             run_repl(partial(self.interact_single, personality=personality), opening=opening)
             return
