@@ -9,16 +9,27 @@ from pathlib import Path
 import pytest
 
 from personachat.data import synthetic
+from personachat.data.readers import read_dialogs
 from personachat.data.synthetic import (
     SPLITS,
     dumps_dialogs,
     fill,
     generate_dialogs,
+    naturalise,
     persona_split,
     split_values,
     write_splits,
 )
-from personachat.data.synthetic_slots import ACKNOWLEDGEMENTS, SLOTS, SMALL_TALK
+from personachat.data.synthetic_history import RECALLS, generate_history_dialogs, speaker
+from personachat.data.synthetic_prose import (
+    NAME_QUESTIONS,
+    NAME_REPLIES,
+    PROSE,
+    character_names,
+    generate_prose_dialogs,
+)
+from personachat.data.synthetic_slots import ACKNOWLEDGEMENTS, PROPER_NOUNS, SLOTS, SMALL_TALK
+from personachat.evaluation.persona import mentions
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
@@ -50,6 +61,9 @@ SENTENCE_TO_FACT = {
 }
 
 
+NATURAL_SENTENCE_TO_FACT = {naturalise(s): fact for s, fact in SENTENCE_TO_FACT.items()}
+
+
 def persona_facts(dialog: dict) -> frozenset[tuple[str, str]]:
     return frozenset(SENTENCE_TO_FACT[sentence] for sentence in dialog["personality"])
 
@@ -73,7 +87,9 @@ def assert_persona_chat_format(dialogs: object, num_candidates: int | None = Non
                 assert len(candidates) == num_candidates
             assert len(set(candidates)) == len(candidates)
             if "probe" in utterance:
-                assert set(utterance["probe"]) == {"slot", "value"}
+                probe = utterance["probe"]
+                assert set(probe) in ({"slot", "value"}, {"slot", "value", "from"})
+                assert probe.get("from", "history") == "history"
             previous = utterance
 
 
@@ -299,4 +315,222 @@ def test_committed_data_matches_generator_defaults(tmp_path):
         assert committed.read_bytes() == path.read_bytes(), (
             f"{committed} drifted from the generator; rerun "
             "`python -m personachat.data.synthetic --out-dir data`"
+        )
+
+
+# --- the natural-cased kinds: prose personas and history recall ----------------------------
+
+KIND_FILES = ("prose_train", "prose_valid", "history_train", "history_valid")
+
+
+@pytest.fixture(scope="module")
+def kind_files() -> dict[str, list[dict]]:
+    """The committed prose and history files, as ``read_dialogs`` reads them."""
+    return {name: read_dialogs(DATA_DIR / f"{name}.json") for name in KIND_FILES}
+
+
+def probes_of(dialogs: list[dict], history: bool) -> list[tuple[dict, dict]]:
+    """(dialog, utterance) of each probe, the history probes or the others."""
+    return [
+        (dialog, utterance)
+        for dialog in dialogs
+        for utterance in dialog["utterances"]
+        if "probe" in utterance and (utterance["probe"].get("from") == "history") == history
+    ]
+
+
+def test_naturalise_writes_natural_casing():
+    assert naturalise("i live in new york , i love it .") == "I live in New York, I love it."
+    assert naturalise("i am a big edm fan .") == "I am a big EDM fan."
+    assert naturalise("mac and cheese , you told me .") == "Mac and cheese, you told me."
+    assert naturalise("I said I'd cook. It's fine.") == "I said I'd cook. It's fine."
+
+
+def test_kind_files_follow_persona_chat_format_and_sizes(kind_files):
+    for dialogs in kind_files.values():
+        assert_persona_chat_format(dialogs, num_candidates=4)
+    assert {len(d) for n, d in kind_files.items() if n.endswith("_train")} == {300}
+    # The held-out probe sets hold about a hundred probes each.
+    assert 90 <= len(probes_of(kind_files["prose_valid"], history=False)) <= 110
+    assert len(probes_of(kind_files["history_valid"], history=True)) == 100
+
+
+def test_kind_files_are_natural_cased(kind_files):
+    for dialogs in kind_files.values():
+        text = all_text(dialogs)
+        assert not re.search(r" [.,?!]", text), "punctuation spaced as in Persona-Chat"
+        assert not re.search(r"(^|[.?!] )[a-z]", text, re.M), "a sentence starts lowercase"
+        assert not re.search(r"\bi\b", text)
+    # Values stay lowercase in the probes; the text writes proper nouns with capitals.
+    cities = 0
+    for dialog, utterance in probes_of(kind_files["prose_train"], history=False):
+        value = utterance["probe"]["value"]
+        assert value == value.lower()
+        if utterance["probe"]["slot"] == "city":
+            cities += 1
+            assert PROPER_NOUNS[value] in " ".join(dialog["personality"])
+            assert PROPER_NOUNS[value] in utterance["candidates"][-1]
+    assert cities > 20
+
+
+def test_prose_personas_are_third_person_descriptions(kind_files):
+    for name in ("prose_train", "prose_valid"):
+        for dialog in kind_files[name]:
+            prose = " ".join(dialog["personality"])
+            assert not re.search(r"\b(I|my|me|I'm|mine)\b", prose, re.IGNORECASE), prose
+            assert re.search(r"\b(she|he)\b", prose, re.IGNORECASE), prose
+            assert len(re.findall(r"[.!?](?: |$)", prose)) >= 3, "several sentences"
+
+
+def test_prose_probe_values_sit_mid_sentence_in_the_description(kind_files):
+    for name in ("prose_train", "prose_valid"):
+        for dialog, utterance in probes_of(kind_files[name], history=False):
+            probe, prose = utterance["probe"], " ".join(dialog["personality"])
+            assert mentions(utterance["candidates"][-1], probe["value"])  # gold states it
+            assert not any(mentions(c, probe["value"]) for c in utterance["candidates"][:-1])
+            match = re.search(rf"(?<!\w){re.escape(probe['value'])}(?!\w)", prose, re.I)
+            assert match, (probe, prose)
+            if probe["slot"] == "name":
+                continue  # the character's name opens the description
+            before = re.split(r"[.!?] ", prose[: match.start()])[-1]
+            after = re.split(r"[.!?]", prose[match.end() :])[0]
+            assert before.split() and after.split(), (probe["value"], prose)
+
+
+def test_history_probe_value_is_3_to_6_messages_back_in_the_labelled_speakers_message(
+    kind_files,
+):
+    distances = set()
+    for name in ("history_train", "history_valid"):
+        for dialog, utterance in probes_of(kind_files[name], history=True):
+            probe, history = utterance["probe"], utterance["history"]
+            holders = [k for k, message in enumerate(history) if mentions(message, probe["value"])]
+            assert len(holders) == 1, (probe, history)  # one message says it: unambiguous
+            back = len(history) - 1 - holders[0]
+            assert 3 <= back <= 6, (probe, history)
+            said_by_bot = back % 2 == 1  # history ends with the user's question
+            assert (
+                said_by_bot == (speaker(probe["slot"]) == "bot") == probe["slot"].startswith("bot_")
+            )
+            if probe["slot"] == "first_question":
+                assert holders == [0]
+            # Only the bot's own persona facts are also in the persona.
+            persona_fact = RECALLS[probe["slot"]].persona_slot is not None
+            assert mentions(" ".join(dialog["personality"]), probe["value"]) == persona_fact
+            assert mentions(utterance["candidates"][-1], probe["value"])
+            assert not any(mentions(c, probe["value"]) for c in utterance["candidates"][:-1])
+            distances.add(back)
+    assert distances == {3, 4, 5, 6}
+
+
+def test_history_files_ask_every_kind_of_recall(kind_files):
+    train = [u["probe"]["slot"] for _, u in probes_of(kind_files["history_train"], True)]
+    valid = [u["probe"]["slot"] for _, u in probes_of(kind_files["history_valid"], True)]
+    assert set(train) == set(RECALLS)
+    assert len(set(valid)) >= len(RECALLS) - 2
+    # Half of the held-out probes ask the user's own fact back: the headline figure.
+    assert sum(speaker(slot) == "user" and slot != "first_question" for slot in valid) == 50
+    # The training file also asks persona facts; the held-out set is history probes only.
+    assert probes_of(kind_files["history_train"], history=False)
+    assert not probes_of(kind_files["history_valid"], history=False)
+
+
+def test_history_distractors_confuse_the_users_fact_with_the_bots_own():
+    """ "You work as a nurse." is a distractor when the bot is the nurse and the user the
+    teacher: hits@1 then needs the history, not the persona."""
+    confusable = 0
+    for dialog, utterance in probes_of(generate_history_dialogs(60, seed=4), history=True):
+        persona = dict(NATURAL_SENTENCE_TO_FACT[s] for s in dialog["personality"])
+        slot = utterance["probe"]["slot"]
+        own = persona.get(RECALLS[slot].related or "")
+        if own is not None:
+            confusable += 1
+            assert any(mentions(c, own) for c in utterance["candidates"][:-1]), own
+            assert not mentions(utterance["candidates"][-1], own)
+    assert confusable >= 5
+
+
+def _probe_values(dialogs: list[dict], history: bool) -> set[str]:
+    return {u["probe"]["value"] for _, u in probes_of(dialogs, history)}
+
+
+def test_held_out_values_never_occur_in_the_training_files(kind_files):
+    for kind, history in (("prose", False), ("history", True)):
+        valid = _probe_values(kind_files[f"{kind}_valid"], history)
+        train_text = all_text(kind_files[f"{kind}_train"])
+        train_values = _probe_values(kind_files[f"{kind}_train"], history)
+        assert valid and train_values and valid.isdisjoint(train_values)
+        leaked = sorted(v for v in valid if mentions(train_text, v))
+        assert not leaked, f"{kind}: held-out values in the training file: {leaked}"
+    unseen = {v for values in split_values("unseen").values() for v in values}
+    for name in ("prose_train", "history_train"):
+        text = all_text(kind_files[name])
+        assert not sorted(v for v in unseen if mentions(text, v)), name
+    prose_valid = kind_files["prose_valid"]
+    assert {u["probe"]["value"] for _, u in probes_of(prose_valid, False)} - unseen <= {
+        name.lower() for names in character_names("valid").values() for name in names
+    }
+
+
+def test_held_out_phrasings_are_disjoint_from_training(kind_files):
+    tables = [PROSE[slot] for slot in PROSE] + [NAME_QUESTIONS, NAME_REPLIES]
+    for recall in RECALLS.values():
+        tables += [recall.statements, recall.questions, recall.answers, recall.prompts]
+    for table in tables:
+        assert set(table.train).isdisjoint(table.valid)
+        assert table.valid or not table.train
+    # No held-out question is ever asked in a training file (prose probes ask the facts
+    # with the bundled slots' questions, as every file does; only the name's are held out),
+    # and no held-out clause template (its fixed words) describes a training character.
+    train_messages = {
+        message
+        for dialog in kind_files["history_train"] + kind_files["prose_train"]
+        for u in dialog["utterances"]
+        for message in u["history"]
+    }
+    for name in ("history_valid", "prose_valid"):
+        for _, utterance in probes_of(kind_files[name], name == "history_valid"):
+            if utterance["probe"]["slot"] in SLOTS:
+                continue
+            question = utterance["history"][-1]
+            assert question not in train_messages, question
+            assert question.split(" ", 1)[-1] not in train_messages, question  # lead-in
+    prose_train = " ".join(" ".join(d["personality"]) for d in kind_files["prose_train"])
+    for slot, table in PROSE.items():
+        for template in table.valid:
+            words = max(re.split(r"\{\w+\}", template), key=len).strip()
+            assert words not in prose_train, (slot, words)
+
+
+def test_kind_generators_are_deterministic_and_check_their_arguments():
+    for generate in (generate_prose_dialogs, generate_history_dialogs):
+        first = dumps_dialogs(generate(8, "valid", seed=2))
+        assert dumps_dialogs(generate(8, "valid", seed=2)) == first
+        assert dumps_dialogs(generate(8, "valid", seed=3)) != first
+        assert_persona_chat_format(generate(5, num_candidates=20, seed=1), num_candidates=20)
+        with pytest.raises(ValueError, match="unknown split"):
+            generate(1, split="unseen")
+        with pytest.raises(ValueError, match=">= 0"):
+            generate(-1)
+    with pytest.raises(ValueError, match="unknown kind"):
+        synthetic.write_kind("unused", "persona")
+
+
+def test_cli_writes_a_kind(tmp_path, capsys):
+    argv = ["--out-dir", str(tmp_path), "--kind", "history", "--num-train", "3"]
+    assert synthetic.main([*argv, "--num-valid", "2"]) == 0
+    assert len(read_dialogs(tmp_path / "history_train.json")) == 3
+    assert len(read_dialogs(tmp_path / "history_valid.json")) == 2
+    assert "history_valid.json" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["prose", "history"])
+def test_committed_kind_files_match_the_generator(tmp_path, kind):
+    """data/<kind>_*.json are exactly ``python -m personachat.data.synthetic --out-dir data
+    --kind <kind>``."""
+    for path in synthetic.write_kind(tmp_path, kind).values():
+        committed = DATA_DIR / path.name
+        assert committed.read_bytes() == path.read_bytes(), (
+            f"{committed} drifted from the generator; rerun "
+            f"`python -m personachat.data.synthetic --out-dir data --kind {kind}`"
         )

@@ -110,7 +110,7 @@ VALUE_TABLES: dict[str, tuple[str, ...]] = {
         "Olive, Marble, Truffle, Chester, Domino, Pretzel, Fudge, Poppy, Buttons"
     ),
     "person_names": tuple(name for names in PERSON_NAMES.values() for name in names),
-    "numbers": tuple(str(n) for n in range(2, 41)),
+    "numbers": tuple(str(n) for n in range(2, 18)),  # below every age (18-70)
     "topics": _values(
         "rock climbing, scuba diving, sourdough bread, salsa lessons, ice skating, beekeeping, "
         "calligraphy, marathon training, home brewing, crossword puzzles, tai chi, kite "
@@ -212,7 +212,7 @@ USER_RECALLS: tuple[Recall, ...] = (
             "houseplants takes me an hour every Sunday.",
         ),
         acks=_texts(
-            "That's a proper jungle! | Ha, your place must be so green. | Wow, you must be "
+            "That's a proper jungle! | Ha, your place must look like a greenhouse. | Wow, you must be "
             "good at keeping them alive."
         ),
         questions=phrasings(
@@ -232,8 +232,8 @@ USER_RECALLS: tuple[Recall, ...] = (
             "My {x} {v} is coming to visit this weekend, I need to clean everything. | I had "
             "lunch with my {x} {v} today, we laughed the whole time. | My {x} {v} is staying "
             "with me for a few days.",
-            "Big news: my {x} {v} is getting married next spring. | I miss my {x} {v}, we "
-            "haven't talked in weeks.",
+            "Big news: my {x} {v} is getting married next spring. | My {x} {v} just sent me "
+            "the funniest postcard.",
         ),
         acks=_texts(
             "That sounds lovely. | Oh, how nice! | It's good to have people like that around."
@@ -324,7 +324,7 @@ BOT_RECALLS: tuple[Recall, ...] = (
             "Going anywhere fun this year?",
         ),
         statements=phrasings(
-            "Yes, I'm flying to {v} next month to see an old friend. | I'm taking the train to "
+            "Yes, I'm flying to {v} next month to see an old friend. | I'm driving down to "
             "{v} in a few weeks, I can't wait.",
             "I finally booked a trip to {v} for the spring.",
         ),
@@ -450,12 +450,13 @@ DEFAULT_NUM = {"train": 300, "valid": 50}
 """Default dialogs per file: a few hundred to train on; ~100 history probes held out."""
 EXCHANGES = {"train": (6, 9), "valid": (6, 8)}
 """Exchanges (partner message + bot reply) per dialog, inclusive range."""
-EVENTS = {"train": (1, 3), "valid": (2, 2)}
-"""Events per dialog, inclusive range (fewer only when they do not fit)."""
+EVENTS = {"train": (1, 3)}
+"""Events per training dialog, inclusive range (fewer when they do not fit); a held-out
+dialog has two (see ``_choose_events``)."""
 GAPS = (2, 3)
 """Exchanges from an event's statement to its question: one or two exchanges in between,
 so the value is 4 or 6 messages back when the user said it, 3 or 5 when the bot did."""
-GROUP_WEIGHTS = {"user": 5, "bot": 3, "first": 1}
+GROUP_WEIGHTS = {"bot": 3, "first": 1, "user": 5}
 """How often each kind of event is drawn: the user's facts are the headline."""
 
 Exchange = tuple[str, list[str], str, "dict[str, str] | None"]
@@ -494,24 +495,39 @@ def _fill(template: str, value: str, extra: str = "") -> str:
     return naturalise(template.format(v=value, av=with_article(value), x=extra))
 
 
+_UNSEEN_VALUES = {value for values in split_values("unseen").values() for value in values}
+"""Held-out slot values, which no word of a training file may be ("kitten" as a kind of pet)."""
+
+
 def _choose_events(rng: random.Random, split: str, facts: list[Fact]) -> list[Event]:
-    """Draw the dialog's events: kinds by :data:`GROUP_WEIGHTS`, no kind twice."""
+    """Draw the dialog's events, no kind twice: by :data:`GROUP_WEIGHTS` in training; in the
+    held-out file one fact of the user's and one of the bot's or the first question, so
+    half of its probes measure the headline (the user's fact)."""
     persona = dict(facts)
     groups = {
         "user": list(USER_RECALLS),
         "bot": [r for r in BOT_RECALLS if r.persona_slot in (None, *persona)],
         "first": [FIRST_QUESTION],
     }
+    if split == "valid":
+        other = rng.choices(["bot", "first"], weights=[GROUP_WEIGHTS["bot"], 1])[0]
+        order = ["user", other]
+    else:
+        order = [
+            rng.choices(sorted(groups), weights=[GROUP_WEIGHTS[g] for g in sorted(groups)])[0]
+            for _ in range(rng.randint(*EVENTS["train"]))
+        ]
     events: list[Event] = []
-    for _ in range(rng.randint(*EVENTS[split])):
-        names = [name for name in sorted(groups) if groups[name]]
-        group = rng.choices(names, weights=[GROUP_WEIGHTS[name] for name in names])[0]
+    for group in order:
+        if not groups[group]:
+            continue
         recall = groups[group].pop(rng.randrange(len(groups[group])))
         if recall.persona_slot is not None:
             value = persona[recall.persona_slot]
         else:
             value = rng.choice(recall_values(recall, split))
-        events.append(Event(recall, value, rng.choice(recall.extras)))
+        extras = [x for x in recall.extras if split == "valid" or x not in _UNSEEN_VALUES]
+        events.append(Event(recall, value, rng.choice(extras)))
     return events
 
 
@@ -562,16 +578,20 @@ def _same_template(
     pools: dict[str, tuple[str, ...]],
     template: str,
     event: Event,
-    values: Sequence[str],
+    split: str,
     count: int,
     first: Sequence[str] = (),
 ) -> list[str]:
     """Wrong replies that read like the gold one: ``template`` with ``first`` (confusable
-    values), then other values of the event's kind."""
+    values), then other values of the event's kind; in a held-out file, where a kind has few
+    held-out values (numbers), training values after those (only the probes' values are
+    held out)."""
     gold = _fill(template, event.value, event.extra)
-    others = [value for value in values if value != event.value]
+    others = [v for v in recall_values(event.recall, split) if v != event.value]
+    spares = recall_values(event.recall, "train") if split == "valid" else ()
+    spare = [v for v in spares if v != event.value and v not in first]
     wrong: list[str] = []
-    for value in [*first, *rng.sample(others, len(others))]:
+    for value in [*first, *rng.sample(others, len(others)), *rng.sample(spare, len(spare))]:
         text = _fill(template, value, event.extra)
         if len(wrong) < count and text != gold and text not in wrong:
             wrong.append(text)
@@ -592,8 +612,7 @@ def _statement(
     template = rng.choice(recall.statements.of(split))
     if speaker(recall.name) == "bot":
         prompt = naturalise(rng.choice(recall.prompts.of(split)))
-        values = recall_values(recall, split)
-        wrong = _same_template(rng, pools, template, event, values, count)
+        wrong = _same_template(rng, pools, template, event, split, count)
         return prompt, wrong, _fill(template, event.value, event.extra), None
     gold = naturalise(rng.choice(recall.acks))
     wrong = _other_replies(rng, pools, recall.name, gold, count)
@@ -618,8 +637,7 @@ def _question(
         template = template.replace("{reply}", rng.choice(SLOTS[recall.persona_slot].replies))
     mine = persona.get(recall.related or "")
     first = [mine] if mine is not None and mine != event.value else []
-    values = recall_values(recall, split)
-    wrong = _same_template(rng, pools, template, event, values, count, first)
+    wrong = _same_template(rng, pools, template, event, split, count, first)
     probe = {"slot": recall.name, "value": event.value.lower(), "from": "history"}
     return question, wrong, _fill(template, event.value, event.extra), probe
 
