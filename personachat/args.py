@@ -23,6 +23,7 @@ from typing import Any
 
 from personachat.compat import IGNORED_SIMPLETRANSFORMERS_ARGS, warn_if_unused
 from personachat.fs import check_writable_folder, file_kind, write_file_atomic
+from personachat.json_limits import loads_bounded
 from personachat.option_checks import AUTO_OPTIONS, ArgsError, check_options, shown
 from personachat.option_checks import OPTIMIZERS as OPTIMIZERS  # re-exported
 from personachat.option_checks import SCHEDULERS as SCHEDULERS  # re-exported
@@ -288,9 +289,9 @@ class ConvAIArgs:
         if path.stat().st_size > MAX_ARGS_FILE_BYTES:
             raise ArgsError(f"{path} is far too large for a file of options; delete or fix it")
         try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-            raise ArgsError(f"{path} is not valid JSON ({err}); delete or fix it") from err
+            saved = loads_bounded(path.read_text(encoding="utf-8"), max_depth=None)
+        except ValueError as err:  # bad JSON or UTF-8, a 5,000-digit number, nested too deep
+            raise ArgsError(f"{path} is not valid JSON ({err}); delete or fix it") from None
         if not isinstance(saved, dict):
             raise ArgsError(f"{path} must hold a JSON object of options")
         known = {f.name for f in fields(self)} - NOT_LOADED_FROM_FILES - set(exclude)
