@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import hashlib
+import json
 import os
 import shlex
 import sys
@@ -26,7 +28,14 @@ import torch
 
 from personachat import __version__
 from personachat.args import ArgsError, ConvAIArgs
-from personachat.cli_reports import demo_conversation, print_results, report_persona_use, zero_shot
+from personachat.cli_reports import (
+    conversation_figures,
+    demo_conversation,
+    print_results,
+    report_conversations,
+    report_persona_use,
+    zero_shot,
+)
 from personachat.config import args_for_model, resolve
 from personachat.data.cards import read_card
 from personachat.data.commands import DATA_COMMANDS, add_data_commands, run_data_command
@@ -196,6 +205,35 @@ def scratch_model(settings: dict, args: ConvAIArgs) -> str:
     return str(cached_scratch_checkpoint(settings["train_file"], settings["scratch"], args))
 
 
+def mix_file(settings: dict, args: ConvAIArgs) -> str | None:
+    """The file training reads: ``train_file``, or with ``train_mix`` the mix drawn from its
+    files (``data.mix``), written once under ``cache_dir/mixes/`` and named by what it holds
+    (the sources, their sizes and times, the seed)."""
+    sources = settings["train_mix"]
+    if not sources:
+        return settings["train_file"]
+    from personachat.data.mix import write_mix
+
+    seed = args.manual_seed or 0
+    stamp = [(f, n, *file_stamp(f)) for f, n in sorted(sources.items())]
+    key = hashlib.sha256(json.dumps([stamp, seed]).encode()).hexdigest()[:16]
+    path = Path(args.cache_dir) / "mixes" / f"mix-{key}.json"
+    if not path.is_file():
+        check_writable_folder(args.cache_dir, "cache_dir", keep=True)
+        dialogs = write_mix(path, sources, seed)
+        print(f"Training mix: {len(dialogs)} dialogs from {len(sources)} files -> {path}")
+    return str(path)
+
+
+def file_stamp(path: str) -> tuple[int, int]:
+    """Size and modification time of ``path`` ((0, 0) when missing: the mix reports it)."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return 0, 0
+    return stat.st_size, stat.st_mtime_ns
+
+
 def run(options: argparse.Namespace) -> int:
     """Run one command; returns the exit code."""
     if options.command in DATA_COMMANDS:
@@ -288,12 +326,18 @@ def train_command(
         use_cuda = device.type == "cuda"
         model = ConvAIModel(settings["model_type"], model_name, args=args, use_cuda=use_cuda)
         before = zero_shot(model, settings) if ctx.is_main else None
+        talk_before = None
+        if ctx.is_main and settings["zero_shot"]:
+            talk_before = conversation_figures(model, settings)
+        train_file = mix_file(settings, args) if ctx.is_main else None
+        distributed.barrier(ctx)
+        train_file = train_file or mix_file(settings, args)
         started = time.perf_counter()
         # The eval file is evaluated after training in any case; during training only with
         # evaluate_during_training (then early stopping and the best model use it).
         during = settings["eval_file"] if args.evaluate_during_training else None
         global_step, _ = model.train_model(
-            settings["train_file"],
+            train_file,
             eval_file=during,
             verbose=ctx.is_main,
             resume_from_checkpoint=options.resume,
@@ -312,6 +356,9 @@ def train_command(
         print_results(results)
         append_evaluation(args.output_dir, settings["eval_file"], results)
         report_persona_use(model, settings, results, before)
+    talk = conversation_figures(model, settings, str(Path(args.output_dir) / "eval_conversations"))
+    report_conversations(settings, talk, talk_before)
+    if settings["eval_file"]:
         demo_conversation(model, settings["eval_file"])
     return 0
 

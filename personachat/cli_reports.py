@@ -4,14 +4,29 @@ short demo chat."""
 
 from __future__ import annotations
 
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from personachat.data.readers import read_dialogs
 
+# The demo chat: the persona's own facts, then a fact of the user's and questions that can
+# only be answered from the conversation (what the user said, what the bot said, what the
+# user asked first). Not an evaluation: history_valid.json measures the same on held-out text.
+DEMO_MESSAGES = (
+    "Hi! What do you do for a living?",
+    "Nice. My dog is called Biscuit, and I live in Porto.",
+    "What do you like to do on weekends?",
+    "Do you have any pets?",
+    "Sorry, what was my dog's name again?",
+    "And what did you say you do for a living?",
+    "What did I ask you first?",
+)
 
-def demo_conversation(model, eval_file: str, turns: int = 4) -> None:
-    """Print a short chat: the first eval dialog's persona and its partner's messages."""
+
+def demo_conversation(model, eval_file: str, messages=DEMO_MESSAGES) -> None:
+    """Print a chat with the first eval dialog's persona, the whole conversation in view."""
     dialog = read_dialogs(  # skipped dialogs were reported by the evaluation
         eval_file,
         format=model.args.data_format,
@@ -22,8 +37,7 @@ def demo_conversation(model, eval_file: str, turns: int = 4) -> None:
     )[0]
     print("\nPersona:", " ".join(dialog["personality"]))
     history: list[str] = []
-    for utterance in dialog["utterances"][:turns]:
-        message = utterance["history"][-1]
+    for message in messages:
         reply, history = model.interact_single(message, history, dialog["personality"])
         print(f"  user: {message}\n  bot:  {reply}")
 
@@ -82,10 +96,11 @@ def report_persona_use(
     ]
     if any("history_recall" in values for values in rows.values()):
         columns.insert(1, "history_recall")
-    if before:
-        columns.insert(0, "zero-shot accuracy")
+    if before:  # the zero-shot figure of each row: its persona accuracy, or history recall
+        columns.insert(0, "zero-shot")
         for name, values in rows.items():
-            values["zero-shot accuracy"] = before.get(name, {}).get("persona_accuracy")
+            earlier = before.get(name, {})
+            values["zero-shot"] = earlier.get("persona_accuracy", earlier.get("history_recall"))
     width = {c: max(20, len(c) + 2) for c in columns}
     candidates = results.get("eval_num_candidates", model.args.num_candidates)
     if candidates > 1:
@@ -104,23 +119,28 @@ def report_persona_use(
         print(f"  {name[-50:]:50s}{cells}")
 
 
-def headline_rows(results: dict) -> list[tuple[str, str]]:
-    """The figures a conversation model is judged by, as (label, value) rows: ConvAI2's
-    triple (per-word perplexity, hits@1, generation F1), then persona accuracy, history
-    recall and repetition, each where the evaluation measured it."""
+def headline_labels(results: dict, ranking_named: bool = True) -> dict[str, str]:
+    """The figures a conversation model is judged by, result name → label: ConvAI2's triple
+    (per-word perplexity, hits@1, generation F1), then persona accuracy, history recall and
+    repetition, each where the evaluation measured it."""
     candidates = results.get("eval_num_candidates")
     ranking = {"lm": "language model", "mc": "multiple-choice head"}.get(results.get("ranking"))
     decoding = results.get("generation_f1_decoding", "")
     labels = {
         "word_perplexity": "perplexity per word",
-        "hits@1": f"hits@1 among {candidates} ({ranking})",
+        "hits@1": f"hits@1 among {candidates}" + (f" ({ranking})" if ranking_named else ""),
         "generation_f1": f"generation F1 ({decoding})",
         "persona_accuracy": "persona accuracy",
         "history_recall": "history recall",
         "repetition_rate": "replies repeating an earlier one",
         "repeat_previous_rate": "replies repeating the previous one",
     }
-    return [(label, f"{results[key]:.3f}") for key, label in labels.items() if key in results]
+    return {key: label for key, label in labels.items() if key in results}
+
+
+def headline_rows(results: dict) -> list[tuple[str, str]]:
+    """``headline_labels`` as (label, value) rows."""
+    return [(label, f"{results[key]:.3f}") for key, label in headline_labels(results).items()]
 
 
 def print_results(results: dict, eval_file: str | None = None) -> None:
@@ -138,3 +158,64 @@ def print_results(results: dict, eval_file: str | None = None) -> None:
     print("\nAll results:" if rows else "Evaluation:")
     for key, value in results.items():
         print(f"  {key:22s} {value:.4f}" if isinstance(value, float) else f"  {key:22s} {value}")
+
+
+@contextmanager
+def options_set(args, **values):
+    """``args`` with ``values`` set for the block, put back after it."""
+    before = {name: getattr(args, name) for name in values}
+    for name, value in values.items():
+        setattr(args, name, value)
+    try:
+        yield args
+    finally:
+        for name, value in before.items():
+            setattr(args, name, value)
+
+
+def conversation_figures(model, settings: dict, output_dir: str | None = None) -> dict | None:
+    """With ``conversation_eval`` in the config: the figures real conversations are judged
+    by (perplexity per word, hits@1 among ``candidates``, generation F1, the repetition
+    rates) on its first ``dialogs`` dialogs; results go to ``output_dir`` (None: nowhere)."""
+    spec = settings.get("conversation_eval")
+    if not spec:
+        return None
+    started = time.perf_counter()
+    with (
+        options_set(model.args, eval_num_candidates=spec["candidates"]),
+        options_set(model.args, max_eval_examples=spec["dialogs"]),
+        tempfile.TemporaryDirectory() as scratch,
+    ):
+        results = model.eval_model(
+            spec["file"],
+            output_dir=output_dir or scratch,
+            verbose=False,
+            silent=True,
+            generation_f1=True,
+            repetition_rate=True,
+        )
+    results["seconds"] = time.perf_counter() - started
+    return results
+
+
+def report_conversations(settings: dict, after: dict | None, before: dict | None) -> None:
+    """Print the conversation figures before (zero-shot) and after fine-tuning, row by row
+    (the ranking each hits@1 used is named under the table)."""
+    if after is None:
+        return
+    spec = settings["conversation_eval"]
+    labels = headline_labels(after, ranking_named=False)
+    print(
+        f"\nReal conversations ({spec['file']}, first {spec['dialogs']} dialogs, "
+        f"{after.get('num_examples')} replies; never trained on):"
+    )
+    width = max(map(len, labels.values()))
+    print(f"  | {'figure':{width}s} | zero-shot | fine-tuned |")
+    print(f"  |{'-' * (width + 2)}|----------:|-----------:|")
+    for key, label in labels.items():
+        zero = f"{before[key]:.3f}" if before and key in before else "-"
+        print(f"  | {label:{width}s} | {zero:>9s} | {after[key]:>10.3f} |")
+    named = {"lm": "the language model", "mc": "the multiple-choice head"}
+    rankings = [named[r["ranking"]] for r in (before or {}, after) if r.get("ranking")]
+    if rankings:
+        print("  hits@1 ranked by " + ", then by ".join(rankings))

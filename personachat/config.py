@@ -31,6 +31,15 @@ CONFIG_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "persona_only": ((bool,), "must be true or false"),
     "extra_eval_files": ((dict,), "must map labels to files, e.g. {unseen: data/unseen.json}"),
     "ablation_eval": ((bool,), "must be true or false"),
+    "train_mix": (
+        (dict,),
+        "must map data files to how many dialogs to draw from each (null: all), e.g. "
+        "{data/persona_train.json: 200, data/synthetic-persona-chat/train.csv: 120}",
+    ),
+    "conversation_eval": (
+        (dict,),
+        "must be a mapping {file: a dialog file, dialogs: how many, candidates: how many}",
+    ),
 }
 # A config is a page of settings: larger files, or documents that aliases expand to more
 # values than this, are refused before they are built (a "billion laughs" file of a few
@@ -188,6 +197,10 @@ def resolve(options: argparse.Namespace) -> tuple[dict, ConvAIArgs]:
         # losses over every candidate: what keeps a pretrained model's main job in budget).
         "zero_shot": bool(config.get("zero_shot", False)),
         "persona_only": bool(config.get("persona_only", False)),
+        # Training on a mix of files ({file: dialogs drawn, null: all}) instead of train_file,
+        # and the real conversations the main job reports the ConvAI2 figures on.
+        "train_mix": train_mix(config.get("train_mix"), options.config),
+        "conversation_eval": conversation_eval(config.get("conversation_eval"), options.config),
     }
     return settings, args
 
@@ -218,3 +231,45 @@ def extra_eval_files(value, path: str | None) -> dict[str, str]:
             "{unseen: data/persona_unseen.json}"
         )
     return {str(label): file for label, file in value.items()}
+
+
+def train_mix(value, path: str | None) -> dict[str, int | None]:
+    """The config's ``train_mix``: data files and how many dialogs to draw from each."""
+    if value is None:
+        return {}
+    for file, count in value.items():
+        if not isinstance(file, str) or not (
+            count is None or (isinstance(count, int) and not isinstance(count, bool) and count > 0)
+        ):
+            raise ArgsError(
+                f"{path}: train_mix: {file!r}: {shown(count)} is not a number of dialogs; map "
+                "each data file to a positive number of dialogs to draw, or null for all"
+            )
+    return dict(value)
+
+
+CONVERSATION_EVAL_KEYS = {"file": str, "dialogs": int, "candidates": int}
+
+
+def conversation_eval(value, path: str | None) -> dict:
+    """The config's ``conversation_eval``: a file of real conversations (any format; the
+    Synthetic-Persona-Chat CSV), how many of its dialogs to evaluate and among how many
+    candidates to rank the gold reply (distractors drawn from its other dialogs)."""
+    if value is None:
+        return {}
+    for key, item in value.items():
+        if key not in CONVERSATION_EVAL_KEYS:
+            raise ArgsError(
+                f"{path}: conversation_eval: "
+                f"{unknown_key_message(str(key), sorted(CONVERSATION_EVAL_KEYS))}"
+            )
+        kind = CONVERSATION_EVAL_KEYS[key]
+        if not isinstance(item, kind) or isinstance(item, bool) or (kind is int and item < 1):
+            raise ArgsError(
+                f"{path}: conversation_eval: {key} must be "
+                + ("a data file" if kind is str else "a positive integer")
+                + f", got {shown(item)}"
+            )
+    if "file" not in value:
+        raise ArgsError(f"{path}: conversation_eval needs a file, e.g. {{file: conversations.csv}}")
+    return {"dialogs": 10, "candidates": 20, **value}

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from personachat.cli_reports import DEMO_MESSAGES
+
 from .conftest import make_dialogs
 
 
@@ -58,7 +60,7 @@ def test_train_prints_metrics_and_a_persona_conversation(trained):
     done, out, _ = trained
     assert "Evaluation:" in done.stdout and "language_model_loss" in done.stdout
     assert "Persona: i work as a nurse . i have a cat ." in done.stdout
-    assert done.stdout.count("  bot:  ") == 2  # the first eval dialog has two turns
+    assert done.stdout.count("  bot:  ") == len(DEMO_MESSAGES)  # the scripted demo chat
     assert (out / "model.safetensors").is_file()
 
 
