@@ -9,6 +9,8 @@ with form or JSON parameters, answered ``{"ok": true, "result": …}`` or ``{"ok
 - ``getUpdates`` with ``offset`` (confirms the updates before it), ``limit`` and ``timeout``
   (long polling: waits until an update comes or the time is up);
 - ``sendMessage``: recorded, for the test to read; ``getFile`` and the download path.
+  While ``failing_sends`` is above 0, each ``sendMessage`` is answered 502 Bad Gateway (as
+  when Telegram or the network is down) and not recorded, and the count goes down by one.
 
 The test plays the users: ``send_text``, ``send_sticker``, ``send_document`` queue updates
 as Telegram would deliver them, and ``replies(chat_id)`` reads what the bot sent there.
@@ -35,6 +37,7 @@ class BotApiStandIn:
         self.sent: list[dict] = []  # every sendMessage: chat_id, text
         self.calls: list[str] = []  # every method called, in order
         self.files: dict[str, tuple[str, bytes]] = {}  # file_id -> (file_path, bytes)
+        self.failing_sends = 0  # the next sendMessage calls answered 502
         self.changed = threading.Condition()
         self._next_update, self._next_message = 1, 1
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -162,6 +165,10 @@ class BotApiStandIn:
             return self.updates[:limit]
 
     def _send_message(self, params: dict) -> tuple[int, dict]:
+        with self.changed:
+            if self.failing_sends > 0:
+                self.failing_sends -= 1
+                return 502, failed(502, "Bad Gateway")
         text = params.get("text", "")
         if not text.strip():
             return 400, failed(400, "Bad Request: message text is empty")

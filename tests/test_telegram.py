@@ -31,7 +31,7 @@ from personachat.serve.store import SessionStore
 pytest.importorskip("telegram", reason="the telegram extra: pip install -e '.[test]'")
 pytest.importorskip("pydantic", reason="the telegram extra: pip install -e '.[test]'")
 
-from personachat.telegram.bot import MAX_WAITING_PER_CHAT, session_id  # noqa: E402
+from personachat.telegram.bot import MAX_WAITING_PER_CHAT, NAMESPACE, session_id  # noqa: E402
 from personachat.telegram.command import TOKEN_ENV, BotConfig, run_bot  # noqa: E402
 
 from .serve_helpers import model_with_personas  # noqa: E402
@@ -83,9 +83,9 @@ class BotThread:
     """``run_bot`` in a thread with its own event loop, as the CLI runs it; stopped (and
     joined, within 60 s) when the ``with`` block ends."""
 
-    def __init__(self, model, db: Path, api: BotApiStandIn) -> None:
+    def __init__(self, model, db: Path, api: BotApiStandIn, retries=(0.2, 0.4)) -> None:
         self.model, self.api, self.store = model, api, SessionStore(db)
-        self.config = BotConfig(TOKEN, api.url, poll_timeout=1)
+        self.config = BotConfig(TOKEN, api.url, poll_timeout=1, send_retries=retries)
         self.started = threading.Event()
         self.error: BaseException | None = None
         self.stats = None
@@ -132,8 +132,9 @@ def set_persona(api: BotApiStandIn, chat: int, persona: list[str]) -> None:
 
 
 def history(db: Path, chat: int) -> tuple[list[str], list[str]]:
-    """A chat's persona and stored messages, read from the database as serve would."""
-    store = SessionStore(db)
+    """A chat's persona and stored messages, read from the database as serve shares them
+    (``--session-namespace telegram``)."""
+    store = SessionStore(db, namespace=NAMESPACE)
     try:
         session = store.get(session_id(chat))
     finally:
@@ -366,3 +367,71 @@ def test_the_cli_refuses_a_token_the_api_rejects(model_dir, api, monkeypatch, ca
     err = capsys.readouterr().err
     assert err.startswith(f"personachat telegram: error: the Bot API at {api.url} refused")
     assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------------- delivery
+def undelivered(db: Path) -> list[tuple[str, int, str]]:
+    store = SessionStore(db, namespace=NAMESPACE)
+    try:
+        return store.undelivered()
+    finally:
+        store.close()
+
+
+def test_a_failed_send_is_retried_with_backoff_and_marked_delivered(model, api, tmp_path):
+    db = tmp_path / "sessions.sqlite3"
+    with BotThread(model, db, api, retries=(0.3, 0.6, 1.2)):
+        set_persona(api, 701, NURSE)
+        api.failing_sends = 2  # Telegram answers 502 twice, then accepts
+        started = time.monotonic()
+        api.send_text(701, "hi")
+        (_, reply) = api.wait_replies(701, 2)
+        waited = time.monotonic() - started
+    assert reply == greedy(model, "hi", [], NURSE)
+    assert waited >= 0.9  # 0.3 s, then 0.6 s between the tries
+    assert api.failing_sends == 0 and undelivered(db) == []
+
+
+def test_replies_telegram_never_accepted_go_out_when_the_bot_is_back(model, api, tmp_path):
+    db = tmp_path / "sessions.sqlite3"
+    with BotThread(model, db, api, retries=(0.1, 0.1)):
+        set_persona(api, 702, PILOT)
+        api.failing_sends = 10**6  # Telegram is down from here on
+        api.send_text(702, "hi")
+        wait_until(lambda: len(undelivered(db)) == 1 and api.failing_sends <= 10**6 - 3)
+    ((key, seq, stored),) = undelivered(db)
+    assert key == session_id(702) and len(api.replies(702)) == 1  # the persona's answer only
+    assert stored == greedy(model, "hi", [], PILOT)
+
+    api.failing_sends = 0  # Telegram is back, and so is the bot: nobody writes
+    with BotThread(model, db, api):
+        (_, late) = api.wait_replies(702, 2)
+        wait_until(lambda: undelivered(db) == [])
+    assert late == stored
+
+
+# ---------------------------------------------------------------------- namespaces
+def test_serve_on_the_bots_database_cannot_reach_its_chats(model, api, tmp_path):
+    pytest.importorskip("httpx", reason="the test extra: pip install -e '.[test]'")
+    from fastapi.testclient import TestClient
+
+    from personachat.serve.app import create_app
+
+    db = tmp_path / "sessions.sqlite3"
+    with BotThread(model, db, api):
+        set_persona(api, 703, BAKER)
+    key = session_id(703)
+    store = SessionStore(db)  # what `personachat serve --db` opens: its own namespace
+    with TestClient(create_app(model, store, ServeSettings())) as client:
+        assert client.get(f"/v1/sessions/{key}").status_code == 404
+        assert client.put(f"/v1/sessions/{key}", json={"personality": ["x ."]}).status_code == 404
+        sent = client.post(f"/v1/sessions/{key}/messages", json={"text": "hi"})
+        assert sent.status_code == 404
+        assert client.delete(f"/v1/sessions/{key}").status_code == 404
+    store.close()
+    assert history(db, 703) == (BAKER, [])  # untouched
+
+    shared = SessionStore(db, namespace=NAMESPACE)  # --session-namespace telegram: explicit
+    with TestClient(create_app(model, shared, ServeSettings())) as client:
+        assert client.get(f"/v1/sessions/{key}").json()["personality"] == BAKER
+    shared.close()

@@ -75,6 +75,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "folder, or in the current folder for a hub model)",
     )
     parser.add_argument(
+        "--session-namespace",
+        default="serve",
+        help="whose sessions the routes reach (default: serve, its own); 'telegram' shares "
+        "the chats of `personachat telegram` on the same --db with every client",
+    )
+    parser.add_argument(
         "--api-key",
         help=f"require this key on /v1 routes (default: the "
         f"{API_KEY_ENV} environment variable, else none; "
@@ -164,7 +170,10 @@ def open_store(options: argparse.Namespace, model_name: str):
     from personachat.serve.store import SessionStore, StoreError
 
     try:
-        return SessionStore(Path(options.db) if options.db else default_db(model_name))
+        return SessionStore(
+            Path(options.db) if options.db else default_db(model_name),
+            namespace=getattr(options, "session_namespace", None) or "serve",
+        )
     except StoreError as err:
         raise ServeError(str(err)) from err
 

@@ -9,10 +9,19 @@ client that retries after a lost connection never duplicates a message.
 
 WAL journal (readers never wait for the writer) and ``synchronous=FULL``: a turn is on disk
 before its reply is sent, so it survives a crash of the machine, not only of the server.
+
+Every session belongs to a namespace: ``serve``'s HTTP sessions to ``"serve"``, the Telegram
+bot's chats to ``"telegram"``. A store reads and writes its own namespace only, so ``serve``
+pointed at the bot's database cannot read, re-persona or write into a Telegram chat through
+its guessable id; sharing them is explicit (``SessionStore(path, namespace="telegram")``,
+``personachat serve --session-namespace telegram``). A store that ``track_delivery`` stores
+each bot reply as undelivered until ``mark_delivered``: the bot's replies that Telegram has
+not accepted yet are found again (``undelivered``) when it restarts.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sqlite3
@@ -23,13 +32,15 @@ from pathlib import Path
 
 from personachat.errors import PersonachatError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SERVE_NAMESPACE = "serve"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
     personality TEXT NOT NULL,          -- JSON list of sentences
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    namespace TEXT NOT NULL DEFAULT 'serve'  -- who may reach it: 'serve', 'telegram'
 );
 CREATE TABLE IF NOT EXISTS messages (
     session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
@@ -38,11 +49,19 @@ CREATE TABLE IF NOT EXISTS messages (
     text TEXT NOT NULL,
     client_id TEXT,                     -- the client's id of a user message (retries)
     created_at REAL NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 1, -- a bot reply: 0 not yet accepted, 2 given up
     PRIMARY KEY (session_id, seq)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_client_id
     ON messages(session_id, client_id) WHERE client_id IS NOT NULL;
 """
+# Columns added since schema 1, added to an older database when it is opened. The bot's
+# chats of a schema-1 database (ids ``telegram-chat-id-…``) move to its namespace then.
+ADDED_COLUMNS = (
+    ("sessions", "namespace", "TEXT NOT NULL DEFAULT 'serve'"),
+    ("messages", "delivered", "INTEGER NOT NULL DEFAULT 1"),
+)
+UNDELIVERED, DELIVERED, GIVEN_UP = 0, 1, 2
 
 
 class StoreError(PersonachatError):
@@ -106,8 +125,13 @@ class SessionStore:
     sends writes, which wait for the disk, to a thread.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        namespace: str = SERVE_NAMESPACE,
+        track_delivery: bool = False,
+    ) -> None:
+        self.path, self.namespace, self.track_delivery = Path(path), namespace, track_delivery
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = self._connect()
@@ -119,6 +143,7 @@ class SessionStore:
                     f"{version}); upgrade personachat or pass another --db"
                 )
             self._db.executescript(SCHEMA)
+            self._upgrade()
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._reader = self._connect()
         except (sqlite3.Error, OSError) as err:
@@ -128,6 +153,25 @@ class SessionStore:
             ) from err
         self._lock = threading.Lock()  # one writer at a time on the write connection
         self._read_lock = threading.Lock()
+
+    def view(self, namespace: str, track_delivery: bool = False) -> SessionStore:
+        """This store (the same connections and locks) reading and writing ``namespace``:
+        the bot scopes the store it is given to its own chats. Close the original only."""
+        scoped = copy.copy(self)
+        scoped.namespace, scoped.track_delivery = namespace, track_delivery
+        return scoped
+
+    def _upgrade(self) -> None:
+        """Add the columns a database written by an older personachat lacks."""
+        for table, column, definition in ADDED_COLUMNS:
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+                if column == "namespace":
+                    self._db.execute(
+                        "UPDATE sessions SET namespace = 'telegram' "
+                        "WHERE id LIKE 'telegram-chat-id-%'"
+                    )
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(
@@ -147,8 +191,9 @@ class SessionStore:
         now = time.time()
         with self._lock:
             self._db.execute(
-                "INSERT INTO sessions VALUES (?, ?, ?, ?)",
-                (session_id, json.dumps(personality, ensure_ascii=False), now, now),
+                "INSERT INTO sessions (id, personality, created_at, updated_at, namespace) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (session_id, json.dumps(personality, ensure_ascii=False), now, now, self.namespace),
             )
         return Session(session_id, list(personality), [], now, now)
 
@@ -158,8 +203,9 @@ class SessionStore:
             self._reader.execute("BEGIN")  # one snapshot for the session and its messages
             try:
                 row = self._reader.execute(
-                    "SELECT personality, created_at, updated_at FROM sessions WHERE id = ?",
-                    (session_id,),
+                    "SELECT personality, created_at, updated_at FROM sessions "
+                    "WHERE id = ? AND namespace = ?",
+                    (session_id, self.namespace),
                 ).fetchone()
                 rows = (
                     []
@@ -181,8 +227,13 @@ class SessionStore:
     def set_personality(self, session_id: str, personality: list[str]) -> Session:
         with self._lock:
             cursor = self._db.execute(
-                "UPDATE sessions SET personality = ?, updated_at = ? WHERE id = ?",
-                (json.dumps(personality, ensure_ascii=False), time.time(), session_id),
+                "UPDATE sessions SET personality = ?, updated_at = ? WHERE id = ? AND namespace = ?",
+                (
+                    json.dumps(personality, ensure_ascii=False),
+                    time.time(),
+                    session_id,
+                    self.namespace,
+                ),
             )
             if cursor.rowcount == 0:
                 raise SessionNotFound(session_id)
@@ -199,15 +250,24 @@ class SessionStore:
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
+                self._check_namespace(session_id)
                 self._db.execute(
-                    "INSERT INTO sessions VALUES (?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                    "INSERT INTO sessions (id, personality, created_at, updated_at, namespace) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
                     "personality = excluded.personality, updated_at = excluded.updated_at",
-                    (session_id, json.dumps(personality, ensure_ascii=False), now, now),
+                    (
+                        session_id,
+                        json.dumps(personality, ensure_ascii=False),
+                        now,
+                        now,
+                        self.namespace,
+                    ),
                 )
                 self._db.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
                 if opening:
                     self._db.execute(
-                        "INSERT INTO messages VALUES (?, 1, 'bot', ?, NULL, ?)",
+                        "INSERT INTO messages (session_id, seq, role, text, created_at) "
+                        "VALUES (?, 1, 'bot', ?, ?)",
                         (session_id, opening, now),
                     )
                 self._db.execute("COMMIT")
@@ -217,15 +277,27 @@ class SessionStore:
                 raise
         return self.get(session_id)
 
+    def _check_namespace(self, session_id: str) -> None:
+        """Refuse (SessionNotFound) an id that another namespace holds: never overwritten."""
+        row = self._db.execute(
+            "SELECT namespace FROM sessions WHERE id = ?", (session_id,)
+        ).fetchone()
+        if row is not None and row[0] != self.namespace:
+            raise SessionNotFound(session_id)
+
     def delete(self, session_id: str) -> None:
         with self._lock:
-            cursor = self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+            cursor = self._db.execute(
+                "DELETE FROM sessions WHERE id = ? AND namespace = ?", (session_id, self.namespace)
+            )
             if cursor.rowcount == 0:
                 raise SessionNotFound(session_id)
 
     def count(self) -> int:
         with self._read_lock:
-            return self._reader.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
+            return self._reader.execute(
+                "SELECT COUNT(*) FROM sessions WHERE namespace = ?", (self.namespace,)
+            ).fetchone()[0]
 
     # ------------------------------------------------------------------ turns
     def find_turn(self, session_id: str, client_id: str) -> tuple[Message, Message] | None:
@@ -235,8 +307,9 @@ class SessionStore:
                 "SELECT m.seq, m.role, m.text, m.created_at FROM messages AS u "
                 "JOIN messages AS m ON m.session_id = u.session_id "
                 "AND m.seq IN (u.seq, u.seq + 1) "
+                "JOIN sessions AS s ON s.id = u.session_id AND s.namespace = ? "
                 "WHERE u.session_id = ? AND u.client_id = ? ORDER BY m.seq",
-                (session_id, client_id),
+                (self.namespace, session_id, client_id),
             ).fetchall()
         if len(rows) != 2:  # none, or pruned by max_history_kept
             return None
@@ -279,21 +352,24 @@ class SessionStore:
 
     def _insert_turn(self, turn: Turn, keep: int) -> tuple[Message, Message]:
         now = time.time()
-        if (
-            self._db.execute("SELECT 1 FROM sessions WHERE id = ?", (turn.session_id,)).fetchone()
-            is None
-        ):
+        found = self._db.execute(
+            "SELECT 1 FROM sessions WHERE id = ? AND namespace = ?",
+            (turn.session_id, self.namespace),
+        ).fetchone()
+        if found is None:
             raise SessionNotFound(turn.session_id)
         last = self._db.execute(
             "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE session_id = ?", (turn.session_id,)
         ).fetchone()[0]
         user = Message(last + 1, "user", turn.text, now)
         bot = Message(last + 2, "bot", turn.reply, now)
+        delivered = UNDELIVERED if self.track_delivery else DELIVERED
         self._db.executemany(
-            "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO messages (session_id, seq, role, text, client_id, created_at, "
+            "delivered) VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
-                (turn.session_id, user.seq, "user", turn.text, turn.client_id, now),
-                (turn.session_id, bot.seq, "bot", turn.reply, None, now),
+                (turn.session_id, user.seq, "user", turn.text, turn.client_id, now, DELIVERED),
+                (turn.session_id, bot.seq, "bot", turn.reply, None, now, delivered),
             ],
         )
         keep -= keep % 2
@@ -303,3 +379,24 @@ class SessionStore:
         )
         self._db.execute("UPDATE sessions SET updated_at = ? WHERE id = ?", (now, turn.session_id))
         return user, bot
+
+    # ------------------------------------------------------------------ delivery
+    def mark_delivered(self, session_id: str, seq: int, given_up: bool = False) -> None:
+        """Record that the reply ``seq`` reached its chat (or, ``given_up``, never will:
+        the chat refuses it for good), so ``undelivered`` no longer offers it."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE messages SET delivered = ? WHERE session_id = ? AND seq = ?",
+                (GIVEN_UP if given_up else DELIVERED, session_id, seq),
+            )
+
+    def undelivered(self) -> list[tuple[str, int, str]]:
+        """(session id, seq, text) of every stored reply of this namespace not yet accepted
+        by its chat, oldest first."""
+        with self._read_lock:
+            return self._reader.execute(
+                "SELECT m.session_id, m.seq, m.text FROM messages AS m "
+                "JOIN sessions AS s ON s.id = m.session_id AND s.namespace = ? "
+                "WHERE m.delivered = ? ORDER BY m.created_at, m.seq",
+                (self.namespace, UNDELIVERED),
+            ).fetchall()

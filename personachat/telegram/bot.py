@@ -1,10 +1,16 @@
 """The Telegram bot's conversations: one persona chat per Telegram chat.
 
 Each chat is a session of ``personachat serve``'s SQLite store, with the id
-``telegram-chat-id-<chat id>``, so a restarted bot (or ``serve`` on the same file) finds every
-conversation. Turns go through serve's ``ChatService``: the same limits, the same store, and
-the same ``Batcher``, so messages from several chats that arrive together are decoded in one
-model call.
+``telegram-chat-id-<chat id>``, in the store's ``telegram`` namespace: a restarted bot finds
+every conversation, and ``serve`` on the same file cannot reach them unless told to
+(``--session-namespace telegram``). Turns go through serve's ``ChatService``: the same
+limits, the same store, and the same ``Batcher``, so messages from several chats that arrive
+together are decoded in one model call.
+
+A reply is stored undelivered and marked delivered only once Telegram accepted it. A failed
+``sendMessage`` is retried with backoff (``SEND_RETRIES``; a ``RetryAfter`` waits what
+Telegram asks); replies still undelivered when the bot stopped go out when it is back
+(``deliver_pending``).
 
 The messages of one chat are handled one at a time, in the order they came (a ``/reset``
 never lands in the middle of a turn); different chats are handled concurrently. A chat may
@@ -22,10 +28,11 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from datetime import timedelta
 
 from telegram import Document, Message, Update
 from telegram.constants import ChatAction, MessageLimit
-from telegram.error import TelegramError
+from telegram.error import BadRequest, Forbidden, InvalidToken, RetryAfter, TelegramError
 from telegram.ext import BaseHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
 from personachat.data.cards import MAX_CARD_BYTES, CardError, CardLimits, parse_card
@@ -37,6 +44,8 @@ from personachat.serve.store import Session, SessionNotFound
 
 log = logging.getLogger("personachat.telegram")
 SESSION_PREFIX = "telegram-chat-id-"
+NAMESPACE = "telegram"  # the store's namespace of the bot's chats (serve's routes: "serve")
+SEND_RETRIES = (1.0, 2.0, 4.0, 8.0, 16.0)  # seconds before each new try of a failed send
 MAX_WAITING_PER_CHAT = 8  # messages of one chat queued behind the one being answered
 EMPTY_REPLY = "…"  # Telegram refuses an empty message; the model may end a reply at once
 COMMANDS = {
@@ -54,6 +63,18 @@ Step = Callable[[Message, str], Awaitable[list[str]]]
 def session_id(chat_id: int) -> str:
     """The store's session id of a Telegram chat (a valid serve session id for any chat)."""
     return f"{SESSION_PREFIX}{chat_id}"
+
+
+class StoredReply(str):
+    """A reply text that is stored as message ``seq`` of its session: marked delivered once
+    Telegram accepts it."""
+
+    seq: int
+
+    def __new__(cls, text: str, seq: int) -> StoredReply:
+        reply = super().__new__(cls, text)
+        reply.seq = seq
+        return reply
 
 
 def persona_text(personality: list[str]) -> str:
@@ -91,9 +112,14 @@ class PersonaBot:
     ``persona``: the persona of a new chat; None: one drawn from the model's personas.
     """
 
-    def __init__(self, service: ChatService, persona: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        service: ChatService,
+        persona: list[str] | None = None,
+        retries: tuple[float, ...] = SEND_RETRIES,
+    ) -> None:
         self.service, self.store = service, service.store
-        self.persona = persona
+        self.persona, self.retries = persona, retries
         self.chats = ChatQueues(MAX_WAITING_PER_CHAT)
         self.card_limits = CardLimits.from_settings(service.settings)
 
@@ -144,10 +170,54 @@ class PersonaBot:
             await self.send(message, texts)
 
     async def send(self, message: Message, texts: list[str]) -> None:
+        """Send ``texts`` to the message's chat in order; a stored reply is marked delivered
+        once accepted. A text that cannot be sent (after the retries) ends the sending: the
+        reply stays undelivered and goes out with ``deliver_pending``."""
+        key = session_id(message.chat_id)
         for text in texts:
-            await message.get_bot().send_message(
-                message.chat_id, text[: MessageLimit.MAX_TEXT_LENGTH]
-            )
+            if not await self.deliver(message.get_bot(), message.chat_id, key, text):
+                return
+
+    async def deliver(self, bot, chat_id: int, key: str, text: str) -> bool:
+        """``sendMessage``, tried again after each of ``self.retries`` seconds (or as long
+        as a RetryAfter asks) while it fails for a passing reason; True once accepted. A
+        chat that refuses for good (blocked bot, deleted chat) gives the reply up."""
+        for wait in (*self.retries, None):
+            try:
+                await bot.send_message(chat_id, text[: MessageLimit.MAX_TEXT_LENGTH])
+            except (BadRequest, Forbidden, InvalidToken) as err:  # will never be accepted
+                log.warning("chat %s refuses the reply for good: %s", chat_id, err)
+                await self._delivered(key, text, given_up=True)
+                return False
+            except TelegramError as err:  # network, Telegram's 5xx, flood control
+                if wait is None:
+                    log.warning("chat %s: the reply is kept for later (%s)", chat_id, err)
+                    return False
+                delay = err.retry_after if isinstance(err, RetryAfter) else wait
+                if isinstance(delay, timedelta):
+                    delay = delay.total_seconds()
+                await asyncio.sleep(delay)
+            else:
+                await self._delivered(key, text)
+                return True
+        return False
+
+    async def _delivered(self, key: str, text: str, given_up: bool = False) -> None:
+        if isinstance(text, StoredReply):
+            await asyncio.to_thread(self.store.mark_delivered, key, text.seq, given_up)
+
+    async def deliver_pending(self, bot) -> int:
+        """Send the replies stored but never accepted by Telegram (the bot was stopped, or
+        Telegram unreachable, before they went out), each in its chat's turn; how many
+        went out."""
+        sent = 0
+        for key, seq, text in await asyncio.to_thread(self.store.undelivered):
+            chat = key.removeprefix(SESSION_PREFIX)
+            if not chat.lstrip("-").isdigit():
+                continue
+            async with self.chats.hold(key):
+                sent += await self.deliver(bot, int(chat), key, StoredReply(text, seq))
+        return sent
 
     async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A handler failed on something that is not the chat's fault: log it, tell the chat."""
@@ -228,7 +298,9 @@ class PersonaBot:
         name = document.file_name or "the card"
         data = await download(document, name)
         user = message.from_user.first_name if message.from_user else "User"
-        card = parse_card(data, name, user, self.card_limits)
+        # Parsing a card (inflating a PNG, filling macros) is CPU work: off the event loop,
+        # so the other chats' messages are not held up behind it.
+        card = await asyncio.to_thread(parse_card, data, name, user, self.card_limits)
         personality = clean_personality(card.personality, self.service.settings)
         await asyncio.to_thread(self.store.start_over, key, personality, card.first_message)
         intro = f"I am {card.name} now; our conversation starts over. My persona:\n"
@@ -248,7 +320,7 @@ class PersonaBot:
         with suppress(TelegramError):  # only a courtesy: the reply matters
             await message.get_bot().send_chat_action(message.chat_id, ChatAction.TYPING)
         result = await task
-        return [result["reply"] or EMPTY_REPLY]
+        return [StoredReply(result["reply"] or EMPTY_REPLY, result["messages"][1]["seq"])]
 
     async def unknown_command(self, message: Message, key: str) -> list[str]:
         text = message.text or ""

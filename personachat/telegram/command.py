@@ -50,6 +50,7 @@ class BotConfig:
     base_url: str = DEFAULT_BASE_URL  # the Bot API server's root (a local one: its address)
     persona: list[str] | None = None  # a new chat's persona; None: one from the model's data
     poll_timeout: float = POLL_TIMEOUT
+    send_retries: tuple[float, ...] | None = None  # seconds between tries; None: the bot's
 
 
 def add_telegram_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,10 +149,11 @@ async def run_bot(model, store, settings: ServeSettings, config: BotConfig, stop
     """Answer the bot's chats until ``stop`` is set; then stop fetching updates, finish the
     replies under way (stored and sent) and return the batcher's statistics."""
     from personachat.serve.service import ChatService
-    from personachat.telegram.bot import PersonaBot
+    from personachat.telegram.bot import NAMESPACE, SEND_RETRIES, PersonaBot
 
-    service = ChatService(model, store, settings)
-    bot = PersonaBot(service, config.persona)
+    # The bot's chats live in their own namespace of the store, replies tracked until sent.
+    service = ChatService(model, store.view(NAMESPACE, track_delivery=True), settings)
+    bot = PersonaBot(service, config.persona, config.send_retries or SEND_RETRIES)
     application = build_application(config, settings)
     application.add_handlers(bot.handlers())
     application.add_error_handler(bot.on_error)
@@ -161,7 +163,11 @@ async def run_bot(model, store, settings: ServeSettings, config: BotConfig, stop
         await start_polling(application, config)
         try:
             announce(application.bot.username, store.path, settings, model)
+            pending = asyncio.create_task(bot.deliver_pending(application.bot))
             await stop.wait()
+            pending.cancel()
+            with suppress(asyncio.CancelledError):
+                await pending
         finally:
             await stop_application(application)
     finally:
