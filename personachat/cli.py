@@ -45,6 +45,7 @@ from personachat.fs import check_writable_folder
 from personachat.model.export import add_export_command, run_export_command
 from personachat.model.loading import resolve_device
 from personachat.model.scratch import cached_scratch_checkpoint
+from personachat.repl import terminal_loading
 from personachat.serve.command import add_serve_arguments, run_serve
 from personachat.telegram.command import add_telegram_arguments, check_telegram, run_telegram
 from personachat.train import distributed
@@ -87,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="FILE",
                 help="a character card (Character Card V2 .json, or .png with the card "
                 "inside): its persona, and its first message as the bot's opening line",
+            )
+            p.add_argument(
+                "--threads",
+                type=int,
+                help="CPU threads for replies (default: the cores less one, at most 4; more "
+                "threads than free cores make each reply many times slower)",
             )
         if name == "serve":
             add_serve_arguments(p)
@@ -253,10 +260,14 @@ def run(options: argparse.Namespace) -> int:
     card = read_card(options.persona_card) if interact_card else None
     # eval / interact / serve: the model the config trains, with the options it was saved
     # with under the config's and the flags'.
-    model_name = model_to_load(getattr(options, "model", None), settings["model_name"], args)
+    model_name = model_to_load(
+        getattr(options, "model", None), settings["model_name"], args, options.config
+    )
     args = args_for_model(model_name, {**settings["overrides"], **eval_overrides(options)})
     use_cuda = device.type == "cuda"
-    model = ConvAIModel(settings["model_type"], model_name, args=args, use_cuda=use_cuda)
+    chat = options.command == "interact"
+    with terminal_loading(model_name, options.threads) if chat else contextlib.nullcontext():
+        model = ConvAIModel(settings["model_type"], model_name, args=args, use_cuda=use_cuda)
     if options.command == "eval":
         results = model.eval_model(
             settings["eval_file"],
@@ -288,7 +299,9 @@ def eval_overrides(options: argparse.Namespace) -> dict:
     return {key: value for key, value in values.items() if value is not None}
 
 
-def model_to_load(flag: str | None, config_model: str | None, args: ConvAIArgs) -> str:
+def model_to_load(
+    flag: str | None, config_model: str | None, args: ConvAIArgs, config: str | None = None
+) -> str:
     """The model ``eval`` / ``interact`` / ``serve`` / ``telegram`` load: ``--model`` when
     given; else the model the config trains, in ``output_dir``, once it holds one (the
     config's ``model_name`` is where training starts, not what a user wants to talk to after
@@ -296,8 +309,14 @@ def model_to_load(flag: str | None, config_model: str | None, args: ConvAIArgs) 
     if flag:
         return flag
     trained = Path(args.output_dir)
-    if (trained / "config.json").is_file() or not config_model:
+    if (trained / "config.json").is_file():
         return str(trained)
+    if not config_model:  # the config builds its model from scratch: nothing to load yet
+        command = f"personachat train --config {config}" if config else "personachat train"
+        raise ArgsError(
+            f"no trained model in {trained} yet: train it first with `{command}` (or pass "
+            "--model FOLDER)"
+        )
     print(
         f"No trained model in {trained} yet (run `personachat train` with this config): "
         f"using {config_model} as it is.",

@@ -31,8 +31,18 @@ PERSONACHAT_URL = (
 _DOWNLOAD_CHUNK = 1 << 20
 
 
+# What to pass instead of the download, by the split it was for.
+INSTEAD = {
+    "train": "train_file=... in Python, --train-file on the command line",
+    "valid": "eval_file=... in Python, --eval-file on the command line",
+}
+
+
 def download_personachat(
-    cache_dir: str | os.PathLike, url: str = PERSONACHAT_URL, timeout: float = 60
+    cache_dir: str | os.PathLike,
+    url: str = PERSONACHAT_URL,
+    timeout: float = 60,
+    instead: str = INSTEAD["train"],
 ) -> Path:
     """Return the path of the public Persona-Chat JSON in ``cache_dir``, downloading it once.
 
@@ -52,7 +62,7 @@ def download_personachat(
             f"({exc.strerror or exc}) — choose a writable cache_dir"
         ) from None
     logger.info("Downloading Persona-Chat (about 200 MB) from %s to %s", url, target)
-    body = _fetch(url, timeout, partial(_download_failed, url, target))
+    body = _fetch(url, timeout, partial(_download_failed, url, target, instead))
     try:
         write_file_atomic(target, body)
     except OSError as exc:
@@ -73,7 +83,7 @@ def load_personachat_or_file(
     """
     if path is not None:
         return load_dialogs(path, split)
-    file = download_personachat(cache_dir)
+    file = download_personachat(cache_dir, instead=INSTEAD.get(split, INSTEAD["train"]))
     try:
         return load_dialogs(file, split)
     except DataError as exc:
@@ -99,12 +109,12 @@ def _already_downloaded(target: Path) -> bool:
         return False
 
 
-def _download_failed(url: str, target: Path, reason: str) -> DataError:
+def _download_failed(url: str, target: Path, instead: str, reason: str) -> DataError:
     return DataError(
         f"could not download Persona-Chat from {url}: {reason}. If this machine is offline or "
-        "the address is blocked, either pass your own Persona-Chat JSON file (train_file=... "
-        "in Python, --train-file on the command line), or download that URL on another "
-        f"machine and put the file at {target} — it is then used without any network access."
+        f"the address is blocked, either pass your own Persona-Chat JSON file ({instead}), "
+        f"or download that URL on another machine and put the file at {target} — it is then "
+        "used without any network access."
     )
 
 

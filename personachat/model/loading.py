@@ -180,8 +180,8 @@ def check_weights(local: Path, name: str, trust_remote_pickle: bool, kwargs: dic
     files (none for a hub id or a trusted pickle folder)."""
     if local.exists() and not local.is_dir():
         raise ModelLoadError(f"model_name {name!r} is a file; pass the folder that holds it")
-    if not local.exists() and name.startswith((".", "/", "~")):
-        raise ModelLoadError(f"model folder {name!r} does not exist")
+    if not local.exists() and looks_local(name):
+        raise ModelLoadError(missing_folder(name))
     if not local.is_dir():
         if not trust_remote_pickle:
             kwargs.setdefault("use_safetensors", True)  # a hub repo without safetensors fails
@@ -195,6 +195,35 @@ def check_weights(local: Path, name: str, trust_remote_pickle: bool, kwargs: dic
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().split("\n")[0]
+def looks_local(name: str) -> bool:
+    """Whether ``name`` is meant as a folder here rather than a hub id (``owner/name``): it
+    starts with . / ~ or a drive, has more than one slash or a backslash, or its first part
+    is a folder here (``outputs/quik`` when ``outputs/`` exists)."""
+    if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1:
+        return True
+    if len(name) > 1 and name[1] == ":":  # C:...
+        return True
+    first = name.split("/")[0]
+    return "/" in name and Path(first).is_dir()
+
+
+def missing_folder(name: str) -> str:
+    """The error for a model folder that does not exist, with the nearest names beside it."""
+    import difflib
+
+    parent = Path(name).expanduser().parent
+    try:
+        siblings = [p.name for p in parent.iterdir() if p.is_dir()]
+    except OSError:
+        siblings = []
+    close = difflib.get_close_matches(Path(name).name, siblings, n=3)
+    hint = f" (did you mean {', '.join(str(parent / c) for c in close)}?)" if close else ""
+    return (
+        f"no such folder: model {name!r} does not exist here{hint}; check the path (a hub "
+        "model is named owner/name, and no hub request is made for a path)"
+    )
+
+
     return text[:300]
 
 
