@@ -56,14 +56,17 @@ def nesting_depth(text: str) -> int:
 
 def loads_bounded(
     text: str | bytes,
-    max_depth: int | None = MAX_DEPTH,
-    max_number_chars: int = MAX_NUMBER_CHARS,
+    max_depth: int | None | object = ...,
+    max_number_chars: int | None = None,
 ) -> object:
     """``json.loads(text)``, refusing (JSONLimitError) nesting beyond ``max_depth``, a number
     literal longer than ``max_number_chars``, one too large for a float, and NaN/Infinity.
     Malformed JSON still raises ``json.JSONDecodeError``. ``max_depth=None`` skips measuring
     the depth (it costs a pass over the text: ~0.1 s a MB, too much for a 200 MB data file)
-    and refuses only what the parser cannot nest (its recursion limit)."""
+    and refuses only what the parser cannot nest (its recursion limit). The defaults are
+    read at each call: ``MAX_DEPTH`` and ``MAX_NUMBER_CHARS`` of this module raise them."""
+    max_depth = MAX_DEPTH if max_depth is ... else max_depth
+    max_number_chars = max_number_chars or MAX_NUMBER_CHARS
     if isinstance(text, bytes | bytearray):
         text = bytes(text).decode("utf-8", errors="surrogatepass")
     too_deep = f"the JSON nests lists or objects more than {max_depth or 'a few hundred'} levels"

@@ -155,7 +155,11 @@ class ChatCompletions:
         if body.model is not None and body.model != self.model_id:
             raise model_not_found(body.model, self.model_id)
         service = self.service
-        return read_request(body, service.defaults, service.settings, service.model)
+        request = read_request(body, service.defaults, service.settings, service.model)
+        # The message being answered must be read whole: a 400 saying how much fits, never
+        # a reply from the persona alone (older messages are dropped as needed).
+        service.fitter.fit_history(request.persona, request.history, request.options, "messages")
+        return request
 
     def read_text(self, body: CompletionBody) -> ChatRequest:
         """A checked text-completion request (CPU work: call it in a worker thread)."""

@@ -25,6 +25,7 @@ from personachat.model.loading import context_size
 from personachat.serve.batcher import Batcher
 from personachat.serve.bodies import MessageBody, Options
 from personachat.serve.chat_decoding import batch_generate
+from personachat.serve.context_fit import ContextFitter
 from personachat.serve.settings import (
     RequestError,
     ServeSettings,
@@ -130,6 +131,7 @@ class ChatService:
             batch_generate(model), settings.max_batch_size, settings.batch_window_ms / 1000
         )
         self.writer = TurnWriter(store, settings.max_history_kept)
+        self.fitter = ContextFitter(model)
         self.locks = KeyedLocks()
         self.turns: set[asyncio.Task] = set()
         self.in_flight = 0
@@ -289,6 +291,11 @@ class ChatService:
             # max_history window, or for chat templates (a token budget) every stored turn.
             session = self._read(session_id, self.history_read(options))
             history = [m.text for m in session.messages] + [text]
+            # What the reply reads (said in the response); a message that cannot be read
+            # whole is refused here, not answered from the persona alone. Tokenizes: a thread.
+            fit = await asyncio.to_thread(
+                self.fitter.fit_history, session.personality, history, options
+            )
             on_token = None
             if events is not None:
                 on_token = token_forwarder(asyncio.get_running_loop(), events)
@@ -304,7 +311,7 @@ class ChatService:
                     "a message with this client_id is already stored in this "
                     "session; send a new client_id for a new message",
                 ) from None
-            return turn_json(user, bot, options, replayed=False)
+            return {**turn_json(user, bot, options, replayed=False), "history": fit.to_json()}
 
     async def drain(self) -> None:
         """Let the turns being answered finish (and be stored) before the server stops."""
