@@ -86,6 +86,23 @@ def test_the_ablation_removes_every_persona_and_nothing_else():
     assert PROBED[0]["personality"], "the input is not modified"
 
 
+def test_the_ablation_does_not_probe_a_value_the_history_already_states():
+    """Asked again for its job, the bot may answer from what it said: that is history, not
+    persona, so without the persona such an utterance is no longer a probe."""
+    asked_again = {
+        "history": ["what is your job ?", "i am a nurse .", "sorry , what is your job ?"],
+        "candidates": ["i am a pilot .", "i am a nurse ."],
+        "probe": {"slot": "job", "value": "nurse"},
+    }
+    dialogs = [{**PROBED[0], "utterances": [*PROBED[0]["utterances"], asked_again]}]
+
+    ablated = without_persona(dialogs)
+
+    assert probe_items(dialogs) == [(0, 1, "nurse"), (0, 2, "tea"), (0, 3, "nurse")]
+    assert probe_items(ablated) == [(0, 1, "nurse"), (0, 2, "tea")]
+    assert ablated[0]["utterances"][3]["history"] == asked_again["history"]
+
+
 def test_repetition_rate_is_the_share_of_replies_said_before():
     def same(conversations):
         return ["same thing ."] * len(conversations)

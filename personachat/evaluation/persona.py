@@ -147,5 +147,27 @@ def persona_hits_at_1(
 
 
 def without_persona(dialogs: Sequence[dict]) -> list[dict]:
-    """The ablation: the same dialogs with every persona removed from the model's input."""
-    return [{**dialog, "personality": []} for dialog in dialogs]
+    """The ablation: the same dialogs with every persona removed from the model's input.
+
+    A persona probe whose value the conversation already states (the bot said its job two
+    turns before, and is asked again) can be answered from the history, which the ablation
+    keeps: such utterances stay, but are no longer probes, so the ablated accuracy measures
+    what the persona alone supplied."""
+    return [
+        {
+            **dialog,
+            "personality": [],
+            "utterances": [_unless_in_history(u) for u in dialog["utterances"]],
+        }
+        for dialog in dialogs
+    ]
+
+
+def _unless_in_history(utterance: dict) -> dict:
+    """``utterance`` without its ``probe`` when the probed value is said in its history."""
+    probe = utterance.get("probe")
+    if not isinstance(probe, dict) or not isinstance(probe.get("value"), str):
+        return utterance
+    if not any(mentions(message, probe["value"]) for message in utterance["history"]):
+        return utterance
+    return {key: value for key, value in utterance.items() if key != "probe"}
