@@ -2,14 +2,17 @@
 
 Bodies are random JSON (nested lists and objects of numbers, NaN, booleans, nulls and
 strings with lone surrogates), bodies shaped like the API's with random values, and random
-bytes. Each goes to every route, with a live session's id or an unknown one. Whatever comes
-in, the answer is a 2xx or a 4xx with a JSON error, a stream never reports a server fault,
-and the server keeps answering.
+bytes; then chat bodies (session messages and OpenAI chat) with hostile values: numbers of
+thousands of digits, 1e999, NaN, nesting thousands deep. Each goes to every route, with a
+live session's id or an unknown one. Whatever comes in, the answer is a 2xx or a 4xx with a
+JSON error (naming the field, for the hostile chat bodies), a stream never reports a server
+fault, and the server keeps answering.
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -133,3 +136,74 @@ def test_the_server_still_answers_after_the_fuzzing(client):
     session = client.post("/v1/sessions").json()["id"]
     reply = client.post(f"/v1/sessions/{session}/messages", json={"text": "still there ?"})
     assert reply.status_code == 200 and isinstance(reply.json()["reply"], str)
+
+
+# Hostile values: what a careless client or an attacker sends, bounded before any use.
+hostile_numbers = st.one_of(
+    st.integers(101, 6000).map(lambda n: "9" * n),  # past MAX_NUMBER_CHARS
+    st.sampled_from(["1e999", "-1e999", "NaN", "Infinity", "-Infinity", "1e308", "-0", "0.0"]),
+    st.integers(-(2**80), 2**80).map(str),
+)
+hostile_texts = st.one_of(strings, st.integers(0, 70).map(lambda n: "[" * n + "]" * n))
+CHAT_ROUTES = [
+    ("POST", "/v1/sessions/{id}/messages", "message"),
+    ("POST", "/v1/chat/completions", "openai"),
+]
+WHOLE_BODY_CODES = {"invalid_json", "malformed_json", "limit_exceeded", "session_not_found"}
+
+
+def hostile_body(kind: str, number: str, text: str, key: str, depth: int) -> bytes:
+    """A chat body of ``kind`` with ``number`` (raw JSON text) under the option ``key`` and
+    ``text`` as the message, the whole wrapped in ``depth`` lists (0: as is)."""
+    message = json.dumps(text)
+    if kind == "message":
+        body = f'{{"text": {message}, "options": {{"{key}": {number}}}}}'
+    else:
+        openai_key = {"max_length": "max_tokens"}.get(key, key)
+        body = (
+            f'{{"model": "m", "messages": [{{"role": "user", "content": {message}}}], '
+            f'"{openai_key}": {number}}}'
+        )
+    return ("[" * depth + body + "]" * depth).encode()
+
+
+def names_a_field(error: dict) -> bool:
+    """Whether a 4xx error says where the problem is: a field, OpenAI's param, an option or
+    a server limit, validation details with their location, or a code about the body as a
+    whole."""
+    if any(error.get(key) for key in ("field", "param", "option", "limit", "details")):
+        return True
+    return error.get("code") in WHOLE_BODY_CODES or error.get("type") == "invalid_request_error"
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    route=st.sampled_from(CHAT_ROUTES),
+    number=hostile_numbers,
+    text=hostile_texts,
+    key=st.sampled_from(["max_length", "temperature", "top_p", "top_k", "seed"]),
+    depth=st.sampled_from([0, 0, 0, 1, 70, 5000]),
+)
+def test_hostile_chat_bodies_end_in_a_2xx_or_a_4xx_naming_the_field(
+    client, route, number, text, key, depth
+):
+    method, path, kind = route
+    session = client.post("/v1/sessions", json={"personality": ["i am a fuzzer ."]}).json()["id"]
+    body = hostile_body(kind, number, text, key, depth)
+    started = time.monotonic()
+    response = client.request(
+        method,
+        path.replace("{id}", session),
+        content=body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert time.monotonic() - started < 60  # bounded: every hostile value refused early
+    check_answer(response, (method, path), body)
+    if response.status_code >= 400:
+        error = response.json()["error"]
+        assert names_a_field(error), f"{body[:200]!r}: {response.text[:500]}"
