@@ -139,5 +139,5 @@ def terminal_loading(model_name: str, threads: int | None = None) -> Iterator[No
         from transformers.utils import logging as hf_logging
 
         hf_logging.enable_progress_bar()
-    with loading(f"Loading {model_name} ({torch.get_num_threads()} threads)"):
+    with loading(f"Loading {model_name} (threads: {torch.get_num_threads()})"):
         yield

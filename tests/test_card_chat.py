@@ -83,7 +83,7 @@ def personachat(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
         input=stdin,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,  # a loaded machine: minutes to import torch
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
 
@@ -159,6 +159,14 @@ def test_a_session_takes_the_card_and_chats(server):
         turn = api.post(f"/v1/sessions/{session['id']}/messages", json={"text": "thank you"})
         assert turn.status_code == 200, turn.text
         assert isinstance(turn.json()["reply"], str)
+        # The last turn taken back (the page's regenerate / edit): the opening line stays.
+        undone = api.delete(f"/v1/sessions/{session['id']}/messages/last")
+        assert undone.status_code == 200, undone.text
+        assert undone.json()["text"] == "thank you"
+        kept = [(m["role"], m["text"]) for m in undone.json()["session"]["messages"]]
+        assert kept == [("bot", session["messages"][0]["text"])]
+        again = api.delete(f"/v1/sessions/{session['id']}/messages/last")
+        assert again.status_code == 409 and again.json()["error"]["code"] == "nothing_to_undo"
 
 
 def test_chat_completions_take_the_card_and_chat(server):

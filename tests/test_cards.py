@@ -445,3 +445,63 @@ def test_interact_with_a_persona_card_opens_with_its_first_message(tiny_checkpoi
 
     both = personachat("interact", *model, "--persona", "i like tea .", "--persona-card", str(path))
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+def test_any_json_is_a_card_or_a_card_error():
+    """Fuzz: whatever JSON a card holds, reading it ends in a card or one CardError naming
+    the source, never another exception (a traceback in the CLI, a 500 in the server)."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
+    values = st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=12,
+    )
+    keys = st.sampled_from(
+        [
+            "name",
+            "description",
+            "personality",
+            "scenario",
+            "first_mes",
+            "mes_example",
+            "system_prompt",
+            "alternate_greetings",
+            "character_book",
+            "spec",
+            "data",
+        ]
+    )
+    entry = st.dictionaries(
+        st.sampled_from(
+            [
+                "keys",
+                "content",
+                "enabled",
+                "insertion_order",
+                "constant",
+                "selective",
+                "secondary_keys",
+                "case_sensitive",
+            ]
+        ),
+        values,
+        max_size=6,
+    )
+    book = st.fixed_dictionaries({"entries": st.lists(entry | values, max_size=3)}) | values
+    cards = st.dictionaries(keys, values | book, max_size=8)
+
+    @hypothesis.settings(max_examples=300, deadline=None)
+    @hypothesis.given(cards, st.sampled_from([None, ARIA["data"]]))
+    def check(obj, base):
+        if base is not None:
+            obj = {"spec": "chara_card_v2", "data": {**base, **obj}}
+        try:
+            card_from_json(obj, "fuzz.json", "Sam")
+        except CardError as err:
+            assert "fuzz.json" in str(err) and "\n" not in str(err)
+
+    check()

@@ -108,3 +108,74 @@ def test_chat_reply_and_history_after_reload(server, browser):
     assert page.evaluate("localStorage.getItem('personachat.session')") != session_id
     assert errors == []
     page.close()
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def card_server(tmp_path_factory):
+    """A model that reads 2,048 tokens: the card's persona fits (the tiny one's 128 do not)."""
+    from dataclasses import replace
+
+    from .long_context import build_long_context
+    from .serve_helpers import SETTINGS
+
+    built = build_long_context(tmp_path_factory.mktemp("tiny") / "gpt2-2048")
+    folder = model_with_personas(built, tmp_path_factory.mktemp("page") / "card-model")
+    model = ConvAIModel("gpt2", folder, use_cuda=False, args={"max_length": 6})
+    settings = replace(SETTINGS, api_key=None, max_body_bytes=64 * 1024, max_card_chars=32_000)
+    with ThreadServer(model, tmp_path_factory.mktemp("db") / "card.sqlite3", settings) as s:
+        yield s
+
+
+@pytest.mark.parametrize("name", ["elowen.png", "elowen.json"])
+def test_a_card_is_loaded_by_file_picker_and_by_drop(card_server, browser, name):
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    errors = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(card_server.url + "/")
+    page.wait_for_function("document.getElementById('persona').value.length > 0")
+    page.click("summary")  # the server's decoding defaults are shown
+    page.wait_for_function(
+        "document.getElementById('defaults').textContent.includes('max_length=6')"
+    )
+
+    page.set_input_files("#card-file", str(FIXTURES / name))
+    page.wait_for_selector("#character-name:has-text('Elowen')")
+    first = page.inner_text("#log li.msg.bot")
+    assert first.startswith("*The smell of chamomile fills the little room.")
+    assert page.input_value("#persona").startswith("Elowen is the guardian of the Hollowmere")
+    page.fill("#message", "thank you")
+    page.press("#message", "Enter")
+    page.wait_for_function("document.querySelectorAll('#log li.msg.bot:not(.pending)').length == 2")
+    page.reload()  # the character's name stays with its session
+    page.wait_for_selector("#character-name:has-text('Elowen')")
+    # Regenerate: the last reply is taken back and asked for again; Edit: the last message
+    # comes back to the message box.
+    page.click("#regenerate")
+    page.wait_for_function(
+        "document.querySelectorAll('#log li.msg.bot:not(.pending)').length == 2"
+        " && document.querySelectorAll('#log li.msg.user').length == 1"
+    )
+    assert page.inner_text("#log li.msg.user") == "thank you"
+    page.click("#edit-last")
+    page.wait_for_function("document.querySelectorAll('#log li.msg').length == 1")
+    assert page.input_value("#message") == "thank you"
+
+    # Drag and drop: a DataTransfer holding the file, dropped on the page.
+    data = (FIXTURES / name).read_bytes()
+    page.evaluate(
+        """([bytes, name]) => {
+            const file = new File([new Uint8Array(bytes)], name);
+            const transfer = new DataTransfer();
+            transfer.items.add(file);
+            document.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true}));
+        }""",
+        [list(data), name],
+    )
+    page.wait_for_function("document.querySelectorAll('#log li.msg').length == 1")
+    assert page.inner_text("#log li.msg.bot").startswith("*The smell of chamomile")
+    assert errors == []
+    page.close()

@@ -7,6 +7,7 @@ Routes (every ``/v1`` route needs the API key when one is set)::
     GET    /v1/sessions/{id}                 persona and history
     PUT    /v1/sessions/{id}                 change the persona (history kept)
     DELETE /v1/sessions/{id}
+    DELETE /v1/sessions/{id}/messages/last   take back the last turn (regenerate, edit)
     POST   /v1/sessions/{id}/messages        {"text": …} → the reply
     POST   /v1/sessions/{id}/messages/stream the same, as server-sent events, token by token
     POST   /v1/chat/completions              OpenAI-compatible chat, stateless (openai_api)
@@ -98,6 +99,16 @@ def session_routes(service: ChatService) -> APIRouter:
     @v1.put("/sessions/{session_id}", summary="Change the persona (the history is kept)")
     async def put_session(session_id: str, body: PersonaBody) -> dict:
         return await service.set_personality(session_id, body.personality, body.card)
+
+    @v1.delete(
+        "/sessions/{session_id}/messages/last",
+        summary="Take back the last turn (to regenerate or edit it)",
+        description="Removes the last user message and the bot's reply to it; returns the "
+        "session and the removed message's `text`. 409 when the session does not end with a "
+        "turn.",
+    )
+    async def undo_turn(session_id: str) -> dict:
+        return await service.undo_turn(session_id)
 
     @v1.delete("/sessions/{session_id}", status_code=204, summary="Delete a session")
     async def delete_session(session_id: str) -> Response:

@@ -186,6 +186,36 @@ class ChatService:
     async def delete(self, session_id: str) -> None:
         await self._write(self.store.delete, session_id)
 
+    async def undo_turn(self, session_id: str) -> dict:
+        """Take back the session's last turn (the user's message and the bot's reply after
+        it), for the page's "regenerate" and "edit": ``{"session", "text"}`` with the removed
+        message's text. Rebuilt from the store's own writes (start over, then the kept turns),
+        under the session's lock, so no turn is decoded meanwhile."""
+        async with self.locks.hold(session_id):
+            session = self._read(session_id)
+            messages = session.messages
+            if len(messages) < 2 or (messages[-2].role, messages[-1].role) != ("user", "bot"):
+                raise RequestError(
+                    409,
+                    "nothing_to_undo",
+                    "the session does not end with a message and its reply: nothing to undo",
+                )
+            kept = messages[:-2]
+            opening = kept[0].text if kept and kept[0].role == "bot" and kept[0].seq == 1 else None
+            turns = [
+                Turn(session_id, user.text, bot.text)
+                for user, bot in zip(kept, kept[1:], strict=False)
+                if (user.role, bot.role) == ("user", "bot")
+            ]
+
+            def rebuild() -> Session:
+                self.store.start_over(session_id, session.personality, opening)
+                self.store.append_turns(turns, self.settings.max_history_kept)
+                return self.store.get(session_id)
+
+            updated = await asyncio.to_thread(rebuild)
+        return {"session": updated.to_json(), "text": messages[-2].text}
+
     def history_read(self, options: DecodingOptions) -> int:
         """How many stored messages a reply may read: the ``max_history`` window (the new
         message completes it), or every kept one when the model reads by tokens."""

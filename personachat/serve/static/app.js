@@ -4,6 +4,7 @@
 
 const SESSION_KEY = "personachat.session";
 const API_KEY = "personachat.apiKey";
+const CHARACTER_KEY = "personachat.character"; // the card's name, for the session it made
 const $ = (id) => document.getElementById(id);
 let sessionId = localStorage.getItem(SESSION_KEY);
 let busy = false;
@@ -65,9 +66,12 @@ function show(session) {
 }
 
 async function load() {
+  showDefaults();
   if (sessionId) {
     try {
       show(await request("GET", `/v1/sessions/${encodeURIComponent(sessionId)}`));
+      const [cardSession, name] = JSON.parse(localStorage.getItem(CHARACTER_KEY) || "[]");
+      showCharacter(cardSession === sessionId ? name : null);
       status("");
       return;
     } catch (err) {
@@ -77,9 +81,16 @@ async function load() {
   await newChat();
 }
 
+function showCharacter(name) {
+  $("character").hidden = !name;
+  $("character-name").textContent = name || "";
+  if (name) localStorage.setItem(CHARACTER_KEY, JSON.stringify([sessionId, name]));
+}
+
 async function newChat() {
   try {
     show(await request("POST", "/v1/sessions", { personality: personaLines() }));
+    showCharacter(null);
     status("New conversation.");
   } catch (err) {
     status(err.message, true);
@@ -167,6 +178,124 @@ async function send(text) {
     $("send").disabled = false;
   }
 }
+
+// ---- character cards: a Character Card V2 JSON, or a PNG with it in a "chara" text chunk
+// (base64; tEXt, or zTXt / iTXt compressed), read here and sent as {"card": {...}}.
+async function inflate(bytes) {
+  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+async function pngCardText(bytes) {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const latin1 = new TextDecoder("latin1");
+  const found = {};
+  for (let pos = 8; pos + 8 <= bytes.length;) {
+    const length = view.getUint32(pos);
+    const kind = latin1.decode(bytes.subarray(pos + 4, pos + 8));
+    const body = bytes.subarray(pos + 8, pos + 8 + length);
+    pos += 12 + length;
+    if (kind === "IEND") break;
+    if (!["tEXt", "zTXt", "iTXt"].includes(kind)) continue;
+    const zero = body.indexOf(0);
+    const keyword = latin1.decode(body.subarray(0, zero));
+    if ((keyword !== "chara" && keyword !== "ccv3") || found[keyword]) continue;
+    let text;
+    if (kind === "tEXt") text = latin1.decode(body.subarray(zero + 1));
+    else if (kind === "zTXt") text = latin1.decode(await inflate(body.subarray(zero + 2)));
+    else {
+      const compressed = body[zero + 1] === 1;
+      let rest = body.subarray(zero + 3);
+      rest = rest.subarray(rest.indexOf(0) + 1); // language tag
+      rest = rest.subarray(rest.indexOf(0) + 1); // translated keyword
+      text = new TextDecoder().decode(compressed ? await inflate(rest) : rest);
+    }
+    found[keyword] = text.trim();
+  }
+  const text = found.chara || found.ccv3;
+  if (!text) throw new Error("this PNG holds no character card (no 'chara' text chunk)");
+  if (text.startsWith("{")) return text;
+  const raw = Uint8Array.from(atob(text.replace(/\s+/g, "")), (c) => c.charCodeAt(0));
+  return new TextDecoder().decode(raw);
+}
+
+async function readCardFile(file) {
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  const png = bytes.length > 8 && bytes[0] === 0x89 && bytes[1] === 0x50;
+  const text = png ? await pngCardText(bytes) : new TextDecoder().decode(bytes);
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new Error(`${file.name}: not a character card (${err.message})`);
+  }
+}
+
+async function loadCard(file) {
+  try {
+    const card = await readCardFile(file);
+    show(await request("POST", "/v1/sessions", { card }));
+    showCharacter((card.data || card).name);
+    status(`Talking to ${(card.data || card).name}.`);
+  } catch (err) {
+    status(err.message, true);
+  }
+}
+
+async function showDefaults() {
+  try {
+    const health = await request("GET", "/health");
+    $("defaults").textContent = Object.entries(health.default_options)
+      .map(([k, v]) => `${k}=${v}`).join(", ");
+  } catch (err) {
+    $("defaults").textContent = "unavailable";
+  }
+}
+
+// ---- the last turn: taken back on the server, then sent again (regenerate) or put back in
+// the message box (edit).
+async function undoTurn() {
+  const undone = await request("DELETE",
+    `/v1/sessions/${encodeURIComponent(sessionId)}/messages/last`);
+  show(undone.session);
+  return undone.text;
+}
+
+async function regenerate() {
+  if (busy) return;
+  try {
+    send(await undoTurn());
+  } catch (err) {
+    status(err.message, true);
+  }
+}
+
+async function editLast() {
+  if (busy) return;
+  try {
+    $("message").value = await undoTurn();
+    $("message").focus();
+    status("Edit your message and send it again.");
+  } catch (err) {
+    status(err.message, true);
+  }
+}
+
+$("regenerate").addEventListener("click", regenerate);
+$("edit-last").addEventListener("click", editLast);
+$("card-file").addEventListener("change", () => {
+  if ($("card-file").files.length) loadCard($("card-file").files[0]);
+  $("card-file").value = "";
+});
+document.addEventListener("dragover", (event) => {
+  event.preventDefault();
+  document.body.classList.add("dragging");
+});
+document.addEventListener("dragleave", () => document.body.classList.remove("dragging"));
+document.addEventListener("drop", (event) => {
+  event.preventDefault();
+  document.body.classList.remove("dragging");
+  if (event.dataTransfer.files.length) loadCard(event.dataTransfer.files[0]);
+});
 
 $("composer").addEventListener("submit", (event) => {
   event.preventDefault();
