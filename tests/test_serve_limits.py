@@ -65,14 +65,14 @@ def test_heavy_requests_never_stall_another_clients_health(server):
     def send(method: str, url: str, kwargs: dict) -> None:
         headers = {**AUTH, "Content-Type": "application/json"}
         with httpx.Client(headers=headers, timeout=300) as client:
-            for _ in range(3):
+            for _ in range(2):
                 answers.append(client.request(method, url, **kwargs).status_code)
 
     heavy = [threading.Thread(target=send, args=r) for r in heavy_requests(server.url)]
     for thread in heavy:
         thread.start()
     waits = []
-    with httpx.Client(base_url=server.url, timeout=30) as other:
+    with httpx.Client(base_url=server.url, timeout=300) as other:
         while any(thread.is_alive() for thread in heavy):
             started = time.perf_counter()
             assert other.get("/health").status_code == 200
@@ -81,7 +81,7 @@ def test_heavy_requests_never_stall_another_clients_health(server):
     for thread in heavy:
         thread.join()
 
-    assert len(answers) == 9 and all(code < 500 for code in answers), answers
+    assert len(answers) == 6 and all(code < 500 for code in answers), answers
     assert len(waits) >= 5  # the heavy requests took a while
     assert max(waits) < 1.0, (
         f"/health waited {max(waits):.2f} s (median {sorted(waits)[len(waits) // 2]:.3f} s)"

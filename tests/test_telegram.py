@@ -420,9 +420,10 @@ def test_serve_on_the_bots_database_cannot_reach_its_chats(model, api, tmp_path)
     db = tmp_path / "sessions.sqlite3"
     with BotThread(model, db, api):
         set_persona(api, 703, BAKER)
+    LOOPBACK = "http://127.0.0.1"  # a name serve answers to (--allowed-hosts)
     key = session_id(703)
     store = SessionStore(db)  # what `personachat serve --db` opens: its own namespace
-    with TestClient(create_app(model, store, ServeSettings())) as client:
+    with TestClient(create_app(model, store, ServeSettings()), base_url=LOOPBACK) as client:
         assert client.get(f"/v1/sessions/{key}").status_code == 404
         assert client.put(f"/v1/sessions/{key}", json={"personality": ["x ."]}).status_code == 404
         sent = client.post(f"/v1/sessions/{key}/messages", json={"text": "hi"})
@@ -432,6 +433,6 @@ def test_serve_on_the_bots_database_cannot_reach_its_chats(model, api, tmp_path)
     assert history(db, 703) == (BAKER, [])  # untouched
 
     shared = SessionStore(db, namespace=NAMESPACE)  # --session-namespace telegram: explicit
-    with TestClient(create_app(model, shared, ServeSettings())) as client:
+    with TestClient(create_app(model, shared, ServeSettings()), base_url=LOOPBACK) as client:
         assert client.get(f"/v1/sessions/{key}").json()["personality"] == BAKER
     shared.close()
