@@ -304,15 +304,64 @@ def card_metadata(name: str, args, format_name: str, source: Path) -> dict:
     return meta
 
 
+# transformers' GGUF reader keeps the file's ``general.name`` as this config attribute, which
+# config.json would then carry as if it named the model ("Smollm2 135M 8k Lc100K Mix1 Ep2").
+GGUF_NAME_KEY = "_model_name_or_path"
+
+
+def forget_gguf_name(config) -> None:
+    """Drop the GGUF file's name from a loaded model's config, so that no folder saved or
+    exported from it names the model after the file it was once converted from (the card's
+    ``base_model`` says where the weights come from)."""
+    if hasattr(config, GGUF_NAME_KEY):
+        delattr(config, GGUF_NAME_KEY)
+
+
+def usage_snippet(name: str) -> list[str]:
+    """How to chat with the model folder ``name``: personachat's REPL, and transformers'
+    own ``generate`` over the chat template (the persona as the system message)."""
+    return [
+        "## Usage",
+        "",
+        "```bash",
+        f'personachat interact --model path/to/{name} --persona "i work as a nurse ."',
+        "```",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'folder = "path/to/{name}"',
+        "tokenizer = AutoTokenizer.from_pretrained(folder)",
+        "model = AutoModelForCausalLM.from_pretrained(folder)",
+        "messages = [",
+        '    {"role": "system", "content": "i work as a nurse .\\ni have a cat named tom ."},',
+        '    {"role": "user", "content": "hi , what do you do ?"},',
+        "]",
+        "inputs = tokenizer.apply_chat_template(",
+        '    messages, add_generation_prompt=True, return_tensors="pt", return_dict=True',
+        ")",
+        "output = model.generate(**inputs)  # generation_config.json: personachat's defaults",
+        'reply = output[0, inputs["input_ids"].shape[1] :]',
+        "print(tokenizer.decode(reply, skip_special_tokens=True))",
+        "```",
+        "",
+    ]
+
+
 def usage_notes(args, format_name: str, exported: bool) -> list[str]:
     """What a reader of the card needs to chat with the model as personachat does."""
-    window = 2 * int(args.max_history) + 1
+    budget = int(getattr(args, "max_history_tokens", 0) or 0)
+    if format_name == "chat_template" and budget > 0:
+        window = f"the newest messages within {budget} tokens (`max_history_tokens`)"
+    else:
+        window = (
+            f"the last {2 * int(args.max_history) + 1} messages (`max_history: {args.max_history}`)"
+        )
     lines = [
         "## Chatting with it",
         "",
         "The persona is the system message, one sentence per line; the conversation follows as "
-        "user and assistant messages. personachat keeps the last "
-        f"{window} messages (`max_history: {args.max_history}`): send that window for the "
+        f"user and assistant messages. personachat keeps {window}: send that window for the "
         "same replies. `generation_config.json` holds the decoding defaults.",
     ]
     if format_name == "transfertransfo":
@@ -360,6 +409,7 @@ def model_card(name: str, args, format_name: str, source: Path, exported: bool =
             "ships it: the Q4_1-quantized GGUF, dequantized, not the original checkpoint.",
             "",
         ]
+    body += usage_snippet(name)
     body += usage_notes(args, format_name, exported)
     if report:  # its headings one level down, under the card's title
         body += ["", re.sub(r"^(#+) ", r"#\1 ", report.strip(), flags=re.MULTILINE)]

@@ -36,6 +36,7 @@ from personachat.model.conventions import (
     input_format,
     write_conventions,
 )
+from personachat.model.device import use_cpu_bf16
 from personachat.model.families import (
     HEAD_PREFIX,
     TOKEN_TYPES_KEY,
@@ -129,6 +130,7 @@ def export_model(
         notes.append(TOKEN_TYPES_LOSS)
     layout = resolve_input_format(args.input_format, model, tokenizer)
     plain = plain_causal_lm(model)
+    precision = precision_record(args, next(plain.parameters()).dtype)
     if gguf:
         from personachat.model.gguf_export import check_gguf_exportable
 
@@ -141,17 +143,54 @@ def export_model(
             if gguf:
                 write_checked_gguf(tmp / f"{out.name}.gguf", plain, tokenizer, layout, gguf_half)
         write_conventions(tmp, tokenizer, args, layout, source, name=out.name, exported=True)
-        if notes:
-            with open(tmp / "README.md", "a", encoding="utf-8") as card:
+        with open(tmp / "README.md", "a", encoding="utf-8") as card:
+            if notes:
                 card.write("\n## Export\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+            card.write(precision_section(precision))
         if source is not None and Path(source).is_dir():
             include_files(Path(source), tmp, REPORT_COMPANIONS)
-        (tmp / EXPORT_MARKER).write_text(
-            json.dumps({"exported_from": str(source) if source else None}) + "\n"
-        )
+        marker = {"exported_from": str(source) if source else None, "precision": precision}
+        (tmp / EXPORT_MARKER).write_text(json.dumps(marker) + "\n")
 
     write_folder_atomic(out, fill)
     return out, notes
+
+
+def precision_record(args: ConvAIArgs, weights: torch.dtype = torch.float32) -> dict:
+    """The precision personachat trains and decodes the model in (its options, and what they
+    mean on this machine's CPU) beside the export's ``weights`` dtype: greedy replies of the
+    export in float32 equal personachat's only where personachat decodes in float32 too."""
+    decoded = "bfloat16" if use_cpu_bf16(args.cpu_bf16) else "float32"
+    return {
+        "weights": str(weights).removeprefix("torch."),
+        "cpu_bf16": args.cpu_bf16,
+        "fp16": bool(args.fp16),
+        "personachat_decodes_here_in": decoded,
+        "greedy_equal_in_float32": decoded == "float32",
+    }
+
+
+def precision_section(record: dict) -> str:
+    """The card's account of ``precision_record``."""
+    options = f"`cpu_bf16: {str(record['cpu_bf16']).lower()}`"
+    if record["fp16"]:
+        options += " (and `fp16: true`: mixed precision on CUDA)"
+    lines = [
+        f"- Weights: {record['weights']}. personachat trains and decodes this model with {options}: on "
+        f"the CPU of the machine that exported it, it decodes in {record['personachat_decodes_here_in']} "
+        "(bfloat16 only where the CPU has it in hardware for `auto`). The training report "
+        "above says the precision its training ran in.",
+        "- transformers' `generate` on this folder (float32) gives personachat's greedy replies "
+        "when personachat decodes in float32 too (`cpu_bf16: false`, or `auto` on a CPU "
+        "without bf16 in hardware). "
+        + (
+            "Here it does."
+            if record["greedy_equal_in_float32"]
+            else "Here personachat decodes in bfloat16, so a greedy reply can differ where two "
+            "tokens score almost the same; compare with `--set cpu_bf16=false`."
+        ),
+    ]
+    return "\n## Precision\n\n" + "\n".join(lines) + "\n"
 
 
 def write_checked_gguf(path: Path, plain, tokenizer, layout: str, half: bool) -> None:

@@ -24,6 +24,7 @@ from personachat.fs import write_folder_atomic
 from personachat.model.archives import FINETUNED_ARCHIVES, fetch_finetuned_archive
 from personachat.model.conventions import (
     chat_template_for_saving,
+    forget_gguf_name,
     is_transfertransfo_template,
     write_conventions,
 )
@@ -127,6 +128,7 @@ def load_model_and_tokenizer(
     try:
         tokenizer = load_tokenizer(model_type, name)
         model = _quiet_from_pretrained(cls, name, kwargs)
+        forget_gguf_name(model.config)
     except OSError as err:
         hint = (
             ""

@@ -22,12 +22,15 @@ from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
 
+import torch
+
 from personachat.fs import write_file_atomic
 from personachat.model.conventions import (
     EVAL_RESULTS_FILE,
     meaningful_metrics,
     refresh_model_card,
 )
+from personachat.model.device import autocast_dtype
 from personachat.train.errors import TrainingError
 
 CURVES_FILE = "training_curves.png"
@@ -276,6 +279,7 @@ def write_report(
         "",
         f"- status: **{status}**",
         f"- model: `{model}` on {device}",
+        f"- precision: {training_precision(args, device)}",
         f"- finished: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime())}; this run "
         f"{seconds:.0f} s, training {history.get('train_seconds', 0.0):.0f} s in all "
         "(resumed parts included)",
@@ -302,6 +306,14 @@ def write_report(
     path = write_file_atomic(out / REPORT_FILE, "\n".join(lines) + "\n")
     refresh_model_card(out)  # the saved model's card (README.md) shows the report
     return path
+
+
+def training_precision(args, device: str) -> str:
+    """What the training computed in on ``device``, in words (``autocast_dtype``)."""
+    dtype = autocast_dtype(torch.device(device), args.fp16, args.cpu_bf16)
+    if dtype is None:
+        return "float32"
+    return f"{str(dtype).removeprefix('torch.')} autocast (cpu_bf16: {args.cpu_bf16}, fp16: {args.fp16})"
 
 
 def train_reported(
