@@ -13,6 +13,7 @@ prints the largest score difference.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -33,17 +34,24 @@ DEFAULT_FILE = (
 )
 
 
-def timed_ranking(bot: ConvAIModel, dialogs, index, scores_fn) -> tuple[float, list[int], list]:
-    """Seconds, picks and every utterance's scores of one way of scoring."""
-    seen: list[list[float]] = []
+def timed_rankings(bot: ConvAIModel, dialogs, index) -> dict[str, dict]:
+    """Both ways of scoring on every utterance, one after the other on each utterance (so
+    that a machine whose load changes slows both alike): seconds, picks and scores of each."""
+    ways = {"full pass per candidate": full_scores, "shared context": shared_context_scores}
+    runs = {name: {"seconds": 0.0, "picks": [], "scores": []} for name in ways}
 
-    def recording(*args, **kwargs):
-        seen.append(scores_fn(*args, **kwargs))
-        return seen[-1]
+    def both(model, rows, device, dtype):
+        for name, fn in ways.items():
+            started = time.perf_counter()
+            scores = fn(model, rows, device, dtype)
+            runs[name]["seconds"] += time.perf_counter() - started
+            runs[name]["scores"].append(scores)
+            runs[name]["picks"].append(max(range(len(scores)), key=scores.__getitem__))
+        return scores
 
     dtype = autocast_dtype(bot.device, bot.args.fp16, bot.args.cpu_bf16)
-    started = time.perf_counter()
-    _, preds = lm_ranking(
+    max_tokens = context_size(bot.model)
+    lm_ranking(
         bot.model,
         bot.special,
         bot._encode,
@@ -51,12 +59,12 @@ def timed_ranking(bot: ConvAIModel, dialogs, index, scores_fn) -> tuple[float, l
         index,
         bot.args,
         bot.device,
-        context_size(bot.model),
+        max_tokens,
         20,
         dtype=dtype,
-        scores_fn=recording,
+        scores_fn=both,
     )
-    return time.perf_counter() - started, preds, seen
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,35 +82,30 @@ def main(argv: list[str] | None = None) -> int:
     bf16 = {"true": True, "false": False}.get(options.cpu_bf16, options.cpu_bf16)
     args = {"input_format": "chat_template", "cpu_bf16": bf16, "silent": True}
     bot = ConvAIModel("auto", "smollm2", use_cuda=False, args=args)
-    # Once each before timing: first calls pay for allocations and kernel choices.
-    timed_ranking(bot, dialogs, index[:1], full_scores)
-    timed_ranking(bot, dialogs, index[:1], shared_context_scores)
-    rows = {}
-    for name, fn in (
-        ("full pass per candidate", full_scores),
-        ("shared context", shared_context_scores),
-    ):
-        rows[name] = timed_ranking(bot, dialogs, index, fn)
-    (naive_s, naive_preds, naive), (fast_s, fast_preds, fast) = rows.values()
+    timed_rankings(bot, dialogs, index[:1])  # first calls pay for allocations: not timed
+    rows = timed_rankings(bot, dialogs, index)
+    naive, fast = rows.values()
     gap = max(
-        abs(a - b) for x, y in zip(naive, fast, strict=True) for a, b in zip(x, y, strict=True)
+        abs(a - b)
+        for x, y in zip(naive["scores"], fast["scores"], strict=True)
+        for a, b in zip(x, y, strict=True)
     )
     dtype = autocast_dtype(bot.device, bot.args.fp16, bot.args.cpu_bf16)
     print(
         f"machine: {platform.processor() or platform.machine()}, cpu, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"{dtype or torch.float32}, {date.today()}"
+        f"{dtype or torch.float32}, {date.today()}, load average {os.getloadavg()[0]:.1f}"
     )
     print(f"command: python {' '.join(sys.argv)}")
     print(f"data: {options.file.name}, {len(index)} utterances, 20 candidates each\n")
     print("| scoring | seconds | s / utterance | hits@1 | speedup |\n|---|---:|---:|---:|---:|")
-    for name, (seconds, preds, _) in rows.items():
-        hits = sum(p == 19 for p in preds) / len(preds)
+    for name, run in rows.items():
+        hits = sum(p == 19 for p in run["picks"]) / len(run["picks"])
         print(
-            f"| {name} | {seconds:.1f} | {seconds / len(index):.2f} | {hits:.3f} "
-            f"| {naive_s / seconds:.1f}x |"
+            f"| {name} | {run['seconds']:.1f} | {run['seconds'] / len(index):.2f} | {hits:.3f} "
+            f"| {naive['seconds'] / run['seconds']:.1f}x |"
         )
-    same = naive_preds == fast_preds
+    same = naive["picks"] == fast["picks"]
     print(f"\nsame picks: {same}; largest score difference {gap:.2e} (mean log-probability)")
     return 0 if same else 1
 
