@@ -510,8 +510,8 @@ def _choose_events(rng: random.Random, split: str, facts: list[Fact]) -> list[Ev
         "first": [FIRST_QUESTION],
     }
     if split == "valid":
-        other = rng.choices(["bot", "first"], weights=[GROUP_WEIGHTS["bot"], 1])[0]
-        order = ["user", other]
+        others = ["bot", "first"]
+        order = ["user", rng.choices(others, weights=[GROUP_WEIGHTS[g] for g in others])[0]]
     else:
         order = [
             rng.choices(sorted(groups), weights=[GROUP_WEIGHTS[g] for g in sorted(groups)])[0]
