@@ -143,7 +143,8 @@ def server(long_context, tmp_path_factory):
 
     folder = model_with_personas(long_context, tmp_path_factory.mktemp("cards") / "tiny-bot")
     model = ConvAIModel("gpt2", folder, args={"max_length": 8}, use_cuda=False)
-    roomy = replace(SETTINGS, max_body_bytes=64 * 1024)  # the card is ~8 KB of JSON
+    # the card is ~8 KB of JSON, ~6,000 characters of text
+    roomy = replace(SETTINGS, max_body_bytes=64 * 1024, max_card_chars=32_000)
     with ThreadServer(model, tmp_path_factory.mktemp("db") / "s.sqlite3", roomy) as s:
         yield s
 
