@@ -75,6 +75,11 @@ RECIPES: dict[str, tuple[dict[str, int], dict]] = {
         {"persona_train.json": 200, "spc": 120, "history_train.json": 120, "prose_train.json": 80},
         {"max_steps": 120},
     ),
+    # more probes, every history dialog, more prose, more steps
+    "mix-b": (
+        {"persona_train.json": 200, "spc": 120, "history_train.json": 300, "prose_train.json": 200},
+        {"max_steps": 160},
+    ),
     # mix-a with the multiple-choice head trained on a distractor per example
     "mix-mc": (
         {"persona_train.json": 200, "spc": 120, "history_train.json": 120, "prose_train.json": 80},
@@ -156,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON")
     parser.add_argument("--persona-dialogs", type=int, default=20)
     parser.add_argument("--spc-dialogs", type=int, default=10)
+    parser.add_argument("--save", help="keep the trained model in this folder")
     options = parser.parse_args(argv)
     sources, overrides = RECIPES[options.recipe]
     overrides = {
@@ -165,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        args = {**BASE, **overrides, "output_dir": str(tmp / "out")}
+        args = {**BASE, **overrides, "output_dir": options.save or str(tmp / "out")}
+        if options.save:
+            args.update(no_save=False, overwrite_output_dir=True)
         bot = ConvAIModel("auto", "smollm2", use_cuda=False, args=args)
         trained = 0.0
         if sources:

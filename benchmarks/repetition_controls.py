@@ -33,12 +33,15 @@ from personachat.evaluation.replies import repetition_rates
 from personachat.generation.generate import DecodingOptions
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS: dict[str, dict] = {
+OFF = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "repeat_reply_penalty": 1.0}
+SETTINGS: dict[str, dict] = {  # one control each, the others off
     "greedy, no control": {},
     "repetition_penalty 1.2": {"repetition_penalty": 1.2},
     "repetition_penalty 1.3": {"repetition_penalty": 1.3},
     "no_repeat_ngram_size 4": {"no_repeat_ngram_size": 4},
     "no_repeat_ngram_size 6": {"no_repeat_ngram_size": 6},
+    "repeat_reply_penalty 1.5": {"repeat_reply_penalty": 1.5},
+    "repeat_reply_penalty 3": {"repeat_reply_penalty": 3.0},
 }
 
 
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name, setting in SETTINGS.items():
         started = time.perf_counter()
-        decoding = DecodingOptions.from_args(bot.args, do_sample=False, **setting)
+        decoding = DecodingOptions.from_args(bot.args, do_sample=False, **{**OFF, **setting})
         reply = partial(bot.generate_replies, options=decoding)
         rates = repetition_rates(reply, spc, silent=True)
         recall = history_recall(reply, history, silent=True)

@@ -176,6 +176,10 @@ class ConvAIArgs:
     # rerank_samples replies and keep the one the MC head + length-normalised LM like best.
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    # Replies that copy one of the bot's earlier replies from its start: once 2 tokens match,
+    # the token that would go on copying it (or end the reply as a copy) has its logit
+    # divided by this (CTRL's rule; 1: off). Restating a fact in other words is untouched.
+    repeat_reply_penalty: float = 1.0
     # OpenAI's penalties over the reply so far, within [-2, 2]: a token's logit less
     # frequency_penalty x its count, less presence_penalty once it occurs (0: off).
     frequency_penalty: float = 0.0

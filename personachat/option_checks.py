@@ -139,6 +139,7 @@ BOUNDS: dict[str, Bound] = {
     "adam_epsilon": _number("a finite number > 0", open_low=True),
     "max_grad_norm": _number("a finite number > 0", open_low=True),
     "repetition_penalty": _number("a finite number > 0 (1: off)", open_low=True),
+    "repeat_reply_penalty": _number("a finite number > 0 (1: off)", open_low=True),
     "lora_alpha": _number("a finite number > 0", open_low=True),
     "cosine_schedule_num_cycles": _number("a finite number > 0", open_low=True),
     "adafactor_clip_threshold": _number("a finite number > 0", open_low=True),

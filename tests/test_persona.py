@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -26,7 +27,9 @@ from personachat.evaluation.replies import decoding_label, repetition_rate
 from personachat.generation.generate import (
     DecodingOptions,
     banned_ngram_tokens,
+    copied_continuations,
     generate_reply,
+    next_token,
     penalize_repeats_,
 )
 from personachat.generation.rerank import respond, score_replies
@@ -352,3 +355,36 @@ def test_decoding_label_names_greedy_or_the_sampling_settings():
         decoding_label(DecodingOptions.from_args(do_sample=False, repetition_penalty=1.2))
         == "greedy,repetition_penalty=1.2"
     )
+
+
+def test_a_reply_copying_an_earlier_one_from_its_start_is_what_gets_penalised():
+    earlier = [[5, 6, 7], [5, 9]]
+    assert copied_continuations(earlier, reply=[5], enders={0}) == set()  # one token: free
+    assert copied_continuations(earlier, reply=[5, 6], enders={0}) == {7}
+    assert copied_continuations(earlier, reply=[5, 9], enders={0}) == {0}  # a whole copy
+    assert copied_continuations(earlier, reply=[6, 7], enders={0}) == set()  # not its start
+
+
+def test_repeat_reply_penalty_steers_off_a_copy_of_an_earlier_reply():
+    options = DecodingOptions.from_args(do_sample=False, repeat_reply_penalty=2.0)
+    plain = replace(options, repeat_reply_penalty=1.0)
+    earlier = [[5, 6, 7]]
+    logits = torch.zeros(10)
+    logits[7], logits[8] = 10.0, 9.0  # going on copying [5, 6, 7] is the favourite
+    assert next_token(logits, [5, 6], earlier, plain) == 7
+    assert next_token(logits, [5, 6], earlier, options) == 8
+    assert next_token(logits, [4, 6], earlier, options) == 7  # not a copy: untouched
+    ending = torch.zeros(10)
+    ending[0], ending[3] = 10.0, 9.0  # 0 ends the reply: [5, 6, 7] would be said again
+    assert next_token(ending, [5, 6, 7], earlier, options, enders={0}) == 3
+
+
+def test_repeat_reply_penalty_leaves_other_replies_alone(tiny):
+    model, tokenizer, special = tiny
+    persona = [tokenizer.encode("i have a cat named tom .")]
+    history = [tokenizer.encode("hi"), tokenizer.encode("zebra quartz ."), tokenizer.encode("ok")]
+    options = DecodingOptions.from_args(do_sample=False, max_length=8, min_length=8)
+    controlled = replace(options, repeat_reply_penalty=1e6)
+    reply = generate_reply(model, persona, history, special, options)
+    assert reply[:2] != history[1][:2]
+    assert generate_reply(model, persona, history, special, controlled) == reply

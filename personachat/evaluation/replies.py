@@ -53,7 +53,12 @@ def generation_f1(
 
 
 # Decoding settings that change replies, with the value at which they do nothing.
-_NEUTRAL = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "rerank_samples": 0}
+_NEUTRAL = {
+    "repetition_penalty": 1.0,
+    "repeat_reply_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "rerank_samples": 0,
+}
 
 
 def decoding_label(options) -> str:

@@ -53,6 +53,7 @@ class DecodingOptions:
     max_history_tokens: int
     repetition_penalty: float
     no_repeat_ngram_size: int
+    repeat_reply_penalty: float
     frequency_penalty: float
     presence_penalty: float
     rerank_samples: int
@@ -194,7 +195,7 @@ def generate_replies(
         logits = lm_head(model)(hidden).float()
         stops = stops or stop_biases(logits.shape[-1], special, device)
         logits += stops[0] if step < options.min_length else stops[1]
-        chosen = choose_tokens(logits, replies, finished, own_turns, options)
+        chosen = choose_tokens(logits, replies, finished, own_turns, options, special.reply_enders)
         next_tokens = advance(chosen, replies, finished, special, on_step)
         if all(finished) or step + 1 == options.max_length:
             break
@@ -287,17 +288,23 @@ def choose_tokens(
     finished: list[bool],
     own_turns: list[list[list[int]]],
     options: DecodingOptions,
+    enders: Collection[int] = (),
 ) -> list[int | None]:
-    """The next token of every row (None for a finished row or one with nothing left)."""
+    """The next token of every row (None for a finished row or one with nothing left);
+    ``enders``: the tokens that end a reply (what ``repeat_reply_penalty`` penalises when a
+    reply is a whole earlier one)."""
     if (
         options.repetition_penalty != 1.0
+        or options.repeat_reply_penalty != 1.0
         or options.no_repeat_ngram_size > 0
         or options.frequency_penalty
         or options.presence_penalty
     ):
         # the repetition controls depend on each row's own words
         return [
-            None if finished[row] else next_token(logits[row], reply, own_turns[row], options)
+            None
+            if finished[row]
+            else next_token(logits[row], reply, own_turns[row], options, enders)
             for row, reply in enumerate(replies)
         ]
     return pick_tokens(logits, options).tolist()  # one batched choice, one device->host copy
@@ -322,11 +329,17 @@ def next_token(
     reply: list[int],
     own_turns: Sequence[Sequence[int]],
     options: DecodingOptions,
+    enders: Collection[int] = (),
 ) -> int | None:
     """Apply the repetition controls to one row's logits and pick; None if nothing is left."""
     if options.repetition_penalty != 1.0:
         logits = logits.clone()
         penalize_repeats_(logits, own_turns, reply, options.repetition_penalty)
+    if options.repeat_reply_penalty != 1.0:
+        copying = copied_continuations(own_turns, reply, enders)
+        if copying:
+            logits = logits.clone()
+            penalize_(logits, sorted(copying), options.repeat_reply_penalty)
     if (options.frequency_penalty or options.presence_penalty) and reply:
         logits = logits.clone()
         penalize_counts_(logits, reply, options.frequency_penalty, options.presence_penalty)
@@ -376,11 +389,8 @@ def penalize_repeats_(
 ) -> None:
     """CTRL-style penalty, in place, on tokens the bot already used (this reply or earlier)."""
     used = sorted({t for turn in (*own_turns, reply) for t in turn})
-    if not used:
-        return
-    idx = torch.tensor(used, device=logits.device)
-    values = logits[idx]
-    logits[idx] = torch.where(values > 0, values / penalty, values * penalty)
+    if used:
+        penalize_(logits, used, penalty)
 
 
 def penalize_counts_(
@@ -393,6 +403,34 @@ def penalize_counts_(
         torch.tensor(list(reply), device=logits.device), return_counts=True
     )
     logits[tokens] -= frequency * counts.to(logits.dtype) + presence
+
+
+# A reply must share this many first tokens with an earlier one before going on copying it
+# is penalised: fewer would penalise every reply that starts like an earlier one ("I ...").
+COPIED_PREFIX = 2
+
+
+def copied_continuations(
+    own_turns: Sequence[Sequence[int]], reply: Sequence[int], enders: Collection[int] = ()
+) -> set[int]:
+    """Tokens that would go on copying one of the bot's earlier replies that ``reply`` has
+    copied from its start (at least ``COPIED_PREFIX`` tokens): that turn's next token, or
+    the ``enders`` when ``reply`` already is the whole turn."""
+    n = len(reply)
+    if n < COPIED_PREFIX:
+        return set()
+    tokens: set[int] = set()
+    for turn in own_turns:
+        if len(turn) >= n and list(turn[:n]) == list(reply):
+            tokens.update([int(turn[n])] if len(turn) > n else enders)
+    return tokens
+
+
+def penalize_(logits: torch.Tensor, tokens: Sequence[int], penalty: float) -> None:
+    """CTRL's rule, in place: positive logits divided by ``penalty``, negative multiplied."""
+    idx = torch.tensor(list(tokens), device=logits.device)
+    values = logits[idx]
+    logits[idx] = torch.where(values > 0, values / penalty, values * penalty)
 
 
 def banned_ngram_tokens(

@@ -376,7 +376,11 @@ def usage_notes(args, format_name: str, exported: bool) -> list[str]:
         lines += ["", "It was trained on lowercased text; the chat template lowercases."]
     unsupported = [
         f"`{key}: {getattr(args, key)}`"
-        for key, default in (("repetition_penalty", 1.0), ("no_repeat_ngram_size", 0))
+        for key, default in (
+            ("repetition_penalty", 1.0),
+            ("no_repeat_ngram_size", 0),
+            ("repeat_reply_penalty", 1.0),
+        )
         if getattr(args, key) != default
     ]
     if getattr(args, "rerank_samples", 0) > 1:
