@@ -27,7 +27,9 @@ ENCODER_ENTRIES = 4096  # strings whose ids are kept between requests
 
 @dataclass(frozen=True)
 class HistoryFit:
-    """How many messages a request sent (the new one included) and how many the reply reads."""
+    """How many messages a reply was given (the new one and the stored ones fetched for
+    it: ``max_history``'s window, or every kept one for chat templates) and how many of
+    them it reads."""
 
     sent: int
     read: int
