@@ -91,7 +91,7 @@ def test_heavy_requests_never_stall_another_clients_health(server):
 def test_a_long_conversation_is_read_from_its_newest_messages_and_says_so(api):
     session = api.post("/v1/sessions", json={"personality": ["i am a nurse ."]}).json()["id"]
     for n in range(4):
-        response = api.post(f"/v1/sessions/{session}/messages", json={"text": WORDS})
+        response = api.post(f"/v1/sessions/{session}/messages", json={"text": WORDS * 3})
         assert response.status_code == 200, response.text
         fit = response.json()["history"]
         assert 1 <= fit["read"] and fit["read"] + fit["dropped"] == fit["sent"] <= 2 * n + 1
