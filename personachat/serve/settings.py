@@ -191,7 +191,9 @@ def clean_text(text: str, settings: ServeSettings) -> str:
     check_unicode(text, "text")
     text = text.strip()
     if not text:
-        raise RequestError(422, "empty_text", "text is empty: send a message with some words")
+        raise RequestError(
+            422, "empty_text", "text is empty: send a message with some words", field="text"
+        )
     if len(text) > settings.max_message_chars:
         raise limit_error(
             413,
