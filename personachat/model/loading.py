@@ -195,8 +195,6 @@ def check_weights(local: Path, name: str, trust_remote_pickle: bool, kwargs: dic
     return files
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().split("\n")[0]
 def looks_local(name: str) -> bool:
     """Whether ``name`` is meant as a folder here rather than a hub id (``owner/name``): it
     starts with . / ~ or a drive, has more than one slash or a backslash, or its first part
@@ -226,6 +224,8 @@ def missing_folder(name: str) -> str:
     )
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().split("\n")[0]
     return text[:300]
 
 
