@@ -25,10 +25,15 @@ def personachat(
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess, *words: str) -> None:
-    """Exit 2 with one error line naming ``words``, and no traceback."""
+    """Exit 2 with one error line naming ``words``, and no traceback. ``interact``'s status
+    line ("Loading MODEL (threads: N)…", printed before the model loads) is not an error."""
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    lines = [
+        line
+        for line in done.stderr.splitlines()
+        if line.strip() and not (line.startswith("Loading ") and line.endswith("…"))
+    ]
     assert len(lines) == 1 and "error:" in lines[0], done.stderr
     for word in words:
         assert word in lines[0], lines[0]

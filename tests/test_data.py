@@ -486,7 +486,7 @@ def test_download_of_a_login_page_is_not_cached(tmp_path, serve):
 
 def test_default_url_is_the_public_personachat_file():
     assert PERSONACHAT_URL.endswith("/personachat_self_original.json")
-    assert download_personachat.__defaults__ == (PERSONACHAT_URL, 60)
+    assert download_personachat.__defaults__[:2] == (PERSONACHAT_URL, 60)
 
 
 # --------------------------------------------------------------------------- properties
