@@ -58,7 +58,7 @@ def trained(tiny_checkpoint, tmp_path_factory):
 
 def test_train_prints_metrics_and_a_persona_conversation(trained):
     done, out, _ = trained
-    assert "Evaluation:" in done.stdout and "language_model_loss" in done.stdout
+    assert "perplexity per word" in done.stdout and "language_model_loss" in done.stdout
     assert "Persona: i work as a nurse . i have a cat ." in done.stdout
     assert done.stdout.count("  bot:  ") == len(DEMO_MESSAGES)  # the scripted demo chat
     assert (out / "model.safetensors").is_file()
