@@ -154,9 +154,10 @@ def test_a_card_is_loaded_by_file_picker_and_by_drop(card_server, browser, name)
     page.wait_for_selector("#character-name:has-text('Elowen')")
     # Regenerate: the last reply is taken back and asked for again; Edit: the last message
     # comes back to the message box.
-    page.click("#regenerate")
+    page.click("#regenerate")  # the send button stays disabled until the new reply is in
     page.wait_for_function(
-        "document.querySelectorAll('#log li.msg.bot:not(.pending)').length == 2"
+        "!document.getElementById('send').disabled"
+        " && document.querySelectorAll('#log li.msg.bot:not(.pending)').length == 2"
         " && document.querySelectorAll('#log li.msg.user').length == 1"
     )
     assert page.inner_text("#log li.msg.user") == "thank you"

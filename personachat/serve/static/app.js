@@ -262,11 +262,19 @@ async function undoTurn() {
 
 async function regenerate() {
   if (busy) return;
+  busy = true; // from the click on, until the new reply is in (send keeps it set)
+  $("send").disabled = true;
+  let text;
   try {
-    send(await undoTurn());
+    text = await undoTurn();
   } catch (err) {
     status(err.message, true);
+    busy = false;
+    $("send").disabled = false;
+    return;
   }
+  busy = false;
+  send(text);
 }
 
 async function editLast() {
