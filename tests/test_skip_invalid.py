@@ -173,7 +173,9 @@ def test_dialogs_without_a_persona_train_and_evaluate(tiny_checkpoint, tmp_path)
 
     assert steps > 0
     assert results["num_examples"] == 8 and results["language_model_loss"] > 0
-    assert results["eval_num_candidates"] == 2  # distractors sampled to num_candidates
+    # one candidate per utterance: distractors from the other dialogs' replies, up to 20 (here
+    # the 3 other jobs: "i have a cat ." is every dialog's own reply, never a distractor)
+    assert results["eval_num_candidates"] == 4
 
 
 def test_eval_flags_reach_the_options(tmp_path):
