@@ -180,13 +180,9 @@ def conversation_figures(model, settings: dict, output_dir: str | None = None) -
     spec = settings.get("conversation_eval")
     if not spec:
         return None
-    started = time.perf_counter()
-    with (
-        options_set(model.args, eval_num_candidates=spec["candidates"]),
-        options_set(model.args, max_eval_examples=spec["dialogs"]),
-        tempfile.TemporaryDirectory() as scratch,
-    ):
-        results = model.eval_model(
+    limits = {"eval_num_candidates": spec["candidates"], "max_eval_examples": spec["dialogs"]}
+    with options_set(model.args, **limits), tempfile.TemporaryDirectory() as scratch:
+        return model.eval_model(
             spec["file"],
             output_dir=output_dir or scratch,
             verbose=False,
@@ -194,8 +190,6 @@ def conversation_figures(model, settings: dict, output_dir: str | None = None) -
             generation_f1=True,
             repetition_rate=True,
         )
-    results["seconds"] = time.perf_counter() - started
-    return results
 
 
 def report_conversations(settings: dict, after: dict | None, before: dict | None) -> None:
