@@ -51,6 +51,7 @@ from personachat.model.loading import (
     unwrap,
 )
 from personachat.model.lora import merged
+from personachat.progress import reporting, step
 
 LM_CLASSES = {"gpt2": "GPT2LMHeadModel", "openai-gpt": "OpenAIGPTLMHeadModel"}
 PERSONACHAT_CONFIG_KEYS = (TOKEN_TYPES_KEY, "scratch")
@@ -129,7 +130,8 @@ def export_model(
             raise ExportError(token_types_refusal(str(source or "this model")))
         notes.append(TOKEN_TYPES_LOSS)
     layout = resolve_input_format(args.input_format, model, tokenizer)
-    plain = plain_causal_lm(model)
+    with step("preparing the language model"):
+        plain = plain_causal_lm(model)
     precision = precision_record(args, next(plain.parameters()).dtype)
     if gguf:
         from personachat.model.gguf_export import check_gguf_exportable
@@ -137,11 +139,15 @@ def export_model(
         check_gguf_exportable(plain.config)  # before anything is written
 
     def fill(tmp: Path) -> None:
-        plain.save_pretrained(tmp, safe_serialization=True)
+        with step("writing weights"):
+            plain.save_pretrained(tmp, safe_serialization=True)
         with chat_template_for_saving(tokenizer, layout, args):
             tokenizer.save_pretrained(tmp)
             if gguf:
-                write_checked_gguf(tmp / f"{out.name}.gguf", plain, tokenizer, layout, gguf_half)
+                with step("writing the GGUF file and reading it back"):
+                    write_checked_gguf(
+                        tmp / f"{out.name}.gguf", plain, tokenizer, layout, gguf_half
+                    )
         write_conventions(tmp, tokenizer, args, layout, source, name=out.name, exported=True)
         with open(tmp / "README.md", "a", encoding="utf-8") as card:
             if notes:
@@ -300,7 +306,8 @@ def export_folder(
     """Export the saved model ``name`` (a folder, or any name personachat loads) to ``out``
     (options as ``export_model``'s)."""
     check_target(Path(out), options.get("overwrite", False), source=name)
-    model, tokenizer, args = load_for_export(str(name))
+    with step(f"loading {name}", bars=True):
+        model, tokenizer, args = load_for_export(str(name))
     return export_model(model, tokenizer, args, out, source=name, **options)
 
 
@@ -330,18 +337,20 @@ def add_export_command(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="export a model trained with token types anyway (its replies will differ)",
     )
+    p.add_argument("--quiet", action="store_true", help="no status lines while it works")
 
 
 def run_export_command(options: argparse.Namespace) -> int:
     """``personachat export``: write the folder, print where and what was lost (if anything)."""
-    out, notes = export_folder(
-        options.model,
-        options.out,
-        gguf=options.gguf or options.gguf_f16,
-        gguf_half=options.gguf_f16,
-        overwrite=options.overwrite,
-        allow_inexact=options.allow_inexact,
-    )
+    with reporting("personachat export", quiet=options.quiet):
+        out, notes = export_folder(
+            options.model,
+            options.out,
+            gguf=options.gguf or options.gguf_f16,
+            gguf_half=options.gguf_f16,
+            overwrite=options.overwrite,
+            allow_inexact=options.allow_inexact,
+        )
     for note in notes:
         print(f"personachat export: warning: {note}", file=sys.stderr)
     gguf = f" and {out.name}.gguf" if options.gguf or options.gguf_f16 else ""
