@@ -121,6 +121,10 @@ class ConvAIArgs:
     max_history_tokens: int = 1024
     personality_permutations: int = 1
     do_lower_case: bool = False
+    # Train on each conversation once, every bot turn of its history labelled (the way chat
+    # models are fine-tuned), instead of one example per reply that re-reads the context:
+    # several times the replies learned per token computed. The window is max_history.
+    train_whole_conversations: bool = False
 
     # --- decoding ---
     max_length: int = 20

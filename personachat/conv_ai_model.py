@@ -172,7 +172,8 @@ class ConvAIModel:
         with abandoned_on_error(output_dir):  # bad data: the folder and its lock go
             dialogs = self._load(train_file, "train", self.args.max_train_examples)
             with distributed.main_process_first():  # torchrun: one rank tokenizes, all read
-                dataset = self._dataset(dialogs, str(train_file or "Persona-Chat train"))
+                source = str(train_file or "Persona-Chat train")
+                dataset = self._dataset(dialogs, source, training=True)
             eval_dialogs = evaluate = None
             if eval_file is not None:  # every process evaluates (its share under torchrun)
                 eval_dialogs = self._eval_dialogs(eval_file)
@@ -482,10 +483,14 @@ class ConvAIModel:
         sampled from other dialogs where an utterance has fewer than num_candidates."""
         return prepare_dialogs(path, split, self.args, limit)
 
-    def _dataset(self, dialogs, source: str, num_candidates: int | None = None):
+    def _dataset(
+        self, dialogs, source: str, num_candidates: int | None = None, training: bool = False
+    ):
         """The examples of ``dialogs`` (cached or in memory: ``encoding.examples``);
-        ``num_candidates``: per example (default: the training ``num_candidates``)."""
-        return self._examples(dialogs, source, context_size(self.model), num_candidates)
+        ``num_candidates``: per example (default: the training ``num_candidates``);
+        ``training``: the training set (``train_whole_conversations`` applies)."""
+        size = context_size(self.model)
+        return self._examples(dialogs, source, size, num_candidates, training=training)
 
 
 __all__ = ["ConvAIModel", "ConvAIArgs", "make_args"]

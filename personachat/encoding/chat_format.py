@@ -109,24 +109,34 @@ class ChatFormat:
         reply: Sequence[int],
         lm_labels: bool = False,
         with_eos: bool = True,
+        history_labels: bool = False,
     ) -> dict[str, list[int]]:
         """One (persona, history, reply) as the model sees it; keys as the TransferTransfo
         layout's (``token_type_ids`` are zeros: this format has no speaker embedding).
 
         ``with_eos=False`` ends the input right after the reply's own tokens: the prompt a
-        reply is generated from (with an empty ``reply``).
+        reply is generated from (with an empty ``reply``). ``history_labels`` (with
+        ``lm_labels``) also labels the bot's own earlier turns in the history, each with its
+        end of turn: one input then teaches every reply of a conversation.
         """
         ids = [*self.system.prefix, *self.persona_ids(persona), *self.system.suffix]
-        for i, turn in enumerate(history):
-            role = self.user if (len(history) - 1 - i) % 2 == 0 else self.assistant
-            ids += [*role.prefix, *turn, *role.suffix]
-        ids += self.assistant.prefix
-        reply_segment = [*reply, self.end_of_turn] if with_eos else list(reply)
-        start = len(ids)
-        ids += reply_segment
         labels = [IGNORE_INDEX] * len(ids)
-        if lm_labels:
-            labels[start:] = reply_segment
+        for i, turn in enumerate(history):
+            bot = (len(history) - 1 - i) % 2 == 1
+            role = self.assistant if bot else self.user
+            ids += [*role.prefix, *turn, *role.suffix]
+            labels += [IGNORE_INDEX] * len(role.prefix)
+            if bot and history_labels and lm_labels:
+                closed = role.suffix[:1] == (self.end_of_turn,)
+                labels += [*turn, *role.suffix[:1]] if closed else list(turn)
+                labels += [IGNORE_INDEX] * (len(role.suffix) - (1 if closed else 0))
+            else:
+                labels += [IGNORE_INDEX] * (len(turn) + len(role.suffix))
+        ids += self.assistant.prefix
+        labels += [IGNORE_INDEX] * len(self.assistant.prefix)
+        reply_segment = [*reply, self.end_of_turn] if with_eos else list(reply)
+        ids += reply_segment
+        labels += list(reply_segment) if lm_labels else [IGNORE_INDEX] * len(reply_segment)
         return {
             "input_ids": ids,
             "token_type_ids": [0] * len(ids),

@@ -68,8 +68,10 @@ class PersonaChatDataset(torch.utils.data.Dataset):
         max_tokens: int,
         personality_permutations: int = 1,
         seed: int = 0,
+        label_history: bool = False,
     ) -> None:
         self.dialogs = encoded_dialogs
+        self.label_history = label_history
         self.special = special
         self.num_candidates = num_candidates
         self.max_history = max_history
@@ -99,6 +101,7 @@ class PersonaChatDataset(torch.utils.data.Dataset):
             self.num_candidates,
             self.max_history,
             self.max_tokens,
+            self.label_history,
         )
 
     def example_length(self, idx: int) -> int:
@@ -160,6 +163,7 @@ def dataset_from_dialogs(
     personality_permutations: int = 1,
     lowercase: bool = False,
     seed: int = 0,
+    label_history: bool = False,
     source: str = "<data>",
     overheads: object = None,
 ) -> PersonaChatDataset:
@@ -170,5 +174,12 @@ def dataset_from_dialogs(
     check_num_candidates(dialogs, num_candidates, source)
     encoded = encode_dialogs(dialogs, TextEncoder(tokenizer, lowercase=lowercase))
     return PersonaChatDataset(
-        encoded, special, num_candidates, max_history, max_tokens, personality_permutations, seed
+        encoded,
+        special,
+        num_candidates,
+        max_history,
+        max_tokens,
+        personality_permutations,
+        seed,
+        label_history,
     )

@@ -37,6 +37,27 @@ def encoding_options(
     )
 
 
+def whole_conversations(dialogs: Sequence[dict]) -> list[dict]:
+    """Each dialog as one example, its last utterance: its history holds the whole
+    conversation, so with the bot's earlier turns labelled (``label_history``) one input
+    teaches every reply instead of one input per reply re-reading the same context.
+
+    A dialog whose last history does not hold every earlier utterance's history and gold
+    reply in order (data written turn by turn with gaps) keeps all its utterances: nothing is
+    dropped."""
+    whole = []
+    for dialog in dialogs:
+        utterances = dialog["utterances"]
+        last = list(utterances[-1]["history"]) if utterances else []
+        complete = all(
+            last[: len(u["history"])] == list(u["history"])
+            and last[len(u["history"]) : len(u["history"]) + 1] == list(u["candidates"][-1:])
+            for u in utterances[:-1]
+        )
+        whole.append({**dialog, "utterances": utterances[-1:]} if complete else dialog)
+    return whole
+
+
 def tokenize_processes(args: ConvAIArgs) -> int:
     """Processes for tokenizing: ``process_count`` (None: cpu_count() - 2, at least 1), or
     one without ``use_multiprocessing``."""
@@ -59,11 +80,16 @@ class ExampleBuilder:
         source: str,
         max_tokens: int,
         num_candidates: int | None = None,
+        training: bool = False,
     ):
         """The dataset of ``dialogs`` (``source`` names them in messages), inputs cut to
-        ``max_tokens``."""
+        ``max_tokens``. ``training`` with ``train_whole_conversations``: one example per
+        conversation, every bot turn labelled (``whole_conversations``)."""
         args = self.args
         options = encoding_options(args, max_tokens, num_candidates, self.special.overheads)
+        if training and args.train_whole_conversations:
+            dialogs = whole_conversations(dialogs)
+            options = dataclasses.replace(options, label_history=True)
         if args.no_cache:
             plain = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
             plain.pop("overheads")  # the in-memory dataset reads them from its format

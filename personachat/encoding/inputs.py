@@ -74,7 +74,9 @@ class InputFormat(Protocol):
     @property
     def window_by_tokens(self) -> bool: ...
 
-    def build(self, persona, history, reply, lm_labels=False, with_eos=True) -> dict: ...
+    def build(
+        self, persona, history, reply, lm_labels=False, with_eos=True, history_labels=False
+    ) -> dict: ...
 
     def prefix_length(self, persona: Sequence[Sequence[int]]) -> int: ...
 
@@ -153,9 +155,12 @@ class SpecialIds:
         reply: Sequence[int],
         lm_labels: bool = False,
         with_eos: bool = True,
+        history_labels: bool = False,
     ) -> dict[str, list[int]]:
         """The TransferTransfo input (``build_input_from_segments``)."""
-        return build_input_from_segments(persona, history, reply, self, lm_labels, with_eos)
+        return build_input_from_segments(
+            persona, history, reply, self, lm_labels, with_eos, history_labels
+        )
 
     def prefix_length(self, persona: Sequence[Sequence[int]]) -> int:
         """Tokens of the input's start that depend on the persona alone: ``<bos>`` + persona."""
@@ -211,12 +216,14 @@ def build_input_from_segments(
     special: SpecialIds,
     lm_labels: bool = False,
     with_eos: bool = True,
+    history_labels: bool = False,
 ) -> dict[str, list[int]]:
     """Lay out one (persona, history, reply) triple as the model sees it.
 
     Returns ``input_ids``, ``token_type_ids``, ``mc_token_ids`` (index of the last token, where
     the multiple-choice head reads) and ``lm_labels`` (-100 everywhere except the reply's
-    tokens and ``<eos>`` when ``lm_labels`` is true: only the gold reply is learned).
+    tokens and ``<eos>`` when ``lm_labels`` is true: only the gold reply is learned; with
+    ``history_labels`` too the bot's earlier turns in the history, after their speaker token).
     An empty persona (dialogs read with ``allow_empty_personality``, the persona ablation)
     has no persona segment: ``<bos>`` is followed by the history.
     """
@@ -240,6 +247,12 @@ def build_input_from_segments(
         # The reply's speaker token is the context; everything after it is predicted.
         start = len(input_ids) - len(reply_segment)
         labels[start:] = reply_segment
+    if lm_labels and history_labels:
+        at = len(persona_segment)
+        for spk, segment in zip(speakers[:-1], segments[1:-1], strict=True):
+            if spk == special.speaker2:
+                labels[at + 1 : at + len(segment)] = segment[1:]
+            at += len(segment)
     return {
         "input_ids": input_ids,
         "token_type_ids": token_type_ids,
@@ -411,12 +424,15 @@ def build_example(
     num_candidates: int,
     max_history: int,
     max_tokens: int,
+    label_history: bool = False,
 ) -> dict:
-    """All candidates of one utterance laid out; the gold (last) candidate gets LM labels."""
+    """All candidates of one utterance laid out; the gold (last) candidate gets LM labels
+    (with ``label_history``, on the bot's earlier turns in the history as well)."""
     history = history_window(history, max_history)
     chosen = list(candidates)[-num_candidates:]
     inputs = []
     for j, candidate in enumerate(chosen):
         p, h, r = truncate_to_fit(persona, history, candidate, max_tokens, special.overheads)
-        inputs.append(special.build(p, h, r, lm_labels=j == len(chosen) - 1))
+        gold = j == len(chosen) - 1
+        inputs.append(special.build(p, h, r, lm_labels=gold, history_labels=label_history))
     return {"candidates": inputs, "mc_label": len(chosen) - 1}

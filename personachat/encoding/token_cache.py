@@ -79,6 +79,8 @@ class EncodingOptions:
     seed: int = 0
     # What the input format adds around the text (the examples' lengths depend on it).
     overheads: Overheads = TRANSFERTRANSFO
+    # The bot's earlier turns in the history are labelled too (whole conversations).
+    label_history: bool = False
 
 
 # ------------------------------------------------------------------------------- the key

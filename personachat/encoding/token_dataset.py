@@ -81,6 +81,7 @@ class CachedPersonaChatDataset(torch.utils.data.Dataset):
         self.num_candidates = options["num_candidates"]
         self.max_history = options["max_history"]
         self.max_tokens = options["max_tokens"]
+        self.label_history = options.get("label_history", False)
         self.cache_key = manifest["key"]
         try:
             tables = {name: _map_table(self.folder / f"{name}.arrow") for name in TABLES}
@@ -126,6 +127,7 @@ class CachedPersonaChatDataset(torch.utils.data.Dataset):
             self.num_candidates,
             self.max_history,
             self.max_tokens,
+            self.label_history,
         )
 
     def example_length(self, idx: int) -> int:
