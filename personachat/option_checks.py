@@ -20,7 +20,7 @@ from personachat.errors import PersonachatError
 INPUT_FORMATS = ("auto", "transfertransfo", "chat_template")
 TOKEN_TYPES = ("auto", "embed", "none")
 CPU_QUANTIZE = ("none", "int8", "int4")
-EVAL_RANKINGS = ("auto", "mc", "lm")
+EVAL_RANKINGS = ("auto", "mc", "lm", "pmi")  # evaluation.ranking.RANKINGS
 OPTIMIZERS = ("AdamW", "Adafactor")
 SCHEDULERS = (
     "constant_schedule",
