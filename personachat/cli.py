@@ -41,6 +41,7 @@ from personachat.data.cards import read_card
 from personachat.data.commands import DATA_COMMANDS, add_data_commands, run_data_command
 from personachat.data.readers import FORMATS
 from personachat.errors import PersonachatError
+from personachat.evaluation.ranking import RANKINGS
 from personachat.fs import check_writable_folder
 from personachat.model.export import add_export_command, run_export_command
 from personachat.model.loading import resolve_device
@@ -176,9 +177,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--ranking",
-        choices=["auto", "mc", "lm"],
+        choices=list(RANKINGS),
         help="how hits@1 ranks the candidates: the multiple-choice head (mc), the language "
-        "model's likelihood (lm), or auto: the head if the model was trained with one",
+        "model's likelihood (lm), the same less half each reply's likelihood without persona "
+        "and history (pmi: generic replies stop winning), or auto: the head if the model was "
+        "trained with one, else lm",
     )
     p.add_argument(
         "--candidates",

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from personachat.data.readers import read_dialogs
+from personachat.evaluation.ranking import RANKING_NAMES
 
 # The demo chat: the persona's own facts, then a fact of the user's and questions that can
 # only be answered from the conversation (what the user said, what the bot said, what the
@@ -124,7 +125,7 @@ def headline_labels(results: dict, ranking_named: bool = True) -> dict[str, str]
     (per-word perplexity, hits@1, generation F1), then persona accuracy, history recall and
     repetition, each where the evaluation measured it."""
     candidates = results.get("eval_num_candidates")
-    ranking = {"lm": "language model", "mc": "multiple-choice head"}.get(results.get("ranking"))
+    ranking = RANKING_NAMES.get(results.get("ranking"))
     decoding = results.get("generation_f1_decoding", "")
     labels = {
         "word_perplexity": "perplexity per word",
@@ -209,7 +210,8 @@ def report_conversations(settings: dict, after: dict | None, before: dict | None
     for key, label in labels.items():
         zero = f"{before[key]:.3f}" if before and key in before else "-"
         print(f"  | {label:{width}s} | {zero:>9s} | {after[key]:>10.3f} |")
-    named = {"lm": "the language model", "mc": "the multiple-choice head"}
-    rankings = [named[r["ranking"]] for r in (before or {}, after) if r.get("ranking")]
+    rankings = [
+        "the " + RANKING_NAMES[r["ranking"]] for r in (before or {}, after) if r.get("ranking")
+    ]
     if rankings:
         print("  hits@1 ranked by " + ", then by ".join(rankings))

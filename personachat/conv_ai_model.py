@@ -32,6 +32,8 @@ from personachat.evaluation.evaluate import (
 from personachat.evaluation.metrics import eval_num_candidates, evaluation_folder, write_results
 from personachat.evaluation.persona import without_persona
 from personachat.evaluation.ranking import (
+    LM_RANKINGS,
+    PMI_WEIGHT,
     choice_head_trained,
     lm_ranking,
     resolve_ranking,
@@ -281,15 +283,16 @@ class ConvAIModel:
         ranking = resolve_ranking(self.args.eval_ranking, trained, candidates)
         # Ranked by the LM, the losses need the gold reply only: running the multiple-choice
         # head over every candidate would cost num_candidates forward passes per utterance.
-        in_losses = 1 if ranking == "lm" else candidates
+        in_losses = 1 if ranking in LM_RANKINGS else candidates
         dataset = self._dataset(dialogs, source, num_candidates=in_losses)
         pad_id = self.tokenizer.pad_token_id
         results, labels, preds = evaluation_losses(
             self.model, dataset, dialogs, self.args, self.device, pad_id, silent=silent, shard=shard
         )
         results["eval_num_candidates"] = candidates
-        if ranking == "lm":
-            labels, preds = self._lm_ranking(dialogs, dataset.index, candidates, silent)
+        if ranking in LM_RANKINGS:
+            pmi = PMI_WEIGHT if ranking == "pmi" else 0.0
+            labels, preds = self._lm_ranking(dialogs, dataset.index, candidates, silent, pmi)
         results = ranked_results(results, labels, preds, ranking, trained, metric_fns)
         labels, preds = (labels, preds) if ranking else (None, None)
         greedy = self._greedy()
@@ -299,8 +302,9 @@ class ConvAIModel:
         results.update(reply_metrics(reply, greedy, dialogs, index, labels, preds, **flags))
         return results
 
-    def _lm_ranking(self, dialogs, index, candidates: int, silent: bool):
-        """(labels, preds) of the language model's ranking (``evaluation.ranking``)."""
+    def _lm_ranking(self, dialogs, index, candidates: int, silent: bool, pmi: float = 0.0):
+        """(labels, preds) of the language model's ranking (``evaluation.ranking``);
+        ``pmi``: the weight of each candidate's context-free score subtracted."""
         dtype = autocast_dtype(self.device, self.args.fp16, self.args.cpu_bf16)
         return lm_ranking(
             self.model,
@@ -314,6 +318,7 @@ class ConvAIModel:
             candidates,
             dtype=dtype,
             silent=silent,
+            pmi_weight=pmi,
         )
 
     def persona_eval(self, eval_file, ablate_persona: bool = False) -> dict:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from personachat import ConvAIModel
 from personachat.encoding.inputs import IGNORE_INDEX, history_window
 from personachat.evaluation.ranking import (
+    PMI_WEIGHT,
     candidate_rows,
     choice_head_trained,
     full_scores,
@@ -95,10 +96,13 @@ def test_rows_built_for_different_contexts_are_refused(gpt2_bot):
         shared_context_scores(gpt2_bot.model, rows, torch.device("cpu"))
 
 
+@pytest.mark.parametrize("ranking", ["lm", "pmi"])
 @pytest.mark.parametrize("bot_name", ["gpt2_bot", "llama_bot"])
 def test_hits_at_1_by_the_lm_counts_the_utterances_whose_gold_reply_scores_best(
-    bot_name, request, tmp_path
+    bot_name, ranking, request, tmp_path
 ):
+    """``pmi``: each candidate's score less PMI_WEIGHT times its score with neither persona
+    nor history, both computed by hand here."""
     bot = request.getfixturevalue(bot_name)
     dialogs = make_dialogs(4)
     for dialog in dialogs:  # four candidates each, the gold reply last
@@ -106,7 +110,7 @@ def test_hits_at_1_by_the_lm_counts_the_utterances_whose_gold_reply_scores_best(
             utterance["candidates"] = CANDIDATES[:2] + utterance["candidates"]
     data = tmp_path / "dialogs.json"
     data.write_text(json.dumps(dialogs), encoding="utf-8")
-    bot.args.eval_ranking = "lm"
+    bot.args.eval_ranking = ranking
 
     results = bot.eval_model(data, output_dir=tmp_path / "eval", verbose=False, silent=True)
 
@@ -118,10 +122,16 @@ def test_hits_at_1_by_the_lm_counts_the_utterances_whose_gold_reply_scores_best(
             candidates = [bot._encode(c) for c in utterance["candidates"]]
             rows = candidate_rows(bot.special, persona, history, candidates, 256)
             scores = [hand_score(bot, row) for row in rows]
+            if ranking == "pmi":
+                alone = candidate_rows(bot.special, [], [], candidates, 256)
+                scores = [
+                    s - PMI_WEIGHT * hand_score(bot, r) for s, r in zip(scores, alone, strict=True)
+                ]
             hits.append(max(range(4), key=scores.__getitem__) == 3)
     assert results["eval_num_candidates"] == 4
     assert results["hits@1"] == pytest.approx(sum(hits) / len(hits))
-    assert results["ranking"] == "lm"
+    assert results["ranking"] == ranking
+    assert "f1_score" not in results and "mc_loss" not in results  # no head figures
 
 
 def test_auto_ranks_with_the_head_only_where_training_gave_the_model_one(tmp_path, tiny_checkpoint):

@@ -30,6 +30,7 @@ from personachat.evaluation.persona import (
     probe_items,
     without_persona,
 )
+from personachat.evaluation.ranking import LM_RANKINGS
 from personachat.evaluation.replies import decoding_label, generation_f1, repetition_rates
 from personachat.model.device import autocast_dtype
 from personachat.train import distributed
@@ -96,7 +97,7 @@ def ranked_results(
     ``ranking`` (``ranking.resolve_ranking``): None when each utterance had one candidate:
     nothing was ranked, so hits@1, ``f1_score``, ``mc_loss`` and the ``metric_fns`` (which
     read the rankings) are left out rather than reported as 1.0 and 0 by construction.
-    ``"lm"``: hits@1 of the language model's ranking (``labels``/``preds``); no head figures
+    ``"lm"``/``"pmi"``: hits@1 of the language model's ranking (``labels``/``preds``); no head figures
     (the losses then run over the gold reply alone). ``"mc"``: the head's, as simpletransformers reported
     them. The ranking used is recorded as ``results["ranking"]``."""
     results = dict(results)
@@ -106,7 +107,7 @@ def ranked_results(
         return results
     results["ranking"] = ranking
     results["hits@1"] = hits_at_1(labels, preds)
-    if ranking == "lm":  # the losses ran over the gold reply alone: no head figures
+    if ranking in LM_RANKINGS:  # the losses ran over the gold reply alone: no head figures
         for key in MC_HEAD_FIGURES:
             results.pop(key, None)
     results.update(apply_metric_fns(labels, preds, metric_fns or {}))

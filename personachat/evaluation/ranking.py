@@ -13,8 +13,16 @@ tokens, 600 token positions instead of 4,400.
 
 Models without a KV cache in transformers (OpenAI GPT) are scored by ``full_scores``.
 Which ranking ``eval_model`` uses is the ``eval_ranking`` option: ``"mc"`` the
-multiple-choice head, ``"lm"`` this, ``"auto"`` the head only when the model was trained
-with one (``choice_head_trained``).
+multiple-choice head, ``"lm"`` this, ``"pmi"`` this less ``PMI_WEIGHT`` times the same
+reply's score without persona and history (``pmi_scores``), ``"auto"`` the head only when
+the model was trained with one (``choice_head_trained``).
+
+Why ``"pmi"``: ranked by likelihood alone, short generic replies ("that sounds fun !") that
+fit any conversation beat the gold reply, because they are likely everywhere. Subtracting
+what a reply scores with no context keeps what the context adds: the pointwise mutual
+information of reply and context when the weight is 1 (Li et al. 2016 use it against
+generic replies). The weight was chosen on training conversations, not the held-out ones:
+``benchmarks/lm_ranking.py --pmi``.
 """
 
 from __future__ import annotations
@@ -35,6 +43,14 @@ from personachat.model.families import causal_lm, lm_head, run_body, saved_head_
 
 Row = dict[str, list[int]]  # special.build(..., lm_labels=True)
 MAX_CANDIDATES_PER_PASS = 32  # candidates continued from one context in one forward pass
+RANKINGS = ("auto", "mc", "lm", "pmi")  # eval_ranking's values
+LM_RANKINGS = ("lm", "pmi")  # rankings by the language model: no multiple-choice head
+PMI_WEIGHT = 0.5  # how much of a reply's context-free score "pmi" subtracts
+RANKING_NAMES = {  # how reports name each ranking
+    "mc": "multiple-choice head",
+    "lm": "language model",
+    "pmi": "language model, less the context-free score",
+}
 
 
 # ----------------------------------------------------------------------------- which ranking
@@ -235,12 +251,15 @@ def lm_ranking(
     dtype=None,
     silent: bool = True,
     scores_fn: Callable = shared_context_scores,
+    pmi_weight: float = 0.0,
 ) -> tuple[list[int], list[int]]:
     """(labels, preds) of every example of ``index`` (``(dialog, utterance, ...)`` each, as
     a dataset's index) when the language model ranks the last ``num_candidates`` candidates
     of its utterance (the gold one last, so the label is ``num_candidates - 1``). The context
     is the one a reply reads (``reply_history``: ``max_history`` messages, or the newest
-    within ``max_history_tokens`` for chat templates)."""
+    within ``max_history_tokens`` for chat templates). ``pmi_weight`` > 0: each score less
+    that weight times the candidate's score with neither persona nor history
+    (``eval_ranking`` ``"pmi"``)."""
     model.eval()
     budget = getattr(args, "max_history_tokens", 0)
     picks: dict[tuple[int, int], int] = {}
@@ -254,6 +273,11 @@ def lm_ranking(
         candidates = [encode(c) for c in utterance["candidates"][-num_candidates:]]
         rows = candidate_rows(special, persona, history, candidates, max_tokens)
         scores = scores_fn(model, rows, device, dtype)
+        if pmi_weight:
+            alone = scores_fn(
+                model, candidate_rows(special, [], [], candidates, max_tokens), device, dtype
+            )
+            scores = [s - pmi_weight * a for s, a in zip(scores, alone, strict=True)]
         picks[d, u] = max(range(len(scores)), key=scores.__getitem__)
     preds = [picks[d, u] for d, u, *_ in index]
     return [num_candidates - 1] * len(preds), preds
