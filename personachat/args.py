@@ -125,6 +125,10 @@ class ConvAIArgs:
     # models are fine-tuned), instead of one example per reply that re-reads the context:
     # several times the replies learned per token computed. The window is max_history.
     train_whole_conversations: bool = False
+    # Label the bot's own earlier turns inside each training example's history window too
+    # (one example per reply as usual): up to max_history + 1 replies learned per example
+    # for the same compute. Implied by train_whole_conversations.
+    train_history_labels: bool = False
 
     # --- decoding ---
     max_length: int = 20

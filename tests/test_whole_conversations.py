@@ -123,3 +123,24 @@ def test_training_on_whole_conversations_reads_one_example_per_conversation(
     assert len(pieces) == 2  # the first reply (in the history) and the last
     bot.train_model(str(train_file))
     assert (tmp_path / "out" / "model_args.json").is_file()
+
+
+def test_history_labels_keep_one_example_per_reply_and_label_the_bots_turns_in_its_window(
+    tmp_path, chat_model
+):
+    dialogs = make_dialogs(3)
+    args = {
+        "input_format": "chat_template",
+        "train_history_labels": True,
+        "num_candidates": 1,
+        "no_cache": True,
+        "silent": True,
+    }
+    bot = ConvAIModel("auto", str(chat_model), use_cuda=False, args=args)
+    dataset = bot._dataset(dialogs, "dialogs", training=True)
+    assert len(dataset) == sum(len(d["utterances"]) for d in dialogs)  # one per reply
+    first, second = (dataset[i]["candidates"][-1] for i in (0, 1))
+    assert len(labelled_pieces(first)) == 1  # nothing said by the bot before
+    assert len(labelled_pieces(second)) == 2  # its first reply, then the gold one
+    evaluation = bot._dataset(dialogs, "dialogs")  # not training: the gold reply alone
+    assert len(labelled_pieces(evaluation[1]["candidates"][-1])) == 1

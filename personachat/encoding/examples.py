@@ -84,11 +84,13 @@ class ExampleBuilder:
     ):
         """The dataset of ``dialogs`` (``source`` names them in messages), inputs cut to
         ``max_tokens``. ``training`` with ``train_whole_conversations``: one example per
-        conversation, every bot turn labelled (``whole_conversations``)."""
+        conversation, every bot turn labelled (``whole_conversations``); with
+        ``train_history_labels``: the bot's turns in each example's history labelled."""
         args = self.args
         options = encoding_options(args, max_tokens, num_candidates, self.special.overheads)
         if training and args.train_whole_conversations:
             dialogs = whole_conversations(dialogs)
+        if training and (args.train_whole_conversations or args.train_history_labels):
             options = dataclasses.replace(options, label_history=True)
         if args.no_cache:
             plain = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
