@@ -264,6 +264,17 @@ def lm_ranking(
     budget = getattr(args, "max_history_tokens", 0)
     picks: dict[tuple[int, int], int] = {}
     utterances = list(dict.fromkeys((d, u) for d, u, *_ in index))
+    known: dict[tuple[int, ...], float] = {}  # a reply's context-free score, computed once
+
+    def context_free(candidates: list[list[int]]) -> list[float]:
+        """Each candidate's score with neither persona nor history: the same for a reply
+        wherever it is a distractor, so each distinct reply is scored once."""
+        new = list(dict.fromkeys(tuple(c) for c in candidates if tuple(c) not in known))
+        if new:
+            rows = candidate_rows(special, [], [], new, max_tokens)
+            known.update(zip(new, scores_fn(model, rows, device, dtype), strict=True))
+        return [known[tuple(c)] for c in candidates]
+
     for d, u in tqdm(utterances, desc="Ranking by the LM", disable=silent, leave=False):
         dialog = dialogs[d]
         utterance = dialog["utterances"][u]
@@ -274,9 +285,7 @@ def lm_ranking(
         rows = candidate_rows(special, persona, history, candidates, max_tokens)
         scores = scores_fn(model, rows, device, dtype)
         if pmi_weight:
-            alone = scores_fn(
-                model, candidate_rows(special, [], [], candidates, max_tokens), device, dtype
-            )
+            alone = context_free(candidates)
             scores = [s - pmi_weight * a for s, a in zip(scores, alone, strict=True)]
         picks[d, u] = max(range(len(scores)), key=scores.__getitem__)
     preds = [picks[d, u] for d, u, *_ in index]
