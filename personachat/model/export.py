@@ -44,13 +44,14 @@ from personachat.model.families import (
     is_double_heads,
     uses_token_types,
 )
+from personachat.model.gguf_quants import Q4_1, finetune_in_4bit, stored_weight
 from personachat.model.loading import (
     load_model_and_tokenizer,
     make_input_format,
     resolve_input_format,
     unwrap,
 )
-from personachat.model.lora import merged
+from personachat.model.lora import base_state, merged
 from personachat.progress import reporting, step
 
 LM_CLASSES = {"gpt2": "GPT2LMHeadModel", "openai-gpt": "OpenAIGPTLMHeadModel"}
@@ -115,14 +116,19 @@ def export_model(
     *,
     gguf: bool = False,
     gguf_half: bool = False,
+    gguf_format: str | None = None,
     overwrite: bool = False,
     allow_inexact: bool = False,
     source: str | os.PathLike | None = None,
 ) -> tuple[Path, list[str]]:
     """Write the plain folder of a loaded model (``ConvAIModel``'s ``model``, ``tokenizer``
     and ``args``) to ``out``; ``source``: the folder whose report and evaluation results the
-    card shows. Returns the folder and the notes about what was lost (empty when exact)."""
+    card shows. ``gguf_format``: the GGUF file's matrices (``gguf_export.FORMATS``; default
+    float32, or float16 with ``gguf_half``). Returns the folder and the notes about what was
+    lost (empty when exact)."""
     out = Path(out)
+    kind = gguf_format or ("f16" if gguf_half else "f32")
+    gguf = gguf or gguf_format is not None
     check_target(out, overwrite, source)
     notes = []
     if uses_token_types(model):
@@ -137,6 +143,8 @@ def export_model(
         from personachat.model.gguf_export import check_gguf_exportable
 
         check_gguf_exportable(plain.config)  # before anything is written
+        if kind == Q4_1:
+            notes.append(check_finetune_survives_4bit(model, plain, args, source))
 
     def fill(tmp: Path) -> None:
         with step("writing weights"):
@@ -199,7 +207,7 @@ def precision_section(record: dict) -> str:
     return "\n## Precision\n\n" + "\n".join(lines) + "\n"
 
 
-def write_checked_gguf(path: Path, plain, tokenizer, layout: str, half: bool) -> None:
+def write_checked_gguf(path: Path, plain, tokenizer, layout: str, kind: str) -> None:
     """The GGUF file, kept only if it reads back as ``plain`` (``gguf_export.verify_gguf``):
     compared on chat prompts rendered with the exported template, and on random ids."""
     from personachat.model.gguf_export import verify_gguf, write_gguf
@@ -210,9 +218,9 @@ def write_checked_gguf(path: Path, plain, tokenizer, layout: str, half: bool) ->
         tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
         for messages in SAMPLE_CONVERSATIONS
     ]
-    reference = rounded_to_half(plain) if half else plain
+    reference = as_stored(plain, kind)
     try:
-        write_gguf(path, plain, tokenizer, eos_id=ends[0], half=half)
+        write_gguf(path, plain, tokenizer, eos_id=ends[0], kind=kind)
         verify_gguf(path, reference, tokenizer, prompts)
     except BaseException:
         path.unlink(missing_ok=True)
@@ -233,14 +241,70 @@ SAMPLE_CONVERSATIONS = (
 )
 
 
-def rounded_to_half(model) -> torch.nn.Module:
-    """A copy whose matrices are rounded to float16 (as a float16 GGUF stores them)."""
+def as_stored(model, kind: str) -> torch.nn.Module:
+    """``model`` with its weights as a ``kind`` GGUF file stores them (float16, or 8/4-bit
+    blocks, read back to float32): the model the written file must equal."""
+    if kind == "f32":
+        return model
     rounded = copy.deepcopy(model)
     with torch.no_grad():
         for param in rounded.parameters():
-            if param.ndim > 1:
-                param.copy_(param.half().float())
+            weight = stored_weight(param.detach().float().numpy(), kind)
+            param.copy_(torch.from_numpy(weight).to(param.dtype))
     return rounded
+
+
+def check_finetune_survives_4bit(model, plain, args: ConvAIArgs, source) -> str:
+    """Refuse a 4-bit file that would give back the base model: compare the fine-tune's Q4_1
+    blocks with its base's (a LoRA model's weights under the adapters, else the model its
+    options name, ``model_name``). Returns the measurement for the card when it is kept."""
+    base = base_weights(model, args, source)
+    if base is None:
+        return "4-bit (Q4_1) GGUF: no base model to compare with; the model is its own base"
+    tuned = {name: t.detach().float().numpy() for name, t in plain.state_dict().items()}
+    measured = finetune_in_4bit(base, tuned)
+    if not measured.blocks:
+        return "4-bit (Q4_1) GGUF: the weights equal those of the base model they name"
+    if measured.mostly_base:
+        raise ExportError(
+            f"a 4-bit (Q4_1) GGUF of this fine-tune would be its base model again: "
+            f"{measured.describe()}. Export with --gguf-q8_0 (8-bit blocks keep the "
+            "fine-tune; the file is about 1.9x larger) or --gguf-f16"
+        )
+    return f"4-bit (Q4_1) GGUF: {measured.describe()}"
+
+
+def base_weights(model, args: ConvAIArgs, source) -> dict | None:
+    """The float32 weights (plain names) of the model ``model`` was fine-tuned from, or None
+    when there is none to load (a model exported as it was downloaded)."""
+    lm = unwrap(model)
+    if hasattr(lm, "merge_and_unload"):
+        state = base_state(lm)
+    else:
+        name = args.model_name
+        if not name or (source is not None and same_model(name, source)):
+            return None
+        try:
+            base, _ = load_model_and_tokenizer("auto", name, cache_dir=args.cache_dir)
+        except (OSError, ValueError, PersonachatError) as err:
+            raise ExportError(
+                f"a 4-bit (Q4_1) GGUF is checked against the base model {name!r} (does the "
+                f"fine-tune survive 4-bit rounding?), which cannot be loaded here ({err}); "
+                "export with --gguf-q8_0 instead"
+            ) from err
+        state = causal_lm(base).state_dict()
+    return {
+        name: tensor.detach().float().numpy()
+        for name, tensor in state.items()
+        if not name.startswith(HEAD_PREFIX)
+    }
+
+
+def same_model(name: str, source) -> bool:
+    """Whether ``name`` and ``source`` name the same folder (or the same hub id)."""
+    if Path(name).is_dir() and Path(source).is_dir():
+        return Path(name).resolve() == Path(source).resolve()
+    return str(name) == str(source)
 
 
 def check_target(out: Path, overwrite: bool, source: str | os.PathLike | None = None) -> None:
@@ -327,6 +391,17 @@ def add_export_command(sub: argparse._SubParsersAction) -> None:
         "(Llama and Qwen2 models; float32)",
     )
     p.add_argument("--gguf-f16", action="store_true", help="the GGUF file's matrices in float16")
+    p.add_argument(
+        "--gguf-q8_0",
+        action="store_true",
+        help="the GGUF file's matrices in llama.cpp's 8-bit Q8_0 blocks (keeps a fine-tune)",
+    )
+    p.add_argument(
+        "--gguf-q4_1",
+        action="store_true",
+        help="the GGUF file's matrices in llama.cpp's 4-bit Q4_1 blocks (refused for a "
+        "fine-tune that 4-bit rounding would turn back into its base model)",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
