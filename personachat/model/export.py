@@ -44,7 +44,7 @@ from personachat.model.families import (
     is_double_heads,
     uses_token_types,
 )
-from personachat.model.gguf_quants import Q4_1, finetune_in_4bit, stored_weight
+from personachat.model.gguf_quants import FORMATS, Q4_1, finetune_in_4bit, stored_weight
 from personachat.model.loading import (
     load_model_and_tokenizer,
     make_input_format,
@@ -128,6 +128,8 @@ def export_model(
     lost (empty when exact)."""
     out = Path(out)
     kind = gguf_format or ("f16" if gguf_half else "f32")
+    if kind not in FORMATS:
+        raise ExportError(f"GGUF format {kind!r}: choose one of {', '.join(FORMATS)}")
     gguf = gguf or gguf_format is not None
     check_target(out, overwrite, source)
     notes = []
@@ -153,9 +155,7 @@ def export_model(
             tokenizer.save_pretrained(tmp)
             if gguf:
                 with step("writing the GGUF file and reading it back"):
-                    write_checked_gguf(
-                        tmp / f"{out.name}.gguf", plain, tokenizer, layout, gguf_half
-                    )
+                    write_checked_gguf(tmp / f"{out.name}.gguf", plain, tokenizer, layout, kind)
         write_conventions(tmp, tokenizer, args, layout, source, name=out.name, exported=True)
         with open(tmp / "README.md", "a", encoding="utf-8") as card:
             if notes:
@@ -417,18 +417,24 @@ def add_export_command(sub: argparse._SubParsersAction) -> None:
 
 def run_export_command(options: argparse.Namespace) -> int:
     """``personachat export``: write the folder, print where and what was lost (if anything)."""
+    formats = [k for k in ("f16", "q8_0", "q4_1") if getattr(options, f"gguf_{k}")]
+    if len(formats) > 1:
+        raise ExportError(
+            f"choose one GGUF format; --gguf-{' and --gguf-'.join(formats)} were all given"
+        )
+    fmt = formats[0] if formats else ("f32" if options.gguf else None)
     with reporting("personachat export", quiet=options.quiet):
         out, notes = export_folder(
             options.model,
             options.out,
-            gguf=options.gguf or options.gguf_f16,
-            gguf_half=options.gguf_f16,
+            gguf_format=fmt,
             overwrite=options.overwrite,
             allow_inexact=options.allow_inexact,
         )
     for note in notes:
-        print(f"personachat export: warning: {note}", file=sys.stderr)
-    gguf = f" and {out.name}.gguf" if options.gguf or options.gguf_f16 else ""
+        level = "note" if note.startswith("4-bit") else "warning"
+        print(f"personachat export: {level}: {note}", file=sys.stderr)
+    gguf = f" and {out.name}.gguf ({fmt})" if fmt else ""
     print(f"Exported {options.model} to {out} (a plain causal-LM folder{gguf})")
     return 0
 

@@ -31,11 +31,9 @@ import numpy as np
 import torch
 
 from personachat.errors import PersonachatError
-from personachat.model.gguf_quants import BLOCK_BYTES, quantizable, quantize
+from personachat.model.gguf_quants import BLOCK_BYTES, FORMATS, quantizable, quantize
 
 SUPPORTED = ("llama", "qwen2")
-# --gguf (f32), --gguf-f16, --gguf-q8_0, --gguf-q4_1: how the file stores the matrices
-FORMATS = ("f32", "f16", "q8_0", "q4_1")
 LOGITS_TOLERANCE = 1e-4  # relative to the largest logit; float32 rounding is far below
 SAMPLE_TEXTS = (
     "hello , how are you today ? i work as a nurse .",
@@ -264,6 +262,8 @@ def write_gguf(path: Path, model, tokenizer, eos_id: int, kind: str = "f32") -> 
     the matrices as ``kind`` (``FORMATS``); ``eos_id``: the token that ends a reply."""
     import gguf
 
+    if kind not in FORMATS:
+        raise GGUFExportError(f"GGUF format {kind!r}: choose one of {', '.join(FORMATS)}")
     config = model.config
     check_gguf_exportable(config)
     size = model.get_input_embeddings().num_embeddings

@@ -25,6 +25,8 @@ import numpy as np
 BLOCK = 32
 Q8_0, Q4_1 = "q8_0", "q4_1"
 BLOCK_BYTES = {Q8_0: 34, Q4_1: 20}
+# --gguf (f32), --gguf-f16, --gguf-q8_0, --gguf-q4_1: how a GGUF file stores the matrices
+FORMATS = ("f32", "f16", Q8_0, Q4_1)
 # the 4-bit file is refused when more of the blocks the fine-tune changed than this come out
 # identical to the base model's: the file would then mostly be the base model
 MOSTLY_BASE = 0.5
