@@ -4,6 +4,7 @@ test modules share."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -16,7 +17,7 @@ import uvicorn
 from personachat.serve.app import create_app
 from personachat.serve.server import uvicorn_config
 from personachat.serve.settings import ServeSettings
-from personachat.serve.store import SessionStore
+from personachat.serve.store import SessionStore, StoreFullError
 
 from .conftest import make_dialogs
 
@@ -97,3 +98,28 @@ def sse_events(lines) -> list[tuple[str, dict]]:
         elif line.startswith("data:"):
             events.append((name, json.loads(line[5:])))
     return events
+
+
+def fill_the_disk(store: SessionStore) -> None:
+    """Make ``store``'s database as full as a full disk makes it: SQLite may not grow the
+    file past its current pages (``PRAGMA max_page_count`` on the store's own write
+    connection, the one SQLite checks), and filler sessions and messages take the room left
+    in them, so the next write that needs space fails with "database or disk is full"."""
+    filler = store.create("filler-session-messages", ["filler"]).id
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+    store._db.execute("PRAGMA synchronous = OFF")  # fillers need no disk syncs
+    sessions = (f"filler-session-{n:08d}" for n in range(10**6))
+    for size in (4000, 400, 40, 4, 1):
+        with contextlib.suppress(StoreFullError):
+            while True:  # the sessions' pages
+                store.create(next(sessions), ["x" * size])
+        with contextlib.suppress(StoreFullError):
+            while True:  # the messages' pages
+                store.append_turn(filler, "x" * size, "x" * size, keep=10**9)
+    store._db.execute("PRAGMA synchronous = FULL")
+
+
+def free_the_disk(store: SessionStore) -> None:
+    """Room again (``fill_the_disk`` undone): SQLite may grow the file as it needs."""
+    store._db.execute("PRAGMA max_page_count = 1073741823")

@@ -136,16 +136,21 @@ httpx = pytest.importorskip("httpx", reason="the test extra: pip install -e '.[t
 
 from .serve_helpers import AUTH, KEY, SETTINGS, ThreadServer, model_with_personas  # noqa: E402
 
+# the card is ~8 KB of JSON, ~6,000 characters of text
+ROOMY = replace(SETTINGS, max_body_bytes=64 * 1024, max_card_chars=32_000)
+
 
 @pytest.fixture(scope="module")
-def server(long_context, tmp_path_factory):
+def card_model(long_context, tmp_path_factory):
     from personachat import ConvAIModel
 
     folder = model_with_personas(long_context, tmp_path_factory.mktemp("cards") / "tiny-bot")
-    model = ConvAIModel("gpt2", folder, args={"max_length": 8}, use_cuda=False)
-    # the card is ~8 KB of JSON, ~6,000 characters of text
-    roomy = replace(SETTINGS, max_body_bytes=64 * 1024, max_card_chars=32_000)
-    with ThreadServer(model, tmp_path_factory.mktemp("db") / "s.sqlite3", roomy) as s:
+    return ConvAIModel("gpt2", folder, args={"max_length": 8}, use_cuda=False)
+
+
+@pytest.fixture(scope="module")
+def server(card_model, tmp_path_factory):
+    with ThreadServer(card_model, tmp_path_factory.mktemp("db") / "s.sqlite3", ROOMY) as s:
         yield s
 
 
@@ -179,3 +184,58 @@ def test_chat_completions_take_the_card_and_chat(server):
     assert reply.choices[0].finish_reason in ("stop", "length")
     alone = client.chat.completions.create(model="tiny-bot", messages=said, temperature=0)
     assert reply.usage.prompt_tokens > alone.usage.prompt_tokens  # the card is in the prompt
+
+
+def personas_given(model, monkeypatch) -> list[list[str]]:
+    """The persona of every conversation the model is asked to answer, in order."""
+    given: list[list[str]] = []
+    generate = model.generate_replies
+
+    def recorded(conversations, *args, **kwargs):
+        given.extend(list(c["personality"] if isinstance(c, dict) else c[0]) for c in conversations)
+        return generate(conversations, *args, **kwargs)
+
+    monkeypatch.setattr(model, "generate_replies", recorded)
+    return given
+
+
+THISTLE = "Thistle is a grey owl, older than any owl should be, who carries Elowen's messages"
+LORE = ("Thistle is a grey owl", "The shadow creatures are shapes")
+
+
+def test_a_stored_sessions_lorebook_survives_a_restart_and_keeps_firing(
+    card_model, tmp_path, monkeypatch
+):
+    card = json.loads(json.dumps(ELOWEN))
+    card["data"]["first_mes"] = "Good morning, {{user}}."  # no lorebook key in the opening
+    given = personas_given(card_model, monkeypatch)
+    db = tmp_path / "sessions.sqlite3"
+
+    def say(api, session_id: str, text: str) -> None:
+        turn = api.post(f"/v1/sessions/{session_id}/messages", json={"text": text})
+        assert turn.status_code == 200, turn.text
+
+    with ThreadServer(card_model, db, ROOMY) as first:
+        with httpx.Client(base_url=first.url, headers=AUTH, timeout=120) as api:
+            session = api.post("/v1/sessions", json={"card": card}).json()
+            say(api, session["id"], "good morning to you too")
+    stored = session["personality"]
+    at = sum(not p.startswith(EXAMPLE_HEADER) for p in stored)  # before the example chats
+    assert given == [stored]  # no key in the last two messages: the card's persona alone
+
+    with ThreadServer(card_model, db, ROOMY) as second:  # a restart on the same database
+        with httpx.Client(base_url=second.url, headers=AUTH, timeout=120) as api:
+            say(api, session["id"], "Is that an OWL up on the beam?")
+            # taking the turn back rebuilds the session: its lorebook stays with it
+            assert api.delete(f"/v1/sessions/{session['id']}/messages/last").status_code == 200
+            say(api, session["id"], "Is that an OWL up on the beam?")
+            # a plain persona replaces the card's: its lorebook goes with it
+            plain = {"personality": ["i like owls ."]}
+            assert api.put(f"/v1/sessions/{session['id']}", json=plain).status_code == 200
+            say(api, session["id"], "tell me about the owl")
+    for persona in given[1:3]:
+        assert persona[:at] == stored[:at] and persona[at].startswith(THISTLE)
+        called_up = persona[at : len(persona) - len(stored) + at]
+        assert all(p.startswith(LORE) for p in called_up)  # the reply read may name the wards
+        assert persona[len(called_up) + at :] == stored[at:]
+    assert given[3] == ["i like owls ."]

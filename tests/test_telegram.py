@@ -31,10 +31,15 @@ from personachat.serve.store import SessionStore
 pytest.importorskip("telegram", reason="the telegram extra: pip install -e '.[test]'")
 pytest.importorskip("pydantic", reason="the telegram extra: pip install -e '.[test]'")
 
-from personachat.telegram.bot import MAX_WAITING_PER_CHAT, NAMESPACE, session_id  # noqa: E402
+from personachat.telegram.bot import (  # noqa: E402
+    MAX_WAITING_PER_CHAT,
+    NAMESPACE,
+    STORE_APOLOGY,
+    session_id,
+)
 from personachat.telegram.command import TOKEN_ENV, BotConfig, run_bot  # noqa: E402
 
-from .serve_helpers import model_with_personas  # noqa: E402
+from .serve_helpers import fill_the_disk, free_the_disk, model_with_personas  # noqa: E402
 from .telegram_standin import BotApiStandIn  # noqa: E402
 
 TOKEN = "123456:stand-in-token"
@@ -226,6 +231,26 @@ def test_a_flooding_chat_is_told_to_slow_down_and_others_are_answered(model, api
     assert reply == greedy(model, "hi", [], NURSE)
 
 
+def test_a_full_disk_gets_an_apology_in_the_chat_and_the_path_in_the_log(
+    model, api, tmp_path, caplog
+):
+    db, chat = tmp_path / "sessions.sqlite3", 203
+    with BotThread(model, db, api) as bot:
+        set_persona(api, chat, NURSE)
+        api.send_text(chat, "hi")
+        first = api.wait_replies(chat, 2)[-1]
+        fill_the_disk(bot.store)
+        api.send_text(chat, "are you there ?")
+        sorry = api.wait_replies(chat, 3)[-1]
+        free_the_disk(bot.store)
+        api.send_text(chat, "are you there ?")
+        again = api.wait_replies(chat, 4)[-1]
+    assert sorry == STORE_APOLOGY and str(db) not in sorry
+    assert any(f"the session database {db} is full" in r.getMessage() for r in caplog.records)
+    # nothing stored before was lost, and the chat goes on once there is room
+    assert history(db, chat) == (NURSE, ["hi", first, "are you there ?", again])
+
+
 # ---------------------------------------------------------------------- persona, card, reset
 def test_card_file_then_reset(model, api, tmp_path):
     db = tmp_path / "sessions.sqlite3"
@@ -249,6 +274,41 @@ def test_card_file_then_reset(model, api, tmp_path):
     assert reset.startswith("I forgot our conversation") and persona[0] in reset
     assert fresh == greedy(model, "hi", [], stored)
     assert messages == ["hi", fresh]
+
+
+def test_a_cards_lorebook_is_kept_with_the_chat_across_a_restart_and_a_reset(
+    model, api, tmp_path, monkeypatch
+):
+    book = {"entries": [{"keys": ["goat"], "content": "{{char}}'s goats are Bell and Clover."}]}
+    card = {**CARD, "data": {**CARD["data"], "character_book": book}}
+    given: list[list[str]] = []
+    generate = model.generate_replies
+
+    def recorded(conversations, *args, **kwargs):  # the persona each reply was given
+        given.extend(list(c["personality"] if isinstance(c, dict) else c[0]) for c in conversations)
+        return generate(conversations, *args, **kwargs)
+
+    monkeypatch.setattr(model, "generate_replies", recorded)
+    db, chat = tmp_path / "sessions.sqlite3", 402
+    with BotThread(model, db, api):
+        api.send_document(chat, json.dumps(card).encode(), "ada.json", caption="/card")
+        api.wait_replies(chat, 2)
+    with BotThread(model, db, api):  # a new bot process on the same database
+        api.send_text(chat, "how are the goats ?")
+        api.wait_replies(chat, 3)
+        api.send_text(chat, "/reset")
+        api.wait_replies(chat, 4)
+        api.send_text(chat, "and the GOATS today ?")
+        api.wait_replies(chat, 5)
+        set_persona(api, chat, NURSE)  # a plain persona: the card's lorebook goes with it
+        api.send_text(chat, "any goats ?")
+        api.wait_replies(chat, 7)
+    stored, _ = history(db, chat)
+    assert stored == NURSE
+    lore = "Ada's goats are Bell and Clover."
+    card_persona = [p for p in given[0] if p != lore]
+    assert len(card_persona) == 3 and "Ada's personality: cheerful" in card_persona
+    assert given == [[*card_persona, lore], [*card_persona, lore], NURSE]
 
 
 def test_a_png_card_and_card_usage(model, api, tmp_path):

@@ -40,7 +40,7 @@ import re
 import struct
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from itertools import accumulate
 from pathlib import Path
 
@@ -128,12 +128,58 @@ class PersonaCard:
     def persona_for(self, history: Sequence[str]) -> list[str]:
         """The persona for a reply to ``history`` (ending with the user's message): the
         card's pieces with the lorebook entries its last ``scan_depth`` messages call up."""
+        return Lorebook.of(self).persona_for(self.personality, history)
+
+
+@dataclass(frozen=True)
+class Lorebook:
+    """A card's lorebook apart from the card, so a stored session keeps it with its persona:
+    ``entries``, the messages their keys are looked for in (``scan_depth``), and where in the
+    persona they go (``at``: before the example chats; None: at the end)."""
+
+    entries: tuple[LoreEntry, ...] = ()
+    scan_depth: int = DEFAULT_SCAN_DEPTH
+    at: int | None = None
+
+    @classmethod
+    def of(cls, card: PersonaCard) -> Lorebook:
+        return cls(card.lore, card.scan_depth, card.lore_at)
+
+    def persona_for(self, personality: Sequence[str], history: Sequence[str]) -> list[str]:
+        """``personality`` with the entries the last ``scan_depth`` messages of ``history``
+        (ending with the user's message) call up, by ``insertion_order``."""
         recent = "\n".join(history[-self.scan_depth :]) if history else ""
-        hits = sorted((e for e in self.lore if e.fires(recent)), key=lambda e: e.insertion_order)
+        hits = sorted((e for e in self.entries if e.fires(recent)), key=lambda e: e.insertion_order)
         if not hits:
-            return list(self.personality)
-        at = len(self.personality) if self.lore_at is None else self.lore_at
-        return [*self.personality[:at], *(e.content for e in hits), *self.personality[at:]]
+            return list(personality)
+        at = len(personality) if self.at is None else min(self.at, len(personality))
+        return [*personality[:at], *(e.content for e in hits), *personality[at:]]
+
+    def to_json(self) -> dict | None:
+        """The lorebook as JSON (None when it has no entries), as ``from_json`` reads it."""
+        if not self.entries:
+            return None
+        return {
+            "scan_depth": self.scan_depth,
+            "at": self.at,
+            "entries": [
+                {**asdict(e), "keys": list(e.keys), "secondary_keys": list(e.secondary_keys)}
+                for e in self.entries
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict | None) -> Lorebook:
+        """The lorebook ``to_json`` wrote (an empty one for None)."""
+        if not obj:
+            return cls()
+        entries = tuple(
+            LoreEntry(
+                **{**e, "keys": tuple(e["keys"]), "secondary_keys": tuple(e["secondary_keys"])}
+            )
+            for e in obj["entries"]
+        )
+        return cls(entries, int(obj["scan_depth"]), obj["at"])
 
 
 @dataclass(frozen=True)

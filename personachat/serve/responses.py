@@ -23,7 +23,9 @@ from personachat.serve.openai_shapes import (
     openai_status,
     param_name,
 )
+from personachat.serve.service import store_refusal
 from personachat.serve.settings import RequestError, unicode_problem
+from personachat.serve.store import StoreError
 
 log = logging.getLogger("personachat.serve")
 
@@ -89,6 +91,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestError)
     async def request_error(request: Request, err: RequestError) -> JSONResponse:
         return error_json(err, on_openai_route(request))
+
+    @app.exception_handler(StoreError)
+    async def store_error(request: Request, err: StoreError) -> JSONResponse:
+        return error_json(store_refusal(err), on_openai_route(request))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:

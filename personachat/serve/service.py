@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import replace
 from typing import Any
 
-from personachat.data.cards import CardError, CardLimits, PersonaCard, card_from_json
+from personachat.data.cards import CardError, CardLimits, Lorebook, PersonaCard, card_from_json
 from personachat.errors import PersonachatError
 from personachat.generation.generate import DecodingOptions
 from personachat.model.loading import context_size
@@ -35,7 +35,15 @@ from personachat.serve.settings import (
     limit_error,
     server_defaults,
 )
-from personachat.serve.store import Message, Session, SessionNotFound, SessionStore, Turn
+from personachat.serve.store import (
+    Message,
+    Session,
+    SessionNotFound,
+    SessionStore,
+    StoreError,
+    StoreFullError,
+    Turn,
+)
 
 log = logging.getLogger("personachat.serve")
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
@@ -160,7 +168,11 @@ class ChatService:
                 session_card, card, sentences, self.settings, self.model
             )
             session = await asyncio.to_thread(
-                self.store.start_over, session_id, persona.personality, persona.first_message
+                self.store.start_over,
+                session_id,
+                persona.personality,
+                persona.first_message,
+                Lorebook.of(persona).to_json(),
             )
             return session.to_json()
         personality = await self.personality(sentences)
@@ -174,14 +186,16 @@ class ChatService:
         self, session_id: str, sentences: list[str] | None, card: dict | None = None
     ) -> dict:
         self._read(session_id, 0)  # 404 before drawing a persona
+        lorebook = None  # a plain persona has none: the card's goes with its persona
         if card is not None:
             persona = await asyncio.to_thread(
                 session_card, card, sentences, self.settings, self.model
             )
-            personality = persona.personality
+            personality, lorebook = persona.personality, Lorebook.of(persona).to_json()
         else:
             personality = await self.personality(sentences)
-        return (await self._write(self.store.set_personality, session_id, personality)).to_json()
+        session = await self._write(self.store.set_personality, session_id, personality, lorebook)
+        return session.to_json()
 
     async def delete(self, session_id: str) -> None:
         await self._write(self.store.delete, session_id)
@@ -189,32 +203,18 @@ class ChatService:
     async def undo_turn(self, session_id: str) -> dict:
         """Take back the session's last turn (the user's message and the bot's reply after
         it), for the page's "regenerate" and "edit": ``{"session", "text"}`` with the removed
-        message's text. Rebuilt from the store's own writes (start over, then the kept turns),
-        under the session's lock, so no turn is decoded meanwhile."""
+        message's text. One store transaction (``SessionStore.take_back``: on a full disk
+        nothing changes), under the session's lock, so no turn is decoded meanwhile."""
         async with self.locks.hold(session_id):
-            session = self._read(session_id)
-            messages = session.messages
-            if len(messages) < 2 or (messages[-2].role, messages[-1].role) != ("user", "bot"):
+            last = self._read(session_id, 2).messages
+            if len(last) < 2 or (last[0].role, last[1].role) != ("user", "bot"):
                 raise RequestError(
                     409,
                     "nothing_to_undo",
                     "the session does not end with a message and its reply: nothing to undo",
                 )
-            kept = messages[:-2]
-            opening = kept[0].text if kept and kept[0].role == "bot" and kept[0].seq == 1 else None
-            turns = [
-                Turn(session_id, user.text, bot.text)
-                for user, bot in zip(kept, kept[1:], strict=False)
-                if (user.role, bot.role) == ("user", "bot")
-            ]
-
-            def rebuild() -> Session:
-                self.store.start_over(session_id, session.personality, opening)
-                self.store.append_turns(turns, self.settings.max_history_kept)
-                return self.store.get(session_id)
-
-            updated = await asyncio.to_thread(rebuild)
-        return {"session": updated.to_json(), "text": messages[-2].text}
+            updated = await self._write(self.store.take_back, session_id, last[0].seq)
+        return {"session": updated.to_json(), "text": last[0].text}
 
     def history_read(self, options: DecodingOptions) -> int:
         """How many stored messages a reply may read: the ``max_history`` window (the new
@@ -321,15 +321,14 @@ class ChatService:
             # max_history window, or for chat templates (a token budget) every stored turn.
             session = self._read(session_id, self.history_read(options))
             history = [m.text for m in session.messages] + [text]
+            persona = self.persona_for(session, history)
             # What the reply reads (said in the response); a message that cannot be read
             # whole is refused here, not answered from the persona alone. Tokenizes: a thread.
-            fit = await asyncio.to_thread(
-                self.fitter.fit_history, session.personality, history, options
-            )
+            fit = await asyncio.to_thread(self.fitter.fit_history, persona, history, options)
             on_token = None
             if events is not None:
                 on_token = token_forwarder(asyncio.get_running_loop(), events)
-            reply = await self.batcher.reply(session.personality, history, options, on_token)
+            reply = await self.batcher.reply(persona, history, options, on_token)
             try:
                 user, bot = await self.writer.write(Turn(session_id, text, reply, client_id))
             except SessionNotFound:  # deleted while the reply was being decoded
@@ -342,6 +341,20 @@ class ChatService:
                     "session; send a new client_id for a new message",
                 ) from None
             return {**turn_json(user, bot, options, replayed=False), "history": fit.to_json()}
+
+    def persona_for(self, session: Session, history: list[str]) -> list[str]:
+        """The session's persona for a reply to ``history`` (its read messages and the new
+        one), with the entries of its card's lorebook that the recent messages call up. The
+        lorebook scans its own ``scan_depth``, read from the store when that reaches past
+        the messages the reply reads."""
+        lorebook = Lorebook.from_json(session.lorebook)
+        if not lorebook.entries:
+            return session.personality
+        scanned = history
+        if lorebook.scan_depth > len(history):
+            older = self._read(session.id, lorebook.scan_depth - 1).messages
+            scanned = [m.text for m in older] + history[-1:]
+        return lorebook.persona_for(session.personality, scanned)
 
     async def drain(self) -> None:
         """Let the turns being answered finish (and be stored) before the server stops."""
@@ -373,7 +386,10 @@ def reply_error(err: Exception) -> RequestError:
     """A failed reply as its client's error. The batcher re-runs a failed batch one request at
     a time, so an error here belongs to this request alone: a ``PersonachatError`` or
     ``ValueError`` (the model refused to encode the conversation) is the input's fault (422);
-    anything else is the server's (500, logged with its traceback)."""
+    anything else is the server's (500, logged with its traceback); a reply that could not be
+    stored is ``store_refusal``'s."""
+    if isinstance(err, StoreError):
+        return store_refusal(err)
     if isinstance(err, PersonachatError | ValueError):
         log.warning("a reply was refused: %s", err)
         return RequestError(
@@ -384,6 +400,16 @@ def reply_error(err: Exception) -> RequestError:
         )
     log.error("reply failed", exc_info=err)
     return RequestError(500, "generation_failed", f"the model failed to reply: {err}")
+
+
+def store_refusal(err: StoreError) -> RequestError:
+    """A write the session database refused, as its client's error: 507 when the disk is
+    full (``StoreFullError``), 503 otherwise; the message names the database file. Logged
+    with the path, for whoever runs the server."""
+    log.error("the session store refused a write: %s", err)
+    if isinstance(err, StoreFullError):
+        return RequestError(507, "storage_full", str(err))
+    return RequestError(503, "storage_unavailable", str(err))
 
 
 def turn_json(user: Message, bot: Message, options: DecodingOptions, replayed: bool) -> dict:

@@ -27,12 +27,14 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from personachat.errors import PersonachatError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SERVE_NAMESPACE = "serve"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -40,7 +42,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     personality TEXT NOT NULL,          -- JSON list of sentences
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    namespace TEXT NOT NULL DEFAULT 'serve'  -- who may reach it: 'serve', 'telegram'
+    namespace TEXT NOT NULL DEFAULT 'serve', -- who may reach it: 'serve', 'telegram'
+    lorebook TEXT                       -- JSON of a character card's lorebook, or NULL
 );
 CREATE TABLE IF NOT EXISTS messages (
     session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
@@ -60,12 +63,29 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_client_id
 ADDED_COLUMNS = (
     ("sessions", "namespace", "TEXT NOT NULL DEFAULT 'serve'"),
     ("messages", "delivered", "INTEGER NOT NULL DEFAULT 1"),
+    ("sessions", "lorebook", "TEXT"),
 )
 UNDELIVERED, DELIVERED, GIVEN_UP = 0, 1, 2
 
 
+def as_json(value: object) -> str | None:
+    """A column's JSON text (None stays NULL)."""
+    return None if value is None else json.dumps(value, ensure_ascii=False)
+
+
 class StoreError(PersonachatError):
     """The session database cannot be opened or used; the message says which file and why."""
+
+
+class StoreFullError(StoreError):
+    """The session database could not grow: its disk is full (or SQLite's size limit is
+    reached). The write that failed was rolled back whole; everything stored before stays."""
+
+
+def is_full(err: sqlite3.Error) -> bool:
+    """Whether SQLite refused a write for lack of space (SQLITE_FULL)."""
+    code = getattr(err, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_FULL or "database or disk is full" in str(err)
 
 
 class SessionNotFound(KeyError):
@@ -105,6 +125,9 @@ class Session:
     messages: list[Message]
     created_at: float
     updated_at: float
+    # A character card's lorebook (data.cards.Lorebook.to_json), kept with its persona so its
+    # entries keep firing after a restart; None without a card.
+    lorebook: dict | None = None
 
     def to_json(self) -> dict:
         return {
@@ -181,21 +204,38 @@ class SessionStore:
         db.execute("PRAGMA foreign_keys=ON")
         return db
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A write to the database; a disk too full for it is a ``StoreFullError`` naming
+        the file (the transaction was rolled back: nothing half written, nothing lost)."""
+        try:
+            yield
+        except sqlite3.OperationalError as err:
+            if not is_full(err):
+                raise
+            raise StoreFullError(
+                f"the session database {self.path} is full ({err}): this write was not "
+                "stored, the sessions stored before are kept; free space on its disk or "
+                "pass another --db PATH"
+            ) from err
+
     def close(self) -> None:
         with self._lock, self._read_lock:
             self._reader.close()
             self._db.close()
 
     # ------------------------------------------------------------------ sessions
-    def create(self, session_id: str, personality: list[str]) -> Session:
+    def create(
+        self, session_id: str, personality: list[str], lorebook: dict | None = None
+    ) -> Session:
         now = time.time()
-        with self._lock:
+        with self._writing(), self._lock:
             self._db.execute(
-                "INSERT INTO sessions (id, personality, created_at, updated_at, namespace) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (session_id, json.dumps(personality, ensure_ascii=False), now, now, self.namespace),
+                "INSERT INTO sessions (id, personality, created_at, updated_at, namespace, "
+                "lorebook) VALUES (?, ?, ?, ?, ?, ?)",
+                (session_id, as_json(personality), now, now, self.namespace, as_json(lorebook)),
             )
-        return Session(session_id, list(personality), [], now, now)
+        return Session(session_id, list(personality), [], now, now, lorebook)
 
     def get(self, session_id: str, last: int | None = None) -> Session:
         """The session with all its kept messages (or only the ``last`` ones), oldest first."""
@@ -203,7 +243,7 @@ class SessionStore:
             self._reader.execute("BEGIN")  # one snapshot for the session and its messages
             try:
                 row = self._reader.execute(
-                    "SELECT personality, created_at, updated_at FROM sessions "
+                    "SELECT personality, created_at, updated_at, lorebook FROM sessions "
                     "WHERE id = ? AND namespace = ?",
                     (session_id, self.namespace),
                 ).fetchone()
@@ -220,47 +260,54 @@ class SessionStore:
                 self._reader.execute("COMMIT")
         if row is None:
             raise SessionNotFound(session_id)
-        return Session(
-            session_id, json.loads(row[0]), [Message(*r) for r in reversed(rows)], row[1], row[2]
-        )
+        messages = [Message(*r) for r in reversed(rows)]
+        lorebook = json.loads(row[3]) if row[3] else None
+        return Session(session_id, json.loads(row[0]), messages, row[1], row[2], lorebook)
 
-    def set_personality(self, session_id: str, personality: list[str]) -> Session:
-        with self._lock:
+    def set_personality(
+        self, session_id: str, personality: list[str], lorebook: dict | None = None
+    ) -> Session:
+        """A new persona for the conversation that goes on; the lorebook goes with it
+        (a card's, or None: a plain persona has none)."""
+        with self._writing(), self._lock:
             cursor = self._db.execute(
-                "UPDATE sessions SET personality = ?, updated_at = ? WHERE id = ? AND namespace = ?",
-                (
-                    json.dumps(personality, ensure_ascii=False),
-                    time.time(),
-                    session_id,
-                    self.namespace,
-                ),
+                "UPDATE sessions SET personality = ?, lorebook = ?, updated_at = ? "
+                "WHERE id = ? AND namespace = ?",
+                (as_json(personality), as_json(lorebook), time.time(), session_id, self.namespace),
             )
             if cursor.rowcount == 0:
                 raise SessionNotFound(session_id)
         return self.get(session_id)
 
     def start_over(
-        self, session_id: str, personality: list[str], opening: str | None = None
+        self,
+        session_id: str,
+        personality: list[str],
+        opening: str | None = None,
+        lorebook: dict | None = None,
     ) -> Session:
-        """Begin the session's conversation again, in one transaction: this persona and no
-        messages but the bot's ``opening`` line, if any (a character card's first message);
+        """Begin the session's conversation again, in one transaction: this persona (and
+        ``lorebook``) and no messages but the bot's ``opening`` line, if any (a character
+        card's first message);
         the session is created if it does not exist. For front ends that keep one session per
         chat (the Telegram bot's ``/reset`` and ``/card``). Numbering starts again at 1."""
         now = time.time()
-        with self._lock:
+        with self._writing(), self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._check_namespace(session_id)
                 self._db.execute(
-                    "INSERT INTO sessions (id, personality, created_at, updated_at, namespace) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
-                    "personality = excluded.personality, updated_at = excluded.updated_at",
+                    "INSERT INTO sessions (id, personality, created_at, updated_at, namespace, "
+                    "lorebook) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                    "personality = excluded.personality, updated_at = excluded.updated_at, "
+                    "lorebook = excluded.lorebook",
                     (
                         session_id,
-                        json.dumps(personality, ensure_ascii=False),
+                        as_json(personality),
                         now,
                         now,
                         self.namespace,
+                        as_json(lorebook),
                     ),
                 )
                 self._db.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
@@ -277,6 +324,28 @@ class SessionStore:
                 raise
         return self.get(session_id)
 
+    def take_back(self, session_id: str, seq: int) -> Session:
+        """Remove the messages from ``seq`` on (the last turn, for "regenerate" and "edit"),
+        in one transaction: they are gone together or, on a failed write, all kept."""
+        with self._writing(), self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                found = self._db.execute(
+                    "UPDATE sessions SET updated_at = ? WHERE id = ? AND namespace = ?",
+                    (time.time(), session_id, self.namespace),
+                ).rowcount
+                if not found:
+                    raise SessionNotFound(session_id)
+                self._db.execute(
+                    "DELETE FROM messages WHERE session_id = ? AND seq >= ?", (session_id, seq)
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        return self.get(session_id)
+
     def _check_namespace(self, session_id: str) -> None:
         """Refuse (SessionNotFound) an id that another namespace holds: never overwritten."""
         row = self._db.execute(
@@ -286,7 +355,7 @@ class SessionStore:
             raise SessionNotFound(session_id)
 
     def delete(self, session_id: str) -> None:
-        with self._lock:
+        with self._writing(), self._lock:
             cursor = self._db.execute(
                 "DELETE FROM sessions WHERE id = ? AND namespace = ?", (session_id, self.namespace)
             )
@@ -332,7 +401,7 @@ class SessionStore:
         of a batch finish together). Each turn stands alone: one whose session was deleted
         meanwhile gets its exception in the returned list and the others are stored."""
         results: list[tuple[Message, Message] | Exception] = []
-        with self._lock:
+        with self._writing(), self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 for turn in turns:
@@ -384,7 +453,7 @@ class SessionStore:
     def mark_delivered(self, session_id: str, seq: int, given_up: bool = False) -> None:
         """Record that the reply ``seq`` reached its chat (or, ``given_up``, never will:
         the chat refuses it for good), so ``undelivered`` no longer offers it."""
-        with self._lock:
+        with self._writing(), self._lock:
             self._db.execute(
                 "UPDATE messages SET delivered = ? WHERE session_id = ? AND seq = ?",
                 (GIVEN_UP if given_up else DELIVERED, session_id, seq),

@@ -35,12 +35,12 @@ from telegram.constants import ChatAction, MessageLimit
 from telegram.error import BadRequest, Forbidden, InvalidToken, RetryAfter, TelegramError
 from telegram.ext import BaseHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
-from personachat.data.cards import MAX_CARD_BYTES, CardError, CardLimits, parse_card
+from personachat.data.cards import MAX_CARD_BYTES, CardError, CardLimits, Lorebook, parse_card
 from personachat.data.cards import persona_sentences as split_sentences
 from personachat.serve.bodies import MessageBody
 from personachat.serve.service import ChatService, KeyedLocks
 from personachat.serve.settings import RequestError, clean_personality, clean_text
-from personachat.serve.store import Session, SessionNotFound
+from personachat.serve.store import Session, SessionNotFound, StoreError
 
 log = logging.getLogger("personachat.telegram")
 SESSION_PREFIX = "telegram-chat-id-"
@@ -55,6 +55,10 @@ COMMANDS = {
     "reset": "forget our conversation (the persona stays)",
 }
 HELP = "Commands:\n" + "\n".join(f"/{name} – {what}" for name, what in COMMANDS.items())
+STORE_APOLOGY = (
+    "Sorry, I cannot save our conversation right now, so that message did not reach me; "
+    "please try again later."
+)
 CARD_CAPTION = re.compile(r"^/card(@\w+)?(\s|$)", re.IGNORECASE)
 
 Step = Callable[[Message, str], Awaitable[list[str]]]
@@ -163,6 +167,9 @@ class PersonaBot:
         async with self.chats.hold(key):
             try:
                 texts = await step(message, key)
+            except StoreError as err:  # the chat hears an apology; the log has the path
+                log.error("chat %s: the session store refused a write: %s", key, err)
+                texts = [STORE_APOLOGY]
             except RequestError as err:
                 texts = [refusal(err)]
             except CardError as err:
@@ -204,7 +211,10 @@ class PersonaBot:
 
     async def _delivered(self, key: str, text: str, given_up: bool = False) -> None:
         if isinstance(text, StoredReply):
-            await asyncio.to_thread(self.store.mark_delivered, key, text.seq, given_up)
+            try:
+                await asyncio.to_thread(self.store.mark_delivered, key, text.seq, given_up)
+            except StoreError as err:  # sent all the same; offered again after a restart
+                log.error("chat %s: reply %d not marked delivered: %s", key, text.seq, err)
 
     async def deliver_pending(self, bot) -> int:
         """Send the replies stored but never accepted by Telegram (the bot was stopped, or
@@ -278,7 +288,9 @@ class PersonaBot:
 
     async def reset(self, message: Message, key: str) -> list[str]:
         session = await self.session(key)
-        await asyncio.to_thread(self.store.start_over, key, session.personality)
+        await asyncio.to_thread(
+            self.store.start_over, key, session.personality, None, session.lorebook
+        )
         return [
             f"I forgot our conversation. My persona stays:\n{persona_text(session.personality)}"
         ]
@@ -302,7 +314,11 @@ class PersonaBot:
         # so the other chats' messages are not held up behind it.
         card = await asyncio.to_thread(parse_card, data, name, user, self.card_limits)
         personality = clean_personality(card.personality, self.service.settings)
-        await asyncio.to_thread(self.store.start_over, key, personality, card.first_message)
+        # The lorebook is stored with the chat: its entries keep firing after a restart.
+        lorebook = Lorebook.of(card).to_json()
+        await asyncio.to_thread(
+            self.store.start_over, key, personality, card.first_message, lorebook
+        )
         intro = f"I am {card.name} now; our conversation starts over. My persona:\n"
         return [
             intro + persona_text(personality),
@@ -357,7 +373,10 @@ async def download(document: Document, name: str) -> bytes:
 
 
 def refusal(err: RequestError) -> str:
-    """A refused message or persona, told in the chat."""
+    """A refused message or persona, told in the chat (a reply the store could not keep:
+    an apology; ``store_refusal`` logged the database's path)."""
     if err.code == "no_persona":  # not a refusal: the bot's own message
         return err.message
+    if err.code in ("storage_full", "storage_unavailable"):
+        return STORE_APOLOGY
     return f"Sorry, I cannot take that: {err.message}"
