@@ -83,8 +83,13 @@ def test_heavy_requests_never_stall_another_clients_health(server):
 
     assert len(answers) == 6 and all(code < 500 for code in answers), answers
     assert len(waits) >= 5  # the heavy requests took a while
-    assert max(waits) < 1.0, (
-        f"/health waited {max(waits):.2f} s (median {sorted(waits)[len(waits) // 2]:.3f} s)"
+    # A card parsed on the event loop held every /health probe 8-12 s. A loaded machine may
+    # delay one probe past a second on its own (seen once), so: the median under a second
+    # and no probe anywhere near the old stall (benchmarks/serve_stall.py measures it).
+    waits.sort()
+    median, worst = waits[len(waits) // 2], waits[-1]
+    assert median < 1.0 and worst < 5.0, (
+        f"/health waited {worst:.2f} s at worst, {median:.3f} s median ({len(waits)} probes)"
     )
 
 
