@@ -61,6 +61,7 @@ from personachat.train.loop import train
 from personachat.train.preflight import check_before_training
 from personachat.train.reporting import samples_writer, train_reported
 from personachat.train.rng import set_seed
+from personachat.train.state import TrainingHooks
 
 MAX_SAVED_PERSONAS = 1000
 CHAT_ENCODER_ENTRIES = 20_000  # strings whose token ids the chat path keeps
@@ -176,27 +177,21 @@ class ConvAIModel:
             with distributed.main_process_first():  # torchrun: one rank tokenizes, all read
                 source = str(train_file or "Persona-Chat train")
                 dataset = self._dataset(dialogs, source, training=True)
-            eval_dialogs = evaluate = None
-            if eval_file is not None:  # every process evaluates (its share under torchrun)
-                eval_dialogs = self._eval_dialogs(eval_file)
-                silent = self.args.evaluate_during_training_silent
-                evaluate = partial(self._evaluate, eval_dialogs, str(eval_file), silent, shard=True)
+            eval_dialogs = self._eval_dialogs(eval_file) if eval_file is not None else None
             self._personas = personalities(dialogs)[:MAX_SAVED_PERSONAS]
-            samples = self._samples_writer(output_dir, samples_file, eval_dialogs or dialogs)
+            hooks = self._training_hooks(output_dir, samples_file, eval_file, eval_dialogs, dialogs)
             global_step, details = train_reported(
-                partial(
-                    train,
+                lambda: train(
                     self.model,
                     self.tokenizer,
                     dataset,
                     self.args,
                     self.device,
                     output_dir,
-                    evaluate=evaluate,
-                    show_running_loss=show_running_loss,
+                    hooks,
                     save_extra={PERSONAS_FILE: json.dumps(self._personas, ensure_ascii=False)},
+                    show_running_loss=show_running_loss,
                     resume_from=resume,
-                    on_epoch_end=samples,
                 ),
                 output_dir,
                 self.args,
@@ -473,6 +468,21 @@ class ConvAIModel:
     def _greedy(self) -> DecodingOptions:
         """This model's decoding options, greedy: what every evaluation decodes with."""
         return DecodingOptions.from_args(self.args, do_sample=False)
+
+    def _training_hooks(
+        self, output_dir: str, samples_file, eval_file, eval_dialogs, dialogs
+    ) -> TrainingHooks:
+        """What the loop calls back: evaluation on eval_file (every process evaluates its
+        share under torchrun), and samples.md before training and after every epoch."""
+
+        def on_evaluate() -> dict:
+            silent = self.args.evaluate_during_training_silent
+            return self._evaluate(eval_dialogs, str(eval_file), silent, shard=True)
+
+        return TrainingHooks(
+            on_evaluate=on_evaluate if eval_dialogs is not None else None,
+            on_epoch_end=self._samples_writer(output_dir, samples_file, eval_dialogs or dialogs),
+        )
 
     def _samples_writer(self, output_dir: str, samples_file, fallback: list[dict]):
         """What writes samples.md (None with no_save): greedy replies to the probes of

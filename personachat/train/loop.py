@@ -1,7 +1,12 @@
 """The training loop, read top to bottom: set up; resume or start clean; then epoch by epoch
-one optimizer step at a time (its micro-batches, then clip and step), and after each step
-log, save, evaluate and react to a signal; at each epoch's end samples, evaluation and a
+one optimizer step at a time (``train_epoch``: its micro-batches, clip and step, then log,
+evaluate, save and react to a signal); at each epoch's end samples, evaluation and a
 checkpoint; finally the model.
+
+Where the run stands is one ``TrainingState`` (``run.state``: what a checkpoint saves), and
+only this file changes it: the helpers it calls (``outputs``, ``evaluating``, ``resume``)
+return what they found, and the loop takes it in. What the caller adds (evaluation, the
+samples, a per-step callback) comes in as named ``TrainingHooks``.
 
 One pass per epoch over length-grouped, shuffled batches (``encoding.batching``), a step
 every ``gradient_accumulation_steps`` micro-batches. Under ``torchrun`` the same loop runs in
@@ -37,15 +42,24 @@ from personachat.train.errors import TrainingError, TrainingInterrupted
 from personachat.train.evaluating import evaluate_now
 from personachat.train.lock import unlock_output_dir
 from personachat.train.outputs import (
+    StepLog,
     draw_curves,
     log_step,
+    rotate,
     save_checkpoint,
     save_model,
     write_samples,
 )
 from personachat.train.resume import resume, start_clean
 from personachat.train.setup import set_up, tensorboard_writer
-from personachat.train.state import Hooks, Run, StepStats, StopOnSignal
+from personachat.train.state import (
+    LastCheckpoint,
+    Run,
+    StepStats,
+    StopOnSignal,
+    TrainingHooks,
+    TrainingState,
+)
 
 
 def train(
@@ -55,28 +69,29 @@ def train(
     args: ConvAIArgs,
     device: torch.device,
     output_dir: str,
-    evaluate: Callable[[], dict] | None = None,
-    show_running_loss: bool = True,
+    hooks: TrainingHooks | None = None,
+    *,
     save_extra: dict[str, str] | None = None,
+    show_running_loss: bool = True,
     resume_from: str | Path | None = None,
-    on_epoch_end: Callable[[str], None] | None = None,
 ) -> tuple[int, dict]:
     """Fine-tune ``model`` on ``train_dataset``; returns (global_step, training details).
 
-    ``resume_from``: a checkpoint folder (``checkpoints.resolve_resume``) to go on from.
-    ``on_epoch_end(heading)`` runs on rank 0 before training (fresh runs) and after every
-    epoch, with the random generators saved around it (the samples writer). Under
-    ``torchrun`` this joins the process group (unless the caller already did), trains with
-    DDP, and leaves the group as it found it.
+    ``hooks``: evaluation, the samples writer and a per-step callback (``TrainingHooks``).
+    ``save_extra``: files written beside every saved model. ``resume_from``: a checkpoint
+    folder (``checkpoints.resolve_resume``) to go on from. Under ``torchrun`` this joins the
+    process group (unless the caller already did), trains with DDP, and leaves the group as
+    it found it.
     """
     if len(train_dataset) == 0:
         raise TrainingError("the training data holds no utterances")
     if args.train_batch_size == "auto" and device.type != "cuda":
         raise TrainingError("train_batch_size='auto' needs a CUDA device; pass a number on CPU")
-    hooks = Hooks(evaluate, on_epoch_end, save_extra, show_running_loss)
+    hooks = hooks or TrainingHooks()
     ctx = distributed.setup(device.type)
     try:
         run = set_up(model, tokenizer, train_dataset, args, device, output_dir, ctx, hooks)
+        run = dataclasses.replace(run, save_extra=save_extra, show_running_loss=show_running_loss)
         return run_training(run, resume_from)
     finally:
         distributed.teardown(ctx)
@@ -85,25 +100,37 @@ def train(
 
 def run_training(run: Run, resume_from: str | Path | None) -> tuple[int, dict]:
     """The loop of ``train`` in this process (one of ``run.ctx.world_size``)."""
-    args = run.args
-    if resume_from is not None:
-        resume(run, resume_from)
-    else:
-        start_clean(run)
-    distributed.barrier(run.ctx)  # every process has passed check_output_dir before writes
-    if run.ctx.is_main:
-        purge_step = run.state.global_step + 1 if resume_from is not None else None
-        run.writer = tensorboard_writer(args, run.out, purge_step)
-    if resume_from is None:
-        write_samples(run, "Before training (step 0)", fresh=True)
-    run.started = time.perf_counter() - run.state.train_seconds
+    run, restore_rng = begin(run, resume_from)
     stopper = StopOnSignal(announce=run.announce, saved=partial(saved_so_far, run))
     with stopper as stop, failures_explained(run):
         while not finished(run):
-            train_epoch(run, stop)
+            train_epoch(run, stop, restore_rng)
+            restore_rng = None  # put back once, in the epoch the checkpoint was taken in
             if not run.state.stopped_early:
                 end_epoch(run, stop)
     return finish(run)
+
+
+def begin(run: Run, resume_from: str | Path | None) -> tuple[Run, Callable[[], None] | None]:
+    """The run as it starts: a checkpoint's state (and a way to put its random generators
+    back) or a clean start; the TensorBoard writer; the samples before training."""
+    state, restore_rng, last = TrainingState(), None, LastCheckpoint()
+    if resume_from is not None:
+        resumed = resume(run, resume_from)
+        state, restore_rng = resumed.state, resumed.restore_rng
+        last = LastCheckpoint(path=resumed.checkpoint)
+    else:
+        start_clean(run)
+    distributed.barrier(run.ctx)  # every process has passed check_output_dir before writes
+    writer = None
+    if run.ctx.is_main:
+        purge_step = state.global_step + 1 if resume_from is not None else None
+        writer = tensorboard_writer(run.args, run.out, purge_step)
+    if resume_from is None:
+        write_samples(run, "Before training (step 0)", fresh=True)
+    started = time.perf_counter() - state.train_seconds
+    run = dataclasses.replace(run, state=state, last_checkpoint=last, writer=writer)
+    return dataclasses.replace(run, started=started), restore_rng
 
 
 def finished(run: Run) -> bool:
@@ -114,19 +141,53 @@ def finished(run: Run) -> bool:
 
 
 # ----------------------------------------------------------------------------- one epoch
-def train_epoch(run: Run, stop: StopOnSignal) -> None:
+def train_epoch(run: Run, stop: StopOnSignal, restore_rng: Callable[[], None] | None) -> None:
     """The epoch's remaining steps; ends at once when early stopping decides so."""
-    run.bar = open_epoch(run)
-    for i, batch in enumerate(run.bar, start=run.state.batches_done):
-        if not micro_step(run, i, batch):
+    args, state, hooks = run.args, run.state, run.hooks
+    accumulation, epoch_micro = run.plan.accumulation_steps, run.epoch_micro
+    every = args.evaluate_during_training_steps
+    evaluating = hooks.on_evaluate and args.evaluate_during_training and every > 0
+    bar = open_epoch(run, restore_rng)
+    for i, batch in enumerate(bar, start=state.batches_done):
+        # Forward and backward of one micro-batch; the last step of an epoch may hold fewer
+        # of them, and its loss is averaged over those.
+        in_last_step = i >= epoch_micro - run.last_step_micro
+        step_ends = (i + 1) % accumulation == 0 or i + 1 == epoch_micro
+        batch = to_device(batch, run.device)
+        # Between step boundaries DDP skips its gradient all-reduce (forward and backward
+        # both inside no_sync); the boundary's backward reduces the sum.
+        sync = run.objective.no_sync() if run.ctx.enabled and not step_ends else nullcontext()
+        with sync:
+            with autocast(run.device, run.amp_dtype):
+                out = run.forward(batch)
+            loss = out.loss / (run.last_step_micro if in_last_step else accumulation)
+            run.scaler.scale(loss).backward()
+        run.sums.add(out, batch["input_ids"].numel())
+        if not step_ends:
             continue
+        # Clip and step (a NaN stops here, before any weight changes), then log.
         stats = optimizer_step(run, i)
-        if after_step(run, stats, stop) or run.state.global_step >= run.total_steps:
+        step = state.global_step
+        log = log_step(run, stats, bar)
+        keep_records(state, log)
+        if hooks.on_step_end:
+            hooks.on_step_end(step, log.values)
+        # Evaluate before the checkpoint of the same step: the checkpoint then holds its
+        # result (best metric, early-stopping and plateau counts) and the generators after
+        # it, and a run resumed from it goes on exactly as the uninterrupted one.
+        if evaluating and step % every == 0:
+            evaluate(run)
+        if args.save_steps > 0 and step % args.save_steps == 0:
+            save_checkpoint(run, f"checkpoint-{step}")
+        if state.stopped_early:
             break
-    run.bar.close()
+        react_to_signal(run, stop, bar)
+        if step >= run.total_steps:
+            break
+    bar.close()
 
 
-def open_epoch(run: Run) -> tqdm:
+def open_epoch(run: Run, restore_rng: Callable[[], None] | None) -> tqdm:
     """The epoch's batches from where the run stands, under a progress bar."""
     state, args = run.state, run.args
     run.sampler.set_epoch(state.epoch)
@@ -135,13 +196,12 @@ def open_epoch(run: Run) -> tqdm:
     # epoch saved the generators after its epoch's draw, one at an epoch's start (signal or
     # save_model_every_epoch) before the next epoch's: restored on the same side of the
     # draw, dropout goes on as if never stopped.
-    if run.restore_rng is not None and state.batches_done == 0:
-        run.restore_rng()
-        run.restore_rng = None
+    if restore_rng is not None and state.batches_done == 0:
+        restore_rng()
+        restore_rng = None
     batches = iter(run.loader)
-    if run.restore_rng is not None:
-        run.restore_rng()
-        run.restore_rng = None
+    if restore_rng is not None:
+        restore_rng()
     return tqdm(
         batches,
         desc=f"Epoch {state.epoch + 1}/{run.num_epochs}",
@@ -152,27 +212,9 @@ def open_epoch(run: Run) -> tqdm:
     )
 
 
-def micro_step(run: Run, i: int, batch: dict[str, torch.Tensor]) -> bool:
-    """Forward and backward of micro-batch ``i`` of the epoch; True if it ends a step."""
-    accumulation = run.plan.accumulation_steps
-    in_last_step = i >= run.epoch_micro - run.last_step_micro
-    step_ends = (i + 1) % accumulation == 0 or i + 1 == run.epoch_micro
-    batch = to_device(batch, run.device)
-    # Between step boundaries DDP skips its gradient all-reduce (forward and backward both
-    # inside no_sync); the boundary's backward reduces the sum.
-    sync = run.objective.no_sync() if run.ctx.enabled and not step_ends else nullcontext()
-    with sync:
-        with autocast(run.device, run.amp_dtype):
-            out = run.forward(batch)
-        loss = out.loss / (run.last_step_micro if in_last_step else accumulation)
-        run.scaler.scale(loss).backward()
-    run.sums.add(out, batch["input_ids"].numel())
-    return step_ends
-
-
 def optimizer_step(run: Run, i: int) -> StepStats:
     """Clip and step, unless the loss or the gradients are not finite (then stop before any
-    weight changes). ``i``: the micro-batch that ended the step."""
+    weight changes), and count the step. ``i``: the micro-batch that ended it."""
     stats = run.sums.reduce(run.ctx)  # every process's losses: one all-reduce per step
     if not math.isfinite(stats.loss_sum):
         stop_non_finite(run, f"loss became {stats.loss_sum / stats.micro}")
@@ -195,24 +237,30 @@ def optimizer_step(run: Run, i: int) -> StepStats:
     return dataclasses.replace(stats, grad_norm=grad_norm)
 
 
-def after_step(run: Run, stats: StepStats, stop: StopOnSignal) -> bool:
-    """Log, evaluate, save, react to a signal; True if early stopping ends training.
+def keep_records(state: TrainingState, log: StepLog) -> None:
+    """A step's curve point and history row into the state; the running loss starts anew
+    after each row."""
+    if log.curve is not None:
+        state.record_curve(log.curve)
+    if log.row is not None:
+        state.record(log.row)
+        state.running, state.running_n = 0.0, 0
 
-    The evaluation comes before the checkpoint of the same step: the checkpoint then holds
-    its result (best metric, early-stopping and plateau counts) and the random generators
-    after it, and a run resumed from it goes on exactly as the uninterrupted one.
-    """
-    args, step = run.args, run.state.global_step
-    log_step(run, stats)
-    every = args.evaluate_during_training_steps
-    evaluating = run.hooks.evaluate and args.evaluate_during_training and every > 0
-    stopping = bool(evaluating and step % every == 0 and evaluate_now(run))
-    if args.save_steps > 0 and step % args.save_steps == 0:
-        save_checkpoint(run, f"checkpoint-{step}")
-    if stopping:
-        return True
-    react_to_signal(run, stop)
-    return False
+
+def evaluate(run: Run) -> None:
+    """Evaluate now and take the outcome in: history, best metric, early stopping."""
+    state = run.state
+    evaluation = evaluate_now(run)
+    if evaluation is None:  # interrupted by a signal: nothing recorded
+        return
+    best_before = state.best_step
+    state.record(evaluation.row)
+    state.best_metric, state.best_step = evaluation.best_metric, evaluation.best_step
+    state.evals_without_improvement = evaluation.evals_without_improvement
+    state.stopped_early = evaluation.stop
+    if state.best_step != best_before:
+        rotate(run)  # the previous best checkpoint may go now
+    draw_curves(run)
 
 
 def end_epoch(run: Run, stop: StopOnSignal) -> None:
@@ -220,8 +268,8 @@ def end_epoch(run: Run, stop: StopOnSignal) -> None:
     args, state = run.args, run.state
     epoch = state.epoch
     write_samples(run, f"After epoch {epoch + 1} (step {state.global_step})")
-    if run.hooks.evaluate and args.evaluate_during_training and args.evaluate_each_epoch:
-        evaluate_now(run)
+    if run.hooks.on_evaluate and args.evaluate_during_training and args.evaluate_each_epoch:
+        evaluate(run)
     state.epoch, state.batches_done = epoch + 1, 0
     if args.save_model_every_epoch:
         save_checkpoint(run, f"checkpoint-{state.global_step}-epoch-{epoch + 1}")
@@ -230,7 +278,7 @@ def end_epoch(run: Run, stop: StopOnSignal) -> None:
 
 
 # ----------------------------------------------------------------------------- stopping
-def react_to_signal(run: Run, stop: StopOnSignal) -> None:
+def react_to_signal(run: Run, stop: StopOnSignal, bar: tqdm | None = None) -> None:
     """At a step boundary: on a signal (in any process), checkpoint and raise
     TrainingInterrupted."""
     requested = distributed.broadcast_flag(stop.requested is not None, run.ctx, run.device)
@@ -240,8 +288,8 @@ def react_to_signal(run: Run, stop: StopOnSignal) -> None:
     draw_curves(run, final=True)
     if run.writer:
         run.writer.close()
-    if run.bar is not None:
-        run.bar.close()  # cleared (leave=False), so the message that follows reads well
+    if bar is not None:
+        bar.close()  # cleared (leave=False), so the message that follows reads well
     distributed.barrier(run.ctx)
     raise TrainingInterrupted(stop.requested or "SIGTERM", run.state.global_step, path)
 

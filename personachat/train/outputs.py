@@ -6,6 +6,7 @@ in the collective steps (handing rank 0 their random generators for a checkpoint
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from personachat.model.loading import save_pretrained_atomic
@@ -22,14 +23,15 @@ def save_model(run: Run, path: str | Path) -> None:
     """The model as a loadable folder (the final one, or the best so far), from rank 0."""
     if run.ctx.is_main:
         save_pretrained_atomic(
-            path, run.model, run.tokenizer, args=run.args, extra_files=run.hooks.save_extra
+            path, run.model, run.tokenizer, args=run.args, extra_files=run.save_extra
         )
 
 
 def save_checkpoint(run: Run, name: str, resumable: bool | None = None) -> Path | None:
     """A checkpoint of this very moment (rank 0), then the rotation. Resumable unless
     save_optimizer_and_scheduler=False (the one written on a signal always is). Every rank
-    calls it at the same step: each hands rank 0 its generators."""
+    calls it at the same step: each hands rank 0 its generators. ``run.last_checkpoint``
+    (this function's own record) then names it."""
     args, state, last = run.args, run.state, run.last_checkpoint
     if args.no_save:
         return None
@@ -41,18 +43,18 @@ def save_checkpoint(run: Run, name: str, resumable: bool | None = None) -> Path 
     if last.at == state.position() and (last.resumable or not resumable):
         return last.path  # this very moment is saved already
     path = run.out / name
-    state.train_seconds = run.seconds()
+    training = dict(state.to_dict(), train_seconds=run.seconds())
     try:
         checkpoints.save_checkpoint(
             path,
             run.model,
             run.tokenizer,
             args,
-            run.hooks.save_extra,
+            run.save_extra,
             run.optimizer if resumable else None,
             run.scheduler,
             run.scaler,
-            state.to_dict(),
+            training,
             run.run_plan,
             rank_rng,
         )
@@ -87,10 +89,10 @@ def draw_curves(run: Run, final: bool = False) -> None:
     now = time.perf_counter()
     if not run.ctx.is_main or run.args.no_save:
         return
-    if not final and now - run.last_drawn < CURVES_EVERY_S:
+    if not final and now - run.curves_clock.drawn < CURVES_EVERY_S:
         return
     reporting.plot_curves(run.state.curves, run.state.history, run.out / reporting.CURVES_FILE)
-    run.last_drawn = now
+    run.curves_clock.drawn = now
 
 
 def write_samples(run: Run, heading: str, fresh: bool = False) -> None:
@@ -109,32 +111,48 @@ def write_samples(run: Run, heading: str, fresh: bool = False) -> None:
         run.model.train()
 
 
-def log_step(run: Run, stats: StepStats) -> None:
-    """The step's values: a curve point now and then, the running loss on the progress bar,
-    TensorBoard scalars and the history every logging_steps (and at the last step)."""
+@dataclass(frozen=True)
+class StepLog:
+    """What one optimizer step adds to the run's records (``TrainingState``): its values
+    (mean losses and learning rate), a curve point now and then, a history row every
+    logging_steps (and at the last step; the running loss then starts anew)."""
+
+    values: dict[str, float]
+    curve: dict[str, float] | None
+    row: dict[str, float] | None
+
+
+def log_step(run: Run, stats: StepStats, bar) -> StepLog:
+    """The step's values on the progress bar (the running loss) and in TensorBoard (every
+    logging_steps), and what the run's records get (see ``StepLog``). ``run.state``
+    already counts this step."""
     args, state = run.args, run.state
     step, lr = state.global_step, run.scheduler.get_last_lr()[0]
-    losses = {
+    values = {
         "loss": stats.mean(stats.loss_sum),
         "lm_loss": stats.mean(stats.lm_sum),
         "mc_loss": stats.mean(stats.mc_sum),
+        "lr": lr,
     }
+    running = state.running / state.running_n
+    curve = None
     if step % run.curve_every == 0 or step == run.total_steps:
-        state.record_curve({"step": step, **losses, "lr": lr, "grad_norm": float(stats.grad_norm)})
-    if run.hooks.show_running_loss and not args.silent:
-        run.bar.set_postfix(loss=f"{state.running / state.running_n:.3f}")
+        curve = {"step": step, **values, "grad_norm": float(stats.grad_norm)}
+    if run.show_running_loss and not args.silent:
+        bar.set_postfix(loss=f"{running:.3f}")
     logging_step = step % max(1, args.logging_steps) == 0
     if run.writer and logging_step:
         scalars = {
-            "loss": state.running / state.running_n,
-            "lm_loss": losses["lm_loss"],
-            "mc_loss": losses["mc_loss"],
+            "loss": running,
+            "lm_loss": values["lm_loss"],
+            "mc_loss": values["mc_loss"],
             "lr": lr,
             "grad_norm": float(stats.grad_norm),
             "tokens_per_s": state.tokens_seen / max(run.seconds(), 1e-9),
         }
         for key, value in scalars.items():
             run.writer.add_scalar(key, value, step)
+    row = None
     if logging_step or step == run.total_steps:
-        state.record({"global_step": step, "train_loss": state.running / state.running_n})
-        state.running, state.running_n = 0.0, 0
+        row = {"global_step": step, "train_loss": running}
+    return StepLog(values, curve, row)

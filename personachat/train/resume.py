@@ -8,6 +8,8 @@ abandons. A clean start removes checkpoints an earlier run left in an overwritte
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -18,9 +20,19 @@ from personachat.train.errors import TrainingError
 from personachat.train.state import Run, TrainingState
 
 
-def resume(run: Run, checkpoint: str | Path) -> None:
-    """Go on from ``checkpoint``: the state it saved, and a way to put its generators back
-    (``run.restore_rng``, called by the loop where they were captured)."""
+@dataclass(frozen=True)
+class Resumed:
+    """Where a checkpoint goes on from: its state, a way to put its generators back (called
+    by the loop where they were captured), and the checkpoint itself."""
+
+    state: TrainingState
+    restore_rng: Callable[[], None]
+    checkpoint: Path
+
+
+def resume(run: Run, checkpoint: str | Path) -> Resumed:
+    """Load ``checkpoint`` into the run's model, optimizer, scheduler and scaler; return the
+    state it saved (``run.state`` is left as it was)."""
     checkpoint = Path(checkpoint)
     args, ctx = run.args, run.ctx
     try:
@@ -30,19 +42,18 @@ def resume(run: Run, checkpoint: str | Path) -> None:
     except checkpoints.CheckpointError as err:
         raise TrainingError(str(err)) from err
     check_same_plan(checkpoint, saved_plan, run.run_plan)
-    run.state = TrainingState.from_dict(saved)
+    state = TrainingState.from_dict(saved)
     if restore_rng is None:
         # A checkpoint without this rank's generators (an older version's): its own seed
         # per resume point, reproducible but not bit-equal to an uninterrupted run.
-        seed = (args.manual_seed or 0) + ctx.rank + 7919 * run.state.global_step
+        seed = (args.manual_seed or 0) + ctx.rank + 7919 * state.global_step
         restore_rng = partial(torch.manual_seed, seed)
-    run.restore_rng = restore_rng
-    run.last_checkpoint.path = checkpoint
     optim.adopt_learning_rate(run.optimizer, run.scheduler, args.learning_rate, run.announce)
     if ctx.is_main:
         abandoned = remove_abandoned_checkpoints(run.out, checkpoint)
         if not args.silent:
-            announce_resume(run, checkpoint, abandoned)
+            announce_resume(run, state, checkpoint, abandoned)
+    return Resumed(state, restore_rng, checkpoint)
 
 
 def check_same_plan(checkpoint: Path, saved: dict, now: dict) -> None:
@@ -70,8 +81,7 @@ def remove_abandoned_checkpoints(out: Path, checkpoint: Path) -> int:
     return len(later)
 
 
-def announce_resume(run: Run, checkpoint: Path, abandoned: int) -> None:
-    state = run.state
+def announce_resume(run: Run, state: TrainingState, checkpoint: Path, abandoned: int) -> None:
     print(
         f"Resuming from {checkpoint}: step {state.global_step} of {run.total_steps}, "
         f"epoch {state.epoch + 1}, {state.batches_done} of {run.epoch_micro} "

@@ -30,7 +30,7 @@ from personachat.train.autobatch import (
 )
 from personachat.train.distributed import DistContext
 from personachat.train.errors import TrainingError
-from personachat.train.state import Hooks, Run, SkipBatches, StepSums, total_steps
+from personachat.train.state import Run, SkipBatches, StepSums, TrainingHooks, total_steps
 
 
 # ----------------------------------------------------------------------------- the loss
@@ -123,7 +123,7 @@ def resolve_eval_batch_size(
 
 # ----------------------------------------------------------------------------- the run
 def set_up(
-    model, tokenizer, dataset, args: ConvAIArgs, device, output_dir, ctx, hooks: Hooks
+    model, tokenizer, dataset, args: ConvAIArgs, device, output_dir, ctx, hooks: TrainingHooks
 ) -> Run:
     """Everything the loop needs in this process, before resuming or starting clean."""
     check_options(args, hooks)
@@ -201,9 +201,9 @@ def make_loader(dataset, args: ConvAIArgs, plan: BatchPlan, ctx: DistContext, de
     return sampler, batches, loader
 
 
-def check_options(args: ConvAIArgs, hooks: Hooks) -> None:
+def check_options(args: ConvAIArgs, hooks: TrainingHooks) -> None:
     """Options that need something else: reduce_on_plateau needs evaluations to react to."""
-    evaluating = hooks.evaluate is not None and args.evaluate_during_training
+    evaluating = hooks.on_evaluate is not None and args.evaluate_during_training
     if args.scheduler == "reduce_on_plateau" and not evaluating:
         raise TrainingError(
             "scheduler='reduce_on_plateau' halves the learning rate when eval_loss stops "

@@ -1,10 +1,11 @@
-"""What a training run holds while it trains: ``TrainingState`` (saved in every checkpoint)
-and ``Run`` (the live objects of this process: model, optimizer, loader, writers).
+"""What a training run holds while it trains: ``TrainingState`` (what a checkpoint saves)
+and ``Run`` (the live objects of this process, set up once: model, optimizer, loader, hooks).
 
-The loop's steps are functions of a ``Run``; nothing is shared through closures. The few
-helpers the loop needs around its batches live here too: ``StepSums`` (the statistics of the
-step in progress, kept on the device), ``SkipBatches`` (resume within an epoch) and
-``StopOnSignal`` (Ctrl-C and SIGTERM become a request to stop at the next step boundary).
+Only the loop (``loop.py``) changes a ``TrainingState``; the helpers it calls read the run and
+return values. The few helpers the loop needs around its batches live here too:
+``StepSums`` (the statistics of the step in progress, kept on the device), ``SkipBatches``
+(resume within an epoch) and ``StopOnSignal`` (Ctrl-C and SIGTERM become a request to stop
+at the next step boundary).
 """
 
 from __future__ import annotations
@@ -34,11 +35,14 @@ from personachat.train.distributed import DistContext
 
 @dataclass
 class TrainingState:
-    """What the loop tracks between steps; saved in every checkpoint, returned as details.
+    """Where a run stands between steps: exactly what a checkpoint saves (``training`` in its
+    training_state.json; the optimizer, scheduler, scaler and generators are saved beside it
+    from their own objects), and what ``train`` returns as details.
 
     ``epoch`` counts finished epochs (their end-of-epoch evaluation and samples included);
     ``batches_done`` the micro-batches of epoch ``epoch`` already trained on, always at a step
-    boundary, which is where a resumed run picks up.
+    boundary, which is where a resumed run picks up. ``stopped_early``: an evaluation decided
+    to stop (a checkpoint of that moment resumes into a finished run). Only the loop changes it.
     """
 
     global_step: int = 0
@@ -194,14 +198,22 @@ def stop_requested() -> bool:
     return bool(_active) and _active[-1].requested is not None
 
 
-@dataclass
-class Hooks:
-    """What the caller adds to the loop: evaluation, the samples writer, extra saved files."""
+@dataclass(frozen=True)
+class TrainingHooks:
+    """What the caller adds to the loop, each called at its point of the run (rank 0 only for
+    ``on_epoch_end``; every process for the others).
 
-    evaluate: Callable[[], dict] | None = None
+    - ``on_evaluate()``: evaluate the model now and return the results (a dict holding
+      ``early_stopping_metric``); raises ``EvaluationInterrupted`` when a signal cut it short.
+    - ``on_epoch_end(heading, fresh=False)``: before training (``fresh=True`` on a new run)
+      and after every epoch, with the random generators saved around it (samples.md).
+    - ``on_step_end(step, losses)``: after every optimizer step, with its mean ``loss``,
+      ``lm_loss``, ``mc_loss`` and the learning rate ``lr`` it ran with.
+    """
+
+    on_evaluate: Callable[[], dict] | None = None
     on_epoch_end: Callable[..., None] | None = None
-    save_extra: dict[str, str] | None = None
-    show_running_loss: bool = True
+    on_step_end: Callable[[int, dict], None] | None = None
 
 
 @dataclass
@@ -213,13 +225,23 @@ class LastCheckpoint:
     resumable: bool = False
 
 
-@dataclass
+class CurvesClock:
+    """When training_curves.png was last drawn: drawings after evaluations are spaced out."""
+
+    def __init__(self) -> None:
+        self.drawn = -math.inf
+
+
+@dataclass(frozen=True)
 class Run:
     """One training run in this process: what it trains, with what, and where it stands.
 
-    ``objective`` is the model and its loss (DDP-wrapped under torchrun); ``forward`` the
-    same, compiled with ``compile=True``. ``model`` stays the plain model that is evaluated,
-    sampled from and saved.
+    Set up once (``setup.set_up``) and never changed: resuming makes a new one with the
+    checkpoint's ``state`` (``dataclasses.replace``). ``objective`` is the model and its loss
+    (DDP-wrapped under torchrun); ``forward`` the same, compiled with ``compile=True``;
+    ``model`` stays the plain model that is evaluated, sampled from and saved. ``state`` is
+    the one thing the loop changes, step by step; ``last_checkpoint`` is kept by
+    ``outputs.save_checkpoint`` (the second signal's message reads it).
     """
 
     model: torch.nn.Module
@@ -239,15 +261,15 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     run_plan: dict
-    hooks: Hooks
+    hooks: TrainingHooks
     sums: StepSums
+    save_extra: dict[str, str] | None = None  # files saved beside every model (personas.json)
+    show_running_loss: bool = True
     state: TrainingState = field(default_factory=TrainingState)
     last_checkpoint: LastCheckpoint = field(default_factory=LastCheckpoint)
     writer: Any = None  # a TensorBoard SummaryWriter on rank 0, if available
-    restore_rng: Callable[[], None] | None = None  # a resumed run's generators, put back once
     started: float = 0.0  # perf_counter() at the start, less the time of earlier parts
-    last_drawn: float = -math.inf  # when training_curves.png was last drawn
-    bar: Any = None  # the current epoch's progress bar
+    curves_clock: CurvesClock = field(default_factory=CurvesClock)
 
     @property
     def steps_per_epoch(self) -> int:
