@@ -234,11 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         folder = ConvAIModel("auto", options.model, use_cuda=False).save_model(work / "saved")
     rows = [check_format(module, folder, k, options.max_new) for k in options.formats.split(",")]
     print(f"\n{folder}: {len(TALKS)} talks, greedy, up to {options.max_new} new tokens")
-    print("| GGUF | file MB | llama.cpp ids = personachat's | greedy reply = personachat fp32 |")
+    print("| GGUF | file kB | llama.cpp ids = personachat's | greedy reply = personachat fp32 |")
     print("|---|---:|---:|---:|")
     for row in rows:
         print(
-            f"| {row['kind']} | {row['bytes'] / 1e6:.1f} | {row['tokens']}/{len(TALKS)} "
+            f"| {row['kind']} | {row['bytes'] / 1e3:,.0f} | {row['tokens']}/{len(TALKS)} "
             f"| {row['replies']}/{len(TALKS)} |"
         )
     return 0 if all(r["tokens"] == r["replies"] == len(TALKS) for r in rows) else 1
