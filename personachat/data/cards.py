@@ -44,8 +44,8 @@ from dataclasses import asdict, dataclass, field, replace
 from itertools import accumulate
 from pathlib import Path
 
-from personachat.data.dialogs import unicode_problem
 from personachat.errors import PersonachatError
+from personachat.text import unicode_problem
 
 # A card is a small JSON or an avatar image; a few MB is a large one. Anything beyond is
 # refused before it is read (a server reads cards that users upload).

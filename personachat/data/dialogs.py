@@ -18,10 +18,10 @@ download is ``personachat.data.download``.
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Iterable
 
 from personachat.errors import PersonachatError
+from personachat.text import describe, unicode_problem
 
 #: ``str(DataError)`` lists at most this many problems, then says how many more there are.
 MAX_LISTED_PROBLEMS = 50
@@ -65,46 +65,9 @@ class DataError(PersonachatError, ValueError):
 # --------------------------------------------------------------------------- validation
 
 
-def _describe(value: object) -> str:
-    """A short, never-raising description of a value for error messages (JSON vocabulary)."""
-    try:
-        if value is None:
-            return "null"
-        if isinstance(value, bool):
-            return f"the boolean {'true' if value else 'false'}"
-        if isinstance(value, int):
-            if value.bit_length() > 64:
-                return "a very large number"
-            return f"the number {value}"
-        if isinstance(value, float):
-            return f"the number {value!r}"
-        if isinstance(value, str):
-            if not value:
-                return "an empty string"
-            text = value if len(value) <= 40 else value[:37] + "..."
-            return f"the string {json.dumps(text, ensure_ascii=False)}"
-        if isinstance(value, (list, tuple)):
-            n = len(value)
-            return "an empty list" if n == 0 else f"a list of {n} item{'s' if n != 1 else ''}"
-        if isinstance(value, dict):
-            return "an empty object" if not value else "an object"
-        return f"a Python {type(value).__name__}"
-    except Exception:  # a hostile __len__/__repr__ must not break error reporting
-        return "an unprintable value"
-
-
-def unicode_problem(text: str) -> str | None:
-    """What makes ``text`` invalid Unicode, or None. JSON can escape a lone surrogate
-    (``"\\ud800"``) that no UTF-8 text holds and no tokenizer takes, so text is checked where
-    it enters: a located problem here, never a tokenizer exception in the middle of training."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        return (
-            f"not valid Unicode: a lone surrogate (\\u{ord(text[err.start]):04x}) at "
-            f"character {err.start} (a \\u escape without its pair?) — fix or remove it"
-        )
-    return None
+# Shared with every entry point that takes text (personachat.text); the names stay here
+# for the readers that import them.
+_describe = describe
 
 
 def _did_you_mean(wanted: str, keys: Iterable[object]) -> str:

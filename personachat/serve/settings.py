@@ -16,6 +16,7 @@ from typing import Any
 from personachat.data.cards import DEFAULT_CARD_CHARS
 from personachat.errors import PersonachatError
 from personachat.generation.generate import DecodingOptions
+from personachat.text import unicode_problem as text_unicode_problem
 
 # Decoding options a request may set. max_history and rerank_samples stay the model's: the
 # first is how the model was trained, the second costs N decodings per reply.
@@ -166,16 +167,8 @@ def allowed_host_names(hosts: tuple[str, ...] | list[str] | str) -> tuple[str, .
 
 
 def unicode_problem(text: str) -> str | None:
-    """What makes ``text`` invalid Unicode (a lone surrogate, which JSON can escape as
-    ``"\\ud800"`` but UTF-8 cannot encode), or None when it is valid."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        return (
-            f"not valid Unicode: a lone surrogate (\\u{ord(text[err.start]):04x}) at "
-            f"character {err.start}; send text that UTF-8 can encode"
-        )
-    return None
+    """What makes ``text`` invalid Unicode (``personachat.text``), with a client's advice."""
+    return text_unicode_problem(text, "; send text that UTF-8 can encode")
 
 
 def check_unicode(text: str, field: str) -> None:

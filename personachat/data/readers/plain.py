@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from personachat.data.dialogs import DataError, _describe, _did_you_mean
+from personachat.data.dialogs import DataError, _did_you_mean
 from personachat.data.files import json_error_message
 from personachat.data.readers.files import read_text
 from personachat.data.readers.records import Reading
 from personachat.data.readers.turns import dialog_from_turns, string_list_problems
 from personachat.json_limits import JSONLimitError, loads_bounded
+from personachat.text import describe
 
 __all__ = ["WHAT", "dialog_from_object", "plain_records", "read_plain"]
 
@@ -33,7 +34,7 @@ def dialog_from_object(
 
     With ``allow_empty_personality`` the ``personality`` field may be empty or missing."""
     if not isinstance(obj, dict):
-        return None, [f"{where}: expected a dialog object like {_EXAMPLE}, got {_describe(obj)}"]
+        return None, [f"{where}: expected a dialog object like {_EXAMPLE}, got {describe(obj)}"]
     if allow_empty_personality and not obj.get("personality"):
         obj = {**obj, "personality": []}
     problems = []
@@ -68,7 +69,7 @@ def dialog_from_object(
     bot_starts = obj.get("bot_starts", False)
     if not isinstance(bot_starts, bool):
         problems.append(
-            f'{where}, field "bot_starts": expected true or false, got {_describe(bot_starts)}'
+            f'{where}, field "bot_starts": expected true or false, got {describe(bot_starts)}'
         )
     if problems:
         return None, problems

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from personachat.data.dialogs import _describe, unicode_problem
+from personachat.text import describe, unicode_problem
 
 __all__ = ["dialog_from_turns", "string_list_problems"]
 
@@ -46,14 +46,14 @@ def string_list_problems(value: object, where: str, what: str, fix: str) -> list
     """
     if not isinstance(value, list):
         hint = " — wrap it in a list: [...]" if isinstance(value, str) else ""
-        return [f"{where}: expected a list of strings, got {_describe(value)}{hint}"]
+        return [f"{where}: expected a list of strings, got {describe(value)}{hint}"]
     if not value:
         return [f"{where}: empty list — {fix}"]
     problems = []
     for k, item in enumerate(value):
         if not isinstance(item, str):
             problems.append(
-                f"{where}, item {k}: expected a {what} as a string, got {_describe(item)}"
+                f"{where}, item {k}: expected a {what} as a string, got {describe(item)}"
             )
         elif not item.strip():
             problems.append(f"{where}, item {k}: empty {what} — remove it or write the text")
