@@ -28,7 +28,8 @@ BLOCK_BYTES = {Q8_0: 34, Q4_1: 20}
 # --gguf (f32), --gguf-f16, --gguf-q8_0, --gguf-q4_1: how a GGUF file stores the matrices
 FORMATS = ("f32", "f16", Q8_0, Q4_1)
 # the 4-bit file is refused when more of the blocks the fine-tune changed than this come out
-# identical to the base model's: the file would then mostly be the base model
+# identical to the base model's (or its update is below half a 4-bit step): the file would
+# then mostly be the base model
 MOSTLY_BASE = 0.5
 
 
@@ -116,7 +117,10 @@ class FinetuneIn4Bit:
 
     @property
     def mostly_base(self) -> bool:
-        return self.identical_fraction > MOSTLY_BASE
+        """Most changed blocks round to the base's, or 4-bit rounding (up to half a step per
+        weight) moves the typical weight further than the fine-tune did: either way the file
+        holds the base model plus rounding noise larger than the fine-tune."""
+        return self.identical_fraction > MOSTLY_BASE or self.update_to_half_step < 1
 
     def describe(self) -> str:
         return (
@@ -124,7 +128,8 @@ class FinetuneIn4Bit:
             f"{self.identical_fraction:.3%} of the {self.blocks:,} 4-bit blocks "
             f"({self.identical_blocks:,}) come out identical to the base model's, and the "
             f"merged update is {self.update_to_half_step:.3g}× half a 4-bit step (median "
-            "over the changed weights; an update below 1× half a step rounds back to the base)"
+            "over the changed weights; below 1×, 4-bit rounding moves a weight further than "
+            "the fine-tune did)"
         )
 
 
