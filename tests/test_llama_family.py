@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from personachat import ConvAIModel
-from personachat.generation.decoders import make_decoder
+from personachat.generation.blocks import LlamaBlocks
+from personachat.generation.decoders import StaticKVDecoder, make_decoder
 from personachat.generation.generate import DecodingOptions, generate_replies
-from personachat.generation.llama_decoder import LlamaStaticDecoder
 from personachat.generation.prefix_cache import PrefixCache
 from personachat.model.lora import merged
 from personachat.train import checkpoints
@@ -106,7 +106,7 @@ def test_the_static_decoder_equals_the_models_forward_with_padding_and_cached_pr
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = PrefixCache()
     decoder = make_decoder(model, 16)
-    assert isinstance(decoder, LlamaStaticDecoder)
+    assert isinstance(decoder, StaticKVDecoder) and isinstance(decoder.blocks, LlamaBlocks)
 
     with torch.no_grad():
         for prefixes in (None, [3, 2, 5], [3, 2, 5]):  # plain, then cached prefixes twice

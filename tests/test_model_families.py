@@ -10,10 +10,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from personachat import ConvAIModel
 from personachat.encoding.chat_format import IGNORE_INDEX, ChatFormat, ChatTemplateError
+from personachat.generation.decoders import StaticKVDecoder, make_decoder
 from personachat.model.families import (
+    FAMILIES,
+    OTHER_CAUSAL_LM,
     FamilyError,
     attach_choice_head,
+    body,
     choice_head,
+    family,
     lm_head,
     model_class_for,
     run_body,
@@ -179,3 +184,38 @@ def test_gpt2_with_unmerged_lora_decodes_through_its_adapters(
     assert (
         model.interact_single("hi , what do you do ?", [], PERSONA)[0] == unmerged
     )  # ...as merged
+
+
+def test_each_family_is_one_record_read_by_loading_lora_and_decoding(chat_model):
+    model = AutoModelForCausalLM.from_pretrained(chat_model)
+    record = family(model)
+    assert record is FAMILIES[model.config.model_type] and record.decoder == "llama"
+    assert record.gguf_architecture == model.config.model_type  # llama.cpp's own names
+    assert body(model) is model.get_decoder()
+    assert family("gpt2").lm_class == "GPT2LMHeadModel" and family("gpt2").lora_targets
+    assert family("gpt_neox") is OTHER_CAUSAL_LM and OTHER_CAUSAL_LM.decoder == "cached"
+    wrapped = apply_lora(model, r=4, alpha=8, dropout=0.0)
+    assert family(wrapped) is record  # looked up through the peft wrapper
+    assert all(f.double_heads_class is None for f in (family("llama"), family("mistral")))
+
+
+def test_a_llama_with_unmerged_lora_decodes_as_its_merged_weights(chat_model):
+    """The Llama adapter calls LoRA layers as modules (no fused weights for them)."""
+    model = AutoModelForCausalLM.from_pretrained(chat_model).eval()
+    wrapped = apply_lora(model, r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for name, param in wrapped.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.2)  # a trained adapter: not the zeros peft starts from
+    ids = torch.randint(3, 300, (1, 7))
+    positions = torch.arange(7).unsqueeze(0)
+    outputs = []
+    with torch.no_grad():
+        for net in (wrapped, merged(wrapped)):
+            decoder = make_decoder(net, 8)
+            outputs.append(decoder.prefill(ids, ids * 0, torch.ones_like(ids), positions))
+    assert isinstance(decoder, StaticKVDecoder)
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-4)
+    with torch.no_grad(), wrapped.disable_adapter():
+        base = make_decoder(wrapped, 8).prefill(ids, ids * 0, torch.ones_like(ids), positions)
+    assert not torch.allclose(outputs[0], base, atol=1e-3)  # the adapter did change it

@@ -189,3 +189,18 @@ def test_int4_keeps_unmerged_lora_adapters_in_bf16_beside_the_4_bit_base(tmp_pat
         unmerged = copy(input_ids=ids).logits.float()
         base_only = decoding_copy(base, "int4")(input_ids=ids).logits.float()
     assert not torch.allclose(unmerged, base_only, atol=1e-3)  # the adapters still count
+
+
+def test_stacked_int8_layers_give_their_layers_outputs_side_by_side():
+    """What the Llama adapter fuses query/key/value (and gate/up) into: one kernel call.
+    int4 layers are not stacked (their packed layout is blocked over outputs)."""
+    kind = Int8Linear
+    layers = [kind(q4_1_linear(rows, 64)) for rows in (32, 16, 16)]
+    layers[0].bias = torch.randn(32).bfloat16()  # one with a bias, as Qwen2's projections
+    fused = kind.stacked(layers)
+    for rows in (1, 9):  # a decoding step (the kernel); a prompt (the dense bf16 product)
+        x = torch.randn(rows, 64)
+        expected = torch.cat([layer(x) for layer in layers], -1)
+        torch.testing.assert_close(fused(x), expected, atol=2e-2, rtol=1e-2)
+    with pytest.raises(TypeError, match="cannot be stacked"):
+        Int4Linear.stacked([Int4Linear(q4_1_linear(32, 64))] * 2)

@@ -4,13 +4,15 @@
 ``prefill`` (the left-padded prompts → hidden state of each row's last token) and ``step``
 (one new token per row → its hidden state):
 
-- ``StaticKVDecoder`` (GPT-2 architecture): keys and values go into buffers allocated once
-  for the whole reply, and each step is a short, fixed sequence of tensor operations over the
-  model's own weights. Why not ``model.transformer(..., past_key_values=...)``: for a small
-  model or a small batch, that call's per-step bookkeeping (building a 4-D mask, growing the
-  cache by concatenation, output capturing, dropout and checkpointing wrappers) costs more
-  than the arithmetic; this decoder does the same arithmetic without it. Its results equal
-  the model's own forward pass to float rounding (tested).
+- ``StaticKVDecoder`` (GPT-2 and the Llama family): keys and values go into buffers allocated
+  once for the whole reply, and each step is a short, fixed sequence of tensor operations
+  over the model's own weights. The decoder owns the buffers, the masks and the prefix cache;
+  the family's block adapter (``generation.blocks``: embed, qkv, attend, finish) owns the
+  arithmetic. Why not the model's forward with ``past_key_values``: for a small model or a
+  small batch, that call's per-step bookkeeping (building a 4-D mask, growing the cache by
+  concatenation, output capturing, dropout and checkpointing wrappers) costs more than the
+  arithmetic; this decoder does the same arithmetic without it. Its results equal the
+  model's own forward pass to float rounding (tested).
 - ``CachedDecoder``: the model's own forward with its KV cache (any other cached model).
 - ``ReEncodeDecoder``: the whole sequence every step (OpenAI GPT has no KV cache in
   transformers).
@@ -26,19 +28,14 @@ every turn, which moves every later token to another position.
 
 from __future__ import annotations
 
-import math
-from functools import partial
-
 import torch
-import torch.nn.functional as F
 
+from personachat.generation.blocks import ADAPTERS, tanh_gelu_
 from personachat.generation.prefix_cache import PrefixCache, PrefixKV
-from personachat.model.families import causal_lm, run_body, uses_token_types
-from personachat.model.lora import has_lora
+from personachat.model.families import causal_lm, family, run_body
 
-TANH_GELU = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
-GELU_K = math.sqrt(2 / math.pi)
-SMALL_ACTIVATION = 2**16
+__all__ = ["CachedDecoder", "Decoder", "PrefixCache", "ReEncodeDecoder", "StaticKVDecoder"]
+__all__ += ["make_decoder", "tanh_gelu_"]
 
 
 class Decoder:
@@ -64,89 +61,28 @@ class Decoder:
 
 def make_decoder(model, capacity: int) -> Decoder:
     """The fastest decoder that is exact for ``model``; ``capacity``: prompt + reply tokens."""
-    from personachat.generation.llama_decoder import LLAMA_LIKE, LlamaStaticDecoder
-
-    lm = causal_lm(model)  # LoRA layers are inside it: the static decoders run them too
-    config = lm.config
-    # The GPT-2 decoder reads the weight matrices itself: unmerged adapters need the modules.
-    plain = not getattr(config, "add_cross_attention", False) and not has_lora(lm)
-    if config.model_type == "gpt2" and plain:
+    lm = causal_lm(model)  # LoRA layers are inside it: the Llama adapter runs them too
+    kind = family(lm).decoder
+    adapter = ADAPTERS.get(kind)
+    if adapter is not None and adapter.takes(lm):
         return StaticKVDecoder(lm, capacity)
-    if config.model_type in LLAMA_LIKE:
-        return LlamaStaticDecoder(lm, capacity)
-    if config.model_type == "openai-gpt":
+    if kind == "reencode":
         return ReEncodeDecoder(model)
     return CachedDecoder(model)
 
 
 class StaticKVDecoder(Decoder):
-    """GPT-2 decoding over preallocated key/value buffers (see the module docstring)."""
+    """Decoding over preallocated key/value buffers (see the module docstring); ``blocks`` is
+    the family's block adapter (default: the one its ``Family.decoder`` names)."""
 
-    def __init__(self, model, capacity: int) -> None:
-        body = model.transformer
-        self.body = body
-        self.blocks = list(body.h)
-        self.heads = model.config.n_head
-        # GPT-2's "gelu_new" is the tanh approximation of GELU written out in Python ops;
-        # torch's fused kernel computes the same function in one (on a GPU; on a CPU the
-        # sigmoid form below is faster).
-        act = model.config.activation_function
-        on_cpu = next(model.parameters()).device.type == "cpu"
-        self.act = (
-            self.blocks[0].mlp.act
-            if act not in TANH_GELU
-            else tanh_gelu_
-            if on_cpu
-            else partial(F.gelu, approximate="tanh")
-        )
-        self.width = model.config.n_embd
-        self.token_types = uses_token_types(model)  # token_types: none adds no speaker rows
+    def __init__(self, model, capacity: int, blocks=None) -> None:
+        self.blocks = blocks or ADAPTERS[family(model).decoder](model, capacity)
         self.capacity = capacity
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.key_ok: torch.Tensor | None = None  # [batch, 1, 1, capacity]: not padding
         self.all_ok = True  # no padding anywhere: attention needs no mask
         self.length = 0
-
-    def _embed(self, ids, types, positions) -> torch.Tensor:
-        wte = self.body.wte
-        x = wte(ids) + self.body.wpe(positions)
-        return x + wte(types) if self.token_types else x
-
-    def _attn_input(self, block, x: torch.Tensor) -> torch.Tensor:
-        return layer_norm(block.ln_1, x)
-
-    def _final(self, x: torch.Tensor) -> torch.Tensor:
-        return layer_norm(self.body.ln_f, x)
-
-    def _attend(self, block, q, k, v, attn_mask, causal: bool | None = None) -> torch.Tensor:
-        """Attention of queries ``q`` over keys ``k``; causal (no mask) when ``attn_mask`` is
-        None unless ``causal`` says otherwise (a one-token step sees every key)."""
-        return F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            is_causal=attn_mask is None if causal is None else causal,
-            scale=block.attn.scaling,
-        )
-
-    def _split(self, block, hidden: torch.Tensor):
-        batch, length, _ = hidden.shape
-        attn = block.attn
-        qkv = torch.addmm(attn.c_attn.bias, hidden.reshape(-1, self.width), attn.c_attn.weight)
-        shape = (batch, length, self.heads, self.width // self.heads)
-        q, k, v = (t.reshape(shape).transpose(1, 2) for t in qkv.split(self.width, dim=1))
-        return q, k, v
-
-    def _finish_block(self, block, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        attended = attended.transpose(1, 2).reshape(-1, self.width)
-        attn = block.attn
-        x = x + torch.addmm(attn.c_proj.bias, attended, attn.c_proj.weight).view(x.shape)
-        mlp = block.mlp
-        h = layer_norm(block.ln_2, x).reshape(-1, self.width)
-        h = self.act(torch.addmm(mlp.c_fc.bias, h, mlp.c_fc.weight))
-        return x + torch.addmm(mlp.c_proj.bias, h, mlp.c_proj.weight).view(x.shape)
 
     def prefill(
         self,
@@ -179,10 +115,12 @@ class StaticKVDecoder(Decoder):
                 length - prefix for length, prefix in zip(lengths, prefix_lengths, strict=True)
             )
         attn_mask = self._prefill_mask(mask, start)
-        x = self._embed(input_ids[:, start:], token_types[:, start:], positions[:, start:])
+        blocks = self.blocks
+        x = blocks.embed(input_ids[:, start:], token_types[:, start:], positions[:, start:])
+        rotary = blocks.rotary(positions[:, start:])
         self.keys, self.values = [], []
-        for layer, block in enumerate(self.blocks):
-            q, k, v = self._split(block, self._attn_input(block, x))
+        for layer in range(blocks.layers):
+            q, k, v = blocks.qkv(layer, x, rotary)
             key_buf, value_buf = self._buffers(k, v, start, width)
             if entries is not None:  # each prefix over whatever the block computed there
                 for row, (length, key) in enumerate(zip(lengths, prefixes, strict=True)):
@@ -192,12 +130,12 @@ class StaticKVDecoder(Decoder):
                     value_buf[row, :, at : at + cached_v.shape[1]] = cached_v
             self.keys.append(key_buf)
             self.values.append(value_buf)
-            attended = self._attend(
-                block, q, key_buf[:, :, :width], value_buf[:, :, :width], attn_mask
+            attended = blocks.attend(
+                layer, q, key_buf[:, :, :width], value_buf[:, :, :width], attn_mask
             )
-            x = self._finish_block(block, x, attended)
+            x = blocks.finish(layer, x, attended)
         self.length = width
-        return self._final(x[:, -1])
+        return blocks.final(x[:, -1])
 
     def _prefill_mask(self, mask: torch.Tensor, start: int) -> torch.Tensor | None:
         """Record which key columns are real tokens; the prefill's attention mask for the
@@ -253,7 +191,7 @@ class StaticKVDecoder(Decoder):
     ) -> dict[tuple, PrefixKV]:
         """The cache entry of every distinct prefix; the missing ones encoded (in one batch)
         and added."""
-        cache.check(self.body)
+        cache.check(self.blocks.body)
         entries = {key: cache.get(key) for key in dict.fromkeys(keys)}
         missing = [key for key, entry in entries.items() if entry is None]
         if missing:
@@ -275,14 +213,15 @@ class StaticKVDecoder(Decoder):
             [list(t) + [t[0]] * (longest - len(t)) for _, t in prefixes], device=device
         )
         positions = torch.arange(longest, device=device).expand_as(ids)
-        x = self._embed(ids, types, positions)
+        blocks = self.blocks
+        x = blocks.embed(ids, types, positions)
+        rotary = blocks.rotary(positions)
         layers = []
-        for index, block in enumerate(self.blocks):
-            q, k, v = self._split(block, self._attn_input(block, x))
+        for layer in range(blocks.layers):
+            q, k, v = blocks.qkv(layer, x, rotary)
             layers.append((k, v))
-            if index + 1 < len(self.blocks):  # the last block's output is not needed
-                attended = self._attend(block, q, k, v, None)
-                x = self._finish_block(block, x, attended)
+            if layer + 1 < blocks.layers:  # the last block's output is not needed
+                x = blocks.finish(layer, x, blocks.attend(layer, q, k, v, None))
         return [
             [(k[m, :, : len(ids_)].clone(), v[m, :, : len(ids_)].clone()) for k, v in layers]
             for m, (ids_, _) in enumerate(prefixes)
@@ -294,35 +233,19 @@ class StaticKVDecoder(Decoder):
         at = self.length
         self.key_ok[:, :, :, at] = True
         attn_mask = None if self.all_ok else self.key_ok[:, :, :, : at + 1]
-        x = self._embed(ids, types, positions)
-        for block, key_buf, value_buf in zip(self.blocks, self.keys, self.values, strict=True):
-            q, k, v = self._split(block, self._attn_input(block, x))
+        blocks = self.blocks
+        x = blocks.embed(ids, types, positions)
+        rotary = blocks.rotary(positions)
+        for layer, (key_buf, value_buf) in enumerate(zip(self.keys, self.values, strict=True)):
+            q, k, v = blocks.qkv(layer, x, rotary)
             key_buf[:, :, at : at + 1] = k
             value_buf[:, :, at : at + 1] = v
-            attended = self._attend(
-                block, q, key_buf[:, :, : at + 1], value_buf[:, :, : at + 1], attn_mask, False
+            attended = blocks.attend(
+                layer, q, key_buf[:, :, : at + 1], value_buf[:, :, : at + 1], attn_mask, False
             )
-            x = self._finish_block(block, x, attended)
+            x = blocks.finish(layer, x, attended)
         self.length = at + 1
-        return self._final(x[:, -1])
-
-
-def tanh_gelu_(x: torch.Tensor) -> torch.Tensor:
-    """GELU's tanh approximation, overwriting ``x``, as x·sigmoid(2k(x + 0.044715x³)) with
-    k = √(2/π): the same function, since (1 + tanh z)/2 = sigmoid(2z), equal to
-    ``F.gelu(x, approximate="tanh")`` within 3e-7. On a CPU torch's tanh-GELU kernel is slow
-    (about 3 ns an element); these five in-place passes take about 60% of its time, which
-    counts when a batch of prompts is encoded (the MLP of ~2,000 tokens at once). Below
-    ``SMALL_ACTIVATION`` elements (a decoding step) the one fused call costs less."""
-    if x.numel() < SMALL_ACTIVATION:
-        return F.gelu(x, approximate="tanh")
-    inner = x * x
-    inner.mul_(2 * GELU_K * 0.044715).add_(2 * GELU_K).mul_(x)
-    return x.mul_(inner.sigmoid_())
-
-
-def layer_norm(module: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    return F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
+        return blocks.final(x[:, -1])
 
 
 class CachedDecoder(Decoder):

@@ -19,7 +19,7 @@ import torch
 from personachat.args import ArgsError, ConvAIArgs
 from personachat.encoding.inputs import InputFormat, reply_history, truncate_to_fit
 from personachat.errors import PersonachatError
-from personachat.generation.decoders import make_decoder
+from personachat.generation.decoders import Decoder, make_decoder
 from personachat.generation.precision import decoding_model
 from personachat.generation.prefix_cache import PrefixCache
 from personachat.model.families import lm_head
@@ -188,20 +188,44 @@ def generate_replies(
     # repetition_penalty and no_repeat_ngram_size keep the bot from saying again. The persona
     # and the user's words are not penalised: copying the persona is the point.
     own_turns = [[list(u) for u in list(h)[-2::-2]] for _, h in conversations]
-    replies: list[list[int]] = [[] for _ in conversations]
-    finished = [False] * len(conversations)
-    stops = None
-    for step in range(options.max_length):
-        logits = lm_head(model)(hidden).float()
-        stops = stops or stop_biases(logits.shape[-1], special, device)
+    stops: list[torch.Tensor] = []  # made at the first step, from the vocabulary's size
+
+    def choose(step: int, logits, replies, finished) -> list[int | None]:
+        stops[:] = stops or stop_biases(logits.shape[-1], special, device)
         logits += stops[0] if step < options.min_length else stops[1]
-        chosen = choose_tokens(logits, replies, finished, own_turns, options, special.reply_enders)
-        next_tokens = advance(chosen, replies, finished, special, on_step)
-        if all(finished) or step + 1 == options.max_length:
+        return choose_tokens(logits, replies, finished, own_turns, options, special.reply_enders)
+
+    return decode_steps(
+        model, decoder, hidden, positions, options.max_length, choose, special, on_step
+    )
+
+
+def decode_steps(
+    model,
+    decoder: Decoder,
+    hidden: torch.Tensor,
+    positions: torch.Tensor,
+    max_length: int,
+    choose: Callable[[int, torch.Tensor, list[list[int]], list[bool]], list[int | None]],
+    ends: InputFormat,
+    on_step: Callable[[int, list[int]], None] | None = None,
+) -> list[list[int]]:
+    """The decoding loop after ``prefill``: per step the LM head over ``hidden`` (each row's
+    newest token), ``choose(step, logits, replies, finished)`` picks each row's next token
+    (the caller's biases and penalties, then ``choose_tokens``), ``advance`` adds it, and the
+    decoder steps on the new tokens (``ends.reply_type``: their token type; a finished row is
+    fed ``ends.pad``). ``positions``: the prompt's position ids. Returns the replies."""
+    replies: list[list[int]] = [[] for _ in range(hidden.shape[0])]
+    finished = [False] * len(replies)
+    head = lm_head(model)
+    for step in range(max_length):
+        chosen = choose(step, head(hidden).float(), replies, finished)
+        next_tokens = advance(chosen, replies, finished, ends, on_step)
+        if all(finished) or step + 1 == max_length:
             break
-        next_ids = torch.tensor(next_tokens, device=device).unsqueeze(1)
+        next_ids = torch.tensor(next_tokens, device=hidden.device).unsqueeze(1)
         positions = positions[:, -1:] + 1
-        hidden = decoder.step(next_ids, torch.full_like(next_ids, special.reply_type), positions)
+        hidden = decoder.step(next_ids, torch.full_like(next_ids, ends.reply_type), positions)
     return replies
 
 

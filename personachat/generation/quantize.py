@@ -58,6 +58,35 @@ class QuantizedLinear(nn.Module):
     def kernel(self, flat: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    # The buffers that hold one row per output and the dimension their rows run along:
+    # what ``stacked`` concatenates (None: the layers cannot be stacked).
+    row_buffers: dict[str, int] | None = None
+
+    @classmethod
+    def stacked(cls, layers: list[QuantizedLinear]) -> QuantizedLinear:
+        """One layer whose outputs are those of ``layers`` (all of this class, same inputs)
+        side by side: their rows concatenated, so a fused query/key/value or gate/up product
+        is one kernel call. A layer without a bias adds zeros. Only for classes with
+        ``row_buffers``."""
+        if cls.row_buffers is None:
+            raise TypeError(f"{cls.__name__} layers cannot be stacked")
+        fused = cls.__new__(cls)
+        nn.Module.__init__(fused)
+        for name, dim in cls.row_buffers.items():
+            fused.register_buffer(name, torch.cat([getattr(m, name) for m in layers], dim))
+        biases = [m.bias for m in layers]
+        if all(b is None for b in biases):
+            fused.register_buffer("bias", None)
+        else:
+            zeros = [m.dense.new_zeros(m.out_features) for m in layers]
+            fused.register_buffer(
+                "bias",
+                torch.cat([z if b is None else b for z, b in zip(zeros, biases, strict=True)]),
+            )
+        fused.in_features = layers[0].in_features
+        fused.out_features = sum(m.out_features for m in layers)
+        return fused
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
         if flat.shape[0] <= self.max_rows:
@@ -73,6 +102,7 @@ class Int8Linear(QuantizedLinear):
     """int8 weights, one symmetric scale per output row."""
 
     max_rows = 4  # int8's kernel is slower than bf16 from ~8 rows on (RESULTS.md)
+    row_buffers = {"dense": 0, "qweight": 0, "scale": 0}
 
     def __init__(self, linear: nn.Linear) -> None:
         weight = linear.weight.detach().float()
@@ -97,6 +127,10 @@ class Int4Linear(QuantizedLinear):
     """4-bit weights: per group of ``GROUP`` inputs a scale and a zero point taken from the
     group's minimum and maximum (Q4_1's scheme: ``w = scale * (q - 8) + zero`` with codes
     ``q`` in 0..15)."""
+
+    # Not stacked: the CPU kernel's packed layout is blocked over outputs, so concatenated
+    # rows of small layers (a key projection of 16 outputs) gave wrong products (tested).
+    row_buffers = None
 
     def __init__(self, linear: nn.Linear) -> None:
         rows, inputs = linear.weight.shape

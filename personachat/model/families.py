@@ -1,5 +1,6 @@
 """The model seam: how each model family runs its body, its LM head and its multiple-choice
-head. Nothing outside this module (and the decoders) asks which family a model is.
+head. Nothing outside this module asks which family a model is: the rest reads the family's
+record.
 
 - GPT-2 and OpenAI GPT load as transformers' ``*DoubleHeadsModel`` (so existing checkpoints,
   simpletransformers folders and ``gpt_personachat_cache`` load unchanged); token types are
@@ -14,11 +15,17 @@ head. Nothing outside this module (and the decoders) asks which family a model i
 
 ``config.personachat_token_types`` ("embed" or "none") records in the saved ``config.json``
 whether a model was trained with token types, so a reloaded model runs the way it was trained.
+
+What differs between families is written once, in ``FAMILIES``: one ``Family`` record per
+``config.model_type`` (``family(model)`` looks it up; any other causal LM gets
+``OTHER_CAUSAL_LM``). Adding a family is one entry here, plus a block adapter in
+``generation/blocks.py`` if it should get the static decoder.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,10 +33,52 @@ from torch import nn
 
 from personachat.errors import PersonachatError
 
-DOUBLE_HEADS_CLASSES = {
-    "gpt2": "GPT2DoubleHeadsModel",
-    "openai-gpt": "OpenAIGPTDoubleHeadsModel",
+
+@dataclass(frozen=True)
+class Family:
+    """What personachat needs to know about one model family (one ``config.model_type``).
+
+    - ``double_heads_class``: the transformers class that loads it with both heads (GPT-2,
+      OpenAI GPT); None: ``AutoModelForCausalLM`` plus a ``ChoiceHead``.
+    - ``lm_class``: the plain LM class an export saves it as; None: the causal LM as it is.
+    - ``lora_targets``: LoRA's default layers; None: the attention projections found by name.
+    - ``decoder``: the block adapter of the static decoder (``generation.blocks``): "gpt2" or
+      "llama"; "cached" for the model's own forward with its KV cache, "reencode" for a
+      model without one.
+    - ``gguf_architecture``: llama.cpp's architecture name for ``export --gguf``; None: not
+      written.
+    - ``body_attribute``: where the transformer body sits on the LM ("transformer" for the
+      double-heads models); None: ``get_decoder()``.
+    """
+
+    double_heads_class: str | None = None
+    lm_class: str | None = None
+    lora_targets: tuple[str, ...] | None = None
+    decoder: str = "cached"
+    gguf_architecture: str | None = None
+    body_attribute: str | None = None
+
+
+FAMILIES = {
+    "gpt2": Family(
+        double_heads_class="GPT2DoubleHeadsModel",
+        lm_class="GPT2LMHeadModel",
+        lora_targets=("c_attn", "c_proj"),
+        decoder="gpt2",
+        body_attribute="transformer",
+    ),
+    "openai-gpt": Family(
+        double_heads_class="OpenAIGPTDoubleHeadsModel",
+        lm_class="OpenAIGPTLMHeadModel",
+        lora_targets=("c_attn", "c_proj"),
+        decoder="reencode",  # no KV cache in transformers
+        body_attribute="transformer",
+    ),
+    "llama": Family(decoder="llama", gguf_architecture="llama"),
+    "qwen2": Family(decoder="llama", gguf_architecture="qwen2"),
+    "mistral": Family(decoder="llama"),
 }
+OTHER_CAUSAL_LM = Family()  # GPT-NeoX, Phi, ...: the model's own cached forward
 HEAD_PREFIX = "multiple_choice_head."
 TOKEN_TYPES_KEY = "personachat_token_types"
 
@@ -55,9 +104,23 @@ def causal_lm(model) -> nn.Module:
     return get_base() if callable(get_base) else model
 
 
+def family(model_or_type) -> Family:
+    """The ``Family`` record of a model (or a peft wrapper of one, or a ``model_type``)."""
+    if isinstance(model_or_type, str):
+        return FAMILIES.get(model_or_type, OTHER_CAUSAL_LM)
+    return FAMILIES.get(causal_lm(model_or_type).config.model_type, OTHER_CAUSAL_LM)
+
+
 def is_double_heads(model) -> bool:
     """GPT-2 / OpenAI GPT double-heads models carry both heads and take token types."""
-    return causal_lm(model).config.model_type in DOUBLE_HEADS_CLASSES
+    return family(model).double_heads_class is not None
+
+
+def body(model) -> nn.Module:
+    """The transformer body (embeddings, blocks, final norm) of the model's causal LM."""
+    lm = causal_lm(model)
+    attribute = family(lm).body_attribute
+    return getattr(lm, attribute) if attribute else lm.get_decoder()
 
 
 def uses_token_types(model) -> bool:
@@ -77,7 +140,7 @@ def run_body(model, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None
     lm = causal_lm(model)
     types = token_type_ids if uses_token_types(lm) else None
     if is_double_heads(lm):
-        return lm.transformer(input_ids=input_ids, token_type_ids=types, **kw)
+        return body(lm)(input_ids=input_ids, token_type_ids=types, **kw)
     shape = input_ids.shape
     flat = input_ids.reshape(-1, shape[-1])
     embed = lm.get_input_embeddings()
@@ -139,15 +202,16 @@ def model_class_for(model_type: str, config_type: str):
     )
 
     wanted = {"gpt": "openai-gpt"}.get(model_type, model_type)
+    double_heads = family(config_type).double_heads_class
     if wanted not in ("auto", config_type) and not (
-        wanted in DOUBLE_HEADS_CLASSES and config_type in DOUBLE_HEADS_CLASSES
+        family(wanted).double_heads_class and double_heads
     ):
         raise FamilyError(
             f"model_type {model_type!r} was given but the checkpoint's config.json says "
             f"{config_type!r}; pass model_type {config_type!r} or 'auto'"
         )
-    if config_type in DOUBLE_HEADS_CLASSES:
-        return getattr(transformers, DOUBLE_HEADS_CLASSES[config_type])
+    if double_heads:
+        return getattr(transformers, double_heads)
     encoder = config_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
     if config_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or encoder:
         raise FamilyError(

@@ -17,18 +17,15 @@ import torch
 from torch import nn
 
 from personachat.errors import PersonachatError
-from personachat.model.families import causal_lm, is_double_heads
+from personachat.model.families import causal_lm, family, is_double_heads
 
 ADAPTER_DIR = "lora"  # a saved folder's unmerged adapter (peft's own files), beside the base
 # A checkpoint's trainable tensors (adapters, MC head, trained embeddings): the base weights
 # stay those of model_name, so these restore a LoRA run exactly.
 LORA_STATE_FILE = "lora_state.safetensors"
 
-# Attention projections per family; anything else: every linear layer named like these.
-DEFAULT_TARGETS = {
-    "gpt2": ["c_attn", "c_proj"],
-    "openai-gpt": ["c_attn", "c_proj"],
-}
+# A family without its own LoRA targets (``Family.lora_targets``): every linear layer named
+# like these attention projections.
 ATTENTION_NAMES = ["q_proj", "k_proj", "v_proj", "o_proj", "query_key_value", "dense"]
 
 
@@ -59,8 +56,8 @@ def target_modules(model: nn.Module, wanted: Sequence[str] | None) -> list[str]:
                 f"{model.config.model_type} model; its linear layers are {available}"
             )
         return list(wanted)
-    default = DEFAULT_TARGETS.get(model.config.model_type)
-    return default or [name for name in ATTENTION_NAMES if name in available]
+    default = family(model).lora_targets
+    return list(default) if default else [name for name in ATTENTION_NAMES if name in available]
 
 
 def apply_lora(

@@ -33,6 +33,8 @@ from personachat.encoding.inputs import (
     build_input_from_segments,
     truncate_to_fit,
 )
+from personachat.model.families import lm_head, run_body
+from personachat.model.loading import context_size
 
 
 def dialog_sequences(
@@ -72,7 +74,7 @@ def pretrain_language_model(
     ``steps`` AdamW steps (linear warmup over the first 10%, then linear decay). Returns the
     loss of every step."""
     special = SpecialIds.from_tokenizer(tokenizer)
-    sequences = dialog_sequences(dialogs, tokenizer, special, model.config.n_positions)
+    sequences = dialog_sequences(dialogs, tokenizer, special, context_size(model))
     if not sequences:
         raise DataError(
             "pretraining needs at least one dialog with an utterance; the training file has "
@@ -96,8 +98,8 @@ def pretrain_language_model(
 
         ids, types = pad("input_ids", special.pad), pad("token_type_ids", special.pad)
         labels = ids.masked_fill(ids == special.pad, IGNORE_INDEX)
-        hidden = model.transformer(input_ids=ids, token_type_ids=types).last_hidden_state
-        logits = model.lm_head(hidden[:, :-1])
+        hidden = run_body(model, ids, types).last_hidden_state
+        logits = lm_head(model)(hidden[:, :-1])
         loss = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]),
             labels[:, 1:].reshape(-1),

@@ -19,9 +19,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from personachat.generation.decoders import make_decoder
-from personachat.generation.generate import advance, choose_tokens, left_pad
+from personachat.generation.generate import choose_tokens, decode_steps, left_pad
 from personachat.generation.precision import decoding_model
-from personachat.model.families import lm_head
 from personachat.model.loading import context_size
 from personachat.serve.chat_decoding import ChatDecoding, Completion, seeded, shifted
 from personachat.serve.openai_shapes import bad_request
@@ -89,8 +88,8 @@ def complete_texts(
 
 @torch.inference_mode()
 def decode_prompts(model, prompts: list[list[int]], options, on_step) -> list[list[int]]:
-    """The continuations of prompts given as token ids (``generate_replies``'s loop: left
-    padding, one prefill, then a step per token; the reply types of TransferTransfo models,
+    """The continuations of prompts given as token ids (as ``generate_replies``: left
+    padding, one prefill, then ``decode_steps``; the reply types of TransferTransfo models,
     which embed a speaker on every token)."""
     special, device = model.special, model.device
     net = decoding_model(model.model, options, device)
@@ -100,31 +99,25 @@ def decode_prompts(model, prompts: list[list[int]], options, on_step) -> list[li
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     decoder = make_decoder(net, input_ids.shape[1] + options.max_length)
     hidden = decoder.prefill(input_ids, token_types, mask, positions, None, None)
-    enders = {tokenizer_eos(model)} - {None}
-    replies: list[list[int]] = [[] for _ in prompts]
-    finished = [False] * len(prompts)
-    ended = _Ends(frozenset(enders), special.pad)
-    for step in range(options.max_length):
-        logits = lm_head(net)(hidden).float()
+    enders = sorted({tokenizer_eos(model)} - {None})
+
+    def choose(step: int, logits, replies, finished) -> list[int | None]:
         if step < options.min_length and enders:
-            logits[:, sorted(enders)] = -float("inf")
-        chosen = choose_tokens(logits, replies, finished, [[] for _ in prompts], options)
-        next_tokens = advance(chosen, replies, finished, ended, on_step)
-        if all(finished) or step + 1 == options.max_length:
-            break
-        next_ids = torch.tensor(next_tokens, device=device).unsqueeze(1)
-        positions = positions[:, -1:] + 1
-        hidden = decoder.step(next_ids, torch.full_like(next_ids, special.reply_type), positions)
-    return replies
+            logits[:, enders] = -float("inf")
+        return choose_tokens(logits, replies, finished, [[] for _ in prompts], options)
+
+    ends = _Ends(frozenset(enders), special.pad, special.reply_type)
+    return decode_steps(net, decoder, hidden, positions, options.max_length, choose, ends, on_step)
 
 
 @dataclass(frozen=True)
 class _Ends:
-    """What ``advance`` reads of an input format: the tokens that end a completion (the
-    tokenizer's end of text) and the padding fed after."""
+    """What ``decode_steps`` reads of an input format: the tokens that end a completion (the
+    tokenizer's end of text), the padding fed after and the token type of new tokens."""
 
     stop_ids: frozenset[int]
     pad: int = 0
+    reply_type: int = 0  # the token type the completion's tokens are fed with
 
 
 def tokenizer_eos(model) -> int | None:
