@@ -173,7 +173,7 @@ class ConvAIArgs:
     eval_num_candidates: int | None = None
     # How hits@1 ranks the candidates: "mc" (the multiple-choice head), "lm" (the language
     # model: mean log-probability of each candidate's reply tokens after the context, for any
-    # model), "pmi" (the same less half the reply's score without persona and history, so that
+    # model), "pmi" (the same less 0.75 times the reply's score without persona and history, so that
     # generic replies likely anywhere do not win), "auto" (the head when the model was trained
     # with one, else "lm").
     eval_ranking: str = "auto"

@@ -179,7 +179,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
         "--ranking",
         choices=list(RANKINGS),
         help="how hits@1 ranks the candidates: the multiple-choice head (mc), the language "
-        "model's likelihood (lm), the same less half each reply's likelihood without persona "
+        "model's likelihood (lm), the same less 0.75 times each reply's likelihood without persona "
         "and history (pmi: generic replies stop winning), or auto: the head if the model was "
         "trained with one, else lm",
     )

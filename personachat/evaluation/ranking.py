@@ -21,8 +21,9 @@ Why ``"pmi"``: ranked by likelihood alone, short generic replies ("that sounds f
 fit any conversation beat the gold reply, because they are likely everywhere. Subtracting
 what a reply scores with no context keeps what the context adds: the pointwise mutual
 information of reply and context when the weight is 1 (Li et al. 2016 use it against
-generic replies). The weight was chosen on training conversations, not the held-out ones:
-``benchmarks/lm_ranking.py --pmi``.
+generic replies). The weight 0.75 was chosen on training conversations the main job's mix
+never drew, not on the held-out ones (weights 0.25 / 0.5 / 0.75 / 1: hits@1 among 20
+0.65 / 0.74 / 0.78 / 0.72 on 74 replies; benchmarks/RESULTS.md, issue 21).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ Row = dict[str, list[int]]  # special.build(..., lm_labels=True)
 MAX_CANDIDATES_PER_PASS = 32  # candidates continued from one context in one forward pass
 RANKINGS = ("auto", "mc", "lm", "pmi")  # eval_ranking's values
 LM_RANKINGS = ("lm", "pmi")  # rankings by the language model: no multiple-choice head
-PMI_WEIGHT = 0.5  # how much of a reply's context-free score "pmi" subtracts
+PMI_WEIGHT = 0.75  # of a reply's context-free score "pmi" subtracts (chosen on training data)
 RANKING_NAMES = {  # how reports name each ranking
     "mc": "multiple-choice head",
     "lm": "language model",
