@@ -41,6 +41,7 @@ from personachat.model.families import (
     HEAD_PREFIX,
     TOKEN_TYPES_KEY,
     causal_lm,
+    family,
     is_double_heads,
     uses_token_types,
 )
@@ -54,7 +55,6 @@ from personachat.model.loading import (
 from personachat.model.lora import base_state, merged
 from personachat.progress import reporting, step
 
-LM_CLASSES = {"gpt2": "GPT2LMHeadModel", "openai-gpt": "OpenAIGPTLMHeadModel"}
 PERSONACHAT_CONFIG_KEYS = (TOKEN_TYPES_KEY, "scratch")
 REPORT_COMPANIONS = ("training_curves.png", "samples.md")
 # Written into every exported folder: --overwrite replaces only a folder that holds it.
@@ -96,7 +96,7 @@ def plain_causal_lm(model) -> torch.nn.Module:
         if hasattr(config, key):
             delattr(config, key)
     if is_double_heads(lm):
-        plain = getattr(transformers, LM_CLASSES[config.model_type])(config)
+        plain = getattr(transformers, family(config.model_type).lm_class)(config)
         state = {k: v for k, v in lm.state_dict().items() if not k.startswith(HEAD_PREFIX)}
         plain.load_state_dict(state, strict=True)
         plain.to(next(lm.parameters()).dtype)

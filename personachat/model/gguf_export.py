@@ -31,9 +31,10 @@ import numpy as np
 import torch
 
 from personachat.errors import PersonachatError
+from personachat.model.families import FAMILIES, family
 from personachat.model.gguf_quants import BLOCK_BYTES, FORMATS, quantizable, quantize
 
-SUPPORTED = ("llama", "qwen2")
+SUPPORTED = tuple(t for t, f in FAMILIES.items() if f.gguf_architecture)  # llama, qwen2
 LOGITS_TOLERANCE = 1e-4  # relative to the largest logit; float32 rounding is far below
 SAMPLE_TEXTS = (
     "hello , how are you today ? i work as a nurse .",
@@ -119,7 +120,8 @@ def stored(data: np.ndarray, kind: str) -> tuple[np.ndarray, object]:
 def gguf_arch(model_type: str):
     import gguf
 
-    return {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}[model_type]
+    name = family(model_type).gguf_architecture
+    return next(arch for arch, known in gguf.MODEL_ARCH_NAMES.items() if known == name)
 
 
 # Every pre-tokenizer name llama.cpp accepts for a BPE vocabulary (``tokenizer.ggml.pre``),
