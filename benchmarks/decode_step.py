@@ -31,19 +31,9 @@ import time
 
 import torch
 
-PERSONA = [
-    "i work as a nurse at the children's hospital .",
-    "i have two cats named salt and pepper .",
-    "i love hiking in the mountains on weekends .",
-    "my favorite food is sushi , especially salmon rolls .",
-]
-HISTORY = [
-    "hi , how are you today ? i just got back from the market .",
-    "i am great , just back from a long hike with my sister .",
-    "oh nice , where did you go ? i have never been hiking around here .",
-    "up the hills near my house , there is a lake at the top . it is lovely .",
-    "that sounds wonderful . what do you do for a living , if you don't mind me asking ?",
-]
+# The same persona and conversation as the latency benchmark beside this file.
+from smollm2_latency import HISTORY, PERSONA  # noqa: E402
+
 PRECISIONS = ("fp32", "int8")
 
 
