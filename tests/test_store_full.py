@@ -17,6 +17,12 @@ from personachat.serve.store import SessionStore, StoreFullError
 from .serve_helpers import fill_the_disk, free_the_disk
 
 SESSION = "session-0123456789abcdef"
+# Longer than any room a filled page keeps (a same-size update may fit where the row is).
+LONGER_PERSONA = [
+    "i like coffee and long walks by the sea every morning .",
+    "i have a garden full of roses and a small pond with fish .",
+    "my brother lives in lisbon and we talk on sundays .",
+]
 
 
 def test_a_full_disk_refuses_the_write_in_one_line_and_keeps_every_stored_turn(tmp_path):
@@ -87,7 +93,10 @@ def test_serve_answers_507_naming_the_database_and_loses_nothing(model, tmp_path
             refused = [
                 api.post(f"/v1/sessions/{session}/messages", json={"text": "are you there ?"}),
                 api.post("/v1/sessions", json={"personality": ["i am new here ."]}),
-                api.put(f"/v1/sessions/{session}", json={"personality": ["i like coffee ."]}),
+                api.put(
+                    f"/v1/sessions/{session}",
+                    json={"personality": LONGER_PERSONA},
+                ),
             ]
             for response in refused:
                 assert response.status_code == 507, response.text

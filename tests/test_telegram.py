@@ -300,7 +300,8 @@ def test_a_cards_lorebook_is_kept_with_the_chat_across_a_restart_and_a_reset(
         api.wait_replies(chat, 4)
         api.send_text(chat, "and the GOATS today ?")
         api.wait_replies(chat, 5)
-        set_persona(api, chat, NURSE)  # a plain persona: the card's lorebook goes with it
+        api.send_text(chat, "/persona " + " ".join(NURSE))  # the card's lorebook goes with it
+        assert api.wait_replies(chat, 6)[-1].startswith("My new persona")
         api.send_text(chat, "any goats ?")
         api.wait_replies(chat, 7)
     stored, _ = history(db, chat)
