@@ -219,6 +219,20 @@ class SessionStore:
                 "pass another --db PATH"
             ) from err
 
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction (``BEGIN IMMEDIATE``): committed whole, or rolled back on
+        any error, a full disk included (``_writing``)."""
+        with self._writing(), self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
     def close(self) -> None:
         with self._lock, self._read_lock:
             self._reader.close()
@@ -292,58 +306,44 @@ class SessionStore:
         the session is created if it does not exist. For front ends that keep one session per
         chat (the Telegram bot's ``/reset`` and ``/card``). Numbering starts again at 1."""
         now = time.time()
-        with self._writing(), self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._check_namespace(session_id)
+        with self._transaction():
+            self._check_namespace(session_id)
+            self._db.execute(
+                "INSERT INTO sessions (id, personality, created_at, updated_at, namespace, "
+                "lorebook) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "personality = excluded.personality, updated_at = excluded.updated_at, "
+                "lorebook = excluded.lorebook",
+                (
+                    session_id,
+                    as_json(personality),
+                    now,
+                    now,
+                    self.namespace,
+                    as_json(lorebook),
+                ),
+            )
+            self._db.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
+            if opening:
                 self._db.execute(
-                    "INSERT INTO sessions (id, personality, created_at, updated_at, namespace, "
-                    "lorebook) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
-                    "personality = excluded.personality, updated_at = excluded.updated_at, "
-                    "lorebook = excluded.lorebook",
-                    (
-                        session_id,
-                        as_json(personality),
-                        now,
-                        now,
-                        self.namespace,
-                        as_json(lorebook),
-                    ),
+                    "INSERT INTO messages (session_id, seq, role, text, created_at) "
+                    "VALUES (?, 1, 'bot', ?, ?)",
+                    (session_id, opening, now),
                 )
-                self._db.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
-                if opening:
-                    self._db.execute(
-                        "INSERT INTO messages (session_id, seq, role, text, created_at) "
-                        "VALUES (?, 1, 'bot', ?, ?)",
-                        (session_id, opening, now),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
         return self.get(session_id)
 
     def take_back(self, session_id: str, seq: int) -> Session:
         """Remove the messages from ``seq`` on (the last turn, for "regenerate" and "edit"),
         in one transaction: they are gone together or, on a failed write, all kept."""
-        with self._writing(), self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                found = self._db.execute(
-                    "UPDATE sessions SET updated_at = ? WHERE id = ? AND namespace = ?",
-                    (time.time(), session_id, self.namespace),
-                ).rowcount
-                if not found:
-                    raise SessionNotFound(session_id)
-                self._db.execute(
-                    "DELETE FROM messages WHERE session_id = ? AND seq >= ?", (session_id, seq)
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            found = self._db.execute(
+                "UPDATE sessions SET updated_at = ? WHERE id = ? AND namespace = ?",
+                (time.time(), session_id, self.namespace),
+            ).rowcount
+            if not found:
+                raise SessionNotFound(session_id)
+            self._db.execute(
+                "DELETE FROM messages WHERE session_id = ? AND seq >= ?", (session_id, seq)
+            )
         return self.get(session_id)
 
     def _check_namespace(self, session_id: str) -> None:
@@ -401,22 +401,15 @@ class SessionStore:
         of a batch finish together). Each turn stands alone: one whose session was deleted
         meanwhile gets its exception in the returned list and the others are stored."""
         results: list[tuple[Message, Message] | Exception] = []
-        with self._writing(), self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                for turn in turns:
-                    self._db.execute("SAVEPOINT turn")
-                    try:
-                        results.append(self._insert_turn(turn, keep))
-                    except (SessionNotFound, sqlite3.IntegrityError) as err:
-                        self._db.execute("ROLLBACK TO turn")
-                        results.append(err)
-                    self._db.execute("RELEASE turn")
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            for turn in turns:
+                self._db.execute("SAVEPOINT turn")
+                try:
+                    results.append(self._insert_turn(turn, keep))
+                except (SessionNotFound, sqlite3.IntegrityError) as err:
+                    self._db.execute("ROLLBACK TO turn")
+                    results.append(err)
+                self._db.execute("RELEASE turn")
         return results
 
     def _insert_turn(self, turn: Turn, keep: int) -> tuple[Message, Message]:
