@@ -9,6 +9,7 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 
@@ -505,3 +506,21 @@ def test_any_json_is_a_card_or_a_card_error():
             assert "fuzz.json" in str(err) and "\n" not in str(err)
 
     check()
+
+
+def test_a_named_pipe_as_card_file_is_refused_at_once(tmp_path):
+    pipe = tmp_path / "card.json"
+    os.mkfifo(pipe)
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_card(pipe)
+        except CardError as err:
+            outcome.append(err)
+
+    reader = threading.Thread(target=read, daemon=True)  # a blocked open must not hang pytest
+    reader.start()
+    reader.join(timeout=10)
+    assert not reader.is_alive(), "reading a named pipe blocked instead of being refused"
+    assert "is a named pipe (FIFO), not a regular file" in str(outcome[0])

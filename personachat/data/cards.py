@@ -45,6 +45,7 @@ from itertools import accumulate
 from pathlib import Path
 
 from personachat.errors import PersonachatError
+from personachat.fs import file_kind
 from personachat.text import unicode_problem
 
 # A card is a small JSON or an avatar image; a few MB is a large one. Anything beyond is
@@ -225,6 +226,9 @@ def read_card(
 ) -> PersonaCard:
     """The card in the file ``path`` (JSON or PNG). The size is checked before reading."""
     path = Path(path)
+    kind = file_kind(path)
+    if kind is not None:  # a pipe would block the read forever, a device never end
+        raise CardError(f"{path}: is {kind}, not a regular file — save the card to a file")
     try:
         size = path.stat().st_size
         if size > MAX_CARD_BYTES:
