@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from personachat.encoding.inputs import IGNORE_INDEX, EncodingError
 from personachat.fs import write_file_atomic
+from personachat.model.device import autocast, to_device
 from personachat.model.heads import double_heads_loss
 
 
@@ -141,12 +142,8 @@ def evaluation_sums(
     }
     for whole in tqdm(batches, desc="Evaluating", disable=silent, leave=False):
         for batch in split_batch(whole, max_sequences):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with torch.autocast(
-                device.type,
-                dtype=autocast_dtype or torch.float32,
-                enabled=autocast_dtype is not None,
-            ):
+            batch = to_device(batch, device)
+            with autocast(device, autocast_dtype):
                 out = double_heads_loss(model, batch, lm_coef, mc_coef)
             sums["lm_sum"] += float(out.lm_loss_sum)
             sums["lm_tokens"] += out.lm_tokens
