@@ -16,6 +16,7 @@ import os
 import shutil
 import stat
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -117,18 +118,24 @@ def write_file_atomic(path: str | os.PathLike, data: str | bytes, mode: int = 0o
 
 
 def write_folder_atomic(
-    target: str | os.PathLike, fill: Callable[[Path], None], merge: bool = False
+    target: str | os.PathLike,
+    fill: Callable[[Path], None],
+    merge: bool = False,
+    keep: Callable[[Path], bool] | None = None,
 ) -> Path:
     """Build a folder with ``fill(tmp)`` in a temporary folder beside ``target``, then put it
-    in place.
+    in place: the one writer of every saved folder (models, checkpoints, cache entries).
 
     A new ``target`` appears by one rename. An existing one is either replaced whole (the old
     folder is renamed aside first and removed after) or, with ``merge=True``, receives each
     file by rename, ``.safetensors`` last, so its other contents (checkpoints, eval results)
-    stay and weights never precede the config they belong to. Files get mode 0644 and folders
-    0755 (safetensors and ``mkdtemp`` create private 0600 / 0700 ones); a temporary folder
-    left by a killed writer of the same target is removed first. Every file and folder is
-    fsynced before the rename and the folders renamed into after it.
+    stay and weights never precede the config they belong to. ``keep``: a test of an existing
+    ``target`` that, when true, keeps it and discards this folder (a cache entry another
+    process wrote meanwhile: the same name is the same content, and it may be in use).
+    Files get mode 0644 and folders 0755 (safetensors and ``mkdtemp`` create private 0600 /
+    0700 ones); a temporary folder left by a killed writer of the same target is removed
+    first. Every file and folder is fsynced before the rename and the folders renamed into
+    after it.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -144,23 +151,51 @@ def write_folder_atomic(
             fill(tmp)
             _make_readable(tmp)
             fsync_tree(tmp)
-        if not target.exists():
-            os.replace(tmp, target)
-        elif merge:
+        if merge and target.exists():
             for item in sorted(tmp.iterdir(), key=lambda p: p.suffix == ".safetensors"):
                 os.replace(item, target / item.name)
             fsync_dir(target)
-        else:
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+        elif not (keep is not None and target.exists() and keep(target)):
+            _put_in_place(tmp, target, keep)
         fsync_dir(target.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
         _release(lock)
     return target
+
+
+def _put_in_place(tmp: Path, target: Path, keep: Callable[[Path], bool] | None) -> None:
+    """Rename ``tmp`` to ``target``, setting an existing ``target`` aside first and removing
+    it after. Another writer of the same target may land in between: with ``keep`` the
+    folder it landed is kept when ``keep`` accepts it; otherwise the error is raised and the
+    folder set aside is put back."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            os.replace(target, old)
+        except FileNotFoundError:  # another writer set it aside first
+            old = None
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not (keep is not None and target.exists() and keep(target)):
+            if old is not None and not target.exists():
+                os.replace(old, target)
+            raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_folder(path: str | os.PathLike) -> None:
+    """Delete the folder ``path``, renamed to a temporary name first: a kill during the
+    delete never leaves a half-deleted folder under its real name (the next writer of the
+    same name removes what is left, see ``remove_stale``)."""
+    path = Path(path)
+    trash = path.with_name(f".{path.name}.tmp-removed-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def fsync_tree(folder: Path) -> None:

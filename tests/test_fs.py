@@ -4,13 +4,14 @@ before it is called saved, and a full disk is one error naming the path and the 
 from __future__ import annotations
 
 import errno
+import multiprocessing
 import os
 from pathlib import Path
 
 import pytest
 
 from personachat import ConvAIModel
-from personachat.fs import DiskFullError, write_file_atomic, write_folder_atomic
+from personachat.fs import DiskFullError, remove_folder, write_file_atomic, write_folder_atomic
 
 
 @pytest.fixture()
@@ -105,4 +106,80 @@ def test_a_full_disk_during_a_file_write_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(DiskFullError, match="eval_results.json"):
         write_file_atomic(tmp_path / "eval_results.json", "{}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_that_fails_midway_leaves_the_old_folder_whole_and_no_temporary(tmp_path):
+    target = tmp_path / "model"
+    write_folder_atomic(target, fill_two_files)
+
+    def fails_after_one_file(tmp: Path) -> None:
+        (tmp / "config.json").write_text('{"new": true}')
+        raise KeyboardInterrupt  # Ctrl-C in the middle of a save
+
+    with pytest.raises(KeyboardInterrupt):
+        write_folder_atomic(target, fails_after_one_file)
+    assert (target / "config.json").read_text() == "{}"
+    assert (target / "sub" / "weights.bin").stat().st_size == 1000
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def _write_and_die(target: str) -> None:
+    """In a child: start writing ``target``, then die (as if killed) before it is in place."""
+
+    def die(tmp: Path) -> None:
+        (tmp / "model.safetensors").write_bytes(b"half")
+        os._exit(9)
+
+    write_folder_atomic(target, die)
+
+
+def test_the_temporary_of_a_killed_writer_is_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "model"
+    child = multiprocessing.get_context("fork").Process(target=_write_and_die, args=(target,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 9
+    [leftover] = tmp_path.iterdir()
+    assert leftover.name.startswith(".model.tmp-") and not target.exists()
+
+    write_folder_atomic(target, fill_two_files)
+
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_a_live_writers_temporary_is_left_alone(tmp_path):
+    target = tmp_path / "model"
+
+    def write_another_meanwhile(tmp: Path) -> None:
+        write_folder_atomic(target, fill_two_files)  # its clean-up must spare ``tmp``
+        assert tmp.is_dir()
+        (tmp / "config.json").write_text('{"second": true}')
+
+    write_folder_atomic(target, write_another_meanwhile)
+
+    assert (target / "config.json").read_text() == '{"second": true}'
+
+
+def test_keep_leaves_an_entry_another_writer_landed_first(tmp_path):
+    """A cache entry: the same name is the same content, and the first may be in use."""
+    target = tmp_path / "entry"
+
+    def another_writer_lands_first(tmp: Path) -> None:
+        write_folder_atomic(target, lambda other: (other / "manifest.json").write_text("1"))
+        (tmp / "manifest.json").write_text("2")
+
+    complete = lambda entry: (entry / "manifest.json").is_file()  # noqa: E731
+    write_folder_atomic(target, another_writer_lands_first, keep=complete)
+    assert (target / "manifest.json").read_text() == "1"
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"]
+
+    write_folder_atomic(target, another_writer_lands_first)  # without keep: replaced
+    assert (target / "manifest.json").read_text() == "2"
+    assert [p.name for p in tmp_path.iterdir()] == ["entry"]
+
+
+def test_a_removed_folder_is_gone_and_leaves_nothing(tmp_path):
+    write_folder_atomic(tmp_path / "checkpoint-2", fill_two_files)
+    remove_folder(tmp_path / "checkpoint-2")
     assert list(tmp_path.iterdir()) == []
