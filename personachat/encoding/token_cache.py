@@ -27,16 +27,14 @@ cannot run code):
   lengths that length-grouped batching sorts by, computed once here);
 - ``manifest.json``: key, options, counts and file sizes, written last.
 
-An entry is written into a temporary folder and renamed into place when complete, so a run
-killed halfway leaves only a ``.tmp-*`` folder that is never read (and is removed by the next
-build once its process is gone). Memory stays bounded by the distinct text, not by padding:
-examples are laid out one at a time when read (``__getitem__``) and padded one batch at a time
+An entry is written by the one atomic writer (``personachat.fs.write_folder_atomic``): into a
+temporary folder beside it, flushed to disk and renamed into place when complete, so a run
+killed halfway leaves only a ``.<key>.tmp-*`` folder that is never read (and is removed by the
+next build of that key once its writer is gone). An entry another process renamed into place
+first is kept, not replaced (the same key is the same content, and it may be in use there
+already). Memory stays bounded by the distinct text, not by padding: examples are laid out
+one at a time when read (``__getitem__``) and padded one batch at a time
 (``encoding.dataset.collate``).
-
-The entry's folder is not written with ``personachat.fs.write_folder_atomic``: its temporary
-folder's name carries the host and process id (so a later build removes the leftovers of
-killed ones), and an entry another process renamed into place first is kept, not replaced
-(the same key is the same content, and it may be in use there already).
 """
 
 from __future__ import annotations
@@ -44,12 +42,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import socket
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from personachat.encoding.inputs import (
@@ -62,6 +58,7 @@ from personachat.encoding.inputs import (
 )
 from personachat.encoding.token_dataset import CachedPersonaChatDataset, open_cached_dataset
 from personachat.encoding.token_tables import MANIFEST, TokenCacheError, write_tables
+from personachat.fs import write_folder_atomic
 
 CACHE_SUBDIR = "tokens"
 Log = Callable[[str], None]
@@ -207,73 +204,29 @@ def write_entry(
     silent: bool = True,
     replace: bool = True,
 ) -> Path:
-    """Tokenize and write one entry atomically: into ``root/.tmp-…``, then renamed to
-    ``root/key``. An entry of that key found there is replaced if ``replace``, else kept
-    (and this one discarded)."""
-    root.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_temporaries(root)
-    tmp = root / f".tmp-{key}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        write_tables(tmp, key, dialogs, tokenizer, options, num_proc, silent)
-        return _move_into_place(tmp, root / key, replace)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    """Tokenize and write one entry to ``root/key`` through the one atomic writer
+    (``personachat.fs.write_folder_atomic``). An entry of that key found there is replaced
+    if ``replace``, else kept and this one discarded: one that lands while this one is
+    written came from another process (e.g. another torchrun rank) with the same key, hence
+    the same content, and may be in use there already."""
+    return write_folder_atomic(
+        root / key,
+        partial(
+            write_tables,
+            key=key,
+            dialogs=dialogs,
+            tokenizer=tokenizer,
+            options=options,
+            num_proc=num_proc,
+            silent=silent,
+        ),
+        keep=None if replace else _complete,
+    )
 
 
-def _move_into_place(tmp: Path, final: Path, replace: bool = True) -> Path:
-    """Rename a complete entry into place, setting aside (then deleting) one already there
-    when ``replace``; without it an entry already there is kept. If another process renames
-    the same key into place at the same moment, whichever landed is kept: the same key
-    means the same content."""
-    if not replace and (final / MANIFEST).is_file():
-        return final
-    old = None
-    if final.exists():  # reprocess, or a damaged entry: set the old one aside first
-        old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
-        try:
-            os.rename(final, old)
-        except OSError:
-            old = None
-    try:
-        os.rename(tmp, final)
-    except OSError:
-        if not (final / MANIFEST).is_file():
-            raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def remove_abandoned_temporaries(root: Path) -> None:
-    """Delete ``.tmp-*`` folders of builds killed on this host (their process is gone) and
-    ``.old-*`` folders (replaced entries). The ``.tmp-*`` folders of running builds, or of
-    other hosts on a shared disk, are left alone unless they are more than a day old."""
-    host = socket.gethostname()
-    for path in root.glob(".*-*"):
-        if not path.is_dir() or not path.name.startswith((".tmp-", ".old-")):
-            continue
-        stale = time.time() - path.stat().st_mtime > 86_400
-        if path.name.startswith(".tmp-"):
-            parts = path.name.split("-")
-            same_host = len(parts) >= 5 and "-".join(parts[2:-2]) == host
-            if same_host and parts[-2].isdigit() and not _process_alive(int(parts[-2])):
-                stale = True
-        else:
-            stale = True
-        if stale:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+def _complete(entry: Path) -> bool:
+    """Whether ``entry`` is a whole entry (its manifest is written last)."""
+    return (entry / MANIFEST).is_file()
 
 
 def _log(log: Log | None, message: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -211,8 +210,6 @@ def _tokenize_texts(
                 ids = batch.column(0).cast(pa.large_list(pa.int32()))
                 counts.append(np.diff(numpy_view(ids.offsets)))
                 writer.write_batch(pa.record_batch([ids], schema=schema))
-            sink.flush()
-            os.fsync(sink.fileno())
         del tokenized, table
     finally:
         if silent and bars_were_on:
@@ -253,15 +250,11 @@ def _write_table(path: Path, columns: dict[str, pa.Array]) -> None:
     with pa.OSFile(str(path), "wb") as sink:
         with pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
-        sink.flush()
-        os.fsync(sink.fileno())
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 _NUMPY_TYPES = {pa.int32(): np.int32, pa.int64(): np.int64}
