@@ -14,10 +14,10 @@ from pathlib import Path
 import yaml
 
 from personachat.args import ArgsError, ConvAIArgs, make_args, unknown_key_message
-from personachat.data.dialogs import unicode_problem
 from personachat.fs import file_kind
 from personachat.json_limits import MAX_NUMBER_CHARS
 from personachat.option_checks import shown
+from personachat.text import unicode_problem
 
 # Each top-level key of a config: the types it takes and, for errors, the rule in words.
 CONFIG_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -54,6 +54,18 @@ def load_config(path: str | None) -> dict:
     top-level key known (else an error naming the closest one) and of its type."""
     if path is None:
         return {}
+    config = load_yaml(read_config_text(path), path)
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ArgsError(f"{path}: a config must be a mapping of keys to values")
+    check_config_keys(config, path)
+    return config
+
+
+def read_config_text(path: str) -> str:
+    """The text of the config file ``path``, refused unless it is a regular UTF-8 file of at
+    most MAX_CONFIG_BYTES (a pipe would block the read, a huge file is the wrong file)."""
     file = Path(path)
     kind = file_kind(file)
     if kind is not None:
@@ -66,21 +78,20 @@ def load_config(path: str | None) -> dict:
             "of settings (this looks like the wrong file)"
         )
     try:
-        text = file.read_text(encoding="utf-8")
+        return file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise ArgsError(f"{path}: cannot be read as UTF-8 text ({err})") from err
-    config = load_yaml(text, path)
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise ArgsError(f"{path}: a config must be a mapping of keys to values")
+
+
+def check_config_keys(config: dict, path: str) -> None:
+    """Each top-level key of ``config`` known (else the closest one is named) and of its
+    type (null: the key's default)."""
     for key, value in config.items():
         if key not in CONFIG_KEYS:
             raise ArgsError(f"{path}: {unknown_key_message(str(key), sorted(CONFIG_KEYS))}")
         types, rule = CONFIG_KEYS[key]
         if value is not None and not isinstance(value, types):
             raise ArgsError(f"{path}: {key} {rule}, got {shown(value)}")
-    return config
 
 
 def load_yaml(text: str, where: str) -> object:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from personachat.args import ArgsError
-from personachat.data.dialogs import unicode_problem
+from personachat.text import unicode_problem
 
 RETYPE = "That line is not valid text (not UTF-8?); please type it again."
 

@@ -17,11 +17,10 @@ download is ``personachat.data.download``.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
 from personachat.errors import PersonachatError
-from personachat.text import describe, unicode_problem
+from personachat.text import describe, did_you_mean, string_list_problems
 
 #: ``str(DataError)`` lists at most this many problems, then says how many more there are.
 MAX_LISTED_PROBLEMS = 50
@@ -65,111 +64,71 @@ class DataError(PersonachatError, ValueError):
 # --------------------------------------------------------------------------- validation
 
 
-# Shared with every entry point that takes text (personachat.text); the names stay here
-# for the readers that import them.
-_describe = describe
-
-
-def _did_you_mean(wanted: str, keys: Iterable[object]) -> str:
-    """' (found "persona" — rename it to "personality"?)' when a key looks like a typo."""
-    names = [k for k in keys if isinstance(k, str)]
-    close = difflib.get_close_matches(wanted, names, n=1, cutoff=0.6)
-    if not close:
-        return ""
-    return f'; found "{close[0]}" — rename it to "{wanted}"?'
-
-
-def _check_string_list(
-    value: object, where: str, *, fix: str, allow_empty_list: bool, allow_empty_strings: bool
-) -> list[str]:
-    """Problems with a field that must be a list of strings (personality/history/candidates)."""
-    if not isinstance(value, (list, tuple)):
-        hint = " — wrap it in a list: [...]" if isinstance(value, str) else f" — {fix}"
-        return [f"{where}: expected a list of strings, got {_describe(value)}{hint}"]
-    if not value and not allow_empty_list:
-        return [f"{where}: empty list — {fix}"]
-    problems = []
-    for k, item in enumerate(value):
-        if not isinstance(item, str):
-            problems.append(
-                f"{where}, item {k}: expected a string, got {_describe(item)} — "
-                "each entry must be text in double quotes"
-            )
-        elif not item and not allow_empty_strings:
-            problems.append(f"{where}, item {k}: empty string — remove it or write the text")
-        elif unicode_problem(item):
-            problems.append(f"{where}, item {k}: {unicode_problem(item)}")
-    return problems
-
-
 def _check_utterance(utterance: object, where: str) -> list[str]:
     if not isinstance(utterance, dict):
-        return [
-            f"{where}: expected an object like {_UTTERANCE_EXAMPLE}, got {_describe(utterance)}"
-        ]
+        return [f"{where}: expected an object like {_UTTERANCE_EXAMPLE}, got {describe(utterance)}"]
     problems = []
     if "history" not in utterance:
         problems.append(
             f'{where}: missing field "history" — add "history": the list of previous turns, '
             "starting with the other speaker ([] for the first turn)"
-            + _did_you_mean("history", utterance)
+            + did_you_mean("history", utterance)
         )
     else:
-        problems += _check_string_list(
+        problems += string_list_problems(
             utterance["history"],
             f'{where}, field "history"',
             fix="it must list the previous turns as strings ([] for the first turn)",
             allow_empty_list=True,
-            allow_empty_strings=True,
+            allow_empty_items=True,
         )
     if "candidates" not in utterance:
         problems.append(
             f'{where}: missing field "candidates" — add "candidates": a list of possible '
-            "replies with the gold (true) reply last" + _did_you_mean("candidates", utterance)
+            "replies with the gold (true) reply last" + did_you_mean("candidates", utterance)
         )
     else:
-        problems += _check_string_list(
+        problems += string_list_problems(
             utterance["candidates"],
             f'{where}, field "candidates"',
             fix="each utterance needs at least one candidate (the gold reply last)",
-            allow_empty_list=False,
-            allow_empty_strings=False,
         )
     return problems
 
 
-def _check_dialog(dialog: object, where: str, allow_empty_personality: bool = False) -> list[str]:
+def dialog_problems(dialog: object, where: str, allow_empty_personality: bool = False) -> list[str]:
+    """Every problem with one Persona-Chat dialog, each starting with ``where`` (its place in
+    the file); the readers check a dialog at a time with it."""
     if not isinstance(dialog, dict):
         return [
-            f"{where}: expected an object like {DIALOG_EXAMPLE}, got {_describe(dialog)} — "
+            f"{where}: expected an object like {DIALOG_EXAMPLE}, got {describe(dialog)} — "
             "each entry of the top-level list must be one dialog"
         ]
     problems = []
     if "personality" not in dialog:
         problems.append(
             f'{where}: missing field "personality" — add "personality": a list of persona '
-            'sentences such as ["i like cats."]' + _did_you_mean("personality", dialog)
+            'sentences such as ["i like cats."]' + did_you_mean("personality", dialog)
         )
     else:
-        problems += _check_string_list(
+        problems += string_list_problems(
             dialog["personality"],
             f'{where}, field "personality"',
             fix='give at least one persona sentence, e.g. ["i like cats."] (or set '
             "allow_empty_personality to read dialogs without a persona)",
             allow_empty_list=allow_empty_personality,
-            allow_empty_strings=False,
         )
     if "utterances" not in dialog:
         problems.append(
             f'{where}: missing field "utterances" — add "utterances": a list of '
-            f"{_UTTERANCE_EXAMPLE} objects" + _did_you_mean("utterances", dialog)
+            f"{_UTTERANCE_EXAMPLE} objects" + did_you_mean("utterances", dialog)
         )
         return problems
     utterances = dialog["utterances"]
     if not isinstance(utterances, (list, tuple)):
         problems.append(
             f'{where}, field "utterances": expected a list of {_UTTERANCE_EXAMPLE} objects, '
-            f"got {_describe(utterances)}"
+            f"got {describe(utterances)}"
         )
     elif not utterances:
         problems.append(
@@ -204,18 +163,18 @@ def validate_dialogs(
             )
             return [
                 f"{source}: top level: expected a list of dialogs {DIALOG_EXAMPLE}, "
-                f"got {_describe(dialogs)}{hint}"
+                f"got {describe(dialogs)}{hint}"
             ]
         if not isinstance(dialogs, (list, tuple)):
             return [
                 f"{source}: top level: expected a list of dialogs {DIALOG_EXAMPLE}, "
-                f"got {_describe(dialogs)}"
+                f"got {describe(dialogs)}"
             ]
         if not dialogs:
             return [f"{source}: no dialogs (empty list) — add at least one dialog {DIALOG_EXAMPLE}"]
         problems: list[str] = []
         for i, dialog in enumerate(dialogs):
-            problems += _check_dialog(dialog, f"{source}: dialog {i}", allow_empty_personality)
+            problems += dialog_problems(dialog, f"{source}: dialog {i}", allow_empty_personality)
         return problems
     except Exception as exc:  # pragma: no cover - defensive: the contract is "never raises"
         return [f"{source}: could not be checked ({type(exc).__name__}: {exc})"]

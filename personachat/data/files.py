@@ -16,11 +16,11 @@ from personachat.data.dialogs import (
     DIALOG_EXAMPLE,
     SPLITS_EXAMPLE,
     DataError,
-    _describe,
     validate_dialogs,
 )
 from personachat.fs import file_kind
 from personachat.json_limits import JSONLimitError, loads_bounded
+from personachat.text import describe
 
 #: Files larger than this are refused before reading: the public Persona-Chat file is about
 #: 200 MB, so anything past 1 GiB is almost certainly the wrong file (a model, an archive...).
@@ -192,7 +192,7 @@ def _select_split(file: Path, data: object, split: str) -> tuple[object, str]:
         return data, str(file)
     if not isinstance(data, dict):
         raise DataError(
-            f"{file}: top level is {_describe(data)} — expected a list of dialogs "
+            f"{file}: top level is {describe(data)} — expected a list of dialogs "
             f"[{DIALOG_EXAMPLE}, ...] or an object of splits {SPLITS_EXAMPLE}"
         )
     if split in data:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from personachat.data.dialogs import unicode_problem
 from personachat.encoding.inputs import ATTR_TO_SPECIAL_TOKEN
 from personachat.fs import write_folder_atomic
 from personachat.model.archives import FINETUNED_ARCHIVES, fetch_finetuned_archive
@@ -46,6 +45,7 @@ from personachat.model.weights import (
     safetensors_elements,
     weights_format,
 )
+from personachat.text import unicode_problem
 
 # Hub ids simpletransformers users pass for model_type "gpt".
 HUB_ALIASES = {"openai-gpt": "openai-community/openai-gpt"}

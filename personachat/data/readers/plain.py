@@ -13,18 +13,30 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from personachat.data.dialogs import DataError, _did_you_mean
+from personachat.data.dialogs import DataError
 from personachat.data.files import json_error_message
 from personachat.data.readers.files import read_text
 from personachat.data.readers.records import Reading
-from personachat.data.readers.turns import dialog_from_turns, string_list_problems
+from personachat.data.readers.turns import dialog_from_turns
 from personachat.json_limits import JSONLimitError, loads_bounded
-from personachat.text import describe
+from personachat.text import describe, did_you_mean, string_list_problems
 
 __all__ = ["WHAT", "dialog_from_object", "plain_records", "read_plain"]
 
 WHAT = 'plain dialogs (a JSON list or JSONL of {"personality": [...], "turns": [...]})'
 _EXAMPLE = '{"personality": [...], "turns": [...]}'
+
+
+# The two fields of a plain dialog: what one item is called, and how to fill an empty list.
+_FIELDS = (
+    (
+        "personality",
+        "persona sentence",
+        'give at least one persona sentence, e.g. ["i like cats ."] (or set '
+        "allow_empty_personality to read dialogs without a persona)",
+    ),
+    ("turns", "turn", 'list the messages in order, partner first, e.g. ["hi !", "hello !"]'),
+)
 
 
 def dialog_from_object(
@@ -37,35 +49,7 @@ def dialog_from_object(
         return None, [f"{where}: expected a dialog object like {_EXAMPLE}, got {describe(obj)}"]
     if allow_empty_personality and not obj.get("personality"):
         obj = {**obj, "personality": []}
-    problems = []
-    for field, what, fix in (
-        (
-            "personality",
-            "persona sentence",
-            'give at least one persona sentence, e.g. ["i like cats ."] (or set '
-            "allow_empty_personality to read dialogs without a persona)",
-        ),
-        ("turns", "turn", 'list the messages in order, partner first, e.g. ["hi !", "hello !"]'),
-    ):
-        if field == "personality" and allow_empty_personality and obj[field] == []:
-            continue
-        if field not in obj:
-            hint = ""
-            if field == "personality":
-                hint = (
-                    " — add the bot's persona sentences, or set allow_empty_personality to "
-                    "read dialogs without a persona"
-                )
-            if field == "turns" and "utterances" in obj:
-                hint = (
-                    '; this object has "utterances", so it is Persona-Chat data — write such '
-                    "dialogs as a JSON list and use --format personachat"
-                )
-            problems.append(
-                f'{where}: missing field "{field}"' + (_did_you_mean(field, obj) or hint)
-            )
-        else:
-            problems += string_list_problems(obj[field], f'{where}, field "{field}"', what, fix)
+    problems = _field_problems(obj, where, allow_empty_personality)
     bot_starts = obj.get("bot_starts", False)
     if not isinstance(bot_starts, bool):
         problems.append(
@@ -84,6 +68,40 @@ def dialog_from_object(
             f"needs at least {need} turns{' with bot_starts' if bot_starts else ''}"
         ]
     return dialog, []
+
+
+def _field_problems(obj: dict, where: str, allow_empty_personality: bool) -> list[str]:
+    """Problems with the ``personality`` and ``turns`` fields: missing, or not a non-empty
+    list of non-blank strings (an empty persona passes with ``allow_empty_personality``)."""
+    problems = []
+    for field, item, fix in _FIELDS:
+        if field == "personality" and allow_empty_personality and obj[field] == []:
+            continue
+        if field not in obj:
+            problems.append(f'{where}: missing field "{field}"' + _missing_hint(field, obj))
+        else:
+            problems += string_list_problems(
+                obj[field], f'{where}, field "{field}"', fix=fix, item=item, blank_is_empty=True
+            )
+    return problems
+
+
+def _missing_hint(field: str, obj: dict) -> str:
+    """How to add the missing ``field``: a key of ``obj`` it looks like a typo of, or what
+    the field holds (or, for a Persona-Chat dialog, the format to read it with)."""
+    if did_you_mean(field, obj):
+        return did_you_mean(field, obj)
+    if field == "personality":
+        return (
+            " — add the bot's persona sentences, or set allow_empty_personality to "
+            "read dialogs without a persona"
+        )
+    if field == "turns" and "utterances" in obj:
+        return (
+            '; this object has "utterances", so it is Persona-Chat data — write such '
+            "dialogs as a JSON list and use --format personachat"
+        )
+    return ""
 
 
 def _jsonl_objects(path: Path, text: str) -> list[tuple[str, object, str | None]]:

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from personachat.data.dialogs import DataError, _check_dialog
+from personachat.data.dialogs import DataError, dialog_problems
 
 __all__ = ["Reading", "add_checked", "print_to_stderr"]
 
@@ -111,5 +111,5 @@ def add_checked(
     problems = []
     for k, dialog in enumerate(dialogs):
         place = where if len(dialogs) == 1 else f"{where}, dialog {k}"
-        problems += _check_dialog(dialog, place, allow_empty_personality)
+        problems += dialog_problems(dialog, place, allow_empty_personality)
     reading.add(dialogs, problems)

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from personachat.text import describe, unicode_problem
-
-__all__ = ["dialog_from_turns", "string_list_problems"]
+__all__ = ["dialog_from_turns"]
 
 
 def dialog_from_turns(
@@ -36,27 +34,3 @@ def dialog_from_turns(
         if by_bot[k]
     ]
     return {"personality": list(personality), "utterances": utterances}
-
-
-def string_list_problems(value: object, where: str, what: str, fix: str) -> list[str]:
-    """Problems with a field that must be a non-empty list of non-blank strings.
-
-    ``what`` names one item ("persona sentence", "turn") and ``fix`` says how to repair an
-    empty list. Blank (whitespace-only) strings count as empty: they carry no text to learn.
-    """
-    if not isinstance(value, list):
-        hint = " — wrap it in a list: [...]" if isinstance(value, str) else ""
-        return [f"{where}: expected a list of strings, got {describe(value)}{hint}"]
-    if not value:
-        return [f"{where}: empty list — {fix}"]
-    problems = []
-    for k, item in enumerate(value):
-        if not isinstance(item, str):
-            problems.append(
-                f"{where}, item {k}: expected a {what} as a string, got {describe(item)}"
-            )
-        elif not item.strip():
-            problems.append(f"{where}, item {k}: empty {what} — remove it or write the text")
-        elif unicode_problem(item):
-            problems.append(f"{where}, item {k}: {unicode_problem(item)}")
-    return problems
