@@ -6,6 +6,11 @@ refused with an ``ArgsError`` naming the option, the value and the valid range, 
 ``max_train_examples=-1`` rather than silently dropping a dialog. Names (optimizer,
 scheduler, input format) must be known, and options that depend on each other must agree.
 Values are shown bounded (``shown``): an error never builds the repr of a huge value.
+
+``Bound`` is the one range check of the package: the options' table here, the server's
+bounds on what a request may set (``serve.settings.option_bounds``) and the OpenAI routes'
+ranges are all ``Bound``s, and every check of a number against a range is ``Bound.holds``.
+Each entry point words the refusal its own way (an ``ArgsError`` here, a 422 or a 400 there).
 """
 
 from __future__ import annotations
@@ -56,27 +61,47 @@ def shown(value: Any) -> str:
 
 @dataclass(frozen=True)
 class Bound:
-    """The values a numeric option takes: ``low`` / ``high`` (None: unbounded; excluded when
-    ``open_low`` / ``open_high``), a whole number when ``integer``, and ``words`` saying so."""
+    """The values a number takes: ``low`` / ``high`` (None: unbounded; excluded when
+    ``open_low`` / ``open_high``), a whole number when ``integer``, None too when
+    ``nullable``; ``words`` say so in an option's error, ``upper`` names what sets ``high``
+    where a server's limit does ("the server's --max-temperature")."""
 
-    words: str
+    words: str = ""
     low: float | None = None
     high: float | None = None
     open_low: bool = False
     open_high: bool = False
     integer: bool = False
     nullable: bool = False
+    upper: str | None = None
 
     def holds(self, value: Any) -> bool:
+        """Whether ``value`` is within the range: a finite number (never a bool, which
+        Python counts as an int), or None when ``nullable``."""
         if value is None:
             return self.nullable
         if isinstance(value, bool) or not isinstance(value, int | float):
             return False
-        if not math.isfinite(value) or (self.integer and not float(value).is_integer()):
-            return False
+        if isinstance(value, float) and not (
+            math.isfinite(value) and (value.is_integer() or not self.integer)
+        ):
+            return False  # (an int is always finite and whole, however large)
         if self.low is not None and (value <= self.low if self.open_low else value < self.low):
             return False
         return self.high is None or (value < self.high if self.open_high else value <= self.high)
+
+    def interval(self) -> str:
+        """The range as an interval, ``[0, 1)``, with what sets its upper end if anything
+        does: ``[0.01, 2.0] (the upper bound is the server's --max-temperature)``."""
+        low = "-inf" if self.low is None else self.low
+        high = "inf" if self.high is None else self.high
+        text = f"{'(' if self.open_low else '['}{low}, {high}{')' if self.open_high else ']'}"
+        return text + (f" (the upper bound is {self.upper})" if self.upper else "")
+
+
+def within(low: float, high: float, upper: str | None = None) -> Bound:
+    """The closed range [low, high]; ``upper``: what sets ``high`` (see ``Bound``)."""
+    return Bound(f"within [{low}, {high}]", low=low, high=high, upper=upper)
 
 
 def _count(low: int | None, words: str, nullable: bool = False) -> Bound:

@@ -47,12 +47,15 @@ from personachat.data.cards import (
     persona_sentences,
 )
 from personachat.generation.generate import DecodingOptions
+from personachat.option_checks import Bound, within
 from personachat.serve.chat_decoding import ChatDecoding
 from personachat.serve.openai_shapes import bad_request
 from personachat.serve.settings import (
     RequestError,
     ServeSettings,
     decoding_options,
+    option_bounds,
+    out_of_bounds,
     unicode_problem,
 )
 
@@ -248,24 +251,24 @@ def persona_limit(param: str, chars: int, settings: ServeSettings) -> RequestErr
     )
 
 
-def check_range(
-    name: str,
-    value: float | None,
-    low: float,
-    high: float,
-    flag: str | None = None,
-    what: str | None = None,
-) -> None:
-    """Refuse ``value`` outside [low, high] (``flag``: the server option that sets ``high``;
-    ``what``: what else sets it)."""
-    if value is not None and not (math.isfinite(value) and low <= value <= high):
-        where = f" (the upper bound is the server's {flag})" if flag else ""
-        where = f" (the upper bound is {what})" if what else where
-        raise bad_request(
-            name,
-            "invalid_value",
-            f"{name}={value} is outside the server's bounds [{low}, {high}]{where}",
-        )
+def check_range(name: str, value: float | None, bound: Bound) -> None:
+    """Refuse (400) a field the request set outside ``bound`` (None: not set, the default)."""
+    if value is not None and not bound.holds(value):
+        raise bad_request(name, "invalid_value", out_of_bounds(name, value, bound))
+
+
+def field_bounds(settings: ServeSettings, context: int | None) -> dict[str, Bound]:
+    """The ranges of OpenAI's own fields: the server's bounds on the options they set, except
+    that ``temperature`` 0 is greedy decoding and ``max_tokens`` is an upper bound up to the
+    model's context (None: no bound)."""
+    bounds = option_bounds(settings)
+    return {
+        "max_tokens": within(1, context or math.inf, "the model's context"),
+        "temperature": replace(bounds["temperature"], low=0),
+        "top_p": bounds["top_p"],
+        "frequency_penalty": bounds["frequency_penalty"],
+        "presence_penalty": bounds["presence_penalty"],
+    }
 
 
 def model_context(model) -> int | None:
@@ -284,11 +287,23 @@ def chat_options(
     the model's, the largest ``max_tokens`` accepted."""
     max_name = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     max_tokens = getattr(body, max_name)
-    check_range(max_name, max_tokens, 1, context or math.inf, None, "the model's context")
-    check_range("temperature", body.temperature, 0, settings.max_temperature, "--max-temperature")
-    check_range("top_p", body.top_p, 0, 1)
-    check_range("frequency_penalty", body.frequency_penalty, -2, 2)
-    check_range("presence_penalty", body.presence_penalty, -2, 2)
+    bounds = field_bounds(settings, context)
+    check_range(max_name, max_tokens, bounds["max_tokens"])
+    for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty"):
+        check_range(name, getattr(body, name), bounds[name])
+    requested = requested_options(body, max_tokens, defaults, settings)
+    try:
+        options = decoding_options(requested, defaults, settings)
+    except RequestError as err:
+        raise in_field_names(err, max_name) from None
+    seed = body.seed if options.do_sample else None  # a greedy reply needs no seed
+    return ChatDecoding(**asdict(options), seed=seed)
+
+
+def requested_options(
+    body, max_tokens: int | None, defaults: DecodingOptions, settings: ServeSettings
+) -> dict[str, Any]:
+    """The decoding options the request's fields set, by the module doc's mapping."""
     requested: dict[str, Any] = {}
     if max_tokens is not None:  # an upper bound: the reply ends at its turn's end anyway
         longest = min(max_tokens, settings.max_reply_tokens)
@@ -304,18 +319,19 @@ def chat_options(
     for field, option in EXTENSIONS.items():
         if getattr(body, field) is not None:
             requested[option] = getattr(body, field)
-    try:
-        options = decoding_options(requested, defaults, settings)
-    except RequestError as err:
-        names = {option: field for field, option in EXTENSIONS.items()}
-        names["max_length"] = max_name
-        message = err.message  # in the request's names (max_length is max_tokens here)
-        for option, field in names.items():
-            message = message.replace(option, field)
-        option = err.extra.get("option")
-        raise bad_request(names.get(option, option), err.code, message) from None
-    seed = body.seed if options.do_sample else None  # a greedy reply needs no seed
-    return ChatDecoding(**asdict(options), seed=seed)
+    return requested
+
+
+def in_field_names(err: RequestError, max_name: str) -> RequestError:
+    """The session API's refusal of an option as a 400 in the request's own names (its
+    ``max_length`` is ``max_name`` here, ``min_length`` is ``min_tokens``)."""
+    names = {option: field for field, option in EXTENSIONS.items()}
+    names["max_length"] = max_name
+    message = err.message
+    for option, field in names.items():
+        message = message.replace(option, field)
+    option = err.extra.get("option")
+    return bad_request(names.get(option, option), err.code, message)
 
 
 def stop_strings(stop: Any) -> tuple[str, ...]:

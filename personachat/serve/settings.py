@@ -9,13 +9,13 @@ web framework, so the checks are tested (and reusable) without a server.
 from __future__ import annotations
 
 import ipaddress
-import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from personachat.data.cards import DEFAULT_CARD_CHARS
 from personachat.errors import PersonachatError
 from personachat.generation.generate import DecodingOptions
+from personachat.option_checks import Bound, within
 from personachat.text import unicode_problem as text_unicode_problem
 
 # Decoding options a request may set. max_history and rerank_samples stay the model's: the
@@ -124,8 +124,7 @@ class ServeSettings:
                 object.__setattr__(self, f.name, allowed_host_names(value))
                 continue
             low = {"batch_window_ms": 0, "header_timeout": 0.1}.get(f.name, 1)
-            number = isinstance(value, int | float) and not isinstance(value, bool)
-            if not number or not math.isfinite(value) or value < low:
+            if not Bound(low=low).holds(value):
                 raise ValueError(
                     f"--{f.name.replace('_', '-')} must be a number >= {low}, got {value!r}"
                 )
@@ -226,19 +225,35 @@ def clean_personality(sentences: list[str], settings: ServeSettings) -> list[str
     return cleaned
 
 
-def option_bounds(settings: ServeSettings) -> dict[str, tuple[float, float]]:
-    """Inclusive (low, high) of each numeric option a request may set."""
+def option_bounds(settings: ServeSettings) -> dict[str, Bound]:
+    """The closed range of each numeric option a request may set, naming the server option
+    that sets its upper end where one does."""
+
+    def flag(limit: str) -> str:
+        return "the server's --" + limit.replace("_", "-")
+
+    reply = flag("max_reply_tokens")
     return {
-        "max_length": (1, settings.max_reply_tokens),
-        "min_length": (0, settings.max_reply_tokens),
-        "temperature": (0.01, settings.max_temperature),
-        "top_p": (0.0, 1.0),
-        "top_k": (0, settings.max_top_k),
-        "repetition_penalty": (1.0, settings.max_repetition_penalty),
-        "no_repeat_ngram_size": (0, settings.max_no_repeat_ngram_size),
-        "frequency_penalty": (-2.0, 2.0),  # OpenAI's range
-        "presence_penalty": (-2.0, 2.0),
+        "max_length": within(1, settings.max_reply_tokens, reply),
+        "min_length": within(0, settings.max_reply_tokens, reply),
+        "temperature": within(0.01, settings.max_temperature, flag("max_temperature")),
+        "top_p": within(0, 1),
+        "top_k": within(0, settings.max_top_k, flag("max_top_k")),
+        "repetition_penalty": within(
+            1.0, settings.max_repetition_penalty, flag("max_repetition_penalty")
+        ),
+        "no_repeat_ngram_size": within(
+            0, settings.max_no_repeat_ngram_size, flag("max_no_repeat_ngram_size")
+        ),
+        "frequency_penalty": within(-2, 2),  # OpenAI's range
+        "presence_penalty": within(-2, 2),
     }
+
+
+def out_of_bounds(name: str, value: Any, bound: Bound) -> str:
+    """The refusal of ``value`` for ``name`` outside ``bound``, on every route that takes
+    decoding options (the session API's 422, the OpenAI routes' 400)."""
+    return f"{name}={value} is outside the server's bounds {bound.interval()}"
 
 
 def server_defaults(model_defaults: DecodingOptions, settings: ServeSettings) -> DecodingOptions:
@@ -271,24 +286,7 @@ def decoding_options(
         )
     bounds = option_bounds(settings)
     for name, value in requested.items():
-        if name == "do_sample":
-            if not isinstance(value, bool):
-                raise RequestError(
-                    422, "invalid_option", "do_sample must be true or false", option=name
-                )
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise RequestError(422, "invalid_option", f"{name} must be a number", option=name)
-        low, high = bounds[name]
-        if not low <= value <= high:
-            raise RequestError(
-                422,
-                "option_out_of_bounds",
-                f"{name}={value} is outside the server's bounds [{low}, {high}]",
-                option=name,
-                min=low,
-                max=high,
-            )
+        check_option(name, value, bounds.get(name))
     options = replace(defaults, **requested)
     if options.min_length > options.max_length:
         raise RequestError(
@@ -300,3 +298,23 @@ def decoding_options(
             max=options.max_length,
         )
     return options
+
+
+def check_option(name: str, value: Any, bound: Bound | None) -> None:
+    """Refuse (422) one requested decoding option of the wrong type or outside ``bound``
+    (None: ``do_sample``, true or false)."""
+    if bound is None:
+        if not isinstance(value, bool):
+            raise RequestError(422, "invalid_option", f"{name} must be true or false", option=name)
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RequestError(422, "invalid_option", f"{name} must be a number", option=name)
+    if not bound.holds(value):
+        raise RequestError(
+            422,
+            "option_out_of_bounds",
+            out_of_bounds(name, value, bound),
+            option=name,
+            min=bound.low,
+            max=bound.high,
+        )
