@@ -164,12 +164,18 @@ TRAIT_SENTENCES: tuple[str, ...] = (
 )
 """Sentences about character that state no fact: a description is more than its facts."""
 
+# Many ways to ask for a name in training (direct, indirect, polite, terse), so that the bot
+# learns the request and not three sentences; the held-out ones are never among them.
 NAME_QUESTIONS = phrasings(
-    "what is your name ? | who am i talking to ? | what should i call you ?",
+    "what is your name ? | who am i talking to ? | what should i call you ? | may i ask your "
+    "name ? | do you have a name ? | what do your friends call you ? | how should i address "
+    "you ? | tell me your name . | who are you ? | what's your name , if you don't mind me "
+    "asking ? | i don't think we have been introduced . | remind me of your name ?",
     "sorry , i did not catch your name . | and you are ?",
 )
 NAME_REPLIES = phrasings(
-    "my name is {v} . | i am {v} , nice to meet you . | call me {v} .",
+    "my name is {v} . | i am {v} , nice to meet you . | call me {v} . | i'm {v} . | it is {v} . "
+    "| {v} , nice to meet you . | the name is {v} .",
     "{v} . and you ? | people call me {v} .",
 )
 
