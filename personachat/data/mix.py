@@ -101,8 +101,14 @@ def draw(
             f"{path}: asked for {count} dialogs but the file has {len(dialogs)} — lower the "
             "count, or give None to take all of them"
         )
+    return [dialogs[k] for k in drawn_indices(len(dialogs), count, seed, path)]
+
+
+def drawn_indices(total: int, count: int, seed: int, path: str) -> list[int]:
+    """Which of a file's ``total`` dialogs :func:`draw` takes (in the file's order): what a
+    measurement needs to keep the dialogs a mix trained on out of its own sets."""
     rng = random.Random(f"personachat-mix:{seed}:{path}")
-    return [dialogs[k] for k in sorted(rng.sample(range(len(dialogs)), count))]
+    return sorted(rng.sample(range(total), count))
 
 
 def mix_dialogs(

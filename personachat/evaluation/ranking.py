@@ -238,6 +238,61 @@ def full_scores(model, rows: Sequence[Row], device: torch.device, dtype=None) ->
 
 
 # ----------------------------------------------------------------------------- hits@1
+def candidate_scores(
+    model,
+    special: InputFormat,
+    encode: Callable[[str], list[int]],
+    dialogs: Sequence[dict],
+    utterances: Sequence[tuple[int, int]],
+    args,
+    device: torch.device,
+    max_tokens: int,
+    num_candidates: int,
+    *,
+    dtype=None,
+    silent: bool = True,
+    scores_fn: Callable = shared_context_scores,
+    context_free: bool = False,
+) -> dict[tuple[int, int], tuple[list[float], list[float] | None]]:
+    """Each utterance's (dialog, utterance index) scores of its last ``num_candidates``
+    candidates after the context a reply reads (``reply_history``: ``max_history`` messages,
+    or the newest within ``max_history_tokens`` for chat templates) and, with
+    ``context_free``, their scores with neither persona nor history (else None). A reply's
+    context-free score is the same wherever it is a distractor, so each distinct reply is
+    scored once."""
+    model.eval()
+    budget = getattr(args, "max_history_tokens", 0)
+    known: dict[tuple[int, ...], float] = {}
+    scored: dict[tuple[int, int], tuple[list[float], list[float] | None]] = {}
+
+    def alone(candidates: list[list[int]]) -> list[float]:
+        new = list(dict.fromkeys(tuple(c) for c in candidates if tuple(c) not in known))
+        if new:
+            rows = candidate_rows(special, [], [], new, max_tokens)
+            known.update(zip(new, scores_fn(model, rows, device, dtype), strict=True))
+        return [known[tuple(c)] for c in candidates]
+
+    for d, u in tqdm(utterances, desc="Ranking by the LM", disable=silent, leave=False):
+        dialog = dialogs[d]
+        utterance = dialog["utterances"][u]
+        persona = [encode(s) for s in dialog["personality"]]
+        history = [encode(h) for h in utterance["history"]]
+        history = reply_history(history, special, args.max_history, budget)
+        candidates = [encode(c) for c in utterance["candidates"][-num_candidates:]]
+        rows = candidate_rows(special, persona, history, candidates, max_tokens)
+        scores = scores_fn(model, rows, device, dtype)
+        scored[d, u] = (scores, alone(candidates) if context_free else None)
+    return scored
+
+
+def pmi_pick(scores: Sequence[float], alone: Sequence[float] | None, weight: float) -> int:
+    """The candidate ranked first by ``score - weight * context-free score`` (by the score
+    alone when ``weight`` is 0 or there are no context-free scores)."""
+    if weight and alone is not None:
+        scores = [s - weight * a for s, a in zip(scores, alone, strict=True)]
+    return max(range(len(scores)), key=scores.__getitem__)
+
+
 def lm_ranking(
     model,
     special: InputFormat,
@@ -256,38 +311,25 @@ def lm_ranking(
 ) -> tuple[list[int], list[int]]:
     """(labels, preds) of every example of ``index`` (``(dialog, utterance, ...)`` each, as
     a dataset's index) when the language model ranks the last ``num_candidates`` candidates
-    of its utterance (the gold one last, so the label is ``num_candidates - 1``). The context
-    is the one a reply reads (``reply_history``: ``max_history`` messages, or the newest
-    within ``max_history_tokens`` for chat templates). ``pmi_weight`` > 0: each score less
-    that weight times the candidate's score with neither persona nor history
-    (``eval_ranking`` ``"pmi"``)."""
-    model.eval()
-    budget = getattr(args, "max_history_tokens", 0)
-    picks: dict[tuple[int, int], int] = {}
+    of its utterance (the gold one last, so the label is ``num_candidates - 1``), scored by
+    ``candidate_scores``. ``pmi_weight`` > 0: each score less that weight times the
+    candidate's score with neither persona nor history (``eval_ranking`` ``"pmi"``)."""
     utterances = list(dict.fromkeys((d, u) for d, u, *_ in index))
-    known: dict[tuple[int, ...], float] = {}  # a reply's context-free score, computed once
-
-    def context_free(candidates: list[list[int]]) -> list[float]:
-        """Each candidate's score with neither persona nor history: the same for a reply
-        wherever it is a distractor, so each distinct reply is scored once."""
-        new = list(dict.fromkeys(tuple(c) for c in candidates if tuple(c) not in known))
-        if new:
-            rows = candidate_rows(special, [], [], new, max_tokens)
-            known.update(zip(new, scores_fn(model, rows, device, dtype), strict=True))
-        return [known[tuple(c)] for c in candidates]
-
-    for d, u in tqdm(utterances, desc="Ranking by the LM", disable=silent, leave=False):
-        dialog = dialogs[d]
-        utterance = dialog["utterances"][u]
-        persona = [encode(s) for s in dialog["personality"]]
-        history = [encode(h) for h in utterance["history"]]
-        history = reply_history(history, special, args.max_history, budget)
-        candidates = [encode(c) for c in utterance["candidates"][-num_candidates:]]
-        rows = candidate_rows(special, persona, history, candidates, max_tokens)
-        scores = scores_fn(model, rows, device, dtype)
-        if pmi_weight:
-            alone = context_free(candidates)
-            scores = [s - pmi_weight * a for s, a in zip(scores, alone, strict=True)]
-        picks[d, u] = max(range(len(scores)), key=scores.__getitem__)
+    scored = candidate_scores(
+        model,
+        special,
+        encode,
+        dialogs,
+        utterances,
+        args,
+        device,
+        max_tokens,
+        num_candidates,
+        dtype=dtype,
+        silent=silent,
+        scores_fn=scores_fn,
+        context_free=bool(pmi_weight),
+    )
+    picks = {key: pmi_pick(*scored[key], pmi_weight) for key in scored}
     preds = [picks[d, u] for d, u, *_ in index]
     return [num_candidates - 1] * len(preds), preds
