@@ -39,6 +39,14 @@ from personachat.evaluation.ranking import (
     resolve_ranking,
     with_candidates_to_rank,
 )
+from personachat.generation.completion import (
+    Completion,
+    continue_prompts,
+    decode_rows,
+    prompt_ids,
+    prompt_length,
+    raw_prompt,
+)
 from personachat.generation.generate import DecodingOptions, generate_replies, text_streamer
 from personachat.generation.prefix_cache import PrefixCache
 from personachat.generation.rerank import respond
@@ -64,7 +72,7 @@ from personachat.train.rng import set_seed
 from personachat.train.state import TrainingHooks
 
 MAX_SAVED_PERSONAS = 1000
-CHAT_ENCODER_ENTRIES = 20_000  # strings whose token ids the chat path keeps
+ENCODER_ENTRIES = 20_000  # strings whose token ids the facade keeps (every route's)
 
 
 class ConvAIModel:
@@ -123,7 +131,7 @@ class ConvAIModel:
         self.special = make_input_format(self.args, self.model, self.tokenizer)
         # Bounded: a server answering messages for weeks must not keep every one it saw.
         self._encode = TextEncoder(
-            self.tokenizer, lowercase=self.args.do_lower_case, max_entries=CHAT_ENCODER_ENTRIES
+            self.tokenizer, lowercase=self.args.do_lower_case, max_entries=ENCODER_ENTRIES
         )
         self._personas = read_personas(model_name)
         # Each persona's keys and values, encoded once for all the turns and sessions that
@@ -418,19 +426,74 @@ class ConvAIModel:
         token that ends inside a multi-byte character waits for the rest of it). With
         ``rerank_samples`` > 1 it is called once per conversation, with the chosen reply.
         ``stream``: the indexes to call ``on_token`` for (default: all). Each persona's keys
-        and values are kept for later calls (forgotten when training changes the weights)."""
+        and values are kept for later calls (forgotten when training changes the weights).
+        The texts of ``complete``."""
+        return [c.text for c in self.complete(conversations, options, on_token, stream)]
+
+    def complete(
+        self,
+        conversations: list,
+        options: DecodingOptions | None = None,
+        on_token: Callable[[int, str], None] | None = None,
+        stream: Collection[int] | None = None,
+    ) -> list[Completion]:
+        """The one completion call: a ``Completion`` (text, token ids, prompt and reply token
+        counts) for each of many conversations, decoded in one batch. The server's routes
+        (sessions, OpenAI chat and text completion) all answer through it.
+
+        ``conversations``: as ``generate_replies`` takes them, or strings (a message with no
+        persona). ``options.raw_prompt``: each is a prompt continued as given (a string, or
+        a pair with no personality and the prompt as its one history entry), tokenized as
+        the tokenizer does by default, ending at its end of text; its text keeps its
+        leading space. ``options.seed`` (when sampling): each conversation is decoded alone,
+        torch's generator seeded with it, so the same seed gives the same reply whatever
+        else is in the batch. ``on_token`` and ``stream``: as ``generate_replies``."""
         options = options or DecodingOptions.from_args(self.args)
-        pairs = [
-            (c["personality"], c["history"]) if isinstance(c, dict) else c for c in conversations
-        ]
+        pairs = [conversation_pair(c) for c in conversations]
+        if options.raw_prompt:
+            return self._continue_prompts(pairs, options, on_token, stream)
         encoded = [([self._encode(s) for s in p], [self._encode(h) for h in h_]) for p, h_ in pairs]
+        on_step = text_streamer(self._reply_text, on_token, stream)
+        ids = decode_rows(
+            lambda rows, step: self.reply_ids(rows, options, step),
+            encoded,
+            options,
+            self.device,
+            on_step,
+        )
+        room = context_size(self.model) - options.max_length
+        return [
+            Completion(
+                self._reply_text(reply), reply, prompt_length(p, h, self.special, options, room)
+            )
+            for (p, h), reply in zip(encoded, ids, strict=True)
+        ]
+
+    def _continue_prompts(
+        self, pairs: list, options: DecodingOptions, on_token, stream
+    ) -> list[Completion]:
+        """``complete`` for raw prompts: each continued as given (``continue_prompts``)."""
+        ids = [prompt_ids(self.tokenizer, raw_prompt(p, h)) for p, h in pairs]
         decode = partial(self.tokenizer.decode, skip_special_tokens=True)
-        ids = self.reply_ids(encoded, options, text_streamer(decode, on_token, stream))
-        return [decode(i).strip() for i in ids]
+        eos = self.tokenizer.eos_token_id
+        replies = decode_rows(
+            lambda rows, step: continue_prompts(
+                self.model, rows, self.special, options, self.device, eos, step
+            ),
+            ids,
+            options,
+            self.device,
+            text_streamer(decode, on_token, stream),
+        )
+        return [Completion(decode(r), r, len(p)) for p, r in zip(ids, replies, strict=True)]
+
+    def _reply_text(self, ids: list[int]) -> str:
+        """A reply's text: its tokens decoded without special tokens, stripped."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     def reply_ids(self, encoded: list, options: DecodingOptions, on_step=None) -> list[list[int]]:
         """Reply ids of encoded ``(persona, history)`` pairs (best-of-N each with rerank_samples);
-        ``on_step(row, ids)`` as replies grow. The chat route shares it, and the persona cache."""
+        ``on_step(row, ids)`` as replies grow; each persona's keys and values kept."""
         if options.rerank_samples > 1:  # sampling + scoring is per conversation
             ids = [
                 respond(self.model, p, h, self.special, options, self.device) for p, h in encoded
@@ -508,4 +571,14 @@ class ConvAIModel:
         return self._examples(dialogs, source, size, num_candidates, training=training)
 
 
-__all__ = ["ConvAIModel", "ConvAIArgs", "make_args"]
+def conversation_pair(conversation) -> tuple[list[str], list[str]]:
+    """``(personality, history)`` of a conversation given as a pair, a dict with those keys,
+    or a string (one message, no persona)."""
+    if isinstance(conversation, str):
+        return [], [conversation]
+    if isinstance(conversation, dict):
+        return conversation["personality"], conversation["history"]
+    return conversation
+
+
+__all__ = ["ConvAIModel", "ConvAIArgs", "Completion", "make_args"]

@@ -189,13 +189,13 @@ def test_chat_completions_take_the_card_and_chat(server):
 def personas_given(model, monkeypatch) -> list[list[str]]:
     """The persona of every conversation the model is asked to answer, in order."""
     given: list[list[str]] = []
-    generate = model.generate_replies
+    generate = model.complete
 
     def recorded(conversations, *args, **kwargs):
         given.extend(list(c["personality"] if isinstance(c, dict) else c[0]) for c in conversations)
         return generate(conversations, *args, **kwargs)
 
-    monkeypatch.setattr(model, "generate_replies", recorded)
+    monkeypatch.setattr(model, "complete", recorded)
     return given
 
 

@@ -97,15 +97,15 @@ def test_a_poisoned_message_among_concurrent_clean_ones_fails_alone(server):
 
 
 def failing_for(model: ConvAIModel, persona: str, error: Exception):
-    """``model.generate_replies``, except that a call with ``persona`` in it raises."""
-    generate = model.generate_replies
+    """``model.complete``, except that a call with ``persona`` in it raises."""
+    generate = model.complete
 
-    def generate_replies(conversations, *args, **kwargs):
+    def complete(conversations, *args, **kwargs):
         if any(persona in personality for personality, _ in conversations):
             raise error
         return generate(conversations, *args, **kwargs)
 
-    return generate_replies
+    return complete
 
 
 @pytest.mark.parametrize(
@@ -118,7 +118,7 @@ def failing_for(model: ConvAIModel, persona: str, error: Exception):
 def test_a_batch_that_fails_is_answered_one_by_one(
     model, tmp_path, monkeypatch, error, status, code
 ):
-    monkeypatch.setattr(model, "generate_replies", failing_for(model, "i am faulty .", error))
+    monkeypatch.setattr(model, "complete", failing_for(model, "i am faulty .", error))
     with (
         ThreadServer(model, tmp_path / "batch.sqlite3", MEETING) as server,
         httpx.Client(base_url=server.url, timeout=60) as api,

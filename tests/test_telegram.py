@@ -282,13 +282,13 @@ def test_a_cards_lorebook_is_kept_with_the_chat_across_a_restart_and_a_reset(
     book = {"entries": [{"keys": ["goat"], "content": "{{char}}'s goats are Bell and Clover."}]}
     card = {**CARD, "data": {**CARD["data"], "character_book": book}}
     given: list[list[str]] = []
-    generate = model.generate_replies
+    generate = model.complete
 
     def recorded(conversations, *args, **kwargs):  # the persona each reply was given
         given.extend(list(c["personality"] if isinstance(c, dict) else c[0]) for c in conversations)
         return generate(conversations, *args, **kwargs)
 
-    monkeypatch.setattr(model, "generate_replies", recorded)
+    monkeypatch.setattr(model, "complete", recorded)
     db, chat = tmp_path / "sessions.sqlite3", 402
     with BotThread(model, db, api):
         api.send_document(chat, json.dumps(card).encode(), "ada.json", caption="/card")

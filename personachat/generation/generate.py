@@ -35,6 +35,9 @@ class DecodingError(PersonachatError, ValueError):
     """The model's scores cannot be decoded (NaN or infinite: weights from a diverged run)."""
 
 
+PER_REQUEST = ("seed", "raw_prompt")  # the DecodingOptions a request sets, not ConvAIArgs
+
+
 @dataclass(frozen=True)
 class DecodingOptions:
     """The decoding subset of ConvAIArgs (kept separate so generation needs no trainer args).
@@ -59,12 +62,15 @@ class DecodingOptions:
     rerank_samples: int
     cpu_bf16: bool | str
     cpu_quantize: str
+    # Per request, never in ConvAIArgs (``from_args`` leaves them as written here):
+    seed: int | None = None  # sampling: each row decoded alone, torch's generator seeded
+    raw_prompt: bool = False  # the prompt is the one message as given: no persona, no format
 
     @classmethod
     def from_args(cls, args: ConvAIArgs | None = None, **overrides) -> DecodingOptions:
         """The decoding options of ``args`` (default: ``ConvAIArgs()``), then ``overrides``."""
         args = ConvAIArgs() if args is None else args
-        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if f.name not in PER_REQUEST}
         return cls(**{**values, **overrides})
 
 
@@ -234,16 +240,16 @@ def text_streamer(
     on_token: Callable[[int, str], None] | None,
     stream: Collection[int] | None = None,
 ) -> Callable[[int, list[int]], None] | None:
-    """An ``on_step`` for ``generate_replies`` that calls ``on_token(row, text_so_far)`` for
-    the rows in ``stream`` (all when None); a token that ends inside a multi-byte character
-    waits for the rest of it, so each text extends the previous one."""
+    """An ``on_step`` for ``generate_replies`` that calls ``on_token(row, decode(ids))``
+    for the rows in ``stream`` (all when None); a token that ends inside a multi-byte
+    character waits for the rest of it, so each text extends the previous one."""
     if on_token is None:
         return None
 
     def on_step(row: int, reply: list[int]) -> None:
         if stream is not None and row not in stream:
             return
-        text = decode(reply).strip()
+        text = decode(reply)
         if not text.endswith("\ufffd"):  # never stream half a character
             on_token(row, text)
 

@@ -27,16 +27,17 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from personachat.generation.completion import Completion
 from personachat.generation.generate import DecodingOptions
 
 log = logging.getLogger("personachat.serve")
 
 Conversation = tuple[list[str], list[str]]  # (personality, history ending with the message)
-# ConvAIModel.generate_replies(conversations, options, on_token, stream) -> replies; only the
+# ConvAIModel.complete(conversations, options, on_token, stream) -> completions; only the
 # streaming requests' replies are decoded to text at every step.
 GenerateFn = Callable[
     [Sequence[Conversation], DecodingOptions, Callable[[int, str], None] | None, set[int]],
-    list[str],
+    list[Completion],
 ]
 
 
@@ -125,7 +126,7 @@ class Batcher:
         history: list[str],
         options: DecodingOptions,
         on_token: Callable[[str], None] | None = None,
-    ) -> str:
+    ) -> Completion:
         if self._task is None or self._task.done():
             raise RuntimeError("the batcher is not running (call start() in the event loop)")
         loop = asyncio.get_running_loop()
@@ -174,7 +175,7 @@ class Batcher:
             if callback is not None:
                 callback(text)
 
-        def work() -> tuple[list[str], float, float]:
+        def work() -> tuple[list[Completion], float, float]:
             started, cpu = time.perf_counter(), time.thread_time()
             streaming = {i for i, callback in enumerate(callbacks) if callback is not None}
             replies = self.generate(

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from personachat.data.cards import (
@@ -48,7 +48,6 @@ from personachat.data.cards import (
 )
 from personachat.generation.generate import DecodingOptions
 from personachat.option_checks import Bound, within
-from personachat.serve.chat_decoding import ChatDecoding
 from personachat.serve.openai_shapes import bad_request
 from personachat.serve.settings import (
     RequestError,
@@ -80,7 +79,7 @@ class ChatRequest:
 
     persona: list[str]
     history: list[str]
-    options: ChatDecoding
+    options: DecodingOptions  # with the request's seed; raw_prompt for a text completion
     stops: tuple[str, ...]
     include_usage: bool
 
@@ -282,7 +281,7 @@ def model_context(model) -> int | None:
 
 def chat_options(
     body, defaults: DecodingOptions, settings: ServeSettings, context: int | None = None
-) -> ChatDecoding:
+) -> DecodingOptions:
     """The decoding options of a request (see the module doc for the mapping); ``context``:
     the model's, the largest ``max_tokens`` accepted."""
     max_name = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
@@ -297,7 +296,7 @@ def chat_options(
     except RequestError as err:
         raise in_field_names(err, max_name) from None
     seed = body.seed if options.do_sample else None  # a greedy reply needs no seed
-    return ChatDecoding(**asdict(options), seed=seed)
+    return replace(options, seed=seed)
 
 
 def requested_options(
@@ -378,7 +377,7 @@ class Answer:
 
 
 def answer(completion, request: ChatRequest, decode: Callable[[list[int]], str]) -> Answer:
-    """The ``Answer`` of a ``chat_decoding.Completion``. Cut at a stop string, the reply
+    """The ``Answer`` of a ``generation.completion.Completion``. Cut at a stop string, the reply
     counts the tokens decoded until the stop string was complete (as if decoding had stopped
     there); ``decode``: token ids to the stripped text, as the reply was decoded."""
     ids, text = completion.ids, completion.text
@@ -420,7 +419,7 @@ class StreamedText:
 def read_text_request(body, service) -> ChatRequest:
     """A ``/v1/completions`` body (``openai_api.CompletionBody``) checked and turned into a
     request for the batcher: no persona, the prompt as the only history entry, decoded by
-    ``text_completions`` (``TextDecoding``). Tokenizes the prompt: a worker thread's job."""
+    ``ConvAIModel.complete`` (``raw_prompt``). Tokenizes the prompt: a worker thread's job."""
     from personachat.serve.text_completions import check_prompt, text_options
 
     for name, value, allowed in (

@@ -5,8 +5,8 @@ Any OpenAI client (the ``openai`` package, LangChain, SillyTavern…) talks to t
 with ``base_url="http://HOST:PORT/v1"`` and the server's API key (``Authorization: Bearer``).
 Stateless: the client sends the whole conversation each time and nothing is stored. Replies
 are decoded in the same batcher as the session routes' turns, under the same limits (what a
-request means: ``chat_completions``; decoding: ``chat_decoding``; errors in OpenAI's shape:
-``openai_shapes``).
+request means: ``chat_completions``; decoding: ``ConvAIModel.complete``, the call every route
+shares; errors in OpenAI's shape: ``openai_shapes``).
 
 Answers have OpenAI's shapes: a ``chat.completion`` object, or with ``stream: true``
 server-sent events of ``chat.completion.chunk`` objects (the first delta gives the role, then
@@ -28,6 +28,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from personachat.generation.completion import Completion
 from personachat.serve.chat_completions import (
     ChatRequest,
     StreamedText,
@@ -35,11 +36,9 @@ from personachat.serve.chat_completions import (
     read_request,
     read_text_request,
 )
-from personachat.serve.chat_decoding import Completion
 from personachat.serve.openai_shapes import openai_error_body
 from personachat.serve.service import ChatService, reply_error
 from personachat.serve.settings import RequestError
-from personachat.serve.text_completions import TextDecoding
 
 EVENT_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -217,8 +216,17 @@ class ChatCompletions:
         }
 
     def stream(self, request: ChatRequest) -> AsyncIterator[str]:
-        """Start decoding now, so a refusal (429) is still a plain error, and return the
-        events (a client that leaves cancels its reply)."""
+        """The ``chat.completion.chunk`` events of a chat request (see ``_started``)."""
+        return self._events(request, *self._started(request))
+
+    def stream_text(self, request: ChatRequest) -> AsyncIterator[str]:
+        """The ``text_completion`` events of a text-completion request (see ``_started``)."""
+        return self._text_events(request, *self._started(request))
+
+    def _started(self, request: ChatRequest) -> tuple[asyncio.Task, asyncio.Queue]:
+        """Start decoding now, so a refusal (429) is still a plain error: the reply's task
+        and the queue of its texts so far, ended by None (a client that leaves cancels the
+        task)."""
         self.service.admit()
         loop = asyncio.get_running_loop()
         texts: asyncio.Queue[str | None] = asyncio.Queue()
@@ -234,9 +242,7 @@ class ChatCompletions:
 
         task = asyncio.create_task(self._completion(request, on_token))
         task.add_done_callback(finished)
-        if isinstance(request.options, TextDecoding):
-            return self._text_events(request, task, texts)
-        return self._events(request, task, texts)
+        return task, texts
 
     async def _events(
         self, request: ChatRequest, task: asyncio.Task, texts: asyncio.Queue
@@ -342,7 +348,9 @@ def openai_routes(chat: ChatCompletions, router: APIRouter) -> APIRouter:
         if not body.stream:
             return JSONResponse(await chat.complete_text(request))
         return StreamingResponse(
-            chat.stream(request), media_type="text/event-stream", headers=EVENT_STREAM_HEADERS
+            chat.stream_text(request),
+            media_type="text/event-stream",
+            headers=EVENT_STREAM_HEADERS,
         )
 
     @router.get("/models", summary="The served model (OpenAI-compatible)")

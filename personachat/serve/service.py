@@ -24,7 +24,6 @@ from personachat.generation.generate import DecodingOptions
 from personachat.model.loading import context_size
 from personachat.serve.batcher import Batcher
 from personachat.serve.bodies import MessageBody, Options
-from personachat.serve.chat_decoding import batch_generate
 from personachat.serve.context_fit import ContextFitter
 from personachat.serve.settings import (
     RequestError,
@@ -134,9 +133,12 @@ class ChatService:
             settings = replace(settings, max_reply_tokens=max(1, room))
         self.model, self.store, self.settings = model, store, settings
         self.defaults = server_defaults(DecodingOptions.from_args(model.args), settings)
-        # Session turns and chat requests (/v1/chat/completions) share one batcher.
+        # Session turns and OpenAI requests share one batcher and one call, model.complete
+        # (looked up at each call, so a wrapped or patched one is used).
         self.batcher = Batcher(
-            batch_generate(model), settings.max_batch_size, settings.batch_window_ms / 1000
+            lambda *batch: model.complete(*batch),
+            settings.max_batch_size,
+            settings.batch_window_ms / 1000,
         )
         self.writer = TurnWriter(store, settings.max_history_kept)
         self.fitter = ContextFitter(model)
@@ -328,7 +330,7 @@ class ChatService:
             on_token = None
             if events is not None:
                 on_token = token_forwarder(asyncio.get_running_loop(), events)
-            reply = await self.batcher.reply(persona, history, options, on_token)
+            reply = (await self.batcher.reply(persona, history, options, on_token)).text
             try:
                 user, bot = await self.writer.write(Turn(session_id, text, reply, client_id))
             except SessionNotFound:  # deleted while the reply was being decoded

@@ -6,37 +6,19 @@ persona, no chat template, no speaker tokens are added: the prompt is tokenized 
 tokenizer does by default (a Llama tokenizer adds its ``<s>``, GPT-2's adds nothing) and the
 model continues it until its end-of-text token, a stop string or ``max_tokens``.
 
-Requests wait in the same batcher as chat requests and session turns (``TextDecoding``
-options keep them in calls of their own); ``decode_prompts`` is ``generate_replies``'s loop
-over prompts given as token ids.
+Requests wait in the same batcher as chat requests and session turns and are decoded by the
+same call, ``ConvAIModel.complete``: their options say ``raw_prompt`` (which also keeps them
+in calls of their own). What is here is the route's check of the prompt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 
-import torch
-
-from personachat.generation.decoders import make_decoder
-from personachat.generation.generate import choose_tokens, decode_steps, left_pad
-from personachat.generation.precision import decoding_model
+from personachat.generation.completion import prompt_ids
+from personachat.generation.generate import DecodingOptions
 from personachat.model.loading import context_size
-from personachat.serve.chat_decoding import ChatDecoding, Completion, seeded, shifted
 from personachat.serve.openai_shapes import bad_request
-
-
-@dataclass(frozen=True)
-class TextDecoding(ChatDecoding):
-    """Options of a text completion: never equal to a chat request's, so never batched with
-    one (their prompts are built otherwise)."""
-
-    raw_prompt: bool = True
-
-
-def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """The prompt's token ids, as the tokenizer encodes it by default."""
-    return list(tokenizer(prompt)["input_ids"])
 
 
 def check_prompt(model, prompt: str, max_length: int) -> None:
@@ -55,74 +37,6 @@ def check_prompt(model, prompt: str, max_length: int) -> None:
         )
 
 
-def complete_texts(
-    model,
-    prompts: Sequence[str],
-    options: TextDecoding,
-    on_token: Callable[[int, str], None] | None,
-    stream: Collection[int],
-) -> list[Completion]:
-    """Completions of ``prompts`` for a ``ConvAIModel``; ``on_token(row, text_so_far)`` for
-    the rows in ``stream``. Seeded sampling decodes each prompt alone with its seed."""
-    tokenizer = model.tokenizer
-    ids = [prompt_ids(tokenizer, p) for p in prompts]
-
-    def decode(reply: list[int]) -> str:
-        return tokenizer.decode(reply, skip_special_tokens=True)
-
-    def on_step(row: int, reply: list[int]) -> None:
-        text = decode(reply)
-        if on_token is not None and row in stream and not text.endswith("\ufffd"):
-            on_token(row, text)
-
-    plain = options.plain()
-    if options.seed is not None and options.do_sample:
-        replies = []
-        for row, one in enumerate(ids):
-            with seeded(options.seed, model.device):
-                replies += decode_prompts(model, [one], plain, shifted(on_step, row))
-    else:
-        replies = decode_prompts(model, ids, plain, on_step)
-    return [Completion(decode(r), r, len(p)) for p, r in zip(ids, replies, strict=True)]
-
-
-@torch.inference_mode()
-def decode_prompts(model, prompts: list[list[int]], options, on_step) -> list[list[int]]:
-    """The continuations of prompts given as token ids (as ``generate_replies``: left
-    padding, one prefill, then ``decode_steps``; the reply types of TransferTransfo models,
-    which embed a speaker on every token)."""
-    special, device = model.special, model.device
-    net = decoding_model(model.model, options, device)
-    net.eval()
-    rows = [{"input_ids": p, "token_type_ids": [special.reply_type] * len(p)} for p in prompts]
-    input_ids, token_types, mask = left_pad(rows, special.pad, device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    decoder = make_decoder(net, input_ids.shape[1] + options.max_length)
-    hidden = decoder.prefill(input_ids, token_types, mask, positions, None, None)
-    enders = sorted({tokenizer_eos(model)} - {None})
-
-    def choose(step: int, logits, replies, finished) -> list[int | None]:
-        if step < options.min_length and enders:
-            logits[:, enders] = -float("inf")
-        return choose_tokens(logits, replies, finished, [[] for _ in prompts], options)
-
-    ends = _Ends(frozenset(enders), special.pad, special.reply_type)
-    return decode_steps(net, decoder, hidden, positions, options.max_length, choose, ends, on_step)
-
-
-@dataclass(frozen=True)
-class _Ends:
-    """What ``decode_steps`` reads of an input format: the tokens that end a completion (the
-    tokenizer's end of text), the padding fed after and the token type of new tokens."""
-
-    stop_ids: frozenset[int]
-    pad: int = 0
-    reply_type: int = 0  # the token type the completion's tokens are fed with
-
-
-def tokenizer_eos(model) -> int | None:
-    return model.tokenizer.eos_token_id
-
-
-def text_options(options: ChatDecoding) -> TextDecoding:
-    return TextDecoding(**asdict(options))
+def text_options(options: DecodingOptions) -> DecodingOptions:
+    """A chat request's options for a text completion: the prompt continued as given."""
+    return replace(options, raw_prompt=True)
