@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from personachat.errors import PersonachatError
-from personachat.fs import fsync_tree, write_folder_atomic
+from personachat.fs import remove_folder, remove_stale, write_folder_atomic
 from personachat.model.loading import unwrap, write_model_files
 from personachat.model.lora import (
     LORA_STATE_FILE,
@@ -50,8 +49,6 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng_state.safetensors"
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)(?:-epoch-(\d+))?$")
-# Temporary folders of a save (and a replaced checkpoint set aside) that a kill left behind.
-TEMP_NAME = re.compile(r"^\.checkpoint-\d+(?:-epoch-\d+)?\.(?:tmp|old)-")
 # Test hook: seconds to sleep inside every checkpoint save, after the weights are written and
 # before the folder is completed, so a test can kill the process in the middle of a save.
 SAVE_PAUSE_ENV = "PERSONACHAT_TEST_SAVE_PAUSE"
@@ -99,11 +96,11 @@ def save_checkpoint(
             "batches_done": training["batches_done"],
             "resumable": optimizer is not None,
         }
-        fsync_tree(tmp)
         # Written last: a folder without it is never loaded or resumed from.
-        _write_synced(tmp / COMPLETE_MARKER, json.dumps(marker))
+        (tmp / COMPLETE_MARKER).write_text(json.dumps(marker), encoding="utf-8")
 
-    return write_folder_atomic(folder, fill)  # fsyncs the marker and the folders too
+    # The one atomic writer: every file fsynced, then the folder renamed into place.
+    return write_folder_atomic(folder, fill)
 
 
 def write_training_files(
@@ -124,13 +121,6 @@ def write_training_files(
         "rng": rng_plain,
     }
     (folder / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
-
-
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 # ----------------------------------------------------------------------------- finding
@@ -271,17 +261,13 @@ def checkpoints_after(output_dir: str | os.PathLike, checkpoint: Path) -> list[P
     return later
 
 
-def remove_temp_folders(output_dir: str | os.PathLike) -> int:
-    """Delete ``.checkpoint-*.tmp-*`` folders left by saves that were cut off."""
+def remove_temp_folders(output_dir: str | os.PathLike) -> None:
+    """Delete the ``.checkpoint-*.tmp-*`` folders of saves (and deletes) that were cut off,
+    and checkpoints set aside by a replacing save that was: those no live writer holds."""
     root = Path(output_dir)
-    if not root.is_dir():
-        return 0
-    removed = 0
-    for path in root.iterdir():
-        if path.is_dir() and TEMP_NAME.match(path.name):
-            shutil.rmtree(path, ignore_errors=True)
-            removed += 1
-    return removed
+    if root.is_dir():
+        remove_stale(root, ".checkpoint-*.tmp-*")
+        remove_stale(root, ".checkpoint-*.old-*")
 
 
 def rotate_checkpoints(
@@ -301,12 +287,10 @@ def rotate_checkpoints(
 
 
 def remove_checkpoint(path: str | os.PathLike) -> None:
-    """Delete a checkpoint folder. It is renamed to a temporary name first, so a kill during
-    the delete never leaves a half-deleted folder that still looks complete."""
-    path = Path(path)
-    trash = path.parent / f".{path.name}.tmp-removed-{os.getpid()}"
-    os.replace(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    """Delete a checkpoint folder. It is renamed to a temporary name first
+    (``fs.remove_folder``), so a kill during the delete never leaves a half-deleted folder
+    that still looks complete."""
+    remove_folder(path)
 
 
 # ----------------------------------------------------------------------------- loading
