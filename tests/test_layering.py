@@ -87,13 +87,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
             elif nxt in on_stack:
                 low[node] = min(low[node], index[nxt])
         if low[node] == index[node]:
-            component = []
-            while True:
-                member = stack.pop()
-                on_stack.discard(member)
-                component.append(member)
-                if member == node:
-                    break
+            component = pop_component(stack, on_stack, node)
             if len(component) > 1:
                 found.append(sorted(component))
 
@@ -101,6 +95,17 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if node not in index:
             visit(node)
     return found
+
+
+def pop_component(stack: list[str], on_stack: set[str], root: str) -> list[str]:
+    """The modules on ``stack`` down to ``root``, taken off it: one component."""
+    component = []
+    while True:
+        member = stack.pop()
+        on_stack.discard(member)
+        component.append(member)
+        if member == root:
+            return component
 
 
 def upward_imports(graph: dict[str, set[str]]) -> set[tuple[str, str]]:

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -113,10 +113,8 @@ class Batcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        while self._pending:
-            job = self._pending.popleft()
-            if not job.future.done():
-                job.future.set_exception(RuntimeError("the server is shutting down"))
+        shut_down(self._pending)
+        self._pending.clear()
         # Waits for a batch still decoding, without blocking the event loop.
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
 
@@ -168,44 +166,68 @@ class Batcher:
     async def _run_group(
         self, loop: asyncio.AbstractEventLoop, options: DecodingOptions, group: list[Job]
     ) -> None:
+        """Decode the replies of ``group`` (requests with the same options) in one batch on
+        the decode thread and answer each request."""
+        try:
+            replies, seconds, cpu_seconds = await loop.run_in_executor(
+                self._executor, self._decode, options, group
+            )
+        except asyncio.CancelledError:  # stop() during a batch: nobody is left to wait
+            shut_down(group)
+            raise
+        except Exception as err:
+            await self._after_failure(loop, options, group, err)
+            return
+        self.stats.record(len(group), seconds, cpu_seconds)
+        for job, reply in zip(group, replies, strict=True):
+            if not job.future.done():
+                job.future.set_result(reply)
+
+    def _decode(
+        self, options: DecodingOptions, group: list[Job]
+    ) -> tuple[list[Completion], float, float]:
+        """The replies of ``group``, and the wall and CPU seconds they took (run on the
+        decode thread; a streaming request's text goes to its callback at every step)."""
+        started, cpu = time.perf_counter(), time.thread_time()
         callbacks = [job.on_token for job in group]
+        streaming = {i for i, callback in enumerate(callbacks) if callback is not None}
 
         def on_token(index: int, text: str) -> None:
             callback = callbacks[index]
             if callback is not None:
                 callback(text)
 
-        def work() -> tuple[list[Completion], float, float]:
-            started, cpu = time.perf_counter(), time.thread_time()
-            streaming = {i for i, callback in enumerate(callbacks) if callback is not None}
-            replies = self.generate(
-                [job.conversation for job in group],
-                options,
-                on_token if streaming else None,
-                streaming,
-            )
-            return replies, time.perf_counter() - started, time.thread_time() - cpu
+        replies = self.generate(
+            [job.conversation for job in group],
+            options,
+            on_token if streaming else None,
+            streaming,
+        )
+        return replies, time.perf_counter() - started, time.thread_time() - cpu
 
-        try:
-            replies, seconds, cpu_seconds = await loop.run_in_executor(self._executor, work)
-        except asyncio.CancelledError:  # stop() during a batch: nobody is left to wait
-            for job in group:
-                if not job.future.done():
-                    job.future.set_exception(RuntimeError("the server is shutting down"))
-            raise
-        except Exception as err:
-            if len(group) == 1:  # the model failed on this request: it alone learns why
-                if not group[0].future.done():
-                    group[0].future.set_exception(err)
-                return
-            # One request may have broken the whole batch: each is answered alone instead,
-            # so only a faulty one fails and the others still get their replies.
-            log.warning("a batch of %d failed (%r); answering them one by one", len(group), err)
-            for job in group:
-                if not job.future.done():
-                    await self._run_group(loop, options, [job])
+    async def _after_failure(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        options: DecodingOptions,
+        group: list[Job],
+        err: Exception,
+    ) -> None:
+        """The model failed on ``group``: a request decoded alone learns why; from a larger
+        batch, which one request may have broken, each is answered alone instead, so only a
+        faulty one fails and the others still get their replies."""
+        if len(group) == 1:
+            if not group[0].future.done():
+                group[0].future.set_exception(err)
             return
-        self.stats.record(len(group), seconds, cpu_seconds)
-        for job, reply in zip(group, replies, strict=True):
+        log.warning("a batch of %d failed (%r); answering them one by one", len(group), err)
+        for job in group:
             if not job.future.done():
-                job.future.set_result(reply)
+                await self._run_group(loop, options, [job])
+
+
+def shut_down(jobs: Iterable[Job]) -> None:
+    """Answer each request of ``jobs`` not answered yet with the error that the server is
+    shutting down."""
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(RuntimeError("the server is shutting down"))

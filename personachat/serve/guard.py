@@ -32,6 +32,7 @@ class Guard:
         self.app, self.settings = app, settings
 
     async def __call__(self, scope, receive, send) -> None:
+        """Refuse the request (see the module doc), or hand it on with its body read whole."""
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
@@ -45,27 +46,26 @@ class Guard:
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         try:
-            body = await self.read_body(headers, receive)
+            body = await self.checked_body(headers, receive)
         except RequestError as err:
             return await send_error(send, err, openai=openai)
         if body is None:  # the client left
             return
+        await self.app(scope, replayed(body, receive), send)
+
+    async def checked_body(self, headers: Headers, receive) -> bytes | None:
+        """The whole body (``read_body``) with its JSON's limits checked (``json_refusal``),
+        or None when the client left; a refusal is raised."""
+        body = await self.read_body(headers, receive)
+        if body is None:
+            return None
         if len(body) <= INLINE_JSON_CHECK:
             refusal = json_refusal(headers, body)
         else:  # a large body is parsed in a thread: the event loop serves the others
             refusal = await asyncio.to_thread(json_refusal, headers, body)
         if refusal is not None:
-            return await send_error(send, refusal, openai=openai)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # then: the disconnect, for streaming responses
-
-        await self.app(scope, replay, send)
+            raise refusal
+        return body
 
     def host_refusal(self, headers: Headers) -> RequestError | None:
         """A 421 when the Host header names a host this server does not answer to."""
@@ -120,6 +120,21 @@ class Guard:
             if len(body) > limit:
                 raise too_large
         return body
+
+
+def replayed(body: bytes, receive):
+    """An ASGI ``receive`` for the app behind the guard: ``body`` whole, once, then what
+    ``receive`` gives (the disconnect, for streaming responses)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def json_refusal(headers: Headers, body: bytes) -> RequestError | None:
