@@ -123,7 +123,7 @@ def message_routes(service: ChatService) -> APIRouter:
 
     @v1.post("/sessions/{session_id}/messages", summary="Send a message, get the reply")
     async def post_message(session_id: str, body: MessageBody) -> JSONResponse:
-        task = await service.start_turn(session_id, body)
+        task = await service.start_turn(session_id, body.text, body.client_id, body.decoding())
         return JSONResponse(await asyncio.shield(task))  # a disconnect does not cancel it
 
     @v1.post(
@@ -136,7 +136,8 @@ def message_routes(service: ChatService) -> APIRouter:
     )
     async def stream_message(session_id: str, body: MessageBody) -> StreamingResponse:
         events: asyncio.Queue = asyncio.Queue()
-        await service.start_turn(session_id, body, events)  # errors here are plain JSON
+        # Errors here (a refused message) are plain JSON, before the stream starts.
+        await service.start_turn(session_id, body.text, body.client_id, body.decoding(), events)
 
         async def stream() -> AsyncIterator[str]:
             yield sse("start", {"session_id": session_id})

@@ -79,3 +79,7 @@ class MessageBody(BaseModel):
         description="the client's id for this message: sending it again returns the stored "
         "reply instead of a second turn (safe retries)",
     )
+
+    def decoding(self) -> dict | None:
+        """The options the client set (for ``ChatService.start_turn``); None: none set."""
+        return self.options.model_dump(exclude_none=True) if self.options else None

@@ -10,10 +10,13 @@ import argparse
 import ctypes
 import os
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from functools import partial
 from pathlib import Path
+from typing import Any
 
+from personachat.errors import PersonachatError
 from personachat.serve.settings import LOOPBACK, ServeError, ServeSettings, is_loopback
 
 API_KEY_ENV = "PERSONACHAT_API_KEY"
@@ -62,18 +65,14 @@ def keep_freed_memory() -> bool:
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """The serve-only flags (the model flags are shared with ``interact``)."""
+    """The serve-only flags (the model flags are shared with ``interact``), then the flags
+    serve shares with ``personachat telegram`` (``add_common_arguments``)."""
     parser.add_argument(
         "--host",
         default="127.0.0.1",
         help="address to listen on (0.0.0.0: every interface; set --api-key)",
     )
     parser.add_argument("--port", type=int, default=8000, help="0: any free port (printed)")
-    parser.add_argument(
-        "--db",
-        help=f"session database (default: {DB_NAME} in the model "
-        "folder, or in the current folder for a hub model)",
-    )
     parser.add_argument(
         "--session-namespace",
         default="serve",
@@ -92,12 +91,27 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "others get 421 (default: " + ",".join(LOOPBACK) + " when --host is a loopback "
         "address, which stops DNS rebinding; else any)",
     )
+    add_common_arguments(parser, HELP, log_level="info")
+
+
+def add_common_arguments(
+    parser: argparse.ArgumentParser, limits: Mapping[str, str], log_level: str
+) -> None:
+    """The flags of every front end over a ``ChatService`` (``serve``, ``telegram``): the
+    session database, the CPU threads, the log level (``log_level`` by default), and one
+    flag per ``ServeSettings`` field named in ``limits`` (its help), defaulting to the
+    field's default. ``build_settings`` reads the limits back."""
+    parser.add_argument(
+        "--db",
+        help=f"session database, shared by `personachat serve` and `personachat telegram` "
+        f"(default: {DB_NAME} in the model folder, or in the current folder for a hub model)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
         default=None,
         help="CPU threads for the decoding steps (default on a CPU: all cores "
-        "but one, which stays free for HTTP, JSON and SQLite)",
+        "but one, which stays free for the event loop, JSON and SQLite)",
     )
     parser.add_argument(
         "--prefill-threads",
@@ -107,18 +121,34 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "matrix products (default on a CPU: all cores)",
     )
     parser.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+        "--log-level",
+        default=log_level,
+        choices=["critical", "error", "warning", "info", "debug"],
     )
     defaults = ServeSettings()
     for f in fields(ServeSettings):
-        if f.name in HELP:
+        if f.name in limits:
             default = getattr(defaults, f.name)
             parser.add_argument(
                 "--" + f.name.replace("_", "-"),
                 type=type(default),
                 default=default,
-                help=f"{HELP[f.name]} (default: {default})",
+                help=f"{limits[f.name]} (default: {default})",
             )
+
+
+def build_settings(
+    options: argparse.Namespace,
+    limits: Iterable[str],
+    error: type[PersonachatError] = ServeError,
+    **fixed: Any,
+) -> ServeSettings:
+    """``ServeSettings`` from the flags ``add_common_arguments`` added for ``limits``, plus
+    ``fixed`` fields; a value out of range is ``error`` (one line, naming the flag's field)."""
+    try:
+        return ServeSettings(**fixed, **{name: getattr(options, name) for name in limits})
+    except ValueError as err:
+        raise error(str(err)) from err
 
 
 def api_key_from(options: argparse.Namespace) -> str | None:
@@ -144,14 +174,10 @@ def allowed_hosts_from(options: argparse.Namespace) -> str | tuple[str, ...]:
 
 
 def settings_from(options: argparse.Namespace) -> ServeSettings:
-    try:
-        return ServeSettings(
-            api_key=api_key_from(options),
-            allowed_hosts=allowed_hosts_from(options),
-            **{name: getattr(options, name) for name in HELP},
-        )
-    except ValueError as err:
-        raise ServeError(str(err)) from err
+    """The server's settings: its limits, API key and allowed hosts."""
+    return build_settings(
+        options, HELP, api_key=api_key_from(options), allowed_hosts=allowed_hosts_from(options)
+    )
 
 
 def default_db(model_name: str) -> Path:

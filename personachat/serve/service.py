@@ -23,7 +23,7 @@ from personachat.errors import PersonachatError
 from personachat.generation.generate import DecodingOptions
 from personachat.model.loading import context_size
 from personachat.serve.batcher import Batcher
-from personachat.serve.bodies import MessageBody, Options
+from personachat.serve.bodies import Options
 from personachat.serve.context_fit import ContextFitter
 from personachat.serve.settings import (
     RequestError,
@@ -66,6 +66,12 @@ class KeyedLocks:
             entry[1] -= 1
             if entry[1] == 0:
                 del self._locks[key]
+
+    def users(self, key: str) -> int:
+        """How many hold ``key``'s lock or wait for it (0: nobody), e.g. to refuse a key
+        that has too many waiting."""
+        entry = self._locks.get(key)
+        return entry[1] if entry is not None else 0
 
 
 class TurnWriter:
@@ -246,18 +252,26 @@ class ChatService:
 
     # ---------------------------------------------------------------- turns
     async def start_turn(
-        self, session_id: str, body: MessageBody, events: asyncio.Queue | None = None
+        self,
+        session_id: str,
+        text: str,
+        client_id: str | None = None,
+        options: dict | None = None,
+        events: asyncio.Queue | None = None,
     ) -> asyncio.Task:
-        """Check the request, then run its turn as a task of its own (see the module doc)."""
-        text = clean_text(body.text, self.settings)
-        options = decoding_options(
-            body.options.model_dump(exclude_none=True) if body.options else None,
-            self.defaults,
-            self.settings,
-        )
+        """Check a message, then run its turn as a task of its own (see the module doc): the
+        one way a turn starts, for the HTTP routes and the Telegram bot alike.
+
+        ``client_id``: the client's id of this message; sent again, the stored reply comes
+        back instead of a second turn. ``options``: decoding options (``Options``' fields)
+        within the server's bounds; None: the server's defaults. ``events``: a queue that
+        receives ``token`` events as the reply grows, then ``done`` or ``error``.
+        """
+        text = clean_text(text, self.settings)
+        options = decoding_options(options, self.defaults, self.settings)
         self._read(session_id, 0)
         self.admit()
-        task = asyncio.create_task(self._turn(session_id, text, options, body.client_id, events))
+        task = asyncio.create_task(self._turn(session_id, text, options, client_id, events))
         self.turns.add(task)
         task.add_done_callback(self._turn_done)
         return task

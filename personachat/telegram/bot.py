@@ -37,7 +37,6 @@ from telegram.ext import BaseHandler, CommandHandler, ContextTypes, MessageHandl
 
 from personachat.data.cards import MAX_CARD_BYTES, CardError, CardLimits, Lorebook, parse_card
 from personachat.data.cards import persona_sentences as split_sentences
-from personachat.serve.bodies import MessageBody
 from personachat.serve.service import ChatService, KeyedLocks
 from personachat.serve.settings import RequestError, clean_personality, clean_text
 from personachat.serve.store import Session, SessionNotFound, StoreError
@@ -107,7 +106,7 @@ class ChatQueues(KeyedLocks):
         self.limit = limit
 
     def full(self, key: str) -> bool:
-        return key in self._locks and self._locks[key][1] > self.limit
+        return self.users(key) > self.limit
 
 
 class PersonaBot:
@@ -331,8 +330,7 @@ class PersonaBot:
         await self.session(key)
         # Telegram's message id as the client id: an update delivered again (the bot was
         # stopped before confirming it) gets the stored reply, not a second turn.
-        body = MessageBody(text=text, client_id=f"telegram-message-{message.message_id}")
-        task = await self.service.start_turn(key, body)
+        task = await self.service.start_turn(key, text, f"telegram-message-{message.message_id}")
         with suppress(TelegramError):  # only a courtesy: the reply matters
             await message.get_bot().send_chat_action(message.chat_id, ChatAction.TYPING)
         result = await task

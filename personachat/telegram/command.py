@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from functools import partial
 
 from personachat.errors import PersonachatError
-from personachat.serve.command import check_threads, open_store, share_cpu
+from personachat.serve.command import (
+    add_common_arguments,
+    build_settings,
+    check_threads,
+    open_store,
+    share_cpu,
+)
 from personachat.serve.settings import RequestError, ServeSettings, clean_personality
 
 TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
@@ -54,12 +60,8 @@ class BotConfig:
 
 
 def add_telegram_arguments(parser: argparse.ArgumentParser) -> None:
-    """The bot's flags (the model flags are shared with ``interact`` and ``serve``)."""
-    parser.add_argument(
-        "--db",
-        help="session database, shared with `personachat serve` (default: "
-        "sessions.sqlite3 in the model folder, or in the current folder for a hub model)",
-    )
+    """The bot's flags (the model flags are shared with ``interact`` and ``serve``; the
+    database, threads, log level and limits with ``serve``)."""
     parser.add_argument(
         "--base-url",
         default=DEFAULT_BASE_URL,
@@ -73,22 +75,7 @@ def add_telegram_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SENTENCE",
         help="persona of a new chat (repeat); default: a persona from the model's data",
     )
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for decoding")
-    parser.add_argument(
-        "--prefill-threads", type=int, default=None, help="CPU threads for encoding prompts"
-    )
-    parser.add_argument(
-        "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
-    )
-    defaults = ServeSettings()
-    for name in LIMITS:
-        default = getattr(defaults, name)
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            type=type(default),
-            default=default,
-            help=f"{LIMITS[name]} (default: {default})",
-        )
+    add_common_arguments(parser, LIMITS, log_level="warning")
 
 
 def check_telegram(options: argparse.Namespace) -> BotConfig:
@@ -124,10 +111,8 @@ def check_telegram(options: argparse.Namespace) -> BotConfig:
 
 
 def settings_from(options: argparse.Namespace) -> ServeSettings:
-    try:
-        return ServeSettings(**{name: getattr(options, name) for name in LIMITS})
-    except ValueError as err:
-        raise TelegramBotError(str(err)) from err
+    """The bot's limits (serve's settings; an invalid one is a ``TelegramBotError``)."""
+    return build_settings(options, LIMITS, TelegramBotError)
 
 
 def build_application(config: BotConfig, settings: ServeSettings):
