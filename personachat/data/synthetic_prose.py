@@ -29,6 +29,7 @@ Written by ``python -m personachat.data.synthetic --out-dir data --kind prose``.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any
 
 from personachat.data.synthetic import (
@@ -45,6 +46,14 @@ from personachat.data.synthetic import (
     split_values,
     with_article,
 )
+from personachat.data.synthetic_cards import (
+    CARD_SHAPES,
+    FRAMES,
+    STATEMENTS,
+    first_person_card,
+    plist_card,
+    sheet_card,
+)
 from personachat.data.synthetic_slots import (
     PERSON_NAMES,
     PRONOUNS,
@@ -58,81 +67,93 @@ PROSE: dict[str, Phrasings] = {
     "job": phrasings(
         "works as {av} in a small town not far from the coast | has been {av} for almost ten "
         "years now | earns a living as {av} and takes the work seriously | trained as {av} "
-        "after school and never looked back",
+        "after school and never looked back | "
+        "has built a quiet career as {av} over the years | is {av} by profession and a storyteller by nature | clocks in as {av} five days a week without fail | went back to school later in life to become {av} at last | is known around town as the cheerful {v} with the loud laugh",
         "makes ends meet as {av} while saving up for a house | spends long weeks working as "
         "{av} and rarely complains",
     ),
     "pet": phrasings(
         "shares {poss} home with {av} that {subj} adores | spoils {poss} pet {v} with far too "
         "many treats | talks about {poss} {v} to anyone who will listen | never goes on a trip "
-        "without arranging a sitter for {poss} {v} first",
+        "without arranging a sitter for {poss} {v} first | "
+        "is rarely seen without {poss} {v} trotting along behind | dotes on a spoiled {v} that rules the household | lives with {av} that wakes {obj} at dawn every day | keeps a framed picture of {poss} {v} on the desk at work | would do anything for {poss} {v}, who is getting old now",
         "adopted {av} from a shelter two years ago | keeps {av} as a pet and posts photos of "
         "it constantly",
     ),
     "hobby": phrasings(
         "spends most weekends {v} with old friends | took up {v} a few years ago and is still "
-        "hooked | relaxes by {v} after a long day | loves {v} more than almost anything else",
+        "hooked | relaxes by {v} after a long day | loves {v} more than almost anything else | "
+        "spends every Saturday at the {v} club down the road | has a whole room set aside for {v} and its clutter | never misses a chance for some {v} with {poss} cousins | gets up early on Sundays just for {v} in the quiet | is teaching {poss} neighbor the basics of {v} this year",
         "finds peace in {v} whenever life gets hectic | has been quietly obsessed with {v} "
         "since college",
     ),
     "city": phrasings(
         "lives in {v} in a flat with a view of the rooftops | moved to {v} a few years ago and "
         "stayed | grew up in {v} and still lives there today | rents a tiny apartment in {v} "
-        "near the river",
+        "near the river | "
+        "has an apartment in {v} with a tiny balcony full of plants | was born in {v} and knows its streets by heart | commutes across {v} every morning and loves the bustle | shares a cramped flat in {v} with two roommates | spent the last decade in {v} and feels at home there",
         "calls {v} home these days, though {subj} travels a lot | settled in {v} after years of "
         "moving around",
     ),
     "food": phrasings(
         "could eat {v} every single day without getting bored | considers {v} the best meal in "
         "the world | always orders {v} when eating out with friends | makes {v} every Sunday "
-        "for the whole family",
+        "for the whole family | "
+        "cooks {v} from scratch whenever friends come over | has tried the {v} at every restaurant in the neighborhood | keeps a secret recipe for {v} that nobody else knows | would pick {v} as a last meal without hesitation | treats {obj}self to {v} at the end of every month",
         "has a weakness for {v} that everyone teases {obj} about | swears that nothing beats "
         "{v} after a long week",
     ),
     "music": phrasings(
         "listens to {v} music while cooking dinner | has loved {v} music since {subj} was a "
         "teenager | plays {v} records on a battered old turntable | goes to {v} concerts "
-        "whenever {subj} can afford it",
+        "whenever {subj} can afford it | "
+        "fell in love with {v} music at a festival as a teenager | plays {v} music in the car on every trip | collects {v} albums on vinyl and cassette | sings {v} songs in the shower every morning | drags friends to {v} gigs at small bars downtown",
         "hums {v} songs under {poss} breath all day | knows far too much about {v} music for "
         "{poss} own good",
     ),
     "family": phrasings(
         "grew up with {v} in a noisy little house | is very close to {v} back home | tells "
-        "stories about {v} all the time | has {v} and sees the whole family every holiday",
+        "stories about {v} all the time | has {v} and sees the whole family every holiday | "
+        "is the loud one among {v} at every reunion | shares a group chat with {v} that never goes quiet | was raised alongside {v} on a farm outside town | visits {v} at least once a month | misses {v} now that they all live far apart",
         "spent {poss} childhood squabbling with {v} over everything | still talks on the phone "
         "with {v} most evenings",
     ),
     "age": phrasings(
         "is {v} years old and acts half that age | turned {v} last spring but still feels "
         "twenty | has just turned {v} and is planning a small party | is {v} years old, though "
-        "nobody believes it",
+        "nobody believes it | "
+        "is a lively {v} years old with plenty of plans | has been {v} years old since the spring and hates birthdays | reached the age of {v} without learning to cook | is {v} years young, as {subj} likes to put it",
         "will not admit it, but {subj} is {v} years old this year | celebrated turning {v} with "
         "a quiet dinner",
     ),
     "color": phrasings(
         "wears {v} almost every day because it is {poss} favorite color | painted {poss} "
         "bedroom {v} because {subj} loves the color | owns far too many {v} sweaters | picks {v} "
-        "for everything from mugs to notebooks",
+        "for everything from mugs to notebooks | "
+        "chose {v} curtains for every window in the house | drives a battered {v} hatchback everywhere | has a {v} umbrella that everyone recognizes | decorates {poss} desk with {v} sticky notes and pens | cannot resist anything {v} in a shop window",
         "insists that {v} is the most beautiful color there is | fills {poss} closet with {v} "
         "clothes and nothing else",
     ),
     "sport": phrasings(
         "follows {v} closely and argues about it with friends | has been a huge {v} fan since "
         "childhood | watches {v} every weekend with a bowl of snacks | plays {v} with coworkers "
-        "on Thursday nights",
+        "on Thursday nights | "
+        "has season tickets for {v} and goes to every home game | coaches a kids' {v} team on weekends | dreamed of playing {v} professionally as a child | keeps old {v} trophies on a shelf in the hallway | wakes up at odd hours to follow {v} matches abroad",
         "gets far too excited about {v} during the season | learned to love {v} from {poss} "
         "grandfather",
     ),
     "drink": phrasings(
         "drinks {v} every morning before doing anything else | cannot get through the day "
         "without {v} at lunch | always keeps {v} in the kitchen | orders {v} wherever {subj} "
-        "goes",
+        "goes | "
+        "brews {v} the slow way every morning before work | carries a flask of {v} in {poss} bag wherever {subj} goes | is fussy about {v} and only buys the good stuff | shares {v} with the neighbors on the porch in summer | has a shelf of fancy {v} gifts from friends",
         "starts every single day with {v} and a crossword | claims that {v} fixes almost any "
         "problem",
     ),
     "transport": phrasings(
         "gets around by {v} most days | goes to work by {v} even when it rains | travels "
-        "everywhere by {v} and loves it | commutes by {v} through the center of town",
+        "everywhere by {v} and loves it | commutes by {v} through the center of town | "
+        "goes to the office and back by {v} on most days | takes the {v} across town even on cold days | has relied on {v} to get around for years now | would choose a trip by {v} over a plane any day | spends an hour a day getting around by {v} and reads on the way",
         "prefers getting around town by {v} to anything else | uses {v} for almost every trip "
         "{subj} makes",
     ),
@@ -252,6 +273,98 @@ def prose_persona(
     return [" ".join(text)]
 
 
+def _train_sentence(rng: random.Random, name: str, gender: str, items: list) -> str:
+    """One sentence of a training description, taking one or two items from ``items``: a
+    whole statement (its ``{who}`` the name or a pronoun), a frame around one or two verb
+    phrases (a relative or subordinate clause, a fact told as common knowledge), or one of
+    the sentence shapes the held-out file shares."""
+    words = PRONOUNS[gender]
+    if isinstance(items[0], Statement):
+        who = name if rng.random() < 0.4 else words["subj"]
+        return items.pop(0).template.format(who=who, Who=who, **_pronouns(gender))
+    if rng.random() < 0.5:
+        return _body_sentence(rng, name, gender, items)
+    pairs = len(items) >= 2 and isinstance(items[1], str)
+    frames = [frame for frame in FRAMES if pairs or "{b}" not in frame]
+    frame = rng.choice(frames)
+    a = items.pop(0)
+    b = items.pop(0) if "{b}" in frame else ""
+    return frame.format(a=a, b=b, Who=name, **_pronouns(gender))
+
+
+def _pronouns(gender: str) -> dict[str, str]:
+    words = PRONOUNS[gender]
+    return {"subj": words["subj"], "obj": words["obj"], "poss": words["poss"]}
+
+
+@dataclass(frozen=True)
+class Statement:
+    """A whole training sentence stating one fact (pronouns filled, ``{who}`` not yet)."""
+
+    template: str
+
+
+def training_prose(
+    rng: random.Random, name: str, gender: str, facts: list[tuple[str, str]]
+) -> list[str]:
+    """A third-person training description: the held-out file's sentence shapes plus whole
+    statements (:data:`.synthetic_cards.STATEMENTS`) and clause frames, the facts in a
+    random order, so that a fact may come before the name, inside a subordinate clause or in
+    a backstory sentence."""
+    items: list = []
+    for slot, value in facts:
+        if rng.random() < 0.4:
+            template = rng.choice(STATEMENTS[slot])
+            words = {"v": value, "av": with_article(value), **_pronouns(gender)}
+            items.append(
+                Statement(
+                    template.replace("{who}", "{{who}}").replace("{Who}", "{{Who}}").format(**words)
+                )
+            )
+        else:
+            items.append(_clause(rng.choice(PROSE[slot].train), value, gender))
+    aged = any(slot == "age" for slot, _ in facts)
+    fillers = [
+        filler.format(Subj=PRONOUNS[gender]["subj"].capitalize(), subj=PRONOUNS[gender]["subj"])
+        for filler in rng.sample(TRAIT_SENTENCES, rng.randint(1, 2))
+    ]
+    clauses = [item for item in items if isinstance(item, str)]
+    statements = [item for item in items if isinstance(item, Statement)]
+    named = [item for item in statements if "{who}" in item.template.lower()]
+    if named and rng.random() < 0.3:  # open with a statement: "Born in Paris, Mara ..."
+        statements.remove(named[0])
+        sentences = [named[0].template.format(who=name, Who=name)]
+    else:
+        sentences = [_intro(rng, name, gender, clauses, aged)]
+    rest: list = clauses + statements
+    rng.shuffle(rest)
+    while rest:
+        sentences.append(_train_sentence(rng, name, gender, rest))
+        if fillers and rng.random() < 0.4:
+            sentences.append(fillers.pop())
+    text = [naturalise(sentence) for sentence in sentences + fillers]
+    if len(text) >= 5 and rng.random() < 0.4:
+        cut = len(text) // 2
+        return [" ".join(text[:cut]), " ".join(text[cut:])]
+    return [" ".join(text)]
+
+
+def training_card(
+    rng: random.Random, name: str, gender: str, facts: list[tuple[str, str]]
+) -> tuple[str, list[str]]:
+    """(shape, personality) of a training dialog's card, its shape drawn with the fixed
+    weights of :data:`.synthetic_cards.CARD_SHAPES`."""
+    shape = rng.choices(list(CARD_SHAPES), weights=list(CARD_SHAPES.values()))[0]
+    if shape in ("first", "second"):
+        return shape, first_person_card(rng, name, gender, facts, second=shape == "second")
+    traits = rng.sample(TRAITS, 2)
+    if shape == "sheet":
+        return shape, sheet_card(rng, name, gender, facts, traits)
+    if shape == "plist":
+        return shape, plist_card(rng, name, facts, traits)
+    return shape, training_prose(rng, name, gender, facts)
+
+
 def _probe_turn(
     rng: random.Random,
     fact: tuple[str, str],
@@ -292,7 +405,10 @@ def _prose_dialog(
     name = rng.choice(names[gender])
     slots = rng.sample(sorted(SLOTS), rng.randint(4, 5))
     facts = [(slot, rng.choice(pools[slot])) for slot in slots]
-    personality = prose_persona(rng, name, gender, facts, split)
+    if split == "train":
+        _, personality = training_card(rng, name, gender, facts)
+    else:  # the held-out file: third-person prose worded by the held-out templates only
+        personality = prose_persona(rng, name, gender, facts, split)
     every_name = tuple(sorted(names["f"] + names["m"]))
     exchanges = []
     for turn in _prose_turns(rng, [*facts, ("name", name.lower())], split):
