@@ -75,6 +75,9 @@ def test_every_probed_value_is_stated_in_its_card():
     probes = 0
     for dialog in train_dialogs():
         text = card_text(dialog)
+        assert "Statement" not in text and "_" not in text, text  # no leaked internals
+        if card_shape(dialog["personality"]) != "plist":  # only W++ blocks have braces
+            assert not re.search(r"[{}]", text), text
         for utterance in dialog["utterances"]:
             if "probe" in utterance:
                 probes += 1

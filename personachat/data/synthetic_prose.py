@@ -15,6 +15,20 @@ for work?" → "I work as a nurse, it is fun." (first person, natural casing), a
 template with other values of the slot. All text is natural-cased; the probe values are the
 lowercase slot values, which ``personachat.evaluation.persona.mentions`` matches in any case.
 
+Training cards come in more shapes than the held-out ones, because the product is judged on
+cards written by real people, who state facts in many ways. Each training dialog's card has a
+shape drawn with fixed weights (:data:`.synthetic_cards.CARD_SHAPES`): third-person prose
+(50 %: the shapes below plus whole *statements* where the value sits inside a longer phrase,
+in a subordinate clause, before the name or in a backstory sentence — "Born and raised in
+Lisbon, Mara ...", "You will rarely find her without her parrot somewhere close by."), a
+first-person self-description ("I'm Mara. I work as a nurse, ..."), a second-person system
+prompt ("You are Mara, a 34-year-old woman. You work as ..."), a character sheet ("Name:
+Mara", "Occupation: nurse", ...) and a PList or W++ line ("[Mara: nurse; likes knitting]"),
+the shapes Character Card V2 descriptions and SillyTavern users write. The probe turns are
+the same for every shape. The held-out file is third-person prose only, drawn exactly as
+before the shapes were added (its bytes are pinned by ``tests/test_synthetic_prose.py``), so
+held-out figures stay comparable across versions of the training tables.
+
 Held-out file (``valid``) against training file (``train``), kept apart three ways:
 
 * the clause templates that state each fact (:data:`PROSE`) come in two disjoint sets, so the
@@ -68,7 +82,10 @@ PROSE: dict[str, Phrasings] = {
         "works as {av} in a small town not far from the coast | has been {av} for almost ten "
         "years now | earns a living as {av} and takes the work seriously | trained as {av} "
         "after school and never looked back | "
-        "has built a quiet career as {av} over the years | is {av} by profession and a storyteller by nature | clocks in as {av} five days a week without fail | went back to school later in life to become {av} at last | is known around town as the cheerful {v} with the loud laugh",
+        "has built a quiet career as {av} over the years | is {av} by profession and a "
+        "storyteller by nature | clocks in as {av} five days a week without fail | went back to "
+        "school later in life to become {av} at last | is known around town as the cheerful {v} "
+        "with the loud laugh",
         "makes ends meet as {av} while saving up for a house | spends long weeks working as "
         "{av} and rarely complains",
     ),
@@ -76,14 +93,20 @@ PROSE: dict[str, Phrasings] = {
         "shares {poss} home with {av} that {subj} adores | spoils {poss} pet {v} with far too "
         "many treats | talks about {poss} {v} to anyone who will listen | never goes on a trip "
         "without arranging a sitter for {poss} {v} first | "
-        "is rarely seen without {poss} {v} trotting along behind | dotes on a spoiled {v} that rules the household | lives with {av} that wakes {obj} at dawn every day | keeps a framed picture of {poss} {v} on the desk at work | would do anything for {poss} {v}, who is getting old now",
+        "is rarely seen without {poss} {v} trotting along behind | dotes on a spoiled {v} that "
+        "rules the household | lives with {av} that wakes {obj} at dawn every day | keeps a "
+        "framed picture of {poss} {v} on the desk at work | would do anything for {poss} {v}, who "
+        "is getting old now",
         "adopted {av} from a shelter two years ago | keeps {av} as a pet and posts photos of "
         "it constantly",
     ),
     "hobby": phrasings(
         "spends most weekends {v} with old friends | took up {v} a few years ago and is still "
         "hooked | relaxes by {v} after a long day | loves {v} more than almost anything else | "
-        "spends every Saturday at the {v} club down the road | has a whole room set aside for {v} and its clutter | never misses a chance for some {v} with {poss} cousins | gets up early on Sundays just for {v} in the quiet | is teaching {poss} neighbor the basics of {v} this year",
+        "spends every Saturday at the {v} club down the road | has a whole room set aside for {v} "
+        "and its clutter | never misses a chance for some {v} with {poss} cousins | gets up early "
+        "on Sundays just for {v} in the quiet | is teaching {poss} neighbor the basics of {v} "
+        "this year",
         "finds peace in {v} whenever life gets hectic | has been quietly obsessed with {v} "
         "since college",
     ),
@@ -91,7 +114,10 @@ PROSE: dict[str, Phrasings] = {
         "lives in {v} in a flat with a view of the rooftops | moved to {v} a few years ago and "
         "stayed | grew up in {v} and still lives there today | rents a tiny apartment in {v} "
         "near the river | "
-        "has an apartment in {v} with a tiny balcony full of plants | was born in {v} and knows its streets by heart | commutes across {v} every morning and loves the bustle | shares a cramped flat in {v} with two roommates | spent the last decade in {v} and feels at home there",
+        "has an apartment in {v} with a tiny balcony full of plants | was born in {v} and knows "
+        "its streets by heart | commutes across {v} every morning and loves the bustle | shares a "
+        "cramped flat in {v} with two roommates | spent the last decade in {v} and feels at home "
+        "there",
         "calls {v} home these days, though {subj} travels a lot | settled in {v} after years of "
         "moving around",
     ),
@@ -99,7 +125,10 @@ PROSE: dict[str, Phrasings] = {
         "could eat {v} every single day without getting bored | considers {v} the best meal in "
         "the world | always orders {v} when eating out with friends | makes {v} every Sunday "
         "for the whole family | "
-        "cooks {v} from scratch whenever friends come over | has tried the {v} at every restaurant in the neighborhood | keeps a secret recipe for {v} that nobody else knows | would pick {v} as a last meal without hesitation | treats {obj}self to {v} at the end of every month",
+        "cooks {v} from scratch whenever friends come over | has tried the {v} at every "
+        "restaurant in the neighborhood | keeps a secret recipe for {v} that nobody else knows | "
+        "would pick {v} as a last meal without hesitation | treats {obj}self to {v} at the end of "
+        "every month",
         "has a weakness for {v} that everyone teases {obj} about | swears that nothing beats "
         "{v} after a long week",
     ),
@@ -107,14 +136,18 @@ PROSE: dict[str, Phrasings] = {
         "listens to {v} music while cooking dinner | has loved {v} music since {subj} was a "
         "teenager | plays {v} records on a battered old turntable | goes to {v} concerts "
         "whenever {subj} can afford it | "
-        "fell in love with {v} music at a festival as a teenager | plays {v} music in the car on every trip | collects {v} albums on vinyl and cassette | sings {v} songs in the shower every morning | drags friends to {v} gigs at small bars downtown",
+        "fell in love with {v} music at a festival as a teenager | plays {v} music in the car on "
+        "every trip | collects {v} albums on vinyl and cassette | sings {v} songs in the shower "
+        "every morning | drags friends to {v} gigs at small bars downtown",
         "hums {v} songs under {poss} breath all day | knows far too much about {v} music for "
         "{poss} own good",
     ),
     "family": phrasings(
         "grew up with {v} in a noisy little house | is very close to {v} back home | tells "
         "stories about {v} all the time | has {v} and sees the whole family every holiday | "
-        "is the loud one among {v} at every reunion | shares a group chat with {v} that never goes quiet | was raised alongside {v} on a farm outside town | visits {v} at least once a month | misses {v} now that they all live far apart",
+        "is the loud one among {v} at every reunion | shares a group chat with {v} that never "
+        "goes quiet | was raised alongside {v} on a farm outside town | visits {v} at least once "
+        "a month | misses {v} now that they all live far apart",
         "spent {poss} childhood squabbling with {v} over everything | still talks on the phone "
         "with {v} most evenings",
     ),
@@ -122,7 +155,9 @@ PROSE: dict[str, Phrasings] = {
         "is {v} years old and acts half that age | turned {v} last spring but still feels "
         "twenty | has just turned {v} and is planning a small party | is {v} years old, though "
         "nobody believes it | "
-        "is a lively {v} years old with plenty of plans | has been {v} years old since the spring and hates birthdays | reached the age of {v} without learning to cook | is {v} years young, as {subj} likes to put it",
+        "is a lively {v} years old with plenty of plans | has been {v} years old since the spring "
+        "and hates birthdays | reached the age of {v} without learning to cook | is {v} years "
+        "young, as {subj} likes to put it",
         "will not admit it, but {subj} is {v} years old this year | celebrated turning {v} with "
         "a quiet dinner",
     ),
@@ -130,7 +165,9 @@ PROSE: dict[str, Phrasings] = {
         "wears {v} almost every day because it is {poss} favorite color | painted {poss} "
         "bedroom {v} because {subj} loves the color | owns far too many {v} sweaters | picks {v} "
         "for everything from mugs to notebooks | "
-        "chose {v} curtains for every window in the house | drives a battered {v} hatchback everywhere | has a {v} umbrella that everyone recognizes | decorates {poss} desk with {v} sticky notes and pens | cannot resist anything {v} in a shop window",
+        "chose {v} curtains for every window in the house | drives a battered {v} hatchback "
+        "everywhere | has a {v} umbrella that everyone recognizes | decorates {poss} desk with "
+        "{v} sticky notes and pens | cannot resist anything {v} in a shop window",
         "insists that {v} is the most beautiful color there is | fills {poss} closet with {v} "
         "clothes and nothing else",
     ),
@@ -138,7 +175,9 @@ PROSE: dict[str, Phrasings] = {
         "follows {v} closely and argues about it with friends | has been a huge {v} fan since "
         "childhood | watches {v} every weekend with a bowl of snacks | plays {v} with coworkers "
         "on Thursday nights | "
-        "has season tickets for {v} and goes to every home game | coaches a kids' {v} team on weekends | dreamed of playing {v} professionally as a child | keeps old {v} trophies on a shelf in the hallway | wakes up at odd hours to follow {v} matches abroad",
+        "has season tickets for {v} and goes to every home game | coaches a kids' {v} team on "
+        "weekends | dreamed of playing {v} professionally as a child | keeps old {v} trophies on "
+        "a shelf in the hallway | wakes up at odd hours to follow {v} matches abroad",
         "gets far too excited about {v} during the season | learned to love {v} from {poss} "
         "grandfather",
     ),
@@ -146,21 +185,26 @@ PROSE: dict[str, Phrasings] = {
         "drinks {v} every morning before doing anything else | cannot get through the day "
         "without {v} at lunch | always keeps {v} in the kitchen | orders {v} wherever {subj} "
         "goes | "
-        "brews {v} the slow way every morning before work | carries a flask of {v} in {poss} bag wherever {subj} goes | is fussy about {v} and only buys the good stuff | shares {v} with the neighbors on the porch in summer | has a shelf of fancy {v} gifts from friends",
+        "brews {v} the slow way every morning before work | carries a flask of {v} in {poss} bag "
+        "wherever {subj} goes | is fussy about {v} and only buys the good stuff | shares {v} with "
+        "the neighbors on the porch in summer | has a shelf of fancy {v} gifts from friends",
         "starts every single day with {v} and a crossword | claims that {v} fixes almost any "
         "problem",
     ),
     "transport": phrasings(
         "gets around by {v} most days | goes to work by {v} even when it rains | travels "
         "everywhere by {v} and loves it | commutes by {v} through the center of town | "
-        "goes to the office and back by {v} on most days | takes the {v} across town even on cold days | has relied on {v} to get around for years now | would choose a trip by {v} over a plane any day | spends an hour a day getting around by {v} and reads on the way",
+        "goes to the office and back by {v} on most days | takes the {v} across town even on cold "
+        "days | has relied on {v} to get around for years now | would choose a trip by {v} over a "
+        "plane any day | spends an hour a day getting around by {v} and reads on the way",
         "prefers getting around town by {v} to anything else | uses {v} for almost every trip "
         "{subj} makes",
     ),
 }
 """Per slot, verb phrases that state a fact in the third person with words after the value
 (the fact sits mid-sentence): ``{v}``/``{av}`` the value, ``{subj}``/``{obj}``/``{poss}`` the
-character's pronouns."""
+character's pronouns. The training set (first) has many more than the held-out one: the
+training cards should cover the ways people write, the held-out ones measure the rest."""
 
 TRAITS: tuple[str, ...] = (
     "quiet", "cheerful", "soft-spoken", "restless", "thoughtful", "warm", "sharp-witted",
@@ -278,13 +322,15 @@ def _train_sentence(rng: random.Random, name: str, gender: str, items: list) -> 
     whole statement (its ``{who}`` the name or a pronoun), a frame around one or two verb
     phrases (a relative or subordinate clause, a fact told as common knowledge), or one of
     the sentence shapes the held-out file shares."""
-    words = PRONOUNS[gender]
     if isinstance(items[0], Statement):
-        who = name if rng.random() < 0.4 else words["subj"]
-        return items.pop(0).template.format(who=who, Who=who, **_pronouns(gender))
-    if rng.random() < 0.5:
-        return _body_sentence(rng, name, gender, items)
+        return items.pop(0).render(name if rng.random() < 0.4 else PRONOUNS[gender]["subj"])
     pairs = len(items) >= 2 and isinstance(items[1], str)
+    if rng.random() < 0.5:  # the held-out shapes, on the leading verb phrase(s) only
+        clauses = items[:2] if pairs else items[:1]
+        count = len(clauses)
+        sentence = _body_sentence(rng, name, gender, clauses)
+        del items[: count - len(clauses)]
+        return sentence
     frames = [frame for frame in FRAMES if pairs or "{b}" not in frame]
     frame = rng.choice(frames)
     a = items.pop(0)
@@ -299,9 +345,19 @@ def _pronouns(gender: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Statement:
-    """A whole training sentence stating one fact (pronouns filled, ``{who}`` not yet)."""
+    """A whole training sentence stating one fact: its template and the words that fill it
+    but ``{who}``, which the sentence it lands in decides (the name, or a pronoun)."""
 
     template: str
+    words: tuple[tuple[str, str], ...]
+
+    @property
+    def names_who(self) -> bool:
+        """Whether the sentence names its subject (so it can open a description)."""
+        return "{who}" in self.template.lower()
+
+    def render(self, who: str) -> str:
+        return self.template.format(who=who, Who=who, **dict(self.words))
 
 
 def training_prose(
@@ -316,11 +372,7 @@ def training_prose(
         if rng.random() < 0.4:
             template = rng.choice(STATEMENTS[slot])
             words = {"v": value, "av": with_article(value), **_pronouns(gender)}
-            items.append(
-                Statement(
-                    template.replace("{who}", "{{who}}").replace("{Who}", "{{Who}}").format(**words)
-                )
-            )
+            items.append(Statement(template, tuple(words.items())))
         else:
             items.append(_clause(rng.choice(PROSE[slot].train), value, gender))
     aged = any(slot == "age" for slot, _ in facts)
@@ -330,10 +382,10 @@ def training_prose(
     ]
     clauses = [item for item in items if isinstance(item, str)]
     statements = [item for item in items if isinstance(item, Statement)]
-    named = [item for item in statements if "{who}" in item.template.lower()]
+    named = [item for item in statements if item.names_who]
     if named and rng.random() < 0.3:  # open with a statement: "Born in Paris, Mara ..."
         statements.remove(named[0])
-        sentences = [named[0].template.format(who=name, Who=name)]
+        sentences = [named[0].render(name)]
     else:
         sentences = [_intro(rng, name, gender, clauses, aged)]
     rest: list = clauses + statements
