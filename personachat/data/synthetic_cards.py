@@ -76,9 +76,9 @@ STATEMENTS = _table(
     "drives, {subj} sings along to {v} music at full volume. | Put on a {v} record and "
     "{subj} will be dancing within a minute.",
     family="Growing up with {v} taught {obj} to share and to argue. | Holidays mean a full "
-    "house, because {subj} has {v} who all bring their own drama. | {Who} is the one "
-    "everyone calls in a crisis, at least according to {poss} {v}. | Being raised alongside "
-    "{v} made {obj} patient, or so {subj} claims.",
+    "house, because {subj} has {v} and a dozen cousins besides. | {Who} grew up as the "
+    "peacemaker of a household that included {v} and a lot of noise. | Being raised "
+    "alongside {v} made {obj} patient, or so {subj} claims.",
     age="At {v} years old, {subj} still feels like {subj} is figuring everything out. | "
     "{Who} is {v} years old, though {subj} insists on acting much younger. | Having just "
     "turned {v}, {subj} has started taking {poss} health a little more seriously. | "
@@ -136,9 +136,9 @@ FIRST_PERSON = _table(
     music="I listen to {v} music almost every waking hour. | My playlists are full of {v} "
     "music from every decade. | I have loved {v} music since I was a kid. | I always have "
     "{v} music on in the background when I work.",
-    family="I grew up with {v} in a house that was never quiet. | I have {v}, and we are "
-    "closer than most families. | My {v} still tease me about everything. | I talk to my "
-    "{v} on the phone every week.",
+    family="I grew up with {v} in a house that was never quiet. | I have {v}, and family "
+    "means the world to me. | Growing up with {v} taught me to stand my ground. | I have "
+    "{v}, and I call home every week to hear the latest.",
     age="I am {v} years old and proud of every one of them. | I turned {v} this year, "
     "though I do not feel it. | At {v} years old, I still have a lot to learn.",
     color="My favorite color is {v}, and my wardrobe shows it. | I wear {v} nearly every day "

@@ -145,9 +145,10 @@ PROSE: dict[str, Phrasings] = {
     "family": phrasings(
         "grew up with {v} in a noisy little house | is very close to {v} back home | tells "
         "stories about {v} all the time | has {v} and sees the whole family every holiday | "
-        "is the loud one among {v} at every reunion | shares a group chat with {v} that never "
+        "is the loudest at every reunion with {v} and the cousins | shares a group chat with "
+        "{v} that never "
         "goes quiet | was raised alongside {v} on a farm outside town | visits {v} at least once "
-        "a month | misses {v} now that they all live far apart",
+        "a month | misses {v} now that the family lives far apart",
         "spent {poss} childhood squabbling with {v} over everything | still talks on the phone "
         "with {v} most evenings",
     ),
