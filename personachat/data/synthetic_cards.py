@@ -44,7 +44,7 @@ def _table(**rows: str) -> dict[str, tuple[str, ...]]:
 
 
 STATEMENTS = _table(
-    job="{Who} spends {poss} working days as {av} and most evenings recovering from them. | "
+    job="{Who} spends {poss} working days as {av} and {poss} weekends recovering from them. | "
     "Long before anyone called {obj} {av} by profession, {subj} was the one fixing things "
     "for friends. | Ask around the neighborhood and people will point you to the {v} who "
     "never stops talking. | Being {av} was never the plan, but {subj} turned out to be good "
@@ -145,14 +145,14 @@ FIRST_PERSON = _table(
     "of the week. | I painted my whole bedroom {v} last summer. | Anything that comes in "
     "{v} ends up in my basket.",
     sport="I follow {v} religiously and never miss a match. | I play {v} with friends every "
-    "weekend. | I have been a {v} fan since I was small. | Watching {v} is how I unwind "
-    "after a long week.",
+    "weekend. | I have been a {v} fan since I was small. | Watching {v} is how I unwind on "
+    "Sunday afternoons.",
     drink="I start every morning with {v} and the news. | I drink far too much {v}, or so "
     "people tell me. | There is always {v} in my fridge. | My drink of choice is {v}, hot "
     "or cold.",
     transport="I get around by {v} most days of the week. | I go everywhere by {v}, rain or "
-    "shine. | My daily commute is by {v} through the city center. | I prefer traveling by "
-    "{v} to anything else.",
+    "shine. | My daily commute is by {v} through the city center. | Given the choice, I travel by {v} "
+    "every time.",
 )
 """Per slot, first-person sentences of a self-description; ``second`` cards rewrite them in
 the second person (:func:`to_second_person`)."""
