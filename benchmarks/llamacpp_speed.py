@@ -275,20 +275,19 @@ def print_table(threads: int, streams: int, results: dict[str, list[Sample]], n:
         print(f"| {engine} | {prefill:.3f} | {decode:.1f} | {total:.2f} | {decode / base:.2f}x |")
 
 
-def usable(label: str, model, encoded, config: Config, explicit: bool) -> bool:
-    """Warm up ``config`` once (one token) and say whether it really runs as asked: a
-    warning (quantization without bf16 decoding, emulated bf16) drops a default configuration
-    and marks one the user named."""
+def warnings_of(label: str, model, encoded, config: Config) -> list[str]:
+    """Warm ``config`` up once (two tokens) and return what personachat warned: a warning
+    (quantization without bf16 decoding, emulated bf16) means it does not run as asked."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         personachat_run(model, encoded, config, 2)
     for warning in caught:
         print(f"note: personachat {label}: {warning.message}")
-    return explicit or not caught
+    return [str(w.message) for w in caught]
 
 
 def build_engines(options, model, llama, encoded_one) -> dict:
-    """Engine label -> run(streams' conversations, threads) -> Sample."""
+    """Engine name -> run(conversations, prompt ids) -> Sample, at torch's thread count."""
     allowed = tuple(option_checks.CPU_QUANTIZE)  # read now: newer versions add modes
     explicit = options.personachat is not None
     labels = options.personachat.split(",") if explicit else default_configs(allowed)
@@ -297,8 +296,7 @@ def build_engines(options, model, llama, encoded_one) -> dict:
     for label in labels:
         config = parse_config(label.strip(), allowed)
         try:
-            if not usable(config.label, model, encoded_one, config, explicit):
-                continue
+            warned = warnings_of(config.label, model, encoded_one, config)
         except PersonachatError as error:
             if explicit:
                 raise SystemExit(
@@ -306,9 +304,11 @@ def build_engines(options, model, llama, encoded_one) -> dict:
                 ) from error
             print(f"note: personachat {config.label} skipped: {error}")
             continue
-        engines[f"personachat {config.label}"] = lambda convs, prompts, c=config: personachat_run(
-            model, convs, c, n
-        )
+        if warned and not explicit:  # a default that falls back: not worth a row
+            print(f"note: personachat {config.label} skipped (it warned, see above)")
+            continue
+        name = f"personachat {config.label}" + (" (warned, see notes)" if warned else "")
+        engines[name] = lambda convs, prompts, c=config: personachat_run(model, convs, c, n)
     return engines
 
 
