@@ -151,8 +151,8 @@ FIRST_PERSON = _table(
     "people tell me. | There is always {v} in my fridge. | My drink of choice is {v}, hot "
     "or cold.",
     transport="I get around by {v} most days of the week. | I go everywhere by {v}, rain or "
-    "shine. | My daily commute is by {v} through the city center. | Given the choice, I travel by {v} "
-    "every time.",
+    "shine. | My daily commute is by {v} through the city center. | Given the choice, I "
+    "travel by {v} every time.",
 )
 """Per slot, first-person sentences of a self-description; ``second`` cards rewrite them in
 the second person (:func:`to_second_person`)."""
