@@ -73,8 +73,8 @@ STATEMENTS = _table(
     music="There is always some {v} music playing in {poss} kitchen when {subj} cooks. | "
     "Ever since {subj} was a teenager, {v} music has been the soundtrack of {poss} life. | "
     "{Who} can talk for hours about {v} music and the records that shaped it. | On long "
-    "drives, {subj} sings along to {v} music at full volume. | Put on a {v} record and "
-    "{subj} will be dancing within a minute.",
+    "drives, {subj} sings along to {v} music at full volume. | Put on some {v} music and "
+    "{subj} is on {poss} feet within a minute.",
     family="Growing up with {v} taught {obj} to share and to argue. | Holidays mean a full "
     "house, because {subj} has {v} and a dozen cousins besides. | {Who} grew up as the "
     "peacemaker of a household that included {v} and a lot of noise. | Being raised "
