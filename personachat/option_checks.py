@@ -24,7 +24,7 @@ from personachat.errors import PersonachatError
 
 INPUT_FORMATS = ("auto", "transfertransfo", "chat_template")
 TOKEN_TYPES = ("auto", "embed", "none")
-CPU_QUANTIZE = ("none", "int8", "int4")
+CPU_QUANTIZE = ("none", "int8", "int4", "fp16")
 EVAL_RANKINGS = ("auto", "mc", "lm", "pmi")  # evaluation.ranking.RANKINGS
 OPTIMIZERS = ("AdamW", "Adafactor")
 SCHEDULERS = (

@@ -1,6 +1,6 @@
-"""Weight-only int8 / int4 decoding (``cpu_quantize``): the quantized layers multiply by the
-weights they claim to, the static decoder over a quantized copy equals that copy's own
-forward pass, and the option is checked and ignored (with a warning) where it cannot help."""
+"""Weight-only int8 / int4 / fp16 decoding (``cpu_quantize``): the quantized layers multiply
+by the weights they claim to, the static decoder over a quantized copy equals that copy's own
+forward pass, and without bf16 in hardware the fp32 layers (fbgemm) decode instead."""
 
 from __future__ import annotations
 
@@ -16,10 +16,14 @@ from personachat import ConvAIArgs, ConvAIModel
 from personachat.generation.decoders import make_decoder
 from personachat.generation.precision import decoding_copy
 from personachat.generation.quantize import (
+    FP32_LAYERS,
     GROUP,
     LAYERS,
+    DynamicInt8Linear,
+    Fp16Linear,
     Int4Linear,
     Int8Linear,
+    fp32_kernels_available,
     on_4bit_grid,
     quantize_linears,
 )
@@ -128,18 +132,14 @@ def test_the_static_decoder_over_a_quantized_copy_equals_that_copys_forward(tmp_
     torch.testing.assert_close(after.float(), full[:, -1].float(), atol=0.05, rtol=0.05)
 
 
-def test_cpu_quantize_names_its_choices_and_is_ignored_with_a_warning_without_bf16(tmp_path):
-    with pytest.raises(ArgsError, match=r"cpu_quantize must be one of \['none', 'int8', 'int4'\]"):
+def test_cpu_quantize_names_its_choices(tmp_path):
+    with pytest.raises(
+        ArgsError, match=r"cpu_quantize must be one of \['none', 'int8', 'int4', 'fp16'\]"
+    ):
         ConvAIArgs().update_from_dict({"cpu_quantize": "int3"})
     folder = build_tiny_chat_model(tmp_path, TEXTS)
     args = {"silent": True, "do_sample": False, "max_length": 6, "output_dir": str(tmp_path)}
-    plain = ConvAIModel("auto", folder, use_cuda=False, args=args)
     conversations = [(PERSONA, ["hi , what do you do ?"]), (PERSONA[:2], ["any pets ?"])]
-    expected = plain.generate_replies(conversations)
-    fp32 = ConvAIModel("auto", folder, use_cuda=False, args={**args, "cpu_quantize": "int4"})
-    with pytest.warns(UserWarning, match="cpu_quantize='int4' needs bf16 decoding"):
-        assert fp32.generate_replies(conversations) == expected
-
     quantized = ConvAIModel(
         "auto", folder, use_cuda=False, args={**args, "cpu_quantize": "int4", "cpu_bf16": True}
     )
@@ -148,6 +148,88 @@ def test_cpu_quantize_names_its_choices_and_is_ignored_with_a_warning_without_bf
         replies = quantized.generate_replies(conversations)
         assert replies == quantized.generate_replies(conversations)
     assert all(isinstance(reply, str) for reply in replies)
+
+
+needs_fbgemm = pytest.mark.skipif(
+    not fp32_kernels_available(), reason="fbgemm's fp32-activation kernels are in x86 builds"
+)
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("kind", [Fp16Linear, DynamicInt8Linear])
+def test_fp32_layers_multiply_by_their_compact_weights_and_prompts_by_the_original(kind):
+    torch.manual_seed(2)
+    layer = nn.Linear(64, 48)
+    quantized = kind(layer)
+    x = torch.randn(3, 64)  # a decoding step's few rows: the kernel over compact weights
+    expected = x @ quantized.dequantized().T + layer.bias.detach()
+    # fp16 weights: products exact up to summation order; int8: the activations are also
+    # quantized (7 bits per call), so within a few of their steps.
+    atol = 1e-4 if kind is Fp16Linear else 0.05 * expected.abs().max().item()
+    torch.testing.assert_close(quantized(x), expected, atol=atol, rtol=0)
+    assert not torch.equal(quantized(x), layer(x).detach())  # the compact weights were used
+    prompt = torch.randn(2, 20, 64)  # a prompt's many rows: fp32 over the original weights
+    torch.testing.assert_close(quantized(prompt), layer(prompt).detach())
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("kind", [Fp16Linear, DynamicInt8Linear])
+def test_stacked_fp32_layers_give_their_layers_outputs_side_by_side(kind):
+    layers = [kind(nn.Linear(64, rows, bias=rows == 32)) for rows in (32, 16, 16)]
+    fused = kind.stacked(layers)
+    assert isinstance(fused, kind) and fused.out_features == 64
+    for rows in (1, 12):
+        x = torch.randn(rows, 64)
+        expected = torch.cat([layer(x) for layer in layers], -1)
+        tolerance = 1e-5 if kind is Fp16Linear or rows > kind.max_rows else 0.05
+        torch.testing.assert_close(fused(x), expected, atol=tolerance, rtol=tolerance)
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("kind", ["fp16", "int8"])
+def test_the_static_decoder_over_an_fp32_quantized_copy_equals_that_copys_forward(tmp_path, kind):
+    model = AutoModelForCausalLM.from_pretrained(build_tiny_chat_model(tmp_path, TEXTS)).eval()
+    copy = decoding_copy(model, kind, torch.float32)
+    assert isinstance(copy.model.layers[0].mlp.down_proj, FP32_LAYERS[kind])
+    assert isinstance(copy.get_output_embeddings(), FP32_LAYERS[kind])
+    assert decoding_copy(model, kind, torch.float32) is copy  # made once per set of weights
+    ids = torch.randint(3, 300, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    step = torch.tensor([[5], [7]])
+    with torch.inference_mode():
+        decoder = make_decoder(copy, 12)
+        hidden = decoder.prefill(ids, torch.zeros_like(ids), mask, positions)
+        after = decoder.step(step, torch.zeros_like(step), positions[:, -1:] + 1)
+        full = copy.model(
+            input_ids=torch.cat([ids, step], 1),
+            attention_mask=torch.cat([mask, torch.ones_like(step)], 1),
+            position_ids=torch.cat([positions, positions[:, -1:] + 1], 1),
+        ).last_hidden_state
+    # The prompt: fp32 products over the original weights in both; the step: the compact
+    # weights in the decoder (2 rows: the kernel) against the original ones in the forward.
+    torch.testing.assert_close(hidden, full[:, -2], atol=1e-5, rtol=1e-5)
+    tolerance = 1e-2 if kind == "fp16" else 0.1
+    torch.testing.assert_close(after, full[:, -1], atol=tolerance, rtol=tolerance)
+
+
+@needs_fbgemm
+def test_without_bf16_fp16_weights_decode_fp32s_replies_and_int4_decodes_as_int8(tmp_path):
+    folder = build_tiny_chat_model(tmp_path, TEXTS)
+    args = {"silent": True, "do_sample": False, "max_length": 6, "output_dir": str(tmp_path)}
+    conversations = [(PERSONA, ["hi , what do you do ?"]), (PERSONA[:2], ["any pets ?"])]
+    expected = ConvAIModel("auto", folder, use_cuda=False, args=args).generate_replies(
+        conversations
+    )
+    fp16 = ConvAIModel("auto", folder, use_cuda=False, args={**args, "cpu_quantize": "fp16"})
+    assert fp16.generate_replies(conversations) == expected
+    int4 = ConvAIModel("auto", folder, use_cuda=False, args={**args, "cpu_quantize": "int4"})
+    with pytest.warns(UserWarning, match="cpu_quantize='int4'.*int8 weights and fp32"):
+        replies = int4.generate_replies(conversations)
+    assert all(isinstance(reply, str) for reply in replies)
+    layer = decoding_copy(int4.model, "int4", torch.float32).model.layers[0].mlp.down_proj
+    assert isinstance(layer, DynamicInt8Linear)
 
 
 @pytest.mark.skipif(

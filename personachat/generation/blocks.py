@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from personachat.generation.quantize import QuantizedLinear
+from personachat.generation.quantize import Fp32KernelLinear, QuantizedLinear
 from personachat.model.families import body, causal_lm, uses_token_types
 from personachat.model.lora import has_lora
 
@@ -275,7 +275,8 @@ def llama_layer(block: nn.Module) -> LlamaLayer:
 def projection(modules: list[nn.Module]) -> Callable[[torch.Tensor], torch.Tensor]:
     """The linear layers ``modules`` over the same input as one product, their outputs side
     by side: plain ``nn.Linear`` layers through one concatenated weight matrix, quantized ones
-    through one stacked quantized layer (int8); anything else (int4, LoRA's layers) called one by one."""
+    through one stacked quantized layer (int8, fp16); anything else (int4, LoRA's layers)
+    called one by one."""
     if all(type(m) is nn.Linear for m in modules):
         weight = torch.cat([m.weight for m in modules]) if len(modules) > 1 else modules[0].weight
         biases = [m.bias for m in modules]
@@ -292,8 +293,8 @@ def projection(modules: list[nn.Module]) -> Callable[[torch.Tensor], torch.Tenso
         return modules[0]
     kind = type(modules[0])
     if (
-        issubclass(kind, QuantizedLinear)
-        and kind.row_buffers
+        issubclass(kind, (QuantizedLinear, Fp32KernelLinear))
+        and kind.can_stack
         and {type(m) for m in modules} == {kind}
     ):
         return kind.stacked(modules)

