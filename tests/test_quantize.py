@@ -61,6 +61,26 @@ def snap_to_4bit_grid(model: nn.Module) -> nn.Module:
     return model
 
 
+def decoder_and_forward(copy: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The static decoder's last prompt state and one step's state over ``copy`` (a
+    left-padded batch of 2), and ``copy``'s own forward pass over the same tokens."""
+    ids = torch.randint(3, 300, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    step = torch.tensor([[5], [7]])
+    with torch.inference_mode():
+        decoder = make_decoder(copy, 12)
+        hidden = decoder.prefill(ids, torch.zeros_like(ids), mask, positions)
+        after = decoder.step(step, torch.zeros_like(step), positions[:, -1:] + 1)
+        full = copy.model(
+            input_ids=torch.cat([ids, step], 1),
+            attention_mask=torch.cat([mask, torch.ones_like(step)], 1),
+            position_ids=torch.cat([positions, positions[:, -1:] + 1], 1),
+        ).last_hidden_state
+    return hidden, after, full
+
+
 def test_int4_finds_the_4_bit_codes_of_q4_1_weights_again():
     layer = q4_1_linear(64, 96)
     for rows in (5, 30):  # the int4 kernel for a few rows, a bf16 product for many
@@ -113,20 +133,7 @@ def test_the_static_decoder_over_a_quantized_copy_equals_that_copys_forward(tmp_
     copy = decoding_copy(snap_to_4bit_grid(model), kind)
     assert isinstance(copy.model.layers[0].mlp.down_proj, LAYERS[kind])
     assert decoding_copy(model, kind) is copy  # made once while the weights stay the same
-    ids = torch.randint(3, 300, (2, 9))
-    mask = torch.ones_like(ids)
-    mask[1, :3] = 0
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    step = torch.tensor([[5], [7]])
-    with torch.inference_mode():
-        decoder = make_decoder(copy, 12)
-        hidden = decoder.prefill(ids, torch.zeros_like(ids), mask, positions)
-        after = decoder.step(step, torch.zeros_like(step), positions[:, -1:] + 1)
-        full = copy.model(
-            input_ids=torch.cat([ids, step], 1),
-            attention_mask=torch.cat([mask, torch.ones_like(step)], 1),
-            position_ids=torch.cat([positions, positions[:, -1:] + 1], 1),
-        ).last_hidden_state
+    hidden, after, full = decoder_and_forward(copy)
     # Both in bf16 through the same quantized layers; they differ only in rounding order.
     torch.testing.assert_close(hidden.float(), full[:, -2].float(), atol=0.05, rtol=0.05)
     torch.testing.assert_close(after.float(), full[:, -1].float(), atol=0.05, rtol=0.05)
@@ -193,20 +200,7 @@ def test_the_static_decoder_over_an_fp32_quantized_copy_equals_that_copys_forwar
     assert isinstance(copy.model.layers[0].mlp.down_proj, FP32_LAYERS[kind])
     assert isinstance(copy.get_output_embeddings(), FP32_LAYERS[kind])
     assert decoding_copy(model, kind, torch.float32) is copy  # made once per set of weights
-    ids = torch.randint(3, 300, (2, 9))
-    mask = torch.ones_like(ids)
-    mask[1, :3] = 0
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    step = torch.tensor([[5], [7]])
-    with torch.inference_mode():
-        decoder = make_decoder(copy, 12)
-        hidden = decoder.prefill(ids, torch.zeros_like(ids), mask, positions)
-        after = decoder.step(step, torch.zeros_like(step), positions[:, -1:] + 1)
-        full = copy.model(
-            input_ids=torch.cat([ids, step], 1),
-            attention_mask=torch.cat([mask, torch.ones_like(step)], 1),
-            position_ids=torch.cat([positions, positions[:, -1:] + 1], 1),
-        ).last_hidden_state
+    hidden, after, full = decoder_and_forward(copy)
     # The prompt: fp32 products over the original weights in both; the step: the compact
     # weights in the decoder (2 rows: the kernel) against the original ones in the forward.
     torch.testing.assert_close(hidden, full[:, -2], atol=1e-5, rtol=1e-5)

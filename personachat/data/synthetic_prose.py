@@ -311,11 +311,7 @@ def prose_persona(
         sentences.append(_body_sentence(rng, name, gender, clauses))
         if fillers and rng.random() < 0.4:
             sentences.append(fillers.pop())
-    text = [naturalise(sentence) for sentence in sentences + fillers]
-    if len(text) >= 5 and rng.random() < 0.4:
-        cut = len(text) // 2
-        return [" ".join(text[:cut]), " ".join(text[cut:])]
-    return [" ".join(text)]
+    return _paragraphs(rng, sentences + fillers)
 
 
 def _train_sentence(rng: random.Random, name: str, gender: str, items: list) -> str:
@@ -395,7 +391,13 @@ def training_prose(
         sentences.append(_train_sentence(rng, name, gender, rest))
         if fillers and rng.random() < 0.4:
             sentences.append(fillers.pop())
-    text = [naturalise(sentence) for sentence in sentences + fillers]
+    return _paragraphs(rng, sentences + fillers)
+
+
+def _paragraphs(rng: random.Random, sentences: list[str]) -> list[str]:
+    """The sentences, naturalised, as one paragraph or (sometimes, when there are 5 or more)
+    two: a card's description is a string per paragraph."""
+    text = [naturalise(sentence) for sentence in sentences]
     if len(text) >= 5 and rng.random() < 0.4:
         cut = len(text) // 2
         return [" ".join(text[:cut]), " ".join(text[cut:])]
