@@ -203,10 +203,10 @@ class Fp32KernelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if flat.shape[0] <= self.max_rows and flat.dtype == torch.float32:
+        if flat.shape[0] <= self.max_rows:
             out = self.kernel(flat)
         else:
-            out = nn.functional.linear(flat, self.dense.to(flat.dtype), _cast(self.bias, flat))
+            out = nn.functional.linear(flat, self.dense, self.bias)
         return out.view(*x.shape[:-1], self.out_features)
 
 
@@ -244,10 +244,6 @@ class DynamicInt8Linear(Fp32KernelLinear):
         return self.qweight.float() * self.scale[:, None]
 
 
-def _cast(tensor: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
-    return None if tensor is None else tensor.to(like.dtype)
-
-
 def fp32_kernels_available() -> bool:
     """Whether this torch has fbgemm's fp32-activation kernels (x86 builds do)."""
     return "fbgemm" in torch.backends.quantized.supported_engines and hasattr(
@@ -265,15 +261,13 @@ def _bf16_or_none(bias: torch.Tensor | None) -> torch.Tensor | None:
     return None if bias is None else bias.detach().to(torch.bfloat16)
 
 
-def quantizable(name: str, module: nn.Module) -> bool:
+def quantizable(name: str, module: nn.Module, any_shape: bool = False) -> bool:
     """Whether the kernels take this layer: a plain ``nn.Linear`` (not one of LoRA's own
-    matrices) whose inputs come in whole groups of 32 and outputs in multiples of 16."""
-    return (
-        type(module) is nn.Linear
-        and "lora_" not in name
-        and module.in_features % GROUP == 0
-        and module.out_features % 16 == 0
-    )
+    matrices) whose inputs come in whole groups of 32 and outputs in multiples of 16 (the bf16
+    kernels' layout; fbgemm's fp32-activation kernels, ``any_shape``, take any shape)."""
+    if type(module) is not nn.Linear or "lora_" in name:
+        return False
+    return any_shape or (module.in_features % GROUP == 0 and module.out_features % 16 == 0)
 
 
 def quantize_linears(model: nn.Module, kind: str, dtype: torch.dtype = torch.bfloat16) -> int:
@@ -296,11 +290,7 @@ def quantize_linears(model: nn.Module, kind: str, dtype: torch.dtype = torch.bfl
         return 0
     lm = causal_lm(model)
     head = lm.get_output_embeddings()
-    targets = [
-        (name, module)
-        for name, module in lm.named_modules()
-        if quantizable(name, module) or (fp32 and type(module) is nn.Linear and "lora_" not in name)
-    ]
+    targets = [(name, m) for name, m in lm.named_modules() if quantizable(name, m, any_shape=fp32)]
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
         parent = lm.get_submodule(parent_name) if parent_name else lm
