@@ -355,6 +355,15 @@ def test_decoding_label_names_greedy_or_the_sampling_settings():
         decoding_label(DecodingOptions.from_args(do_sample=False, repetition_penalty=1.2))
         == "greedy,repetition_penalty=1.2"
     )
+    # best of 4 samples: sampled replies, whatever do_sample says
+    assert (
+        decoding_label(
+            DecodingOptions.from_args(
+                do_sample=False, rerank_samples=4, top_k=0, top_p=0.9, temperature=0.7
+            )
+        )
+        == "top_k=0,top_p=0.9,temperature=0.7,rerank_samples=4"
+    )
 
 
 def test_a_reply_copying_an_earlier_one_from_its_start_is_what_gets_penalised():

@@ -65,8 +65,10 @@ def decoding_label(options) -> str:
     """The decoding of ``options`` (a ``DecodingOptions`` or ``ConvAIArgs``) in words, for
     results: ``"greedy"`` or ``"top_k=0,top_p=0.9,temperature=0.7"``, followed by the
     settings that steer decoding away from their neutral value
-    (``",repetition_penalty=1.2"``)."""
-    if getattr(options, "do_sample", False):
+    (``",repetition_penalty=1.2"``). With ``rerank_samples`` > 1 the replies are samples (the
+    best of N), so the sampling settings are named even when ``do_sample`` is off."""
+    # best-of-N samples (rerank_samples > 1) are drawn with sampling whatever do_sample says
+    if getattr(options, "do_sample", False) or getattr(options, "rerank_samples", 0) > 1:
         label = (
             f"top_k={options.top_k:g},top_p={options.top_p:g},temperature={options.temperature:g}"
         )
