@@ -199,9 +199,10 @@ class Llama(LlamaCpp):
         super().close()
 
 
-def personachat_run(model: ConvAIModel, encoded, config: Config, n: int, net=None) -> Sample:
-    """One ``generate_replies`` call on the pre-encoded conversations with ``net`` (default
-    ``model.model``), timed to its first token (``on_step``'s first call) and to its end."""
+def personachat_run(model: ConvAIModel, net, encoded, config: Config, n: int) -> Sample:
+    """One ``generate_replies`` call of ``net`` (``model``'s network or a copy of it) on the
+    pre-encoded conversations, timed to its first token (``on_step``'s first call) and to its
+    end."""
     options = DecodingOptions.from_args(
         model.args,
         do_sample=False,
@@ -217,7 +218,6 @@ def personachat_run(model: ConvAIModel, encoded, config: Config, n: int, net=Non
             first.append(time.perf_counter())
 
     started = time.perf_counter()
-    net = model.model if net is None else net
     replies = generate_replies(net, encoded, model.special, options, on_step=on_step)
     ended = time.perf_counter()
     return Sample(first[0] - started, ended - started, replies)
@@ -277,12 +277,12 @@ def print_table(threads: int, streams: int, results: dict[str, list[Sample]], n:
         print(f"| {engine} | {prefill:.3f} | {decode:.1f} | {total:.2f} | {decode / base:.2f}x |")
 
 
-def warnings_of(label: str, model, encoded, config: Config, net) -> list[str]:
+def warnings_of(label: str, model, net, encoded, config: Config) -> list[str]:
     """Warm ``config`` up once (two tokens) and return what personachat warned: a warning
     (quantization without bf16 decoding, emulated bf16) means it does not run as asked."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        personachat_run(model, encoded, config, 2, net)
+        personachat_run(model, net, encoded, config, 2)
     for warning in caught:
         print(f"note: personachat {label}: {warning.message}")
     return [str(w.message) for w in caught]
@@ -303,7 +303,7 @@ def build_engines(options, model, llama, encoded_one) -> dict:
         if config.bf16 or config.quantize != "none":
             net = copy.deepcopy(model.model).eval()
         try:
-            warned = warnings_of(config.label, model, encoded_one, config, net)
+            warned = warnings_of(config.label, model, net, encoded_one, config)
         except PersonachatError as error:
             if explicit:
                 raise SystemExit(
@@ -316,7 +316,7 @@ def build_engines(options, model, llama, encoded_one) -> dict:
             continue
         name = f"personachat {config.label}" + (" (warned, see notes)" if warned else "")
         engines[name] = lambda convs, prompts, c=config, m=net: personachat_run(
-            model, convs, c, n, m
+            model, m, convs, c, n
         )
     return engines
 
